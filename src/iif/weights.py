@@ -1,0 +1,182 @@
+"""Inverse Image Frequency weights (paper Eq. 10-12 and Table III).
+
+Every variant maps a class count ``n_c`` and a normaliser ``K`` (so that ``p_c = n_c / K``, Eq. 11) to
+one multiplicative weight ``w_c`` that is later applied to the class logit, ``z'_c = w_c * z_c``
+(Eq. 13). The formulas are the ones the authors' code computes (SPEC section 2); the paper prints
+``Phi^-1(K / IF)`` for normit, which is undefined for ``K / IF > 1``, so we use ``-Phi^-1(p)`` as the
+code does.
+
+The arithmetic runs in float64 and the result is returned as float32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from scipy.special import ndtri
+
+from .errors import IIFError
+
+__all__ = ["VARIANTS", "iif_weights", "weights_from_counts", "as_counts"]
+
+VARIANTS: tuple[str, ...] = ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
+
+# Aliases used by the authors' code: ``rel`` (classification) and ``prob`` (detection tables).
+_ALIASES = {"rel": "relative", "prob": "relative"}
+
+# Variants whose weight is infinite (or undefined) for a class with zero count.
+_NEEDS_POSITIVE = frozenset({"raw", "relative", "base2", "base10", "gombit", "normit"})
+
+CountsLike = Union[Sequence[float], np.ndarray, torch.Tensor]
+
+
+def canonical_variant(variant: str) -> str:
+    """Return the canonical name of ``variant`` (accepting the official aliases) or raise."""
+    name = _ALIASES.get(str(variant).lower(), str(variant).lower())
+    if name not in VARIANTS:
+        raise IIFError(f"Unknown IIF variant {variant!r}, expected one of {VARIANTS} (or the aliases 'rel', 'prob').")
+    return name
+
+
+def as_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
+    """Validate per-class counts and return them as a 1-D float64 array.
+
+    Counts must be finite, non-negative whole numbers; anything else is a bad input with a message
+    naming the offending classes.
+    """
+    if isinstance(counts, torch.Tensor):
+        arr = counts.detach().cpu().double().numpy()
+    else:
+        try:
+            arr = np.asarray(counts, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise IIFError(f"{what} must be numbers, one per class; got {counts!r:.80}") from exc
+    if arr.ndim != 1 or arr.size == 0:
+        raise IIFError(f"{what} must be a non-empty 1-D sequence with one entry per class; got shape {arr.shape}.")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise IIFError(f"{what} contain NaN or inf at classes {_fmt_idx(bad)}; counts must be finite.")
+    bad = np.flatnonzero(arr < 0)
+    if bad.size:
+        raise IIFError(f"{what} are negative at classes {_fmt_idx(bad)}; counts must be >= 0.")
+    bad = np.flatnonzero(arr != np.round(arr))
+    if bad.size:
+        raise IIFError(
+            f"{what} are not whole numbers at classes {_fmt_idx(bad)} (e.g. {arr[bad[0]]}); "
+            "pass the number of images (or instances) per class."
+        )
+    return arr
+
+
+def _fmt_idx(idx: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:limit])
+    return f"[{shown}{', ...' if idx.size > limit else ''}] ({idx.size} in all)"
+
+
+def weights_from_counts(counts: np.ndarray, variant: str, total: float) -> np.ndarray:
+    """The bare Table III formulas on float64 arrays, without validation (see :func:`iif_weights`)."""
+    n = np.asarray(counts, dtype=np.float64)
+    k = float(total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if variant == "raw":
+            return np.log(k / n)
+        if variant == "smooth":
+            return np.log((k + 1.0) / (n + 1.0)) + 1.0
+        if variant == "relative":
+            return np.log((k - n) / n)
+        if variant == "base2":
+            return np.log2(k / n)
+        if variant == "base10":
+            return np.log10(k / n)
+        p = n / k
+        if variant == "gombit":
+            return -np.log(-np.log1p(-p))
+        if variant == "normit":
+            return -ndtri(p)
+    raise IIFError(f"Unknown IIF variant {variant!r}, expected one of {VARIANTS}.")
+
+
+def iif_weights(
+    counts: CountsLike,
+    variant: str = "smooth",
+    total: float | None = None,
+    background: str | None = None,
+    background_weight: float = 1.0,
+    norm: float | None = None,
+    allow_negative: bool = False,
+) -> torch.Tensor:
+    """Per-class IIF weights ``w_c`` (paper Eq. 12 and Table III).
+
+    Args:
+        counts: per-class image frequencies ``IF_c`` (or object frequencies for IOF), length ``C``.
+        variant: one of :data:`VARIANTS`: ``raw`` ln(K/n), ``smooth`` ln((K+1)/(n+1)) + 1,
+            ``relative`` ln((K-n)/n), ``base2`` log2(K/n), ``base10`` log10(K/n),
+            ``gombit`` -ln(-ln(1-p)), ``normit`` -Phi^-1(p), with ``p = n / K``.
+        total: the normaliser ``K``. Default: ``sum(counts)`` (paper Eq. 11, the classification code).
+            The official detection tables use the number of training images (IIF) or instances (IOF).
+        background: ``None`` for a plain classifier, or ``"first"`` / ``"last"`` to insert the
+            background class's weight at index 0 (torchvision) or ``C`` (mmdetection).
+        background_weight: weight of the background logit, 1.0 keeps it unaltered (paper section IV-A.3).
+        norm: if given, divide the foreground weights by their ``norm``-norm (official ``--iif_norm``).
+        allow_negative: negative weights flip the sign of a logit, so they are refused unless this
+            is True (relative/normit/gombit give them when a class holds a large share of ``K``).
+
+    Returns:
+        float32 tensor of shape ``(C,)``, or ``(C + 1,)`` with a background entry.
+    """
+    name = canonical_variant(variant)
+    n = as_counts(counts)
+    if total is None:
+        k = float(n.sum())
+    else:
+        k = float(total)
+        if not np.isfinite(k) or k <= 0:
+            raise IIFError(f"total (K) must be a positive finite number; got {total!r}.")
+    if k <= 0:
+        raise IIFError("All class counts are zero: there is nothing to compute weights from.")
+    over = np.flatnonzero(n > k)
+    if over.size:
+        raise IIFError(
+            f"total K={k:g} is smaller than the count of classes {_fmt_idx(over)}; "
+            "K must be at least the largest class count (e.g. the number of training images)."
+        )
+    if name in _NEEDS_POSITIVE:
+        zero = np.flatnonzero(n == 0)
+        if zero.size:
+            raise IIFError(
+                f"Variant {name!r} is infinite for classes with zero count {_fmt_idx(zero)}; "
+                "use variant='smooth', which is finite for unseen classes, or drop those classes."
+            )
+    w = weights_from_counts(n, name, k)
+    bad = np.flatnonzero(~np.isfinite(w))
+    if bad.size:
+        raise IIFError(
+            f"Variant {name!r} gives non-finite weights for classes {_fmt_idx(bad)} "
+            f"(a class count equal to K={k:g}); use variant='smooth' or a larger total."
+        )
+    neg = np.flatnonzero(w <= 0) if name != "smooth" else np.empty(0, dtype=np.int64)
+    if neg.size:
+        msg = (
+            f"Variant {name!r} gives non-positive weights for classes {_fmt_idx(neg)}, which would flip or "
+            f"zero the sign of their logits (a class holding >= half of K={k:g}); "
+        )
+        if not allow_negative:
+            raise IIFError(msg + "use 'smooth' or 'raw', or pass allow_negative=True if you mean it.")
+        warnings.warn(msg + "using them because allow_negative=True.", stacklevel=2)
+    if norm is not None:
+        p = float(norm)
+        if not p > 0:
+            raise IIFError(f"norm must be a positive number (the p of the p-norm); got {norm!r}.")
+        w = w / np.linalg.norm(w, ord=p)
+    if background is not None:
+        bw = np.array([float(background_weight)])
+        if background == "first":
+            w = np.concatenate([bw, w])
+        elif background == "last":
+            w = np.concatenate([w, bw])
+        else:
+            raise IIFError(f"background must be None, 'first' or 'last'; got {background!r}.")
+    return torch.as_tensor(w, dtype=torch.float32)
