@@ -132,7 +132,10 @@ def iif_weights(
     if total is None:
         k = float(n.sum())
     else:
-        k = float(total)
+        try:
+            k = float(total)
+        except (TypeError, ValueError):
+            raise IIFError(f"total (K) must be a positive number; got {total!r}.") from None
         if not np.isfinite(k) or k <= 0:
             raise IIFError(f"total (K) must be a positive finite number; got {total!r}.")
     if k <= 0:
@@ -167,12 +170,20 @@ def iif_weights(
             raise IIFError(msg + "use 'smooth' or 'raw', or pass allow_negative=True if you mean it.")
         warnings.warn(msg + "using them because allow_negative=True.", stacklevel=2)
     if norm is not None:
-        p = float(norm)
+        try:
+            p = float(norm)
+        except (TypeError, ValueError):
+            p = float("nan")
         if not p > 0:
             raise IIFError(f"norm must be a positive number (the p of the p-norm); got {norm!r}.")
         w = w / np.linalg.norm(w, ord=p)
     if background is not None:
-        bw = np.array([float(background_weight)])
+        try:
+            bw = np.array([float(background_weight)])
+        except (TypeError, ValueError):
+            bw = np.array([np.nan])
+        if not np.isfinite(bw[0]):
+            raise IIFError(f"background_weight must be a finite number (1.0 keeps the background logit); got {background_weight!r}.")
         if background == "first":
             w = np.concatenate([bw, w])
         elif background == "last":
