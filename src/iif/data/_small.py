@@ -1,0 +1,55 @@
+"""Shared recipe for the in-memory long-tailed benchmarks (digits, MNIST, Fashion-MNIST, CIFAR)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import IIFError
+from .longtail import longtail_counts, select_longtail, split_per_class
+from .splits import DatasetSplits, finish_splits
+from .tensor_dataset import TensorImageDataset
+from .transforms import NORMALIZE, build_transform
+
+_TRANSFORM_KEYS = ("cutout", "policy", "randaugment_n", "randaugment_m")
+
+
+def transforms_for(name: str, augment: str, image_size: int, flip: bool, padding: int, kw: dict):
+    """(train, eval) per-sample transforms for a tensor dataset; ``kw`` may hold cutout/policy/randaugment_*."""
+    mean, std = NORMALIZE[name]
+    opts = {k: kw[k] for k in _TRANSFORM_KEYS if k in kw}
+    train_tf = build_transform(augment, mean, std, train=True, image_size=image_size, kind="tensor", flip=flip,
+                               padding=padding, **opts)
+    eval_tf = build_transform("none", mean, std, train=False, image_size=image_size, kind="tensor")
+    return train_tf, eval_tf
+
+
+def check_kwargs(name: str, kw: dict, allowed: Sequence[str]) -> None:
+    unknown = sorted(set(kw) - set(allowed) - set(_TRANSFORM_KEYS))
+    if unknown:
+        raise IIFError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; it accepts "
+                       f"{', '.join(sorted(set(allowed) | set(_TRANSFORM_KEYS)))}.")
+
+
+def longtail_tensor_splits(name: str, train_images: torch.Tensor, train_targets: np.ndarray,
+                           test_images: torch.Tensor, test_targets: np.ndarray, *, num_classes: int, n_max: int,
+                           imbalance_ratio: float, profile: str, seed: int, val_per_class: int, augment: str,
+                           class_names: Sequence[str], flip: bool, padding: int, kw: dict) -> DatasetSplits:
+    """Long-tailed train (``select_longtail`` on the balanced train set), balanced val from the unselected
+    training images (numpy seed ``seed + 1``), and the given balanced test set."""
+    mean, std = NORMALIZE[name]
+    train_tf, eval_tf = transforms_for(name, augment, int(train_images.shape[-1]), flip, padding, kw)
+    counts = longtail_counts(n_max, num_classes, imbalance_ratio, profile)
+    tr_idx = select_longtail(train_targets, counts, seed)
+    common = dict(class_names=class_names, mean=mean, std=std, flip=flip)
+    full = TensorImageDataset(train_images, train_targets, None, **common)
+    train = full.subset(tr_idx, train_tf)
+    val = None
+    if val_per_class:
+        va_idx = split_per_class(train_targets, val_per_class, seed + 1, exclude=tr_idx, num_classes=num_classes)
+        val = full.subset(va_idx, eval_tf)
+    test = TensorImageDataset(test_images, test_targets, eval_tf, **common)
+    return finish_splits(name, train, val, test, num_classes, int(train_images.shape[1]),
+                         int(train_images.shape[-1]), class_names, mean, std)
