@@ -164,7 +164,7 @@ def iif_weights(
     if neg.size:
         msg = (
             f"Variant {name!r} gives non-positive weights for classes {_fmt_idx(neg)}, which would flip or "
-            f"zero the sign of their logits (a class holding >= half of K={k:g}); "
+            f"zero the sign of their logits (classes holding a large share of K={k:g}); "
         )
         if not allow_negative:
             raise IIFError(msg + "use 'smooth' or 'raw', or pass allow_negative=True if you mean it.")

@@ -1,0 +1,232 @@
+"""IIF weight variants (paper Eq. 10-12, Table III; SPEC §2) against values computed by hand.
+
+The independent route is the standard library: ``math.log``/``log2``/``log10`` and
+``statistics.NormalDist().inv_cdf`` for normit, evaluated one class at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+import torch
+
+from iif import VARIANTS, IIFError, iif_weights
+from iif.weights import as_counts, canonical_variant
+
+
+def by_hand(variant: str, n: float, k: float) -> float:
+    """One weight from the SPEC §2 table, written out with the standard library."""
+    p = n / k
+    return {
+        "raw": lambda: math.log(k / n),
+        "smooth": lambda: math.log((k + 1) / (n + 1)) + 1,
+        "relative": lambda: math.log((k - n) / n),
+        "base2": lambda: math.log2(k / n),
+        "base10": lambda: math.log10(k / n),
+        "gombit": lambda: -math.log(-math.log(1 - p)),
+        "normit": lambda: -NormalDist().inv_cdf(p),
+    }[variant]()
+
+
+# CIFAR-100-LT, ratio 100: K = 10,847, head class 500 images, tail class 5 (SPEC §2 reference values).
+CIFAR100_K = 10847
+SPEC_REFERENCE = {
+    "raw": (3.0770, 7.6822),
+    "smooth": (4.0751, 8.5000),
+    "base10": (1.3363, 3.3363),
+    "normit": (1.6840, 3.3133),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SPEC_REFERENCE))
+def test_spec_reference_values_cifar100_lt(variant):
+    w = iif_weights([500, 5], variant, total=CIFAR100_K)
+    head, tail = SPEC_REFERENCE[variant]
+    assert w.dtype == torch.float32 and w.shape == (2,)
+    assert w[0].item() == pytest.approx(head, abs=1e-4)
+    assert w[1].item() == pytest.approx(tail, abs=1e-4)
+
+
+def test_variants_list_is_the_table_iii_set():
+    assert VARIANTS == ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_matches_hand_formula_with_default_total(variant):
+    counts = [35, 25, 9, 3, 1]  # K defaults to the sum, 73 (paper Eq. 11); no class above K/2
+    k = sum(counts)
+    w = iif_weights(counts, variant)
+    expected = [by_hand(variant, n, k) for n in counts]
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_matches_hand_formula_with_explicit_total(variant):
+    counts = np.array([500, 120, 30, 5])
+    w = iif_weights(counts, variant, total=CIFAR100_K)
+    expected = [by_hand(variant, float(n), CIFAR100_K) for n in counts]
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+
+
+def test_tail_classes_get_larger_weights_for_every_variant():
+    for variant in VARIANTS:
+        w = iif_weights([500, 120, 30, 5], variant, total=CIFAR100_K)
+        assert torch.all(w[1:] > w[:-1]), variant
+
+
+def test_accepts_numpy_tensor_and_list_alike():
+    ref = iif_weights([10, 5, 1], "raw")
+    np.testing.assert_array_equal(iif_weights(np.array([10, 5, 1], dtype=np.int32), "raw").numpy(), ref.numpy())
+    np.testing.assert_array_equal(iif_weights(torch.tensor([10.0, 5.0, 1.0]), "raw").numpy(), ref.numpy())
+
+
+@pytest.mark.parametrize("alias,name", [("rel", "relative"), ("prob", "relative"), ("RAW", "raw"), ("Smooth", "smooth")])
+def test_aliases(alias, name):
+    assert canonical_variant(alias) == name
+    counts = [12, 10, 3]
+    assert torch.equal(iif_weights(counts, alias), iif_weights(counts, name))
+
+
+def test_smooth_is_the_default_variant():
+    counts = [30, 10, 2]
+    assert torch.equal(iif_weights(counts), iif_weights(counts, "smooth"))
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_background_position_and_weight(where):
+    counts = [30, 10, 2]
+    fg = [by_hand("raw", n, 42) for n in counts]
+    w = iif_weights(counts, "raw", background=where).numpy()
+    assert w.shape == (4,)
+    expected = [1.0, *fg] if where == "first" else [*fg, 1.0]
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    w2 = iif_weights(counts, "raw", background=where, background_weight=0.5).numpy()
+    assert (w2[0] if where == "first" else w2[-1]) == 0.5
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_norm_divides_foreground_by_its_p_norm(p):
+    counts = [30, 10, 2]
+    fg = [by_hand("smooth", n, 42) for n in counts]
+    pnorm = sum(abs(x) ** p for x in fg) ** (1 / p)
+    w = iif_weights(counts, "smooth", norm=p, background="last").numpy()
+    np.testing.assert_allclose(w[:3], [x / pnorm for x in fg], rtol=1e-6)
+    assert w[3] == 1.0  # the background weight is not normalised
+
+
+def test_smooth_is_finite_for_unseen_classes():
+    w = iif_weights([9, 0], "smooth")
+    np.testing.assert_allclose(w.numpy(), [math.log(10 / 10) + 1, math.log(10 / 1) + 1], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("variant", ["raw", "relative", "base2", "base10", "gombit", "normit"])
+def test_zero_count_refused_by_inf_variants_naming_class_and_suggesting_smooth(variant):
+    with pytest.raises(IIFError) as err:
+        iif_weights([50, 0, 7, 0], variant)
+    msg = str(err.value)
+    assert "[1, 3]" in msg and "zero count" in msg and "smooth" in msg
+
+
+@pytest.mark.parametrize(
+    "counts,fragment",
+    [
+        ([5, -1, 3], "negative at classes [1]"),
+        ([5, float("nan"), 3], "NaN or inf at classes [1]"),
+        ([5, 3, float("inf")], "NaN or inf at classes [2]"),
+        ([5, 2.5, 3], "not whole numbers at classes [1]"),
+        ([], "non-empty 1-D"),
+        ([[1, 2], [3, 4]], "non-empty 1-D"),
+        (["a", "b"], "must be numbers"),
+    ],
+)
+def test_bad_counts(counts, fragment):
+    with pytest.raises(IIFError, match=None) as err:
+        iif_weights(counts, "smooth")
+    assert fragment in str(err.value)
+
+
+def test_bad_counts_are_reported_for_tensors_too():
+    with pytest.raises(IIFError, match="negative"):
+        as_counts(torch.tensor([3.0, -2.0]))
+
+
+def test_all_zero_counts():
+    with pytest.raises(IIFError, match="All class counts are zero"):
+        iif_weights([0, 0], "smooth")
+
+
+@pytest.mark.parametrize("total", [0, -5, float("nan"), float("inf"), "abc", [1]])
+def test_bad_total(total):
+    with pytest.raises(IIFError, match="total"):
+        iif_weights([3, 2], "smooth", total=total)
+
+
+def test_total_smaller_than_a_count():
+    with pytest.raises(IIFError, match="smaller than the count of classes \\[0\\]"):
+        iif_weights([30, 2], "smooth", total=20)
+
+
+def test_unknown_variant_lists_the_valid_ones():
+    with pytest.raises(IIFError) as err:
+        iif_weights([3, 2], "sqrt")
+    assert "'sqrt'" in str(err.value) and "smooth" in str(err.value) and "prob" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "variant,counts",
+    [
+        ("relative", [8, 2]),  # ln(2/8) < 0: a class holding more than half of K
+        ("normit", [8, 2]),  # -Phi^-1(0.8) < 0
+        ("gombit", [7, 3]),  # p = 0.7 > 1 - 1/e
+        ("raw", [10, 0]),  # refused earlier: zero count
+    ],
+)
+def test_negative_weights_refused_unless_allowed(variant, counts):
+    with pytest.raises(IIFError) as err:
+        iif_weights(counts, variant)
+    if variant != "raw":
+        assert "allow_negative=True" in str(err.value) and "classes [0]" in str(err.value)
+
+
+@pytest.mark.parametrize("variant,counts", [("relative", [8, 2]), ("normit", [8, 2]), ("gombit", [7, 3])])
+def test_allow_negative_warns_and_returns_the_formula(variant, counts):
+    with pytest.warns(UserWarning, match="allow_negative=True"):
+        w = iif_weights(counts, variant, allow_negative=True)
+    k = sum(counts)
+    np.testing.assert_allclose(w.numpy(), [by_hand(variant, n, k) for n in counts], rtol=1e-6)
+    assert w[0] < 0 < w[1]
+
+
+def test_zero_weight_is_refused_too():
+    # raw for a class equal to K is ln(1) = 0, which would zero its logit.
+    with pytest.raises(IIFError, match="non-positive"):
+        iif_weights([10], "raw")
+
+
+def test_class_equal_to_total_gives_non_finite_relative():
+    with pytest.raises(IIFError, match="non-finite"):
+        iif_weights([10, 3], "relative", total=10)
+
+
+def test_no_warning_for_valid_weights():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iif_weights([12, 10, 3], "relative")
+
+
+@pytest.mark.parametrize("norm", [0, -2, float("nan"), "x"])
+def test_bad_norm(norm):
+    with pytest.raises(IIFError, match="norm must be a positive number"):
+        iif_weights([3, 2], "smooth", norm=norm)
+
+
+def test_bad_background():
+    with pytest.raises(IIFError, match="'first' or 'last'"):
+        iif_weights([3, 2], "smooth", background="middle")
+    with pytest.raises(IIFError, match="background_weight"):
+        iif_weights([3, 2], "smooth", background="first", background_weight=float("nan"))
