@@ -1,0 +1,52 @@
+"""``iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda]``.
+
+CONFIG is a packaged config's short name (``cifar100_lt_decoupled``; ``iif train --list`` shows them) or
+a YAML path. Under ``torchrun --nproc_per_node N`` it trains with DDP (the global batch is split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import IIFError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a classifier from a config (e2e, decoupled or post-hoc IIF)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="packaged config name (e.g. digits_lt_e2e) or YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05 schedule.epochs=10")
+    p.add_argument("--out", help="output folder (checkpoints, metrics.csv, final_metrics.json); "
+                                 "default runtime.out_dir or runs/<config name>")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--force", action="store_true", help="resume even if the config changed")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override runtime.device")
+    p.add_argument("--list", action="store_true", help="list the packaged configs and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..train import fit, load_config, packaged_configs
+    from ..train.logging import format_metrics_table
+
+    if args.list:
+        print("\n".join(packaged_configs()))
+        return 0
+    if not args.config:
+        raise IIFError("give a config name or path, e.g. `iif train digits_lt_e2e` (see `iif train --list`).")
+    cfg = load_config(args.config, args.overrides)
+    if args.quiet:
+        cfg.runtime.progress = False
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    out = args.out or cfg.runtime.out_dir or str(Path("runs") / Path(args.config).name.removesuffix(".yaml"))
+    result = fit(cfg, out_dir=out, resume=args.resume, force=args.force, device=args.device)
+    if result.final_metrics:
+        print(format_metrics_table(result.final_metrics))
+    print(f"outputs in {result.out_dir}")
+    return 0

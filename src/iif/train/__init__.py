@@ -1,0 +1,45 @@
+"""Training and evaluation for long-tailed classification (the paper's §V-B, Tables V-X).
+
+Programmatic API::
+
+    from iif.train import load_config, fit, extract_features, evaluate_checkpoint
+    cfg = load_config("digits_lt_e2e", ["schedule.epochs=2", "loss.name=iif"])
+    result = fit(cfg, out_dir="runs/digits")          # TrainResult
+    result.final_metrics["raw"]["top1"], result.final_metrics["adjusted"]["few"]
+    feats, logits, labels = extract_features(result.model, result.splits.test, "cpu", 256)
+    metrics = evaluate_checkpoint("runs/digits/last.pt", adjust=["iif:smooth", "la:1.0"])
+
+``fit(cfg, out_dir=None, resume=False, force=False, device=None, splits=None)`` runs the strategy named
+by ``cfg.strategy.name`` (``e2e``, ``decoupled``, ``posthoc``; see :mod:`iif.train.strategies`).
+``TrainResult`` has ``model``, ``splits``, ``history`` (one dict per epoch), ``final_metrics``
+(``{"raw": ..., "adjusted": ..., "<adjuster>": ...}``, each an :func:`iif.metrics.evaluate_logits`
+dict), ``out_dir``, ``checkpoint``, ``config``, ``criterion`` and ``finished``.
+``extract_features(model, dataset, device, batch_size) -> (features, logits, labels)`` runs in eval
+mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
+"""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_hash, load_config, packaged_configs
+from .engine import TrainResult, evaluate, evaluate_checkpoint, extract_features, fit, predict, train_one_epoch
+from .strategies import build_adjuster, parse_adjuster
+
+train = fit
+
+__all__ = [
+    "TrainConfig",
+    "load_config",
+    "config_hash",
+    "packaged_configs",
+    "TrainResult",
+    "fit",
+    "train",
+    "train_one_epoch",
+    "evaluate",
+    "predict",
+    "extract_features",
+    "evaluate_checkpoint",
+    "build_adjuster",
+    "parse_adjuster",
+    "load_checkpoint",
+    "save_checkpoint",
+]

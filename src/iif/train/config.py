@@ -1,0 +1,431 @@
+"""Training configuration: a nested dataclass schema loaded from YAML with ``dotted.key=value`` overrides.
+
+A config is a :class:`TrainConfig` with one section per concern (``data``, ``model``, ``loss``,
+``optim``, ``schedule``, ``strategy``, ``decoupled``, ``posthoc``, ``eval``, ``runtime``). It is loaded
+with :func:`load_config` from a packaged config's short name (``cifar100_lt_decoupled``), a YAML path or
+a plain dict; command-line overrides such as ``optim.lr=0.05`` are parsed with ``yaml.safe_load`` so
+``0.05`` is a float, ``[360, 380]`` a list and ``null`` None. An unknown key is an :class:`IIFError`
+that names the key and suggests the nearest valid one.
+
+:func:`config_hash` fingerprints everything that changes the computation (not the output folder, the
+progress bar or the device), so ``--resume`` can refuse a checkpoint written under a different config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import IIFError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "StrategyConfig",
+    "DecoupledConfig",
+    "PosthocConfig",
+    "EvalConfig",
+    "RuntimeConfig",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "config_hash",
+    "packaged_configs",
+    "resolve_config_path",
+    "save_config",
+]
+
+
+@dataclass
+class DataConfig:
+    """What to train on: the arguments of :func:`iif.data.build_datasets` plus loading options."""
+
+    name: str = "digits-lt"
+    root: str | None = None
+    imbalance_ratio: float = 100.0
+    profile: str = "exp"
+    seed: int = 0
+    augment: str = "none"
+    val_per_class: int | None = None
+    # Extra keyword arguments for build_datasets (e.g. ``train_list``/``test_list`` for ``folder``).
+    options: dict = field(default_factory=dict)
+    sampler: str = "random"
+    # Mixup factor alpha (paper §V-B2 uses 0.2); 0 disables mixup.
+    mixup_alpha: float = 0.0
+    num_workers: int = 4
+    # Keep a TensorImageDataset as one uint8 tensor on the training device and augment whole batches there
+    # (SPEC §6: ~4x faster on a GPU than a per-sample DataLoader). Only used when its recipe is batchable
+    # (crop/flip/cutout); AutoAugment/RandAugment fall back to the DataLoader.
+    resident: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of :func:`iif.models.build_model`."""
+
+    arch: str = "small_cnn"
+    head: str = "linear"
+    pretrained: bool = False
+    # Keyword arguments for the head (e.g. ``scale: 16`` for the cosine head) and for the backbone.
+    kwargs: dict = field(default_factory=dict)
+    backbone_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Arguments of :func:`iif.losses.build_loss`."""
+
+    name: str = "ce"
+    # IIF weight variant (Table III) for losses that use one (iif, iif_csl).
+    variant: str = "smooth"
+    label_smoothing: float = 0.0
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum; ``batch_size`` is the global batch (divided among DDP ranks)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    batch_size: int = 64
+
+
+@dataclass
+class ScheduleConfig:
+    """Epochs and learning-rate schedule (stepped every iteration)."""
+
+    epochs: int = 10
+    # ``multistep``, ``cosine`` or ``constant``.
+    name: str = "multistep"
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+
+
+@dataclass
+class StrategyConfig:
+    """Which of the paper's three IIF strategies (Fig. 3): ``e2e``, ``decoupled`` or ``posthoc``."""
+
+    name: str = "e2e"
+
+
+@dataclass
+class DecoupledConfig:
+    """Stage 2 of the decoupled strategy (paper §V-B3): retrain only the classifier with the IIF loss.
+
+    Stage 1 is the top-level config (normally plain CE); ``stage1_checkpoint`` skips it.
+    """
+
+    stage1_checkpoint: str | None = None
+    epochs: int = 20
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int | None = None
+    schedule: str = "constant"
+    loss: str = "iif"
+    variant: str = "smooth"
+    loss_kwargs: dict = field(default_factory=dict)
+    sampler: str = "random"
+    mixup_alpha: float = 0.0
+    # Re-initialise the classifier after loading the stage-1 weights.
+    reinit: bool = False
+    # Reproduce the authors' code: re-init BEFORE the load (so it is overwritten) and BN stats keep updating.
+    legacy: bool = False
+
+
+@dataclass
+class PosthocConfig:
+    """Post-process strategy: a softmax model evaluated with adjusters (``iif:smooth``, ``la:1.0``, ``taunorm:1.0``).
+
+    ``checkpoint`` evaluates an existing model instead of training one first.
+    """
+
+    checkpoint: str | None = None
+    adjusters: list = field(default_factory=lambda: ["iif:smooth"])
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: split, shot-group thresholds (SPEC §5) and calibration bins."""
+
+    split: str = "test"
+    batch_size: int = 256
+    every: int = 1
+    many: int = 100
+    few: int = 20
+    bins: int = 10
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how to run; none of these (except ``seed``, ``amp`` and ``deterministic``) change the result."""
+
+    seed: int = 0
+    # ``auto`` picks cuda when available.
+    device: str = "auto"
+    # ``none``, ``bf16`` (autocast, no scaler) or ``fp16`` (autocast + GradScaler, cuda only).
+    amp: str = "none"
+    channels_last: bool = True
+    out_dir: str | None = None
+    progress: bool = True
+    tensorboard: bool = True
+    log_every: int = 20
+    # Stop (as if killed) after this many completed epochs; used to test resume. Not part of the hash.
+    stop_after_epoch: int | None = None
+    deterministic: bool = False
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    decoupled: DecoupledConfig = field(default_factory=DecoupledConfig)
+    posthoc: PosthocConfig = field(default_factory=PosthocConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+# Fields that do not change the numbers a run produces; left out of the resume hash.
+_HASH_EXCLUDE = {
+    ("runtime", "device"),
+    ("runtime", "out_dir"),
+    ("runtime", "progress"),
+    ("runtime", "tensorboard"),
+    ("runtime", "log_every"),
+    ("runtime", "stop_after_epoch"),
+    ("data", "num_workers"),
+    ("data", "resident"),
+    ("data", "root"),
+    ("eval", "batch_size"),
+    ("posthoc", "adjusters"),
+}
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain nested dict (JSON/YAML-safe) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: TrainConfig | Mapping) -> str:
+    """SHA-256 (first 16 hex digits) of every setting that changes what training computes."""
+    d = config_to_dict(cfg) if isinstance(cfg, TrainConfig) else copy.deepcopy(dict(cfg))
+    for section, key in _HASH_EXCLUDE:
+        if isinstance(d.get(section), dict):
+            d[section].pop(key, None)
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the field's annotation; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except IIFError as exc:
+                errors.append(str(exc))
+        raise IIFError(errors[0] if errors else f"{where}: bad value {value!r}.")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise IIFError(f"config key {where!r} must be true or false; got {value!r}.")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-4" as a string
+                return float(value)
+            except ValueError:
+                pass
+        raise IIFError(f"config key {where!r} must be a number; got {value!r}.")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise IIFError(f"config key {where!r} must be a whole number; got {value!r}.")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise IIFError(f"config key {where!r} must be a string; got {value!r}.")
+    if hint is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise IIFError(f"config key {where!r} must be a list (e.g. [1, 2]); got {value!r}.")
+    if hint is dict or origin is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise IIFError(f"config key {where!r} must be a mapping (e.g. {{a: 1}}); got {value!r}.")
+    return value
+
+
+def _set_section(section_obj: Any, values: Mapping, prefix: str) -> None:
+    hints = _hints(type(section_obj))
+    names = [f.name for f in dataclasses.fields(section_obj)]
+    for key, value in values.items():
+        where = f"{prefix}.{key}"
+        if key not in names:
+            raise IIFError(f"unknown config key {where!r}.{_suggest(key, names)} Valid keys in {prefix!r}: {', '.join(names)}.")
+        setattr(section_obj, key, _coerce(value, hints[key], where))
+
+
+def _merge(cfg: TrainConfig, data: Mapping) -> None:
+    sections = [f.name for f in dataclasses.fields(cfg)]
+    for name, values in data.items():
+        if name not in sections:
+            raise IIFError(f"unknown config section {name!r}.{_suggest(name, sections)} Valid sections: {', '.join(sections)}.")
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise IIFError(f"config section {name!r} must be a mapping of keys to values; got {values!r}.")
+        _set_section(getattr(cfg, name), values, name)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
+    """Apply ``section.key=value`` strings (value parsed by ``yaml.safe_load``) to ``cfg`` in place.
+
+    ``section.key.sub=value`` sets one entry of a dict field (e.g. ``model.kwargs.scale=16``).
+    """
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise IIFError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.05).")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2:
+            raise IIFError(f"override key {key!r} must name a section and a key, e.g. optim.lr=0.05.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise IIFError(f"cannot parse the value of override {item!r}: {exc}") from exc
+        if len(parts) == 2:
+            _merge(cfg, {parts[0]: {parts[1]: value}})
+        else:
+            sections = [f.name for f in dataclasses.fields(cfg)]
+            if parts[0] not in sections:
+                raise IIFError(f"unknown config section {parts[0]!r}.{_suggest(parts[0], sections)}")
+            section = getattr(cfg, parts[0])
+            names = [f.name for f in dataclasses.fields(section)]
+            if parts[1] not in names:
+                raise IIFError(f"unknown config key {parts[0] + '.' + parts[1]!r}.{_suggest(parts[1], names)}")
+            current = getattr(section, parts[1])
+            if not isinstance(current, dict):
+                raise IIFError(f"override {key!r}: {parts[0]}.{parts[1]} is not a mapping, so it has no sub-keys.")
+            target = current
+            for p in parts[2:-1]:
+                target = target.setdefault(p, {})
+            target[parts[-1]] = value
+    return cfg
+
+
+def packaged_configs() -> list[str]:
+    """Short names of the configs shipped in ``iif/configs``."""
+    root = resources.files("iif").joinpath("configs")
+    try:
+        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+    """A YAML path, or the packaged config with that short name (``cifar100_lt_decoupled``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    short = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    candidate = resources.files("iif").joinpath("configs", f"{short}.yaml")
+    if candidate.is_file():
+        return Path(str(candidate))
+    names = packaged_configs()
+    raise IIFError(f"config {str(name_or_path)!r} is neither a file nor a packaged config.{_suggest(short, names)} "
+                   f"Packaged configs: {', '.join(names) or '(none)'}.")
+
+
+def load_config(source: str | os.PathLike | Mapping | TrainConfig | None = None, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Build a :class:`TrainConfig` from defaults, a YAML file/short name or dict, then ``overrides``.
+
+    A YAML file may start with ``base: other_config`` to inherit another (packaged or relative) config.
+    """
+    cfg = TrainConfig()
+    if isinstance(source, TrainConfig):
+        cfg = copy.deepcopy(source)
+    elif isinstance(source, Mapping):
+        _merge(cfg, dict(source))
+    elif source is not None:
+        _merge(cfg, _read_yaml_with_base(resolve_config_path(source)))
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
+    import yaml
+
+    if depth > 8:
+        raise IIFError(f"config {path} has a 'base:' chain deeper than 8; look for a cycle.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise IIFError(f"config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise IIFError(f"config {path} must be a mapping of sections; got {type(data).__name__}.")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    rel = path.parent / (str(base) if str(base).endswith(".yaml") else f"{base}.yaml")
+    merged = _read_yaml_with_base(rel if rel.is_file() else resolve_config_path(base), depth + 1)
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML atomically."""
+    import yaml
+
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
