@@ -68,7 +68,8 @@ def read_cifar(root: str, num_classes: int = 10):
 
     tr_img, tr_lab = load(train_files)
     te_img, te_lab = load(test_files)
-    names = [str(n) for n in _unpickle(os.path.join(base, meta)).get(names_key, range(num_classes))]
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in _unpickle(os.path.join(base, meta)).get(names_key, range(num_classes))]
     return tr_img, tr_lab, te_img, te_lab, names
 
 

@@ -90,7 +90,7 @@ def _pickle_arrays(path: str):
 
     def to_u8(x):
         # Stored as k/256 float32 (k = original byte); rint(x * 256) restores the byte exactly.
-        return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 256.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        return np.clip(np.rint(np.asarray(x, dtype=np.float32) * np.float32(256.0)), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
 
     tr_img = np.concatenate([to_u8(train[0]), to_u8(valid[0])])
     tr_lab = np.concatenate([np.asarray(train[1]), np.asarray(valid[1])]).astype(np.int64)
