@@ -1,0 +1,130 @@
+"""The bench report's figures (matplotlib, Agg backend: no display needed).
+
+Each function writes one PNG atomically and returns its path. Titles, axis labels and legends say what
+is plotted so every figure reads without the table.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..weights import VARIANTS, weights_from_counts
+
+__all__ = ["plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _plt().close(fig)
+    return path
+
+
+def plot_per_class_accuracy(counts: Sequence[float], series: Mapping[str, Sequence[float | None]], path, title: str = "") -> Path:
+    """Per-class test accuracy against the class's training frequency, one line per method."""
+    plt = _plt()
+    n = np.asarray(counts, dtype=float)
+    order = np.argsort(-n, kind="stable")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for label, acc in series.items():
+        a = np.array([np.nan if v is None else v for v in acc], dtype=float)
+        ax.plot(n[order], a[order], marker="o", ms=4, lw=1.4, label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # head classes on the left, tail on the right, as long-tail plots usually read
+    ax.set_xlabel("training images of the class (log scale, head -> tail)")
+    ax.set_ylabel("test accuracy of the class (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Per-class accuracy vs training frequency")
+    return _save(fig, path)
+
+
+def plot_weight_curves(path, total: float, class_probs: Sequence[float] | None = None, variants: Sequence[str] = VARIANTS) -> Path:
+    """IIF weight of every variant as a function of the class probability ``p = n / K`` (paper Fig. 2).
+
+    ``total`` is the K used for ``smooth`` (the only variant depending on K beyond p). Ticks on the x axis
+    mark the classes of the benchmarked dataset.
+    """
+    plt = _plt()
+    p = np.logspace(-4, np.log10(0.99), 400)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for v in variants:
+        w = weights_from_counts(p * total, v, total)
+        ax.plot(p, w, lw=1.5, label=v)
+    if class_probs is not None:
+        ax.plot(class_probs, np.zeros(len(class_probs)), "k|", ms=12, label="classes of this dataset")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("class probability p = n_c / K (log scale)")
+    ax.set_ylabel("IIF weight w_c")
+    ax.set_title(f"IIF weight variants (paper Fig. 2; smooth uses K = {total:g})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def plot_weight_norms(counts: Sequence[float], before: Sequence[float], after: Sequence[float], path,
+                      after_label: str = "after decoupled IIF (smooth)", title: str = "") -> Path:
+    """Classifier weight norm per class before and after decoupled retraining (paper Fig. 5)."""
+    plt = _plt()
+    n = np.asarray(counts, dtype=float)
+    order = np.argsort(-n, kind="stable")
+    x = np.arange(n.size)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    width = 0.4
+    ax.bar(x - width / 2, np.asarray(before)[order], width, label="stage 1 (softmax CE)")
+    ax.bar(x + width / 2, np.asarray(after)[order], width, label=after_label)
+    step = max(1, n.size // 20)
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels([f"{int(v)}" for v in n[order][::step]], rotation=90, fontsize=7)
+    ax.set_xlabel("classes sorted by training images (label = training images)")
+    ax.set_ylabel("L2 norm of the class's weight row")
+    ax.set_title(title or "Classifier weight norms per class (paper Fig. 5)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], path,
+                     ece_before: float, ece_after: float, temperature: float, title: str = "") -> Path:
+    """Reliability diagram before and after temperature scaling (bins from :func:`iif.metrics.reliability_bins`)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
+    for ax, rb, name in ((axes[0], before, f"before (ECE {ece_before:.1f}%)"),
+                         (axes[1], after, f"after T = {temperature:.2f} (ECE {ece_after:.1f}%)")):
+        edges = rb["edges"]
+        centers = (edges[:-1] + edges[1:]) / 2
+        acc = np.nan_to_num(rb["accuracy"], nan=0.0)
+        ax.bar(centers, acc, width=edges[1] - edges[0], edgecolor="k", alpha=0.75, label="accuracy in bin")
+        conf = rb["confidence"]
+        ax.plot(centers[np.isfinite(conf)], conf[np.isfinite(conf)], "r.", ms=8, label="mean confidence in bin")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (softmax max-probability)")
+        ax.set_title(name)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(title or "Reliability diagram: temperature scaling fitted on validation")
+    return _save(fig, path)
