@@ -1,0 +1,92 @@
+"""Config schema: packaged paper configs carry the SPEC §5 / paper §V-B values, overrides are typed, unknown
+keys fail with a suggestion, and the resume hash ignores only settings that do not change the numbers."""
+
+import pytest
+import yaml
+
+from iif.errors import IIFError
+from iif.train.config import TrainConfig, config_hash, load_config, packaged_configs
+
+
+def test_packaged_cifar_configs_match_the_paper_recipe():
+    cfg = load_config("cifar100_lt_decoupled")
+    # paper §V-B1/2 and SPEC §5
+    assert (cfg.data.name, cfg.data.imbalance_ratio, cfg.data.augment, cfg.data.mixup_alpha) == ("cifar100-lt", 100.0, "autoaugment", 0.2)
+    assert (cfg.model.arch, cfg.model.head, cfg.model.kwargs) == ("se_resnet32", "cosine", {"scale": 16})
+    assert (cfg.optim.batch_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (64, 0.1, 1e-4, 0.9)
+    assert (cfg.schedule.epochs, cfg.schedule.milestones, cfg.schedule.name) == (400, [360, 380], "multistep")
+    # stage 1 is softmax CE, stage 2 (paper §V-B3) smooth IIF, 20 epochs, lr 1e-4, no mixup, random sampling
+    assert cfg.loss.name == "ce" and cfg.strategy.name == "decoupled"
+    d = cfg.decoupled
+    assert (d.loss, d.variant, d.epochs, d.lr, d.mixup_alpha, d.sampler) == ("iif", "smooth", 20, 1e-4, 0.0, "random")
+    assert load_config("imagenet_lt_r50_decoupled").decoupled.lr == 2e-5
+    assert load_config("imagenet_lt_x50_decoupled").decoupled.epochs == 5
+    assert load_config("imagenet_lt_x50_e2e").model.arch == "se_resnext50_32x4d"
+    places = load_config("places_lt_decoupled")
+    assert (places.decoupled.lr, places.decoupled.epochs, places.schedule.epochs) == (1e-5, 10, 30)
+    assert {"cifar10_lt_e2e", "cifar10_lt_posthoc", "digits_lt_e2e", "fashion_mnist_lt_decoupled"} <= set(packaged_configs())
+
+
+def test_every_packaged_config_loads():
+    for name in packaged_configs():
+        assert isinstance(load_config(name), TrainConfig)
+
+
+def test_overrides_are_parsed_by_type():
+    cfg = load_config("digits_lt_e2e", ["optim.lr=1e-3", "schedule.milestones=[3, 5]", "runtime.progress=false",
+                                        "model.kwargs.scale=16", "data.val_per_class=null", "schedule.epochs=3"])
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)
+    assert cfg.schedule.milestones == [3, 5]
+    assert cfg.runtime.progress is False
+    assert cfg.model.kwargs["scale"] == 16
+    assert cfg.data.val_per_class is None
+    assert cfg.schedule.epochs == 3 and isinstance(cfg.schedule.epochs, int)
+
+
+@pytest.mark.parametrize("override, wrong, suggestion", [
+    ("optim.lrr=0.1", "optim.lrr", "lr"),
+    ("optm.lr=0.1", "optm", "optim"),
+    ("decoupled.reinti=true", "decoupled.reinti", "reinit"),
+    ("model.kwarg.scale=3", "model.kwarg", "kwargs"),
+])
+def test_unknown_key_names_it_and_suggests_the_nearest(override, wrong, suggestion):
+    with pytest.raises(IIFError) as exc:
+        load_config("digits_lt_e2e", [override])
+    assert repr(wrong) in str(exc.value) and repr(suggestion) in str(exc.value)
+
+
+def test_unknown_key_in_a_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"schedule": {"epoch": 3}}))
+    with pytest.raises(IIFError, match="'schedule.epoch'.*'epochs'"):
+        load_config(str(p))
+
+
+@pytest.mark.parametrize("override", ["runtime.progress=maybe", "schedule.epochs=2.5", "optim.lr=fast",
+                                      "schedule.milestones=3", "optim.lr"])
+def test_badly_typed_overrides(override):
+    with pytest.raises(IIFError):
+        load_config(None, [override])
+
+
+def test_unknown_config_name_suggests_a_packaged_one():
+    with pytest.raises(IIFError, match="cifar100_lt_decoupled"):
+        load_config("cifar100_lt_decoupld")
+
+
+def test_yaml_base_inheritance(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: digits_lt_e2e\noptim:\n  lr: 0.5\n")
+    cfg = load_config(str(p))
+    base = load_config("digits_lt_e2e")
+    assert cfg.optim.lr == 0.5
+    assert cfg.optim.batch_size == base.optim.batch_size and cfg.model == base.model
+
+
+def test_config_hash_tracks_only_what_changes_results():
+    a = load_config("digits_lt_e2e")
+    assert config_hash(a) == config_hash(load_config("digits_lt_e2e", ["runtime.device=cpu", "runtime.out_dir=/x",
+                                                                        "runtime.progress=false",
+                                                                        "runtime.stop_after_epoch=2"]))
+    assert config_hash(a) != config_hash(load_config("digits_lt_e2e", ["optim.lr=0.01"]))
+    assert config_hash(a) != config_hash(load_config("digits_lt_e2e", ["runtime.seed=1"]))
