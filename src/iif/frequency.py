@@ -472,10 +472,10 @@ class ClassFrequency:
         The annotations are read in one pass extracting two ints each; the rest is numpy, so counting
         costs little beyond ``json.load`` (see ``benchmarks/bench_count_coco.py``).
         """
-        if isinstance(source, Mapping):
-            data, name = source, name or "annotation dict"
-        else:
+        if isinstance(source, (str, os.PathLike)):
             data, name = _read_json(source), name or str(source)
+        else:
+            data, name = source, name or "annotation dict"
         if not isinstance(data, Mapping):
             raise IIFError(f"{name}: top level is a {type(data).__name__}, expected a COCO/LVIS object with "
                            "'images', 'annotations' and 'categories'.")
@@ -653,7 +653,9 @@ class ClassFrequency:
         ``category``/``name`` columns are used when present. K is recovered from the ``raw`` and
         ``raw_obj`` columns (``K = n * exp(raw)``) as ``num_images``/``num_instances``; without them
         the sums of the counts are used. ``task`` is ``"detection"`` when image and instance counts
-        differ or K differs from the sum of counts, else ``"classification"``.
+        differ or K differs from the sum of counts, else ``"classification"``; detection tables get
+        ``groups`` derived from the image counts (r <= 10 < c <= 100 < f), as :meth:`from_coco` does
+        when the json has no LVIS ``frequency``.
         """
         lines = _read_text_lines(path)
         rows = list(csv.reader(lines))
@@ -686,7 +688,9 @@ class ClassFrequency:
         k_img = int(img.sum()) if k_img is None else k_img
         k_obj = int(obj.sum()) if k_obj is None else k_obj
         classification = np.array_equal(img, obj) and k_img == img.sum() and k_obj == obj.sum()
+        # Detection counts get r/c/f letters derived from the image counts, as from_coco does.
         return cls(img, obj, k_img, k_obj, class_names=names, class_ids=ids,
+                   groups=None if classification else lvis_group_letters(img),
                    task="classification" if classification else "detection")
 
     @classmethod
