@@ -1,28 +1,326 @@
-"""Logit adjusters: every margin method of the paper's Table IV as one small nn.Module each.
+"""Logit adjusters: the margin methods of the paper's Table IV, one small ``nn.Module`` each.
 
-(Being extended: see docs/ARCHITECTURE.md.)
+Every adjuster maps logits ``z`` of shape ``(..., C)`` to adjusted logits of the same shape:
+
+| adjuster | adjustment | paper |
+|---|---|---|
+| :class:`PostHocIIF` | ``z' = w * z`` | Eq. 13 (post-process IIF, Table IV "IIF") |
+| :class:`LogitAdjustment` | ``z' = z - tau * ln p`` | Table IV "Log. Adj. PostHoc" (Menon et al.) |
+| :class:`BalancedSoftmaxOffset` | ``z' = z + ln n`` | Table IV "Balanced Softmax" |
+| :class:`LearnableWeightScaling` | ``z' = alpha * z`` | Table IV "LWS" (Kang et al.) |
+| :func:`tau_normalize` | rows ``W_i / ||W_i||^tau`` | tau-norm (Kang et al.), acts on the classifier weight |
+
+Detection classifiers predict ``C + 1`` logits, one of them the background. Built with
+``background="first"`` (torchvision: index 0) or ``"last"`` (mmdetection: index ``C``) an adjuster
+accepts ``(..., C + 1)`` logits and leaves the background logit unchanged (paper section IV-A.3, SPEC §3).
+
+Each module has a functional twin (:func:`posthoc_iif`, :func:`logit_adjustment`,
+:func:`balanced_softmax_offset`) so that a one-off adjustment needs no module.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["tau_normalize", "LearnableWeightScaling"]
+from .errors import IIFError
+from .weights import CountsLike, as_counts, iif_weights
+
+__all__ = [
+    "PostHocIIF",
+    "LogitAdjustment",
+    "BalancedSoftmaxOffset",
+    "LearnableWeightScaling",
+    "tau_normalize",
+    "posthoc_iif",
+    "logit_adjustment",
+    "balanced_softmax_offset",
+    "detection_scores",
+    "expand_class_vector",
+    "check_background",
+]
+
+_BACKGROUNDS = (None, "first", "last")
+
+
+def check_background(background: Optional[str]) -> Optional[str]:
+    """Validate a ``background`` argument (``None``, ``"first"`` or ``"last"``) and return it."""
+    if background not in _BACKGROUNDS:
+        raise IIFError(
+            f"background must be None (no background class), 'first' (torchvision, index 0) or "
+            f"'last' (mmdetection, index C); got {background!r}."
+        )
+    return background
+
+
+def expand_class_vector(
+    vec: torch.Tensor,
+    num_logits: int,
+    background: Optional[str],
+    fill: float,
+    what: str = "weights",
+) -> torch.Tensor:
+    """Return ``vec`` laid out over ``num_logits`` logit columns, or raise if the sizes disagree.
+
+    Without a background, ``vec`` must have exactly ``num_logits`` entries. With ``background="first"``
+    or ``"last"``, ``vec`` holds the ``C`` foreground entries and ``fill`` (the identity of the
+    adjustment: 1 for a multiplicative weight, 0 for an additive offset) is inserted at the background
+    position, so ``num_logits`` must be ``C + 1``; a ``vec`` that already has ``num_logits`` entries is
+    taken to include the background entry (e.g. ``iif_weights(..., background="first")``).
+    """
+    c = int(vec.shape[-1])
+    if background is None:
+        if num_logits != c:
+            raise IIFError(
+                f"logits have {num_logits} classes in their last dimension but the {what} have {c}; "
+                f"expected logits of shape (..., {c}). For detection logits with a background column "
+                "pass background='first' or 'last'."
+            )
+        return vec
+    if num_logits == c + 1:
+        pad = vec.new_full((1,), fill)
+        return torch.cat([pad, vec]) if background == "first" else torch.cat([vec, pad])
+    if num_logits == c:
+        return vec
+    raise IIFError(
+        f"logits have {num_logits} classes in their last dimension but the {what} cover {c} classes "
+        f"with background={background!r}; expected {c + 1} ({c} foreground classes + 1 background "
+        f"logit {background}), or {c} if the {what} already include the background entry."
+    )
+
+
+def _as_logits(logits: torch.Tensor) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor):
+        raise IIFError(f"logits must be a torch.Tensor of shape (..., C); got {type(logits).__name__}.")
+    if logits.dim() == 0:
+        raise IIFError("logits must have at least one dimension (the classes, last); got a scalar.")
+    if not logits.is_floating_point():
+        raise IIFError(f"logits must be floating point; got dtype {logits.dtype}. Cast with .float().")
+    return logits
+
+
+def _vector(values, what: str) -> torch.Tensor:
+    """A 1-D float32 tensor of finite per-class values (weights)."""
+    t = torch.as_tensor(values).detach()
+    if t.dim() != 1 or t.numel() == 0:
+        raise IIFError(f"{what} must be a non-empty 1-D vector with one entry per class; got shape {tuple(t.shape)}.")
+    t = t.to(torch.float32)
+    bad = torch.nonzero(~torch.isfinite(t)).flatten()
+    if bad.numel():
+        raise IIFError(f"{what} contain NaN or inf at classes {bad[:10].tolist()}; pass finite values.")
+    return t
+
+
+def _log_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
+    """``ln n`` of validated counts; zero counts would give ``-inf`` offsets, so they are refused."""
+    n = as_counts(counts, what)
+    zero = np.flatnonzero(n == 0)
+    if zero.size:
+        raise IIFError(
+            f"{what} are zero for classes {zero[:10].tolist()} ({zero.size} in all): ln(0) is -inf, which "
+            "would make those logits infinite. Drop the unseen classes or add 1 to every count."
+        )
+    return np.log(n)
+
+
+def _log_prior(counts: CountsLike) -> np.ndarray:
+    """``ln p_c`` with ``p_c = n_c / sum n`` (the training label prior of logit adjustment)."""
+    logn = _log_counts(counts)
+    return logn - math.log(float(np.exp(logn).sum()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Functional forms
+# ----------------------------------------------------------------------------------------------------
+
+
+def posthoc_iif(logits: torch.Tensor, weights, background: Optional[str] = None) -> torch.Tensor:
+    """Post-process IIF, paper Eq. 13: ``z'_c = w_c * z_c`` (background logit times 1)."""
+    z = _as_logits(logits)
+    if isinstance(weights, torch.Tensor) and weights.dim() == 1:
+        w = weights  # trusted fast path: no host round trip for a device tensor
+    else:
+        w = _vector(weights, "IIF weights")
+    w = expand_class_vector(w, z.shape[-1], check_background(background), 1.0, "IIF weights")
+    return z * w.to(device=z.device, dtype=z.dtype)
+
+
+def logit_adjustment(
+    logits: torch.Tensor, counts: CountsLike, tau: float = 1.0, background: Optional[str] = None
+) -> torch.Tensor:
+    """Post-hoc logit adjustment (Menon et al., Table IV): ``z'_c = z_c - tau * ln p_c``, ``p = n / sum n``."""
+    z = _as_logits(logits)
+    offset = torch.as_tensor(-float(tau) * _log_prior(counts), dtype=torch.float32)
+    offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
+    return z + offset.to(device=z.device, dtype=z.dtype)
+
+
+def balanced_softmax_offset(logits: torch.Tensor, counts: CountsLike, background: Optional[str] = None) -> torch.Tensor:
+    """Balanced Softmax's training-time offset (Ren et al., Table IV): ``z'_c = z_c + ln n_c``."""
+    z = _as_logits(logits)
+    offset = torch.as_tensor(_log_counts(counts), dtype=torch.float32)
+    offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
+    return z + offset.to(device=z.device, dtype=z.dtype)
+
+
+def detection_scores(logits: torch.Tensor, weights, background: str = "first") -> torch.Tensor:
+    """Detection class scores with IIF (SPEC §3): ``softmax(w * z)`` over ``C + 1`` logits, background dropped.
+
+    Args:
+        logits: ``(..., C + 1)`` RoI classifier logits including the background logit.
+        weights: the ``C`` foreground IIF weights (or ``C + 1`` including the background weight).
+        background: where the background logit sits: ``"first"`` (torchvision) or ``"last"`` (mmdetection).
+
+    Returns:
+        ``(..., C)`` foreground probabilities (they sum to 1 minus the background probability).
+    """
+    if background not in ("first", "last"):
+        raise IIFError(f"detection_scores needs background='first' or 'last'; got {background!r}.")
+    probs = torch.softmax(posthoc_iif(logits, weights, background), dim=-1)
+    return probs[..., 1:] if background == "first" else probs[..., :-1]
 
 
 def tau_normalize(weight: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """tau-normalised classifier weights (Kang et al. 2020): row ``w_i / ||w_i||^tau``."""
+    """tau-normalised classifier weights (Kang et al. 2020): row ``w_i / ||w_i||^tau``.
+
+    ``weight`` is ``(C, D)`` (or ``(C, ...)``, each class's slice taken as one row); ``tau = 0`` returns the
+    weight unchanged, ``tau = 1`` gives unit-norm rows.
+    """
     norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return weight / norms.pow(tau).view(-1, *([1] * (weight.dim() - 1)))
 
 
-class LearnableWeightScaling(nn.Module):
-    """LWS (Kang et al. 2020, paper Table IV): ``z'_i = alpha_i * z_i`` with learnable ``alpha`` (init 1)."""
+# ----------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------
 
-    def __init__(self, num_classes: int) -> None:
+
+class _VectorAdjuster(nn.Module):
+    """Shared machinery: one per-class vector (a buffer) combined with the logits."""
+
+    _fill = 0.0
+    _what = "values"
+
+    def __init__(self, vec: torch.Tensor, background: Optional[str]) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(num_classes))
+        self.background = check_background(background)
+        self.register_buffer("vec", vec)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes ``C``."""
+        return int(self.vec.shape[0])
+
+    def full_vector(self, num_logits: int) -> torch.Tensor:
+        """The per-class vector laid out over ``num_logits`` columns (background entry inserted)."""
+        return expand_class_vector(self.vec, num_logits, self.background, self._fill, self._what)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, background={self.background!r}"
+
+
+class PostHocIIF(_VectorAdjuster):
+    """Post-process IIF (paper Eq. 13, section IV-A.4): ``z' = w * z`` at inference.
+
+    Train with plain cross-entropy, then take ``argmax(PostHocIIF(w)(z))``; no retraining is needed.
+
+    Args:
+        weights: the ``C`` IIF weights (e.g. ``iif.iif_weights(counts, "smooth")``).
+        background: ``None``, ``"first"`` or ``"last"``: with a background the module takes ``C + 1``
+            logits and multiplies the background logit by 1.
+    """
+
+    _fill = 1.0
+    _what = "IIF weights"
+
+    def __init__(self, weights, background: Optional[str] = None) -> None:
+        super().__init__(_vector(weights, "IIF weights"), background)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.vec
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: CountsLike,
+        variant: str = "smooth",
+        total: float | None = None,
+        background: Optional[str] = None,
+        **iif_kwargs,
+    ) -> "PostHocIIF":
+        """Build from per-class image counts with :func:`iif.iif_weights` (``norm``, ``allow_negative`` pass through)."""
+        return cls(iif_weights(counts, variant, total=total, **iif_kwargs), background=background)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits * self.scale
+        z = _as_logits(logits)
+        return z * self.full_vector(z.shape[-1]).to(dtype=z.dtype)
+
+
+class LogitAdjustment(_VectorAdjuster):
+    """Post-hoc logit adjustment (Menon et al. 2021, Table IV): ``z' = z - tau * ln p``, ``p_c = n_c / sum n``."""
+
+    _what = "counts"
+
+    def __init__(self, counts: CountsLike, tau: float = 1.0, background: Optional[str] = None) -> None:
+        tau = float(tau)
+        if not math.isfinite(tau):
+            raise IIFError(f"tau must be a finite number (1.0 is the Bayes-optimal choice); got {tau!r}.")
+        super().__init__(torch.as_tensor(-tau * _log_prior(counts), dtype=torch.float32), background)
+        self.tau = tau
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """The additive offset ``-tau * ln p`` (foreground classes)."""
+        return self.vec
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        z = _as_logits(logits)
+        return z + self.full_vector(z.shape[-1]).to(dtype=z.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, tau={self.tau}"
+
+
+class BalancedSoftmaxOffset(_VectorAdjuster):
+    """Balanced Softmax offset (Ren et al. 2020, Table IV): ``z' = z + ln n``; used inside the loss only."""
+
+    _what = "counts"
+
+    def __init__(self, counts: CountsLike, background: Optional[str] = None) -> None:
+        super().__init__(torch.as_tensor(_log_counts(counts), dtype=torch.float32), background)
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """The additive offset ``ln n`` (foreground classes)."""
+        return self.vec
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        z = _as_logits(logits)
+        return z + self.full_vector(z.shape[-1]).to(dtype=z.dtype)
+
+
+class LearnableWeightScaling(nn.Module):
+    """LWS (Kang et al. 2020, paper Table IV): ``z'_i = alpha_i * z_i`` with learnable ``alpha`` (init 1).
+
+    With ``background="first"|"last"`` it takes ``C + 1`` logits and leaves the background logit as is
+    (its scale is fixed to 1, not learned).
+    """
+
+    def __init__(self, num_classes: int, background: Optional[str] = None) -> None:
+        super().__init__()
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise IIFError(f"num_classes must be a positive integer; got {num_classes!r}.")
+        self.background = check_background(background)
+        self.scale = nn.Parameter(torch.ones(int(num_classes)))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        z = _as_logits(logits)
+        return z * expand_class_vector(self.scale, z.shape[-1], self.background, 1.0, "LWS scales")
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.scale.shape[0]}, background={self.background!r}"

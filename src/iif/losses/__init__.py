@@ -1,0 +1,30 @@
+"""Loss functions for long-tailed recognition, each functional + ``nn.Module`` (see docs/losses.md).
+
+``IIFLoss`` / :func:`iif_cross_entropy` is the paper's Eq. 15; the rest are the baselines it is compared
+with (Table IV-V). All share ``F.cross_entropy``'s options, ``adjust_logits`` and ``set_epoch``.
+"""
+
+from .base import CrossEntropyLoss, LossBase
+from .iif_loss import IIFLoss, iif_cross_entropy, online_smooth_weights
+from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss, ldam_margins
+from .registry import LOSSES, build_loss
+from .reweighting import ClassBalancedLoss, FocalLoss, IIFCostSensitiveLoss, class_balanced_weights, focal_loss
+
+__all__ = [
+    "LossBase",
+    "CrossEntropyLoss",
+    "IIFLoss",
+    "iif_cross_entropy",
+    "online_smooth_weights",
+    "IIFCostSensitiveLoss",
+    "BalancedSoftmaxLoss",
+    "LogitAdjustedLoss",
+    "LDAMLoss",
+    "ldam_margins",
+    "ClassBalancedLoss",
+    "class_balanced_weights",
+    "FocalLoss",
+    "focal_loss",
+    "LOSSES",
+    "build_loss",
+]

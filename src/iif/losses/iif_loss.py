@@ -1,0 +1,334 @@
+"""IIF cross-entropy (paper Eq. 15): ``CE(w * z, y)``, with a fused fast path and the online form.
+
+The gradient with respect to the logits is Eq. 16, ``dL/dz_i = w_i (q_i - 1[i = y])`` with
+``q = softmax(w * z)`` (divided by the number of samples for the mean). The composed form
+``F.cross_entropy(z * w, y)`` costs an extra full pass forward (the product) and two backward (the
+product's gradient and the dense one-hot gradient of ``nll_loss``). :class:`_FusedIIFCrossEntropy`
+computes ``softmax(w * z)`` once, keeps it, and turns it into the gradient in place: one multiply
+and one scatter. It covers the common case (hard labels, no class ``weight``, no label smoothing,
+any reduction, ``ignore_index``); everything else takes the composed path, which tests check agree.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ..adjusters import check_background, expand_class_vector
+from ..errors import IIFError
+from ._common import (
+    check_label_smoothing,
+    check_reduction,
+    class_weight,
+    is_soft,
+    validate_inputs,
+)
+from .base import LossBase
+
+__all__ = ["iif_cross_entropy", "IIFLoss", "online_smooth_weights"]
+
+
+class _FusedIIFCrossEntropy(torch.autograd.Function):
+    """``CE(w * z, y)`` with hard labels: forward keeps ``q = softmax(w * z)``, backward reuses it in place."""
+
+    @staticmethod
+    def forward(ctx, logits, target, w, ignore_index: int, reduction: str, any_ignored: Optional[bool]):
+        in_dtype = logits.dtype
+        # Low-precision logits are computed in float32, as autocast does for cross_entropy.
+        z = logits if in_dtype in (torch.float32, torch.float64) else logits.float()
+        w = w.to(device=z.device, dtype=z.dtype)
+        zw = z * w
+        q = torch.softmax(zw, dim=1)
+        masked = any_ignored is None or any_ignored
+        if masked:
+            valid = target != ignore_index
+            safe = target.masked_fill(~valid, 0)
+        else:
+            valid, safe = None, target
+        idx = safe[:, None]
+        q_y = q.gather(1, idx).squeeze(1)
+        loss = -torch.log(q_y)
+        # -log q_y is exact unless q_y underflows (a target logit far below the rest): then use
+        # logsumexp(zw) - zw_y, with logsumexp = max(zw) - log(max(q)) (max(q) >= 1/C never underflows).
+        tiny = torch.finfo(z.dtype).tiny / torch.finfo(z.dtype).eps
+        small = q_y < tiny
+        if z.device.type != "cpu" or bool(small.any()):
+            exact = zw.amax(1) - torch.log(q.amax(1)) - zw.gather(1, idx).squeeze(1)
+            loss = torch.where(small, exact, loss)
+        if masked:
+            loss = loss.masked_fill(~valid, 0.0)
+        n = z.shape[0]
+        if reduction == "none":
+            out, denom = loss, None
+        elif reduction == "sum":
+            out, denom = loss.sum(), None
+        else:
+            denom = valid.sum() if masked else None
+            out = loss.sum() / (denom if masked else n)
+        ctx.save_for_backward(q, safe, w, valid if masked else None, denom)
+        ctx.reduction = reduction
+        ctx.in_dtype = in_dtype
+        ctx.n = n
+        ctx.consumed = False
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        if ctx.consumed:
+            raise RuntimeError(
+                "The fused IIF loss reuses its saved softmax in place, so its graph cannot be backpropagated "
+                "twice (retain_graph=True). Build the loss with fused=False for that."
+            )
+        ctx.consumed = True
+        q, safe, w, valid, denom = ctx.saved_tensors
+        idx = safe[:, None]
+        g = grad.to(q.dtype)
+        if ctx.reduction == "none":
+            # dL_i/dz_ic = g_i * w_c * (q_ic - 1[c = y_i])   (Eq. 16, per sample)
+            q.mul_(w)
+            q.scatter_add_(1, idx, -w[safe][:, None])
+            row = g if valid is None else g * valid
+            q.mul_(row[:, None])
+        else:
+            scale = g if ctx.reduction == "sum" else g / (denom if denom is not None else ctx.n)
+            s = w * scale  # (C,): w_c * grad / N folded into one vector, so one pass over q
+            q.mul_(s)
+            q.scatter_add_(1, idx, -s[safe][:, None])
+            if valid is not None:
+                q.mul_(valid[:, None])
+        return q.to(ctx.in_dtype), None, None, None, None, None
+
+
+def _fused_ok(soft: bool, weight, label_smoothing: float, logits: torch.Tensor) -> bool:
+    return not soft and weight is None and label_smoothing == 0.0 and logits.dim() == 2
+
+
+def _iif_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    w_full: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    fused: bool,
+    soft: bool,
+    any_ignored: Optional[bool],
+) -> torch.Tensor:
+    if fused and _fused_ok(soft, weight, label_smoothing, logits):
+        if any_ignored is None and logits.device.type == "cpu":
+            any_ignored = bool((target == ignore_index).any())  # cheap on CPU, picks the unmasked path
+        return _FusedIIFCrossEntropy.apply(logits, target, w_full, ignore_index, reduction, any_ignored)
+    zw = logits * w_full.to(device=logits.device, dtype=logits.dtype)
+    if weight is not None:
+        weight = weight.to(device=logits.device, dtype=zw.dtype)
+    if soft:
+        target = target.to(zw.dtype)
+    return F.cross_entropy(
+        zw, target, weight=weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+    )
+
+
+def iif_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    iif_weights: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    background: Optional[str] = None,
+    fused: bool = True,
+    check_finite: bool = True,
+    check_labels: bool = True,
+) -> torch.Tensor:
+    """IIF cross-entropy, paper Eq. 15: ``F.cross_entropy(iif_weights * logits, target, ...)``.
+
+    Args:
+        logits: ``(N, C)`` (or ``(N, C + 1)`` with a background column).
+        target: class indices ``(N,)`` or soft targets ``(N, C)``.
+        iif_weights: the ``C`` IIF weights (``iif.iif_weights``); with ``background`` the background
+            weight 1 is inserted, or pass ``C + 1`` weights that already include it.
+        weight, reduction, ignore_index, label_smoothing: as in ``F.cross_entropy``.
+        background: ``None``, ``"first"`` or ``"last"`` (detection, SPEC §3).
+        fused: use the fused autograd kernel when the options allow it (same values, faster).
+        check_finite / check_labels: validate values (one host sync on GPU).
+
+    The gradient is Eq. 16: ``w_i (q_i - 1[i = y])`` per sample with ``q = softmax(w * z)``.
+    """
+    reduction = check_reduction(reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    weight = class_weight(weight)
+    w = iif_weights if isinstance(iif_weights, torch.Tensor) else torch.as_tensor(iif_weights, dtype=torch.float32)
+    if w.dim() != 1:
+        raise IIFError(f"iif_weights must be a 1-D tensor with one weight per class; got shape {tuple(w.shape)}.")
+    num_logits = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() else 0
+    w_full = expand_class_vector(w, num_logits, check_background(background), 1.0, "IIF weights")
+    soft, any_ignored = validate_inputs(logits, target, None, ignore_index, check_finite, check_labels, want_ignored=False)
+    if weight is not None and weight.shape[0] != logits.shape[1]:
+        raise IIFError(f"weight has {weight.shape[0]} entries but the logits have {logits.shape[1]} classes.")
+    return _iif_ce(logits, target, w_full, weight, reduction, ignore_index, label_smoothing, fused, soft, any_ignored)
+
+
+def online_smooth_weights(
+    target: torch.Tensor, num_logits: int, ignore_index: int = -100, background: Optional[str] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smooth IIF weights from one mini-batch's labels (paper section IV-A.2, "online" smooth IIF).
+
+    ``w_c = ln((K + 1) / (n_c + 1)) + 1`` with ``n_c`` the batch count of class ``c`` (the sum of
+    probabilities for soft targets) and ``K`` the number of (non-ignored) samples in the batch.
+    Returns ``(w_full, counts, K)``; the background weight, if any, is 1. No host sync.
+    """
+    if is_soft(target):
+        counts = target.detach().to(torch.float64).sum(0)
+        k = counts.new_tensor(float(target.shape[0]))
+    else:
+        valid = (target != ignore_index).to(torch.float64)
+        counts = torch.zeros(num_logits, dtype=torch.float64, device=target.device)
+        counts.scatter_add_(0, target.masked_fill(target == ignore_index, 0), valid)
+        k = valid.sum()
+    w = torch.log((k + 1.0) / (counts + 1.0)) + 1.0
+    if background == "first":
+        w[0] = 1.0
+    elif background == "last":
+        w[-1] = 1.0
+    return w.to(torch.float32), counts, k
+
+
+class IIFLoss(LossBase):
+    """IIF cross-entropy loss module (paper Eq. 15), a drop-in replacement for ``nn.CrossEntropyLoss``.
+
+    Args:
+        weights: the ``C`` IIF weights (``iif.iif_weights(counts, "smooth")`` or ``freq.weights()``).
+            With ``background`` the background weight 1 is inserted (or pass ``C + 1`` weights).
+        num_classes: number of classes ``C``; needed for the online form.
+        online: recompute smooth IIF weights from every mini-batch's label counts (K = batch size,
+            paper section IV-A.2) instead of fixed dataset weights.
+        variant: the IIF variant for the online form; only ``"smooth"`` is finite for classes missing
+            from a batch.
+        background: ``None``, ``"first"`` or ``"last"`` for detection logits ``(N, C + 1)``.
+        fused: use the fused autograd kernel when the options allow (hard labels, no ``weight``, no
+            label smoothing).
+        weight, reduction, ignore_index, label_smoothing, check_finite, check_labels: see
+            :class:`iif.losses.LossBase`.
+
+    ``adjust_logits(z)`` returns ``w * z``: a model trained with this loss is evaluated on the adjusted
+    logits (SPEC §3). In the online form it uses smooth weights of all labels seen in training mode.
+    """
+
+    def __init__(
+        self,
+        weights=None,
+        *,
+        num_classes: Optional[int] = None,
+        online: bool = False,
+        variant: str = "smooth",
+        background: Optional[str] = None,
+        fused: bool = True,
+        weight=None,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        check_finite: bool = True,
+        check_labels: bool = True,
+    ) -> None:
+        super().__init__(weight, reduction, ignore_index, label_smoothing, check_finite, check_labels)
+        self.background = check_background(background)
+        self.online = bool(online)
+        self.fused = bool(fused)
+        self.variant = str(variant)
+        if self.online:
+            if self.variant != "smooth":
+                raise IIFError(
+                    f"online IIF recomputes weights from each mini-batch, where most classes have zero count; "
+                    f"only variant='smooth' is finite then, got {variant!r}."
+                )
+            if num_classes is None:
+                if weights is None:
+                    raise IIFError("online IIFLoss needs num_classes=C (the number of foreground classes).")
+                num_classes = len(weights)
+            c = int(num_classes)
+            if c < 1:
+                raise IIFError(f"num_classes must be a positive integer; got {num_classes!r}.")
+            total = c + (1 if self.background else 0)
+            self.register_buffer("iif_weights", torch.ones(c))
+            # Label counts seen in training mode, for adjust_logits at inference.
+            self.register_buffer("seen_counts", torch.zeros(total, dtype=torch.float64))
+            self.register_buffer("seen_total", torch.zeros((), dtype=torch.float64))
+        else:
+            if weights is None:
+                raise IIFError(
+                    "IIFLoss needs weights (e.g. iif.iif_weights(counts, 'smooth')) or online=True with num_classes."
+                )
+            w = torch.as_tensor(weights).detach().to(torch.float32)
+            if w.dim() != 1 or w.numel() == 0:
+                raise IIFError(f"weights must be a 1-D vector, one IIF weight per class; got shape {tuple(w.shape)}.")
+            if not bool(torch.isfinite(w).all()):
+                raise IIFError("IIF weights contain NaN or inf; use variant='smooth', which is finite for every count.")
+            if bool((w <= 0).any()):
+                raise IIFError(
+                    "IIF weights must be positive: a weight <= 0 flips or zeroes its logit's sign. "
+                    "Use variant 'smooth' or 'raw' (or clamp the weights)."
+                )
+            if num_classes is not None and int(num_classes) != w.shape[0]:
+                raise IIFError(f"num_classes={num_classes} but {w.shape[0]} weights were given.")
+            self.register_buffer("iif_weights", w)
+
+    def _full_weights(self, num_logits: int) -> torch.Tensor:
+        return expand_class_vector(self.iif_weights, num_logits, self.background, 1.0, "IIF weights")
+
+    def expected_classes(self) -> Optional[int]:
+        return None  # checked against the weights (with or without background) in forward
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        num_logits = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() else 0
+        w_full = self._full_weights(num_logits)
+        # On a GPU the value checks sync anyway; learning there whether any label is ignored lets the
+        # fused kernel skip its row mask.
+        want = logits.device.type != "cpu" and (self.check_finite or self.check_labels)
+        soft, any_ignored = self._validate(logits, target, want_ignored=want)
+        weight = self._weight(logits)
+        if self.online:
+            w_full, counts, k = online_smooth_weights(target, num_logits, self.ignore_index, self.background)
+            if self.training:
+                with torch.no_grad():
+                    c = counts.to(self.seen_counts.device)
+                    if c.shape[0] == self.seen_counts.shape[0]:
+                        self.seen_counts += c
+                    else:  # weights given for C classes, background included in the logits
+                        self.seen_counts += c[: self.seen_counts.shape[0]]
+                    self.seen_total += k.to(self.seen_total.device)
+        return _iif_ce(
+            logits, target, w_full, weight, self.reduction, self.ignore_index, self.label_smoothing,
+            self.fused, soft, any_ignored,
+        )
+
+    def current_weights(self, num_logits: Optional[int] = None) -> torch.Tensor:
+        """The IIF weights inference uses (online: smooth weights of the labels seen so far)."""
+        if not self.online:
+            w = self.iif_weights
+        else:
+            if float(self.seen_total) <= 0:
+                raise IIFError("online IIFLoss has seen no training labels yet; call it on a training batch first.")
+            k = self.seen_total
+            w = (torch.log((k + 1.0) / (self.seen_counts + 1.0)) + 1.0).to(torch.float32)
+            if self.background == "first":
+                w = w[1:]
+            elif self.background == "last":
+                w = w[:-1]
+        return w if num_logits is None else expand_class_vector(w, num_logits, self.background, 1.0, "IIF weights")
+
+    def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``w * z``: the logits a model trained with IIF is evaluated on (Eq. 13, SPEC §3)."""
+        w = self.current_weights(logits.shape[-1])
+        return logits * w.to(device=logits.device, dtype=logits.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.iif_weights.shape[0]}, online={self.online}, background={self.background!r}, "
+            f"fused={self.fused}, {super().extra_repr()}"
+        )
