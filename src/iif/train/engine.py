@@ -161,12 +161,11 @@ def build_criterion(spec: StageSpec, freq) -> nn.Module:
     kw = dict(spec.loss_kwargs)
     if spec.label_smoothing:
         kw["label_smoothing"] = spec.label_smoothing
-    if spec.loss == "ldam" and "total_epochs" not in kw:
-        kw.setdefault("total_epochs", spec.epochs)
-    try:
-        return build_loss(spec.loss, freq, **kw)
-    except TypeError as exc:  # an option the loss does not take
-        raise IIFError(f"loss {spec.loss!r} rejected its options {sorted(kw)}: {exc}. Check loss.kwargs.") from exc
+    # The loop checks the loss for NaN/inf itself (and saves a checkpoint); labels were checked when the
+    # dataset was built. Skipping the loss's own checks saves a host sync per step on a GPU.
+    kw.setdefault("check_finite", False)
+    kw.setdefault("check_labels", False)
+    return build_loss(spec.loss, freq, **kw)
 
 
 class WarmupSchedule:
@@ -490,6 +489,10 @@ def loss_adjuster(criterion: nn.Module | None) -> Callable | None:
     fn = getattr(criterion, "adjust_logits", None)
     if fn is None:
         return None
+    from ..losses import LossBase
+
+    if isinstance(criterion, LossBase) and type(criterion).adjust_logits is LossBase.adjust_logits:
+        return None  # identity: "adjusted" would repeat "raw"
 
     def apply(features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return fn(logits)

@@ -1,0 +1,135 @@
+"""The training loop end to end on digits-LT (seconds on CPU): outputs, raw vs adjusted metrics checked by an
+independent route, the LR schedule by hand, the resident batch path against the per-sample path, AMP,
+mixup, the CLI, and the bad inputs (NaN loss, zero-image class, list file with missing images)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from iif import iif_weights
+from iif.cli import main as cli_main
+from iif.data import DatasetSplits, TensorImageDataset
+from iif.errors import IIFError
+from iif.frequency import ClassFrequency
+from iif.metrics import evaluate_logits
+from iif.train import extract_features, fit, load_config
+from iif.train.engine import ResidentBatches, WarmupSchedule, batch_recipe, build_splits
+
+TINY = ["runtime.progress=false", "runtime.tensorboard=false", "schedule.epochs=2", "eval.every=1",
+        "model.backbone_kwargs.width=4"]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return build_splits(load_config("digits_lt_e2e"))
+
+
+def test_e2e_iif_run_writes_outputs_and_scores_w_times_z(tmp_path, splits):
+    cfg = load_config("digits_lt_e2e", TINY)
+    res = fit(cfg, out_dir=tmp_path, splits=splits)
+    assert {"last.pt", "metrics.csv", "config.yaml", "final_metrics.json"} <= {p.name for p in tmp_path.iterdir()}
+    rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("stage,epoch")
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    # Independent route: features/logits of the test set, then IIF smooth weights times z (Eq. 13).
+    f, z, y = extract_features(res.model, splits.test, "cpu", 64)
+    counts = splits.freq.image_counts
+    w = iif_weights(counts, "smooth")
+    assert res.final_metrics["raw"]["top1"] == pytest.approx(evaluate_logits(z, y, counts)["top1"])
+    assert res.final_metrics["adjusted"]["top1"] == pytest.approx(evaluate_logits(z * w, y, counts)["top1"])
+    assert res.final_metrics["adjusted"]["few"] == pytest.approx(evaluate_logits(z * w, y, counts)["few"])
+    saved = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert saved["adjusted"]["top1"] == pytest.approx(res.final_metrics["adjusted"]["top1"])
+    # softmax CE has no decision rule of its own: only raw metrics
+    ce = fit(load_config("digits_lt_e2e", TINY + ["loss.name=ce", "schedule.epochs=1"]), splits=splits)
+    assert set(ce.final_metrics) == {"raw"}
+
+
+def test_warmup_multistep_and_cosine_factors_by_hand():
+    s = WarmupSchedule(iters_per_epoch=10, epochs=4, name="multistep", milestones=[2, 3], gamma=0.1,
+                       warmup_epochs=1, warmup_start_factor=0.1)
+    assert [s(0), s(5), s(10), s(19), s(20), s(30)] == pytest.approx([0.1, 0.55, 1.0, 1.0, 0.1, 0.01])
+    c = WarmupSchedule(iters_per_epoch=10, epochs=4, name="cosine", warmup_epochs=1, warmup_start_factor=0.0)
+    # after 10 warm-up steps, 30 cosine steps: half way at step 25
+    assert [c(10), c(25), c(40)] == pytest.approx([1.0, 0.5, 0.0])
+    assert c(15) == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 30)))
+    with pytest.raises(IIFError, match="schedule"):
+        WarmupSchedule(10, 4, name="linear")
+
+
+def test_resident_eval_batches_equal_the_per_sample_transform(splits):
+    ds = splits.test
+    recipe = batch_recipe(ds)
+    assert recipe is not None and not recipe["crop"] and not recipe["flip"]
+    batches = list(ResidentBatches(ds, recipe, None, 50, torch.device("cpu"), train=False))
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    ref = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert torch.allclose(x, ref, atol=1e-6) and torch.equal(y, torch.as_tensor(ds.targets))
+
+
+def test_training_recipe_detection(splits):
+    basic = build_splits(load_config("digits_lt_e2e", ["data.augment=basic"])).train
+    r = batch_recipe(basic)
+    assert r["crop"] and r["padding"] == 1 and not r["flip"]  # digits: 1-pixel pad, no flips
+    auto = build_splits(load_config("digits_lt_e2e", ["data.augment=autoaugment"])).train
+    assert batch_recipe(auto) is None  # AutoAugment is per-sample: DataLoader path
+
+
+def test_bf16_amp_mixup_label_smoothing_and_dataloader_path_run(splits):
+    cfg = load_config("digits_lt_e2e", TINY + ["schedule.epochs=1", "runtime.amp=bf16", "data.mixup_alpha=0.2",
+                                               "loss.label_smoothing=0.1", "data.resident=false"])
+    res = fit(cfg, splits=splits)
+    assert math.isfinite(res.history[-1]["train_loss"]) and 0 <= res.final_metrics["adjusted"]["top1"] <= 100
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_saves_a_checkpoint(tmp_path, splits):
+    cfg = load_config("digits_lt_e2e", TINY + ["optim.lr=1e30", "loss.name=ce"])
+    with pytest.raises(IIFError, match=r"at epoch \d+, step \d+") as exc:
+        fit(cfg, out_dir=tmp_path, splits=splits)
+    assert "nan.pt" in str(exc.value)
+    saved = torch.load(tmp_path / "nan.pt", weights_only=False)
+    assert saved["nan_step"] >= 0 and "model" in saved
+
+
+def test_zero_image_class_is_refused(splits):
+    tr = splits.train
+    keep = np.flatnonzero(np.asarray(tr.targets) != 9)
+    train = tr.subset(keep)
+    bad = DatasetSplits(train, None, splits.test, ClassFrequency.from_labels(train.targets, num_classes=10), 10, 1, 8,
+                        splits.class_names)
+    with pytest.raises(IIFError, match=r"no images for 1 class.*9"):
+        fit(load_config("digits_lt_e2e", TINY), splits=bad)
+
+
+def test_list_file_with_missing_images_fails_before_training(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.jpg")
+    (tmp_path / "ImageNet_LT_train.txt").write_text("img/a.jpg 0\nimg/missing.jpg 1\n")
+    (tmp_path / "ImageNet_LT_val.txt").write_text("img/a.jpg 0\n")
+    (tmp_path / "ImageNet_LT_test.txt").write_text("img/a.jpg 0\n")
+    cfg = load_config("imagenet_lt_r50_e2e", [f"data.root={tmp_path}", "data.options.num_classes=2"] + TINY[:2])
+    with pytest.raises(IIFError, match="missing.jpg"):
+        fit(cfg)
+
+
+def test_cli_train_then_eval_with_adjusters(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", "digits_lt_e2e", "schedule.epochs=1", "model.backbone_kwargs.width=4",
+                     "runtime.tensorboard=false", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert "adjusted" in capsys.readouterr().out
+    assert cli_main(["eval", str(out / "last.pt"), "--adjust", "iif:smooth", "la:1.0"]) == 0
+    table = capsys.readouterr().out
+    assert "la:1.0" in table and "iif:smooth" in table
+    metrics = json.loads((out / "eval_test.json").read_text())
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert set(metrics) == {"raw", "adjusted", "iif:smooth", "la:1.0"}
+    # the rebuilt model + data give the numbers training reported; IIF loss rule == post-hoc iif:smooth
+    assert metrics["raw"]["top1"] == pytest.approx(final["raw"]["top1"])
+    assert metrics["adjusted"]["top1"] == pytest.approx(metrics["iif:smooth"]["top1"])
+    assert cli_main(["eval", str(out / "last.pt"), "--adjust", "bogus:1"]) == 2
