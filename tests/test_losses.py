@@ -1,0 +1,443 @@
+"""Losses against hand-worked values (float64, math.exp/log), the closed-form gradient of Eq. 16, and
+F.cross_entropy on w * z for every torch option."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iif.errors import IIFError
+from iif.frequency import ClassFrequency
+from iif.losses import (
+    LOSSES,
+    BalancedSoftmaxLoss,
+    ClassBalancedLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    IIFCostSensitiveLoss,
+    IIFLoss,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    build_loss,
+    class_balanced_weights,
+    focal_loss,
+    iif_cross_entropy,
+)
+from iif.losses.iif_loss import _FusedIIFCrossEntropy
+from iif.weights import iif_weights
+
+
+def lse(xs):
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def ce_hand(z, y):
+    """-log softmax(z)[y] for one sample, in Python floats."""
+    return lse(z) - z[y]
+
+
+def t(x, dtype=torch.float64):
+    return torch.tensor(x, dtype=dtype)
+
+
+def rand_case(n=12, c=7, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g, dtype=dtype) * 2
+    y = torch.randint(0, c, (n,), generator=g)
+    w = torch.rand(c, generator=g, dtype=torch.float32) * 4 + 0.5
+    return z, y, w
+
+
+# ---------------------------------------------------------------- IIF cross-entropy (Eq. 15, 16)
+
+
+def test_iif_cross_entropy_hand_value():
+    z = [[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]
+    y = [0, 2]
+    w = [2.0, 0.5, 3.0]
+    zw = [[a * b for a, b in zip(row, w)] for row in z]
+    per = [ce_hand(zw[0], 0), ce_hand(zw[1], 2)]
+    # zw[0] = [2, 1, 1.5]: -2 + log(e^2 + e^1 + e^1.5)
+    assert per[0] == pytest.approx(-2 + math.log(math.exp(2) + math.exp(1) + math.exp(1.5)), rel=1e-15)
+    for fused in (True, False):
+        got = iif_cross_entropy(t(z), torch.tensor(y), torch.tensor(w), fused=fused)
+        assert got.item() == pytest.approx(sum(per) / 2, rel=1e-6)
+        assert iif_cross_entropy(t(z), torch.tensor(y), torch.tensor(w), reduction="sum", fused=fused).item() == pytest.approx(sum(per), rel=1e-6)
+        none = iif_cross_entropy(t(z), torch.tensor(y), torch.tensor(w), reduction="none", fused=fused)
+        assert none.tolist() == pytest.approx(per, rel=1e-6)
+    assert IIFLoss(w)(t(z), torch.tensor(y)).item() == pytest.approx(sum(per) / 2, rel=1e-6)
+
+
+def eq16_gradient(z, y, w, row_scale):
+    """Eq. 16 in float64 with numpy: w_i (q_i - 1[i = y]) per sample times row_scale (1/N for the mean)."""
+    z = np.asarray(z, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    zw = z * w
+    q = np.exp(zw - zw.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    onehot = np.zeros_like(q)
+    onehot[np.arange(len(y)), y] = 1.0
+    return w * (q - onehot) * np.asarray(row_scale, dtype=np.float64)[:, None]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradient_is_eq16(fused, reduction):
+    z, y, w = rand_case(seed=1)
+    z = z.float().requires_grad_()
+    loss = iif_cross_entropy(z, y, w, reduction=reduction, fused=fused)
+    n = z.shape[0]
+    if reduction == "none":
+        g = torch.linspace(0.5, 2.0, n)
+        loss.backward(g)
+        scale = g.double().numpy()
+    else:
+        loss.backward()
+        scale = np.full(n, 1.0 / n if reduction == "mean" else 1.0)
+    expect = eq16_gradient(z.detach().numpy(), y.numpy(), w.numpy(), scale)
+    np.testing.assert_allclose(z.grad.double().numpy(), expect, rtol=1e-5, atol=1e-7)
+    # and autograd through the composed form in float64
+    z64 = z.detach().double().requires_grad_()
+    ref = F.cross_entropy(z64 * w.double(), y, reduction=reduction)
+    ref.backward(torch.as_tensor(scale * n if reduction == "mean" else scale) if reduction == "none" else None)
+    np.testing.assert_allclose(z.grad.double().numpy(), z64.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_fused_and_composed_paths_agree_with_ignored_labels():
+    z, y, w = rand_case(n=20, c=9, seed=2, dtype=torch.float32)
+    y[[3, 7]] = -100
+    for reduction in ("mean", "sum", "none"):
+        grads, vals = [], []
+        for fused in (True, False):
+            zz = z.clone().requires_grad_()
+            loss = iif_cross_entropy(zz, y, w, reduction=reduction, fused=fused)
+            (loss.sum() if reduction == "none" else loss).backward()
+            grads.append(zz.grad)
+            vals.append(loss.detach())
+        torch.testing.assert_close(vals[0], vals[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+        assert grads[0][[3, 7]].abs().max() == 0  # ignored samples get no gradient
+    # the mean is over the 18 non-ignored samples
+    full = iif_cross_entropy(z, y, w, reduction="none")
+    assert iif_cross_entropy(z, y, w).item() == pytest.approx(full.sum().item() / 18, rel=1e-6)
+
+
+def test_fused_kernel_is_the_one_used_in_the_common_case(monkeypatch):
+    calls = []
+    orig = _FusedIIFCrossEntropy.apply
+    monkeypatch.setattr(_FusedIIFCrossEntropy, "apply", lambda *a: calls.append(1) or orig(*a))
+    z, y, w = rand_case(dtype=torch.float32)
+    iif_cross_entropy(z, y, w)
+    assert calls == [1]
+    iif_cross_entropy(z, y, w, label_smoothing=0.1)
+    iif_cross_entropy(z, y, w, weight=torch.ones(7))
+    iif_cross_entropy(z, F.one_hot(y, 7).float(), w)
+    iif_cross_entropy(z, y, w, fused=False)
+    assert calls == [1]  # the other options took the composed path
+
+
+def test_fused_loss_survives_an_underflowing_target_probability():
+    # float32 softmax of [0, -200] underflows q_1 to 0; the loss is 200 + log(1 + e^-200) = 200.
+    z = torch.tensor([[0.0, -200.0], [1.0, 0.0]], requires_grad=True)
+    y = torch.tensor([1, 0])
+    loss = iif_cross_entropy(z, y, torch.ones(2), reduction="none")
+    assert loss[0].item() == pytest.approx(200.0, rel=1e-6)
+    assert loss[1].item() == pytest.approx(ce_hand([1.0, 0.0], 0), rel=1e-6)
+    loss.sum().backward()
+    assert z.grad[0].tolist() == pytest.approx([1.0, -1.0], abs=1e-6)
+
+
+def test_fused_loss_refuses_a_second_backward_through_a_retained_graph():
+    z, y, w = rand_case(dtype=torch.float32)
+    z.requires_grad_()
+    loss = iif_cross_entropy(z, y, w)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="fused=False"):
+        loss.backward()
+    z.grad = None
+    loss = iif_cross_entropy(z, y, w, fused=False)
+    loss.backward(retain_graph=True)
+    loss.backward()  # the composed path supports it
+
+
+def test_low_precision_logits_compute_in_float32():
+    z, y, w = rand_case(dtype=torch.float32)
+    zb = z.bfloat16().requires_grad_()
+    loss = iif_cross_entropy(zb, y, w)
+    assert loss.dtype == torch.float32
+    ref = F.cross_entropy(zb.detach().float() * w, y)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward()
+    assert zb.grad.dtype == torch.bfloat16
+
+
+OPTIONS = [
+    dict(label_smoothing=0.1),
+    dict(weight=[1.0, 2.0, 0.5, 1.5, 1.0, 0.2, 3.0]),
+    dict(weight=[1.0, 2.0, 0.5, 1.5, 1.0, 0.2, 3.0], label_smoothing=0.2, reduction="sum"),
+    dict(ignore_index=2),
+    dict(ignore_index=2, weight=[1.0, 2.0, 0.5, 1.5, 1.0, 0.2, 3.0], label_smoothing=0.3),
+    dict(reduction="none", label_smoothing=0.05),
+]
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+@pytest.mark.parametrize("soft", [False, True])
+def test_torch_options_match_cross_entropy_on_weighted_logits(opts, soft):
+    z, y, w = rand_case(seed=3)
+    target = torch.softmax(torch.randn(12, 7, generator=torch.Generator().manual_seed(9), dtype=torch.float64), 1) if soft else y
+    if soft and "ignore_index" in opts:
+        opts = {k: v for k, v in opts.items() if k != "ignore_index"}
+    wt = opts.get("weight")
+    kw = dict(opts, weight=None if wt is None else torch.tensor(wt, dtype=torch.float64))
+    ref = F.cross_entropy(z * w.double(), target, **kw)
+    for fused in (True, False):
+        got = iif_cross_entropy(z, target, w, fused=fused, **kw)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
+    got = IIFLoss(w, **opts)(z, target)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_mixup_soft_target_hand_value():
+    # target 0.3 / 0.7 over two classes: -(0.3 log q0 + 0.7 log q1) on w * z
+    z, w = [0.4, -0.6], [2.0, 5.0]
+    zw = [0.8, -3.0]
+    expect = 0.3 * ce_hand(zw, 0) + 0.7 * ce_hand(zw, 1)
+    got = IIFLoss(w)(t([z]), t([[0.3, 0.7]]))
+    assert got.item() == pytest.approx(expect, rel=1e-6)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_detection_form_inserts_background_weight_one(where):
+    z, y, w = rand_case(n=10, c=5, seed=4)  # 4 foreground classes + background
+    w_fg = w[:4]
+    full = torch.cat([torch.ones(1), w_fg]) if where == "first" else torch.cat([w_fg, torch.ones(1)])
+    ref = F.cross_entropy(z * full.double(), y)
+    loss = IIFLoss(w_fg, background=where)
+    torch.testing.assert_close(loss(z, y), ref)
+    torch.testing.assert_close(IIFLoss(full, background=where)(z, y), ref)  # already (C + 1) weights
+    torch.testing.assert_close(loss.adjust_logits(z), z * full.double())
+    from_table = iif_weights([50, 20, 5, 1], "smooth", background=where)
+    torch.testing.assert_close(
+        IIFLoss(from_table[1:] if where == "first" else from_table[:-1], background=where)(z, y),
+        F.cross_entropy(z * from_table.double(), y),
+    )
+
+
+def test_online_iif_uses_each_batch_counts():
+    # batch labels [0, 0, 1] over 3 classes: K = 3, counts [2, 1, 0]
+    z = [[0.5, -0.2, 0.1], [1.0, 0.0, -1.0], [0.2, 0.3, 0.4]]
+    y = [0, 0, 1]
+    w = [math.log(4 / 3) + 1, math.log(4 / 2) + 1, math.log(4 / 1) + 1]
+    expect = sum(ce_hand([a * b for a, b in zip(row, w)], yy) for row, yy in zip(z, y)) / 3
+    loss = IIFLoss(num_classes=3, online=True)
+    assert loss(t(z), torch.tensor(y)).item() == pytest.approx(expect, rel=1e-6)
+    # inference uses smooth weights of all labels seen in training mode: here [0,0,1] then [2]
+    loss(t(z[:1]), torch.tensor([2]))
+    k, counts = 4, [2, 1, 1]
+    w_seen = [math.log((k + 1) / (n + 1)) + 1 for n in counts]
+    assert loss.adjust_logits(t([[1.0, 1.0, 1.0]]))[0].tolist() == pytest.approx(w_seen, rel=1e-6)
+    with pytest.raises(IIFError, match="only variant='smooth'"):
+        IIFLoss(num_classes=3, online=True, variant="raw")
+    with pytest.raises(IIFError, match="no training labels"):
+        IIFLoss(num_classes=3, online=True).adjust_logits(torch.zeros(1, 3))
+
+
+def test_adjust_logits_per_loss():
+    counts = [30, 10, 2]
+    z = t([[1.0, -2.0, 0.5]])
+    w = iif_weights(counts)
+    torch.testing.assert_close(IIFLoss(w).adjust_logits(z), z * w.double())
+    for name in ("ce", "balanced_softmax", "logit_adjusted", "ldam", "iif_csl", "cb_softmax", "focal"):
+        assert torch.equal(build_loss(name, counts).adjust_logits(z), z)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_iif_csl_scales_each_sample_by_its_target_weight():
+    z = [[1.0, 2.0, 0.5], [-1.0, 0.0, 3.0]]
+    y = [0, 2]
+    w = [2.0, 0.5, 3.0]
+    per = [2.0 * ce_hand(z[0], 0), 3.0 * ce_hand(z[1], 2)]
+    loss = IIFCostSensitiveLoss(w, reduction="none")
+    assert loss(t(z), torch.tensor(y)).tolist() == pytest.approx(per, rel=1e-6)
+    assert IIFCostSensitiveLoss(w)(t(z), torch.tensor(y)).item() == pytest.approx(sum(per) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_iif_csl_with_unit_weights_is_cross_entropy(opts):
+    z, y, _ = rand_case(seed=5)
+    wt = opts.get("weight")
+    kw = dict(opts, weight=None if wt is None else torch.tensor(wt, dtype=torch.float64))
+    got = IIFCostSensitiveLoss(torch.ones(7), **opts)(z, y)
+    torch.testing.assert_close(got, F.cross_entropy(z, y, **kw))
+    torch.testing.assert_close(CrossEntropyLoss(**opts)(z, y), F.cross_entropy(z, y, **kw))
+
+
+def test_balanced_softmax_and_logit_adjusted_loss_hand_values():
+    counts = [3, 1]
+    z, y = [0.2, 0.4], 1
+    bs = ce_hand([0.2 + math.log(3), 0.4 + math.log(1)], y)
+    assert BalancedSoftmaxLoss(counts)(t([z]), torch.tensor([y])).item() == pytest.approx(bs, rel=1e-6)
+    la = ce_hand([0.2 + math.log(0.75), 0.4 + math.log(0.25)], y)
+    assert LogitAdjustedLoss(counts)(t([z]), torch.tensor([y])).item() == pytest.approx(la, rel=1e-6)
+    la2 = ce_hand([0.2 + 2 * math.log(0.75), 0.4 + 2 * math.log(0.25)], y)
+    assert LogitAdjustedLoss(counts, tau=2.0)(t([z]), torch.tensor([y])).item() == pytest.approx(la2, rel=1e-6)
+    # with tau = 1 the two differ only by a constant shift of all logits (ln sum n), so they are equal
+    assert bs == pytest.approx(la, rel=1e-12)
+
+
+def test_ldam_margin_scale_and_drw():
+    counts = [16, 1]  # n^-1/4 = [0.5, 1] -> margins scaled to max 0.5: [0.25, 0.5]
+    loss = LDAMLoss(counts, max_margin=0.5, scale=30.0, reduction="sum")
+    assert loss.margins.tolist() == pytest.approx([0.25, 0.5])
+    z = [[1.0, 2.0], [0.3, 0.1]]
+    y = [1, 0]
+    per = [ce_hand([30 * 1.0, 30 * (2.0 - 0.5)], 1), ce_hand([30 * (0.3 - 0.25), 30 * 0.1], 0)]
+    assert loss(t(z), torch.tensor(y)).item() == pytest.approx(sum(per), rel=1e-6)
+    # DRW from epoch 2: class-balanced weights with beta = 0.5: (1-b)/(1-b^n) = [0.5/(1-0.5^16), 1], sum to 2
+    drw = LDAMLoss(counts, drw_epoch=2, drw_beta=0.5, reduction="sum")
+    raw = [0.5 / (1 - 0.5 ** 16), 1.0]
+    cb = [r / sum(raw) * 2 for r in raw]
+    drw.set_epoch(1)
+    assert drw(t(z), torch.tensor(y)).item() == pytest.approx(sum(per), rel=1e-6)
+    drw.set_epoch(2)
+    assert drw.current_weight().tolist() == pytest.approx(cb, rel=1e-6)
+    assert drw(t(z), torch.tensor(y)).item() == pytest.approx(cb[1] * per[0] + cb[0] * per[1], rel=1e-6)
+
+
+def test_class_balanced_weights_and_loss():
+    # counts [2, 1], beta 0.5: (1-b)/(1-b^n) = [0.5/0.75, 0.5/0.5] = [2/3, 1], rescaled to sum 2: [0.8, 1.2]
+    assert class_balanced_weights([2, 1], beta=0.5).tolist() == pytest.approx([0.8, 1.2], rel=1e-6)
+    assert class_balanced_weights([7, 1], beta=0.0).tolist() == [1.0, 1.0]
+    z = [[0.1, 0.9], [2.0, -1.0]]
+    y = [0, 1]
+    per = [0.8 * ce_hand(z[0], 0), 1.2 * ce_hand(z[1], 1)]
+    loss = ClassBalancedLoss([2, 1], beta=0.5)
+    assert loss(t(z), torch.tensor(y)).item() == pytest.approx(sum(per) / 2, rel=1e-6)
+    q = [math.exp(-ce_hand(z[0], 0)), math.exp(-ce_hand(z[1], 1))]
+    foc = [0.8 * (1 - q[0]) ** 1.5 * ce_hand(z[0], 0), 1.2 * (1 - q[1]) ** 1.5 * ce_hand(z[1], 1)]
+    loss = ClassBalancedLoss([2, 1], beta=0.5, loss="focal", gamma=1.5)
+    assert loss(t(z), torch.tensor(y)).item() == pytest.approx(sum(foc) / 2, rel=1e-6)
+    with pytest.raises(IIFError, match=r"beta must lie in \[0, 1\)"):
+        ClassBalancedLoss([2, 1], beta=1.0)
+
+
+def test_focal_loss_hand_value():
+    z = [0.0, math.log(3.0)]  # q = [0.25, 0.75]
+    got = FocalLoss(gamma=2.0)(t([z]), torch.tensor([1])).item()
+    assert got == pytest.approx(-(0.25 ** 2) * math.log(0.75), rel=1e-9)
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+@pytest.mark.parametrize("soft", [False, True])
+def test_focal_with_gamma_zero_is_cross_entropy_for_every_option(opts, soft):
+    z, y, _ = rand_case(seed=6)
+    target = torch.softmax(torch.randn(12, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64), 1) if soft else y
+    if soft:
+        opts = {k: v for k, v in opts.items() if k != "ignore_index"}
+    wt = opts.get("weight")
+    kw = dict(opts, weight=None if wt is None else torch.tensor(wt, dtype=torch.float64))
+    torch.testing.assert_close(focal_loss(z, target, 0.0, **kw), F.cross_entropy(z, target, **kw))
+    torch.testing.assert_close(FocalLoss(gamma=0.0, **opts)(z, target), F.cross_entropy(z, target, **kw))
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_build_loss_every_name():
+    counts = [40, 10, 3]
+    freq = ClassFrequency.from_labels([0] * 40 + [1] * 10 + [2] * 3)
+    kinds = {
+        "ce": CrossEntropyLoss, "iif": IIFLoss, "iif_csl": IIFCostSensitiveLoss,
+        "balanced_softmax": BalancedSoftmaxLoss, "logit_adjusted": LogitAdjustedLoss, "ldam": LDAMLoss,
+        "cb_softmax": ClassBalancedLoss, "cb_focal": ClassBalancedLoss, "focal": FocalLoss,
+    }
+    assert set(kinds) == set(LOSSES)
+    z, y, _ = rand_case(n=6, c=3, seed=7)
+    for name, cls in kinds.items():
+        for source in (counts, freq):
+            loss = build_loss(name, source)
+            assert type(loss) is cls
+            assert torch.isfinite(loss(z, y))
+    assert build_loss("cb_focal", counts).loss == "focal"
+    w = build_loss("iif", freq, variant="raw", total=100).iif_weights
+    assert w.tolist() == pytest.approx([math.log(100 / n) for n in counts], rel=1e-6)
+    w = build_loss("iif_csl", counts, variant="base10").iif_weights
+    assert w.tolist() == pytest.approx([math.log10(53 / n) for n in counts], rel=1e-6)
+    assert build_loss("iif", counts, online=True).online
+    assert build_loss("ldam", counts, drw_epoch=3).drw_epoch == 3
+
+
+def test_build_loss_unknown_name_lists_known_ones():
+    with pytest.raises(IIFError, match="Unknown loss 'iff'.*ce, iif, iif_csl.*focal"):
+        build_loss("iff", [1, 2])
+    with pytest.raises(IIFError, match="needs the training class counts"):
+        build_loss("iif", None)
+    with pytest.raises(IIFError, match="bad options for loss 'focal'"):
+        build_loss("focal", None, beta=0.9)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+ALL = sorted(LOSSES)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in ("ce", "focal")])  # those have no per-class state
+def test_class_dimension_mismatch(name):
+    loss = build_loss(name, [5, 3, 1])
+    with pytest.raises(IIFError, match=r"logits have 4 classes.*(expected|built for)"):
+        loss(torch.zeros(2, 4), torch.tensor([0, 1]))
+
+
+def test_class_dimension_mismatch_with_background():
+    loss = IIFLoss([2.0, 3.0, 4.0], background="first")
+    with pytest.raises(IIFError, match=r"logits have 6 classes.*expected 4 \(3 foreground classes \+ 1 background"):
+        loss(torch.zeros(2, 6), torch.tensor([0, 1]))
+    with pytest.raises(IIFError, match="logits have 4 classes.*weights have 3"):
+        IIFLoss([2.0, 3.0, 4.0])(torch.zeros(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(IIFError, match="expected 4"):
+        iif_cross_entropy(torch.zeros(2, 2), torch.tensor([0, 1]), torch.ones(3), background="last")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_label_out_of_range_names_the_label_and_the_range(name):
+    loss = build_loss(name, [5, 3, 1])
+    with pytest.raises(IIFError, match=r"target label 3 \(sample 1\) is out of range for 3 classes.*\[0, 2\]"):
+        loss(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(IIFError, match=r"target label -1 .*\[0, 2\] or equal ignore_index=-100"):
+        loss(torch.zeros(2, 3), torch.tensor([-1, 0]))
+    loss(torch.zeros(2, 3), torch.tensor([-100, 0]))  # the ignore_index is fine
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_raise_unless_disabled(name, bad):
+    z = torch.zeros(2, 3)
+    z[1, 2] = bad
+    with pytest.raises(IIFError, match=r"logits contain .*(NaN|inf).*first at index \(1, 2\)"):
+        build_loss(name, [5, 3, 1])(z, torch.tensor([0, 1]))
+    out = build_loss(name, [5, 3, 1], check_finite=False)(z, torch.tensor([0, 2]))
+    assert not torch.isfinite(out)
+
+
+def test_bad_options():
+    with pytest.raises(IIFError, match="reduction must be one of"):
+        IIFLoss([1.0, 2.0], reduction="avg")
+    with pytest.raises(IIFError, match=r"label_smoothing must lie in \[0, 1\]"):
+        CrossEntropyLoss(label_smoothing=1.5)
+    with pytest.raises(IIFError, match="must be positive"):
+        IIFLoss([1.0, -2.0])
+    with pytest.raises(IIFError, match="needs weights"):
+        IIFLoss()
+    with pytest.raises(IIFError, match=r"soft targets must have the logits' shape \(2, 3\)"):
+        IIFLoss([1.0, 2.0, 3.0])(torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(IIFError, match=r"shape \(2,\)"):
+        IIFLoss([1.0, 2.0, 3.0])(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(IIFError, match="weight has 2 entries"):
+        CrossEntropyLoss(weight=[1.0, 2.0])(torch.zeros(2, 3), torch.tensor([0, 1]))
