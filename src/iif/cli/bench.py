@@ -1,0 +1,47 @@
+"""``iif bench``: one softmax backbone per head, every IIF strategy and baseline, one table.
+
+    iif bench [--dataset NAME | --config FILE] [--seeds N] [--out DIR] [--quick] [--heads cosine,linear]
+              [--force] [--device ...]
+
+See docs/bench.md for what each row means and what the output folder holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="compare post-process / decoupled / end-to-end IIF and baselines on one dataset",
+        description="Train a softmax backbone per classifier head, cache its features and logits, and compare softmax, "
+        "post-process IIF (all variants), logit adjustment, tau-norm, decoupled IIF (all variants), cRT, LWS, "
+        "validation-tuned IIF and (unless --quick) end-to-end IIF, IIF_CSL, Balanced Softmax, LA loss and LDAM-DRW. "
+        "Writes results.json, report.md and plots to --out.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help="registered dataset name (default digits-lt, embedded, runs offline)")
+    src.add_argument("--config", help="training config (packaged name or YAML path) describing the backbone recipe")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1); numbers become mean ± std")
+    p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
+    p.add_argument("--quick", action="store_true", help="skip the end-to-end baselines (only one backbone per head)")
+    p.add_argument("--heads", default="cosine,linear", help="comma-separated classifier heads (default cosine,linear)")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
+    p.add_argument("--many", type=int, default=None, help="many-shot threshold (default 100; 50 when no class has > 100 images)")
+    p.add_argument("--few", type=int, default=None, help="few-shot threshold (default 20; 15 when no class has > 100 images)")
+    p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="backbone config overrides, e.g. schedule.epochs=5")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.runner import run_bench
+
+    run_bench(dataset=args.dataset, config=args.config, seeds=args.seeds, out=args.out, quick=args.quick,
+              heads=args.heads.split(","), force=args.force, device=args.device, overrides=args.overrides,
+              many=args.many, few=args.few, plots=not args.no_plots)
+    return 0
