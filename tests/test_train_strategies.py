@@ -1,0 +1,117 @@
+"""The three IIF strategies (paper Fig. 3, SPEC §3): the decoupled stage really freezes the backbone (weights
+AND BatchNorm statistics bitwise unchanged), legacy mode reproduces the authors' code (BN statistics move,
+re-init overwritten by the load), post-hoc adjusters equal independent computations, and a stage-1
+checkpoint from another model is refused."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iif import iif_weights
+from iif.errors import IIFError
+from iif.metrics import evaluate_logits
+from iif.train import extract_features, fit, load_config
+from iif.train.engine import build_splits
+
+TINY = ["runtime.progress=false", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "eval.every=0"]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return build_splits(load_config("digits_lt_e2e"))
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, splits):
+    """A 1-epoch softmax model, saved as a stage-1 checkpoint."""
+    out = tmp_path_factory.mktemp("stage1")
+    res = fit(load_config("digits_lt_e2e", TINY + ["loss.name=ce", "schedule.epochs=1"]), out_dir=out, splits=splits)
+    state = {k: v.clone() for k, v in res.model.state_dict().items()}
+    return out / "last.pt", state
+
+
+def _stage2(splits, ckpt, *extra):
+    cfg = load_config("digits_lt_decoupled", TINY + [f"decoupled.stage1_checkpoint={ckpt}", "decoupled.epochs=1",
+                                                     *extra])
+    return fit(cfg, splits=splits)
+
+
+def _split(state):
+    backbone = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    head = {k: v for k, v in state.items() if k.startswith("classifier.")}
+    return backbone, head
+
+
+def test_decoupled_freezes_backbone_weights_and_bn_statistics(splits, stage1):
+    path, before = stage1
+    res = _stage2(splits, path, "decoupled.lr=0.05")
+    after = res.model.state_dict()
+    bb_before, head_before = _split(before)
+    bb_after, head_after = _split(after)
+    assert any("running_mean" in k for k in bb_before)
+    for k in bb_before:
+        assert torch.equal(bb_before[k], bb_after[k]), k
+    assert not torch.equal(head_before["classifier.weight"], head_after["classifier.weight"])
+    assert set(res.final_metrics) == {"raw", "adjusted"}  # stage 2 trains with IIF: w * z is reported
+
+
+def test_legacy_mode_keeps_updating_bn_statistics_but_not_weights(splits, stage1):
+    path, before = stage1
+    after = _stage2(splits, path, "decoupled.legacy=true", "decoupled.lr=0.05").model.state_dict()
+    bb_before, _ = _split(before)
+    stats = [k for k in bb_before if "running_" in k]
+    weights = [k for k in bb_before if k.endswith("weight") or k.endswith("bias")]
+    assert any(not torch.equal(bb_before[k], after[k]) for k in stats)
+    assert all(torch.equal(bb_before[k], after[k]) for k in weights)
+
+
+def test_reinit_happens_after_the_load_except_in_legacy_mode(splits, stage1):
+    path, before = stage1
+    # lr=0 and no weight decay: whatever the classifier is after set-up is what we read back.
+    fresh = _stage2(splits, path, "decoupled.reinit=true", "decoupled.lr=0", "decoupled.weight_decay=0").model
+    assert not torch.equal(fresh.state_dict()["classifier.weight"], before["classifier.weight"])
+    legacy = _stage2(splits, path, "decoupled.reinit=true", "decoupled.legacy=true", "decoupled.lr=0",
+                     "decoupled.weight_decay=0").model
+    assert torch.equal(legacy.state_dict()["classifier.weight"], before["classifier.weight"])
+
+
+def test_stage1_checkpoint_from_another_model_is_refused(splits, stage1, tmp_path):
+    path, _ = stage1
+    with pytest.raises(IIFError, match="does not match"):
+        _stage2(splits, path, "model.backbone_kwargs.width=6")
+    state = torch.load(path, weights_only=False)
+    state["model"]["classifier.weight"] = state["model"]["classifier.weight"][:7]
+    state["model"]["classifier.bias"] = state["model"]["classifier.bias"][:7]
+    torch.save(state, tmp_path / "seven.pt")
+    with pytest.raises(IIFError, match="number of classes differs"):
+        _stage2(splits, tmp_path / "seven.pt")
+
+
+def test_posthoc_adjusters_match_independent_computations(splits, stage1):
+    path, _ = stage1
+    cfg = load_config("digits_lt_posthoc", TINY + [f"posthoc.checkpoint={path}"])
+    res = fit(cfg, splits=splits)
+    f, z, y = extract_features(res.model, splits.test)
+    counts = splits.freq.image_counts
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    expected = {
+        "iif:smooth": z * iif_weights(counts, "smooth"),
+        "iif:raw": z * iif_weights(counts, "raw"),
+        "la:1.0": z - torch.log(n / n.sum()).float(),
+    }
+    W, b = res.model.classifier.weight.detach(), res.model.classifier.bias.detach()
+    expected["taunorm:1.0"] = F.linear(f, W / W.norm(dim=1, keepdim=True), b)
+    assert set(res.final_metrics) == {"raw", *expected}
+    for name, logits in expected.items():
+        ref = evaluate_logits(logits, y, counts)
+        assert res.final_metrics[name]["top1"] == pytest.approx(ref["top1"]), name
+        assert res.final_metrics[name]["nll"] == pytest.approx(ref["nll"], rel=1e-4), name
+
+
+def test_bad_adjuster_and_strategy_names(splits, stage1):
+    path, _ = stage1
+    with pytest.raises(IIFError, match="unknown adjuster"):
+        fit(load_config("digits_lt_posthoc", TINY + [f"posthoc.checkpoint={path}", "posthoc.adjusters=[lq:1]"]),
+            splits=splits)
+    with pytest.raises(IIFError, match="strategy"):
+        fit(load_config("digits_lt_e2e", TINY + ["strategy.name=two_stage"]), splits=splits)
