@@ -126,32 +126,44 @@ def batch_augment(images: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     """Augment a whole uint8 batch ``(N, C, H, W)`` on its own device; returns float32 normalised.
 
     Random crop with zero padding (every image its own offset in ``[0, 2*padding]``), horizontal flip with
-    probability 1/2, optional Cutout of ``cutout`` pixels, then ``(x/255 - mean) / std``. Vectorised: one
-    gather for the crops, one ``where`` for the flips, no per-sample Python loop. ``generator`` must live on
+    probability 1/2, then ``(x/255 - mean) / std``, then optional Cutout of ``cutout`` pixels (square centre
+    uniform over the image, clipped at the border, as :class:`Cutout`). Vectorised: crop and flip are one
+    ``gather``, no per-sample Python loop. ``generator`` must live on
     the images' device. Pass ``crop=False, flip=False`` to only normalise (evaluation).
     """
     if images.ndim != 4:
         raise IIFError(f"batch_augment expects (N, C, H, W) images; got shape {tuple(images.shape)}.")
-    n, c, h, w = images.shape
+    n, ch, h, w = images.shape
     dev = images.device
     m = torch.as_tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-    if m.shape[1] not in (1, c) or s.shape[1] not in (1, c):
-        raise IIFError(f"mean/std have {m.shape[1]}/{s.shape[1]} values for {c}-channel images; give 1 or {c}.")
+    if m.shape[1] not in (1, ch) or s.shape[1] not in (1, ch):
+        raise IIFError(f"mean/std have {m.shape[1]}/{s.shape[1]} values for {ch}-channel images; give 1 or {ch}.")
     x = images
-    if crop and padding > 0:
-        p = int(padding)
-        padded = F.pad(x, (p, p, p, p))
+    p = int(padding) if crop else 0
+    do_flip = None
+    if p > 0:
+        x = F.pad(x, (p, p, p, p))
         oy = torch.randint(0, 2 * p + 1, (n,), device=dev, generator=generator)
         ox = torch.randint(0, 2 * p + 1, (n,), device=dev, generator=generator)
-        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        x = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                   rows, cols]
     if flip:
-        f = torch.rand(n, device=dev, generator=generator) < 0.5
-        x = torch.where(f[:, None, None, None], x.flip(-1), x)
-    out = (x.float() / 255.0 - m) / s
+        do_flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    if p > 0 or flip:
+        # Crop and flip as ONE gather over the flattened (padded) plane: row r, column c of the output
+        # reads padded[oy + r, ox + c] (or ox + W-1-c when flipped). gather is much faster than 4-D
+        # advanced indexing on both CPU and GPU.
+        hp, wp = x.shape[-2:]
+        r = torch.arange(h, device=dev)
+        rows = (oy[:, None] + r) if p > 0 else r.expand(n, h)
+        cols = torch.arange(w, device=dev).expand(n, w)
+        if do_flip is not None:
+            cols = torch.where(do_flip[:, None], (w - 1) - cols, cols)
+        if p > 0:
+            cols = ox[:, None] + cols
+        flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(n, 1, h * w).expand(n, ch, h * w)
+        x = torch.gather(x.reshape(n, ch, hp * wp), 2, flat).view(n, ch, h, w)
+    # (x/255 - m)/s as one multiply-add.
+    out = torch.addcmul(-m / s, x.float(), 1.0 / (255.0 * s))
     if cutout:
         cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)
         cx = torch.randint(0, w, (n, 1, 1), device=dev, generator=generator)
