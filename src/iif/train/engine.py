@@ -539,6 +539,11 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
     out = out_dir if out_dir is not None else cfg.runtime.out_dir
     out = Path(out) if out is not None else None
     dev = resolve_device(cfg.runtime.device)
+    # Fail before joining the process group, so every rank stops with the same message instead of hanging.
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_rank_batch(cfg.optim.batch_size, world)
+    if cfg.strategy.name == "decoupled":
+        per_rank_batch(StageSpec.decoupled(cfg).batch_size, world)
     info = init_distributed(dev)
     if dev.type == "cuda" and info.distributed:
         dev = torch.device("cuda", info.local_rank)
