@@ -67,6 +67,8 @@ def test_unknown_names_raise():
         build_datasets("digits-lt", augment="mixup")
     with pytest.raises(IIFError, match="profile"):
         build_datasets("digits-lt", profile="linear")
+    with pytest.raises(IIFError, match="val_per_class"):
+        build_datasets("digits-lt", val_per_class=-1)
     assert set(DATASETS) == {"digits-lt", "mnist-lt", "fashion-mnist-lt", "cifar10-lt", "cifar100-lt",
                              "imagenet-lt", "places-lt", "inat2018", "folder"}
 
@@ -101,6 +103,10 @@ def test_idx_reader_and_root_fixture(tmp_path):
     bad.write_bytes(b"\x00\x00\x09\x01" + np.asarray([3], ">u4").tobytes() + b"abc")  # type 0x09, not uint8
     with pytest.raises(IIFError, match="magic"):
         read_idx(str(bad))
+    short = tmp_path / "short-idx1-ubyte"
+    short.write_bytes(b"\x00\x00\x08\x01" + np.asarray([5], ">u4").tobytes() + b"abc")  # 3 of 5 bytes
+    with pytest.raises(IIFError, match="truncated"):
+        read_idx(str(short))
 
 
 def test_mnist_missing_data_message(tmp_path, monkeypatch):

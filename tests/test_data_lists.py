@@ -1,6 +1,5 @@
 """List-file datasets (ImageNet-LT style) and ImageFolder trees, on tiny trees of real JPEG/PNG files."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
