@@ -296,7 +296,14 @@ class ClassFrequency:
         the convention of the task (SPEC section 1).
         """
         counts = self.counts(by)
-        return iif_weights(counts, variant, total=self.resolve_total(total, by), **kwargs)
+        try:
+            return iif_weights(counts, variant, total=self.resolve_total(total, by), **kwargs)
+        except IIFError as exc:
+            zero = np.flatnonzero(counts == 0)
+            if zero.size and "zero count" in str(exc):  # name the classes, not just their indices
+                names = _fmt_list([self.class_names[i] for i in zero])
+                raise IIFError(f"{exc} The empty classes are {names}.") from None
+            raise
 
     @property
     def empty_classes(self) -> list[int]:
