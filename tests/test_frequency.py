@@ -95,6 +95,9 @@ def test_from_dataset_uses_targets_and_classes():
     g = ClassFrequency.from_dataset(sub)
     assert g.image_counts.tolist() == [0, 1, 2] and g.class_names == ["cat", "dog", "emu"]
     assert ClassFrequency.from_dataset(_ToyDataset(torch.tensor([1, 1]))).image_counts.tolist() == [0, 2]
+    assert ClassFrequency.from_dataset(_ToyDataset([0, 1]), num_classes=4).image_counts.tolist() == [1, 1, 0, 0]
+    with pytest.raises(IIFError, match="class_names has 3 entries but there are 4 classes"):
+        ClassFrequency.from_dataset(ds, num_classes=4)
 
 
 def test_from_dataset_without_targets():

@@ -387,8 +387,6 @@ class ClassFrequency:
             )
         if names is not None:
             names = [str(n) for n in names]
-            if num_classes is not None and len(names) != num_classes:
-                names = None
         return cls.from_labels(targets, num_classes=num_classes, class_names=names)
 
     @classmethod
