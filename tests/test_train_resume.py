@@ -10,7 +10,7 @@ from iif.errors import IIFError
 from iif.train import fit, load_config
 from iif.train.engine import build_splits
 
-BASE = ["runtime.progress=false", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "schedule.epochs=3",
+BASE = ["runtime.progress=false", "runtime.device=cpu", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "schedule.epochs=3",
         "eval.every=0", "data.augment=basic", "data.mixup_alpha=0.2", "schedule.warmup_epochs=1"]
 
 
