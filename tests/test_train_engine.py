@@ -44,7 +44,7 @@ def test_e2e_iif_run_writes_outputs_and_scores_w_times_z(tmp_path, splits):
     assert len(rows) == 3 and rows[0].startswith("stage,epoch")
     assert [h["epoch"] for h in res.history] == [1, 2]
     # Independent route: features/logits of the test set, then IIF smooth weights times z (Eq. 13).
-    f, z, y = extract_features(res.model, splits.test, "cpu", 64)
+    f, z, y = extract_features(res.model, splits.test, batch_size=64)
     counts = splits.freq.image_counts
     w = iif_weights(counts, "smooth")
     assert res.final_metrics["raw"]["top1"] == pytest.approx(evaluate_logits(z, y, counts)["top1"])

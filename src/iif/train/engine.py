@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -380,7 +381,13 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
-        scheduler.step()
+        if scaler is not None:
+            with warnings.catch_warnings():
+                # fp16: the scaler skips the optimizer step while it calibrates; the schedule still advances.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
+        else:
+            scheduler.step()
         n = y.shape[0]
         seen += n
         loss_sum += loss.detach().double() * n
@@ -458,9 +465,17 @@ def predict(model: nn.Module, dataset, device: str | torch.device, batch_size: i
     return f.cpu(), z.cpu(), y.cpu()
 
 
-def extract_features(model: nn.Module, dataset, device: str | torch.device = "cpu",
+def extract_features(model: nn.Module, dataset, device: str | torch.device | None = None,
                      batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features (N, D), logits (N, C), labels (N,))`` of ``dataset``: eval mode, no augmentation."""
+    """``(features (N, D), logits (N, C), labels (N,))`` of ``dataset`` on CPU: eval mode, no augmentation.
+
+    ``device`` (default: where the model's parameters are) is where the forward passes run; the model is
+    moved there if it is elsewhere.
+    """
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    model.to(device)
     return predict(model, dataset, device, batch_size)
 
 
