@@ -108,7 +108,7 @@ def test_posthoc_adjusters_match_independent_computations(splits, stage1):
         "iif:raw": z * iif_weights(counts, "raw"),
         "la:1.0": z - torch.log(n / n.sum()).float(),
     }
-    W, b = res.model.classifier.weight.detach(), res.model.classifier.bias.detach()
+    W, b = res.model.classifier.weight.detach().cpu(), res.model.classifier.bias.detach().cpu()
     expected["taunorm:1.0"] = F.linear(f, W / W.norm(dim=1, keepdim=True), b)
     assert set(res.final_metrics) == {"raw", *expected}
     for name, logits in expected.items():
