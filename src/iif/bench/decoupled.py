@@ -56,6 +56,9 @@ class HeadTrainConfig:
 
     steps: int = 300
     batch_size: int = 256
+    # Cap on passes over the cached training set: a 250-image set needs far fewer than 300 steps.
+    max_epochs: int = 30
+    min_steps: int = 100
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -94,12 +97,14 @@ def retrain_head(
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise IIFError("The head has no trainable parameters to retrain.")
-    idx = batch_indices(labels.cpu().numpy(), sampler, cfg.steps, min(cfg.batch_size, len(labels)), cfg.seed)
+    batch = min(cfg.batch_size, len(labels))
+    steps = min(cfg.steps, max(cfg.min_steps, math.ceil(cfg.max_epochs * len(labels) / batch)))
+    idx = batch_indices(labels.cpu().numpy(), sampler, steps, batch, cfg.seed)
     idx = idx.to(features.device)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     module.train()
-    for step in range(cfg.steps):
+    for step in range(steps):
         b = idx[step]
         loss = loss_fn(module(features[b]), labels[b])
         opt.zero_grad(set_to_none=True)

@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
     p.add_argument("--many", type=int, default=None, help="many-shot threshold (default 100; 50 when no class has > 100 images)")
     p.add_argument("--few", type=int, default=None, help="few-shot threshold (default 20; 15 when no class has > 100 images)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default 1 below 10k training images, else torch's default)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="backbone config overrides, e.g. schedule.epochs=5")
     p.set_defaults(func=run)
@@ -43,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
 
     run_bench(dataset=args.dataset, config=args.config, seeds=args.seeds, out=args.out, quick=args.quick,
               heads=args.heads.split(","), force=args.force, device=args.device, overrides=args.overrides,
-              many=args.many, few=args.few, plots=not args.no_plots)
+              many=args.many, few=args.few, plots=not args.no_plots, threads=args.threads)
     return 0
