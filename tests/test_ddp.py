@@ -24,7 +24,7 @@ from iif.train.engine import build_splits
 
 # The `iif` console script (torchrun runs it with python); `python -m iif.cli` has no __main__ module.
 IIF_SCRIPT = os.path.join(os.path.dirname(sys.executable), "iif")
-TINY = ["runtime.progress=false", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "eval.every=0"]
+TINY = ["data.imbalance_ratio=100", "runtime.progress=false", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "eval.every=0"]
 
 
 def test_batch_must_divide_by_world_size(monkeypatch):
@@ -40,7 +40,7 @@ def test_batch_must_divide_by_world_size(monkeypatch):
 
 def test_two_process_gloo_run_matches_one_process(tmp_path):
     torch.set_num_threads(1)
-    splits = build_splits(load_config("digits_lt_e2e"))
+    splits = build_splits(load_config("digits_lt_e2e", TINY))  # 242 training images
     assert len(splits.train) % 2 == 0 and (len(splits.train) % 32) % 2 == 0
     stage1 = fit(load_config("digits_lt_e2e", TINY + ["loss.name=ce", "schedule.epochs=1"]), out_dir=tmp_path / "s1",
                  splits=splits)

@@ -55,7 +55,8 @@ class DataConfig:
 
     name: str = "digits-lt"
     root: str | None = None
-    imbalance_ratio: float = 100.0
+    # None: the dataset's own default (CIFAR/ImageNet-style builders: 100; digits-lt: 20; folder: keep as is).
+    imbalance_ratio: float | None = None
     profile: str = "exp"
     seed: int = 0
     augment: str = "none"
