@@ -351,7 +351,9 @@ def run_bench(
             log(f"  [seed {seed}, {h}] backbone: {c.model.arch}, softmax CE, {c.schedule.epochs} epochs ...")
             with _threads(train_threads):
                 res, epoch_s, train_s = _train_backbone(c, splits, dev, log)
-                cache = _cache(res, splits, dev, c.eval.batch_size)
+                # extract_features returns CPU tensors; the head lives on ``dev``, so keep the cache there too.
+                cache = {k: None if v is None else tuple(t.to(dev) for t in v)
+                         for k, v in _cache(res, splits, dev, c.eval.batch_size).items()}
             run = CachedRun(h, res.model.classifier, cache["train"], cache["val"], cache["test"], epoch_s, train_s)
             t0 = time.perf_counter()
             hc = dec.HeadTrainConfig(**{**head_cfg.__dict__, "seed": seed})
