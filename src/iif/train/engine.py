@@ -341,6 +341,7 @@ def train_one_epoch(
     info: DistInfo | None = None,
     progress: bool = False,
     log_every: int = 20,
+    desc: str | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``: forward (under autocast), loss in float32, backward, SGD step, LR step.
 
@@ -356,7 +357,7 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     start = time.perf_counter()
-    bar = _progress(batches, progress, f"epoch {epoch + 1}")
+    bar = _progress(batches, progress, desc or f"epoch {epoch + 1}")
     for step, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -728,7 +729,8 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
             stats = train_one_epoch(forward, criterion, optimizer, scheduler, batches, dev, epoch,
                                     num_classes=splits.num_classes, mixup_alpha=spec.mixup_alpha, amp=rt.amp,
                                     scaler=scaler, channels_last=use_cl, info=info,
-                                    progress=rt.progress and info.is_main, log_every=rt.log_every)
+                                    progress=rt.progress and info.is_main, log_every=rt.log_every,
+                                    desc=f"{spec.name} {epoch + 1}/{spec.epochs}")
         except NonFiniteLoss as exc:
             where = out / "nan.pt" if out is not None else None
             if where is not None:
