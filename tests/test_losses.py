@@ -441,3 +441,40 @@ def test_bad_options():
         IIFLoss([1.0, 2.0, 3.0])(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(IIFError, match="weight has 2 entries"):
         CrossEntropyLoss(weight=[1.0, 2.0])(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_finite_check_is_not_fooled_by_an_overflowing_sum():
+    # every logit is finite but their float32 sum overflows to inf: no error, a finite loss
+    z = torch.full((2, 3), 3e38)
+    z[:, 0] = 0.0
+    loss = IIFLoss([1.0, 1.0, 1.0])(z, torch.tensor([1, 2]))
+    assert torch.isfinite(loss)
+
+
+def test_labels_must_be_long():
+    with pytest.raises(IIFError, match=r"torch.long; got torch.int32. Use target.long\(\)"):
+        IIFLoss([1.0, 2.0])(torch.zeros(2, 2), torch.tensor([0, 1], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("native,screen_sum", [(True, False), (True, True), (False, False)])
+def test_both_in_place_softmax_routes_match_float64(native, screen_sum):
+    from iif.losses.iif_loss import _softmax_and_loss
+
+    z, y, w = rand_case(n=9, c=6, seed=11, dtype=torch.float32)
+    z[0, y[0]] = -300.0  # q_y underflows in float32: every route must still give the exact loss
+    q, loss = _softmax_and_loss(z, w, y[:, None], native, screen_sum)
+    zw = z.double() * w.double()
+    torch.testing.assert_close(q.double(), torch.softmax(zw, 1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.double().squeeze(1), F.cross_entropy(zw, y, reduction="none"), rtol=1e-5, atol=1e-5)
+    assert loss[0].item() > 300 * w[y[0]].item() * 0.99
+
+
+def test_fused_loss_refuses_double_backward():
+    z, y, w = rand_case(dtype=torch.float32)
+    z.requires_grad_()
+    loss = iif_cross_entropy(z, y, w)
+    with pytest.raises(RuntimeError, match="double backward.*fused=False"):
+        torch.autograd.grad(loss, z, create_graph=True)
+    # the composed path gives second derivatives
+    (g,) = torch.autograd.grad(iif_cross_entropy(z, y, w, fused=False), z, create_graph=True)
+    assert g.requires_grad

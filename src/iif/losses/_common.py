@@ -86,7 +86,8 @@ def validate_inputs(
 
     Args:
         num_classes: expected size of the class dimension, or None when the caller checks it.
-        want_ignored: also report whether any hard label equals ``ignore_index``.
+        want_ignored: also report whether any hard label equals ``ignore_index`` (it comes for free
+            with ``check_labels``).
 
     Returns:
         ``(soft, any_ignored)`` where ``any_ignored`` is None unless it was computed.
@@ -115,43 +116,52 @@ def validate_inputs(
                 f"target must hold one class index per sample, shape ({n},), or probabilities of shape ({n}, {c}); "
                 f"got shape {tuple(target.shape)}."
             )
-        if target.dtype == torch.bool or target.is_complex():
-            raise IIFError(f"target labels must be integers (torch.long); got {target.dtype}.")
+        if target.dtype != torch.long:
+            raise IIFError(f"target labels must be class indices of dtype torch.long; got {target.dtype}. Use target.long().")
 
-    flags: list[torch.Tensor] = []
-    if check_finite:
-        flags.append(~torch.isfinite(logits).all())
-        if soft:
-            flags.append(~torch.isfinite(target).all())
-    out_of_range = None
-    if check_labels and not soft:
-        out_of_range = (target != ignore_index) & ((target < 0) | (target >= c))
-        flags.append(out_of_range.any())
-    if want_ignored and not soft:
-        flags.append((target == ignore_index).any())
-    if not flags:
+    check_targets = not soft and (check_labels or want_ignored) and n > 0
+    if not (check_finite or check_targets):
         return soft, None
-    # One device->host transfer for all checks (a GPU sync happens once, not once per check).
-    values = torch.stack(flags).tolist() if len(flags) > 1 else [bool(flags[0])]
+    # Value checks cost two small reductions: a sum (NaN/inf anywhere makes it non-finite: IEEE
+    # arithmetic never turns inf or NaN finite) and the labels' min/max. On a GPU they are read back in a
+    # single transfer (one sync); the exact, slower checks only run when the screen finds something.
+    stats: list[torch.Tensor] = []
+    if check_finite:
+        stats.append(logits.detach().sum())
+        if soft:
+            stats.append(target.detach().sum())
+    if check_targets:
+        stats.extend(torch.aminmax(target))
+    if logits.device.type == "cpu":
+        values = [v.item() for v in stats]
+    else:
+        values = torch.stack([v.to(torch.float64) for v in stats]).tolist()
     k = 0
     if check_finite:
-        if values[k]:
+        if not math.isfinite(values[k]) and not bool(torch.isfinite(logits).all()):
             raise IIFError(_finite_message(logits, "logits"))
         k += 1
         if soft:
-            if values[k]:
+            if not math.isfinite(values[k]) and not bool(torch.isfinite(target).all()):
                 raise IIFError(_finite_message(target, "soft targets"))
             k += 1
-    if out_of_range is not None:
-        if values[k]:
-            idx = int(torch.nonzero(out_of_range)[0])
-            bad = int(target[idx])
-            raise IIFError(
-                f"target label {bad} (sample {idx}) is out of range for {c} classes: labels must lie in "
-                f"[0, {c - 1}] or equal ignore_index={ignore_index}. Check the label mapping / num_classes."
-            )
-        k += 1
-    return soft, (bool(values[k]) if want_ignored and not soft else None)
+    any_ignored = None
+    if check_targets:
+        lo, hi = values[k], values[k + 1]
+        if not (lo <= ignore_index <= hi):
+            any_ignored = False
+        if check_labels and (lo < 0 or hi >= c):
+            out_of_range = (target != ignore_index) & ((target < 0) | (target >= c))
+            if bool(out_of_range.any()):
+                idx = int(torch.nonzero(out_of_range)[0])
+                bad = int(target[idx])
+                raise IIFError(
+                    f"target label {bad} (sample {idx}) is out of range for {c} classes: labels must lie in "
+                    f"[0, {c - 1}] or equal ignore_index={ignore_index}. Check the label mapping / num_classes."
+                )
+        if any_ignored is None:
+            any_ignored = bool((target == ignore_index).any())
+    return soft, any_ignored
 
 
 def reduce_per_sample(
