@@ -497,3 +497,10 @@ def test_summary_report():
     assert s["lvis_groups"] == {"r": 4, "c": 0, "f": 0}
     assert [r["name"] for r in s["head"]] == ["apple", "zebra"]
     assert [r["name"] for r in s["tail"]] == ["bus", "kite"]  # ties keep class order (stable sort)
+
+
+def test_image_extensions_match_torchvision_imagefolder():
+    folder = pytest.importorskip("torchvision.datasets.folder")
+    from iif.frequency import IMG_EXTENSIONS
+
+    assert tuple(IMG_EXTENSIONS) == tuple(folder.IMG_EXTENSIONS)

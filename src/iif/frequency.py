@@ -40,12 +40,9 @@ __all__ = ["ClassFrequency", "IMG_EXTENSIONS", "LVIS_GROUP_BOUNDS", "lvis_group_
 
 PathLike = Union[str, os.PathLike]
 
-try:  # the same list torchvision's ImageFolder accepts, when torchvision is installed
-    from torchvision.datasets.folder import IMG_EXTENSIONS as _TV_EXTENSIONS
-
-    IMG_EXTENSIONS: tuple[str, ...] = tuple(_TV_EXTENSIONS)
-except ImportError:  # torchvision is an optional dependency (the ``train`` extra)
-    IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# The extensions torchvision's ImageFolder accepts (tests check the two lists agree). Written out rather
+# than imported so that ``import iif`` does not pay for importing torchvision (seconds on a busy machine).
+IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # LVIS frequency groups by training image count: rare 1-10, common 11-100, frequent > 100.
 LVIS_GROUP_BOUNDS = (10, 100)
