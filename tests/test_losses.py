@@ -417,13 +417,32 @@ def test_label_out_of_range_names_the_label_and_the_range(name):
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_logits_raise_unless_disabled(name, bad):
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_non_finite_logits_raise_unless_disabled(name, bad, reduction):
     z = torch.zeros(2, 3)
-    z[1, 2] = bad
-    with pytest.raises(IIFError, match=r"logits contain .*(NaN|inf).*first at index \(1, 2\)"):
-        build_loss(name, [5, 3, 1])(z, torch.tensor([0, 1]))
-    out = build_loss(name, [5, 3, 1], check_finite=False)(z, torch.tensor([0, 2]))
+    z[1, 1] = bad  # at sample 1's target, so it reaches the loss whatever its sign
+    with pytest.raises(IIFError, match=r"logits contain .*(NaN|inf).*first at index \(1, 1\)"):
+        build_loss(name, [5, 3, 1], reduction=reduction)(z, torch.tensor([0, 1]))
+    out = build_loss(name, [5, 3, 1], check_finite=False)(z, torch.tensor([0, 1]))
     assert not torch.isfinite(out)
+
+
+@pytest.mark.parametrize("name", ["ce", "iif", "iif_csl", "balanced_softmax", "logit_adjusted", "ldam", "cb_softmax"])
+def test_minus_inf_mask_that_does_not_reach_the_loss_is_allowed(name):
+    z = torch.tensor([[0.5, 1.0, float("-inf")], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 1])
+    loss = build_loss(name, [5, 3, 1])(z, y)
+    assert torch.isfinite(loss)
+    # NaN anywhere in a used row reaches the loss
+    z[0, 2] = float("nan")
+    with pytest.raises(IIFError, match=r"1 NaN and 0 inf values \(first at index \(0, 2\)\)"):
+        build_loss(name, [5, 3, 1])(z, y)
+
+
+def test_non_finite_soft_targets_are_named():
+    t = torch.tensor([[0.5, 0.5, 0.0], [float("nan"), 0.5, 0.5]])
+    with pytest.raises(IIFError, match="soft targets contain 1 NaN"):
+        IIFLoss([1.0, 2.0, 3.0])(torch.zeros(2, 3), t)
 
 
 def test_bad_options():
@@ -462,7 +481,7 @@ def test_both_in_place_softmax_routes_match_float64(native, screen_sum):
 
     z, y, w = rand_case(n=9, c=6, seed=11, dtype=torch.float32)
     z[0, y[0]] = -300.0  # q_y underflows in float32: every route must still give the exact loss
-    q, loss = _softmax_and_loss(z, w, y[:, None], native, screen_sum)
+    q, loss, _ = _softmax_and_loss(z, w, y[:, None], native, screen_sum)
     zw = z.double() * w.double()
     torch.testing.assert_close(q.double(), torch.softmax(zw, 1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(loss.double().squeeze(1), F.cross_entropy(zw, y, reduction="none"), rtol=1e-5, atol=1e-5)
@@ -490,3 +509,33 @@ def test_docs_examples_run():
     assert len(blocks) >= 5
     for block in blocks:
         exec(compile(block, "docs/losses.md", "exec"), {})
+
+
+def test_low_precision_fused_and_composed_paths_agree():
+    # both weight bf16 logits in float32 (rounding w to bf16 would move the loss by ~0.1%)
+    z, y, w = rand_case(n=32, c=9, seed=12, dtype=torch.float32)
+    zb = (z * 3).bfloat16()
+    for reduction in ("mean", "sum", "none"):
+        a = iif_cross_entropy(zb, y, w, reduction=reduction, fused=True)
+        b = iif_cross_entropy(zb, y, w, reduction=reduction, fused=False)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(IIFError, match="fused must be 'auto', True or False"):
+        IIFLoss(w, fused="yes")
+
+
+@pytest.mark.parametrize(
+    "opts", [dict(), dict(label_smoothing=0.1), dict(weight=[1.0, 1.0, 1.0]), dict(fused=False), dict(ignore_index=1)]
+)
+def test_iif_label_check_on_every_path(opts):
+    # the fused CPU kernel lets its gather catch bad labels; every other path checks them up front
+    z = torch.zeros(3, 3)
+    for bad in (3, -1, -7):
+        with pytest.raises(IIFError, match=rf"target label {bad} \(sample 2\) is out of range for 3 classes"):
+            IIFLoss([1.0, 2.0, 3.0], **opts)(z, torch.tensor([0, 2, bad]))
+        with pytest.raises(IIFError, match=rf"target label {bad} \(sample 2\)"):
+            iif_cross_entropy(z, torch.tensor([0, 2, bad]), torch.tensor([1.0, 2.0, 3.0]), **opts)
+    # ignored labels take the masked kernel after the optimistic try
+    y = torch.tensor([0, -100, 2]) if "ignore_index" not in opts else torch.tensor([0, 1, 2])
+    got = IIFLoss([1.0, 2.0, 3.0], **opts)(z, y)
+    ref = F.cross_entropy(z * torch.tensor([1.0, 2.0, 3.0]), y, **{k: (torch.tensor(v) if k == "weight" else v) for k, v in opts.items() if k != "fused"})
+    torch.testing.assert_close(got, ref)

@@ -67,7 +67,7 @@ def _finite_message(t: torch.Tensor, what: str) -> str:
     inf = int(torch.isinf(t).sum())
     first = torch.nonzero(~torch.isfinite(t))[0].tolist()
     return (
-        f"{what} contain {nan} NaN and {inf} inf values (first at index {tuple(first)}) before the loss; "
+        f"{what} contain {nan} NaN and {inf} inf values (first at index {tuple(first)}) that reach the loss; "
         "the model has diverged or its input is broken: lower the learning rate, add gradient clipping, "
         "check the data and the mixed-precision setup. (check_finite=False skips this check.)"
     )
@@ -78,11 +78,12 @@ def validate_inputs(
     target: torch.Tensor,
     num_classes: Optional[int],
     ignore_index: int,
-    check_finite: bool,
     check_labels: bool,
     want_ignored: bool = False,
 ) -> tuple[bool, Optional[bool]]:
-    """Check shapes always; values (finite logits, labels in range) when asked, in one host sync.
+    """Check shapes always, and that hard labels lie in range when asked (one host sync on GPU).
+
+    Finite logits are checked after the loss by :func:`check_loss_finite`, where it is nearly free.
 
     Args:
         num_classes: expected size of the class dimension, or None when the caller checks it.
@@ -120,31 +121,12 @@ def validate_inputs(
             raise IIFError(f"target labels must be class indices of dtype torch.long; got {target.dtype}. Use target.long().")
 
     check_targets = not soft and (check_labels or want_ignored) and n > 0
-    if not (check_finite or check_targets):
+    if not check_targets:
         return soft, None
-    # Value checks cost two small reductions: a sum (NaN/inf anywhere makes it non-finite: IEEE
-    # arithmetic never turns inf or NaN finite) and the labels' min/max. On a GPU they are read back in a
-    # single transfer (one sync); the exact, slower checks only run when the screen finds something.
-    stats: list[torch.Tensor] = []
-    if check_finite:
-        stats.append(logits.detach().sum())
-        if soft:
-            stats.append(target.detach().sum())
-    if check_targets:
-        stats.extend(torch.aminmax(target))
-    if logits.device.type == "cpu":
-        values = [v.item() for v in stats]
-    else:
-        values = torch.stack([v.to(torch.float64) for v in stats]).tolist()
+    # The labels' min and max (one small reduction, one transfer) screen the range; the exact,
+    # slower check only runs when the screen finds something.
+    values = torch.stack(torch.aminmax(target)).tolist()
     k = 0
-    if check_finite:
-        if not math.isfinite(values[k]) and not bool(torch.isfinite(logits).all()):
-            raise IIFError(_finite_message(logits, "logits"))
-        k += 1
-        if soft:
-            if not math.isfinite(values[k]) and not bool(torch.isfinite(target).all()):
-                raise IIFError(_finite_message(target, "soft targets"))
-            k += 1
     any_ignored = None
     if check_targets:
         lo, hi = values[k], values[k + 1]
@@ -162,6 +144,25 @@ def validate_inputs(
         if any_ignored is None:
             any_ignored = bool((target == ignore_index).any())
     return soft, any_ignored
+
+
+def check_loss_finite(out: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, total: Optional[float] = None) -> torch.Tensor:
+    """Raise :class:`IIFError` when NaN/inf logits (or soft targets) reach the loss; return ``out``.
+
+    The screen is the loss itself: a non-finite logit that affects the loss makes it NaN or inf (one
+    sum and one transfer, ``total`` when the caller has it already). Only then are the inputs scanned,
+    so a ``-inf`` logit used as a mask (a class that contributes exactly 0) is allowed, and a loss
+    that overflowed from finite inputs is returned as is.
+    """
+    if total is None:
+        total = (out if out.dim() == 0 else out.sum()).item()
+    if math.isfinite(total):
+        return out
+    if not bool(torch.isfinite(logits).all()):
+        raise IIFError(_finite_message(logits, "logits"))
+    if target.is_floating_point() and not bool(torch.isfinite(target).all()):
+        raise IIFError(_finite_message(target, "soft targets"))
+    return out
 
 
 def reduce_per_sample(

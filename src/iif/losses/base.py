@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_label_smoothing, check_reduction, class_weight, validate_inputs
+from ._common import check_label_smoothing, check_loss_finite, check_reduction, class_weight, validate_inputs
 
 __all__ = ["LossBase", "CrossEntropyLoss"]
 
@@ -27,9 +27,10 @@ class LossBase(nn.Module):
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         ignore_index: hard label to skip (contributes 0 and is left out of the mean).
         label_smoothing: in ``[0, 1]``.
-        check_finite: raise :class:`iif.IIFError` when the logits hold NaN/inf. Costs one pass over the
-            logits and, on a GPU, one host sync per call; set False in tuned training loops.
-        check_labels: raise when a hard label is out of range (shares the sync with ``check_finite``).
+        check_finite: raise :class:`iif.IIFError` when NaN/inf logits reach the loss (the loss value is
+            the screen, so this costs one small sum and, on a GPU, one host sync per call; a ``-inf``
+            logit that contributes exactly 0, a mask, is allowed). Set False in tuned GPU loops.
+        check_labels: raise when a hard label is out of range (one small min/max; a host sync on GPU).
     """
 
     def __init__(
@@ -56,9 +57,12 @@ class LossBase(nn.Module):
 
     def _validate(self, logits: torch.Tensor, target: torch.Tensor, want_ignored: bool = False):
         return validate_inputs(
-            logits, target, self.expected_classes(), self.ignore_index,
-            self.check_finite, self.check_labels, want_ignored,
+            logits, target, self.expected_classes(), self.ignore_index, self.check_labels, want_ignored,
         )
+
+    def _finite(self, out: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``out``, after raising if NaN/inf logits reached it (when ``check_finite``)."""
+        return check_loss_finite(out, logits, target) if self.check_finite else out
 
     def _weight(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
         w = self.weight
@@ -88,7 +92,8 @@ class CrossEntropyLoss(LossBase):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self._validate(logits, target)
-        return F.cross_entropy(
+        out = F.cross_entropy(
             logits, target, weight=self._weight(logits), reduction=self.reduction,
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
         )
+        return self._finite(out, logits, target)

@@ -21,6 +21,7 @@ from ..adjusters import check_background, expand_class_vector
 from ..errors import IIFError
 from ._common import (
     check_label_smoothing,
+    check_loss_finite,
     check_reduction,
     class_weight,
     is_soft,
@@ -33,8 +34,10 @@ __all__ = ["iif_cross_entropy", "IIFLoss", "online_smooth_weights"]
 
 def _softmax_and_loss(
     z: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, native: bool, screen_sum: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q = softmax(w * z)`` built in place in the product's buffer, and the per-sample loss ``-log q_y`` (N, 1).
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``q = softmax(w * z)`` built in place in the product's buffer, the per-sample loss ``-log q_y`` (N, 1)
+    and, when ``screen_sum`` computed it, the loss total (a 0-dim tensor, else None). With a total the
+    per-sample tensor holds ``+log q_y`` (its sign is not needed, which saves an op).
 
     One ``(N, C)`` buffer only: a second one costs page faults on CPU. ``native=True`` runs torch's fused
     softmax kernel in place (CPU, last dimension: it reads each element before writing it) and takes
@@ -48,21 +51,33 @@ def _softmax_and_loss(
     q = z * w
     if native:
         torch.softmax(q, 1, out=q)
-        loss = q.gather(1, idx).log_().neg_()
+        log_q = q.gather(1, idx).log_()
         if screen_sum:
-            ok = math.isfinite(loss.sum().item())
-        else:
-            ok = loss.amax().item() < -math.log(torch.finfo(q.dtype).tiny)
-        if not ok:
-            zw = z * w
-            loss = torch.logsumexp(zw, 1, keepdim=True) - zw.gather(1, idx)
-        return q, loss
+            total = log_q.sum()
+            if math.isfinite(total.item()):
+                return q, log_q, total  # the sum of log q_y: the caller negates it with the mean's 1/N
+        elif log_q.amin().item() > math.log(torch.finfo(q.dtype).tiny):
+            return q, log_q.neg_(), None
+        zw = z * w
+        return q, torch.logsumexp(zw, 1, keepdim=True) - zw.gather(1, idx), None
     q.sub_(q.amax(dim=1, keepdim=True))
     shifted_y = q.gather(1, idx)
     q.exp_()
     row_sum = q.sum(dim=1, keepdim=True)
     q.div_(row_sum)
-    return q, row_sum.log_().sub_(shifted_y)
+    return q, row_sum.log_().sub_(shifted_y), None
+
+
+_SCALED = [None]  # (w, w._version, scale, w * scale): a one-entry cache for the CPU backward
+
+
+def _scaled_weights(w: torch.Tensor, scale: float) -> torch.Tensor:
+    hit = _SCALED[0]
+    if hit is not None and hit[0] is w and hit[1] == w._version and hit[2] == scale:
+        return hit[3]
+    out = w * scale
+    _SCALED[0] = (w, w._version, scale, out)
+    return out
 
 
 class _FusedIIFCrossEntropy(torch.autograd.Function):
@@ -74,7 +89,7 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, w, ignore_index: int, reduction: str, any_ignored: Optional[bool]):
+    def forward(ctx, logits, target, w, ignore_index: int, reduction: str, any_ignored: Optional[bool], check_finite: bool):
         in_dtype = logits.dtype
         # Low-precision logits are computed in float32, as autocast does for cross_entropy.
         z = logits if in_dtype in (torch.float32, torch.float64) else logits.float()
@@ -87,21 +102,31 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
         else:
             ignored = None
             idx = target.unsqueeze(1)
-        q, loss = _softmax_and_loss(z, w, idx, native=z.device.type == "cpu", screen_sum=not masked and reduction != "none")
+        screen_sum = not masked and reduction != "none"
+        q, loss, total = _softmax_and_loss(z, w, idx, native=z.device.type == "cpu", screen_sum=screen_sum)
         n = z.shape[0]
         denom = None
         # loss is (N, 1) here
         if masked:
             loss.masked_fill_(ignored.unsqueeze(1), 0.0)
+        # total is not None only when the underflow screen already found it finite; it is then
+        # sum(log q_y), negated below together with the mean's division.
+        negate = total is not None
+        if check_finite and total is None:
+            total = loss.sum()
+            check_loss_finite(total, logits, target)  # the loss is the screen: no pass over the logits
         if reduction == "none":
             out = loss.squeeze(1)
-        elif reduction == "sum":
-            out = loss.sum()
-        elif masked:
-            denom = n - ignored.sum()
-            out = loss.sum() / denom
         else:
-            out = loss.sum().div_(n)
+            out = loss.sum() if total is None else total
+            if reduction == "mean":
+                if masked:
+                    denom = n - ignored.sum()
+                    out = out / denom
+                else:
+                    out = out.mul_(-1.0 / n if negate else 1.0 / n)
+            elif negate:
+                out = out.neg_()
         # Intermediates (neither inputs nor outputs) may live on ctx; q is private to this node.
         ctx.q, ctx.idx, ctx.w, ctx.ignored, ctx.denom = q, idx, w, ignored, denom
         ctx.reduction, ctx.in_dtype, ctx.n = reduction, in_dtype, n
@@ -125,17 +150,39 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
         if ctx.reduction == "none":
             q.mul_(ctx.w)
             q.mul_(grad.unsqueeze(1))
+        elif q.device.type == "cpu" and ctx.denom is None:
+            # w_c * grad / N folded into one (C,) vector, reused while w, grad and N repeat (every step
+            # of a training loop): reading a CPU scalar is free, a tensor op is not.
+            scale = grad.item() / (ctx.n if ctx.reduction == "mean" else 1)
+            q.mul_(_scaled_weights(ctx.w, scale))
         else:
             if ctx.reduction == "mean":
                 grad = grad / (ctx.denom if ctx.denom is not None else ctx.n)
             q.mul_(ctx.w * grad)  # w_c * grad / N folded into one (C,) vector
         if ctx.ignored is not None:
             q.masked_fill_(ctx.ignored.unsqueeze(1), 0.0)
-        return (q if q.dtype == ctx.in_dtype else q.to(ctx.in_dtype)), None, None, None, None, None
+        return (q if q.dtype == ctx.in_dtype else q.to(ctx.in_dtype)), None, None, None, None, None, None
 
 
-def _fused_ok(soft: bool, weight, label_smoothing: float, logits: torch.Tensor) -> bool:
-    return not soft and weight is None and label_smoothing == 0.0 and logits.dim() == 2
+def _check_fused(fused) -> object:
+    if fused not in ("auto", True, False):
+        raise IIFError(f"fused must be 'auto', True or False; got {fused!r}.")
+    return fused
+
+
+def _fused_ok(soft: bool, weight, label_smoothing: float, logits: torch.Tensor, fused) -> bool:
+    if fused is False or soft or weight is not None or label_smoothing != 0.0 or logits.dim() != 2:
+        return False
+    # "auto": the fused kernel on CPU, where it saves whole passes over memory. A GPU is launch-bound at
+    # typical sizes, and the composed form's few native kernels beat the fused kernel's Python backward
+    # there (measured on an H100, see docs/losses.md); fused=True forces it anyway.
+    return fused is True or logits.device.type == "cpu"
+
+
+def _optimistic(logits: torch.Tensor, ignore_index: int) -> bool:
+    """Whether labels may go unchecked into the CPU kernel: its gather raises on any label outside
+    ``[0, C)``, which covers the ignore_index too when that lies outside the class range."""
+    return logits.device.type == "cpu" and not (0 <= ignore_index < logits.shape[-1])
 
 
 def _iif_ce(
@@ -146,22 +193,37 @@ def _iif_ce(
     reduction: str,
     ignore_index: int,
     label_smoothing: float,
-    fused: bool,
+    fused,
     soft: bool,
     any_ignored: Optional[bool],
+    check_finite: bool,
+    check_labels: bool = False,
 ) -> torch.Tensor:
-    if fused and _fused_ok(soft, weight, label_smoothing, logits):
-        if any_ignored is None and logits.device.type == "cpu":
-            any_ignored = bool((target == ignore_index).any())  # cheap on CPU, picks the unmasked path
-        return _FusedIIFCrossEntropy.apply(logits, target, w_full, ignore_index, reduction, any_ignored)
-    zw = logits * w_full.to(device=logits.device, dtype=logits.dtype)
+    if _fused_ok(soft, weight, label_smoothing, logits, fused):
+        if any_ignored is None and _optimistic(logits, ignore_index):
+            # CPU gather checks its index bounds: try the unmasked kernel first, and only when a label is
+            # out of range (an ignored one, or a bad one) look at the labels at all.
+            try:
+                return _FusedIIFCrossEntropy.apply(logits, target, w_full, ignore_index, reduction, False, check_finite)
+            except (RuntimeError, IndexError):
+                if check_labels:
+                    validate_inputs(logits, target, None, ignore_index, True)  # raises IIFError on a bad label
+                any_ignored = bool((target == ignore_index).any())
+                if not any_ignored:
+                    raise
+        return _FusedIIFCrossEntropy.apply(logits, target, w_full, ignore_index, reduction, any_ignored, check_finite)
+    # float64 logits keep float64; float32 and low-precision logits are weighted in float32 (a
+    # half-precision product would round the weights), as the fused kernel does.
+    wdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    zw = logits * w_full.to(device=logits.device, dtype=wdt)
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=zw.dtype)
     if soft:
         target = target.to(zw.dtype)
-    return F.cross_entropy(
+    out = F.cross_entropy(
         zw, target, weight=weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
     )
+    return check_loss_finite(out, logits, target) if check_finite else out
 
 
 def iif_cross_entropy(
@@ -173,7 +235,7 @@ def iif_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     background: Optional[str] = None,
-    fused: bool = True,
+    fused="auto",
     check_finite: bool = True,
     check_labels: bool = True,
 ) -> torch.Tensor:
@@ -186,23 +248,35 @@ def iif_cross_entropy(
             weight 1 is inserted, or pass ``C + 1`` weights that already include it.
         weight, reduction, ignore_index, label_smoothing: as in ``F.cross_entropy``.
         background: ``None``, ``"first"`` or ``"last"`` (detection, SPEC §3).
-        fused: use the fused autograd kernel when the options allow it (same values, faster).
-        check_finite / check_labels: validate values (one host sync on GPU).
+        fused: ``"auto"`` (default) uses the fused autograd kernel on CPU when the options allow it
+            (same values, faster) and the composed form elsewhere; ``True`` forces the kernel wherever
+            the options allow, ``False`` never uses it.
+        check_finite / check_labels: raise on NaN/inf logits reaching the loss / labels out of range
+            (each a host sync on GPU).
 
     The gradient is Eq. 16: ``w_i (q_i - 1[i = y])`` per sample with ``q = softmax(w * z)``.
     """
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
     weight = class_weight(weight)
+    _check_fused(fused)
     w = iif_weights if isinstance(iif_weights, torch.Tensor) else torch.as_tensor(iif_weights, dtype=torch.float32)
     if w.dim() != 1:
         raise IIFError(f"iif_weights must be a 1-D tensor with one weight per class; got shape {tuple(w.shape)}.")
     num_logits = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() else 0
     w_full = expand_class_vector(w, num_logits, check_background(background), 1.0, "IIF weights")
-    soft, any_ignored = validate_inputs(logits, target, None, ignore_index, check_finite, check_labels, want_ignored=False)
+    opt = (
+        fused is not False and weight is None and label_smoothing == 0.0 and isinstance(logits, torch.Tensor)
+        and logits.dim() == 2 and isinstance(target, torch.Tensor) and not target.is_floating_point()
+        and _optimistic(logits, ignore_index)
+    )
+    soft, any_ignored = validate_inputs(logits, target, None, ignore_index, check_labels and not opt)
     if weight is not None and weight.shape[0] != logits.shape[1]:
         raise IIFError(f"weight has {weight.shape[0]} entries but the logits have {logits.shape[1]} classes.")
-    return _iif_ce(logits, target, w_full, weight, reduction, ignore_index, label_smoothing, fused, soft, any_ignored)
+    return _iif_ce(
+        logits, target, w_full, weight, reduction, ignore_index, label_smoothing, fused, soft, any_ignored,
+        check_finite, check_labels,
+    )
 
 
 def online_smooth_weights(
@@ -242,8 +316,9 @@ class IIFLoss(LossBase):
         variant: the IIF variant for the online form; only ``"smooth"`` is finite for classes missing
             from a batch.
         background: ``None``, ``"first"`` or ``"last"`` for detection logits ``(N, C + 1)``.
-        fused: use the fused autograd kernel when the options allow (hard labels, no ``weight``, no
-            label smoothing).
+        fused: ``"auto"`` (default): the fused autograd kernel on CPU when the options allow (hard
+            labels, no ``weight``, no label smoothing), the composed form on GPUs; ``True`` forces
+            the kernel wherever the options allow; ``False`` never uses it.
         weight, reduction, ignore_index, label_smoothing, check_finite, check_labels: see
             :class:`iif.losses.LossBase`.
 
@@ -259,7 +334,7 @@ class IIFLoss(LossBase):
         online: bool = False,
         variant: str = "smooth",
         background: Optional[str] = None,
-        fused: bool = True,
+        fused="auto",
         weight=None,
         reduction: str = "mean",
         ignore_index: int = -100,
@@ -270,7 +345,7 @@ class IIFLoss(LossBase):
         super().__init__(weight, reduction, ignore_index, label_smoothing, check_finite, check_labels)
         self.background = check_background(background)
         self.online = bool(online)
-        self.fused = bool(fused)
+        self.fused = _check_fused(fused)
         self.variant = str(variant)
         if self.online:
             if self.variant != "smooth":
@@ -322,8 +397,15 @@ class IIFLoss(LossBase):
             w_full = self._full_weights(num_logits)  # inserts the background weight, or raises
         # On a GPU the value checks sync anyway; learning there whether any label is ignored lets the
         # fused kernel skip its row mask.
-        want = logits.device.type != "cpu" and (self.check_finite or self.check_labels)
-        soft, any_ignored = self._validate(logits, target, want_ignored=want)
+        want = logits.device.type != "cpu" and self.fused is True and self.check_labels
+        opt = (
+            self.fused is not False and not self.online and self.weight is None and self.label_smoothing == 0.0
+            and isinstance(logits, torch.Tensor) and logits.dim() == 2 and isinstance(target, torch.Tensor)
+            and not target.is_floating_point() and _optimistic(logits, self.ignore_index)
+        )
+        soft, any_ignored = validate_inputs(
+            logits, target, None, self.ignore_index, self.check_labels and not opt, want_ignored=want
+        )
         weight = self._weight(logits) if self.weight is not None else None
         if self.online:
             w_full, counts, k = online_smooth_weights(target, num_logits, self.ignore_index, self.background)
@@ -337,7 +419,7 @@ class IIFLoss(LossBase):
                     self.seen_total += k.to(self.seen_total.device)
         return _iif_ce(
             logits, target, w_full, weight, self.reduction, self.ignore_index, self.label_smoothing,
-            self.fused, soft, any_ignored,
+            self.fused, soft, any_ignored, self.check_finite, self.check_labels,
         )
 
     def current_weights(self, num_logits: Optional[int] = None) -> torch.Tensor:

@@ -40,11 +40,12 @@ class _OffsetLoss(LossBase):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self._validate(logits, target)
-        return F.cross_entropy(
+        out = F.cross_entropy(
             logits + self.offset.to(logits.dtype), target.to(logits.dtype) if is_soft(target) else target,
             weight=self._weight(logits), reduction=self.reduction, ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
         )
+        return self._finite(out, logits, target)
 
 
 class BalancedSoftmaxLoss(_OffsetLoss):
@@ -130,10 +131,11 @@ class LDAMLoss(LossBase):
             shifted = logits.scatter_add(1, safe[:, None], -(m[safe] * valid)[:, None])
             t = target
         w = self.current_weight()
-        return F.cross_entropy(
+        out = F.cross_entropy(
             self.scale * shifted, t, weight=None if w is None else w.to(logits.dtype), reduction=self.reduction,
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
         )
+        return self._finite(out, logits, target)
 
     def extra_repr(self) -> str:
         return (

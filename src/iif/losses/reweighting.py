@@ -104,7 +104,7 @@ class IIFCostSensitiveLoss(LossBase):
             reduction="none", ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
         )
         per = per * hard_or_soft_gather(w_full.to(per.dtype), target, self.ignore_index)
-        return reduce_per_sample(per, target, weight, self.reduction, self.ignore_index)
+        return self._finite(reduce_per_sample(per, target, weight, self.reduction, self.ignore_index), logits, target)
 
 
 class ClassBalancedLoss(LossBase):
@@ -134,9 +134,10 @@ class ClassBalancedLoss(LossBase):
         weight = self._weight(logits)
         scale = hard_or_soft_gather(self.cb_weights.to(logits.dtype), target, self.ignore_index)
         gamma = self.gamma if self.loss == "focal" else 0.0
-        return focal_loss(
+        out = focal_loss(
             logits, target, gamma, weight, self.reduction, self.ignore_index, self.label_smoothing, sample_scale=scale
         )
+        return self._finite(out, logits, target)
 
     def extra_repr(self) -> str:
         return f"loss={self.loss!r}, beta={self.beta}, gamma={self.gamma}, {super().extra_repr()}"
@@ -151,9 +152,10 @@ class FocalLoss(LossBase):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self._validate(logits, target)
-        return focal_loss(
+        out = focal_loss(
             logits, target, self.gamma, self._weight(logits), self.reduction, self.ignore_index, self.label_smoothing
         )
+        return self._finite(out, logits, target)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, {super().extra_repr()}"
