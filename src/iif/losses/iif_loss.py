@@ -5,8 +5,9 @@ The gradient with respect to the logits is Eq. 16, ``dL/dz_i = w_i (q_i - 1[i = 
 ``F.cross_entropy(z * w, y)`` costs an extra full pass forward (the product) and two backward (the
 product's gradient and the dense one-hot gradient of ``nll_loss``). :class:`_FusedIIFCrossEntropy`
 builds ``q = softmax(w * z)`` in place in the product's buffer, keeps it, and turns it into the
-gradient in place: one multiply and one scatter. It covers the common case (hard labels, no class ``weight``, no label smoothing,
-any reduction, ``ignore_index``); everything else takes the composed path, which tests check agree.
+gradient in place: one multiply and one scatter. It covers the common case (hard labels, no class
+``weight``, no label smoothing, any reduction, ``ignore_index``); everything else takes the composed
+path, which the tests check agrees with it.
 """
 
 from __future__ import annotations
