@@ -15,14 +15,6 @@ X = [[3.0, 4.0, 0.0], [0.5, -1.0, 2.0]]  # ||x|| = 5 and sqrt(5.25)
 W = [[1.0, 0.0, 0.0], [0.0, 2.0, 2.0], [-1.0, 1.0, 3.0], [0.2, 0.1, -0.4]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convnets on the shared 2-core machine run far faster single-threaded (no OpenMP contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _norm(v: list[float]) -> float:
     return math.sqrt(sum(a * a for a in v))

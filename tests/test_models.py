@@ -28,14 +28,6 @@ from iif.models.se_resnet import SEBottleneck
 torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convnets on the shared 2-core machine run far faster single-threaded (no OpenMP contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -22,15 +22,6 @@ TINY = ["runtime.progress=false", "runtime.tensorboard=false", "schedule.epochs=
         "model.backbone_kwargs.width=4"]
 
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster single-threaded (no intra-op contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 @pytest.fixture(scope="module")
 def splits():
     return build_splits(load_config("digits_lt_e2e"))
