@@ -261,7 +261,20 @@ class PostHocIIF(_VectorAdjuster):
         return z * self.full_vector(z.shape[-1]).to(dtype=z.dtype)
 
 
-class LogitAdjustment(_VectorAdjuster):
+class _AdditiveAdjuster(_VectorAdjuster):
+    """An adjuster that adds a per-class offset to the foreground logits."""
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """The additive per-class offset (foreground classes)."""
+        return self.vec
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        z = _as_logits(logits)
+        return z + self.full_vector(z.shape[-1]).to(dtype=z.dtype)
+
+
+class LogitAdjustment(_AdditiveAdjuster):
     """Post-hoc logit adjustment (Menon et al. 2021, Table IV): ``z' = z - tau * ln p``, ``p_c = n_c / sum n``."""
 
     _what = "counts"
@@ -273,35 +286,17 @@ class LogitAdjustment(_VectorAdjuster):
         super().__init__(torch.as_tensor(-tau * _log_prior(counts), dtype=torch.float32), background)
         self.tau = tau
 
-    @property
-    def offset(self) -> torch.Tensor:
-        """The additive offset ``-tau * ln p`` (foreground classes)."""
-        return self.vec
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        z = _as_logits(logits)
-        return z + self.full_vector(z.shape[-1]).to(dtype=z.dtype)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, tau={self.tau}"
 
 
-class BalancedSoftmaxOffset(_VectorAdjuster):
+class BalancedSoftmaxOffset(_AdditiveAdjuster):
     """Balanced Softmax offset (Ren et al. 2020, Table IV): ``z' = z + ln n``; used inside the loss only."""
 
     _what = "counts"
 
     def __init__(self, counts: CountsLike, background: Optional[str] = None) -> None:
         super().__init__(torch.as_tensor(_log_counts(counts), dtype=torch.float32), background)
-
-    @property
-    def offset(self) -> torch.Tensor:
-        """The additive offset ``ln n`` (foreground classes)."""
-        return self.vec
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        z = _as_logits(logits)
-        return z + self.full_vector(z.shape[-1]).to(dtype=z.dtype)
 
 
 class LearnableWeightScaling(nn.Module):
