@@ -506,22 +506,19 @@ class ClassFrequency:
 
         ann_cat = _int_column(anns, "category_id", "annotations", name)
         ann_img = _int_column(anns, "image_id", "annotations", name)
-        ci, missing = _index_of(sorted_cat, ann_cat)
-        if missing.any():
-            bad = np.flatnonzero(missing)
-            raise IIFError(
-                f"{name}: {bad.size} annotations point at unknown category ids "
-                f"{_fmt_list(np.unique(ann_cat[bad]).tolist())} (first is annotations[{int(bad[0])}]); "
-                "every category_id must appear in 'categories'."
-            )
-        ii, missing = _index_of(img_ids, ann_img)
-        if missing.any():
-            bad = np.flatnonzero(missing)
-            raise IIFError(
-                f"{name}: {bad.size} annotations point at unknown image ids "
-                f"{_fmt_list(np.unique(ann_img[bad]).tolist())} (first is annotations[{int(bad[0])}]); "
-                "every image_id must appear in 'images'."
-            )
+        def positions(known: np.ndarray, ids: np.ndarray, field: str, section: str) -> np.ndarray:
+            pos, missing = _index_of(known, ids)
+            if missing.any():
+                bad = np.flatnonzero(missing)
+                raise IIFError(
+                    f"{name}: {bad.size} annotations point at unknown {field.replace('_', ' ')}s "
+                    f"{_fmt_list(np.unique(ids[bad]).tolist())} (first is annotations[{int(bad[0])}]); "
+                    f"every {field} must appear in '{section}'."
+                )
+            return pos
+
+        ci = positions(sorted_cat, ann_cat, "category_id", "categories")
+        ii = positions(img_ids, ann_img, "image_id", "images")
         c, n_img = sorted_cat.size, max(img_ids.size, 1)
         object_counts = np.bincount(ci, minlength=c)
         # One key per (class, image) pair; its distinct values are the images containing each class.
