@@ -15,10 +15,10 @@ import numpy as np
 
 from ..weights import VARIANTS, weights_from_counts
 
-__all__ = ["plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
+__all__ = ["pyplot", "save_figure", "plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -27,7 +27,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
@@ -37,13 +37,13 @@ def _save(fig, path: str | os.PathLike) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        _plt().close(fig)
+        pyplot().close(fig)
     return path
 
 
 def plot_per_class_accuracy(counts: Sequence[float], series: Mapping[str, Sequence[float | None]], path, title: str = "") -> Path:
     """Per-class test accuracy against the class's training frequency, one line per method."""
-    plt = _plt()
+    plt = pyplot()
     n = np.asarray(counts, dtype=float)
     order = np.argsort(-n, kind="stable")
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -58,7 +58,7 @@ def plot_per_class_accuracy(counts: Sequence[float], series: Mapping[str, Sequen
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Per-class accuracy vs training frequency")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weight_curves(path, total: float, class_probs: Sequence[float] | None = None, variants: Sequence[str] = VARIANTS) -> Path:
@@ -67,7 +67,7 @@ def plot_weight_curves(path, total: float, class_probs: Sequence[float] | None =
     ``total`` is the K used for ``smooth`` (the only variant depending on K beyond p). Ticks on the x axis
     mark the classes of the benchmarked dataset.
     """
-    plt = _plt()
+    plt = pyplot()
     p = np.logspace(-4, np.log10(0.99), 400)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for v in variants:
@@ -82,13 +82,13 @@ def plot_weight_curves(path, total: float, class_probs: Sequence[float] | None =
     ax.set_title(f"IIF weight variants (paper Fig. 2; smooth uses K = {total:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weight_norms(counts: Sequence[float], before: Sequence[float], after: Sequence[float], path,
                       after_label: str = "after decoupled IIF (smooth)", title: str = "") -> Path:
     """Classifier weight norm per class before and after decoupled retraining (paper Fig. 5)."""
-    plt = _plt()
+    plt = pyplot()
     n = np.asarray(counts, dtype=float)
     order = np.argsort(-n, kind="stable")
     x = np.arange(n.size)
@@ -103,13 +103,13 @@ def plot_weight_norms(counts: Sequence[float], before: Sequence[float], after: S
     ax.set_ylabel("L2 norm of the class's weight row")
     ax.set_title(title or "Classifier weight norms per class (paper Fig. 5)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], path,
                      ece_before: float, ece_after: float, temperature: float, title: str = "") -> Path:
     """Reliability diagram before and after temperature scaling (bins from :func:`iif.metrics.reliability_bins`)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
     for ax, rb, name in ((axes[0], before, f"before (ECE {ece_before:.1f}%)"),
                          (axes[1], after, f"after T = {temperature:.2f} (ECE {ece_after:.1f}%)")):
@@ -127,4 +127,4 @@ def plot_reliability(before: Mapping[str, np.ndarray], after: Mapping[str, np.nd
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title or "Reliability diagram: temperature scaling fitted on validation")
-    return _save(fig, path)
+    return save_figure(fig, path)
