@@ -16,7 +16,7 @@ import numpy as np
 
 from .posthoc import ROW_KEYS
 
-__all__ = ["NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "format_table", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
+__all__ = ["NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
 
 TEXT_KEYS: tuple[str, ...] = ("method", "strategy", "variant", "head")
 NUMERIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
@@ -58,7 +58,7 @@ def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[li
     return means, stds
 
 
-def _cell(value, std=None, digits: int = 1) -> str:
+def cell(value, std=None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, (int, float)):
@@ -73,16 +73,13 @@ def _cells(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] 
     out = []
     for i, r in enumerate(rows):
         s = stds[i] if stds is not None else None
-        out.append([_cell(r[k], None if s is None or k in TEXT_KEYS else s[k]) for k in ROW_KEYS])
+        out.append([cell(r[k], None if s is None or k in TEXT_KEYS else s[k]) for k in ROW_KEYS])
     return out
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None) -> str:
-    """The results as an aligned plain-text table (what ``iif bench`` and ``iif posthoc`` print)."""
-    header = [_HEADERS[k] for k in ROW_KEYS]
-    body = _cells(rows, stds)
+def aligned_table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    """Plain-text table: numeric columns right-aligned, text columns left-aligned, a dashed rule under the header."""
     widths = [max(len(header[j]), *(len(b[j]) for b in body)) if body else len(header[j]) for j in range(len(header))]
-    numeric = [k in NUMERIC_KEYS for k in ROW_KEYS]
 
     def line(cells):
         return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
@@ -91,11 +88,16 @@ def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, 
     return "\n".join([line(header), sep, *(line(b) for b in body)])
 
 
+def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The results as an aligned plain-text table (what ``iif bench`` and ``iif posthoc`` print)."""
+    return aligned_table([_HEADERS[k] for k in ROW_KEYS], _cells(rows, stds), [k in NUMERIC_KEYS for k in ROW_KEYS])
+
+
 def markdown_table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for b in body:
-        lines.append("| " + " | ".join(_cell(x) if not isinstance(x, str) else x for x in b) + " |")
+        lines.append("| " + " | ".join(cell(x) if not isinstance(x, str) else x for x in b) + " |")
     return "\n".join(lines)
 
 
@@ -121,7 +123,7 @@ def _calibration_rows(rows: Sequence[Mapping[str, Any]], details: Sequence[Mappi
         if not ds:
             continue
         body.append([r["method"], r["strategy"], r["variant"] or "-", r["head"] or "-",
-                     _cell(r["ece"]), _cell(float(np.mean([d["ece_ts"] for d in ds]))),
+                     cell(r["ece"]), cell(float(np.mean([d["ece_ts"] for d in ds]))),
                      f"{float(np.mean([d['temperature'] for d in ds])):.2f}"])
     return body
 
