@@ -1,0 +1,63 @@
+"""The RoI cache gives exactly the detections of a full forward pass (iif.detection.posthoc)."""
+
+import pytest
+import torch
+
+torchvision = pytest.importorskip("torchvision")
+
+from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
+
+from iif.detection.posthoc import cache_roi_inputs, detect_from_cache  # noqa: E402
+from iif.errors import IIFError  # noqa: E402
+
+
+def _model(cls, num_classes=6):
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                   norm_layer=torch.nn.BatchNorm2d)
+    m = cls(backbone, num_classes=num_classes, min_size=64, max_size=64, rpn_pre_nms_top_n_test=100,
+            rpn_post_nms_top_n_test=50, box_score_thresh=0.0, box_detections_per_img=30)
+    return m.eval()
+
+
+def _batches():
+    g = torch.Generator().manual_seed(1)
+    imgs = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g), torch.rand(3, 64, 40, generator=g)]
+    return [(imgs[:2], [{"image_id": 5}, {"image_id": 9}]), (imgs[2:], [{"image_id": 2}])], imgs
+
+
+@pytest.mark.parametrize("cls", [MaskRCNN, FasterRCNN])
+def test_cache_matches_full_forward(cls):
+    model = _model(cls)
+    batches, imgs = _batches()
+    cache = cache_roi_inputs(model, batches)
+    assert cache.image_ids == [5, 9, 2]
+    got = detect_from_cache(model, cache)
+    with torch.no_grad():
+        want = model(imgs[:2]) + model(imgs[2:])
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        assert set(g) == set(w)
+        assert g["boxes"].shape[0] > 0
+        for k in w:
+            torch.testing.assert_close(g[k], w[k], rtol=0, atol=0)
+
+
+def test_cache_follows_a_changed_box_predictor():
+    """Scaling the classifier's foreground logits after caching changes the cached detections exactly as it
+    changes a full forward pass (the cache holds features, not scores)."""
+    model = _model(FasterRCNN)
+    batches, imgs = _batches()
+    cache = cache_roi_inputs(model, batches)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight[1:] *= 3.0
+        want = model(imgs[:2]) + model(imgs[2:])
+    got = detect_from_cache(model, cache)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g["scores"], w["scores"], rtol=0, atol=0)
+
+
+def test_refuses_one_stage_models():
+    with pytest.raises(IIFError, match="two-stage"):
+        cache_roi_inputs(torch.nn.Linear(2, 2), [])
