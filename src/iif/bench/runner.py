@@ -11,8 +11,10 @@ Per seed and per classifier head:
    logit-adjusted loss and LDAM-DRW.
 
 Results go to ``results.json`` (rows with exactly :data:`ROW_KEYS`), ``results_std.json`` (with several
-seeds), ``details.json``, ``report.md`` and PNG plots, all written into a temporary folder beside the
-output folder and renamed into place at the end, so an interrupted run never leaves a half-written one.
+seeds), ``details.json``, ``report.md`` and PNG plots, all written into a staging folder beside the
+output folder and swapped into place at the end (:class:`iif.outputs.OutputFolder`), so an interrupted
+run never leaves a half-written one, and ``--force`` never leaves the name empty nor removes files
+that iif did not write.
 """
 
 from __future__ import annotations
@@ -21,10 +23,8 @@ import contextlib
 import copy
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ import torch
 
 from ..errors import IIFError
 from ..metrics import reliability_bins
+from ..outputs import OutputFolder, atomic_write_text
 from ..weights import VARIANTS
 from . import decoupled as dec
 from .posthoc import (
@@ -102,11 +103,9 @@ def bench_config(dataset: str | None = None, config: str | None = None, override
 
 
 def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse an output folder that already holds results unless ``force``."""
-    if out.exists() and not out.is_dir():
-        raise IIFError(f"--out {out} exists and is not a folder; choose another --out.")
-    if out.is_dir() and not force and any((out / f).exists() for f in RESULT_FILES):
-        raise IIFError(f"--out {out} already holds bench results; pass --force to replace them or choose another --out.")
+    """Refuse an ``--out`` the bench may not write (see :class:`iif.outputs.OutputFolder`): an existing file,
+    a non-empty folder unless ``force``, and with ``force`` any folder iif did not write."""
+    OutputFolder(out, command="bench", force=force)
 
 
 @dataclass
@@ -304,7 +303,7 @@ def run_bench(
     """
     t_start = time.perf_counter()
     out = Path(out)
-    check_out_dir(out, force)
+    folder = OutputFolder(out, command="bench", force=force)  # refuses a bad --out before any training
     if int(seeds) < 1:
         raise IIFError(f"--seeds must be >= 1; got {seeds}.")
     heads = [h.strip() for h in heads if h.strip()]
@@ -395,7 +394,7 @@ def run_bench(
     log("\n" + text)
     meta["wall_s"] = time.perf_counter() - t_start
     meta["peak_rss_mb"] = _rss_peak_mb()
-    _write_outputs(out, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots)
+    _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots)
     log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {meta['peak_rss_mb']:.0f} MB)")
     return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out}
 
@@ -423,29 +422,17 @@ def _plot_material(cands, rows, details, extras, y_te, y_va) -> dict:
     return out
 
 
-def _write_outputs(out: Path, rows, stds, details, meta, plot_data, plots: bool) -> None:
-    """Write everything into a temporary folder beside ``out``, then rename it into place."""
+def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool) -> None:
+    """Write everything into a staging folder beside the output folder, then swap it into place atomically."""
     from .report import write_report
 
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        (tmp / "results.json").write_text(dumps_rows(rows))
+    with folder as tmp:
+        atomic_write_text(tmp / "results.json", dumps_rows(rows))
         if stds is not None:
-            (tmp / "results_std.json").write_text(dumps_rows(stds))
-        (tmp / "details.json").write_text(json.dumps({"meta": meta, "rows": details}, indent=1, default=_json_default) + "\n")
+            atomic_write_text(tmp / "results_std.json", dumps_rows(stds))
+        atomic_write_text(tmp / "details.json",
+                          json.dumps({"meta": meta, "rows": details}, indent=1, default=_json_default) + "\n")
         write_report(tmp, rows, stds, details, meta, plot_data if plots else None)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _json_default(o):

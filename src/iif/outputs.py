@@ -1,0 +1,616 @@
+"""Writing outputs safely: atomic files, and one policy for every command that writes a folder.
+
+Files
+    :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_write_json` and
+    :func:`atomic_torch_save` write to a temporary file in the destination's folder
+    (``.<name>.<random>.iif-tmp``), flush and ``fsync`` it, give it the mode an ordinary ``open`` would
+    (``0o666 & ~umask``; ``mkstemp`` alone creates ``0600``) and move it over the destination with
+    ``os.replace``. A reader (or a run killed at any instant) sees the old file or the new one, never a
+    truncated one.
+
+Output folders (``iif train``, ``iif bench``, ``iif det-bench``, ``iif det-data``)
+    * a folder is recognised as ours by its marker file :data:`MARKER` (``.iif-output.json``: command,
+      iif version, creation time);
+    * a new run refuses an ``--out`` that is an existing file, or a non-empty folder (a finished run
+      included), naming what is there and the flags (``--resume`` / ``--force`` / another ``--out``);
+    * ``--resume`` (train) continues only a folder with our marker (and its checkpoint);
+    * ``--force`` replaces only a folder that carries our marker; anything else is refused, since it may
+      hold the user's own files;
+    * replacement is crash-safe: the new output is built in a staging folder beside the old one
+      (``.<name>.iif-stage-<random>``) and swapped in with one ``renameat2(RENAME_EXCHANGE)`` system call,
+      so the old output stays readable until the new one is complete and a kill at any instant leaves
+      the old or the new output under the requested name. Where the kernel, C library or file system
+      cannot exchange (not Linux, or ``EINVAL``/``ENOSYS``), the fallback is two renames (old ->
+      ``.<name>.iif-old-<random>``, staging -> name); a kill between them leaves no folder under the name
+      for that instant, and the next run of the same folder renames the old output back first;
+    * stale temporaries of the same folder left by killed runs (names matching our patterns AND holding
+      our marker, or empty) are removed by the next run of that folder; temporary files inside a run
+      folder (``*.iif-tmp``) are removed when the run is resumed;
+    * folders are created with ``0o777 & ~umask`` and files with ``0o666 & ~umask``.
+
+For tests, ``IIF_FAULT_KILL_AT=N`` sends SIGKILL to the process itself at the N-th write step (every
+atomic write, rename, swap and clean-up counts one), and ``IIF_FAULT_TRACE=FILE`` appends one line per
+step to FILE; both are read on every step and cost nothing when unset.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from .errors import IIFError
+
+__all__ = [
+    "MARKER",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "atomic_write_stream",
+    "current_umask",
+    "make_folder",
+    "read_marker",
+    "write_marker",
+    "exchange_paths",
+    "OutputFolder",
+    "check_run_folder",
+    "prepare_run_folder",
+    "finish_run_folder",
+    "clean_stale_temporaries",
+]
+
+PathLike = str | os.PathLike
+
+#: The marker file that identifies a folder as an ``iif`` output.
+MARKER = ".iif-output.json"
+#: Suffix of the temporary files of atomic writes.
+TMP_SUFFIX = ".iif-tmp"
+_TMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.iif-tmp$")
+
+
+# ----------------------------------------------------------------------------------------------- fault points
+
+
+_fault_steps = 0
+
+
+def _fault_point(label: str) -> None:
+    """Count one write step; kill this process here if ``IIF_FAULT_KILL_AT`` names this step (tests)."""
+    global _fault_steps
+    kill_at = os.environ.get("IIF_FAULT_KILL_AT")
+    trace = os.environ.get("IIF_FAULT_TRACE")
+    if not kill_at and not trace:
+        return
+    _fault_steps += 1
+    if trace:
+        with open(trace, "a", encoding="utf-8") as fh:
+            fh.write(f"{_fault_steps} {label}\n")
+    if kill_at and _fault_steps == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------- modes and files
+
+
+def current_umask() -> int:
+    """This process's umask (read from /proc where possible, which, unlike ``os.umask``, changes nothing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _parent_for(path: Path, mkdir: bool) -> Path:
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        if mkdir:
+            directory.mkdir(parents=True, exist_ok=True)
+        elif directory.exists():
+            raise IIFError(f"cannot write {path}: {directory} is not a folder; choose another path.")
+        else:
+            raise IIFError(f"cannot write {path}: folder {directory} does not exist; create it first or choose another path.")
+    return directory
+
+
+def atomic_write_stream(path: PathLike, write: Callable[[BinaryIO], Any], *, mkdir: bool = False) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then move it over ``path`` atomically.
+
+    ``mkdir``: create missing parent folders (else a missing folder is an :class:`IIFError`). On any
+    failure the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    directory = _parent_for(path, mkdir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+            os.fsync(fh.fileno())
+        _fault_point(f"write {path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, mkdir: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    return atomic_write_stream(path, lambda fh: fh.write(bytes(data)), mkdir=mkdir)
+
+
+def atomic_write_text(path: PathLike, text: str, *, mkdir: bool = False) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically (newlines written as given)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mkdir=mkdir)
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, mkdir: bool = False, indent: int | None = 1,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """``json.dumps(obj)`` plus a newline, written atomically; refuses NaN/inf (``allow_nan=False``)."""
+    try:
+        text = json.dumps(obj, indent=indent, default=default, allow_nan=False)
+    except ValueError as exc:
+        raise IIFError(f"cannot write {path}: {exc}; replace NaN/inf values with null first.") from exc
+    return atomic_write_text(path, text + "\n", mkdir=mkdir)
+
+
+def atomic_torch_save(obj: Any, path: PathLike, *, mkdir: bool = False) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # serialise first: a failure leaves no temporary file at all
+    return atomic_write_bytes(path, buf.getbuffer(), mkdir=mkdir)
+
+
+def make_folder(path: PathLike) -> Path:
+    """``mkdir -p`` with the umask's mode (``0o777 & ~umask``, as ``mkdir`` gives)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _make_temp_folder(parent: Path, prefix: str) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700
+    return tmp
+
+
+# ----------------------------------------------------------------------------------------------- marker
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except Exception:  # noqa: BLE001 - a partially imported package still writes a marker
+        return "unknown"
+
+
+def read_marker(folder: PathLike) -> dict | None:
+    """The marker of ``folder`` as a dict, or None when there is none (or it is not ours)."""
+    p = Path(folder) / MARKER
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("tool") != "iif" or not isinstance(data.get("command"), str):
+        return None
+    return data
+
+
+def write_marker(folder: PathLike, command: str, **extra: Any) -> dict:
+    """Write the marker that makes ``folder`` recognisable as an ``iif <command>`` output."""
+    now = time.time_ns()
+    marker = {"tool": "iif", "command": command, "version": _version(),
+              "created": datetime.fromtimestamp(now / 1e9, timezone.utc).isoformat(timespec="seconds"),
+              "created_ns": now, "pid": os.getpid(), "host": socket.gethostname(), **extra}
+    atomic_write_json(Path(folder) / MARKER, marker)
+    return marker
+
+
+# ----------------------------------------------------------------------------------------------- swapping
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_SYSCALL_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276, "riscv64": 276}
+_AT_FDCWD = -100
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    """``renameat2(AT_FDCWD, src, AT_FDCWD, dst, flags)`` through libc (glibc >= 2.28) or the raw syscall."""
+    if platform.system() != "Linux":
+        raise OSError(errno.ENOSYS, "renameat2 is Linux only")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    a, b = os.fsencode(str(src)), os.fsencode(str(dst))
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        rc = fn(_AT_FDCWD, a, _AT_FDCWD, b, flags)
+    else:
+        nr = _SYSCALL_RENAMEAT2.get(platform.machine().lower())
+        if nr is None:
+            raise OSError(errno.ENOSYS, "renameat2 is not available on this machine")
+        libc.syscall.restype = ctypes.c_long
+        rc = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_AT_FDCWD), ctypes.c_char_p(a), ctypes.c_int(_AT_FDCWD),
+                          ctypes.c_char_p(b), ctypes.c_uint(flags))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
+def exchange_paths(a: PathLike, b: PathLike) -> None:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Raises ``OSError`` with ``errno`` ENOSYS/EINVAL/ENOTSUP where the system or file system cannot.
+    """
+    _renameat2(Path(a), Path(b), RENAME_EXCHANGE)
+
+
+def _temp_name(path: Path, kind: str) -> str:
+    return f".{path.name}.iif-{kind}-"
+
+
+def _temporaries(path: Path) -> list[Path]:
+    """Folders beside ``path`` whose names match our staging/old patterns for it."""
+    parent = path.parent
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    prefixes = tuple(_temp_name(path, k) for k in ("stage", "old"))
+    return [parent / n for n in names if n.startswith(prefixes)]
+
+
+def _is_live(marker: dict) -> bool:
+    """Whether the run that wrote ``marker`` is still running on this machine."""
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or marker.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) still answers kill(0): read its state.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _remove_ours(folder: Path) -> bool:
+    """Remove ``folder`` only if it is ours (carries our marker) or empty; True when removed."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if read_marker(folder) is None:
+        try:
+            folder.rmdir()  # an empty one (killed between mkdtemp and its marker)
+        except OSError:
+            return False
+        return True
+    _fault_point(f"remove {folder.name}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
+
+
+def clean_stale_temporaries(path: PathLike, keep: PathLike | None = None) -> list[Path]:
+    """Remove the staging/old folders of ``path`` left by killed runs (ours by name AND marker, or empty).
+
+    Folders of a run still alive on this machine, and ``keep``, are left alone. Returns what was removed.
+    """
+    path = Path(path)
+    keep = Path(keep) if keep is not None else None
+    removed = []
+    for tmp in _temporaries(path):
+        if keep is not None and tmp == keep:
+            continue
+        m = read_marker(tmp)
+        if m is not None and _is_live(m):
+            continue
+        if _remove_ours(tmp):
+            removed.append(tmp)
+    return removed
+
+
+def _clean_temp_files(folder: Path) -> None:
+    """Remove ``*.iif-tmp`` files of killed atomic writes inside our ``folder`` (and its sub-folders)."""
+    if read_marker(folder) is None:
+        return
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            if _TMP_FILE.match(f):
+                try:
+                    os.unlink(os.path.join(root, f))
+                except OSError:
+                    pass
+
+
+def _recover(path: Path) -> None:
+    """Undo a fallback swap cut between its two renames: put the old output back under ``path``."""
+    if os.path.lexists(path):
+        return
+    olds = [t for t in _temporaries(path) if t.name.startswith(_temp_name(path, "old")) and read_marker(t) is not None]
+    if olds:
+        newest = max(olds, key=lambda t: (read_marker(t) or {}).get("created_ns", 0))
+        os.rename(newest, path)
+
+
+def _swap_into_place(staging: Path, path: Path) -> None:
+    """Make ``staging`` appear under ``path``; an existing ``path`` (ours) is replaced and removed."""
+    parent = path.parent
+    if not os.path.lexists(path):
+        _fault_point(f"rename {staging.name}")
+        try:
+            _renameat2(staging, path, RENAME_NOREPLACE)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise IIFError(f"{path} appeared while this run was writing; nothing was replaced. Choose another --out.") from None
+            os.rename(staging, path)  # no renameat2: plain rename (fails on a non-empty folder)
+        _fsync_dir(parent)
+        return
+    _fault_point(f"exchange {staging.name}")
+    try:
+        exchange_paths(staging, path)
+        old = staging
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # Documented fallback: two renames, with _recover() undoing a cut between them on the next run.
+        old = Path(tempfile.mkdtemp(prefix=_temp_name(path, "old"), dir=parent))
+        old.rmdir()
+        os.rename(path, old)
+        _fault_point(f"fallback rename {staging.name}")
+        os.rename(staging, path)
+    _fsync_dir(parent)
+    _remove_ours(old)
+
+
+# ----------------------------------------------------------------------------------------------- the policy
+
+
+def _contents(folder: Path) -> list[str]:
+    """What a folder holds, our marker excepted (sorted)."""
+    try:
+        return sorted(n for n in os.listdir(folder) if n != MARKER)
+    except OSError:
+        return []
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _describe(path: Path, marker: dict | None, names: list[str]) -> str:
+    if marker is None:
+        return f"files that iif did not write ({_listing(names)})"
+    finished = marker.get("complete") or "final_metrics.json" in names or "results.json" in names
+    return f"a {'finished' if finished else 'unfinished'} iif {marker['command']} output ({_listing(names)})"
+
+
+def _check_not_file(path: Path) -> None:
+    if path.is_symlink():
+        raise IIFError(f"--out {path} is a symbolic link; pass the folder it points to, or choose another --out.")
+    if path.exists() and not path.is_dir():
+        raise IIFError(f"--out {path} exists and is a file, not a folder; choose another --out.")
+
+
+def _refuse_existing(path: Path, marker: dict | None, names: list[str], resumable: bool) -> IIFError:
+    if marker is None:
+        return IIFError(f"--out {path} already holds {_describe(path, marker, names)}; iif writes only into an "
+                        "empty or new folder and --force replaces only a folder iif wrote, so choose another --out.")
+    flags = "pass --resume to continue it, --force to replace it" if resumable else "pass --force to replace it"
+    return IIFError(f"--out {path} already holds {_describe(path, marker, names)}; {flags}, or choose another --out.")
+
+
+def _refuse_force(path: Path, names: list[str]) -> IIFError:
+    return IIFError(f"--force replaces only a folder that iif wrote (it carries {MARKER}), and {path} holds other "
+                    f"files ({_listing(names)}) that may be yours; nothing was removed. Choose another --out.")
+
+
+class OutputFolder:
+    """Write a command's output folder all at once: build it in a staging folder, then swap it in.
+
+    ``with OutputFolder(path, command="bench", force=False) as staging:`` gives ``staging``, a
+    :class:`pathlib.Path` of a new, empty folder beside ``path``. On normal exit the marker is written
+    into it and it is moved into place atomically (swapped with the old output when ``force``); on an
+    exception it is removed and any old output is untouched.
+
+    Constructing the object checks the policy without touching anything (so a command can refuse before
+    its expensive work): an existing file at ``path`` is refused; a non-empty folder is refused unless
+    ``force``; ``force`` is refused for a folder without our marker. Entering checks again, puts back an
+    output left out by a cut fallback swap, and removes stale temporaries of ``path``.
+    """
+
+    def __init__(self, path: PathLike, command: str = "bench", force: bool = False) -> None:
+        self.path = Path(path)
+        self.command = command
+        self.force = bool(force)
+        self.staging: Path | None = None
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`IIFError` when this run may not write ``path`` (see the class docstring)."""
+        p = self.path
+        _check_not_file(p)
+        if not p.is_dir():
+            return
+        names = _contents(p)
+        if not names:
+            return
+        marker = read_marker(p)
+        if not self.force:
+            raise _refuse_existing(p, marker, names, resumable=False)
+        if marker is None:
+            raise _refuse_force(p, names)
+
+    def __enter__(self) -> Path:
+        _recover(self.path)
+        self.check()
+        parent = self.path.absolute().parent
+        make_folder(parent)
+        clean_stale_temporaries(self.path)
+        self.staging = _make_temp_folder(parent, _temp_name(self.path, "stage"))
+        write_marker(self.staging, self.command, complete=False)
+        return self.staging
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        staging, self.staging = self.staging, None
+        if staging is None:
+            return False
+        if exc_type is not None:
+            shutil.rmtree(staging, ignore_errors=True)  # our own staging folder, made by __enter__
+            return False
+        try:
+            marker = read_marker(staging) or {}
+            write_marker(staging, self.command, complete=True,
+                         **{k: marker[k] for k in ("created", "created_ns") if k in marker})
+            self.check()  # the folder may have changed while we worked
+            _swap_into_place(staging, self.path.absolute())
+        except BaseException:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return False
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return any((folder / rel).is_file() for rel in ("last.pt", "stage1/last.pt"))
+
+
+def _staged_runs(path: Path, command: str) -> list[tuple[int, Path]]:
+    """Staging folders of ``path`` holding a ``command`` run started after the output under ``path``."""
+    current = read_marker(path) if path.is_dir() else None
+    floor = int(current.get("created_ns", 0)) if current else -1
+    found = []
+    for tmp in _temporaries(path):
+        if not tmp.name.startswith(_temp_name(path, "stage")):
+            continue
+        m = read_marker(tmp)
+        if m is None or m.get("command") != command or _is_live(m):
+            continue
+        created = int(m.get("created_ns", 0))
+        if created > floor:
+            found.append((created, tmp))
+    return sorted(found)
+
+
+def _plan(path: Path, command: str, force: bool, resume: bool) -> tuple[str, Path | None]:
+    """Decide what a run of ``command`` at ``path`` does: ("new" | "continue" | "stage", folder)."""
+    _check_not_file(path)
+    if resume:
+        staged = _staged_runs(path, command)
+        if staged:
+            return "continue", staged[-1][1]
+    if not path.is_dir():
+        return "new", path
+    names = _contents(path)
+    marker = read_marker(path)
+    if not names:
+        return ("continue" if marker is not None and marker.get("command") == command else "new"), path
+    if resume:
+        if marker is None:
+            raise IIFError(f"--resume continues only a run iif started (its folder carries {MARKER}), and {path} "
+                           f"holds {_describe(path, marker, names)}; choose another --out.")
+        if marker.get("command") != command:
+            raise IIFError(f"--resume: {path} holds an iif {marker.get('command')} output, not a {command} run; "
+                           "choose another --out.")
+        return "continue", path
+    if not force:
+        raise _refuse_existing(path, marker, names, resumable=command == "train")
+    if marker is None:
+        raise _refuse_force(path, names)
+    return "stage", None
+
+
+def check_run_folder(path: PathLike, command: str = "train", force: bool = False, resume: bool = False) -> None:
+    """Raise :class:`IIFError` when a run may not use ``path``; changes nothing (see :func:`prepare_run_folder`)."""
+    _plan(Path(path), command, force, resume)
+
+
+def prepare_run_folder(path: PathLike, command: str = "train", force: bool = False, resume: bool = False) -> Path:
+    """The folder a resumable run (``iif train``) writes into; apply the output-folder policy first.
+
+    * new or empty ``path``: created (umask mode) with our marker; returned;
+    * ``resume``: a staged replacement of ``path`` that a killed ``--force`` run left (newest first), else
+      ``path`` itself if it carries our marker; anything else is refused. A resume of a folder with
+      nothing in it starts the run from scratch;
+    * ``force`` on our folder: a new staging folder beside ``path`` is returned; the old output stays
+      where it is until :func:`finish_run_folder` swaps the finished run in;
+    * otherwise an existing non-empty folder (or a file) is refused with the flags to use.
+
+    Stale temporaries of ``path`` are removed, and so are ``*.iif-tmp`` files in a resumed folder.
+    """
+    path = Path(path)
+    _recover(path)
+    action, folder = _plan(path, command, force, resume)
+    if action == "stage":
+        parent = path.absolute().parent
+        clean_stale_temporaries(path)
+        folder = _make_temp_folder(parent, _temp_name(path, "stage"))
+        write_marker(folder, command, complete=False)
+        return folder
+    assert folder is not None
+    clean_stale_temporaries(path, keep=folder if folder != path else None)
+    if action == "new":
+        make_folder(folder)
+        write_marker(folder, command, complete=False)
+    elif read_marker(folder) is None:  # pragma: no cover - _plan only continues marked folders
+        raise IIFError(f"{folder} is not an iif run folder; choose another --out.")
+    _clean_temp_files(folder)
+    return folder
+
+
+def finish_run_folder(work: PathLike, path: PathLike) -> Path:
+    """Mark the run in ``work`` finished and, if ``work`` is a staging folder, swap it in under ``path``."""
+    work, path = Path(work), Path(path)
+    marker = read_marker(work) or {}
+    command = str(marker.get("command", "train"))
+    write_marker(work, command, complete=True, **{k: marker[k] for k in ("created", "created_ns") if k in marker})
+    if work.absolute() != path.absolute():
+        _swap_into_place(work.absolute(), path.absolute())
+    return path
