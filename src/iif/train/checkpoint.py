@@ -1,17 +1,23 @@
-"""Checkpoints: atomic writes, RNG capture/restore, and the checks that make ``--resume`` safe.
+"""Checkpoints: atomic writes, RNG capture/restore, safe loading, and the checks that make ``--resume`` safe.
 
 A training checkpoint is a dict with ``model``, ``optimizer``, ``scheduler``, ``scaler`` state dicts,
-``epoch`` (epochs completed), ``rng`` (torch, cuda, numpy, python states), ``config`` (plain dict),
-``config_hash``, ``class_counts``, ``history`` (per-epoch metric rows), ``stage`` and ``arch`` info.
-It is written to a temporary file in the same directory and moved into place with ``os.replace``, so a
-run killed mid-write never leaves a truncated ``last.pt``.
+``epoch`` (epochs completed), ``rng`` (torch, cuda, numpy, python states as tensors, numbers and lists),
+``config`` (plain dict), ``config_hash``, ``class_counts``, ``history`` (per-epoch metric rows), ``stage``
+and ``arch`` info. It is written to a temporary file in the same directory and moved into place with
+``os.replace`` (:mod:`iif.outputs`), so a run killed mid-write never leaves a truncated ``last.pt``.
+
+Trust model: a checkpoint is data, never code. Every checkpoint is read with
+``torch.load(weights_only=True)``, which rebuilds only tensors, numbers, strings, ``None`` and plain
+containers; a file that needs anything else (a pickled class or function, a numpy array) is refused
+with one line naming what it asked for, and none of it runs.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import IIFError
+from ..outputs import atomic_torch_save as _atomic_torch_save
+from ..outputs import atomic_write_text as _atomic_write_text
 
 __all__ = [
     "atomic_write_text",
@@ -31,38 +39,44 @@ __all__ = [
 ]
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same directory + ``os.replace``)."""
-    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+    """Write ``text`` to ``path`` atomically, creating missing parent folders (see :mod:`iif.outputs`)."""
+    _atomic_write_text(path, text, mkdir=True)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+    """``torch.save`` to ``path`` atomically, creating missing parent folders (see :mod:`iif.outputs`)."""
+    _atomic_torch_save(obj, path, mkdir=True)
+
+
+def _numpy_state_plain() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_restore(state) -> None:
+    if isinstance(state, dict):
+        keys = state["keys"]
+        keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+        np.random.set_state((state["kind"], keys.astype(np.uint32), int(state["pos"]), int(state["has_gauss"]),
+                             float(state["cached_gaussian"])))
+    else:  # the tuple np.random.get_state() returns (checkpoints written before states were plain)
+        np.random.set_state(state)
 
 
 def capture_rng() -> dict:
-    """Every global RNG state a training epoch draws from."""
+    """Every global RNG state a training epoch draws from, as tensors, numbers and lists only.
+
+    ``torch`` (ByteTensor), ``numpy`` (MT19937 key as an int64 tensor, position, Gaussian cache),
+    ``python`` (``random.getstate()`` as ``[version, [625 ints], gauss_next]``) and, when CUDA is in use,
+    ``cuda`` (one ByteTensor per device): all loadable with ``torch.load(weights_only=True)``.
+    """
+    version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": _numpy_state_plain(),
+        "python": [int(version), [int(x) for x in internal], gauss],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -70,10 +84,11 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    """Inverse of :func:`capture_rng`."""
+    """Inverse of :func:`capture_rng` (bit-exact: the same draws follow)."""
     torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    _numpy_state_restore(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
@@ -82,6 +97,37 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Atomically save a checkpoint dict; returns the path."""
     atomic_torch_save(state, path)
     return Path(path)
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _safe_load(path: Path, map_location) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors; nothing in the file can run code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        found = _GLOBAL.search(msg)
+        if found or "Unsupported global" in msg or "Unsupported class" in msg:
+            what = f" ({found.group(1)})" if found else ""
+            raise IIFError(
+                f"refusing to load checkpoint {path}: it asks to rebuild a Python object{what} beyond tensors, "
+                "numbers, strings and plain containers, and unpickling that could run code. iif checkpoints "
+                "never need this; load it only through code you trust and re-save its state dict with "
+                "torch.save(model.state_dict(), ...).") from None
+        detail = msg.split("WeightsUnpickler error:")[-1] if "WeightsUnpickler error:" in msg else msg
+        raise IIFError(f"cannot read checkpoint {path}: {_first_line(detail)}. Is it a torch checkpoint written by iif?") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, IndexError) as exc:
+        raise IIFError(f"cannot read checkpoint {path}: {_first_line(str(exc))}. Is it a torch checkpoint "
+                       "written by iif (not truncated)?") from None
+
+
+def _first_line(text: str) -> str:
+    """The first sentence of an exception message, on one line."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    line = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return line[:200] or "unreadable"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -96,12 +142,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise IIFError(f"{path} is a folder without last.pt or final.pt; pass the checkpoint file itself.")
     if not path.is_file():
         raise IIFError(f"checkpoint {path} does not exist; check the path (runs write <out>/last.pt).")
-    try:
-        # Our checkpoints hold numpy RNG state and plain dicts, so full unpickling is needed. Only load
-        # checkpoints you trust (as with any torch.load).
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise IIFError(f"cannot read checkpoint {path}: {exc}. Is it a torch checkpoint written by iif?") from exc
+    obj = _safe_load(path, map_location)
     if not isinstance(obj, dict):
         raise IIFError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict.")
     if "model" not in obj:  # a bare state dict
