@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import IIFError
+from .outputs import atomic_write_text
 from .weights import VARIANTS, canonical_variant, iif_weights, weights_from_counts
 
 __all__ = ["ClassFrequency", "IMG_EXTENSIONS", "LVIS_GROUP_BOUNDS", "lvis_group_letters"]
@@ -86,22 +86,8 @@ def _whole_counts(values: Any, what: str) -> np.ndarray:
 
 
 def _atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise IIFError(f"Cannot write {path}: directory {directory} does not exist; create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``text`` atomically; a missing folder is an :class:`IIFError` (see :mod:`iif.outputs`)."""
+    atomic_write_text(path, text)
 
 
 def _read_json(path: PathLike) -> Any:
