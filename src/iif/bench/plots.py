@@ -7,7 +7,6 @@ is plotted so every figure reads without the table.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,15 +27,13 @@ def pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG atomically (:func:`iif.outputs.atomic_write_stream`) and close it."""
+    from ..outputs import atomic_write_stream
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write_stream(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         pyplot().close(fig)
     return path
 

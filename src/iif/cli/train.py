@@ -1,7 +1,9 @@
 """``iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda]``.
 
 CONFIG is a packaged config's short name (``cifar100_lt_decoupled``; ``iif train --list`` shows them) or
-a YAML path. Under ``torchrun --nproc_per_node N`` it trains with DDP (the global batch is split).
+a YAML path. OUT must be new or empty; ``--resume`` continues a run iif started there, ``--force``
+replaces an earlier iif output (the old one stays readable until the new run finishes). Under
+``torchrun --nproc_per_node N`` it trains with DDP (the global batch is split).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.05 schedule.epochs=10")
     p.add_argument("--out", help="output folder (checkpoints, metrics.csv, final_metrics.json); "
                                  "default runtime.out_dir or runs/<config name>")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--force", action="store_true", help="resume even if the config changed")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run iif started in OUT (from OUT/last.pt, or a replacement a killed --force run staged)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier iif output in OUT (built beside it, swapped in when finished; a folder "
+                        "iif did not write is never replaced); with --resume: resume even if the config changed")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override runtime.device")
     p.add_argument("--list", action="store_true", help="list the packaged configs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -48,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
     result = fit(cfg, out_dir=out, resume=args.resume, force=args.force, device=args.device)
     if result.final_metrics:
         print(format_metrics_table(result.final_metrics))
-    print(f"outputs in {result.out_dir}")
+    if not result.finished:
+        print(f"stopped early; outputs so far in {result.out_dir}; run the same command with --resume to continue")
+    else:
+        print(f"outputs in {result.out_dir}")
     return 0

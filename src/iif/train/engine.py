@@ -36,9 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import IIFError
+from ..outputs import check_run_folder, finish_run_folder, prepare_run_folder
 from .checkpoint import capture_rng, check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config
-from .distributed import DistInfo, all_gather_cat, all_reduce_sum, cleanup_distributed, init_distributed, per_rank_batch
+from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+                          per_rank_batch)
 from .logging import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .strategies import build_adjuster, prepare_decoupled_model, set_stage_train_mode, trainable_parameters
 
@@ -544,8 +546,11 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
         cfg: a :class:`TrainConfig`, a packaged config name / YAML path, or a dict.
         out_dir: where checkpoints (``last.pt``), ``metrics.csv``, ``config.yaml`` and ``final_metrics.json``
             go (default ``cfg.runtime.out_dir``; None writes nothing).
-        resume: continue from ``out_dir/last.pt`` (exactly: same final weights as an uninterrupted run).
-        force: resume even if the config hash differs.
+        resume: continue the run in ``out_dir`` (exactly: same final weights as an uninterrupted run); only a
+            folder iif started is continued, and a replacement staged by a killed ``force`` run is found.
+        force: with ``resume``, resume even if the config hash differs; without, replace an earlier iif
+            output in ``out_dir``: the new run is built in a staging folder beside it and swapped in when
+            it finishes (:func:`iif.outputs.prepare_run_folder`), so the old output stays until then.
         device: overrides ``cfg.runtime.device``.
         splits: prebuilt datasets (skips ``build_datasets``).
     """
@@ -554,6 +559,8 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
         cfg.runtime.device = device
     out = out_dir if out_dir is not None else cfg.runtime.out_dir
     out = Path(out) if out is not None else None
+    if out is not None:  # the output-folder policy, checked before any work (changes nothing)
+        check_run_folder(out, "train", force=force and not resume, resume=resume)
     dev = resolve_device(cfg.runtime.device)
     # Fail before joining the process group, so every rank stops with the same message instead of hanging.
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -568,15 +575,48 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
             splits = build_splits(cfg)
         _check_splits(splits)
         strategy = cfg.strategy.name
-        if strategy == "e2e":
-            return _run_stage(cfg, splits, StageSpec.main(cfg), out, dev, info, resume, force)
-        if strategy == "decoupled":
-            return _run_decoupled(cfg, splits, out, dev, info, resume, force)
-        if strategy == "posthoc":
-            return _run_posthoc(cfg, splits, out, dev, info, resume, force)
-        raise IIFError(f"unknown strategy.name {strategy!r}; use e2e, decoupled or posthoc.")
+        runners = {"e2e": lambda w: _run_stage(cfg, splits, StageSpec.main(cfg), w, dev, info, resume, force),
+                   "decoupled": lambda w: _run_decoupled(cfg, splits, w, dev, info, resume, force),
+                   "posthoc": lambda w: _run_posthoc(cfg, splits, w, dev, info, resume, force)}
+        if strategy not in runners:
+            raise IIFError(f"unknown strategy.name {strategy!r}; use e2e, decoupled or posthoc.")
+        work = _prepare_out(out, force, resume, info) if out is not None else None
+        result = runners[strategy](work)
+        return _finish_out(result, work, out, info) if out is not None else result
     finally:
         cleanup_distributed(info)
+
+
+def _prepare_out(out: Path, force: bool, resume: bool, info: DistInfo) -> Path:
+    """The folder this run writes into (rank 0 decides, every rank learns it): ``out`` itself, or a
+    staging folder beside it when ``force`` replaces an earlier output (see :func:`iif.outputs.prepare_run_folder`)."""
+    work = prepare_run_folder(out, "train", force=force and not resume, resume=resume) if info.is_main else None
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [None if work is None else str(work)]
+        dist.broadcast_object_list(box, src=0)
+        work = Path(box[0])
+    assert work is not None
+    return work
+
+
+def _finish_out(result: TrainResult, work: Path, out: Path, info: DistInfo) -> TrainResult:
+    """A finished run: mark it so and, if it was staged, swap it in under ``out``; paths follow it there."""
+    if not result.finished:
+        return result  # stopped early: `--resume` finds ``work`` (staged or not) and continues it
+    if info.is_main:
+        finish_run_folder(work, out)
+    if info.distributed:
+        barrier(info)
+    if work != out:
+        result.out_dir = out
+        if result.checkpoint is not None:
+            try:
+                result.checkpoint = out / Path(result.checkpoint).relative_to(work)
+            except ValueError:  # a checkpoint given by the config, outside the run folder
+                pass
+    return result
 
 
 def _check_splits(splits) -> None:
