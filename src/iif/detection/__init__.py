@@ -7,4 +7,16 @@ instance-segmentation benchmark. Needs the ``train`` extra; evaluation needs the
 
 from __future__ import annotations
 
+from .evaluation import (
+    check_results,
+    count_false_positives,
+    evaluate_coco,
+    evaluate_lvis,
+    false_positives_by_group,
+    tail_k_ap,
+    tide_errors,
+)
+
 __all__: list[str] = []
+__all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count_false_positives",
+            "false_positives_by_group", "check_results"]

@@ -1,0 +1,590 @@
+"""Detection evaluation: LVIS and COCO AP, the paper's tail-k AP, TIDE errors and false-positive counts.
+
+Every AP is in **percent** (0-100), as in the paper's Tables XI-XVIII; an AP that is undefined (a frequency
+group or area range with no ground truth) is ``nan`` (the official APIs print -1 there).
+
+* :func:`evaluate_lvis` — LVIS v1 box or mask AP with the federated rules (Gupta et al., LVIS, 2019): the
+  top ``max_dets`` (300) detections per image by score are kept; a category is evaluated on an image only if
+  it is in the image's positive set (it has ground truth there) or its ``neg_category_ids``; unmatched
+  detections of a category in the image's ``not_exhaustive_category_ids`` are ignored; AP_r / AP_c / AP_f
+  average the categories whose ``frequency`` is r / c / f. Computed with faster-coco-eval's LVIS mode (C++,
+  works on numpy 2), which gives the official ``lvis`` API's numbers (tested to 1e-9 on a fixture).
+* :func:`evaluate_coco` — COCO AP (100 detections per image, crowd regions ignored), equal to pycocotools.
+* :func:`tail_k_ap` — the paper's tail-k AP (Tables XVII, XVIII): the mean AP of the k categories with
+  the fewest training images.
+* :func:`tide_errors` — TIDE's error breakdown (Bolya et al., ECCV 2020) with ``tidecv``; its special
+  error ``dAP_FP`` is the paper's ΔAP_FP (Fig. 1): the AP50 gained if every false positive were scored 0.
+* :func:`count_false_positives` / :func:`false_positives_by_group` — detections above a score threshold
+  that match no ground truth, the plain count behind ΔAP_FP.
+
+``gt_json`` is a path or a loaded dict (never modified); ``detections`` is a list of COCO/LVIS result dicts
+(``image_id``, ``category_id`` (json id), ``bbox`` [x, y, w, h], ``score``, and ``segmentation`` as an RLE
+dict for masks) or the path of a json file holding that list. :func:`check_results` validates them first.
+faster-coco-eval and tidecv are imported on first use (``pip install "iif[detection]"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import IIFError
+from ..frequency import _read_json
+
+__all__ = [
+    "evaluate_lvis",
+    "evaluate_coco",
+    "tail_k_ap",
+    "tide_errors",
+    "count_false_positives",
+    "false_positives_by_group",
+    "check_results",
+    "IOU_TYPES",
+]
+
+IOU_TYPES = ("bbox", "segm")
+_LVIS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+_COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+_INSTALL = 'pip install "iif[detection]"'
+
+PathOrDict = str | os.PathLike | Mapping[str, Any]
+Detections = str | os.PathLike | Sequence[Mapping[str, Any]]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _load_gt(gt_json: PathOrDict) -> Mapping[str, Any]:
+    """The ground-truth dict (read from a path, or the caller's dict itself: never written to)."""
+    if isinstance(gt_json, (str, os.PathLike)):
+        gt = _read_json(gt_json)
+        name = str(gt_json)
+    else:
+        gt, name = gt_json, "ground-truth dict"
+    if not isinstance(gt, Mapping) or any(k not in gt for k in ("images", "annotations", "categories")):
+        raise IIFError(f"{name}: not a COCO/LVIS annotation object (needs 'images', 'annotations' and "
+                       "'categories'); pass the val annotation json, not a results file.")
+    return gt
+
+
+def _load_dets(detections: Detections) -> list[Mapping[str, Any]]:
+    if isinstance(detections, (str, os.PathLike)):
+        dets = _read_json(detections)
+        if not isinstance(dets, list):
+            raise IIFError(f"{detections}: a results file must hold a json list of detection dicts, found a "
+                           f"{type(dets).__name__}; write the list itself (COCO results format).")
+        return dets
+    if isinstance(detections, Mapping) or not isinstance(detections, Sequence):
+        raise IIFError(f"detections must be a list of result dicts or a path to a results json, got "
+                       f"{type(detections).__name__}; pass e.g. iif.detection.predict(...)'s output.")
+    return list(detections)
+
+
+def _check_iou_type(iou_type: str) -> None:
+    if iou_type not in IOU_TYPES:
+        raise IIFError(f"iou_type={iou_type!r} is not supported; use one of {IOU_TYPES} ('segm' for masks).")
+
+
+def _is_lvis(gt: Mapping[str, Any]) -> bool:
+    """LVIS format: every image lists ``neg_category_ids`` and every category has a ``frequency``."""
+    return bool(gt["images"]) and all("neg_category_ids" in im for im in gt["images"]) and all(
+        "frequency" in c for c in gt["categories"])
+
+
+def _require_lvis(gt: Mapping[str, Any]) -> None:
+    for im in gt["images"]:
+        for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+            if not isinstance(im.get(key), list):
+                raise IIFError(f"image {im.get('id')} has no {key!r} list, so the json is not LVIS format; "
+                               "use evaluate_coco for COCO data, or add the federated fields ([] if none).")
+    for c in gt["categories"]:
+        if c.get("frequency") not in ("r", "c", "f"):
+            raise IIFError(f"category {c.get('id')} has frequency {c.get('frequency')!r}, LVIS needs 'r', "
+                           "'c' or 'f'; set it from the training image counts (r: 1-10, c: 11-100, f: >100).")
+
+
+def _import_fce():
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+    except ImportError:
+        raise IIFError(f"faster-coco-eval is not installed; {_INSTALL}") from None
+    return COCO, COCOeval_faster
+
+
+def _import_tide():
+    try:
+        import tidecv
+        from tidecv import functions as tide_functions
+    except ImportError:
+        raise IIFError(f"tidecv is not installed; {_INSTALL}") from None
+    return tidecv, tide_functions
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+def _few(ids: Iterable[Any], n: int = 5) -> str:
+    ids = sorted(set(ids), key=repr)
+    more = f" and {len(ids) - n} more" if len(ids) > n else ""
+    return ", ".join(repr(i) for i in ids[:n]) + more
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_loaded(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], iou_type: str) -> None:
+    _check_iou_type(iou_type)
+    images = {im["id"]: im for im in gt["images"]}
+    cat_ids = {c["id"] for c in gt["categories"]}
+    bad_img, bad_cat, bad_box, bad_score, bad_seg, not_dict = [], [], [], [], [], []
+    for i, d in enumerate(dets):
+        if not isinstance(d, Mapping):
+            not_dict.append(i)
+            continue
+        if d.get("image_id") not in images:
+            bad_img.append(d.get("image_id"))
+            continue
+        if d.get("category_id") not in cat_ids:
+            bad_cat.append(d.get("category_id"))
+        if not _finite_number(d.get("score")):
+            bad_score.append(i)
+        box = d.get("bbox")
+        if box is not None or iou_type == "bbox":
+            if (not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_finite_number(v) for v in box)
+                    or box[2] < 0 or box[3] < 0):
+                bad_box.append(i)
+        if iou_type == "segm":
+            seg = d.get("segmentation")
+            im = images[d["image_id"]]
+            if (not isinstance(seg, Mapping) or "counts" not in seg
+                    or list(seg.get("size", ())) != [im.get("height"), im.get("width")]):
+                bad_seg.append(i)
+    if not_dict:
+        raise IIFError(f"detections {_few(not_dict)} are not dicts; each result must be a dict with image_id, "
+                       "category_id, bbox and score.")
+    if bad_img:
+        raise IIFError(f"{len(bad_img)} detections have image ids not in the ground truth ({_few(bad_img)}); "
+                       "evaluate against the annotation json the images came from.")
+    if bad_cat:
+        raise IIFError(f"{len(bad_cat)} detections have category ids not in the ground truth "
+                       f"({_few(bad_cat)}); map contiguous labels to json ids (category_ids[label - 1]).")
+    if bad_score:
+        raise IIFError(f"{len(bad_score)} detections have a missing or non-finite score (indices "
+                       f"{_few(bad_score)}); drop them or fix the model's output before evaluating.")
+    if bad_box:
+        raise IIFError(f"{len(bad_box)} detections have a bbox that is not 4 finite numbers [x, y, w, h] with "
+                       f"w, h >= 0 (indices {_few(bad_box)}); convert xyxy boxes to xywh.")
+    if bad_seg:
+        raise IIFError(f"{len(bad_seg)} detections lack an RLE 'segmentation' of their image's [height, "
+                       f"width] (indices {_few(bad_seg)}); for iou_type='segm' encode each mask with "
+                       "pycocotools.mask.encode, or evaluate iou_type='bbox'.")
+    anns = gt["annotations"]
+    if iou_type == "segm" and any("segmentation" not in a for a in anns):
+        bad = [a.get("id") for a in anns if "segmentation" not in a]
+        raise IIFError(f"ground-truth annotations {_few(bad)} have no 'segmentation'; mask AP needs masks, "
+                       "evaluate iou_type='bbox' instead.")
+    bad = [a.get("id") for a in anns if "bbox" not in a or "area" not in a]
+    if bad:
+        raise IIFError(f"ground-truth annotations {_few(bad)} lack 'bbox' or 'area'; add them "
+                       "(area = mask area, or w*h for boxes).")
+    bad = [a.get("id") for a in anns if a.get("image_id") not in images or a.get("category_id") not in cat_ids]
+    if bad:
+        raise IIFError(f"ground-truth annotations {_few(bad)} point at unknown image or category ids; "
+                       "fix the annotation json.")
+
+
+def check_results(gt: PathOrDict, detections: Detections, *, iou_type: str = "bbox") -> None:
+    """Raise :class:`IIFError` (one line, with the fix) if ``detections`` cannot be evaluated on ``gt``.
+
+    Checks: every detection is a dict whose ``image_id`` and ``category_id`` exist in ``gt``, whose
+    ``score`` is a finite number and whose ``bbox`` is 4 finite numbers [x, y, w, h] with w, h >= 0; for
+    ``iou_type="segm"`` each also has an RLE ``segmentation`` of its image's size, and the ground truth has
+    masks. ``gt`` and ``detections`` may be paths or loaded objects; nothing is modified.
+    """
+    _check_loaded(_load_gt(gt), _load_dets(detections), iou_type)
+
+
+def _prepare(gt_json: PathOrDict, detections: Detections, iou_type: str):
+    gt = _load_gt(gt_json)
+    dets = _load_dets(detections)
+    _check_loaded(gt, dets, iou_type)
+    return gt, dets
+
+
+# ------------------------------------------------------------------------------------------- AP (COCOeval)
+
+
+def _top_per_image(dets: Sequence[Mapping[str, Any]], max_dets: int) -> list[Mapping[str, Any]]:
+    """The ``max_dets`` highest-scoring detections of each image (a stable sort, as the LVIS API does),
+    grouped by image in order of first appearance."""
+    by_image: dict[Any, list] = defaultdict(list)
+    for d in dets:
+        by_image[d["image_id"]].append(d)
+    out = []
+    for group in by_image.values():
+        if len(group) > max_dets:
+            group = sorted(group, key=lambda d: d["score"], reverse=True)[:max_dets]
+        out.extend(group)
+    return out
+
+
+def _copy_gt(gt: Mapping[str, Any], lvis: bool) -> dict:
+    """A copy the evaluator may annotate in place (faster-coco-eval writes flags into every dict)."""
+    anns = [dict(a) for a in gt["annotations"]]
+    if lvis:  # the LVIS API has no crowd regions: it treats every annotation as a plain instance
+        for a in anns:
+            a["iscrowd"] = 0
+    return {"images": [dict(im) for im in gt["images"]], "annotations": anns,
+            "categories": [dict(c) for c in gt["categories"]]}
+
+
+def _copy_dets(dets: Sequence[Mapping[str, Any]], iou_type: str) -> list[dict]:
+    keep = ("image_id", "category_id", "score", "bbox") + (("segmentation",) if iou_type == "segm" else ())
+    out = []
+    for d in dets:
+        c = {k: d[k] for k in keep if k in d}
+        if "segmentation" in c:
+            c["segmentation"] = dict(c["segmentation"])
+        out.append(c)
+    if iou_type == "segm" and any("bbox" not in d for d in out):
+        from pycocotools import mask as mask_utils  # results without boxes: derive them from the masks
+
+        for d in out:
+            if "bbox" not in d:
+                rle = dict(d["segmentation"])
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+                d["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+    return out
+
+
+def _run_cocoeval(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], iou_type: str, *, lvis: bool,
+                  max_dets: int):
+    """faster-coco-eval's evaluator after evaluate() + accumulate() (LVIS mode when ``lvis``)."""
+    COCO, COCOeval_faster = _import_fce()
+    coco_gt = COCO(_copy_gt(gt, lvis))
+    coco_dt = coco_gt.loadRes(_copy_dets(dets, iou_type))
+    ev = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=lvis, print_function=lambda *a, **k: None)
+    if lvis:
+        ev.params.maxDets = [max_dets]
+    ev.evaluate()
+    ev.accumulate()
+    return ev
+
+
+def _mean_precision(precision: np.ndarray) -> float:
+    """Mean over the entries > -1 (the COCO/LVIS summary rule), in percent; nan when there are none."""
+    valid = precision[precision > -1]
+    return float(valid.mean()) * 100.0 if valid.size else float("nan")
+
+
+def _summary(ev, keys: Sequence[str], lvis: bool) -> dict[str, float]:
+    """AP numbers from the accumulated precision array [IoU, recall, category, area, maxDets]."""
+    p = ev.params
+    prec = np.asarray(ev.eval["precision"])[..., -1]  # at the largest maxDets
+    iou = np.asarray(p.iouThrs)
+    out = {
+        "AP": _mean_precision(prec[:, :, :, 0]),
+        "AP50": _mean_precision(prec[np.isclose(iou, 0.5)][:, :, :, 0]),
+        "AP75": _mean_precision(prec[np.isclose(iou, 0.75)][:, :, :, 0]),
+    }
+    for key, label in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
+        out[key] = _mean_precision(prec[:, :, :, p.areaRngLbl.index(label)])
+    if lvis:
+        freq = {c["id"]: c["frequency"] for c in ev.cocoGt.dataset["categories"]}
+        letters = np.array([freq[c] for c in p.catIds])
+        for letter in "rcf":
+            out[f"AP{letter}"] = _mean_precision(prec[:, :, letters == letter, 0])
+    return {k: out[k] for k in keys}
+
+
+def evaluate_lvis(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox",
+                  max_dets: int = 300) -> dict[str, float]:
+    """LVIS v1 AP of ``detections`` on an LVIS-format ``gt_json``, in percent.
+
+    Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"}``: AP averaged over IoU
+    0.50:0.05:0.95 and 101 recall points, at IoU 0.5 / 0.75, per object area (small < 32², medium, large
+    > 96² pixels) and per frequency group (r / c / f from each category's ``frequency``); ``nan`` where a
+    group has no ground truth. The federated rules are those of the official ``lvis`` API (module
+    docstring); ``max_dets`` detections per image are kept by score before anything else, as that API
+    does. Ground-truth ``iscrowd`` flags are ignored, as in the LVIS API (LVIS has no crowd regions).
+    """
+    if not isinstance(max_dets, int) or isinstance(max_dets, bool) or max_dets < 1:
+        raise IIFError(f"max_dets={max_dets!r} must be a positive int (LVIS uses 300 detections per image).")
+    gt, dets = _prepare(gt_json, detections, iou_type)
+    _require_lvis(gt)
+    ev = _run_cocoeval(gt, _top_per_image(dets, max_dets), iou_type, lvis=True, max_dets=max_dets)
+    return _summary(ev, _LVIS_KEYS, lvis=True)
+
+
+def evaluate_coco(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox") -> dict[str, float]:
+    """COCO AP of ``detections`` on a COCO-format ``gt_json``, in percent: the numbers pycocotools'
+    ``COCOeval.summarize`` prints (at 100 detections per image per category; crowd regions ignored).
+
+    Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (``nan`` for an area range without ground
+    truth). LVIS-format json is evaluated without its federated rules here; use :func:`evaluate_lvis`.
+    """
+    gt, dets = _prepare(gt_json, detections, iou_type)
+    ev = _run_cocoeval(gt, dets, iou_type, lvis=False, max_dets=100)
+    return _summary(ev, _COCO_KEYS, lvis=False)
+
+
+def _per_category_ap(ev) -> dict[int, float]:
+    """AP (percent, IoU 0.50:0.95, all areas, largest maxDets) of each category with ground truth."""
+    prec = np.asarray(ev.eval["precision"])[:, :, :, 0, -1]
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        ap = _mean_precision(prec[:, :, k])
+        if not math.isnan(ap):
+            out[int(cat_id)] = ap
+    return out
+
+
+def tail_k_ap(gt_json: PathOrDict, detections: Detections, ks: Sequence[int] = (5, 10, 20),
+              iou_type: str = "bbox", train_counts: Sequence[int] | np.ndarray | Any | None = None
+              ) -> dict[str, float]:
+    """The paper's tail-k AP (Tables XVII, XVIII): mean AP over the k categories with the fewest training
+    images, for each k in ``ks``; returns ``{"tail5": ..., "tail10": ..., ...}`` in percent.
+
+    Per-category AP is COCO's (IoU 0.50:0.95, 101 recall points, all areas), computed under LVIS rules
+    (federated, 300 detections per image) when ``gt_json`` is LVIS format and under COCO rules (100 per
+    image) otherwise, so tail-k AP with k = all categories equals that evaluation's AP.
+
+    ``train_counts``: training-image count of every category, in the order of ``gt_json``'s categories
+    sorted by id (an array, or a ``ClassFrequency`` of the training json, whose ``image_counts`` is used);
+    by default each category's ``image_count`` field (LVIS val files carry the train counts there). The
+    k categories are the ones with the smallest counts among the categories that have ground truth in
+    ``gt_json`` (AP is undefined for the others); ties go to the smaller category id.
+    """
+    gt, dets = _prepare(gt_json, detections, iou_type)
+    cat_ids = sorted(c["id"] for c in gt["categories"])
+    if train_counts is None:
+        by_id = {c["id"]: c.get("image_count") for c in gt["categories"]}
+        if any(v is None for v in by_id.values()):
+            raise IIFError("tail_k_ap needs training image counts: the json's categories have no "
+                           "'image_count'; pass train_counts=ClassFrequency.from_coco(train_json).")
+        counts = np.array([by_id[c] for c in cat_ids])
+    else:
+        counts = np.asarray(getattr(train_counts, "image_counts", train_counts))
+        if counts.shape != (len(cat_ids),):
+            raise IIFError(f"train_counts has shape {counts.shape}, expected ({len(cat_ids)},): one training "
+                           "image count per category of gt_json, sorted by category id.")
+    if not np.all(np.isfinite(counts.astype(float))) or np.any(counts < 0):
+        raise IIFError("train_counts must be finite, non-negative image counts.")
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
+        raise IIFError(f"ks={ks!r} must be positive ints (the paper uses 5, 10, 20).")
+    lvis = _is_lvis(gt)
+    if lvis:
+        _require_lvis(gt)
+    ev = _run_cocoeval(gt, _top_per_image(dets, 300) if lvis else dets, iou_type, lvis=lvis, max_dets=300)
+    per_cat = _per_category_ap(ev)
+    count_of = dict(zip(cat_ids, counts.tolist()))
+    order = sorted(per_cat, key=lambda c: (count_of[c], c))
+    out = {}
+    for k in ks:
+        if k > len(order):
+            raise IIFError(f"tail-{k} AP needs {k} categories with ground truth in gt_json, only "
+                           f"{len(order)} have any; pass ks of at most {len(order)}.")
+        out[f"tail{k}"] = float(np.mean([per_cat[c] for c in order[:k]]))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- TIDE
+
+
+def _federated_filter(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Drop detections of categories that are neither positive nor negative on their image (LVIS rule 1)."""
+    verified: dict[Any, set] = {im["id"]: set(im.get("neg_category_ids", ())) for im in gt["images"]}
+    for a in gt["annotations"]:
+        verified[a["image_id"]].add(a["category_id"])
+    return [d for d in dets if d["category_id"] in verified[d["image_id"]]]
+
+
+def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox", *,
+                max_dets: int | None = None) -> dict[str, float]:
+    """TIDE's error breakdown at IoU 0.5 (background threshold 0.1), in AP50 points (percent).
+
+    Returns the main errors ``dAP_Cls`` (right box, wrong class), ``dAP_Loc`` (right class, IoU in
+    [0.1, 0.5)), ``dAP_Both`` (both), ``dAP_Dupe`` (duplicate), ``dAP_Bkg`` (fired on background),
+    ``dAP_Miss`` (missed ground truth), the special errors ``dAP_FP`` (AP50 gained if every false positive
+    were scored 0: the paper's ΔAP_FP, Fig. 1) and ``dAP_FN`` (gained with perfect recall), and
+    ``AP50_tide``, TIDE's own AP50. TIDE's AP50 is not COCO/LVIS AP50 (its matching and AP code differ):
+    compare ΔAP values to ``AP50_tide`` only, never to :func:`evaluate_lvis`'s ``AP50``.
+
+    LVIS-format json: TIDE knows no federated rules, so they are applied around it. The top ``max_dets``
+    detections per image are kept (300 for LVIS, 100 for COCO by default), then detections of a category
+    that is neither annotated nor in ``neg_category_ids`` on their image are dropped (the LVIS API never
+    evaluates them; left in, TIDE would count them as background or class errors, and as false positives
+    in ΔAP_FP, for categories nobody checked), and each ``not_exhaustive_category_ids`` category gets a
+    whole-image TIDE ignore region, so its unmatched detections are ignored and its matched ones count,
+    as in the LVIS API. COCO ``iscrowd`` annotations become TIDE ignore regions (TIDE's COCO loader does
+    the same); a missing ``iscrowd`` counts as 0.
+    """
+    gt, dets = _prepare(gt_json, detections, iou_type)
+    tidecv, tide_functions = _import_tide()
+    lvis = _is_lvis(gt)
+    if lvis:
+        _require_lvis(gt)
+    if max_dets is None:
+        max_dets = 300 if lvis else 100
+    dets = _top_per_image(dets, max_dets)
+    if lvis:
+        dets = _federated_filter(gt, dets)
+    masks = iou_type == "segm"
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
+
+    truth = tidecv.Data("ground truth", max_dets=max_dets)
+    for im in gt["images"]:
+        truth.add_image(im["id"], str(im.get("file_name", im["id"])))
+    for c in gt["categories"]:
+        truth.add_class(c["id"], str(c.get("name", c["id"])))
+    for a in gt["annotations"]:
+        mask = tide_functions.toRLE(a["segmentation"], *sizes[a["image_id"]]) if masks else None
+        if a.get("iscrowd", 0) and not lvis:
+            truth.add_ignore_region(a["image_id"], a["category_id"], a["bbox"], mask)
+        else:
+            truth.add_ground_truth(a["image_id"], a["category_id"], a["bbox"], mask)
+    if lvis:
+        for im in gt["images"]:
+            for c in im["not_exhaustive_category_ids"]:
+                truth.add_ignore_region(im["id"], c)
+
+    preds = tidecv.Data("detections", max_dets=max_dets)
+    for d in dets:
+        seg = None
+        if masks:
+            seg = dict(d["segmentation"])
+            if isinstance(seg["counts"], str):
+                seg["counts"] = seg["counts"].encode("ascii")
+        preds.add_detection(d["image_id"], d["category_id"], float(d["score"]), list(d["bbox"]), seg)
+
+    tide = tidecv.TIDE(mode=tidecv.TIDE.MASK if masks else tidecv.TIDE.BOX)
+    run = tide.evaluate(truth, preds, name="detections")
+    main = tide.get_main_errors()["detections"]
+    special = tide.get_special_errors()["detections"]
+    out = {f"dAP_{k}": float(main[k]) for k in ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")}
+    out["dAP_FP"] = float(special["FalsePos"])
+    out["dAP_FN"] = float(special["FalseNeg"])
+    out["AP50_tide"] = float(run.ap)
+    return out
+
+
+# --------------------------------------------------------------------------------------- false positives
+
+
+def _gt_rle(ann: Mapping[str, Any], height: int, width: int):
+    from pycocotools import mask as mask_utils
+
+    seg = ann["segmentation"]
+    if isinstance(seg, list):  # polygons
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    seg = dict(seg)
+    if isinstance(seg["counts"], list):  # uncompressed RLE
+        return mask_utils.frPyObjects(seg, height, width)
+    if isinstance(seg["counts"], str):
+        seg["counts"] = seg["counts"].encode("ascii")
+    return seg
+
+
+def _false_positive_categories(gt_json: PathOrDict, detections: Detections, score_threshold: float,
+                               iou_threshold: float, iou_type: str) -> tuple[list[Any], Mapping[str, Any]]:
+    """The category id of every false positive (one entry each), and the ground truth."""
+    from pycocotools import mask as mask_utils
+
+    gt, dets = _prepare(gt_json, detections, iou_type)
+    for name, v in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
+        if not _finite_number(v) or not 0.0 <= v <= 1.0:
+            raise IIFError(f"{name}={v!r} must be a number in [0, 1].")
+    lvis = _is_lvis(gt)
+    if lvis:
+        _require_lvis(gt)
+        dets = _federated_filter(gt, dets)
+    images = {im["id"]: im for im in gt["images"]}
+    not_exhaustive = {im["id"]: set(im.get("not_exhaustive_category_ids", ())) if lvis else set()
+                      for im in gt["images"]}
+    gts: dict[tuple, list] = defaultdict(list)
+    for a in gt["annotations"]:
+        gts[a["image_id"], a["category_id"]].append(a)
+    dts: dict[tuple, list] = defaultdict(list)
+    for d in dets:
+        if d["score"] >= score_threshold:
+            dts[d["image_id"], d["category_id"]].append(d)
+
+    fps = []
+    for (img, cat), group in dts.items():
+        group = sorted(group, key=lambda d: d["score"], reverse=True)
+        truths = gts.get((img, cat), [])
+        if not truths:
+            if cat not in not_exhaustive[img]:
+                fps.extend([cat] * len(group))
+            continue
+        crowd = np.array([bool(a.get("iscrowd", 0)) and not lvis for a in truths])
+        if iou_type == "segm":
+            h, w = images[img]["height"], images[img]["width"]
+            g = [_gt_rle(a, h, w) for a in truths]
+            dd = []
+            for d in group:
+                rle = dict(d["segmentation"])
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+                dd.append(rle)
+        else:
+            g = [list(map(float, a["bbox"])) for a in truths]
+            dd = [list(map(float, d["bbox"])) for d in group]
+        # crowd columns hold intersection / detection area, as in COCO's matching
+        iou = np.asarray(mask_utils.iou(dd, g, crowd.astype(np.uint8).tolist()), dtype=float)
+        matched = np.zeros(len(truths), dtype=bool)
+        for i in range(len(group)):
+            free = np.where(~matched & ~crowd & (iou[i] >= iou_threshold), iou[i], -1.0)
+            j = int(np.argmax(free))
+            if free[j] >= 0:
+                matched[j] = True
+            elif not (crowd & (iou[i] >= iou_threshold)).any() and cat not in not_exhaustive[img]:
+                fps.append(cat)
+    return fps, gt
+
+
+def count_false_positives(gt_json: PathOrDict, detections: Detections, *, score_threshold: float = 0.3,
+                          iou_threshold: float = 0.5, iou_type: str = "bbox") -> int:
+    """Number of detections with ``score >= score_threshold`` that match no ground truth of their category.
+
+    Matching is greedy by score within each (image, category): a detection takes the unmatched ground
+    truth of its category with the highest IoU, if that IoU >= ``iou_threshold``; each ground truth is
+    matched once, so a second detection of an already-found object is a false positive (a duplicate).
+    Not counted: detections inside a COCO crowd region (IoU of intersection over detection area >=
+    threshold), and on LVIS-format json, as the LVIS API does, detections of a category neither annotated
+    nor in ``neg_category_ids`` on their image, and unmatched detections of a category in the image's
+    ``not_exhaustive_category_ids``. Unlike ΔAP_FP this ignores scores below the threshold and the ranking.
+    """
+    fps, _ = _false_positive_categories(gt_json, detections, score_threshold, iou_threshold, iou_type)
+    return len(fps)
+
+
+def false_positives_by_group(gt_json: PathOrDict, detections: Detections, *, score_threshold: float = 0.3,
+                             iou_threshold: float = 0.5, iou_type: str = "bbox") -> dict[str, int]:
+    """:func:`count_false_positives` split by the detected category's frequency group: ``{"r", "c", "f"}``
+    from the categories' LVIS ``frequency`` letters (or, without them, from ``image_count``: r <= 10,
+    c 11-100, f > 100), plus ``"all"``. Shows whether the false positives land on rare categories (Fig. 1).
+    """
+    fps, gt = _false_positive_categories(gt_json, detections, score_threshold, iou_threshold, iou_type)
+    letters = {}
+    for c in gt["categories"]:
+        letter = c.get("frequency")
+        if letter not in ("r", "c", "f"):
+            n = c.get("image_count")
+            if n is None:
+                raise IIFError(f"category {c.get('id')} has neither 'frequency' nor 'image_count', so its "
+                               "group is unknown; use count_false_positives, or add LVIS frequency letters.")
+            letter = "r" if n <= 10 else "c" if n <= 100 else "f"
+        letters[c["id"]] = letter
+    out = {"r": 0, "c": 0, "f": 0}
+    for cat in fps:
+        out[letters[cat]] += 1
+    out["all"] = len(fps)
+    return out
