@@ -70,6 +70,7 @@ __all__ = [
     "check_run_folder",
     "prepare_run_folder",
     "finish_run_folder",
+    "abandon_run_folder",
     "clean_stale_temporaries",
 ]
 
@@ -322,16 +323,25 @@ def _is_live(marker: dict) -> bool:
         return True
 
 
+def _rmdir_if_empty(folder: Path) -> bool:
+    """Remove ``folder`` if it holds nothing but our marker and temporaries of its writes."""
+    if _contents(folder):
+        return False
+    try:
+        for name in os.listdir(folder):
+            os.unlink(folder / name)
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def _remove_ours(folder: Path) -> bool:
     """Remove ``folder`` only if it is ours (carries our marker) or empty; True when removed."""
     if folder.is_symlink() or not folder.is_dir():
         return False
     if read_marker(folder) is None:
-        try:
-            folder.rmdir()  # an empty one (killed between mkdtemp and its marker)
-        except OSError:
-            return False
-        return True
+        return _rmdir_if_empty(folder)  # killed between mkdtemp and its marker
     _fault_point(f"remove {folder.name}")
     shutil.rmtree(folder, ignore_errors=True)
     return not folder.exists()
@@ -358,6 +368,12 @@ def clean_stale_temporaries(path: PathLike, keep: PathLike | None = None) -> lis
 
 def _clean_temp_files(folder: Path) -> None:
     """Remove ``*.iif-tmp`` files of killed atomic writes inside our ``folder`` (and its sub-folders)."""
+    for name in os.listdir(folder) if folder.is_dir() else ():
+        if _is_marker_temp(name):
+            try:
+                os.unlink(folder / name)
+            except OSError:
+                pass
     if read_marker(folder) is None:
         return
     for root, _dirs, files in os.walk(folder):
@@ -412,10 +428,15 @@ def _swap_into_place(staging: Path, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- the policy
 
 
+def _is_marker_temp(name: str) -> bool:
+    """A temporary file of a marker write cut by a kill (``..iif-output.json.<random>.iif-tmp``)."""
+    return name.startswith(f".{MARKER}.") and _TMP_FILE.match(name) is not None
+
+
 def _contents(folder: Path) -> list[str]:
-    """What a folder holds, our marker excepted (sorted)."""
+    """What a folder holds, our marker (and temporaries of its writes) excepted, sorted."""
     try:
-        return sorted(n for n in os.listdir(folder) if n != MARKER)
+        return sorted(n for n in os.listdir(folder) if n != MARKER and not _is_marker_temp(n))
     except OSError:
         return []
 
@@ -614,3 +635,21 @@ def finish_run_folder(work: PathLike, path: PathLike) -> Path:
     if work.absolute() != path.absolute():
         _swap_into_place(work.absolute(), path.absolute())
     return path
+
+
+def abandon_run_folder(work: PathLike, created: bool) -> bool:
+    """After a run failed before writing anything: remove what :func:`prepare_run_folder` made.
+
+    Only a folder that holds nothing but our marker is touched: the marker goes, and the folder too when
+    this run ``created`` it (a staging folder always is). Returns True when something was removed.
+    """
+    work = Path(work)
+    if read_marker(work) is None or _contents(work):
+        return False
+    if created:
+        return _rmdir_if_empty(work)
+    try:
+        (work / MARKER).unlink()
+    except OSError:
+        return False
+    return True

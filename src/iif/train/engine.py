@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import IIFError
-from ..outputs import check_run_folder, finish_run_folder, prepare_run_folder
+from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
 from .checkpoint import capture_rng, check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config
 from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
@@ -580,9 +580,17 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
                    "posthoc": lambda w: _run_posthoc(cfg, splits, w, dev, info, resume, force)}
         if strategy not in runners:
             raise IIFError(f"unknown strategy.name {strategy!r}; use e2e, decoupled or posthoc.")
-        work = _prepare_out(out, force, resume, info) if out is not None else None
-        result = runners[strategy](work)
-        return _finish_out(result, work, out, info) if out is not None else result
+        if out is None:
+            return runners[strategy](None)
+        existed = out.exists()
+        work = _prepare_out(out, force, resume, info)
+        try:
+            result = runners[strategy](work)
+        except BaseException:
+            if info.is_main:  # failed before writing anything (e.g. a refused checkpoint): leave no empty folder
+                abandon_run_folder(work, created=not existed or work != out)
+            raise
+        return _finish_out(result, work, out, info)
     finally:
         cleanup_distributed(info)
 
