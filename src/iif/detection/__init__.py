@@ -16,7 +16,9 @@ from .evaluation import (
     tail_k_ap,
     tide_errors,
 )
+from .margins import METHODS, WHEN, CosineBoxClassifier, MarginBoxPredictor, use_margin
 
 __all__: list[str] = []
 __all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count_false_positives",
             "false_positives_by_group", "check_results"]
+__all__ += ["use_margin", "MarginBoxPredictor", "CosineBoxClassifier", "METHODS", "WHEN"]
