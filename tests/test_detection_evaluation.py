@@ -124,11 +124,15 @@ def official_lvis(lvis_data, tmp_path_factory):
     path = tmp_path_factory.mktemp("lvis") / "val.json"
     path.write_text(json.dumps(gt))
 
-    def run(dets, iou_type, max_dets=300):
+    def run(dets, iou_type, max_dets=300, other_gt=None):
+        gt_path = path
+        if other_gt is not None:
+            gt_path = path.with_name("other.json")
+            gt_path.write_text(json.dumps(other_gt))
         had = hasattr(np, "float")
         np.float = float  # removed in numpy 1.24; lvis 0.5.3 still uses it
         try:
-            lgt = lvis.LVIS(str(path))
+            lgt = lvis.LVIS(str(gt_path))
             res = lvis.LVISResults(lgt, copy.deepcopy(dets), max_dets=max_dets)
             ev = lvis.LVISEval(lgt, res, iou_type=iou_type)
             ev.run()
@@ -155,6 +159,18 @@ def test_evaluate_lvis_equals_official_api(lvis_data, official_lvis, iou_type, m
         assert value == pytest.approx(expected, abs=1e-9, nan_ok=True), key
     # the fixture exercises every piece: all groups and areas have ground truth, AP is neither 0 nor 100
     assert all(math.isfinite(v) for v in ours.values()) and 5 < ours["AP"] < 95
+
+
+def test_lvis_ignores_iscrowd_like_the_official_api(lvis_data, official_lvis):
+    """The LVIS API has no crowd regions: an iscrowd flag in LVIS json changes nothing there, nor here."""
+    gt, dets = lvis_data
+    crowded = copy.deepcopy(gt)
+    for a in crowded["annotations"][::4]:
+        a["iscrowd"] = 1
+    ours = E.evaluate_lvis(crowded, dets, iou_type="segm")
+    ref = official_lvis(dets, "segm", other_gt=crowded)
+    assert ours == E.evaluate_lvis(gt, dets, iou_type="segm")
+    assert ours["AP"] == pytest.approx(ref["AP"] * 100, abs=1e-9)
 
 
 def test_lvis_rules_change_the_numbers(lvis_data, official_lvis):
@@ -452,6 +468,9 @@ def test_count_false_positives_segm_and_crowd():
     (lambda d: d.update(bbox=[1, 2, float("nan"), 3]), "bbox that is not 4 finite numbers"),
     (lambda d: d.update(score=float("inf")), "non-finite score"),
     (lambda d: d.pop("score"), "non-finite score"),
+    (lambda d: d.update(score="0.9"), "non-finite score"),
+    (lambda d: d.update(bbox=["1", 2, 3, 4]), "bbox that is not 4 finite numbers"),
+    (lambda d: d.update(bbox=[1, 2, -3, 4]), "bbox that is not 4 finite numbers"),
 ])
 def test_check_results_rejects_bad_detections(lvis_data, change, message):
     gt, dets = lvis_data
