@@ -411,7 +411,8 @@ def use_margin(
         cosine_scale: if given, replace the R-CNN ``cls_score`` by a :class:`CosineBoxClassifier` with this
             temperature (the authors used 20), keeping the linear layer's rows and bias as its start;
             the margin acts on its logits. None keeps the current classifier (a cosine one set by an earlier
-            call stays). Not available for SSD.
+            call stays). Not available for SSD. The cosine layer has new parameters: switch before building
+            the optimizer. (A margin alone adds no parameters, so switching it later is safe.)
 
     Raises:
         IIFError: an unsupported model, a head whose number of logits is not ``len(counts) + 1``, an unknown
