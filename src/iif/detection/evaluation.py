@@ -357,7 +357,9 @@ def evaluate_lvis(gt_json: PathOrDict, detections: Detections, iou_type: str = "
         raise IIFError(f"max_dets={max_dets!r} must be a positive int (LVIS uses 300 detections per image).")
     gt, dets = _prepare(gt_json, detections, iou_type)
     _require_lvis(gt)
-    ev = _run_cocoeval(gt, _top_per_image(dets, max_dets), iou_type, lvis=True, max_dets=max_dets)
+    # The evaluator would drop unverified detections itself; dropping them first spares their mask work.
+    dets = _federated_filter(gt, _top_per_image(dets, max_dets))
+    ev = _run_cocoeval(gt, dets, iou_type, lvis=True, max_dets=max_dets)
     return _summary(ev, _LVIS_KEYS, lvis=True)
 
 
@@ -421,7 +423,9 @@ def tail_k_ap(gt_json: PathOrDict, detections: Detections, ks: Sequence[int] = (
     lvis = _is_lvis(gt)
     if lvis:
         _require_lvis(gt)
-    ev = _run_cocoeval(gt, _top_per_image(dets, 300) if lvis else dets, iou_type, lvis=lvis, max_dets=300)
+    if lvis:
+        dets = _federated_filter(gt, _top_per_image(dets, 300))
+    ev = _run_cocoeval(gt, dets, iou_type, lvis=lvis, max_dets=300)
     per_cat = _per_category_ap(ev)
     count_of = dict(zip(cat_ids, counts.tolist()))
     order = sorted(per_cat, key=lambda c: (count_of[c], c))
