@@ -532,3 +532,11 @@ def test_missing_package_names_the_extra(monkeypatch, lvis_data):
         E.evaluate_lvis(gt, dets)
     with pytest.raises(IIFError, match=r'pip install "iif\[detection\]"'):
         E.tide_errors(gt, dets)
+
+
+def test_empty_results_everywhere(lvis_data):
+    gt, _ = lvis_data
+    tide = E.tide_errors(gt, [])
+    assert tide["AP50_tide"] == 0.0 and all(math.isnan(v) for k, v in tide.items() if k.startswith("dAP"))
+    assert E.count_false_positives(gt, []) == 0
+    assert E.tail_k_ap(gt, [], ks=(2,)) == {"tail2": 0.0}

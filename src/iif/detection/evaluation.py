@@ -467,7 +467,8 @@ def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bb
     in ΔAP_FP, for categories nobody checked), and each ``not_exhaustive_category_ids`` category gets a
     whole-image TIDE ignore region, so its unmatched detections are ignored and its matched ones count,
     as in the LVIS API. COCO ``iscrowd`` annotations become TIDE ignore regions (TIDE's COCO loader does
-    the same); a missing ``iscrowd`` counts as 0.
+    the same); a missing ``iscrowd`` counts as 0. With no detections ``AP50_tide`` is 0 and the errors are
+    ``nan``; an error whose fix leaves TIDE nothing to average (degenerate, tiny results) is ``nan`` too.
     """
     gt, dets = _prepare(gt_json, detections, iou_type)
     tidecv, tide_functions = _import_tide()
@@ -507,11 +508,23 @@ def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bb
                 seg["counts"] = seg["counts"].encode("ascii")
         preds.add_detection(d["image_id"], d["category_id"], float(d["score"]), list(d["bbox"]), seg)
 
+    main_names = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+    nan = float("nan")
+    if not dets:  # TIDE cannot analyse an empty result (its AP divides by zero): AP 0, errors undefined
+        return {**{f"dAP_{k}": nan for k in main_names}, "dAP_FP": nan, "dAP_FN": nan, "AP50_tide": 0.0}
     tide = tidecv.TIDE(mode=tidecv.TIDE.MASK if masks else tidecv.TIDE.BOX)
     run = tide.evaluate(truth, preds, name="detections")
-    main = tide.get_main_errors()["detections"]
-    special = tide.get_special_errors()["detections"]
-    out = {f"dAP_{k}": float(main[k]) for k in ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")}
+    # A fix that leaves no category with data (e.g. fixing misses when only a handful of detections
+    # exist) makes TIDE divide by zero; those error values are undefined, reported as nan.
+    try:
+        main = tide.get_main_errors()["detections"]
+    except ZeroDivisionError:
+        main = {k: nan for k in main_names}
+    try:
+        special = tide.get_special_errors()["detections"]
+    except ZeroDivisionError:
+        special = {"FalsePos": nan, "FalseNeg": nan}
+    out = {f"dAP_{k}": float(main[k]) for k in main_names}
     out["dAP_FP"] = float(special["FalsePos"])
     out["dAP_FN"] = float(special["FalseNeg"])
     out["AP50_tide"] = float(run.ap)
