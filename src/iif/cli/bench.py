@@ -29,7 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="bench-out", help="output folder (default bench-out)")
     p.add_argument("--quick", action="store_true", help="skip the end-to-end baselines (only one backbone per head)")
     p.add_argument("--heads", default="cosine,linear", help="comma-separated classifier heads (default cosine,linear)")
-    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier iif output in --out (swapped in atomically when the new one is complete; "
+                        "a folder iif did not write is never replaced)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
     p.add_argument("--many", type=int, default=None, help="many-shot threshold (default 100; 50 when no class has > 100 images)")
     p.add_argument("--few", type=int, default=None, help="few-shot threshold (default 20; 15 when no class has > 100 images)")
