@@ -88,7 +88,7 @@ def add_masks(gt: dict, dets: list) -> None:
     size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
     for d in dets:
         h, w = size[d["image_id"]]
-        rle = mask_utils.frPyObjects([d["bbox"]], h, w)[0]
+        rle = mask_utils.frPyObjects(np.array([d["bbox"]], dtype=np.float64), h, w)[0]
         d["segmentation"] = {"size": [h, w], "counts": rle["counts"].decode("ascii")}
 
 
