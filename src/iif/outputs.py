@@ -159,7 +159,8 @@ def atomic_write_stream(path: PathLike, write: Callable[[BinaryIO], Any], *, mkd
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             os.fsync(fh.fileno())
         _fault_point(f"write {path.name}")
         os.replace(tmp, path)
