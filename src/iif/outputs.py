@@ -290,13 +290,18 @@ def exchange_paths(a: PathLike, b: PathLike) -> None:
     _renameat2(Path(a), Path(b), RENAME_EXCHANGE)
 
 
+def _abs(path: PathLike) -> Path:
+    """``path`` made absolute and normalised (``out/.``, ``a/../out`` name the folder ``out``)."""
+    return Path(os.path.abspath(path))
+
+
 def _temp_name(path: Path, kind: str) -> str:
-    return f".{path.name}.iif-{kind}-"
+    return f".{_abs(path).name}.iif-{kind}-"
 
 
 def _temporaries(path: Path) -> list[Path]:
     """Folders beside ``path`` whose names match our staging/old patterns for it."""
-    parent = path.parent
+    parent = _abs(path).parent
     try:
         names = os.listdir(parent)
     except OSError:
@@ -513,7 +518,7 @@ class OutputFolder:
     def __enter__(self) -> Path:
         _recover(self.path)
         self.check()
-        parent = self.path.absolute().parent
+        parent = _abs(self.path).parent
         make_folder(parent)
         clean_stale_temporaries(self.path)
         self.staging = _make_temp_folder(parent, _temp_name(self.path, "stage"))
@@ -532,7 +537,7 @@ class OutputFolder:
             write_marker(staging, self.command, complete=True,
                          **{k: marker[k] for k in ("created", "created_ns") if k in marker})
             self.check()  # the folder may have changed while we worked
-            _swap_into_place(staging, self.path.absolute())
+            _swap_into_place(staging, _abs(self.path))
         except BaseException:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -611,7 +616,7 @@ def prepare_run_folder(path: PathLike, command: str = "train", force: bool = Fal
     _recover(path)
     action, folder = _plan(path, command, force, resume)
     if action == "stage":
-        parent = path.absolute().parent
+        parent = _abs(path).parent
         clean_stale_temporaries(path)
         folder = _make_temp_folder(parent, _temp_name(path, "stage"))
         write_marker(folder, command, complete=False)
@@ -633,8 +638,8 @@ def finish_run_folder(work: PathLike, path: PathLike) -> Path:
     marker = read_marker(work) or {}
     command = str(marker.get("command", "train"))
     write_marker(work, command, complete=True, **{k: marker[k] for k in ("created", "created_ns") if k in marker})
-    if work.absolute() != path.absolute():
-        _swap_into_place(work.absolute(), path.absolute())
+    if _abs(work) != _abs(path):
+        _swap_into_place(_abs(work), _abs(path))
     return path
 
 

@@ -588,7 +588,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
             result = runners[strategy](work)
         except BaseException:
             if info.is_main:  # failed before writing anything (e.g. a refused checkpoint): leave no empty folder
-                abandon_run_folder(work, created=not existed or work != out)
+                abandon_run_folder(work, created=not existed or os.path.abspath(work) != os.path.abspath(out))
             raise
         return _finish_out(result, work, out, info)
     finally:
@@ -617,7 +617,7 @@ def _finish_out(result: TrainResult, work: Path, out: Path, info: DistInfo) -> T
         finish_run_folder(work, out)
     if info.distributed:
         barrier(info)
-    if work != out:
+    if os.path.abspath(work) != os.path.abspath(out):
         result.out_dir = out
         if result.checkpoint is not None:
             try:
