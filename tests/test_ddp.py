@@ -56,7 +56,7 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    two = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     for k, v in single.model.state_dict().items():
         assert torch.allclose(v, two["model"][k], atol=1e-5, rtol=1e-4), k
     # metrics gathered from both ranks' halves of the test set, written once by rank 0

@@ -91,7 +91,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_saves_a_checkpoint(tmp_path, spl
     with pytest.raises(IIFError, match=r"at epoch \d+, step \d+") as exc:
         fit(cfg, out_dir=tmp_path, splits=splits)
     assert "nan.pt" in str(exc.value)
-    saved = torch.load(tmp_path / "nan.pt", weights_only=False)
+    saved = torch.load(tmp_path / "nan.pt", weights_only=True)
     assert saved["nan_step"] >= 0 and "model" in saved
 
 

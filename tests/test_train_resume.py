@@ -34,8 +34,8 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, splits, extra)
     resumed = fit(load_config("digits_lt_e2e", BASE + extra), out_dir=tmp_path / "cut", resume=True, splits=splits)
     assert resumed.finished
     _same_state(full.model.state_dict(), resumed.model.state_dict())
-    ck_full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
-    ck_res = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    ck_full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    ck_res = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for s_full, s_res in zip(ck_full["optimizer"]["state"].values(), ck_res["optimizer"]["state"].values()):
         assert torch.equal(s_full["momentum_buffer"], s_res["momentum_buffer"])
     assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]

@@ -79,7 +79,7 @@ def test_stage1_checkpoint_from_another_model_is_refused(splits, stage1, tmp_pat
     path, _ = stage1
     with pytest.raises(IIFError, match="does not match"):
         _stage2(splits, path, "model.backbone_kwargs.width=6")
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     state["model"]["classifier.weight"] = state["model"]["classifier.weight"][:7]
     state["model"]["classifier.bias"] = state["model"]["classifier.bias"][:7]
     torch.save(state, tmp_path / "seven.pt")
