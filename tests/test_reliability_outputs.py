@@ -470,3 +470,11 @@ def test_real_checkpoints_load_with_weights_only(tmp_path, splits):
     ck = torch.load(res.checkpoint, weights_only=True)  # the plain torch route, no iif code involved
     assert ck["epoch"] == 1 and isinstance(ck["config"], dict) and isinstance(ck["rng"]["numpy"]["keys"], torch.Tensor)
     assert ck["rng"]["numpy"]["keys"].numel() == 624
+
+
+def test_eval_json_naming_a_folder_is_refused_before_evaluating(tmp_path, capsys):
+    sentinel = tmp_path / "pwned"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", sentinel)
+    assert main(["eval", str(evil), "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a folder" in err and not sentinel.exists()

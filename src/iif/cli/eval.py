@@ -24,14 +24,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import IIFError
     from ..train import evaluate_checkpoint
     from ..train.logging import format_metrics_table, write_json
 
+    ckpt = Path(args.checkpoint)
+    target = Path(args.json) if args.json else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{args.split}.json"
+    if target.is_dir():  # checked before the (possibly long) evaluation
+        raise IIFError(f"--json {target} is a folder; give a file name such as {target / f'eval_{args.split}.json'}.")
+    # The checkpoint is read with torch.load(weights_only=True): a file needing more is refused, never run.
     metrics = evaluate_checkpoint(args.checkpoint, adjust=args.adjust, split=args.split, device=args.device,
                                   batch_size=args.batch_size)
     print(format_metrics_table(metrics))
-    ckpt = Path(args.checkpoint)
-    target = Path(args.json) if args.json else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{args.split}.json"
     write_json(target, metrics)
     print(f"wrote {target}")
     return 0
