@@ -36,7 +36,7 @@ from .errors import IIFError
 from .outputs import atomic_write_text
 from .weights import VARIANTS, canonical_variant, iif_weights, weights_from_counts
 
-__all__ = ["ClassFrequency", "IMG_EXTENSIONS", "LVIS_GROUP_BOUNDS", "lvis_group_letters"]
+__all__ = ["ClassFrequency", "IMG_EXTENSIONS", "LVIS_GROUP_BOUNDS", "MAX_CLASSES", "MAX_COUNT", "lvis_group_letters"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,6 +51,18 @@ LVIS_GROUP_BOUNDS = (10, 100)
 _FORMAT = "iif.ClassFrequency"
 _FORMAT_VERSION = 1
 _TASKS = ("classification", "detection")
+
+# Bounds checked before anything is allocated. A label is a class index, so a counter over labels allocates
+# one slot per index up to the largest: a label of 5e9 would ask for 40 GB. Ten million classes (80 MB of
+# counts) is ~500x more than the largest public label sets (ImageNet-21k: 21,841; iNat2021: 10,000), so
+# anything above is a corrupt file or raw ids that need remapping, not a real class count.
+MAX_CLASSES = 10_000_000
+# Per-class counts (and K) above 2**53 are no longer exact in float64, which the weights are computed in;
+# no dataset comes near (all of LAION-5B is < 2**33 images).
+MAX_COUNT = 2**53
+
+_REMAP_HINT = ("class labels must be indices 0..C-1 with C <= 10,000,000; remap raw ids first, e.g. "
+               "numpy.unique(labels, return_inverse=True)")
 
 
 def lvis_group_letters(image_counts: Sequence[int] | np.ndarray) -> list[str]:
@@ -82,6 +94,13 @@ def _whole_counts(values: Any, what: str) -> np.ndarray:
             f"{what} must be non-negative whole numbers; class {int(bad[0])} has {arr_f[bad[0]]!r}. "
             "Pass the number of images (or instances) per class."
         )
+    if arr_f.shape[0] > MAX_CLASSES:
+        raise IIFError(f"{what} has {arr_f.shape[0]} entries; at most {MAX_CLASSES:,} classes are supported.")
+    big = np.flatnonzero(arr_f > MAX_COUNT)
+    if big.size or (arr_f.size and float(arr_f.sum()) > 2.0**62):
+        i = int(big[0]) if big.size else int(np.argmax(arr_f))
+        raise IIFError(f"{what}: class {i} has {arr_f[i]:.6g}, more than {MAX_COUNT} (2**53, exact in float64); "
+                       "pass real per-class counts.")
     return arr_f.astype(np.int64) if arr.dtype.kind == "f" else arr.astype(np.int64)
 
 
@@ -197,10 +216,12 @@ class ClassFrequency:
             raise IIFError(f"object_counts has shape {self.object_counts.shape}, expected ({c},).")
         if self.task not in _TASKS:
             raise IIFError(f"task must be one of {_TASKS}; got {self.task!r}.")
-        self.num_images = int(self.num_images)
-        self.num_instances = int(self.num_instances)
-        if self.num_images < 0 or self.num_instances < 0:
-            raise IIFError("num_images and num_instances must be >= 0.")
+        for name in ("num_images", "num_instances"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) \
+                    or not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_COUNT:
+                raise IIFError(f"{name} must be a whole number in [0, 2**53]; got {value!r:.60}.")
+            setattr(self, name, int(value))
         if not self.class_names:
             self.class_names = [str(i) for i in range(c)]
         else:
@@ -332,6 +353,10 @@ class ClassFrequency:
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
                 raise IIFError("labels must be whole class indices; found non-integer values.")
+        if arr.size and arr.max() >= MAX_CLASSES:
+            raise IIFError(f"labels: found label {float(arr.max()):.6g}; {_REMAP_HINT}.")
+        if num_classes is not None and not 0 < int(num_classes) <= MAX_CLASSES:
+            raise IIFError(f"num_classes must be in 1..{MAX_CLASSES:,}; got {num_classes}.")
         arr = arr.astype(np.int64)
         if arr.size and arr.min() < 0:
             raise IIFError(f"labels must be >= 0; found {int(arr.min())}.")
@@ -414,9 +439,11 @@ class ClassFrequency:
             parts = text.rsplit(None, 1)
             if len(parts) != 2 or not _is_int(parts[1]) or int(parts[1]) < 0:
                 raise IIFError(
-                    f"{path}: line {lineno} is {line!r}; expected 'relative/path.jpg label' with a "
+                    f"{path}: line {lineno} is {line!r:.120}; expected 'relative/path.jpg label' with a "
                     "non-negative integer label."
                 )
+            if len(parts[1]) > 9 and int(parts[1]) >= MAX_CLASSES:
+                raise IIFError(f"{path}: line {lineno} has label {parts[1]:.30}; {_REMAP_HINT}.")
             labels.append(int(parts[1]))
         if not labels:
             raise IIFError(f"{path}: no entries; expected lines of 'relative/path.jpg label'.")
@@ -431,7 +458,9 @@ class ClassFrequency:
             if not text:
                 continue
             if not _is_int(text) or int(text) < 0:
-                raise IIFError(f"{path}: line {lineno} is {line!r}; expected one non-negative integer label per line.")
+                raise IIFError(f"{path}: line {lineno} is {line!r:.120}; expected one non-negative integer label per line.")
+            if len(text) > 9 and int(text) >= MAX_CLASSES:
+                raise IIFError(f"{path}: line {lineno} has label {text:.30}; {_REMAP_HINT}.")
             labels.append(int(text))
         if not labels:
             raise IIFError(f"{path}: no labels; expected one integer label per line.")
@@ -582,8 +611,17 @@ class ClassFrequency:
                 f"{source}: not a ClassFrequency file (no \"format\": \"{_FORMAT}\"); for COCO/LVIS json use "
                 "ClassFrequency.from_coco, or ClassFrequency.from_source to detect the kind."
             )
-        if int(data.get("version", 0)) > _FORMAT_VERSION:
+        version = data.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise IIFError(f"{source}: \"version\" is {version!r:.40}, not an integer; re-save it with ClassFrequency.save.")
+        if version > _FORMAT_VERSION:
             raise IIFError(f"{source}: written by a newer iif (version {data['version']}); upgrade iif to read it.")
+        for key, kinds in (("class_names", (list,)), ("class_ids", (list,)), ("groups", (list, type(None))),
+                           ("task", (str,))):
+            if key in data and not isinstance(data[key], kinds):
+                raise IIFError(f"{source}: field {key!r} is a {type(data[key]).__name__}, expected "
+                               f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}; "
+                               "re-save it with ClassFrequency.save.")
         try:
             return cls(
                 data["image_counts"], data["object_counts"], data["num_images"], data["num_instances"],
@@ -592,6 +630,10 @@ class ClassFrequency:
             )
         except KeyError as exc:
             raise IIFError(f"{source}: missing field {exc.args[0]!r}; re-save it with ClassFrequency.save.") from None
+        except IIFError as exc:
+            raise IIFError(f"{source}: {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise IIFError(f"{source}: a field has the wrong type ({exc}); re-save it with ClassFrequency.save.") from None
 
     def save(self, path: PathLike) -> None:
         """Write these counts as JSON (atomically); :meth:`load` reads them back exactly."""
@@ -778,7 +820,7 @@ def _is_int(text: str) -> bool:
 
 def _parse_count(text: str) -> int:
     value = float(text)
-    if not math.isfinite(value) or value < 0 or value != round(value):
+    if not math.isfinite(value) or value < 0 or value != round(value) or value > MAX_COUNT:
         raise ValueError(text)
     return int(round(value))
 
@@ -790,4 +832,11 @@ def _recover_total(counts: np.ndarray, raw: list[float]) -> int | None:
     if not ok.any():
         return None
     i = int(np.flatnonzero(ok)[np.argmax(counts[ok])])
-    return int(round(float(counts[i]) * math.exp(raw_arr[i])))
+    try:
+        k = float(counts[i]) * math.exp(raw_arr[i])
+    except OverflowError:
+        k = math.inf
+    if not math.isfinite(k) or k > MAX_COUNT:
+        raise IIFError(f"the raw weight {float(raw_arr[i])!r} of a class with {int(counts[i])} images implies K = n * exp(raw) "
+                       f"above 2**53; the table is corrupt, re-export it with ClassFrequency.to_csv.")
+    return int(round(k))

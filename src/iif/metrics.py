@@ -61,8 +61,16 @@ def check_logits_labels(logits: ArrayLike, labels: ArrayLike, num_classes: int |
     Raises :class:`IIFError` for a wrong shape, mismatched lengths, NaN/inf logits, non-integer labels
     or labels outside ``[0, C)``, and (when given) a class count that differs from ``num_classes``.
     """
-    z = _to_numpy(logits, np.float64)
-    y = _to_numpy(labels)
+    try:
+        z = _to_numpy(logits, np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise IIFError(f"logits must be numbers (float array of shape (samples, classes)); cannot convert them ({exc}).") from None
+    try:
+        y = _to_numpy(labels)
+    except (TypeError, ValueError) as exc:
+        raise IIFError(f"labels must be integer class indices; cannot convert them ({exc}).") from None
+    if y.dtype.kind not in "biuf":
+        raise IIFError(f"labels must be integer class indices; got values of type {y.dtype}. Save them as an integer array.")
     if z.ndim != 2:
         raise IIFError(f"logits must be a 2-D array (samples, classes); got shape {z.shape}. Save one row of class scores per sample.")
     if y.ndim != 1:
@@ -78,6 +86,8 @@ def check_logits_labels(logits: ArrayLike, labels: ArrayLike, num_classes: int |
         yf = y.astype(np.float64)
         if not np.all(np.isfinite(yf)) or np.any(yf != np.round(yf)):
             raise IIFError("labels must be whole class indices; found non-integer values.")
+    if y.size and (y.max() > np.iinfo(np.int64).max // 2 or y.min() < -(2**62)):
+        raise IIFError(f"labels must be class indices; found {float(y.max() if y.max() > 0 else y.min()):.6g}.")
     y = y.astype(np.int64)
     c = z.shape[1]
     if num_classes is not None and c != num_classes:

@@ -1,19 +1,64 @@
 """The ``iif`` command line: one sub-command per module in this package.
 
 Each sub-command module defines ``register(subparsers)``, which adds its parser and sets
-``func=run``. Bad input (:class:`iif.IIFError`, missing files) prints one line and exits 2.
+``func=run``. :func:`main` is the one error boundary: bad input (:class:`iif.IIFError`), unreadable files,
+undecodable text, numbers too large, a missing optional extra print one line (``iif <cmd>: error: ...``) on
+stderr and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from ..errors import IIFError
 
 # Sub-command modules, in the order ``iif --help`` lists them.
 COMMANDS = ("stats", "weights", "train", "eval", "bench", "posthoc")
+
+
+# Errors the CLI boundary turns into one line on stderr and exit status 2 (the library raises IIFError for bad
+# input; the others are the safety net for what slips through: unreadable files, undecodable text, numbers
+# that do not fit, memory, a missing optional dependency).
+BOUNDARY_ERRORS: tuple[type[BaseException], ...] = (IIFError, OSError, UnicodeError, OverflowError,
+                                                    json.JSONDecodeError, MemoryError, ImportError)
+
+# Optional dependency (top-level module name) -> the extra of ``pip install "iif[...]"`` that brings it.
+EXTRAS = {"torchvision": "train", "yaml": "train", "tqdm": "train", "matplotlib": "train", "sklearn": "train",
+          "PIL": "train", "pycocotools": "coco", "faster_coco_eval": "detection", "tidecv": "detection",
+          "timm": "timm", "lvis": "dev"}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message the CLI prints for ``exc`` (one of :data:`BOUNDARY_ERRORS`): problem and fix."""
+    if isinstance(exc, IIFError):
+        return _one_line(exc)
+    if isinstance(exc, ImportError):
+        module = (exc.name or "").split(".")[0]
+        if module in EXTRAS:
+            return (f"this needs the optional package {module!r}, which is not installed; "
+                    f"install it with: pip install \"iif[{EXTRAS[module]}]\"")
+        return _one_line(f"cannot import {exc.name or ''} ({exc}); reinstall iif with pip install --force-reinstall iif")
+    if isinstance(exc, UnicodeError):
+        where = f" ({exc.reason} at byte {exc.start})" if isinstance(exc, UnicodeDecodeError) else ""
+        return f"an input file is not UTF-8 text{where}; save config, list and json files as UTF-8"
+    if isinstance(exc, OSError):
+        target = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        reason = exc.strerror or _one_line(exc) or type(exc).__name__
+        return f"{target}{reason}; check the path, its permissions and free disk space"
+    if isinstance(exc, OverflowError):
+        return f"a number is too large ({_one_line(exc)}); use values that fit a 64-bit integer or float"
+    if isinstance(exc, MemoryError):
+        return "out of memory; check the sizes in the input (class labels, counts, batch size) and lower them"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix or re-export the file"
+    return _one_line(f"{type(exc).__name__}: {exc}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,11 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (IIFError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        print(f"iif {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"iif {args.command}: interrupted", file=sys.stderr)
+        again = " --resume" if args.command == "train" else ""
+        print(f"iif {args.command}: interrupted; run the same command{again} again to continue "
+              "(an interrupted download is checked and fetched again)", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into a reader that closed early (``iif stats x | head``): not an error of ours.
@@ -45,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except BOUNDARY_ERRORS as exc:
+        print(f"iif {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

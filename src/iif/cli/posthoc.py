@@ -26,11 +26,19 @@ def load_array(path: str, what: str) -> np.ndarray:
     """A ``.npy`` array (no pickles), or an IIFError naming the file and what it should hold."""
     p = Path(path)
     if not p.is_file():
-        raise IIFError(f"{what} file {path} does not exist; pass the path of a .npy file written by numpy.save.")
+        state = "is a folder" if p.is_dir() else "does not exist"
+        raise IIFError(f"{what} file {path} {state}; pass the path of a .npy file written by numpy.save.")
     try:
-        return np.load(p, allow_pickle=False)
+        arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise IIFError(f"{what} file {path} is not a readable .npy array ({exc}); save it with numpy.save(path, array).") from None
+    if not isinstance(arr, np.ndarray):  # a zip: .npz archive, or a torch .pt file (also a zip)
+        arr.close()
+        raise IIFError(f"{what} file {path} is a zip archive (.npz or a torch .pt), not a .npy array; save one array "
+                       "with numpy.save(path, array) (for a tensor: numpy.save(path, t.cpu().numpy())).")
+    if arr.dtype.kind not in "biuf":
+        raise IIFError(f"{what} file {path} holds {arr.dtype} values, not numbers; save a numeric array.")
+    return arr
 
 
 def load_counts(path: str) -> tuple[np.ndarray, float | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,22 @@ def transforms_for(name: str, augment: str, image_size: int, flip: bool, padding
                                padding=padding, **opts)
     eval_tf = build_transform("none", mean, std, train=False, image_size=image_size, kind="tensor")
     return train_tf, eval_tf
+
+
+def download(name: str, root: str, fetch: Callable[[], Any]) -> Any:
+    """Run a torchvision download ``fetch()``; a failure (network, disk, checksum) becomes one IIFError that
+    says how to retry. torchvision checks the md5 of what is there first, so running the same command again
+    fetches only what is missing or corrupt."""
+    try:
+        return fetch()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # URLError/HTTPError/socket timeouts are OSErrors; bad checksums RuntimeErrors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IIFError(f"downloading {name} into {root} failed ({type(exc).__name__}: {reason}); check the network "
+                       f"and free disk space, then run the same command again (files already verified are kept; "
+                       f"a partial archive is checked and fetched again), or put the files in {root} by hand and "
+                       "drop download=True.") from None
 
 
 def check_kwargs(name: str, kw: dict, allowed: Sequence[str]) -> None:

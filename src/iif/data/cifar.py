@@ -19,6 +19,7 @@ import torch
 
 from ..errors import IIFError
 from ._small import check_kwargs, longtail_tensor_splits
+from ._small import download as download_dataset
 from .splits import DatasetSplits
 
 __all__ = ["read_cifar", "build_cifar10_lt", "build_cifar100_lt", "CIFAR_DEFAULTS"]
@@ -84,7 +85,8 @@ def _build(num_classes: int, root, imbalance_ratio, profile, seed, augment, val_
         from torchvision import datasets
 
         cls = datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
-        cls(root, train=True, download=True)  # fetches + verifies md5; a no-op when already there
+        # fetches + verifies md5; a no-op when already there
+        download_dataset(name, root, lambda: cls(root, train=True, download=True))
     tr_img, tr_lab, te_img, te_lab, names = read_cifar(root, num_classes)
     return longtail_tensor_splits(
         name, torch.from_numpy(tr_img), tr_lab, torch.from_numpy(te_img), te_lab, num_classes=num_classes,

@@ -26,7 +26,7 @@ from ..errors import IIFError
 from .splits import DatasetSplits, finish_splits
 from .transforms import NORMALIZE, build_transform
 
-__all__ = ["FileListDataset", "read_list", "validate_list", "build_list_dataset", "LIST_DATASETS",
+__all__ = ["FileListDataset", "read_list", "validate_list", "inside_root", "build_list_dataset", "LIST_DATASETS",
            "build_imagenet_lt", "build_places_lt", "build_inat2018"]
 
 # name -> (num_classes, train list, val list or None, test list)
@@ -73,23 +73,37 @@ def read_list(list_path: str, root: str) -> list[tuple[int, str, str]]:
         raise IIFError(f"list file {list_path} not found; put the standard split files there or pass "
                        "list_root= the folder holding them.")
     out = []
-    with open(list_path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            s = line.strip()
-            if not s:
-                continue
-            path, _, label = s.rpartition(" ")
-            out.append((n, path.strip(), label.strip()))
+    try:
+        with open(list_path, encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, 1):
+                s = line.strip()
+                if not s:
+                    continue
+                path, _, label = s.rpartition(" ")
+                out.append((n, path.strip(), label.strip()))
+    except UnicodeDecodeError as exc:
+        raise IIFError(f"list file {list_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                       "UTF-8 with one 'relative/path.jpg label' per line.") from None
     return out
 
 
+def inside_root(path: str, root: str) -> bool:
+    """True when ``path`` (relative, as written in a list file) stays inside ``root`` lexically: not absolute,
+    and no ``..`` climbs above it. Symbolic links inside ``root`` are the owner's choice and are followed."""
+    if os.path.isabs(path) or os.path.splitdrive(path)[0]:
+        return False
+    norm = os.path.normpath(path)
+    return norm != ".." and not norm.startswith(".." + os.sep)
+
+
 def validate_list(list_path: str, root: str, num_classes: int | None = None, check_files: bool = True,
-                  show: int = 5) -> list[tuple[str, int]]:
+                  show: int = 5, allow_outside_root: bool = False) -> list[tuple[str, int]]:
     """Check a ``path label`` list before training; return its ``(absolute path, label)`` samples.
 
     Reports, with line numbers, lines that are not ``path label``, labels that are not integers in
-    ``[0, num_classes)`` and (``check_files``) images missing under ``root``. Raises one IIFError listing the
-    first ``show`` problems and how many there are in all.
+    ``[0, num_classes)``, paths that are absolute or climb out of ``root`` with ``..`` (unless
+    ``allow_outside_root``) and (``check_files``) images missing under ``root``. Raises one IIFError listing
+    the first ``show`` problems and how many there are in all.
     """
     problems: list[str] = []
     samples = []
@@ -104,6 +118,10 @@ def validate_list(list_path: str, root: str, num_classes: int | None = None, che
             continue
         if y < 0 or (num_classes is not None and y >= num_classes):
             problems.append(f"line {n}: label {y} outside [0, {num_classes if num_classes is not None else 'inf'})")
+            continue
+        if not allow_outside_root and not inside_root(path, root):
+            problems.append(f"line {n}: path {path!r} leaves the image root (absolute or '..'; set "
+                            "data.allow_outside_root=true to allow)")
             continue
         full = os.path.join(root, path)
         if check_files and not os.path.isfile(full):
@@ -122,11 +140,13 @@ def validate_list(list_path: str, root: str, num_classes: int | None = None, che
 
 def build_list_dataset(name: str, root=None, augment: str = "none", *, list_root: str | None = None,
                        num_classes: int | None = None, image_size: int = 224, validate: bool = True,
+                       allow_outside_root: bool = False,
                        class_names: Sequence[str] | None = None, train_list: str | None = None,
                        val_list: str | None = None, test_list: str | None = None, **tf_kw) -> DatasetSplits:
     """Splits of a list-file dataset. ``root``: image root; ``list_root``: where the list files live
     (default ``root``); ``num_classes`` defaults to the dataset's (1000 / 365 / 8142); ``*_list`` override the
-    file names. ``validate=False`` skips the per-file existence check (labels are always checked)."""
+    file names. ``validate=False`` skips the per-file existence check (labels are always checked).
+    ``allow_outside_root`` accepts list paths that are absolute or contain ``..`` above ``root``."""
     if root is None:
         raise IIFError(f"{name} needs root= the image folder its list files refer to (see docs/datasets.md).")
     default_c, tr_name, va_name, te_name = LIST_DATASETS[name]
@@ -144,7 +164,8 @@ def build_list_dataset(name: str, root=None, augment: str = "none", *, list_root
     def make(fname, tf):
         if fname is None:
             return None
-        return FileListDataset(validate_list(os.path.join(lroot, fname), root, c, check_files=validate), tf, names)
+        return FileListDataset(validate_list(os.path.join(lroot, fname), root, c, check_files=validate,
+                                             allow_outside_root=allow_outside_root), tf, names)
 
     train = make(train_list or tr_name, train_tf)
     val = make(val_list or va_name, eval_tf)

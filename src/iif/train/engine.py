@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
 from .checkpoint import capture_rng, check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
-from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config
+from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
                           per_rank_batch)
 from .logging import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
@@ -142,12 +142,21 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 
 def build_splits(cfg: TrainConfig):
-    """``iif.data.build_datasets`` with the config's data section (list files are validated there)."""
+    """``iif.data.build_datasets`` with the config's data section (list files are validated there), then,
+    unless ``data.verify_images`` is false, every image file decoded once (:mod:`iif.data.verify`)."""
     from ..data import build_datasets
+    from ..data.lists import LIST_DATASETS
+    from ..data.verify import verify_split_images
 
     d = cfg.data
-    return build_datasets(d.name, root=d.root, imbalance_ratio=d.imbalance_ratio, profile=d.profile, seed=d.seed,
-                          augment=d.augment, val_per_class=d.val_per_class, **dict(d.options))
+    options = dict(d.options)
+    if d.allow_outside_root and d.name in LIST_DATASETS:
+        options.setdefault("allow_outside_root", True)
+    splits = build_datasets(d.name, root=d.root, imbalance_ratio=d.imbalance_ratio, profile=d.profile, seed=d.seed,
+                            augment=d.augment, val_per_class=d.val_per_class, **options)
+    if d.verify_images:
+        verify_split_images(splits)
+    return splits
 
 
 def build_model_for(cfg: TrainConfig, splits) -> nn.Module:
@@ -557,6 +566,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
     cfg = cfg if isinstance(cfg, TrainConfig) else load_config(cfg)
     if device is not None:
         cfg.runtime.device = device
+    validate_config(cfg)  # every value range-checked before any folder, data or model is touched
     out = out_dir if out_dir is not None else cfg.runtime.out_dir
     out = Path(out) if out is not None else None
     if out is not None:  # the output-folder policy, checked before any work (changes nothing)
