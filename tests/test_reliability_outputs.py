@@ -338,7 +338,7 @@ def test_sigkill_during_train_then_resume(tmp_path, splits):
     ref_metrics = json.loads((out / "final_metrics.json").read_text())
     os.rename(out, tmp_path / "reference")
     survived = 0
-    points = _points(n, last=1, extra=3, seed=7)
+    points = _points(n, last=1, extra=2, seed=7)
     for k in points:
         assert _killed(_in_child(lambda: main(argv), kill_at=k)), k
         # a fresh run has no old result: whatever is there is ours and resumable
@@ -351,7 +351,7 @@ def test_sigkill_during_train_then_resume(tmp_path, splits):
         assert _tmp_files(out) == [] and _temporaries(tmp_path) == [], k
         os.rename(out, tmp_path / f"done{k}")
         survived += 1
-    assert survived == len(points) == 4 and n >= 6
+    assert survived == len(points) == 3 and n >= 6
 
 
 def test_sigkill_during_train_force_keeps_old_or_new(tmp_path, splits):
@@ -361,7 +361,7 @@ def test_sigkill_during_train_force_keeps_old_or_new(tmp_path, splits):
     (tmp_path / "notes.txt").write_text("user")  # a user file beside the run
     n = _steps(lambda: main(argv + ["--force"]), tmp_path)
     assert n >= 8
-    for k in _points(n, last=3, extra=2, seed=11):
+    for k in _points(n, last=3, extra=1, seed=11):
         before = read_marker(out)
         snapshot = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != MARKER}
         assert _killed(_in_child(lambda: main(argv + ["--force"]), kill_at=k)), k
@@ -394,7 +394,7 @@ def test_sigkill_during_bench_force_keeps_old_or_new(tmp_path, splits):
     n = _steps(bench, tmp_path)
     assert n >= 6
     rng = random.Random(13)
-    points = [("step", k) for k in _points(n, last=3, extra=1, seed=13)] + [("time", rng.uniform(0.0, 0.6)) for _ in range(2)]
+    points = [("step", k) for k in _points(n, last=3, extra=0, seed=13)] + [("time", rng.uniform(0.0, 0.6))]
     for how, k in points:
         before = read_marker(out)
         results = (out / "results.json").read_text()
