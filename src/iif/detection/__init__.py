@@ -17,8 +17,12 @@ from .evaluation import (
     tide_errors,
 )
 from .margins import METHODS, WHEN, CosineBoxClassifier, MarginBoxPredictor, use_margin
+from .models import ARCHS, DETECTION_PRESETS, build_detector, load_detector_checkpoint
+from .engine import DetectionSchedule, predict, train_detector
 
 __all__: list[str] = []
 __all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count_false_positives",
             "false_positives_by_group", "check_results"]
 __all__ += ["use_margin", "MarginBoxPredictor", "CosineBoxClassifier", "METHODS", "WHEN"]
+__all__ += ["build_detector", "load_detector_checkpoint", "ARCHS", "DETECTION_PRESETS", "train_detector", "predict",
+            "DetectionSchedule"]

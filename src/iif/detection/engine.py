@@ -1,0 +1,384 @@
+"""Training and inference loops for torchvision detectors (the shape of torchvision's references/detection).
+
+:func:`train_detector` is one plain loop: SGD with momentum and weight decay, a linear warm-up over the first
+``warmup_iters`` iterations, step decay (x ``gamma``) at the epoch ``milestones``, optional gradient-norm
+clipping, a non-finite-loss check that stops with a clear error, and one checkpoint per epoch written
+atomically to ``out_dir/last.pt``. ``resume=True`` continues from that checkpoint exactly: model, optimizer,
+scheduler, AMP scaler and every RNG state (stored as tensors and plain lists, so the file loads with
+``torch.load(weights_only=True)``) are restored, and the per-epoch data order is a function of (seed, epoch),
+so the resumed weights equal an uninterrupted run's. Under ``torchrun`` the model is wrapped in
+``DistributedDataParallel`` and the data sharded by rank.
+
+:func:`predict` runs a detector over a dataset and returns LVIS/COCO result dicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import IIFError
+from ..train.checkpoint import capture_rng, load_checkpoint, restore_rng
+from ..train.distributed import DistInfo, all_reduce_sum, init_distributed
+
+try:  # the one home of atomic writes
+    from ..outputs import atomic_torch_save
+except ImportError:  # pragma: no cover - older trees
+    from ..train.checkpoint import atomic_torch_save  # type: ignore[no-redef]
+
+__all__ = ["DetectionSchedule", "train_detector", "predict", "detection_collate"]
+
+AMP = ("none", "bf16", "fp16")
+
+
+class DetectionSchedule:
+    """Learning-rate factor per iteration: linear warm-up, then step decay at epoch milestones.
+
+    ``factor(step) = w(step) * gamma ** #{m in milestones : epoch(step) >= m}`` with
+    ``w(step) = warmup_factor + (1 - warmup_factor) * step / warmup_iters`` for ``step < warmup_iters``
+    (torchvision references: warmup_factor 1e-3, warm-up within the first epoch) and 1 afterwards.
+    A plain object, so ``LambdaLR.state_dict()`` stores its numbers and resume needs nothing else.
+    """
+
+    def __init__(self, iters_per_epoch: int, warmup_iters: int, milestones: Sequence[int] = (), gamma: float = 0.1,
+                 warmup_factor: float = 1e-3) -> None:
+        self.iters_per_epoch = max(int(iters_per_epoch), 1)
+        self.warmup_iters = max(int(warmup_iters), 0)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+        self.warmup_factor = float(warmup_factor)
+
+    def __call__(self, step: int) -> float:
+        factor = 1.0
+        if step < self.warmup_iters:
+            factor = self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_iters
+        epoch = step // self.iters_per_epoch
+        return factor * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+def detection_collate(batch):
+    """``[(image, target), ...] -> (list of images, list of targets)`` (detectors take lists)."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
+
+
+def _collate():
+    try:
+        from .data import collate
+
+        return collate
+    except ImportError:  # data.py not in this tree yet
+        return detection_collate
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise IIFError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU or amp='none'.")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
+    return [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+            for t in targets]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_args(dataset, epochs: int, batch_size: int, lr: float, warmup_iters: int, milestones, amp: str,
+                clip_grad_norm, num_workers: int) -> None:
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise IIFError(f"dataset must be map-style (len and ds[i] -> (image, target)); got {type(dataset).__name__}.")
+    if len(dataset) == 0:
+        raise IIFError("the training dataset is empty; check the annotation json and image root.")
+    for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("warmup_iters", warmup_iters, 0),
+                             ("num_workers", num_workers, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise IIFError(f"{name} must be an int >= {low}; got {value!r}.")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise IIFError(f"lr must be a positive number; got {lr!r}.")
+    if any(int(m) < 1 for m in milestones):
+        raise IIFError(f"milestones are epochs >= 1; got {tuple(milestones)}.")
+    if amp not in AMP:
+        raise IIFError(f"unknown amp {amp!r}; use one of {', '.join(AMP)}.")
+    if clip_grad_norm is not None and not (clip_grad_norm > 0):
+        raise IIFError(f"clip_grad_norm must be positive or None; got {clip_grad_norm!r}.")
+
+
+def train_detector(
+    model: nn.Module,
+    dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    warmup_iters: int = 0,
+    warmup_factor: float = 1e-3,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    clip_grad_norm: float | None = None,
+    sampler=None,
+    device: str | torch.device = "cpu",
+    amp: str = "none",
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    log: Callable[[str], Any] = print,
+    log_every: int = 0,
+    num_workers: int = 0,
+    seed: int = 0,
+    stop_after_epoch: int | None = None,
+) -> dict:
+    """Train ``model`` (a torchvision detector in train mode returns its loss dict) on ``dataset``.
+
+    Args:
+        model: Faster/Mask R-CNN or SSD (e.g. from :func:`iif.detection.build_detector`, possibly switched
+            with ``use_margin`` before this call, since the optimizer is built here).
+        dataset: map-style, ``ds[i] -> (image float (3,H,W) in [0,1], target dict)``.
+        epochs, batch_size: epochs in total (also when resuming) and the global batch (divided over ranks).
+        lr, momentum, weight_decay: SGD; ``lr`` is the peak learning rate for the global batch.
+        warmup_iters, warmup_factor: linear warm-up from ``lr * warmup_factor`` over the first iterations.
+        milestones, gamma: the learning rate is multiplied by ``gamma`` at the start of each milestone epoch.
+        clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
+        sampler: an epoch-aware sampler (``set_epoch``), e.g. ``RepeatFactorSampler``, already sharded by rank
+            under DDP; default: every image once per epoch in a (seed, epoch)-seeded random order, sharded.
+        device, amp: where to train, and ``"none"``, ``"bf16"`` or ``"fp16"`` (CUDA) autocast.
+        out_dir: where ``last.pt`` is written after every epoch (atomically); None writes nothing.
+        resume: continue from ``out_dir/last.pt`` if it exists (same settings required), else start fresh.
+        log, log_every: a callable for progress lines, every ``log_every`` iterations (0: per epoch only).
+        num_workers, seed: DataLoader workers; the seed of the data order and of the first epoch's RNG.
+        stop_after_epoch: return after this many epochs are done (tests and time-limited runs), checkpoint kept.
+
+    Returns:
+        ``{"history": [per-epoch rows: epoch, lr, loss and each loss term, images, seconds, images_per_s],
+        "epochs_done": int, "finished": bool, "checkpoint": path or None, "peak_rss_mb": float}``.
+    """
+    milestones = tuple(int(m) for m in milestones)
+    _check_args(dataset, epochs, batch_size, lr, warmup_iters, milestones, amp, clip_grad_norm, num_workers)
+    dev = torch.device(device)
+    info = init_distributed(dev)
+    if dev.type == "cuda" and info.distributed:
+        dev = torch.device("cuda", info.local_rank)
+    if batch_size % info.world_size:
+        raise IIFError(f"batch_size {batch_size} is not divisible by the world size {info.world_size}; use a multiple "
+                       f"of {info.world_size}.")
+    per_rank = batch_size // info.world_size
+    settings = {"epochs_planned": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
+                "weight_decay": weight_decay, "warmup_iters": warmup_iters, "warmup_factor": warmup_factor,
+                "milestones": list(milestones), "gamma": gamma, "clip_grad_norm": clip_grad_norm, "amp": amp,
+                "seed": seed, "world_size": info.world_size, "images": len(dataset),
+                "sampler": type(sampler).__name__ if sampler is not None else "default"}
+    check_hash = _settings_hash({k: v for k, v in settings.items() if k != "epochs_planned"})
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if sampler is None:
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
+                                     drop_last=False)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
+                        collate_fn=_collate(), drop_last=False, persistent_workers=False)
+    iters = len(loader)
+    if iters == 0:
+        raise IIFError(f"the sampler yields no batches of {per_rank} images; lower batch_size or check the sampler.")
+
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise IIFError("the detector has no trainable parameters; check trainable_layers.")
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, DetectionSchedule(iters, warmup_iters, milestones, gamma, warmup_factor))
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    net: nn.Module = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / "last.pt" if out is not None else None
+    start_epoch, history = 0, []
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+        if ckpt.get("settings_hash") != check_hash:
+            raise IIFError(f"cannot resume from {ckpt_path}: it was trained with other settings "
+                           f"({ckpt.get('settings')}); use the same batch size, lr, schedule, seed, world size and "
+                           "dataset, or start in a new out_dir.")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"])
+        history = list(ckpt.get("history", []))
+        rngs = ckpt.get("rng_per_rank") or []
+        if rngs:
+            restore_rng(rngs[min(info.rank, len(rngs) - 1)])
+        if info.is_main:
+            log(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    else:
+        if resume and info.is_main:
+            log(f"no checkpoint in {out_dir}; starting from scratch")
+        torch.manual_seed(seed + 1000 * info.rank + 1)  # per-rank streams (augmentation, RoI sampling)
+    if out is not None and info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint_state(epoch_done: int, extra: dict | None = None) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch_done, "rng_per_rank": _gather_rng(info), "history": history,
+                "settings": settings, "settings_hash": check_hash, **(extra or {})}
+
+    import resource
+
+    finished = True
+    for epoch in range(start_epoch, epochs):
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            finished = False
+            break
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        net.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        start = time.perf_counter()
+        for step, (images, targets) in enumerate(loader):
+            images = [im.to(dev, non_blocking=True) for im in images]
+            targets = _to_device(targets, dev)
+            with _autocast(dev, amp):
+                losses = net(images, targets)
+            losses = {k: v.float() for k, v in losses.items()}
+            loss = sum(losses.values())
+            bad = (~torch.isfinite(loss.detach())).float()
+            if info.distributed:  # every rank stops together, or the others hang in the all-reduce
+                bad = all_reduce_sum(bad, info)
+            if bool(bad > 0):
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                where = None
+                if out is not None:
+                    where = out / "nan.pt"
+                    state = checkpoint_state(epoch, {"nan_step": step})
+                    if info.is_main:
+                        atomic_torch_save(state, where)
+                raise IIFError(
+                    f"training stopped: the loss is not finite at epoch {epoch + 1}, iteration {step + 1} ({terms}). "
+                    + (f"Saved the weights before that step to {where}. " if where else "")
+                    + "Lower lr, lengthen warmup_iters, set clip_grad_norm, use amp='none', or check the boxes.")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                optimizer.step()
+            scheduler.step()
+            n = len(images)
+            seen += n
+            for k, v in (("loss", loss), *losses.items()):
+                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=dev)) + v.detach().double() * n
+            if log_every and info.is_main and step % log_every == 0:
+                log(f"epoch {epoch + 1}/{epochs} iter {step + 1}/{iters} loss {float(loss):.4f} "
+                    f"lr {optimizer.param_groups[0]['lr']:.3g}")
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - start
+        keys = sorted(sums)
+        totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), dtype=torch.float64,
+                                                                                     device=dev)]), info)
+        images_total = max(float(totals[-1]), 1.0)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               **{k: float(totals[i]) / images_total for i, k in enumerate(keys)},
+               "images": int(totals[-1]), "seconds": seconds, "images_per_s": images_total / max(seconds, 1e-9)}
+        history.append(row)
+        if info.is_main:
+            log(f"epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
+                + " ".join(f"{k[5:] if k.startswith('loss_') else k} {row[k]:.3f}" for k in keys if k != "loss")
+                + f" | {row['images_per_s']:.2f} img/s, {seconds:.0f} s")
+        if out is not None:
+            state = checkpoint_state(epoch + 1)  # every rank joins the RNG gather
+            if info.is_main:
+                atomic_torch_save(state, ckpt_path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
+            "finished": finished, "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
+            "peak_rss_mb": peak}
+
+
+def _gather_rng(info: DistInfo) -> list[dict]:
+    mine = capture_rng()
+    if not info.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", batch_size: int = 8,
+            masks: bool | None = None, amp: str = "none", num_workers: int = 0) -> list[dict]:
+    """LVIS/COCO result dicts (``image_id``, ``category_id`` (json id), ``bbox`` [x, y, w, h], ``score`` and,
+    with masks, ``segmentation`` RLE) of ``model`` on every image of ``dataset``.
+
+    ``dataset`` is a :class:`iif.detection.DetectionDataset` (its ``category_ids`` map label k to the json id
+    ``category_ids[k-1]``). ``masks=None`` writes segmentations when the model predicts masks. Masks are
+    encoded batch by batch, so memory stays at one batch of full-size mask probabilities. Under torchrun each
+    rank predicts a strided share and the results are gathered on every rank.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from .data import detections_to_results
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise IIFError(f"batch_size must be an int >= 1; got {batch_size!r}.")
+    if amp not in AMP:
+        raise IIFError(f"unknown amp {amp!r}; use one of {', '.join(AMP)}.")
+    category_ids = getattr(dataset, "category_ids", None)
+    if category_ids is None:
+        raise IIFError(f"{type(dataset).__name__} has no category_ids (label k -> json id); use "
+                       "iif.detection.load_detection_dataset.")
+    dev = torch.device(device)
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    part = dataset
+    if distributed:
+        part = Subset(dataset, list(range(dist.get_rank(), len(dataset), dist.get_world_size())))
+    model = _unwrap(model).to(dev).eval()
+    loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate())
+    results: list[dict] = []
+    for images, targets in loader:
+        images = [im.to(dev) for im in images]
+        with _autocast(dev, amp):
+            outputs = model(images)
+        outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+        use_masks = ("masks" in outputs[0]) if masks is None else masks
+        ids = [int(t["image_id"]) for t in targets]
+        results.extend(detections_to_results(outputs, ids, list(category_ids), masks=use_masks))
+    if distributed:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, results)
+        results = [r for part_results in gathered for r in part_results]
+    return results

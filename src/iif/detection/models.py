@@ -1,0 +1,305 @@
+"""torchvision detectors built without downloads, for from-scratch training or a user's own checkpoint.
+
+:func:`build_detector` builds Mask R-CNN / Faster R-CNN on a ResNet-FPN backbone, or SSD300-VGG16, with
+``weights=None`` and ``weights_backbone=None`` (nothing is fetched). ``num_classes`` is the number of
+foreground categories C; torchvision puts the background at logit 0, so the box classifier has C+1 outputs.
+
+Normalisation. torchvision's ``resnet_fpn_backbone`` defaults to ``FrozenBatchNorm2d``, which is right for
+fine-tuning ImageNet weights but is an identity with random init: a from-scratch backbone would train with no
+normalisation at all. Here ``norm="bn"`` (trainable ``BatchNorm2d``, the default without a checkpoint) or
+``norm="gn"`` (GroupNorm, 32 groups, for tiny per-GPU batches) is used for from-scratch training, and
+``norm="frozen_bn"`` (the default when a ``checkpoint`` is given) reproduces torchvision's fine-tuning setup.
+
+The RPN/RoI settings the CPU benchmark needs (input size, proposals, sampled RoIs, anchor sizes, FPN width)
+are explicit keyword arguments; :data:`DETECTION_PRESETS` holds the configurations used by ``iif det-bench``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import IIFError
+
+__all__ = ["ARCHS", "DETECTION_PRESETS", "build_detector", "load_detector_checkpoint"]
+
+# arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
+# depth), a small backbone for from-scratch CPU runs.
+ARCHS: dict[str, tuple[str, str]] = {
+    "maskrcnn_r10_fpn": ("maskrcnn", "r10"),
+    "maskrcnn_r18_fpn": ("maskrcnn", "r18"),
+    "maskrcnn_r34_fpn": ("maskrcnn", "r34"),
+    "maskrcnn_r50_fpn": ("maskrcnn", "r50"),
+    "maskrcnn_r101_fpn": ("maskrcnn", "r101"),
+    "fasterrcnn_r10_fpn": ("fasterrcnn", "r10"),
+    "fasterrcnn_r18_fpn": ("fasterrcnn", "r18"),
+    "fasterrcnn_r34_fpn": ("fasterrcnn", "r34"),
+    "fasterrcnn_r50_fpn": ("fasterrcnn", "r50"),
+    "fasterrcnn_r101_fpn": ("fasterrcnn", "r101"),
+    "ssd300_vgg16": ("ssd", "vgg16"),
+}
+
+NORMS = ("bn", "gn", "frozen_bn")
+
+# Configurations of iif det-bench. "cpu-quick" was measured on the 2-core CPU dev machine (see
+# docs/detection.md for AP and throughput); "gpu" is a reasonable guess for a 10-minute H100 run and has NOT
+# been measured. Keys are build_detector keyword arguments under "model" and train_detector ones under "train".
+DETECTION_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-quick": {
+        "arch": "maskrcnn_r18_fpn",
+        "model": {"min_size": 128, "max_size": 128, "fpn_channels": 128, "representation_size": 256,
+                  "returned_layers": (2, 3, 4), "anchor_sizes": ((16,), (32,), (64,), (128,)),
+                  "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 100,
+                  "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
+                  "rpn_batch_size_per_image": 128, "box_batch_size_per_image": 64,
+                  "box_detections_per_img": 300, "box_score_thresh": 1e-4, "norm": "bn"},
+        "train": {"epochs": 8, "batch_size": 8, "lr": 0.04, "momentum": 0.9, "weight_decay": 1e-4,
+                  "warmup_iters": 100, "milestones": (6,), "clip_grad_norm": 10.0},
+        "measured": False,
+    },
+    "gpu": {
+        "arch": "maskrcnn_r50_fpn",
+        "model": {"min_size": 256, "max_size": 256, "anchor_sizes": ((16,), (32,), (64,), (128,), (256,)),
+                  "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
+                  "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 500,
+                  "box_batch_size_per_image": 256, "box_detections_per_img": 300, "box_score_thresh": 1e-4,
+                  "norm": "bn"},
+        "train": {"epochs": 24, "batch_size": 16, "lr": 0.04, "momentum": 0.9, "weight_decay": 1e-4,
+                  "warmup_iters": 300, "milestones": (16, 22), "clip_grad_norm": 10.0, "amp": "bf16"},
+        "measured": False,
+    },
+}
+
+
+def _norm_layer(norm: str):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    return lambda channels: nn.GroupNorm(32, channels)
+
+
+def _resnet(depth: str, norm: str) -> nn.Module:
+    from torchvision.models import resnet
+
+    layer = _norm_layer(norm)
+    if depth == "r10":
+        return resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], norm_layer=layer)
+    fn = {"r18": resnet.resnet18, "r34": resnet.resnet34, "r50": resnet.resnet50, "r101": resnet.resnet101}[depth]
+    return fn(weights=None, norm_layer=layer)
+
+
+def _fpn_backbone(depth: str, norm: str, fpn_channels: int, returned_layers: Sequence[int], trainable_layers: int):
+    """ResNet + FPN (P_k for the returned stages, plus a max-pooled extra level), as torchvision's
+    ``resnet_fpn_backbone`` but with the chosen norm and FPN width."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    body = _resnet(depth, norm)
+    if not 0 <= trainable_layers <= 5:
+        raise IIFError(f"trainable_layers must be 0..5; got {trainable_layers}.")
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trainable.append("bn1")
+    for name, p in body.named_parameters():
+        if all(not name.startswith(t) for t in trainable):
+            p.requires_grad_(False)
+    returned = sorted(int(r) for r in returned_layers)
+    if not returned or any(r not in (1, 2, 3, 4) for r in returned):
+        raise IIFError(f"returned_layers must be a non-empty subset of (1, 2, 3, 4); got {tuple(returned_layers)}.")
+    stage_channels = body.inplanes // 8  # 64 (BasicBlock) or 256 (Bottleneck) at layer1
+    return_layers = {f"layer{r}": str(i) for i, r in enumerate(returned)}
+    in_channels = [stage_channels * 2 ** (r - 1) for r in returned]
+    return BackboneWithFPN(body, return_layers, in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+
+
+def _default_anchor_sizes(n_levels: int) -> tuple[tuple[int, ...], ...]:
+    # torchvision's (32, 64, 128, 256, 512) for P2-P6, shifted to the levels actually returned.
+    return tuple((32 * 2 ** i,) for i in range(n_levels))
+
+
+def build_detector(
+    arch: str,
+    num_classes: int,
+    *,
+    masks: bool = True,
+    min_size: int = 800,
+    max_size: int = 1333,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_batch_size_per_image: int = 256,
+    box_batch_size_per_image: int = 512,
+    box_detections_per_img: int = 300,
+    box_score_thresh: float = 1e-4,
+    anchor_sizes: Sequence[Sequence[int]] | None = None,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    returned_layers: Sequence[int] = (1, 2, 3, 4),
+    fpn_channels: int = 256,
+    representation_size: int = 1024,
+    mask_layers: Sequence[int] | None = None,
+    norm: str | None = None,
+    trainable_layers: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    log=print,
+) -> nn.Module:
+    """A torchvision detector for ``num_classes`` foreground categories, built without any download.
+
+    Args:
+        arch: one of :data:`ARCHS` (``maskrcnn_r50_fpn``, ``fasterrcnn_r18_fpn``, ``ssd300_vgg16``, ...).
+        num_classes: foreground categories C; the box classifier has C+1 logits, background at index 0.
+        masks: for ``maskrcnn_*`` archs, ``False`` drops the mask branch (a Faster R-CNN on the same backbone).
+        min_size, max_size: the transform resizes each image so its short side is ``min_size`` (long side at
+            most ``max_size``); set both to the image size for small images (torchvision's 800 would upsample
+            a 128-px image six-fold). SSD300 always works at 300x300 and ignores them.
+        rpn_pre_nms_top_n_*/rpn_post_nms_top_n_*: proposals kept per image (per FPN level before NMS, in
+            total after NMS), in training and at test time.
+        rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
+        box_batch_size_per_image: RoIs sampled per image for the box/mask losses (25% foreground).
+        box_detections_per_img: detections kept per image (300 for LVIS-style evaluation; SSD: the same).
+        box_score_thresh: minimum class score of a detection (1e-4 keeps the rare-class tail for LVIS AP).
+        anchor_sizes: one tuple of sizes (pixels of the resized image) per FPN level, including the pooled
+            extra level; default 32, 64, ... for the returned levels, as torchvision's P2-P6.
+        returned_layers: ResNet stages (1-4) fed to the FPN; ``(2, 3, 4)`` drops the stride-4 level.
+        fpn_channels: FPN width (torchvision: 256); the RoI heads scale with it.
+        representation_size: width of the box head's two fully connected layers (torchvision: 1024).
+        mask_layers: channels of the mask head's convolutions (torchvision: four of 256).
+        norm: ``"bn"`` (trainable BatchNorm2d), ``"gn"`` (GroupNorm) or ``"frozen_bn"``; default ``"bn"``
+            from scratch and ``"frozen_bn"`` with a checkpoint.
+        trainable_layers: ResNet stages that train (5 = all); default 5 from scratch, 3 with a checkpoint.
+        checkpoint: a local torchvision checkpoint (a state dict, or a dict with ``"model"``), read with
+            ``torch.load(weights_only=True)``; see :func:`load_detector_checkpoint`.
+        log: where the checkpoint report goes.
+    """
+    if arch not in ARCHS:
+        raise IIFError(f"unknown detector arch {arch!r}; use one of {', '.join(ARCHS)}.")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise IIFError(f"num_classes must be a positive int (foreground categories); got {num_classes!r}.")
+    norm = norm or ("frozen_bn" if checkpoint is not None else "bn")
+    if norm not in NORMS:
+        raise IIFError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise IIFError(f"detector checkpoint {checkpoint} does not exist; pass a local .pth/.pt file.")
+    for name, value in (("min_size", min_size), ("max_size", max_size), ("fpn_channels", fpn_channels),
+                        ("representation_size", representation_size),
+                        ("box_detections_per_img", box_detections_per_img),
+                        ("box_batch_size_per_image", box_batch_size_per_image)):
+        if int(value) < 1:
+            raise IIFError(f"{name} must be >= 1; got {value}.")
+    if trainable_layers is None:
+        trainable_layers = 3 if checkpoint is not None else 5
+    family, depth = ARCHS[arch]
+    if family == "ssd":
+        model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
+    else:
+        model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals())
+    if checkpoint is not None:
+        load_detector_checkpoint(model, checkpoint, log=log)
+    return model
+
+
+def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: str, trainable_layers: int,
+                a: dict) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.rpn import RPNHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = _fpn_backbone(depth, norm, int(a["fpn_channels"]), a["returned_layers"], trainable_layers)
+    n_levels = len(tuple(a["returned_layers"])) + 1  # + the max-pooled extra level
+    sizes = tuple(tuple(int(s) for s in level) for level in (a["anchor_sizes"] or _default_anchor_sizes(n_levels)))
+    if len(sizes) != n_levels:
+        raise IIFError(f"anchor_sizes has {len(sizes)} levels but the FPN returns {n_levels} (returned_layers "
+                       f"{tuple(a['returned_layers'])} + the pooled level); give one tuple of sizes per level.")
+    ratios = (tuple(float(r) for r in a["aspect_ratios"]),) * n_levels
+    anchors = AnchorGenerator(sizes, ratios)
+    ch = backbone.out_channels
+    rpn_head = RPNHead(ch, anchors.num_anchors_per_location()[0])
+    names = [str(i) for i in range(n_levels - 1)]
+    box_pool = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2)
+    rep = int(a["representation_size"])
+    kwargs = dict(
+        min_size=int(a["min_size"]), max_size=int(a["max_size"]),
+        rpn_anchor_generator=anchors, rpn_head=rpn_head,
+        rpn_pre_nms_top_n_train=int(a["rpn_pre_nms_top_n_train"]),
+        rpn_post_nms_top_n_train=int(a["rpn_post_nms_top_n_train"]),
+        rpn_pre_nms_top_n_test=int(a["rpn_pre_nms_top_n_test"]),
+        rpn_post_nms_top_n_test=int(a["rpn_post_nms_top_n_test"]),
+        rpn_batch_size_per_image=int(a["rpn_batch_size_per_image"]),
+        box_roi_pool=box_pool, box_head=TwoMLPHead(ch * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_batch_size_per_image=int(a["box_batch_size_per_image"]),
+        box_detections_per_img=int(a["box_detections_per_img"]), box_score_thresh=float(a["box_score_thresh"]),
+    )
+    if family == "maskrcnn" and masks:
+        layers = tuple(int(c) for c in (a["mask_layers"] or (256, 256, 256, 256)))
+        mask_head = MaskRCNNHeads(ch, layers, 1)  # torchvision's plain conv mask head
+        return MaskRCNN(backbone, num_classes=None,
+                        mask_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=14, sampling_ratio=2),
+                        mask_head=mask_head, mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1),
+                        **kwargs)
+    return FasterRCNN(backbone, num_classes=None, **kwargs)
+
+
+def _build_ssd(num_classes: int, detections: int, score_thresh: float, norm: str) -> nn.Module:
+    from torchvision.models.detection import ssd300_vgg16
+
+    # VGG16 has no normalisation layers; torchvision's SSD300 recipe trains it as is.
+    return ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1,
+                        detections_per_img=int(detections), score_thresh=float(score_thresh))
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+_ADAPTABLE = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
+              "head.classification_head.")
+
+
+def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=print) -> dict[str, list[str]]:
+    """Load a local torchvision detector checkpoint into ``model``; returns ``{"loaded": [...], "skipped": [...]}``.
+
+    The file is a state dict or a dict with ``"model"`` (torchvision references and iif both write that),
+    read with ``torch.load(weights_only=True)``: nothing in it can run code. Class-specific layers (the box
+    predictor, the mask predictor's last conv, SSD's classification head) whose shapes differ from ``model``
+    (another class count) keep their fresh initialisation and are reported as skipped; any other missing,
+    unexpected or mis-shaped tensor is an error, because the checkpoint is then for another architecture.
+    """
+    from ..train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise IIFError(f"checkpoint {path} is not a state dict of tensors (or a dict with one under 'model').")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    skipped, mismatched = [], []
+    keep = {}
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            (skipped if k.startswith(_ADAPTABLE) else mismatched).append(f"{k} {tuple(v.shape)}->{tuple(own[k].shape)}")
+            continue
+        keep[k] = v
+    # num_batches_tracked is absent from FrozenBatchNorm2d checkpoints and harmless to lack.
+    missing = [k for k in own if k not in keep and not k.endswith("num_batches_tracked")
+               and not any(s.startswith(k + " ") for s in skipped)]
+    unexpected = [k for k in keep if k not in own and not k.endswith("num_batches_tracked")]
+    if mismatched or missing or unexpected:
+        parts = []
+        for what, names in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
+            if names:
+                parts.append(f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})")
+        raise IIFError(f"checkpoint {path} does not fit {type(model).__name__} ({'; '.join(parts)}); build the "
+                       "detector with the arch, norm and FPN settings the checkpoint was trained with.")
+    model.load_state_dict({k: v for k, v in keep.items() if k in own}, strict=False)
+    report = {"loaded": sorted(k for k in keep if k in own), "skipped": skipped}
+    if skipped:
+        log(f"checkpoint {path}: loaded {len(report['loaded'])} tensors; kept fresh init for the class-specific "
+            f"layers whose class count differs: {', '.join(s.split(' ')[0] for s in skipped)}")
+    return report
