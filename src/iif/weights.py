@@ -68,6 +68,10 @@ def as_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
             f"{what} are not whole numbers at classes {_fmt_idx(bad)} (e.g. {arr[bad[0]]}); "
             "pass the number of images (or instances) per class."
         )
+    bad = np.flatnonzero(arr > 2.0**53)
+    if bad.size:
+        raise IIFError(f"{what} are above 2**53 at classes {_fmt_idx(bad)} (e.g. {arr[bad[0]]:.6g}); counts that large "
+                       "are not exact in float64 and no dataset has them: pass the number of images per class.")
     return arr
 
 

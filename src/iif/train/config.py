@@ -334,7 +334,8 @@ def _merge(cfg: TrainConfig, data: Mapping) -> None:
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
-    """Apply ``section.key=value`` strings (value parsed by ``yaml.safe_load``) to ``cfg`` in place.
+    """Apply ``section.key=value`` strings (value parsed by ``yaml.safe_load``) to ``cfg`` in place, then
+    :func:`validate_config` the result.
 
     ``section.key.sub=value`` sets one entry of a dict field (e.g. ``model.kwargs.scale=16``).
     """
@@ -370,7 +371,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
             for p in parts[2:-1]:
                 target = target.setdefault(p, {})
             target[parts[-1]] = value
-    return cfg
+    return validate_config(cfg)
 
 
 def packaged_configs() -> list[str]:
@@ -408,9 +409,7 @@ def load_config(source: str | os.PathLike | Mapping | TrainConfig | None = None,
         _merge(cfg, dict(source))
     elif source is not None:
         _merge(cfg, _read_yaml_with_base(resolve_config_path(source)))
-    apply_overrides(cfg, overrides)
-    validate_config(cfg)
-    return cfg
+    return apply_overrides(cfg, overrides)  # validates
 
 
 def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
