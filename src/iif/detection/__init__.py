@@ -19,6 +19,14 @@ from .evaluation import (
 from .margins import METHODS, WHEN, CosineBoxClassifier, MarginBoxPredictor, use_margin
 from .models import ARCHS, DETECTION_PRESETS, build_detector, load_detector_checkpoint
 from .engine import DetectionSchedule, predict, train_detector
+from .data import (
+    DetectionDataset,
+    collate,
+    detections_to_results,
+    load_detection_dataset,
+    resolve_detection_data,
+    validate_annotations,
+)
 
 __all__: list[str] = []
 __all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count_false_positives",
@@ -26,3 +34,5 @@ __all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count
 __all__ += ["use_margin", "MarginBoxPredictor", "CosineBoxClassifier", "METHODS", "WHEN"]
 __all__ += ["build_detector", "load_detector_checkpoint", "ARCHS", "DETECTION_PRESETS", "train_detector", "predict",
             "DetectionSchedule"]
+__all__ += ["DetectionDataset", "load_detection_dataset", "validate_annotations", "collate", "detections_to_results",
+            "resolve_detection_data"]
