@@ -27,6 +27,7 @@ from .data import (
     resolve_detection_data,
     validate_annotations,
 )
+from .sampling import RepeatFactorSampler, repeat_factors
 
 __all__: list[str] = []
 __all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count_false_positives",
@@ -36,3 +37,4 @@ __all__ += ["build_detector", "load_detector_checkpoint", "ARCHS", "DETECTION_PR
             "DetectionSchedule"]
 __all__ += ["DetectionDataset", "load_detection_dataset", "validate_annotations", "collate", "detections_to_results",
             "resolve_detection_data"]
+__all__ += ["repeat_factors", "RepeatFactorSampler"]
