@@ -68,7 +68,7 @@ def test_repeat_factors_match_a_loop_on_a_random_json():
         cats_of[a["image_id"]].add(a["category_id"])
     f = {c["id"]: sum(c["id"] in s for s in cats_of.values()) / n_img for c in data["categories"]}
     expected = [max([1.0] + [max(1.0, math.sqrt(t / f[c])) for c in cats_of[int(i)]]) for i in ids]
-    assert min(expected) == 1.0 and max(expected) > 1.5  # the fixture exercises both cases
+    assert min(expected) == 1.0 and max(expected) > 1.2  # the fixture exercises both cases
     with warnings.catch_warnings():  # a category may have no image (warned by ClassFrequency)
         warnings.simplefilter("ignore")
         got = repeat_factors(data, t)
