@@ -80,14 +80,6 @@ def check_image(path: str) -> str | None:
         return "truncated" if "truncated" in text.lower() else f"corrupt ({text})"
 
 
-def _stat_key(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
 def _cache_file(folder: str, cache_dir: Path) -> Path:
     return cache_dir / (hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:24] + ".json")
 
@@ -140,17 +132,23 @@ def verify_images(paths: Iterable[str], *, cache: bool = True, cache_dir: str | 
     files = sorted({os.path.abspath(str(p)) for p in paths})
     if not files:
         return ImageCheck(0, 0, 0, 0.0, None)
-    folder = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+    # Sorted strings: every path lies between the first and the last, so those two share the common folder.
+    folder = os.path.commonpath([files[0], files[-1]]) if len(files) > 1 else os.path.dirname(files[0])
     cdir = Path(cache_dir) if cache_dir is not None else image_cache_dir()
     cfile = _cache_file(folder, cdir) if cache else None
     known = _load_cache(cfile, folder) if cfile is not None else {}
+    cut = len(folder.rstrip(os.sep)) + 1  # every file is under ``folder``: its relative path is a slice
     keys = {}
     todo = []
+    stat = os.stat
     for f in files:
-        key = _stat_key(f)
+        try:
+            st = stat(f)
+            key = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
         keys[f] = key
-        rel = os.path.relpath(f, folder)
-        if key is None or known.get(rel) != list(key):
+        if key is None or known.get(f[cut:]) != list(key):
             todo.append(f)
     n_workers = workers or min(8, os.cpu_count() or 1)
     if len(todo) > 32 and n_workers > 1:
@@ -162,7 +160,7 @@ def verify_images(paths: Iterable[str], *, cache: bool = True, cache_dir: str | 
     written = None
     if cfile is not None and todo:
         bad_set = {f for f, _ in bad}
-        good = {os.path.relpath(f, folder): list(keys[f]) for f in files if f not in bad_set and keys[f] is not None}
+        good = {f[cut:]: list(keys[f]) for f in files if f not in bad_set and keys[f] is not None}
         if _write_atomic(cfile, json.dumps({"version": _CACHE_VERSION, "folder": folder, "files": good},
                                            separators=(",", ":"))):
             written = str(cfile)
