@@ -209,6 +209,9 @@ CASES = {
     "train/decoupled-momentum-1": T("decoupled.momentum=1"),
     "train/nesterov-without-momentum": T("optim.nesterov=true", "optim.momentum=0"),
     "train/unknown-key": T("optim.lrr=0.1"),
+    "train/milestone-fraction": T("schedule.milestones=[0.5]"),
+    "train/adjuster-infinite-tau": T("strategy.name=posthoc", "posthoc.adjusters=[la:inf]"),
+    "train/options-not-a-mapping": T("data.options=5"),
     "train/override-bad-yaml": T("schedule.milestones=[3,"),
     "train/latin1-config": ["train", "{d}/latin1.yaml", "--quiet", "--out", "{d}/train_out"],
     "train/broken-yaml": ["train", "{d}/broken.yaml", "--quiet", "--out", "{d}/train_out"],
@@ -226,6 +229,8 @@ CASES = {
     "eval/folder-without-checkpoint": ["eval", "{d}/empty_dir"],
     "eval/missing": ["eval", "{d}/nope.pt"],
     "eval/weights-only-pt": ["eval", "{d}/weights.pt"],
+    "eval/batch-size-0": ["eval", "{d}/weights.pt", "--batch-size", "0"],
+    "eval/json-under-a-file": ["eval", "{d}/weights.pt", "--json", "{d}/a_file/m.json"],
     # iif bench
     "bench/seeds-0": ["bench", "--seeds", "0", "--out", "{d}/bench_out"],
     "bench/heads-unknown": ["bench", "--heads", "nope", "--out", "{d}/bench_out"],
@@ -247,6 +252,8 @@ EXPECT = {
     "stats/npy-label-2**62": "10,000,000",
     "posthoc/logits-pt": "zip archive",
     "bench/epochs-0": "'schedule.epochs'",
+    "eval/batch-size-0": "--batch-size",
+    "train/milestone-fraction": "'schedule.milestones'",
 }
 
 

@@ -26,8 +26,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import IIFError
     from ..train import evaluate_checkpoint
+    from ..errors import IIFError
     from ..train.logging import format_metrics_table, write_json
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise IIFError(f"--batch-size must be >= 1; got {args.batch_size}.")
     ckpt = Path(args.checkpoint)
     target = Path(args.json) if args.json else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{args.split}.json"
     if target.is_dir():  # checked before the (possibly long) evaluation

@@ -544,8 +544,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _at_least("schedule.epochs", s.epochs, 1, "10")
     _one_of("schedule.name", s.name, ("multistep", "cosine", "constant"))
     for i, ms in enumerate(s.milestones):
-        _check(isinstance(ms, int) and not isinstance(ms, bool) and 0 < ms < 2**31, f"schedule.milestones[{i}]", ms,
-               "a whole epoch number >= 1", "[30, 40]")
+        if not (isinstance(ms, int) and not isinstance(ms, bool) and 0 < ms < 2**31):
+            raise IIFError(f"config key 'schedule.milestones' must list whole epoch numbers >= 1; entry {i} is {ms!r}. "
+                           "Set e.g. schedule.milestones=[30,40].")
     _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number (lr factor at each milestone)", "0.1")
     _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", s.warmup_epochs,
            f"in [0, schedule.epochs={s.epochs}]", "5")
