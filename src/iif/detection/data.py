@@ -375,9 +375,9 @@ def _coco_source_class():
 
     Built on first use so that importing :mod:`iif.detection` does not import torchvision.datasets.
     """
-    global _CocoSource
-    if _CocoSource is not None:
-        return _CocoSource
+    global _COCO_SOURCE
+    if _COCO_SOURCE is not None:
+        return _COCO_SOURCE
     from PIL import Image
     from torchvision.datasets import CocoDetection, VisionDataset
 
@@ -404,12 +404,21 @@ def _coco_source_class():
             return [dict(a, category_id=self.label_of[a["category_id"]]) for a in self.coco.imgToAnns.get(id, [])
                     if not a.get("iscrowd", 0)]
 
+    # Pickled by reference as ``iif.detection.data._CocoSource`` (DataLoader workers under spawn/forkserver),
+    # which the module ``__getattr__`` below builds in a fresh process.
     CocoSource.__qualname__ = CocoSource.__name__ = "_CocoSource"
-    globals()["_CocoSource"] = CocoSource
+    CocoSource.__module__ = __name__
+    _COCO_SOURCE = CocoSource
     return CocoSource
 
 
-_CocoSource = None
+_COCO_SOURCE = None
+
+
+def __getattr__(name: str):
+    if name == "_CocoSource":
+        return _coco_source_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DetectionDataset(torch.utils.data.Dataset):
