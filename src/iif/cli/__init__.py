@@ -16,7 +16,7 @@ import sys
 from ..errors import IIFError
 
 # Sub-command modules, in the order ``iif --help`` lists them.
-COMMANDS = ("stats", "weights", "train", "eval", "bench", "posthoc")
+COMMANDS = ("stats", "weights", "train", "eval", "bench", "posthoc", "det-data")
 
 
 # Errors the CLI boundary turns into one line on stderr and exit status 2 (the library raises IIFError for bad
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iif", description="Inverse Image Frequency for long-tailed image recognition.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub)  # det-data -> det_data
     return parser
 
 

@@ -28,6 +28,7 @@ from .data import (
     validate_annotations,
 )
 from .sampling import RepeatFactorSampler, repeat_factors
+from .synthetic import make_benchmark, validate_benchmark
 
 __all__: list[str] = []
 __all__ += ["evaluate_lvis", "evaluate_coco", "tail_k_ap", "tide_errors", "count_false_positives",
@@ -38,3 +39,4 @@ __all__ += ["build_detector", "load_detector_checkpoint", "ARCHS", "DETECTION_PR
 __all__ += ["DetectionDataset", "load_detection_dataset", "validate_annotations", "collate", "detections_to_results",
             "resolve_detection_data"]
 __all__ += ["repeat_factors", "RepeatFactorSampler"]
+__all__ += ["make_benchmark", "validate_benchmark"]

