@@ -126,10 +126,6 @@ def _duplicates(ids: np.ndarray) -> list[int]:
     return np.unique(s[1:][s[1:] == s[:-1]]).tolist()
 
 
-def _where(mask: np.ndarray, ids: Sequence[Any]) -> list[Any]:
-    return [ids[i] for i in np.flatnonzero(mask)]
-
-
 def image_paths(images: Sequence[Mapping[str, Any]], image_root: PathLike) -> list[str | None]:
     """The file of each json image under ``image_root`` (None where the image names no file).
 
@@ -242,23 +238,29 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                  "write each image's pixel size into the json")
 
     ann_ids, bad_ann = _int_ids(_field(anns, "id"))
-    shown_ann: list[Any] = [int(a) if not b else f"annotations[{i}]" for i, (a, b) in enumerate(zip(ann_ids, bad_ann))]
+
+    def shown_ann(mask_or_positions) -> list[Any]:
+        """Annotation ids to name (``annotations[k]`` where the id itself is bad)."""
+        pos = np.asarray(mask_or_positions)
+        pos = np.flatnonzero(pos) if pos.dtype == bool else pos.astype(np.int64)
+        return [f"annotations[{k}]" if bad_ann[k] else int(ann_ids[k]) for k in pos.tolist()]
+
     problems.add(np.flatnonzero(bad_ann).tolist(), "annotations have no integer 'id'",
                  "give every annotation an integer id", label="positions")
     problems.add(_duplicates(ann_ids[~bad_ann]), "annotation ids are duplicated", "annotation ids must be unique")
 
     ann_cat, bad_c = _int_ids(_field(anns, "category_id"))
     ann_img, bad_i = _int_ids(_field(anns, "image_id"))
-    problems.add(_where(bad_c | bad_i, shown_ann), "annotations have no integer 'category_id'/'image_id'",
+    problems.add(shown_ann(bad_c | bad_i), "annotations have no integer 'category_id'/'image_id'",
                  "every annotation needs both")
     unknown_cat = ~bad_c & ~np.isin(ann_cat, cat_ids)
-    problems.add(_where(unknown_cat, shown_ann),
+    problems.add(shown_ann(unknown_cat),
                  f"annotations have a category_id missing from 'categories' (category ids "
                  f"{', '.join(map(str, np.unique(ann_cat[unknown_cat])[:_SHOW].tolist()))})",
                  "add those categories or remove the annotations", label="annotation ids")
     good_img_ids = img_ids[~bad_img]
     unknown_img = ~bad_i & ~np.isin(ann_img, good_img_ids)
-    problems.add(_where(unknown_img, shown_ann),
+    problems.add(shown_ann(unknown_img),
                  f"annotations point at image ids missing from 'images' (image ids "
                  f"{', '.join(map(str, np.unique(ann_img[unknown_img])[:_SHOW].tolist()))})",
                  "add those images or remove the annotations", label="annotation ids")
@@ -279,44 +281,49 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                            dtype=bool)
         box_arr = np.array([b if not bb else [0.0, 0.0, 1.0, 1.0] for b, bb in zip(boxes, bad_box)],
                            dtype=np.float64).reshape(-1, 4)
-        problems.add(_where(bad_box, shown_ann), "annotations have a 'bbox' that is not 4 finite numbers",
+        problems.add(shown_ann(bad_box), "annotations have a 'bbox' that is not 4 finite numbers",
                      "write boxes as [x, y, width, height]", label="annotation ids")
     nonpos = (box_arr[:, 2] <= 0) | (box_arr[:, 3] <= 0)
-    problems.add(_where(nonpos, shown_ann), "boxes have width or height <= 0",
+    problems.add(shown_ann(nonpos), "boxes have width or height <= 0",
                  "drop these annotations or fix their [x, y, width, height]", label="annotation ids")
 
     # ---- segmentations against their image's size
-    size_of: dict[int, tuple[Any, Any]] = {int(i): (h, w) for i, w, h, b in zip(img_ids, widths, heights, bad_img)
-                                           if not b}
+    size_of: dict[int, tuple[int, int]] = {int(i): (h, w) for i, w, h, b in zip(img_ids, widths, heights, bad_img)
+                                           if not b and _is_int(w) and _is_int(h)}
+    ann_img_list: list[Any] = ann_img.tolist()
+    if bad_i.any():
+        ann_img_list = [None if b else v for v, b in zip(ann_img_list, bad_i.tolist())]
     bad_seg_type, outside, rle_size = [], [], []
-    for k, a in enumerate(anns):
+    for k, (a, iid) in enumerate(zip(anns, ann_img_list)):
         seg = a.get("segmentation")
         if seg is None:
             continue
-        hw = size_of.get(int(ann_img[k])) if not bad_i[k] else None
-        h, w = hw if hw is not None else (None, None)
-        sized = _is_int(h) and _is_int(w)
+        hw = size_of.get(iid)  # None: unknown image or size, reported above; the shape is still checked
         if type(seg) is list:
             try:
                 for poly in seg:
-                    xs, ys = poly[0::2], poly[1::2]
                     if len(poly) < 6 or len(poly) % 2:
                         raise TypeError
-                    if sized and (min(xs) < -POLYGON_SLACK or min(ys) < -POLYGON_SLACK
-                                  or max(xs) > w + POLYGON_SLACK or max(ys) > h + POLYGON_SLACK):
-                        outside.append(shown_ann[k])
-                        break
+                    if hw is not None:
+                        xs, ys = poly[0::2], poly[1::2]
+                        if (min(xs) < -POLYGON_SLACK or min(ys) < -POLYGON_SLACK
+                                or max(xs) > hw[1] + POLYGON_SLACK or max(ys) > hw[0] + POLYGON_SLACK):
+                            outside.append(k)
+                            break
+                    elif not all(_is_num(v) for v in poly):
+                        raise TypeError
             except TypeError:
-                bad_seg_type.append(shown_ann[k])
+                bad_seg_type.append(k)
         elif type(seg) is dict:
             size = seg.get("size")
             if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) for s in size)) or not isinstance(
                     seg.get("counts"), (str, list)):
-                bad_seg_type.append(shown_ann[k])
-            elif sized and (size[0] != h or size[1] != w):
-                rle_size.append(shown_ann[k])
+                bad_seg_type.append(k)
+            elif hw is not None and (size[0] != hw[0] or size[1] != hw[1]):
+                rle_size.append(k)
         else:
-            bad_seg_type.append(shown_ann[k])
+            bad_seg_type.append(k)
+    bad_seg_type, outside, rle_size = shown_ann(bad_seg_type), shown_ann(outside), shown_ann(rle_size)
     problems.add(bad_seg_type, "annotations have a 'segmentation' that is neither polygons nor an RLE dict",
                  "write polygons as [[x1, y1, x2, y2, x3, y3, ...], ...] or RLE as {'size': [h, w], 'counts': ...}",
                  label="annotation ids")
