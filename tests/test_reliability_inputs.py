@@ -237,6 +237,9 @@ CASES = {
     "bench/dataset-unknown": ["bench", "--dataset", "nope", "--out", "{d}/bench_out"],
     "bench/out-is-file": ["bench", "--quick", "--out", "{d}/a_file"],
     "bench/epochs-0": ["bench", "schedule.epochs=0", "--quick", "--out", "{d}/bench_out"],
+    "bench/threads-0": ["bench", "--threads", "0", "--out", "{d}/bench_out"],
+    "bench/many-negative": ["bench", "--many", "-1", "--out", "{d}/bench_out"],
+    "bench/device-unknown": ["bench", "--device", "foo", "--quick", "--out", "{d}/bench_out"],
     "bench/lr-negative": ["bench", "optim.lr=-1", "--quick", "--out", "{d}/bench_out"],
 }
 

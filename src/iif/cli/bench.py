@@ -43,7 +43,11 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.runner import run_bench
+    from ..errors import IIFError
 
+    for flag, value in (("--threads", args.threads), ("--many", args.many), ("--few", args.few)):
+        if value is not None and value < (1 if flag == "--threads" else 0):
+            raise IIFError(f"{flag} must be >= {1 if flag == '--threads' else 0}; got {value}.")
     run_bench(dataset=args.dataset, config=args.config, seeds=args.seeds, out=args.out, quick=args.quick,
               heads=args.heads.split(","), force=args.force, device=args.device, overrides=args.overrides,
               many=args.many, few=args.few, plots=not args.no_plots, threads=args.threads)

@@ -135,7 +135,10 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     name = "auto" if name is None else str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise IIFError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N (e.g. cuda:1).") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise IIFError("runtime.device is cuda but no CUDA device is available; use --device cpu.")
     return dev
