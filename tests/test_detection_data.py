@@ -414,3 +414,14 @@ def test_resolve_refuses_other_folders(tmp_path):
         resolve_detection_data(tmp_path)
     with pytest.raises(IIFError, match="not a directory"):
         resolve_detection_data(tmp_path / "nope")
+
+
+def test_polygon_slack_boundary(tmp_path):
+    # Image 1 is 40 x 30: vertices may lie 1 px (max(1, 2% of the side)) outside, no further.
+    path, images, _ = make_coco(tmp_path)
+    ann = json.loads(path.read_text())
+    ann["annotations"][0]["segmentation"] = [[-1, -1, 41, -1, 41, 31, -1, 31]]
+    validate_annotations(ann, images)
+    ann["annotations"][0]["segmentation"] = [[-1, -1, 41.5, -1, 41, 31, -1, 31]]
+    with pytest.raises(IIFError, match=r"1 polygons have points outside .*annotation ids 11\)"):
+        validate_annotations(ann, images)

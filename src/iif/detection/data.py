@@ -52,9 +52,11 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-# A polygon point may lie this many pixels outside the image before it counts as not fitting it (COCO and
-# LVIS polygons touch the border at x = width; rounding of exported polygons moves points by well under 1 px).
-POLYGON_SLACK = 1.0
+# A polygon point may lie up to this far outside the image (fraction of the image side, at least 1 px) before
+# the mask counts as not fitting it: polygons touch the border at x = width, annotation tools leave vertices a
+# pixel or two past it, and pycocotools clips them when rasterising. A mask drawn for another image size
+# (the error this check is for) misses by far more.
+POLYGON_SLACK = 0.02
 _SHOW = 5  # ids named per problem
 
 
@@ -189,8 +191,9 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
     * duplicate image, annotation or category ids;
     * annotations whose ``category_id`` is not in ``categories`` or whose ``image_id`` is not in ``images``;
     * boxes with width or height <= 0;
-    * segmentations that do not fit their image: a polygon point more than :data:`POLYGON_SLACK` pixel outside
-      ``[0, width] x [0, height]``, or an RLE whose ``size`` is not ``[height, width]``;
+    * segmentations that do not fit their image: a polygon vertex outside ``[0, width] x [0, height]`` by more
+      than :data:`POLYGON_SLACK` (2%) of that side (at least 1 px), or an RLE whose ``size`` is not
+      ``[height, width]``;
     * with ``image_root``: images that name no file (neither ``file_name`` nor ``coco_url``) or whose file is
       missing (see :func:`image_paths`; one directory listing per folder, so 100k images take a fraction of a
       second).
@@ -288,8 +291,12 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                  "drop these annotations or fix their [x, y, width, height]", label="annotation ids")
 
     # ---- segmentations against their image's size
-    size_of: dict[int, tuple[int, int]] = {int(i): (h, w) for i, w, h, b in zip(img_ids, widths, heights, bad_img)
-                                           if not b and _is_int(w) and _is_int(h)}
+    # image id -> (lowest, highest y, lowest, highest x a polygon vertex may have, height, width)
+    size_of: dict[int, tuple[float, ...]] = {}
+    for i, w, h, b in zip(img_ids.tolist(), widths, heights, bad_img.tolist()):
+        if not b and _is_int(w) and _is_int(h):
+            sy, sx = max(1.0, POLYGON_SLACK * h), max(1.0, POLYGON_SLACK * w)
+            size_of[i] = (-sy, h + sy, -sx, w + sx, h, w)
     ann_img_list: list[Any] = ann_img.tolist()
     if bad_i.any():
         ann_img_list = [None if b else v for v, b in zip(ann_img_list, bad_i.tolist())]
@@ -306,8 +313,7 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                         raise TypeError
                     if hw is not None:
                         xs, ys = poly[0::2], poly[1::2]
-                        if (min(xs) < -POLYGON_SLACK or min(ys) < -POLYGON_SLACK
-                                or max(xs) > hw[1] + POLYGON_SLACK or max(ys) > hw[0] + POLYGON_SLACK):
+                        if min(ys) < hw[0] or max(ys) > hw[1] or min(xs) < hw[2] or max(xs) > hw[3]:
                             outside.append(k)
                             break
                     elif not all(_is_num(v) for v in poly):
@@ -319,7 +325,7 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
             if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) for s in size)) or not isinstance(
                     seg.get("counts"), (str, list)):
                 bad_seg_type.append(k)
-            elif hw is not None and (size[0] != hw[0] or size[1] != hw[1]):
+            elif hw is not None and (size[0] != hw[4] or size[1] != hw[5]):
                 rle_size.append(k)
         else:
             bad_seg_type.append(k)
@@ -327,7 +333,8 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
     problems.add(bad_seg_type, "annotations have a 'segmentation' that is neither polygons nor an RLE dict",
                  "write polygons as [[x1, y1, x2, y2, x3, y3, ...], ...] or RLE as {'size': [h, w], 'counts': ...}",
                  label="annotation ids")
-    problems.add(outside, f"polygons have points outside their image (more than {POLYGON_SLACK:g} px)",
+    problems.add(outside, f"polygons have points outside their image (by more than {POLYGON_SLACK:.0%} of its "
+                 "side, or 1 px)",
                  "check the images' width/height and the polygons' coordinates", label="annotation ids")
     problems.add(rle_size, "RLE masks have a 'size' other than their image's [height, width]",
                  "re-encode the masks at the image size or fix the image's width/height", label="annotation ids")
