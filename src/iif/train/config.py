@@ -533,7 +533,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _check(_finite(lo.label_smoothing) and 0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing,
            "in [0, 1)", "0.1")
     # optim
-    _pos("optim.lr", o.lr, "0.1")
+    # lr = 0 is allowed: it freezes the weights while BatchNorm statistics still update (a diagnostic).
+    _nonneg("optim.lr", o.lr, "0.1")
     _momentum("optim.momentum", o.momentum)
     _nonneg("optim.weight_decay", o.weight_decay, "5e-4")
     if o.nesterov and o.momentum == 0:
@@ -556,7 +557,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _one_of("strategy.name", cfg.strategy.name, ("e2e", "decoupled", "posthoc"))
     # decoupled (stage 2)
     _at_least("decoupled.epochs", dc.epochs, 1, "10")
-    _pos("decoupled.lr", dc.lr, "1e-4")
+    _nonneg("decoupled.lr", dc.lr, "1e-4")
     _momentum("decoupled.momentum", dc.momentum)
     _nonneg("decoupled.weight_decay", dc.weight_decay, "1e-4")
     if dc.batch_size is not None:
