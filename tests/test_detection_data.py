@@ -8,7 +8,6 @@ import contextlib
 import copy
 import io
 import json
-import warnings
 
 import numpy as np
 import pytest

@@ -80,7 +80,8 @@ def test_repeat_factors_bad_input():
         repeat_factors(ANN, threshold=0)
     with pytest.raises(IIFError, match="threshold"):
         repeat_factors(ANN, threshold=float("nan"))
-    bad = {**ANN, "annotations": ANN["annotations"] + [{"id": 9, "image_id": 10, "category_id": 77, "bbox": [0, 0, 1, 1]}]}
+    extra = {"id": 9, "image_id": 10, "category_id": 77, "bbox": [0, 0, 1, 1]}
+    bad = {**ANN, "annotations": ANN["annotations"] + [extra]}
     with pytest.raises(IIFError, match="77"):
         repeat_factors(bad)
 

@@ -29,7 +29,6 @@ import contextlib
 import io
 import math
 import os
-from collections import defaultdict
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -179,7 +178,8 @@ def _missing_files(paths: Sequence[str]) -> np.ndarray:
     return missing
 
 
-def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = None, *, source: str = "annotations") -> None:
+def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = None, *,
+                         source: str = "annotations") -> None:
     """Check a COCO/LVIS instances json before training; raise one :class:`IIFError` listing every problem.
 
     Each kind of problem is one part of the message with its count, the first ids and the fix:
