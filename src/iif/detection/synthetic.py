@@ -55,6 +55,7 @@ to generate (``benchmarks`` numbers in the module's tests and the ``iif det-data
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -67,7 +68,7 @@ import numpy as np
 
 from ..errors import IIFError
 
-__all__ = ["make_benchmark", "validate_benchmark", "CATEGORIES", "GENERATOR_VERSION", "BENCHMARK_FORMAT",
+__all__ = ["make_benchmark", "validate_benchmark", "generate", "CATEGORIES", "GENERATOR_VERSION", "BENCHMARK_FORMAT",
            "DEFAULTS", "minimum_num_train"]
 
 #: Bumped whenever the same seed and options would give different files.
@@ -86,6 +87,7 @@ _MIN_VAL_IMAGES_PER_CATEGORY = 10
 _MIN_VISIBLE = 0.5  # every object keeps at least this fraction of its own pixels visible
 _CROP_THRESHOLD = 30  # source pixels above this (of 255) define the object's tight crop
 _MASK_THRESHOLD = 60  # resized pixels above this (holes filled) are the object
+_NOISY_SCENES = 0.25  # fraction of scenes with pixel noise over everything
 _SPLIT_CODES = {"train": 0, "val": 1}
 _FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}  # disjoint ids, so train and val jsons never collide
 _FIRST_ANN_ID = {"train": 1, "val": 10_000_001}
@@ -200,6 +202,21 @@ def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict
     return out
 
 
+def _check_sources(sources: Any) -> None:
+    for dataset in (FASHION, MNIST):
+        arrays = sources.get(dataset) if isinstance(sources, dict) else None
+        ok = isinstance(arrays, (tuple, list)) and len(arrays) == 4
+        if ok:
+            for images, labels in (arrays[0:2], arrays[2:4]):
+                images, labels = np.asarray(images), np.asarray(labels)
+                ok = ok and (images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
+                             and labels.shape == (images.shape[0],) and set(range(10)) <= set(labels.tolist()))
+        if not ok:
+            raise IIFError(f"sources[{dataset!r}] must be (train_images, train_labels, test_images, test_labels) "
+                           "with uint8 (N, 28, 28) images and labels covering 0..9, as "
+                           "iif.data.mnist.load_mnist_arrays returns them; pass sources=None to load them.")
+
+
 class _SourcePool:
     """Source images of one split, handed out per class in a seeded order, each once (until exhausted)."""
 
@@ -286,7 +303,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     from PIL import Image
 
     kind = int(rng.integers(4))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(max(size - 1, 1))
+    yy, xx = _grid(size)
     c0, c1 = rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)
     if kind == 0:  # linear gradient
         theta = rng.random() * 2 * np.pi
@@ -302,11 +319,16 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
         freq = rng.uniform(2, 12)
         t = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.random() * 6.3)
         img = c0 + (c1 - c0) * t[..., None]
-    else:  # flat colour, heavier noise below
-        img = np.broadcast_to(c0, (size, size, 3)).copy()
-    sigma = np.float32(rng.uniform(0.02, 0.08) if kind == 3 else rng.uniform(0.0, 0.04))
-    img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    else:  # flat colour with pixel noise (noise is kept to this kind and some scenes: noisy PNGs are large)
+        sigma = np.float32(rng.uniform(0.02, 0.08))
+        img = c0 + sigma * rng.standard_normal((size, size, 3), dtype=np.float32)
     return np.clip(img, 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(max(size - 1, 1))
+    return yy, xx
 
 
 def _glyph(src: np.ndarray, long_side: int, flip: bool, fill: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -404,7 +426,8 @@ def _place(masks_full: list[np.ndarray], visible: list[np.ndarray], areas: list[
 
 
 def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: np.random.Generator):
-    """Draw one scene: ``(uint8 (size, size, 3) image, [(category index, source index, visible mask)])``."""
+    """Draw one scene: ``(uint8 (size, size, 3) image, [(category index, source index, visible mask)],
+    [unoccluded mask area per object])``."""
     img = _background(size, rng)
     img = _clutter(img, size, pool.images, rng)
     lo, hi = size / 8.0, size * 3.0 / 8.0
@@ -446,10 +469,10 @@ def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: n
         visible.append(full.copy())
         areas.append(int(mask.sum()))
         drawn.append((c, src_index))
-    sigma = np.float32(rng.uniform(0.0, 0.02))
-    img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    if rng.random() < _NOISY_SCENES:  # sensor-like noise over the whole scene
+        img = img + np.float32(rng.uniform(0.005, 0.03)) * rng.standard_normal(img.shape, dtype=np.float32)
     out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-    return out, [(c, s, v) for (c, s), v in zip(drawn, visible)]
+    return out, [(c, s, v) for (c, s), v in zip(drawn, visible)], areas
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -545,6 +568,7 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
     _check_options(seed, image_size, num_train, num_val, neg_fraction)
     if sources is None:
         sources = _load_sources(source_root, download)
+    _check_sources(sources)
     train_counts = _train_image_counts(int(num_train))
     val_counts = np.full(len(CATEGORIES), _val_images_per_category(int(num_val)), dtype=np.int64)
     results: dict[str, Any] = {}
@@ -556,7 +580,7 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
         plan = _plan_split(split, counts, n, pool, plan_rng)
         files, scenes = [], []
         for i, objects in enumerate(plan):
-            img, drawn = _render(objects, int(image_size), pool, np.random.default_rng([int(seed), code, 1, i]))
+            img, drawn, _ = _render(objects, int(image_size), pool, np.random.default_rng([int(seed), code, 1, i]))
             files.append((f"{_FIRST_IMAGE_ID[split] + i:012d}.png", _png_bytes(img)))
             scenes.append(drawn)
         rendered[split] = (files, scenes)
@@ -605,7 +629,8 @@ def _summary(seed, image_size, num_train, num_val, neg_fraction, results) -> dic
 
 def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 128, num_train: int = 2000,
                    num_val: int = 400, neg_fraction: float = 1.0, source_root: str | os.PathLike | None = None,
-                   download: bool = False, force: bool = False) -> dict[str, Any]:
+                   download: bool = False, force: bool = False,
+                   sources: dict[str, tuple[np.ndarray, ...]] | None = None) -> dict[str, Any]:
     """Write the benchmark into the new folder ``out`` and return its summary (``BENCHMARK.json``'s content).
 
     Args:
@@ -617,6 +642,9 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
         neg_fraction: fraction of each image's absent categories listed in ``neg_category_ids`` (1: all, so
             every false positive is counted by the LVIS evaluation).
         source_root, download: where to find Fashion-MNIST / MNIST when they are not installed.
+        force: replace an earlier ``iif`` output in ``out``.
+        sources: preloaded ``{"fashion-mnist": arrays, "mnist": arrays}`` (each ``(train_images, train_labels,
+            test_images, test_labels)``, uint8 28x28 images) instead of loading them.
 
     The folder is built in a staging folder and renamed into place when complete (``iif.outputs.OutputFolder``),
     so ``out`` never holds half a benchmark.
@@ -626,7 +654,8 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
     _check_options(seed, image_size, num_train, num_val, neg_fraction)
     folder = OutputFolder(out, command="det-data", force=force)  # refuses a used --out before any work
     results, summary = generate(seed, image_size=image_size, num_train=num_train, num_val=num_val,
-                                neg_fraction=neg_fraction, source_root=source_root, download=download)
+                                neg_fraction=neg_fraction, sources=sources, source_root=source_root,
+                                download=download)
     with folder as staging:
         (staging / "annotations").mkdir()
         for split in ("train", "val"):
