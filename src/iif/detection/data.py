@@ -280,8 +280,8 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
     if box_arr is not None and not np.isfinite(box_arr).all():
         box_arr = None
     if box_arr is None:
-        bad_box = np.array([not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)) for b in boxes],
-                           dtype=bool)
+        bad_box = np.array([not (isinstance(b, (list, tuple)) and len(b) == 4 and all(_is_num(v) for v in b))
+                            for b in boxes], dtype=bool)
         box_arr = np.array([b if not bb else [0.0, 0.0, 1.0, 1.0] for b, bb in zip(boxes, bad_box)],
                            dtype=np.float64).reshape(-1, 4)
         problems.add(shown_ann(bad_box), "annotations have a 'bbox' that is not 4 finite numbers",
