@@ -59,6 +59,9 @@ def inputs(tmp_path_factory):
     w("counts_groups.json", json.dumps({**freq, "groups": 7}))
     w("counts_float_big.json", json.dumps({**freq, "image_counts": [1e300, 1]}))
     w("coco_bad.json", json.dumps({"categories": {"id": 1}, "annotations": []}))
+    w("coco_id_2_70.json", json.dumps({"categories": [{"id": 1}], "images": [{"id": 1}],
+                                       "annotations": [{"image_id": 1, "category_id": 2**70}]}))
+    w("nested.json", "[" * 100_000 + "]" * 100_000)
     np.save(d / "label_huge.npy", np.array([2**62, 0]))
     np.save(d / "label_float.npy", np.array([1e300, 0.0]))
     np.save(d / "label_str.npy", np.array(["a", "b", "c", "d"]))
@@ -140,6 +143,8 @@ CASES = {
     "stats/counts-groups-int": ["stats", "{d}/counts_groups.json"],
     "stats/counts-float-huge": ["stats", "{d}/counts_float_big.json"],
     "stats/coco-categories-dict": ["stats", "{d}/coco_bad.json"],
+    "stats/coco-id-beyond-int64": ["stats", "{d}/coco_id_2_70.json"],
+    "stats/json-nested-100k-deep": ["stats", "{d}/nested.json"],
     "stats/npy-label-2**62": ["stats", "{d}/label_huge.npy"],
     "stats/npy-label-1e300": ["stats", "{d}/label_float.npy"],
     "stats/npy-strings": ["stats", "{d}/label_str.npy"],
@@ -186,6 +191,7 @@ CASES = {
     "posthoc/counts-null": [*P[:5], "--counts", "{d}/counts_null.json"],
     "posthoc/counts-latin1": [*P[:5], "--counts", "{d}/latin1.lst"],
     "posthoc/counts-truncated-json": [*P[:5], "--counts", "{d}/truncated.json"],
+    "posthoc/counts-nested-100k-deep": [*P[:5], "--counts", "{d}/nested.json"],
     "posthoc/counts-saved-wrong-types": [*P[:5], "--counts", "{d}/counts_names.json"],
     "posthoc/val-logits-alone": [*P, "--val-logits", "{d}/logits.npy"],
     "posthoc/few-above-many": [*P, "--many", "5", "--few", "10"],
@@ -253,6 +259,7 @@ EXPECT = {
     "train/list-latin1": "not UTF-8",
     "stats/label-in-billions": "10,000,000",
     "stats/npy-label-2**62": "10,000,000",
+    "stats/coco-id-beyond-int64": "category_id",
     "posthoc/logits-pt": "zip archive",
     "bench/epochs-0": "'schedule.epochs'",
     "eval/batch-size-0": "--batch-size",

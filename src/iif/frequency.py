@@ -124,6 +124,8 @@ def _read_json(path: PathLike) -> Any:
         ) from None
     except UnicodeDecodeError as exc:
         raise IIFError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); is this really a json file?") from None
+    except RecursionError:
+        raise IIFError(f"{path}: JSON nested too deeply to read; the file is corrupt or not an annotation/counts file.") from None
 
 
 def _read_text_lines(path: PathLike) -> list[str]:
@@ -153,8 +155,10 @@ def _int_column(items: list, key: str, what: str, source: str) -> np.ndarray:
         for i, v in enumerate(values):
             if not (isinstance(v, int) and not isinstance(v, bool)):
                 raise IIFError(
-                    f"{source}: {what}[{i}][{key!r}] is {v!r}, not an integer id; fix the annotation file."
+                    f"{source}: {what}[{i}][{key!r}] is {v!r:.60}, not an integer id; fix the annotation file."
                 )
+            if not -(2**63) <= v < 2**63:
+                raise IIFError(f"{source}: {what}[{i}][{key!r}] is {v:.6g}, too large for a 64-bit id; fix the annotation file.")
     return arr.astype(np.int64, copy=False)
 
 

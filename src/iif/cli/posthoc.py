@@ -51,8 +51,8 @@ def load_counts(path: str) -> tuple[np.ndarray, float | None]:
         raise IIFError(f"counts file {path} does not exist; pass a JSON list of per-class training counts or a ClassFrequency json.")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IIFError(f"counts file {path} is not valid JSON ({exc}); write e.g. [500, 120, 7].") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise IIFError(f"counts file {path} is not valid JSON ({str(exc) or 'nested too deeply'}); write e.g. [500, 120, 7].") from None
     if isinstance(data, dict):
         freq = ClassFrequency.load(p)
         return freq.image_counts.astype(np.float64), freq.default_total("image")
