@@ -4,15 +4,20 @@ Builds a LVIS-v1-like annotation json in memory (100,170 images with ``coco_url`
 1,270,141 instances with boxes and an 8-point polygon each, 1,203 long-tailed categories), serialises it
 to a string, then times (best of N, same run): ``json.loads`` of that string, ``ClassFrequency.from_coco``,
 ``iif.detection.repeat_factors`` and ``iif.detection.validate_annotations`` (without image files) on the
-loaded dict, and prints each time and its ratio to ``json.loads``.
+loaded dict, and prints each time and its ratio to ``json.loads``. With ``--files`` it also writes one empty
+file per image into a temp ``train2017/`` folder and times the missing-file check of ``validate_annotations``
+(paths from ``coco_url``, one directory listing, set look-ups).
 
     python benchmarks/bench_repeat_factors.py [--images 100170] [--instances 1270141] [--classes 1203] [--repeat 3]
+                                              [--files]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 import warnings
 
@@ -20,6 +25,7 @@ import numpy as np
 
 from iif import ClassFrequency
 from iif.detection import repeat_factors, validate_annotations
+from iif.detection.data import _missing_files, image_paths
 
 
 def synthesise(num_images: int, num_instances: int, num_classes: int, seed: int = 0) -> dict:
@@ -62,6 +68,7 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1_270_141)
     ap.add_argument("--classes", type=int, default=1_203)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--files", action="store_true", help="also time the images-on-disk check")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -88,6 +95,17 @@ def main() -> None:
     for name, t in rows:
         print(f"{name:26s} {t:7.2f} s   {t / t_load:5.2f} x json.loads")
     print(f"repeat factors: mean {r.mean():.3f}, max {r.max():.2f}, images with r > 1: {(r > 1).mean():.1%}")
+    if args.files:
+        with tempfile.TemporaryDirectory() as root:
+            os.mkdir(os.path.join(root, "train2017"))
+            for i in range(args.images):
+                open(os.path.join(root, "train2017", f"{i:012d}.jpg"), "wb").close()
+
+            def check_files():
+                missing = _missing_files(image_paths(data["images"], root))
+                assert not missing.any()
+
+            print(f"{'images on disk check':26s} {best(check_files, args.repeat):7.2f} s   ({args.images} files)")
 
 
 if __name__ == "__main__":

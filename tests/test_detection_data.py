@@ -30,6 +30,9 @@ from iif.detection import (
 from iif.detection.data import image_paths
 from iif.errors import IIFError
 
+# pycocotools' mask.decode under numpy 2 (called by torchvision's wrapper), not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 # Categories listed out of id order: sorted ids 5 (apple), 9 (cup), 20 (zebra) -> labels 1, 2, 3.
 CATEGORIES = [{"id": 20, "name": "zebra"}, {"id": 5, "name": "apple"}, {"id": 9, "name": "cup"}]
 SIZES = {1: (30, 40), 2: (24, 32), 3: (20, 20), 4: (16, 16)}  # image id -> (height, width)
