@@ -292,7 +292,8 @@ def test_wrong_json_types(tmp_path):
         validate_annotations([])
     with pytest.raises(IIFError, match="'annotations' is a dict.*no 'categories'"):
         validate_annotations({"images": [], "annotations": {}})
-    ann = {"images": [{"id": "1", "width": 4, "height": 4}, {"id": 2, "width": 0, "height": 4}, 5],
+    ann = {"images": [{"id": "1", "width": 4, "height": 4}, {"id": 2, "width": 0, "height": 4}, 5,
+                      {"id": 3, "width": 4.0, "height": 4}, {"id": 6, "width": 4.5, "height": 4}],
            "categories": [{"id": 1}, {"id": 1}],
            "annotations": [{"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1]},
                            {"id": 4, "image_id": 2, "category_id": 1.5, "bbox": [0, 0, 1, 1]}]}
@@ -302,7 +303,7 @@ def test_wrong_json_types(tmp_path):
     assert "entries of 'images' are not JSON objects (positions 2)" in msg
     assert "images have no integer 'id' (positions 0)" in msg
     assert "category ids are duplicated (ids 1)" in msg
-    assert "no positive integer 'width'/'height' (ids 2)" in msg
+    assert "no positive whole-number 'width'/'height' (ids 2, 6)" in msg
     assert "no integer 'category_id'/'image_id' (ids 4)" in msg
 
 

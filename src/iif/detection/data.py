@@ -99,6 +99,11 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_size(v: Any) -> bool:
+    """A positive whole number of pixels (``640`` or ``640.0``, as some converters write)."""
+    return _is_num(v) and v > 0 and float(v).is_integer()
+
+
 def _field(items: list[dict], key: str) -> list[Any]:
     """``item.get(key)`` for every item in one C-level pass when every item has it."""
     try:
@@ -185,7 +190,7 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
     Each kind of problem is one part of the message with its count, the first ids and the fix:
 
     * wrong JSON types: ``images``/``annotations``/``categories`` not lists of objects, ids that are not
-      integers, image ``width``/``height`` that are not positive integers, a ``bbox`` that is not four finite
+      integers, image ``width``/``height`` that are not positive whole numbers, a ``bbox`` that is not four finite
       numbers, a ``segmentation`` that is neither polygons (lists of an even number, >= 6, of numbers) nor an
       RLE dict with ``size`` and ``counts``;
     * duplicate image, annotation or category ids;
@@ -236,8 +241,8 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
     problems.add(_duplicates(img_ids[~bad_img]), "image ids are duplicated", "image ids must be unique")
     widths, heights = _field(images, "width"), _field(images, "height")
     bad_size = [int(i) for i, w, h, b in zip(img_ids, widths, heights, bad_img)
-                if not b and not (_is_int(w) and _is_int(h) and w > 0 and h > 0)] if images else []
-    problems.add(bad_size, "images have no positive integer 'width'/'height'",
+                if not b and not (_is_size(w) and _is_size(h))] if images else []
+    problems.add(bad_size, "images have no positive whole-number 'width'/'height'",
                  "write each image's pixel size into the json")
 
     ann_ids, bad_ann = _int_ids(_field(anns, "id"))
@@ -294,7 +299,8 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
     # image id -> (lowest, highest y, lowest, highest x a polygon vertex may have, height, width)
     size_of: dict[int, tuple[float, ...]] = {}
     for i, w, h, b in zip(img_ids.tolist(), widths, heights, bad_img.tolist()):
-        if not b and _is_int(w) and _is_int(h):
+        if not b and _is_size(w) and _is_size(h):
+            h, w = int(h), int(w)
             sy, sx = max(1.0, POLYGON_SLACK * h), max(1.0, POLYGON_SLACK * w)
             size_of[i] = (-sy, h + sy, -sx, w + sx, h, w)
     ann_img_list: list[Any] = ann_img.tolist()
