@@ -93,6 +93,7 @@ def inputs(tmp_path_factory):
     w("latin1.yaml", b"optim:\n  lr: 0.1 # caf\xe9\n")
     w("broken.yaml", "optim: [\n")
     w("list.yaml", "- 1\n- 2\n")
+    w("deep.yaml", "optim: " + "[" * 50_000 + "]" * 50_000 + "\n")
     # An ImageFolder tree with 3 bad files among good PNGs: truncated, empty, text named .jpg.
     tree = d / "tree"
     for k in range(3):
@@ -223,6 +224,7 @@ CASES = {
     "train/broken-yaml": ["train", "{d}/broken.yaml", "--quiet", "--out", "{d}/train_out"],
     "train/config-is-list": ["train", "{d}/list.yaml", "--quiet", "--out", "{d}/train_out"],
     "train/no-config": ["train", "--quiet"],
+    "train/yaml-nested-50k-deep": ["train", "{d}/deep.yaml", "--quiet", "--out", "{d}/train_out"],
     "train/out-is-file": ["train", "digits_lt_e2e", "--quiet", "--out", "{d}/a_file"],
     # iif train: data checked before training
     "train/folder-bad-images": T("data.name=folder", "data.root={d}/tree", "data.imbalance_ratio=null"),
@@ -394,3 +396,17 @@ def test_list_paths_are_confined_to_the_root(tmp_path):
         validate_list(str(tmp_path / "l.txt"), str(root), 2)
     samples = validate_list(str(tmp_path / "l.txt"), str(root), 2, allow_outside_root=True)
     assert [y for _, y in samples] == [0, 1, 1]
+
+
+def test_installed_command_prints_one_line_and_exits_2(inputs, tmp_path):
+    """The real process (``python -m iif.cli``, what the ``iif`` script runs): one stderr line, status 2."""
+    import subprocess
+
+    env = {**os.environ, "IIF_CACHE_DIR": str(tmp_path / "cache")}
+    before = _snapshot(inputs)
+    proc = subprocess.run([sys.executable, "-m", "iif.cli", "stats", str(inputs / "billion_label.lst")],
+                          capture_output=True, text=True, cwd=inputs, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("iif stats: error: ")
+    assert proc.stdout == ""
+    assert _snapshot(inputs) == before

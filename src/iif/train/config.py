@@ -421,6 +421,8 @@ def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
         raise IIFError(f"config {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
+    except RecursionError:
+        raise IIFError(f"config {path} is nested too deeply to read; a config is sections of key: value pairs.") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
