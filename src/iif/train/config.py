@@ -350,6 +350,8 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
             raise IIFError(f"override key {key!r} must name a section and a key, e.g. optim.lr=0.05.")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
+        except RecursionError:
+            raise IIFError(f"override {key.strip()!r}: the value is nested too deeply to read.") from None
         except yaml.YAMLError as exc:
             what = getattr(exc, "problem", None) or type(exc).__name__
             raise IIFError(f"cannot parse the value of override {item!r} ({what}); quote strings and close "
