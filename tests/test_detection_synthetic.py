@@ -165,7 +165,7 @@ def test_neg_and_not_exhaustive_ids(bench):
 def test_neg_fraction_keeps_a_sample_of_absent_categories():
     m = np.zeros((64, 64), dtype=bool)
     m[3:9, 4:7] = True
-    scenes = [[(0, 5, m), (11, 7, m)]]
+    scenes = [synthetic._encode([(0, 5, m), (11, 7, m)])]
     cats = synthetic._category_entries(np.ones(20, dtype=np.int64), np.ones(20, dtype=np.int64))
     ann = synthetic._split_json("val", 64, scenes, cats, 0.5, np.random.default_rng(0))
     neg = ann["images"][0]["neg_category_ids"]

@@ -62,7 +62,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -498,30 +498,38 @@ def _category_entries(train_images: np.ndarray, train_instances: np.ndarray) -> 
     return out
 
 
-def _split_json(split: str, size: int, scenes: list[list[tuple[int, int, np.ndarray]]], categories: list[dict],
-                neg_fraction: float, rng: np.random.Generator) -> dict[str, Any]:
+def _encode(drawn: list[tuple[int, int, np.ndarray]]) -> list[tuple[int, int, dict, list[float], int]]:
+    """``(category index, source index, visible mask)`` -> ``(.., .., RLE with str counts, bbox, area)``."""
     from pycocotools import mask as mask_utils
 
+    out = []
+    for c, src_index, vis in drawn:
+        rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
+        bbox = [float(v) for v in mask_utils.toBbox(rle)]  # tight box [x, y, w, h] of the mask
+        out.append((c, src_index, {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    bbox, int(vis.sum())))
+    return out
+
+
+def _split_json(split: str, size: int, scenes: list[list[tuple[int, int, dict, list[float], int]]],
+                categories: list[dict], neg_fraction: float, rng: np.random.Generator) -> dict[str, Any]:
     images, annotations = [], []
     ann_id = _FIRST_ANN_ID[split]
     all_ids = np.array([cat.id for cat in CATEGORIES])
     src_split = "train" if split == "train" else "test"
     for i, objects in enumerate(scenes):
         image_id = _FIRST_IMAGE_ID[split] + i
-        present = sorted({CATEGORIES[c].id for c, _, _ in objects})
+        present = sorted({CATEGORIES[obj[0]].id for obj in objects})
         absent = np.setdiff1d(all_ids, present)
         if neg_fraction < 1.0:
             keep = int(round(neg_fraction * absent.size))
             absent = np.sort(rng.permutation(absent)[:keep])
         images.append({"id": image_id, "file_name": f"{image_id:012d}.png", "width": size, "height": size,
                        "neg_category_ids": absent.tolist(), "not_exhaustive_category_ids": [], "license": 0})
-        for c, src_index, vis in objects:
-            rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
-            bbox = [float(v) for v in mask_utils.toBbox(rle)]
+        for c, src_index, rle, bbox, area in objects:
             annotations.append({
-                "id": ann_id, "image_id": image_id, "category_id": CATEGORIES[c].id, "bbox": bbox,
-                "area": int(vis.sum()), "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")},
-                "iscrowd": 0, "source": [CATEGORIES[c].dataset, src_split, int(src_index)],
+                "id": ann_id, "image_id": image_id, "category_id": CATEGORIES[c].id, "bbox": bbox, "area": area,
+                "segmentation": rle, "iscrowd": 0, "source": [CATEGORIES[c].dataset, src_split, int(src_index)],
             })
             ann_id += 1
     return {
@@ -559,11 +567,14 @@ def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg
 
 def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num_val: int = 400,
              neg_fraction: float = 1.0, sources: dict[str, tuple[np.ndarray, ...]] | None = None,
-             source_root: str | os.PathLike | None = None, download: bool = False):
-    """Build the benchmark in memory: ``{split: (json dict, [(file_name, png bytes)])}`` and the summary.
+             source_root: str | os.PathLike | None = None, download: bool = False,
+             sink: Callable[[str, str, bytes], None] | None = None):
+    """Build the benchmark: ``({split: (json dict, [(file_name, png bytes)])}, summary)``.
 
     ``sources`` (``{"fashion-mnist": arrays, "mnist": arrays}`` as ``load_mnist_arrays`` returns them) skips
-    loading; otherwise they are found as :func:`iif.data.mnist.load_mnist_arrays` finds them.
+    loading; otherwise they are found as :func:`iif.data.mnist.load_mnist_arrays` finds them. With
+    ``sink``, each PNG goes to ``sink(split, file_name, png_bytes)`` as it is drawn instead of into the
+    returned lists (which stay empty), so memory does not grow with the number of images.
     """
     _check_options(seed, image_size, num_train, num_val, neg_fraction)
     if sources is None:
@@ -581,14 +592,18 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
         files, scenes = [], []
         for i, objects in enumerate(plan):
             img, drawn, _ = _render(objects, int(image_size), pool, np.random.default_rng([int(seed), code, 1, i]))
-            files.append((f"{_FIRST_IMAGE_ID[split] + i:012d}.png", _png_bytes(img)))
-            scenes.append(drawn)
+            name, data = f"{_FIRST_IMAGE_ID[split] + i:012d}.png", _png_bytes(img)
+            if sink is None:
+                files.append((name, data))
+            else:
+                sink(split, name, data)
+            scenes.append(_encode(drawn))
         rendered[split] = (files, scenes)
     train_scenes = rendered["train"][1]
     n_img = np.zeros(len(CATEGORIES), dtype=np.int64)
     n_inst = np.zeros(len(CATEGORIES), dtype=np.int64)
     for objects in train_scenes:
-        cats = [c for c, _, _ in objects]
+        cats = [obj[0] for obj in objects]
         np.add.at(n_inst, cats, 1)
         n_img[sorted(set(cats))] += 1
     categories = _category_entries(n_img, n_inst)
@@ -624,6 +639,9 @@ def _summary(seed, image_size, num_train, num_val, neg_fraction, results) -> dic
                            "sha256": hashlib.sha256(_dump(results[split][0])).hexdigest()}
                    for split in ("train", "val")},
         "groups": groups, "categories": per_cat,
+        # How to use it: mirrored digits are other glyphs, so no horizontal flips; LVIS's repeat-factor
+        # threshold 0.001 means "categories in fewer than 100 images" on LVIS's 100k images, i.e. 100 / num_train.
+        "recommended": {"hflip": False, "repeat_factor_threshold": round(100 / int(num_train), 6)},
     }
 
 
@@ -653,18 +671,21 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
 
     _check_options(seed, image_size, num_train, num_val, neg_fraction)
     folder = OutputFolder(out, command="det-data", force=force)  # refuses a used --out before any work
-    results, summary = generate(seed, image_size=image_size, num_train=num_train, num_val=num_val,
-                                neg_fraction=neg_fraction, sources=sources, source_root=source_root,
-                                download=download)
-    with folder as staging:
+    if sources is None:
+        sources = _load_sources(source_root, download)
+    _check_sources(sources)
+    with folder as staging:  # a staging folder, renamed into place only when everything below succeeded
+        for split in ("train", "val"):
+            (staging / "images" / split).mkdir(parents=True)
+
+        def write_png(split: str, name: str, data: bytes) -> None:
+            (staging / "images" / split / name).write_bytes(data)
+
+        results, summary = generate(seed, image_size=image_size, num_train=num_train, num_val=num_val,
+                                    neg_fraction=neg_fraction, sources=sources, sink=write_png)
         (staging / "annotations").mkdir()
         for split in ("train", "val"):
-            ann, files = results[split]
-            img_dir = staging / "images" / split
-            img_dir.mkdir(parents=True)
-            for name, data in files:
-                (img_dir / name).write_bytes(data)
-            (staging / "annotations" / f"{split}.json").write_bytes(_dump(ann))
+            (staging / "annotations" / f"{split}.json").write_bytes(_dump(results[split][0]))
         (staging / "BENCHMARK.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="ascii")
     return summary
 
