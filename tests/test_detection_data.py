@@ -428,3 +428,22 @@ def test_polygon_slack_boundary(tmp_path):
     ann["annotations"][0]["segmentation"] = [[-1, -1, 41.5, -1, 41, 31, -1, 31]]
     with pytest.raises(IIFError, match=r"1 polygons have points outside .*annotation ids 11\)"):
         validate_annotations(ann, images)
+
+
+def test_repeat_factor_sampling_through_a_dataloader(tmp_path):
+    from iif.detection import RepeatFactorSampler
+
+    path, images, _ = make_coco(tmp_path)
+    ds = load_detection_dataset(path, images, train=True, hflip=False)
+    # Every category is in 2 of the json's 4 images (crowds count): f = 0.5, r = sqrt(0.9 / 0.5) for images 1
+    # and 2; image 3 (no annotation) has 1, image 4 (crowd only) sqrt(1.8) too, both dropped for training.
+    np.testing.assert_allclose(repeat_factors(path, 0.9), [1.8 ** 0.5, 1.8 ** 0.5, 1.0, 1.8 ** 0.5])
+    factors = repeat_factors(ds, 0.9)
+    np.testing.assert_allclose(factors, [1.8 ** 0.5] * 2)
+    sampler = RepeatFactorSampler(factors, num_replicas=1, rank=0, seed=1, shuffle=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=collate)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        seen = [t["image_id"] for _, targets in loader for t in targets]
+        copies = np.bincount(sampler.epoch_indices(), minlength=2)
+        assert seen == [1] * copies[0] + [2] * copies[1] and set(copies.tolist()) <= {1, 2}
