@@ -392,3 +392,22 @@ def test_cli_writes_and_refuses_a_used_folder(monkeypatch, sources, tmp_path, ca
     assert main(["det-data", "--out", str(tmp_path / "x"), "--num-train", "5"]) == 2
     assert "num_train must be" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_source_root_in_torchvision_layout(tmp_path):
+    fake = _fake_sources()
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for dataset, sub, shift in ((synthetic.FASHION, "FashionMNIST", 0), (synthetic.MNIST, "MNIST", 7)):
+        raw = tmp_path / sub / "raw"
+        raw.mkdir(parents=True)
+        for name, array in zip(names, fake[dataset]):
+            _write_idx(raw / name, array if "labels" in name else array + shift)  # tell the two datasets apart
+    loaded = synthetic._load_sources(tmp_path, False)
+    for dataset, shift in ((synthetic.FASHION, 0), (synthetic.MNIST, 7)):
+        np.testing.assert_array_equal(loaded[dataset][0], fake[dataset][0] + shift)
+        np.testing.assert_array_equal(loaded[dataset][3], fake[dataset][3])
