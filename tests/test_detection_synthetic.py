@@ -82,7 +82,7 @@ def test_layout_and_validation(bench):
     marker = json.loads((out / "BENCHMARK.json").read_text())
     assert marker == summary
     assert marker["format"] == "iif-det-benchmark" and marker["seed"] == 3
-    assert marker["options"] == {**SMALL, "neg_fraction": 1.0}
+    assert marker["options"] == {**SMALL, "neg_fraction": 1.0, "clutter": 1.0, "object_size": [0.125, 0.375]}
     validate_benchmark(out)
     for split in ("train", "val"):
         for im in anns[split]["images"]:
@@ -205,8 +205,8 @@ def test_deterministic_bytes(bench, sources):
 def test_mask_is_exactly_the_visible_painted_pixels(monkeypatch, sources):
     """Paint object k with a colour whose R-G difference encodes k (the glyph shading adds the same amount to
     every channel), on a black background without clutter or noise; the pixels showing k must be k's mask."""
-    monkeypatch.setattr(synthetic, "_background", lambda size, rng: np.zeros((size, size, 3), np.float32))
-    monkeypatch.setattr(synthetic, "_clutter", lambda img, size, pool, rng: img)
+    monkeypatch.setattr(synthetic, "_background", lambda size, rng, noise=1.0: np.zeros((size, size, 3), np.float32))
+    monkeypatch.setattr(synthetic, "_clutter", lambda img, size, pool, rng, amount=1.0: img)
     monkeypatch.setattr(synthetic, "_NOISY_SCENES", 0.0)
     step = 12 / 255
     pool = synthetic._SourcePool(sources, "train", np.random.default_rng(0))
@@ -336,6 +336,9 @@ def test_validate_benchmark_rejects_other_folders(tmp_path):
     ({"image_size": 16}, "image_size must be"),
     ({"seed": -1}, "seed must be"),
     ({"neg_fraction": 1.5}, "neg_fraction must be in"),
+    ({"clutter": 2.0}, "clutter must be in"),
+    ({"object_size": (0.4, 0.2)}, "object_size must be two fractions"),
+    ({"object_size": (0.05, 0.2), "image_size": 64}, "object_size must be two fractions"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, kwargs, message):
     with pytest.raises(IIFError, match=message):
@@ -411,3 +414,22 @@ def test_source_root_in_torchvision_layout(tmp_path):
     for dataset, shift in ((synthetic.FASHION, 0), (synthetic.MNIST, 7)):
         np.testing.assert_array_equal(loaded[dataset][0], fake[dataset][0] + shift)
         np.testing.assert_array_equal(loaded[dataset][3], fake[dataset][3])
+
+
+def test_clutter_knob(monkeypatch, sources):
+    """On a black background, pixels outside every object stay black with clutter=0 and not with clutter=1."""
+    monkeypatch.setattr(synthetic, "_background", lambda size, rng, noise=1.0: np.zeros((size, size, 3), np.float32))
+    pool = synthetic._SourcePool(sources, "val", np.random.default_rng(0))
+    outside = {}
+    for clutter in (0.0, 1.0):
+        lit = 0
+        for seed in range(8):
+            objects = [(c, pool.take(CATEGORIES[c].dataset, CATEGORIES[c].label)) for c in (2, 14)]
+            img, drawn, _ = synthetic._render(objects, 64, pool, np.random.default_rng(seed), clutter, (0.2, 0.3))
+            covered = np.logical_or.reduce([v for _, _, v in drawn])
+            lit += int((img[~covered] > 0).any(axis=-1).sum())
+            for _, _, v in drawn:
+                rows = np.flatnonzero(v.any(axis=1))
+                assert rows[-1] - rows[0] + 1 <= 0.3 * 64 + 1
+        outside[clutter] = lit
+    assert outside[0.0] == 0 and outside[1.0] > 0

@@ -1,7 +1,8 @@
 """``iif det-data``: write the offline long-tailed instance-segmentation benchmark.
 
     iif det-data --out DIR [--seed S] [--image-size 128] [--num-train 2000] [--num-val 400]
-                 [--neg-fraction 1.0] [--source-root DIR] [--download] [--force]
+                 [--neg-fraction 1.0] [--clutter 1.0] [--object-size 0.125 0.375]
+                 [--source-root DIR] [--download] [--force]
 
 Scenes of Fashion-MNIST and MNIST objects, 20 categories with an LVIS-like r/c/f tail in train and a
 balanced val, LVIS v1 json + PNG images (see :mod:`iif.detection.synthetic`). A controlled benchmark, not LVIS.
@@ -33,6 +34,11 @@ def register(subparsers) -> None:
     p.add_argument("--neg-fraction", type=float, default=1.0,
                    help="fraction of each image's absent categories listed in neg_category_ids (default 1: all, so "
                         "the LVIS evaluation counts every false positive)")
+    p.add_argument("--clutter", type=float, default=1.0,
+                   help="0-1: scales the distractors (strokes, blobs, fragments) and pixel noise (default 1; 0 gives "
+                        "clean backgrounds, an easier benchmark)")
+    p.add_argument("--object-size", type=float, nargs=2, default=(0.125, 0.375), metavar=("LOW", "HIGH"),
+                   help="objects' long side as fractions of the image side (default 0.125 0.375: 16-48 px at 128)")
     p.add_argument("--source-root", default=None,
                    help="folder with the Fashion-MNIST / MNIST idx files (DIR/FashionMNIST/raw, DIR/MNIST/raw as "
                         "torchvision stores them) when they are not installed")
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     summary = make_benchmark(args.out, seed=args.seed, image_size=args.image_size, num_train=args.num_train,
-                             num_val=args.num_val, neg_fraction=args.neg_fraction, source_root=args.source_root,
+                             num_val=args.num_val, neg_fraction=args.neg_fraction, clutter=args.clutter,
+                             object_size=tuple(args.object_size), source_root=args.source_root,
                              download=args.download, force=args.force)
     seconds = time.perf_counter() - start
     tr, va = summary["splits"]["train"], summary["splits"]["val"]

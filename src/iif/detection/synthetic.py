@@ -7,7 +7,9 @@ images, recoloured, rescaled to a long side of ``image_size/8``-``3*image_size/8
 placed so that every object keeps at least half of its pixels visible. Twenty categories: the ten
 Fashion-MNIST classes and the ten digits. The instance mask is exactly the set of pixels the object painted
 that no later object covered (objects are opaque; clutter is drawn before the objects, so it never covers
-them), stored as compressed RLE; the box is the tight box of that mask.
+them), stored as compressed RLE; the box is the tight box of that mask. Two knobs tune the difficulty:
+``clutter`` (0-1, scales the distractors and pixel noise) and ``object_size`` (the long side's range as
+fractions of the image side).
 
 The long tail (train split). The number of train images containing each category follows a fixed design
 with LVIS's groups (r: 1-10 images, c: 11-100, f: > 100): 8 frequent, 7 common and 5 rare categories
@@ -77,7 +79,8 @@ GENERATOR_VERSION = 1
 #: ``format`` field of ``BENCHMARK.json``, the marker that identifies a benchmark folder.
 BENCHMARK_FORMAT = "iif-det-benchmark"
 #: Default options (chosen so a Mask R-CNN R18-FPN trained from scratch on 2 CPU cores learns in minutes).
-DEFAULTS = {"image_size": 128, "num_train": 2000, "num_val": 400, "neg_fraction": 1.0}
+DEFAULTS = {"image_size": 128, "num_train": 2000, "num_val": 400, "neg_fraction": 1.0, "clutter": 1.0,
+            "object_size": (0.125, 0.375)}
 
 _REFERENCE_TRAIN = 2000  # the train size the frequent/common counts below are given for
 _MAX_CATEGORIES_PER_IMAGE = 4
@@ -298,7 +301,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+def _background(size: int, rng: np.random.Generator, noise: float = 1.0) -> np.ndarray:
     """A float (size, size, 3) background in [0, 1]: gradient, smooth texture, stripes or flat, plus noise."""
     from PIL import Image
 
@@ -320,7 +323,7 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
         t = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.random() * 6.3)
         img = c0 + (c1 - c0) * t[..., None]
     else:  # flat colour with pixel noise (noise is kept to this kind and some scenes: noisy PNGs are large)
-        sigma = np.float32(rng.uniform(0.02, 0.08))
+        sigma = np.float32(rng.uniform(0.02, 0.08) * noise)
         img = c0 + sigma * rng.standard_normal((size, size, 3), dtype=np.float32)
     return np.clip(img, 0.0, 1.0)
 
@@ -367,11 +370,12 @@ def _contrasting_colour(bg_lum: float, rng: np.random.Generator) -> np.ndarray:
     return np.ones(3) if bg_lum < 0.5 else np.zeros(3)
 
 
-def _clutter(img: np.ndarray, size: int, pool_images: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Draw 0-6 distractors that are not objects: strokes, arcs, blobs and small glyph fragments."""
+def _clutter(img: np.ndarray, size: int, pool_images: dict[str, np.ndarray], rng: np.random.Generator,
+             amount: float = 1.0) -> np.ndarray:
+    """Draw 0-6 (x ``amount``) distractors that are not objects: strokes, arcs, blobs, digit-stroke fragments."""
     from PIL import Image, ImageDraw
 
-    n = int(rng.integers(0, 7))
+    n = int(round(int(rng.integers(0, 7)) * amount))
     if n == 0:
         return img
     canvas = Image.fromarray((img * 255).round().astype(np.uint8))
@@ -425,12 +429,14 @@ def _place(masks_full: list[np.ndarray], visible: list[np.ndarray], areas: list[
     return best[0], best[1], False
 
 
-def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: np.random.Generator):
+def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: np.random.Generator,
+            clutter: float = 1.0, object_size: tuple[float, float] = (0.125, 0.375)):
     """Draw one scene: ``(uint8 (size, size, 3) image, [(category index, source index, visible mask)],
-    [unoccluded mask area per object])``."""
-    img = _background(size, rng)
-    img = _clutter(img, size, pool.images, rng)
-    lo, hi = size / 8.0, size * 3.0 / 8.0
+    [unoccluded mask area per object])``. ``clutter`` scales the distractors and the pixel noise;
+    objects get a long side log-uniform in ``object_size`` x ``size``."""
+    img = _background(size, rng, noise=clutter)
+    img = _clutter(img, size, pool.images, rng, amount=clutter)
+    lo, hi = size * object_size[0], size * object_size[1]
     masks_full: list[np.ndarray] = []
     visible: list[np.ndarray] = []
     areas: list[int] = []
@@ -469,7 +475,7 @@ def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: n
         visible.append(full.copy())
         areas.append(int(mask.sum()))
         drawn.append((c, src_index))
-    if rng.random() < _NOISY_SCENES:  # sensor-like noise over the whole scene
+    if rng.random() < _NOISY_SCENES * clutter:  # sensor-like noise over the whole scene
         img = img + np.float32(rng.uniform(0.005, 0.03)) * rng.standard_normal(img.shape, dtype=np.float32)
     out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     return out, [(c, s, v) for (c, s), v in zip(drawn, visible)], areas
@@ -548,7 +554,8 @@ def _dump(obj: Any) -> bytes:
 # ----------------------------------------------------------------------------------------------- public
 
 
-def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg_fraction: float) -> None:
+def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg_fraction: float,
+                   clutter: float = 1.0, object_size: tuple[float, float] = (0.125, 0.375)) -> None:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise IIFError(f"seed must be a whole number >= 0; got {seed!r}.")
     if not isinstance(image_size, (int, np.integer)) or not 64 <= image_size <= 1024:
@@ -563,10 +570,19 @@ def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg
                        f"{_MIN_VAL_IMAGES_PER_CATEGORY} val images); got {num_val!r} (default 400).")
     if not isinstance(neg_fraction, (int, float)) or not 0.0 <= float(neg_fraction) <= 1.0:
         raise IIFError(f"neg_fraction must be in [0, 1] (1 lists every absent category); got {neg_fraction!r}.")
+    if not isinstance(clutter, (int, float)) or isinstance(clutter, bool) or not 0.0 <= float(clutter) <= 1.0:
+        raise IIFError(f"clutter must be in [0, 1] (0: no distractors or pixel noise, 1: the default scenes); "
+                       f"got {clutter!r}.")
+    lo_hi = tuple(object_size) if isinstance(object_size, (tuple, list)) else ()
+    if not (len(lo_hi) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lo_hi)
+            and 0.05 <= lo_hi[0] <= lo_hi[1] <= 0.5 and lo_hi[0] * image_size >= 6):
+        raise IIFError(f"object_size must be two fractions of the image side, 0.05 <= low <= high <= 0.5 with "
+                       f"low x image_size >= 6 px; got {object_size!r} (default 0.125 0.375).")
 
 
 def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num_val: int = 400,
-             neg_fraction: float = 1.0, sources: dict[str, tuple[np.ndarray, ...]] | None = None,
+             neg_fraction: float = 1.0, clutter: float = 1.0, object_size: tuple[float, float] = (0.125, 0.375),
+             sources: dict[str, tuple[np.ndarray, ...]] | None = None,
              source_root: str | os.PathLike | None = None, download: bool = False,
              sink: Callable[[str, str, bytes], None] | None = None):
     """Build the benchmark: ``({split: (json dict, [(file_name, png bytes)])}, summary)``.
@@ -576,7 +592,8 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
     ``sink``, each PNG goes to ``sink(split, file_name, png_bytes)`` as it is drawn instead of into the
     returned lists (which stay empty), so memory does not grow with the number of images.
     """
-    _check_options(seed, image_size, num_train, num_val, neg_fraction)
+    _check_options(seed, image_size, num_train, num_val, neg_fraction, clutter, object_size)
+    object_size = (float(object_size[0]), float(object_size[1]))
     if sources is None:
         sources = _load_sources(source_root, download)
     _check_sources(sources)
@@ -591,7 +608,8 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
         plan = _plan_split(split, counts, n, pool, plan_rng)
         files, scenes = [], []
         for i, objects in enumerate(plan):
-            img, drawn, _ = _render(objects, int(image_size), pool, np.random.default_rng([int(seed), code, 1, i]))
+            img, drawn, _ = _render(objects, int(image_size), pool, np.random.default_rng([int(seed), code, 1, i]),
+                                    float(clutter), object_size)
             name, data = f"{_FIRST_IMAGE_ID[split] + i:012d}.png", _png_bytes(img)
             if sink is None:
                 files.append((name, data))
@@ -611,11 +629,12 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
         neg_rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], 2])
         ann = _split_json(split, int(image_size), rendered[split][1], categories, float(neg_fraction), neg_rng)
         results[split] = (ann, rendered[split][0])
-    summary = _summary(seed, image_size, num_train, num_val, neg_fraction, results)
-    return results, summary
+    options = {"image_size": int(image_size), "num_train": int(num_train), "num_val": int(num_val),
+               "neg_fraction": float(neg_fraction), "clutter": float(clutter), "object_size": list(object_size)}
+    return results, _summary(seed, options, results)
 
 
-def _summary(seed, image_size, num_train, num_val, neg_fraction, results) -> dict[str, Any]:
+def _summary(seed: int, options: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
     per_cat = []
     cats = results["train"][0]["categories"]
     for cat in cats:
@@ -630,8 +649,7 @@ def _summary(seed, image_size, num_train, num_val, neg_fraction, results) -> dic
     groups = {g: sum(1 for c in cats if c["frequency"] == g) for g in "rcf"}
     return {
         "format": BENCHMARK_FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed),
-        "options": {"image_size": int(image_size), "num_train": int(num_train), "num_val": int(num_val),
-                    "neg_fraction": float(neg_fraction)},
+        "options": options,
         "sources": {"train": "train split of Fashion-MNIST and MNIST", "val": "test split of Fashion-MNIST and MNIST"},
         "splits": {split: {"images": len(results[split][0]["images"]),
                            "instances": len(results[split][0]["annotations"]),
@@ -641,12 +659,13 @@ def _summary(seed, image_size, num_train, num_val, neg_fraction, results) -> dic
         "groups": groups, "categories": per_cat,
         # How to use it: mirrored digits are other glyphs, so no horizontal flips; LVIS's repeat-factor
         # threshold 0.001 means "categories in fewer than 100 images" on LVIS's 100k images, i.e. 100 / num_train.
-        "recommended": {"hflip": False, "repeat_factor_threshold": round(100 / int(num_train), 6)},
+        "recommended": {"hflip": False, "repeat_factor_threshold": round(100 / options["num_train"], 6)},
     }
 
 
 def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 128, num_train: int = 2000,
-                   num_val: int = 400, neg_fraction: float = 1.0, source_root: str | os.PathLike | None = None,
+                   num_val: int = 400, neg_fraction: float = 1.0, clutter: float = 1.0,
+                   object_size: tuple[float, float] = (0.125, 0.375), source_root: str | os.PathLike | None = None,
                    download: bool = False, force: bool = False,
                    sources: dict[str, tuple[np.ndarray, ...]] | None = None) -> dict[str, Any]:
     """Write the benchmark into the new folder ``out`` and return its summary (``BENCHMARK.json``'s content).
@@ -654,11 +673,13 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
     Args:
         out: a new or empty folder (``force=True`` replaces only an earlier ``iif`` output there).
         seed: everything (category placement, source images, layout, colours) follows from it.
-        image_size: side of the square images in pixels; objects have a long side of 1/8 to 3/8 of it.
+        image_size: side of the square images in pixels.
         num_train: train images (>= :func:`minimum_num_train`); the category counts follow the r/c/f design.
         num_val: val images (>= 50); every category is in ``max(10, round(0.09 * num_val))`` of them.
         neg_fraction: fraction of each image's absent categories listed in ``neg_category_ids`` (1: all, so
             every false positive is counted by the LVIS evaluation).
+        clutter: 0-1, scales the distractors and the pixel noise (0: clean backgrounds, an easier benchmark).
+        object_size: the objects' long side is log-uniform in ``object_size`` x ``image_size`` (16-48 px at 128).
         source_root, download: where to find Fashion-MNIST / MNIST when they are not installed.
         force: replace an earlier ``iif`` output in ``out``.
         sources: preloaded ``{"fashion-mnist": arrays, "mnist": arrays}`` (each ``(train_images, train_labels,
@@ -669,7 +690,7 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
     """
     from ..outputs import OutputFolder
 
-    _check_options(seed, image_size, num_train, num_val, neg_fraction)
+    _check_options(seed, image_size, num_train, num_val, neg_fraction, clutter, object_size)
     folder = OutputFolder(out, command="det-data", force=force)  # refuses a used --out before any work
     if sources is None:
         sources = _load_sources(source_root, download)
@@ -682,7 +703,8 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
             (staging / "images" / split / name).write_bytes(data)
 
         results, summary = generate(seed, image_size=image_size, num_train=num_train, num_val=num_val,
-                                    neg_fraction=neg_fraction, sources=sources, sink=write_png)
+                                    neg_fraction=neg_fraction, clutter=clutter, object_size=object_size,
+                                    sources=sources, sink=write_png)
         (staging / "annotations").mkdir()
         for split in ("train", "val"):
             (staging / "annotations" / f"{split}.json").write_bytes(_dump(results[split][0]))
