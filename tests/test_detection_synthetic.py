@@ -433,3 +433,15 @@ def test_clutter_knob(monkeypatch, sources):
                 assert rows[-1] - rows[0] + 1 <= 0.3 * 64 + 1
         outside[clutter] = lit
     assert outside[0.0] == 0 and outside[1.0] > 0
+
+
+def test_near_black_sources_are_never_objects():
+    fake = _fake_sources()
+    images = fake[synthetic.FASHION][0].copy()
+    labels = fake[synthetic.FASHION][1]
+    dark = np.flatnonzero(labels == 3)[:150]
+    images[dark] = np.minimum(images[dark], 40)  # below the mask threshold everywhere
+    fake[synthetic.FASHION] = (images,) + tuple(fake[synthetic.FASHION][1:])
+    pool = synthetic._SourcePool(fake, "train", np.random.default_rng(0))
+    taken = {pool.take(synthetic.FASHION, 3) for _ in range(100)}
+    assert len(taken) == 50 and not taken & set(dark.tolist())

@@ -91,6 +91,7 @@ _MIN_VAL_IMAGES_PER_CATEGORY = 10
 _MIN_VISIBLE = 0.5  # every object keeps at least this fraction of its own pixels visible
 _CROP_THRESHOLD = 30  # source pixels above this (of 255) define the object's tight crop
 _MASK_THRESHOLD = 60  # resized pixels above this (holes filled) are the object
+_MIN_SOURCE_PIXELS = 30  # sources with fewer 28x28 pixels above _MASK_THRESHOLD are not used as objects
 _NOISY_SCENES = 0.25  # fraction of scenes with pixel noise over everything
 _SPLIT_CODES = {"train": 0, "val": 1}
 _FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}  # disjoint ids, so train and val jsons never collide
@@ -232,9 +233,16 @@ class _SourcePool:
         for dataset in (FASHION, MNIST):
             imgs, labels = sources[dataset][0:2] if split == "train" else sources[dataset][2:4]
             self.images[dataset] = imgs
+            # Skip the few near-black sources (72 of Fashion-MNIST's 60k train images have < 30 pixels above
+            # the mask threshold): they would give a few-pixel mask for a whole garment.
+            usable = (imgs > _MASK_THRESHOLD).sum(axis=(1, 2)) >= _MIN_SOURCE_PIXELS
             for label in range(10):
                 key = (dataset, label)
-                self.order[key] = rng.permutation(np.flatnonzero(labels == label))
+                self.order[key] = rng.permutation(np.flatnonzero((labels == label) & usable))
+                if not len(self.order[key]):
+                    raise IIFError(f"{dataset} {self.split_name} split has no usable image of class {label} (none "
+                                   f"with >= {_MIN_SOURCE_PIXELS} pixels above {_MASK_THRESHOLD}); check the source "
+                                   "files (re-download them).")
                 self.next[key] = 0
 
     def take(self, dataset: str, label: int) -> int:
