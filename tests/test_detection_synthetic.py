@@ -445,3 +445,16 @@ def test_near_black_sources_are_never_objects():
     pool = synthetic._SourcePool(fake, "train", np.random.default_rng(0))
     taken = {pool.take(synthetic.FASHION, 3) for _ in range(100)}
     assert len(taken) == 50 and not taken & set(dark.tolist())
+
+
+@pytest.mark.parametrize("num_images", [231, 1000, 2000, 8000])
+def test_category_assignment_is_exact(num_images):
+    counts = synthetic._train_image_counts(num_images)
+    for seed in range(3):
+        per_image = synthetic._assign_categories(counts, num_images, np.random.default_rng(seed))
+        assert all(1 <= len(cats) == len(set(cats)) <= 4 for cats in per_image)
+        assert np.bincount([c for cats in per_image for c in cats], minlength=20).tolist() == counts.tolist()
+    num_val = max(50, num_images // 5)
+    val = np.full(20, synthetic._val_images_per_category(num_val), dtype=np.int64)
+    per_image = synthetic._assign_categories(val, num_val, np.random.default_rng(0))
+    assert np.bincount([c for cats in per_image for c in cats], minlength=20).tolist() == val.tolist()

@@ -167,6 +167,7 @@ def _feasible(counts: np.ndarray, num_images: int) -> bool:
                 and counts.sum() >= num_images)
 
 
+@functools.lru_cache(maxsize=1)
 def minimum_num_train() -> int:
     """Smallest ``num_train`` whose designed counts keep 8 frequent, 7 common and 5 rare categories."""
     n = 1
@@ -569,7 +570,8 @@ def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg
     if not isinstance(image_size, (int, np.integer)) or not 64 <= image_size <= 1024:
         raise IIFError(f"image_size must be a whole number of pixels in 64..1024; got {image_size!r} (default 128).")
     low = minimum_num_train()
-    if not isinstance(num_train, (int, np.integer)) or not low <= num_train <= 200_000:
+    if (not isinstance(num_train, (int, np.integer)) or not low <= num_train <= 200_000
+            or not _feasible(_train_image_counts(int(num_train)), int(num_train))):
         raise IIFError(f"num_train must be a whole number in {low}..200000 (fewer images cannot hold the "
                        f"8 frequent categories of > 100 images each); got {num_train!r} (default 2000).")
     low_val = _MIN_VAL_IMAGES_PER_CATEGORY * len(CATEGORIES) // _MAX_CATEGORIES_PER_IMAGE
