@@ -322,10 +322,11 @@ def _background(size: int, rng: np.random.Generator, noise: float = 1.0) -> np.n
         t = xx * np.cos(theta) + yy * np.sin(theta)
         t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
         img = c0 + (c1 - c0) * t[..., None]
-    elif kind == 1:  # smooth random texture: a coarse random grid upsampled
+    elif kind == 1:  # smooth random texture between two colours: a coarse random grid upsampled
         cells = int(rng.integers(3, 9))
-        coarse = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
-        img = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+        coarse = (rng.random((cells, cells)) * 255).astype(np.uint8)
+        t = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+        img = c0 + (c1 - c0) * t[..., None]
     elif kind == 2:  # stripes / waves between two colours
         theta = rng.random() * np.pi
         freq = rng.uniform(2, 12)
