@@ -40,6 +40,7 @@ import ctypes.util
 import errno
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -59,6 +60,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "json_safe",
     "atomic_torch_save",
     "atomic_write_stream",
     "current_umask",
@@ -182,6 +184,22 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, mkdir: bool = False) -> P
 def atomic_write_text(path: PathLike, text: str, *, mkdir: bool = False) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (newlines written as given)."""
     return atomic_write_bytes(path, text.encode("utf-8"), mkdir=mkdir)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with what JSON cannot hold made plain: numpy/torch scalars and arrays to numbers and lists,
+    NaN/inf to None, tuples to lists, paths to strings, dict keys to strings."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy / torch arrays and scalars
+        return json_safe(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def atomic_write_json(path: PathLike, obj: Any, *, mkdir: bool = False, indent: int | None = 1,

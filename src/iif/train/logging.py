@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..outputs import json_safe
 from .checkpoint import atomic_write_text
 
 __all__ = ["scalar_metrics", "write_history_csv", "write_json", "TensorBoardLogger", "format_metrics_table"]
@@ -36,20 +36,8 @@ def write_history_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj
-
-
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2))
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2))
 
 
 class TensorBoardLogger:
