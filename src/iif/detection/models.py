@@ -144,6 +144,7 @@ def build_detector(
     fpn_channels: int = 256,
     representation_size: int = 1024,
     mask_layers: Sequence[int] | None = None,
+    mask_roi_size: int = 14,
     norm: str | None = None,
     trainable_layers: int | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -169,7 +170,11 @@ def build_detector(
         returned_layers: ResNet stages (1-4) fed to the FPN; ``(2, 3, 4)`` drops the stride-4 level.
         fpn_channels: FPN width (torchvision: 256); the RoI heads scale with it.
         representation_size: width of the box head's two fully connected layers (torchvision: 1024).
-        mask_layers: channels of the mask head's convolutions (torchvision: four of 256).
+        mask_layers: channels of the mask head's convolutions (torchvision: four of 256). At test time the mask
+            head runs on every kept detection (``box_detections_per_img`` per image), so its width dominates
+            inference cost on small images.
+        mask_roi_size: side of the RoI features fed to the mask head (torchvision: 14; masks come out at
+            twice this).
         norm: ``"bn"`` (trainable BatchNorm2d), ``"gn"`` (GroupNorm) or ``"frozen_bn"``; default ``"bn"``
             from scratch and ``"frozen_bn"`` with a checkpoint.
         trainable_layers: ResNet stages that train (5 = all); default 5 from scratch, 3 with a checkpoint.
@@ -243,7 +248,8 @@ def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: st
         layers = tuple(int(c) for c in (a["mask_layers"] or (256, 256, 256, 256)))
         mask_head = MaskRCNNHeads(ch, layers, 1)  # torchvision's plain conv mask head
         return MaskRCNN(backbone, num_classes=None,
-                        mask_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=14, sampling_ratio=2),
+                        mask_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=int(a["mask_roi_size"]),
+                                                         sampling_ratio=2),
                         mask_head=mask_head, mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1),
                         **kwargs)
     return FasterRCNN(backbone, num_classes=None, **kwargs)
