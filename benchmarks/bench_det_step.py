@@ -7,7 +7,10 @@ targets, backward, SGD step) of both, in random order on the same batch and the 
 RoI sampling is identical), so machine load hits both alike. Prints the median step time of each, the ratio
 of medians and the median of per-repetition ratios (issue 9: "IIF adds no measurable cost").
 
-    python benchmarks/bench_det_step.py                          # cpu-quick preset, 2 threads
+    python benchmarks/bench_det_step.py                          # cpu-quick preset, 1 thread
+
+On the shared 2-core dev machine use one thread: with other jobs running, two OpenMP threads per process
+made detector steps several times slower (oversubscription), which drowns any difference.
     python benchmarks/bench_det_step.py --device cuda --preset gpu --reps 50
 """
 
@@ -60,7 +63,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--variant", default="smooth")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on CPU (0: as is)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on CPU (0: as is)")
     args = ap.parse_args()
     if args.threads and args.device == "cpu":
         torch.set_num_threads(args.threads)

@@ -115,8 +115,15 @@ def test_build_bad_input():
         build_detector("maskrcnn_r18_fpn", 3, checkpoint="/nonexistent/model.pth")
     assert set(ARCHS) >= {"maskrcnn_r18_fpn", "maskrcnn_r50_fpn", "maskrcnn_r101_fpn", "fasterrcnn_r18_fpn",
                           "fasterrcnn_r50_fpn", "ssd300_vgg16"}
-    for preset in DETECTION_PRESETS.values():
-        assert preset["arch"] in ARCHS
+
+
+@pytest.mark.parametrize("name", sorted(DETECTION_PRESETS))
+def test_presets_build(name):
+    preset = DETECTION_PRESETS[name]
+    model = build_detector(preset["arch"], 20, **preset["model"])
+    assert model.roi_heads.box_predictor.cls_score.out_features == 21
+    assert set(preset["train"]) <= set(train_detector.__code__.co_varnames[:train_detector.__code__.co_argcount
+                                                                           + train_detector.__code__.co_kwonlyargcount])
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

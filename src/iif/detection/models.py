@@ -44,24 +44,41 @@ ARCHS: dict[str, tuple[str, str]] = {
 
 NORMS = ("bn", "gn", "frozen_bn")
 
-# Configurations of iif det-bench. "cpu-quick" was measured on the 2-core CPU dev machine (see
-# docs/detection.md for AP and throughput); "gpu" is a reasonable guess for a 10-minute H100 run and has NOT
-# been measured. Keys are build_detector keyword arguments under "model" and train_detector ones under "train".
+# Configurations of iif det-bench. Keys: build_detector keyword arguments under "model", train_detector ones
+# under "train", torch threads under "threads". "gpu" is a reasonable guess for a 10-minute H100 run and has
+# NOT been measured.
+#
+# "cpu-quick" was measured on the 2-core CPU dev machine (shared with other jobs, load 1-5) on
+# `iif det-data` seed 0 (2000 train / 400 val images of 128 px), single thread. Its ancestor with a wider
+# mask head (mask_layers (128, 128)) and 4 epochs at lr 0.02 (milestone 3) reached, box / mask LVIS AP with
+# 300 detections: AP 18.9 / 12.9 (100 detections for masks), APr 2.3, APc 13.1, APf 34.4 (box); box AP was
+# 2.2 after epoch 1 and 13.7 after epoch 3, so rare/common/frequent differences are measurable. It trained
+# at 5.5-9.2 img/s (1,145 s for 4 epochs under load). Why these settings:
+# - one thread: with other jobs on the two cores, two OpenMP threads per process made steps 3-6x slower;
+# - r10 (BasicBlock ResNet, one block per stage) with a 128-wide FPN on P3-P5 (+ pool), anchors 16-128 px:
+#   objects are 16-48 px; 12 img/s single-thread vs 10 img/s for R18 and 3.3 img/s for R18 with
+#   torchvision's heads (FPN 256, 1024-wide box head, 4x256 mask head) at 300/100 proposals and 64 RoIs;
+# - a one-layer, 64-wide mask head: at test time the mask head runs on every kept detection; with two
+#   128-wide layers and 300 detections it cost ~1 s per image (4x the rest of the model) and 6.8 GB at
+#   batch 16. Evaluate boxes with predict(..., masks=False) (18 s for 400 images) and masks once.
 DETECTION_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
-        "arch": "maskrcnn_r18_fpn",
-        "model": {"min_size": 128, "max_size": 128, "fpn_channels": 128, "representation_size": 256,
-                  "returned_layers": (2, 3, 4), "anchor_sizes": ((16,), (32,), (64,), (128,)),
-                  "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 100,
-                  "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
-                  "rpn_batch_size_per_image": 128, "box_batch_size_per_image": 64,
-                  "box_detections_per_img": 300, "box_score_thresh": 1e-4, "norm": "bn"},
-        "train": {"epochs": 8, "batch_size": 8, "lr": 0.04, "momentum": 0.9, "weight_decay": 1e-4,
-                  "warmup_iters": 100, "milestones": (6,), "clip_grad_norm": 10.0},
-        "measured": False,
+        "arch": "maskrcnn_r10_fpn",
+        "threads": 1,
+        "model": {"min_size": 128, "max_size": 128, "returned_layers": (2, 3, 4),
+                  "anchor_sizes": ((16,), (32,), (64,), (128,)), "fpn_channels": 128, "representation_size": 256,
+                  "mask_layers": (64,), "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 100,
+                  "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 256,
+                  "box_batch_size_per_image": 64, "box_detections_per_img": 300, "box_score_thresh": 1e-4,
+                  "norm": "bn"},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
+                  "warmup_iters": 100, "milestones": (2,), "clip_grad_norm": 10.0},
+        "predict": {"batch_size": 4},
+        "measured": True,
     },
     "gpu": {
         "arch": "maskrcnn_r50_fpn",
+        "threads": None,
         "model": {"min_size": 256, "max_size": 256, "anchor_sizes": ((16,), (32,), (64,), (128,), (256,)),
                   "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
                   "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 500,
@@ -69,6 +86,7 @@ DETECTION_PRESETS: dict[str, dict[str, Any]] = {
                   "norm": "bn"},
         "train": {"epochs": 24, "batch_size": 16, "lr": 0.04, "momentum": 0.9, "weight_decay": 1e-4,
                   "warmup_iters": 300, "milestones": (16, 22), "clip_grad_norm": 10.0, "amp": "bf16"},
+        "predict": {"batch_size": 16},
         "measured": False,
     },
 }
