@@ -6,8 +6,11 @@ clipping, a non-finite-loss check that stops with a clear error, and one checkpo
 atomically to ``out_dir/last.pt``. ``resume=True`` continues from that checkpoint exactly: model, optimizer,
 scheduler, AMP scaler and every RNG state (stored as tensors and plain lists, so the file loads with
 ``torch.load(weights_only=True)``) are restored, and the per-epoch data order is a function of (seed, epoch),
-so the resumed weights equal an uninterrupted run's. Under ``torchrun`` the model is wrapped in
-``DistributedDataParallel`` and the data sharded by rank.
+so the resumed weights equal an uninterrupted run's. Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) the
+process group is joined (gloo on CPU, nccl on GPU) and left open for :func:`predict`, the model is wrapped in
+``DistributedDataParallel`` and the data sharded by rank; BatchNorm statistics stay per rank (convert with
+``nn.SyncBatchNorm.convert_sync_batchnorm`` before the call for tiny per-GPU batches). Checked by hand with
+``torchrun --nproc_per_node 2`` on CPU: identical weights on both ranks, each image once per epoch.
 
 :func:`predict` runs a detector over a dataset and returns LVIS/COCO result dicts.
 """
