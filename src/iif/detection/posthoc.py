@@ -85,9 +85,11 @@ def detect_from_cache(model: nn.Module, cache: RoICache) -> list[dict[str, torch
         boxes, scores, labels = rh.postprocess_detections(class_logits, box_regression, b["proposals"], b["image_sizes"])
         batch = [{"boxes": bx, "labels": lb, "scores": sc} for bx, sc, lb in zip(boxes, scores, labels)]
         if rh.has_mask():
-            mask_features = rh.mask_head(rh.mask_roi_pool(b["features"], boxes, b["image_sizes"]))
-            mask_probs = maskrcnn_inference(rh.mask_predictor(mask_features), labels)
-            for r, m in zip(batch, mask_probs):
-                r["masks"] = m
+            # One image at a time: the mask head's activations for a whole batch of up to 300 detections per
+            # image (256 channels at 28 x 28 each) would take gigabytes.
+            for i, r in enumerate(batch):
+                feats = {k: v[i : i + 1] for k, v in b["features"].items()}
+                mask_features = rh.mask_head(rh.mask_roi_pool(feats, [boxes[i]], [b["image_sizes"][i]]))
+                r["masks"] = maskrcnn_inference(rh.mask_predictor(mask_features), [labels[i]])[0]
         results.extend(model.transform.postprocess(batch, b["image_sizes"], b["original_sizes"]))
     return results

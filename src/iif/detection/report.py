@@ -32,6 +32,8 @@ __all__ = [
     "plot_classifier_norms",
     "draw_detections",
     "dumps_rows",
+    "summary_lines",
+    "write_report",
 ]
 
 TEXT_KEYS: tuple[str, ...] = ("method", "strategy", "variant", "by")
@@ -73,6 +75,8 @@ def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[li
         for k in NUMERIC_KEYS:
             vals = np.array([r[k] for r in rs if r[k] is not None], dtype=float)
             m[k] = float(vals.mean()) if vals.size else None
+            if k == "false_positives" and vals.size == 1:
+                m[k] = int(vals[0])  # a count stays a count; a mean over seeds may be fractional
             s[k] = (float(vals.std(ddof=1)) if vals.size > 1 else 0.0) if vals.size else None
         means.append({k: m[k] for k in ROW_KEYS})
         stds.append({k: s[k] for k in ROW_KEYS})
@@ -200,3 +204,126 @@ def draw_detections(images: Sequence[Any], panels: Mapping[str, Sequence[Mapping
 def dumps_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     """JSON text of rows with exactly :data:`ROW_KEYS`, in that order."""
     return json.dumps([{k: r[k] for k in ROW_KEYS} for r in rows], indent=2) + "\n"
+
+
+def _find(rows, **match):
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's opening: the paper's question (does multiplicative IIF give fewer false positives than
+    the additive margins, and at what rare-class AP) answered from these rows, strategy by strategy."""
+    def fmt(r):
+        return (f"AP {cell(r['AP'])}, AP_r {cell(r['APr'])}, ΔAP_FP {cell(r['dAP_FP'])}, "
+                f"{cell(r['false_positives'], digits=0)} false positives")
+
+    lines = []
+    soft = _find(rows, method="softmax")
+    if soft:
+        lines.append(f"- Softmax detector: {fmt(soft[0])}.")
+    for strategy, additive in (("posthoc", ("logit_adjustment",)), ("e2e", ("balanced_softmax", "logit_adjustment"))):
+        iif_rows = _find(rows, method="iif", strategy=strategy)
+        add_rows = [r for r in rows if r["strategy"] == strategy and r["method"] in additive]
+        if not iif_rows or not add_rows:
+            continue
+        best_iif = max(iif_rows, key=lambda r: -1 if r["APr"] is None else r["APr"])
+        lines.append(f"- {'Post-hoc' if strategy == 'posthoc' else 'End-to-end'}: best IIF row by AP_r is "
+                     f"{row_label(best_iif)}: {fmt(best_iif)}.")
+        for a in add_rows:
+            if None in (a["dAP_FP"], best_iif["dAP_FP"], a["APr"], best_iif["APr"]):
+                continue
+            d_fp = best_iif["dAP_FP"] - a["dAP_FP"]
+            d_r = best_iif["APr"] - a["APr"]
+            lines.append(f"  - against {row_label(a)} ({fmt(a)}): IIF has "
+                         f"{'fewer' if d_fp < 0 else 'more' if d_fp > 0 else 'the same'} false positives by TIDE "
+                         f"(ΔAP_FP {d_fp:+.1f}) and {'higher' if d_r > 0 else 'lower' if d_r < 0 else 'equal'} AP_r "
+                         f"({d_r:+.1f}).")
+    return lines
+
+
+def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: bool = True) -> None:
+    """``report.md`` of ``iif det-bench`` (and its PNGs when ``plots``) in ``folder``."""
+    folder = Path(folder)
+    s = settings
+    val_cats = data.val_json["categories"]
+    groups = {g: sum(1 for c in val_cats if c.get("frequency") == g) for g in "rcf"}
+    counts = np.asarray(data.train.freq.image_counts)
+    lines = ["# iif det-bench", ""]
+    lines += ["## What the rows say", "", *summary_lines(rows), ""]
+    if meta.get("benchmark"):
+        lines.append("The data is the offline benchmark (`iif det-data`): scenes composed from Fashion-MNIST and "
+                     "MNIST objects, a controlled long-tailed set, not LVIS. Conclusions about LVIS need LVIS.")
+        lines.append("")
+    soft = _find(rows, method="softmax")
+    if soft and soft[0]["APb"] is not None and soft[0]["APb"] < 10:
+        lines += [f"**Warning:** the softmax detector reached only {soft[0]['APb']:.1f} box AP; differences between "
+                  "rows at this level are mostly noise. Train longer (`train.epochs=...`) or on a GPU.", ""]
+    lines += [
+        "## Set-up", "",
+        f"- Data: `{meta['data']}`; {meta['num_train_images']} training images, {meta['num_val_images']} validation "
+        f"images; {len(val_cats)} categories ({groups['r']} rare, {groups['c']} common, {groups['f']} frequent by "
+        "training images: r 1-10, c 11-100, f > 100).",
+        f"- Detector `{s.arch}` ({s.preset} preset), trained from scratch for {s.train['epochs']} epochs per model "
+        f"(batch {s.train.get('batch_size')}, lr {s.train.get('lr')}); device {meta['device']}, torch {meta['torch']}.",
+        f"- Seeds: {s.seeds}" + (" (mean ± sample std; `results_std.json` holds the stds)" if s.seeds > 1 else "") + ".",
+        "- AP, AP50, AP75, APr/c/f: LVIS-style mask AP (federated rules, 300 detections per image) on the "
+        "validation split, in percent; APb: box AP. dAP_FP: TIDE's false-positive error on boxes (AP50 lost to "
+        f"false positives, paper Fig. 1). FP: box detections with score >= {s.score_threshold:g} matching no ground "
+        "truth of their category at IoU 0.5.",
+        "- post-hoc rows switch the softmax detector's box classifier at test time (`use_margin(..., when=\"test\")`); "
+        "e2e rows train a detector with the margin in the loss (IIF: `when=\"train_and_test\"`, Balanced Softmax "
+        "and LA loss: `when=\"train\"`). Background keeps weight 1 / offset 0 unless the variant says "
+        "`background_margin` (prior 0.75, the RoI sampler's background share).",
+        f"- Mode: {'quick (post-hoc rows only)' if s.quick else 'full'}. Whole run {meta['wall_s']:.0f} s, peak RSS "
+        f"{meta['peak_rss_mb']:.0f} MB, {meta['date']}.",
+        "",
+        "## Results", "",
+        results_markdown(rows, stds),
+        "",
+    ]
+    details = [d for p in per_seed for d in p["details"] if d["seed"] == 0]
+    if details:
+        tail_keys = sorted({k for d in details for k in d.get("tail", {})}, key=lambda k: int(k[4:]))
+        body = []
+        for d in details:
+            t = d["tide"]
+            body.append([_short_label(d), cell(d["bbox"]["APr"]), cell(d["bbox"]["APc"]), cell(d["bbox"]["APf"]),
+                         cell(t.get("AP50_tide")), cell(t.get("dAP_Cls")), cell(t.get("dAP_Bkg")), cell(t.get("dAP_Miss")),
+                         *[cell(d["tail"].get(k)) for k in tail_keys],
+                         "/".join(str(d["false_positives_by_group"].get(g, "-")) for g in "rcf")])
+        lines += ["## More numbers (seed 0)", "",
+                  "Box APr/c/f; TIDE's own AP50 and its classification, background and missed-object errors "
+                  "(TIDE's AP50 is not LVIS's AP50: never mix them); tail-k mask AP (the k categories with fewest "
+                  "training images, paper Tables XVII-XVIII); false positives by group.", "",
+                  markdown_table(["row", "box APr", "box APc", "box APf", "AP50 (TIDE)", "dAP_Cls", "dAP_Bkg",
+                                  "dAP_Miss", *tail_keys, "FP r/c/f"], body), ""]
+    skipped = {k: v for p in per_seed for k, v in (p.get("skipped") or {}).items()}
+    if skipped:
+        lines += ["## Skipped rows", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
+    t = [p["timings"] for p in per_seed]
+    lines += ["## Timings", "",
+              markdown_table(["seed", "softmax training s", "RoI cache s", "post-hoc rows s", "end-to-end rows s", "seed total s"],
+                             [[str(i), cell(x["softmax_train_s"]), cell(x["cache_s"]), cell(x["posthoc_rows_s"]),
+                               cell(x["e2e_s"]), cell(x["seed_total_s"])] for i, x in enumerate(t)]), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        plot_fp_vs_rare_ap(rows, folder / "fp_vs_rare_ap.png", stds)
+        lines += ["![AP_r against ΔAP_FP](fp_vs_rare_ap.png)", ""]
+        norms = per_seed[0].get("norms") or {}
+        if norms:
+            plot_classifier_norms(counts, norms, folder / "classifier_norms.png")
+            lines += ["![classifier weight norms](classifier_norms.png)", ""]
+        ex = per_seed[0].get("examples")
+        if ex is not None:
+            images, panels, highlight = ex
+            draw_detections(images, panels, data.val.class_names, folder / "examples.png",
+                            score_threshold=s.score_threshold, highlight=highlight)
+            lines += ["![example detections on validation images with rare categories](examples.png)", ""]
+    from ..outputs import atomic_write_text
+
+    atomic_write_text(folder / "report.md", "\n".join(lines))
+
+
+def _short_label(d: Mapping[str, Any]) -> str:
+    variant = d.get("variant") if d.get("method") == "iif" else ("background_margin" if d.get("background_margin") else None)
+    return row_label({"method": d["method"], "strategy": d["strategy"], "variant": variant, "by": d.get("by")})

@@ -1,0 +1,489 @@
+"""``iif det-bench``: IIF against the additive margins on one long-tailed instance-segmentation set.
+
+One softmax Mask R-CNN is trained per seed; the post-hoc rows switch its box classifier with
+``use_margin(..., when="test")`` and are scored from one cached backbone/RPN pass (:mod:`.posthoc`);
+unless ``quick``, end-to-end IIF (raw IIF, base10 IOF), Balanced Softmax and the LA loss each train a
+detector of their own with the same schedule and seed. Every row is scored LVIS-style (mask and box AP,
+AP_r/c/f), with TIDE's ΔAP_FP and a false-positive count (:mod:`.evaluation`).
+
+The data is the user's (``--data``: benchmark, COCO or LVIS layout) or, by default, the offline benchmark of
+:func:`iif.detection.make_benchmark`, generated once into the cache folder (``$IIF_CACHE_DIR`` or
+``~/.cache/iif``) and reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import IIFError
+from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
+
+__all__ = ["RowSpec", "POSTHOC_ROWS", "E2E_ROWS", "DetBenchSettings", "run_det_bench", "default_benchmark_dir",
+           "quick_settings"]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One table row: a margin method, how it is applied, and with which weights."""
+
+    method: str
+    strategy: str  # "posthoc" (switched on the softmax detector at test time) or "e2e" (trained with it)
+    variant: str | None = None
+    by: str | None = None
+    when: str = "test"
+    background_margin: bool = False
+
+    def margin_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"when": self.when}
+        if self.variant is not None and self.method == "iif":
+            kw["variant"] = self.variant
+        if self.by is not None:
+            kw["by"] = self.by
+        if self.background_margin:
+            kw["background_margin"] = True
+        return kw
+
+    def table_variant(self) -> str | None:
+        """``variant`` as it appears in ``results.json``: the IIF variant, or for the additive methods
+        whether they got a background prior."""
+        if self.method == "iif":
+            return self.variant
+        if self.method in ("logit_adjustment", "balanced_softmax"):
+            return "background_margin" if self.background_margin else None
+        return None
+
+
+POSTHOC_ROWS: tuple[RowSpec, ...] = (
+    RowSpec("softmax", "posthoc"),
+    *(RowSpec("iif", "posthoc", v, by) for by in ("image", "object") for v in ("raw", "smooth", "base10")),
+    RowSpec("logit_adjustment", "posthoc"),
+    RowSpec("logit_adjustment", "posthoc", background_margin=True),
+)
+
+E2E_ROWS: tuple[RowSpec, ...] = (
+    RowSpec("iif", "e2e", "raw", "image", when="train_and_test"),
+    RowSpec("iif", "e2e", "base10", "object", when="train_and_test"),
+    RowSpec("balanced_softmax", "e2e", when="train"),
+    RowSpec("logit_adjustment", "e2e", when="train"),
+)
+
+
+@dataclass
+class DetBenchSettings:
+    """Everything a det-bench run depends on (written to ``settings.json``)."""
+
+    preset: str = "cpu-quick"
+    arch: str = ""
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    max_train_images: int | None = None  # a prefix (json order) of the training set, None: all
+    max_val_images: int | None = None
+    score_threshold: float = 0.3  # for the false-positive count and the drawn examples
+    hflip: bool | None = None  # None: the benchmark's recommendation (off: mirrored digits are other glyphs)
+    batch_size_eval: int = 8
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    seeds: int = 1
+    quick: bool = False
+    device: str = "cpu"
+
+
+def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
+    """The settings of a preset (:data:`iif.detection.DETECTION_PRESETS`) with ``key=value`` overrides
+    (``train.epochs=2``, ``model.min_size=96``, ``max_train_images=500``, ``score_threshold=0.5``)."""
+    from .models import DETECTION_PRESETS
+
+    if preset not in DETECTION_PRESETS:
+        raise IIFError(f"unknown det-bench preset {preset!r}; choose one of {sorted(DETECTION_PRESETS)}.")
+    p = DETECTION_PRESETS[preset]
+    s = DetBenchSettings(preset=preset, arch=p["arch"], model=copy.deepcopy(dict(p["model"])),
+                         train=copy.deepcopy(dict(p["train"])), threads=p.get("threads"),
+                         batch_size_eval=int(p.get("predict", {}).get("batch_size", 8)))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise IIFError(f"override {item!r} is not KEY=VALUE; write e.g. train.epochs=2.")
+        value = _parse_value(raw)
+        section, _, name = key.partition(".")
+        if name and section in ("model", "train"):
+            getattr(s, section)[name] = value
+        elif not name and key in ("arch", "max_train_images", "max_val_images", "score_threshold", "hflip",
+                                  "batch_size_eval", "threads"):
+            setattr(s, key, value)
+        else:
+            raise IIFError(f"unknown det-bench override {key!r}; use model.<build_detector argument>, "
+                           "train.<train_detector argument>, arch, max_train_images, max_val_images, "
+                           "score_threshold, hflip, batch_size_eval or threads.")
+    _check_settings(s)
+    return s
+
+
+def _parse_value(raw: str) -> Any:
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, list):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return value
+
+
+def _check_settings(s: DetBenchSettings) -> None:
+    for key in ("max_train_images", "max_val_images"):
+        v = getattr(s, key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise IIFError(f"det-bench setting {key} must be a whole number >= 1 or null; got {v!r}.")
+    if not isinstance(s.score_threshold, (int, float)) or not 0 <= s.score_threshold <= 1:
+        raise IIFError(f"det-bench setting score_threshold must be in [0, 1]; got {s.score_threshold!r}.")
+    if not isinstance(s.batch_size_eval, int) or s.batch_size_eval < 1:
+        raise IIFError(f"det-bench setting batch_size_eval must be a whole number >= 1; got {s.batch_size_eval!r}.")
+    if not isinstance(s.seeds, int) or s.seeds < 1:
+        raise IIFError(f"--seeds must be >= 1; got {s.seeds!r}.")
+    epochs = s.train.get("epochs")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise IIFError(f"det-bench setting train.epochs must be a whole number >= 1; got {epochs!r}.")
+
+
+def default_benchmark_dir(seed: int = 0) -> Path:
+    """Where the default offline benchmark is generated once and reused."""
+    from .synthetic import GENERATOR_VERSION
+
+    root = Path(os.environ.get("IIF_CACHE_DIR") or Path.home() / ".cache" / "iif")
+    return root / "det-data" / f"v{GENERATOR_VERSION}-seed{seed}"
+
+
+def _default_data(log: Callable[[str], Any]) -> Path:
+    from .synthetic import make_benchmark, validate_benchmark
+
+    path = default_benchmark_dir()
+    if (path / "BENCHMARK.json").is_file():
+        try:
+            validate_benchmark(path)
+            return path
+        except IIFError as exc:
+            log(f"det-bench: regenerating the cached benchmark at {path} ({exc})")
+    log(f"det-bench: generating the offline benchmark into {path} (once; about 15 s)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_benchmark(path, seed=0, force=path.exists())
+    return path
+
+
+@dataclass
+class _Data:
+    root: Path
+    train: Any
+    val: Any
+    val_json: dict
+    benchmark: dict | None
+
+
+def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log) -> _Data:
+    from .data import load_detection_dataset, resolve_detection_data
+
+    root = Path(data) if data is not None else _default_data(log)
+    train_json, train_images, val_json, val_images = resolve_detection_data(root)
+    bench = None
+    if (root / "BENCHMARK.json").is_file():
+        bench = json.loads((root / "BENCHMARK.json").read_text())
+    hflip = s.hflip
+    if hflip is None:
+        hflip = bool((bench or {}).get("recommended", {}).get("hflip", True))
+    masks = not s.arch.startswith("fasterrcnn")
+    train = load_detection_dataset(train_json, train_images, train=True, masks=masks, hflip=hflip)
+    val = load_detection_dataset(val_json, val_images, train=False, masks=masks, hflip=False)
+    val_ann = json.loads(Path(val_json).read_text())
+    if s.max_train_images is not None and s.max_train_images < len(train):
+        train = torch.utils.data.Subset(train, _covering_prefix(train, s.max_train_images))
+        train.freq = _subset_freq(train)
+    if s.max_val_images is not None and s.max_val_images < len(val):
+        keep = set(val.image_ids[: s.max_val_images])
+        val_ann = _restrict_json(val_ann, keep)
+        val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
+    return _Data(root, train, val, val_ann, bench)
+
+
+def _covering_prefix(dataset, n: int) -> list[int]:
+    """``n`` training images that keep as many categories as possible: first, in json order, each image that
+    brings a category not yet covered, then the following images in json order. Deterministic."""
+    labels = [{a["category_id"] for a in dataset.coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)}
+              for i in dataset.image_ids]
+    picked, covered = [], set()
+    for idx, cats in enumerate(labels):
+        if len(picked) == n:
+            break
+        if cats - covered:
+            picked.append(idx)
+            covered |= cats
+    chosen = set(picked)
+    for idx in range(len(labels)):
+        if len(picked) == n:
+            break
+        if idx not in chosen:
+            picked.append(idx)
+    return sorted(picked)
+
+
+def _restrict_json(ann: dict, image_ids: set[int]) -> dict:
+    out = dict(ann)
+    out["images"] = [im for im in ann["images"] if im["id"] in image_ids]
+    out["annotations"] = [a for a in ann["annotations"] if a["image_id"] in image_ids]
+    return out
+
+
+def _subset_freq(subset):
+    """Class counts of a prefix of the training set, counted from its own annotations."""
+    from ..frequency import ClassFrequency
+
+    base = subset.dataset
+    keep = {base.image_ids[i] for i in subset.indices}
+    ann = _restrict_json(base.coco.dataset, keep)
+    for c in ann.get("categories", []):  # the json's count fields describe the whole set, not the prefix
+        c.pop("image_count", None)
+        c.pop("instance_count", None)
+    return ClassFrequency.from_coco(ann)
+
+
+def _freq(train):
+    return train.freq
+
+
+def _category_ids(val) -> list[int]:
+    return list(val.category_ids)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _evaluate(val_json: dict, results: list[dict], masks: bool, score_threshold: float,
+              train_counts: np.ndarray) -> dict[str, Any]:
+    from .evaluation import count_false_positives, evaluate_lvis, false_positives_by_group, tail_k_ap, tide_errors
+
+    box = evaluate_lvis(val_json, results, iou_type="bbox")
+    seg = evaluate_lvis(val_json, results, iou_type="segm") if masks else box
+    tide = tide_errors(val_json, results, iou_type="bbox")
+    n_cats = len(val_json["categories"])
+    ks = tuple(k for k in (5, 10, 20) if k < n_cats)
+    tails = tail_k_ap(val_json, results, ks=ks, iou_type="segm" if masks else "bbox", train_counts=train_counts) if ks else {}
+    fp = count_false_positives(val_json, results, score_threshold=score_threshold, iou_type="bbox")
+    fp_groups = false_positives_by_group(val_json, results, score_threshold=score_threshold, iou_type="bbox")
+    return {"segm": seg, "bbox": box, "tide": tide, "tail": tails, "false_positives": fp,
+            "false_positives_by_group": fp_groups, "num_detections": len(results)}
+
+
+def _row(spec: RowSpec, ev: dict) -> dict[str, Any]:
+    def num(x):
+        return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else float(x)
+
+    seg, box = ev["segm"], ev["bbox"]
+    return {"method": spec.method, "strategy": spec.strategy, "variant": spec.table_variant(), "by": spec.by,
+            "AP": num(seg["AP"]), "AP50": num(seg["AP50"]), "AP75": num(seg["AP75"]), "APr": num(seg["APr"]),
+            "APc": num(seg["APc"]), "APf": num(seg["APf"]), "APb": num(box["AP"]), "dAP_FP": num(ev["tide"]["dAP_FP"]),
+            "false_positives": int(ev["false_positives"])}
+
+
+def _classifier_norms(model) -> np.ndarray:
+    """L2 norm of each foreground category's row of the box classifier (background row dropped)."""
+    w = model.roi_heads.box_predictor.cls_score.weight.detach().float().cpu()
+    return w.norm(dim=1).numpy()[1:]
+
+
+class _SkipRow(Exception):
+    """A row whose margin cannot be built from these counts (e.g. raw IIF with an empty category)."""
+
+
+def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, device: str, log) -> tuple[Any, dict]:
+    from .engine import train_detector
+    from .margins import use_margin
+    from .models import build_detector
+
+    torch.manual_seed(seed)
+    model = build_detector(s.arch, len(data.val.category_ids), **s.model)
+    if spec is not None and spec.method != "softmax":
+        try:
+            use_margin(model, spec.method, _freq(data.train), **spec.margin_kwargs())
+        except IIFError as exc:  # checked before any training: the row cannot run on these counts
+            raise _SkipRow(str(exc)) from None
+    name = "softmax" if spec is None else f"{spec.method} {spec.table_variant() or ''} {spec.by or ''}".strip()
+    log(f"det-bench: seed {seed}: training {name} detector ({len(data.train)} images, {s.train['epochs']} epochs)")
+    t0 = time.perf_counter()
+    res = train_detector(model, data.train, device=device, seed=seed, log=log, **s.train)
+    res["train_s"] = time.perf_counter() - t0
+    return model, res
+
+
+def _detections(model, data: _Data, cache, device: str, s: DetBenchSettings) -> list[dict]:
+    from .data import detections_to_results
+    from .engine import predict
+    from .posthoc import detect_from_cache
+
+    masks = not s.arch.startswith("fasterrcnn")
+    if cache is not None:
+        outputs = [{k: v.cpu() for k, v in o.items()} for o in detect_from_cache(model, cache)]
+        return detections_to_results(outputs, cache.image_ids, _category_ids(data.val), masks=masks)
+    return predict(model, data.val, device=device, batch_size=s.batch_size_eval)
+
+
+def _make_cache(model, data: _Data, device: str, s: DetBenchSettings):
+    from .data import collate
+    from .posthoc import cache_roi_inputs
+
+    if not hasattr(model, "roi_heads"):
+        return None
+    loader = torch.utils.data.DataLoader(data.val, batch_size=s.batch_size_eval, shuffle=False, collate_fn=collate)
+    return cache_roi_inputs(model, loader, device)
+
+
+def _examples(model_rows: dict[str, Any], data: _Data, s: DetBenchSettings, device: str, n: int = 4):
+    """Up to ``n`` validation images holding rare categories, with the ground truth and each drawn model's
+    detections (for report.md)."""
+    from .data import collate
+
+    cats = data.val_json["categories"]
+    id_to_label = {c["id"]: i + 1 for i, c in enumerate(sorted(cats, key=lambda c: c["id"]))}
+    rare = {id_to_label[c["id"]] for c in cats if c.get("frequency") == "r"}
+    picks = []
+    for i in range(len(data.val)):
+        img_id = data.val.image_ids[i]
+        labels = {id_to_label[a["category_id"]] for a in data.val.coco.imgToAnns.get(img_id, [])}
+        if labels & rare:
+            picks.append(i)
+        if len(picks) == n:
+            break
+    if not picks:
+        return None
+    images, targets = collate([data.val[i] for i in picks])
+    panels: dict[str, list] = {"ground truth": targets}
+    for label, model in model_rows.items():
+        model.eval()
+        with torch.no_grad():
+            outs = model([im.to(device) for im in images])
+        panels[label] = [{k: v.cpu() for k, v in o.items()} for o in outs]
+    return images, panels, [rare] * len(picks)
+
+
+def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, want_examples: bool) -> dict[str, Any]:
+    from .margins import use_margin
+
+    masks = not s.arch.startswith("fasterrcnn")
+    counts = _freq(data.train).image_counts
+    t_start = time.perf_counter()
+    model, res = _train(s, data, None, seed, device, log)
+    timings = {"softmax_train_s": res["train_s"], "history": res.get("history", [])}
+    t0 = time.perf_counter()
+    cache = _make_cache(model, data, device, s)
+    timings["cache_s"] = time.perf_counter() - t0
+    rows, details = [], []
+    norms = {"softmax": _classifier_norms(model).tolist()} if hasattr(model, "roi_heads") else {}
+    drawn: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    skipped: dict[str, str] = {}
+    for spec in POSTHOC_ROWS:
+        try:
+            use_margin(model, spec.method, _freq(data.train), **spec.margin_kwargs())
+        except IIFError as exc:  # e.g. raw IIF with a category that has no training image
+            skipped[_short(spec)] = str(exc)
+            log(f"det-bench: skipping {_short(spec)}: {exc}")
+            continue
+        results = _detections(model, data, cache, device, s)
+        ev = _evaluate(data.val_json, results, masks, s.score_threshold, counts)
+        rows.append(_row(spec, ev))
+        details.append({"seed": seed, **asdict(spec), **ev})
+        log(f"det-bench: seed {seed}: {spec.method} {spec.table_variant() or ''} {spec.by or ''}: "
+            f"AP {rows[-1]['AP']:.1f} APr {_fmt(rows[-1]['APr'])} dAP_FP {_fmt(rows[-1]['dAP_FP'])}")
+        if want_examples and spec in (POSTHOC_ROWS[0], POSTHOC_ROWS[1], POSTHOC_ROWS[-2]):
+            drawn[_short(spec)] = copy.deepcopy(model)
+    use_margin(model, "softmax")
+    timings["posthoc_rows_s"] = time.perf_counter() - t0
+    del cache
+    e2e_s = 0.0
+    if not s.quick:
+        for spec in E2E_ROWS:
+            try:
+                m, r = _train(s, data, spec, seed, device, log)
+            except _SkipRow as exc:
+                skipped[_short(spec)] = str(exc)
+                log(f"det-bench: skipping {_short(spec)}: {exc}")
+                continue
+            e2e_s += r["train_s"]
+            results = _detections(m, data, None, device, s)
+            ev = _evaluate(data.val_json, results, masks, s.score_threshold, counts)
+            rows.append(_row(spec, ev))
+            details.append({"seed": seed, **asdict(spec), **ev, "train_s": r["train_s"]})
+            if hasattr(m, "roi_heads"):
+                norms[_short(spec)] = _classifier_norms(m).tolist()
+            if want_examples and spec.method == "iif" and spec.variant == "raw":
+                drawn[_short(spec)] = m
+    timings["e2e_s"] = e2e_s
+    timings["seed_total_s"] = time.perf_counter() - t_start
+    examples = _examples(drawn, data, s, device) if want_examples and drawn else None
+    return {"rows": rows, "details": details, "timings": timings, "norms": norms, "examples": examples,
+            "skipped": skipped}
+
+
+def _short(spec: RowSpec) -> str:
+    parts = [spec.method] + [p for p in (spec.table_variant(), {"image": "IIF", "object": "IOF"}.get(spec.by or "")) if p]
+    return " ".join(parts) + f" ({spec.strategy})"
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False, out: str | os.PathLike = "det-bench-out",
+                  seeds: int = 1, force: bool = False, device: str | None = None, preset: str | None = None,
+                  overrides: Sequence[str] = (), plots: bool = True, threads: int | None = None,
+                  log: Callable[[str], Any] = print) -> list[dict]:
+    """Run the detection benchmark and write ``out`` (results.json, details.json, settings.json, report.md,
+    plots). Returns the (mean) rows. See the module docstring and docs/detection.md."""
+    from . import report as R
+
+    folder = OutputFolder(out, command="det-bench", force=force)  # refuses a used --out before any work
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if preset is None:
+        preset = "gpu" if dev.startswith("cuda") else "cpu-quick"
+    s = quick_settings(preset, overrides)
+    s.seeds, s.quick, s.device = int(seeds), bool(quick), dev
+    _check_settings(s)
+    if threads is not None:
+        s.threads = threads
+    if s.threads is not None:
+        if not isinstance(s.threads, int) or s.threads < 1:
+            raise IIFError(f"--threads must be a whole number >= 1; got {s.threads!r}.")
+        torch.set_num_threads(s.threads)
+    t_all = time.perf_counter()
+    d = _load_data(data, s, log)
+    per_seed = []
+    for seed in range(s.seeds):
+        per_seed.append(_one_seed(seed, s, d, dev, log, want_examples=plots and seed == 0))
+    means, stds = R.aggregate_seeds([p["rows"] for p in per_seed])
+    wall = time.perf_counter() - t_all
+    table = R.format_table(means, stds if s.seeds > 1 else None)
+    meta = {"version": __version__, "data": str(d.root), "benchmark": d.benchmark is not None,
+            "num_train_images": len(d.train), "num_val_images": len(d.val), "device": dev,
+            "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+            "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    with folder as staging:
+        atomic_write_text(staging / "results.json", R.dumps_rows(means))
+        if s.seeds > 1:
+            atomic_write_text(staging / "results_std.json", R.dumps_rows(stds))
+        atomic_write_json(staging / "details.json", json_safe([x for p in per_seed for x in p["details"]]))
+        atomic_write_json(staging / "settings.json", json_safe({"settings": asdict(s), "meta": meta,
+                                                                "timings": [p["timings"] for p in per_seed]}))
+        R.write_report(staging, means, stds if s.seeds > 1 else None, per_seed, d, s, meta, plots=plots)
+    log(table)
+    log(f"det-bench: {wall:.0f} s, peak RSS {meta['peak_rss_mb']:.0f} MB; wrote {out}")
+    return means

@@ -1,0 +1,132 @@
+"""``iif det-bench`` end to end on a tiny benchmark (iif.detection.bench, iif.cli.det_bench)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("torchvision")
+pytest.importorskip("faster_coco_eval")
+pytest.importorskip("tidecv")
+
+from iif.cli import main  # noqa: E402
+from iif.detection import bench as B  # noqa: E402
+from iif.detection.report import ROW_KEYS  # noqa: E402
+from iif.detection.synthetic import make_benchmark  # noqa: E402
+from iif.errors import IIFError  # noqa: E402
+
+TINY = ["arch=maskrcnn_r10_fpn", "model.min_size=64", "model.max_size=64", "model.fpn_channels=32",
+        "model.representation_size=64", "model.mask_layers=[16]", "model.box_detections_per_img=40",
+        "model.rpn_pre_nms_top_n_test=100", "model.rpn_post_nms_top_n_test=40", "train.epochs=1",
+        "train.batch_size=4", "train.warmup_iters=1", "train.milestones=[]", "max_train_images=20",
+        "max_val_images=5", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detbench") / "data"
+    make_benchmark(root, seed=0, num_train=231, num_val=50, image_size=64)
+    return root
+
+
+def _rows(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def test_quick_run_writes_the_table_and_report(tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    rows = B.run_det_bench(tiny_data, quick=True, out=out, overrides=TINY)
+    saved = _rows(out)
+    assert [list(r) for r in saved] == [list(ROW_KEYS)] * len(B.POSTHOC_ROWS)
+    assert saved == json.loads(json.dumps(rows))
+    assert [(r["method"], r["strategy"], r["variant"], r["by"]) for r in saved] == [
+        ("softmax", "posthoc", None, None),
+        ("iif", "posthoc", "raw", "image"), ("iif", "posthoc", "smooth", "image"), ("iif", "posthoc", "base10", "image"),
+        ("iif", "posthoc", "raw", "object"), ("iif", "posthoc", "smooth", "object"), ("iif", "posthoc", "base10", "object"),
+        ("logit_adjustment", "posthoc", None, None), ("logit_adjustment", "posthoc", "background_margin", None)]
+    for r in saved:
+        for k in ("AP", "AP50", "AP75", "APb", "dAP_FP"):
+            assert r[k] is None or 0.0 <= r[k] <= 100.0
+        assert isinstance(r["false_positives"], int) and r["false_positives"] >= 0
+    details = json.loads((out / "details.json").read_text())
+    assert len(details) == len(saved)
+    for r, d in zip(saved, details):  # the table's numbers are the evaluation's, key for key
+        assert r["APb"] == pytest.approx(d["bbox"]["AP"]) and r["AP"] == pytest.approx(d["segm"]["AP"])
+        assert r["dAP_FP"] == pytest.approx(d["tide"]["dAP_FP"]) and r["false_positives"] == d["false_positives"]
+        assert d["false_positives_by_group"]["all"] == d["false_positives"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# iif det-bench\n\n## What the rows say")
+    assert "Softmax detector:" in report and "not LVIS" in report
+    for png in ("fp_vs_rare_ap.png", "classifier_norms.png", "examples.png"):
+        assert (out / png).stat().st_size > 1000
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["quick"] is True and settings["meta"]["num_train_images"] == 20
+    assert settings["meta"]["num_val_images"] == 5
+
+
+def test_post_hoc_softmax_row_is_the_margin_free_detector(tiny_data, tmp_path):
+    """Switching to IIF changes the detections (else the rows would be copies), and two runs with one seed agree."""
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    r1 = B.run_det_bench(tiny_data, quick=True, out=out1, overrides=TINY, plots=False)
+    r2 = B.run_det_bench(tiny_data, quick=True, out=out2, overrides=TINY, plots=False)
+    assert r1 == r2
+    d = json.loads((out1 / "details.json").read_text())
+    assert d[0]["num_detections"] > 0
+    soft, iif_raw = d[0], d[1]
+    assert (soft["tide"], soft["bbox"]) != (iif_raw["tide"], iif_raw["bbox"]) or soft["num_detections"] != iif_raw["num_detections"]
+
+
+def test_end_to_end_rows_train_their_own_detector(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "E2E_ROWS", (B.RowSpec("iif", "e2e", "raw", "image", when="train_and_test"),
+                                         B.RowSpec("balanced_softmax", "e2e", when="train")))
+    rows = B.run_det_bench(tiny_data, quick=False, out=tmp_path / "o", overrides=TINY, plots=False)
+    assert [(r["method"], r["strategy"]) for r in rows[-2:]] == [("iif", "e2e"), ("balanced_softmax", "e2e")]
+    assert len(rows) == len(B.POSTHOC_ROWS) + 2
+
+
+def test_seeds_give_mean_and_std(tiny_data, tmp_path):
+    out = tmp_path / "o"
+    B.run_det_bench(tiny_data, quick=True, out=out, seeds=2, overrides=TINY, plots=False)
+    stds = json.loads((out / "results_std.json").read_text())
+    assert [list(r) for r in stds] == [list(ROW_KEYS)] * len(B.POSTHOC_ROWS)
+    assert all(r["AP"] is None or r["AP"] >= 0 for r in stds)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "tpu"], "unknown det-bench preset"),
+    (["nonsense"], "not KEY=VALUE"),
+    (["model"], "not KEY=VALUE"),
+    (["foo.bar=1"], "unknown det-bench override"),
+    (["train.epochs=0"], "train.epochs"),
+    (["max_val_images=-3"], "max_val_images"),
+    (["score_threshold=2"], "score_threshold"),
+    (["--seeds", "0"], "--seeds"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bad_settings_are_one_line_before_any_work(argv, message, tiny_data, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["det-bench", "--data", str(tiny_data), "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_refuses_a_used_out_folder_and_a_data_folder_of_another_layout(tiny_data, tmp_path, capsys):
+    used = tmp_path / "mine"
+    used.mkdir()
+    (used / "notes.txt").write_text("keep me")
+    assert main(["det-bench", "--data", str(tiny_data), "--out", str(used)]) == 2
+    assert (used / "notes.txt").read_text() == "keep me"
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    other = tmp_path / "photos"
+    other.mkdir()
+    assert main(["det-bench", "--data", str(other), "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "layout" in err[0].lower()
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_benchmark_lives_in_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("IIF_CACHE_DIR", str(tmp_path))
+    assert B.default_benchmark_dir().parent == tmp_path / "det-data"
+    with pytest.raises(IIFError, match="preset"):
+        B.quick_settings("nope")
