@@ -49,18 +49,22 @@ NORMS = ("bn", "gn", "frozen_bn")
 # NOT been measured.
 #
 # "cpu-quick" was measured on the 2-core CPU dev machine (shared with other jobs, load 1-5) on
-# `iif det-data` seed 0 (2000 train / 400 val images of 128 px), single thread. Its ancestor with a wider
-# mask head (mask_layers (128, 128)) and 4 epochs at lr 0.02 (milestone 3) reached, box / mask LVIS AP with
-# 300 detections: AP 18.9 / 12.9 (100 detections for masks), APr 2.3, APc 13.1, APf 34.4 (box); box AP was
-# 2.2 after epoch 1 and 13.7 after epoch 3, so rare/common/frequent differences are measurable. It trained
-# at 5.5-9.2 img/s (1,145 s for 4 epochs under load). Why these settings:
+# `iif det-data` seed 0 (2000 train / 400 val images of 128 px), one thread, one seed (spread not measured):
+# - as below (3 epochs, 750 iterations): training 593 CPU-s (754 s wall under load, 6.5-9.5 img/s); LVIS
+#   box AP 11.9 (AP50 22.8, APr 1.6, APc 6.8, APf 22.8), mask AP 8.0 (APr 0.5, APc 5.1, APf 15.2) with 300
+#   detections per image; box-only predict of the 400 val images 8.8 s, with masks 128 s and 1.9 GB peak.
+# - 4 epochs at lr 0.02 (milestone 3), mask head (128, 128): box AP 18.9 (APr 2.3, APc 13.1, APf 34.4),
+#   mask AP 12.9 (100 detections), box AP 2.2 after epoch 1 and 13.7 after epoch 3; but ~1,000 iterations
+#   (~12 min of one core), over the 8-9 minute training budget of `det-bench --quick`.
+# Both keep rare/common/frequent far apart (APf/APc/APr ~ 14:4:1); AP_r is small, so compare methods on it
+# with several seeds. Why these settings:
 # - one thread: with other jobs on the two cores, two OpenMP threads per process made steps 3-6x slower;
 # - r10 (BasicBlock ResNet, one block per stage) with a 128-wide FPN on P3-P5 (+ pool), anchors 16-128 px:
 #   objects are 16-48 px; 12 img/s single-thread vs 10 img/s for R18 and 3.3 img/s for R18 with
 #   torchvision's heads (FPN 256, 1024-wide box head, 4x256 mask head) at 300/100 proposals and 64 RoIs;
 # - a one-layer, 64-wide mask head: at test time the mask head runs on every kept detection; with two
-#   128-wide layers and 300 detections it cost ~1 s per image (4x the rest of the model) and 6.8 GB at
-#   batch 16. Evaluate boxes with predict(..., masks=False) (18 s for 400 images) and masks once.
+#   128-wide layers and 300 detections it cost 0.8-1.1 s per image (~20x the box-only forward) and 6.8 GB
+#   at batch 16. Evaluate boxes with predict(..., masks=False) (9-19 s for 400 images) and masks once.
 DETECTION_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
         "arch": "maskrcnn_r10_fpn",
