@@ -41,6 +41,9 @@ __all__ = [
     "RuntimeConfig",
     "TrainConfig",
     "load_config",
+    "load_sections",
+    "merge_overrides",
+    "read_config_yaml",
     "validate_config",
     "apply_overrides",
     "config_to_dict",
@@ -233,15 +236,16 @@ _HASH_EXCLUDE = {
 }
 
 
-def config_to_dict(cfg: TrainConfig) -> dict:
+def config_to_dict(cfg: Any) -> dict:
     """Plain nested dict (JSON/YAML-safe) of a config."""
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: TrainConfig | Mapping) -> str:
-    """SHA-256 (first 16 hex digits) of every setting that changes what training computes."""
-    d = config_to_dict(cfg) if isinstance(cfg, TrainConfig) else copy.deepcopy(dict(cfg))
-    for section, key in _HASH_EXCLUDE:
+def config_hash(cfg: Any, exclude: Iterable[tuple[str, str]] | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of every setting that changes what training computes; ``exclude``
+    (default: the classification run's) lists the ``(section, key)`` pairs that do not."""
+    d = config_to_dict(cfg) if dataclasses.is_dataclass(cfg) else copy.deepcopy(dict(cfg))
+    for section, key in (_HASH_EXCLUDE if exclude is None else exclude):
         if isinstance(d.get(section), dict):
             d[section].pop(key, None)
     blob = json.dumps(d, sort_keys=True, default=str).encode()
@@ -339,6 +343,12 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
 
     ``section.key.sub=value`` sets one entry of a dict field (e.g. ``model.kwargs.scale=16``).
     """
+    return validate_config(merge_overrides(cfg, overrides))
+
+
+def merge_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
+    """:func:`apply_overrides` without the validation, for any dataclass of sections (the classification
+    :class:`TrainConfig`, the detection config): parses, type-checks and sets each ``section.key=value``."""
     import yaml
 
     for item in overrides:
@@ -373,19 +383,27 @@ def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
             for p in parts[2:-1]:
                 target = target.setdefault(p, {})
             target[parts[-1]] = value
-    return validate_config(cfg)
+    return cfg
 
 
-def packaged_configs() -> list[str]:
-    """Short names of the configs shipped in ``iif/configs``."""
+# Packaged detection configs carry this prefix (``iif det-train``); the classification commands skip them.
+DETECTION_PREFIX = "det_"
+
+
+def packaged_configs(kind: str = "classification") -> list[str]:
+    """Short names of the configs shipped in ``iif/configs``: ``kind="classification"`` (``iif train``),
+    ``"detection"`` (``iif det-train``, names starting ``det_``) or ``"all"``."""
     root = resources.files("iif").joinpath("configs")
     try:
-        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+        names = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    if kind == "all":
+        return names
+    return [n for n in names if n.startswith(DETECTION_PREFIX) == (kind == "detection")]
 
 
-def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
+def resolve_config_path(name_or_path: str | os.PathLike, kind: str = "classification") -> Path:
     """A YAML path, or the packaged config with that short name (``cifar100_lt_decoupled``)."""
     p = Path(name_or_path)
     if p.is_file():
@@ -394,7 +412,7 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
     candidate = resources.files("iif").joinpath("configs", f"{short}.yaml")
     if candidate.is_file():
         return Path(str(candidate))
-    names = packaged_configs()
+    names = packaged_configs(kind)
     raise IIFError(f"config {str(name_or_path)!r} is neither a file nor a packaged config.{_suggest(short, names)} "
                    f"Packaged configs: {', '.join(names) or '(none)'}.")
 
@@ -404,14 +422,29 @@ def load_config(source: str | os.PathLike | Mapping | TrainConfig | None = None,
 
     A YAML file may start with ``base: other_config`` to inherit another (packaged or relative) config.
     """
-    cfg = TrainConfig()
-    if isinstance(source, TrainConfig):
+    return load_sections(TrainConfig, source, overrides, validate_config)
+
+
+def load_sections(schema: type, source: Any = None, overrides: Iterable[str] = (), validate: Any = None,
+                  kind: str = "classification") -> Any:
+    """Defaults of the dataclass ``schema``, then a YAML file / packaged short name (``base:`` chains
+    followed) / dict / instance ``source``, then ``section.key=value`` ``overrides``, then ``validate(cfg)``.
+    The one loader behind :func:`load_config` and :func:`iif.detection.config.load_detection_config`."""
+    cfg = schema()
+    if isinstance(source, schema):
         cfg = copy.deepcopy(source)
     elif isinstance(source, Mapping):
         _merge(cfg, dict(source))
     elif source is not None:
-        _merge(cfg, _read_yaml_with_base(resolve_config_path(source)))
-    return apply_overrides(cfg, overrides)  # validates
+        _merge(cfg, read_config_yaml(resolve_config_path(source, kind)))
+    merge_overrides(cfg, overrides)
+    return validate(cfg) if validate is not None else cfg
+
+
+def read_config_yaml(path: str | os.PathLike) -> dict:
+    """The sections of a YAML config file with its ``base:`` chain merged in (one-line :class:`IIFError` for
+    non-UTF-8 text, bad YAML, nesting too deep, a base cycle)."""
+    return _read_yaml_with_base(Path(path))
 
 
 def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
@@ -445,7 +478,7 @@ def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
     return merged
 
 
-def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML atomically."""
     import yaml
 
