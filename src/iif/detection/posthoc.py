@@ -5,8 +5,9 @@ backbone, the RPN proposals and the RoI box-head features of a validation image 
 post-hoc row of ``iif det-bench``. :func:`cache_roi_inputs` runs those once; :func:`detect_from_cache` then
 runs the box predictor (through whatever margin is switched on), torchvision's own
 ``postprocess_detections``, the mask branch on the new boxes, and the resize back to the image size — the
-same code path as ``model(images)`` in eval mode, so the detections are identical (tested), at a fraction
-of the cost.
+same code path as ``model(images)`` in eval mode, so boxes, labels and scores are identical and masks equal
+to float32 rounding (tested), at a fraction of the cost. Masks are memoised per (box, label): a margin
+changes which detections survive, not a surviving detection's box or mask.
 """
 
 from __future__ import annotations
@@ -71,11 +72,10 @@ def cache_roi_inputs(model: nn.Module, batches: Iterable[tuple[list[torch.Tensor
 def detect_from_cache(model: nn.Module, cache: RoICache) -> list[dict[str, torch.Tensor]]:
     """Detections of ``model`` (with its current box predictor and margin) for every cached image.
 
-    Returns one dict per image (``boxes`` xyxy in the original image's pixels, ``labels`` 1..C, ``scores``,
+    The cache belongs to the model it was made with: mask probabilities computed here are kept in it and
+    reused by later calls (a margin never changes the mask head). Returns one dict per image (``boxes`` xyxy in the original image's pixels, ``labels`` 1..C, ``scores``,
     and ``masks`` (N, 1, H, W) probabilities for Mask R-CNN), in cache order, as ``model(images)`` does.
     """
-    from torchvision.models.detection.roi_heads import maskrcnn_inference
-
     _check_two_stage(model)
     model.eval()
     rh = model.roi_heads
@@ -85,11 +85,32 @@ def detect_from_cache(model: nn.Module, cache: RoICache) -> list[dict[str, torch
         boxes, scores, labels = rh.postprocess_detections(class_logits, box_regression, b["proposals"], b["image_sizes"])
         batch = [{"boxes": bx, "labels": lb, "scores": sc} for bx, sc, lb in zip(boxes, scores, labels)]
         if rh.has_mask():
-            # One image at a time: the mask head's activations for a whole batch of up to 300 detections per
-            # image (256 channels at 28 x 28 each) would take gigabytes.
+            memo = b.setdefault("masks", [{} for _ in boxes])
             for i, r in enumerate(batch):
-                feats = {k: v[i : i + 1] for k, v in b["features"].items()}
-                mask_features = rh.mask_head(rh.mask_roi_pool(feats, [boxes[i]], [b["image_sizes"][i]]))
-                r["masks"] = maskrcnn_inference(rh.mask_predictor(mask_features), [labels[i]])[0]
+                r["masks"] = _masks(rh, b, i, boxes[i], labels[i], memo[i])
         results.extend(model.transform.postprocess(batch, b["image_sizes"], b["original_sizes"]))
     return results
+
+
+def _masks(rh, b: dict, i: int, boxes: torch.Tensor, labels: torch.Tensor, memo: dict) -> torch.Tensor:
+    """Mask probabilities (N, 1, M, M) of image ``i``'s detections, computing only the (box, label) pairs not
+    seen before. A post-hoc margin changes which detections survive and their scores, but a detection's box
+    is the same decoded (proposal, class) box in every row, and its mask depends only on that box, the label
+    and the image's features, so rows share most of the mask head's work (the dominant inference cost).
+    One image at a time: a batch's mask-head activations for 300 detections per image take gigabytes."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    keys = [(tuple(bx), int(lb)) for bx, lb in zip(boxes.tolist(), labels.tolist())]
+    todo = [j for j, k in enumerate(keys) if k not in memo]
+    if not keys:  # no detection: the head's own empty output keeps the shapes right
+        feats = {k: v[i : i + 1] for k, v in b["features"].items()}
+        mask_features = rh.mask_head(rh.mask_roi_pool(feats, [boxes], [b["image_sizes"][i]]))
+        return maskrcnn_inference(rh.mask_predictor(mask_features), [labels])[0]
+    if todo:
+        idx = torch.tensor(todo, dtype=torch.long)
+        feats = {k: v[i : i + 1] for k, v in b["features"].items()}
+        mask_features = rh.mask_head(rh.mask_roi_pool(feats, [boxes[idx]], [b["image_sizes"][i]]))
+        probs = maskrcnn_inference(rh.mask_predictor(mask_features), [labels[idx]])[0]
+        for j, pr in zip(todo, probs):
+            memo[keys[j]] = pr
+    return torch.stack([memo[k] for k in keys])
