@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from iif.detection.engine import DetectionSchedule, detection_collate, predict, train_detector
+from iif.detection.data import collate
+from iif.detection.engine import DetectionSchedule, predict, train_detector
 from iif.detection.models import ARCHS, DETECTION_PRESETS, build_detector, load_detector_checkpoint
 from iif.errors import IIFError
 
@@ -96,7 +97,7 @@ def test_ssd_builds_with_lvis_detection_settings():
 
 def test_tiny_mask_rcnn_trains_a_step_and_returns_all_losses():
     model = tiny()
-    images, targets = detection_collate([TinyScenes()[i] for i in range(2)])
+    images, targets = collate([TinyScenes()[i] for i in range(2)])
     losses = model(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
     assert all(torch.isfinite(v) for v in losses.values())

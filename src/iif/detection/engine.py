@@ -32,13 +32,14 @@ from torch import nn
 from ..errors import IIFError
 from ..train.checkpoint import capture_rng, load_checkpoint, restore_rng
 from ..train.distributed import DistInfo, all_reduce_sum, init_distributed
+from .data import collate
 
 try:  # the one home of atomic writes
     from ..outputs import atomic_torch_save
 except ImportError:  # pragma: no cover - older trees
     from ..train.checkpoint import atomic_torch_save  # type: ignore[no-redef]
 
-__all__ = ["DetectionSchedule", "train_detector", "predict", "detection_collate"]
+__all__ = ["DetectionSchedule", "train_detector", "predict"]
 
 AMP = ("none", "bf16", "fp16")
 
@@ -66,21 +67,6 @@ class DetectionSchedule:
             factor = self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_iters
         epoch = step // self.iters_per_epoch
         return factor * self.gamma ** sum(epoch >= m for m in self.milestones)
-
-
-def detection_collate(batch):
-    """``[(image, target), ...] -> (list of images, list of targets)`` (detectors take lists)."""
-    images, targets = zip(*batch) if batch else ((), ())
-    return list(images), list(targets)
-
-
-def _collate():
-    try:
-        from .data import collate
-
-        return collate
-    except ImportError:  # data.py not in this tree yet
-        return detection_collate
 
 
 def _autocast(device: torch.device, amp: str):
@@ -196,7 +182,7 @@ def train_detector(
         sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
                                      drop_last=False)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
-                        collate_fn=_collate(), drop_last=False, persistent_workers=False)
+                        collate_fn=collate, drop_last=False, persistent_workers=False)
     iters = len(loader)
     if iters == 0:
         raise IIFError(f"the sampler yields no batches of {per_rank} images; lower batch_size or check the sampler.")
@@ -373,7 +359,7 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
     if distributed:
         part = Subset(dataset, list(range(dist.get_rank(), len(dataset), dist.get_world_size())))
     model = _unwrap(model).to(dev).eval()
-    loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate())
+    loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     results: list[dict] = []
     roi_heads = getattr(model, "roi_heads", None)
     has_mask = bool(roi_heads is not None and roi_heads.has_mask())
