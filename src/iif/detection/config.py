@@ -1,0 +1,348 @@
+"""Detection training configuration (``iif det-train``): a typed dataclass of sections loaded from YAML.
+
+A :class:`DetectionConfig` has the sections ``data``, ``model``, ``margin``, ``schedule``, ``eval`` and
+``runtime``. It is loaded with :func:`load_detection_config` from a packaged config's short name
+(``det_bench_iif``; packaged detection configs start with ``det_``), a YAML path or a dict, then
+``section.key=value`` overrides. Loading, ``base:`` inheritance, override parsing, type coercion and the
+nearest-key suggestions are the classification machinery (:func:`iif.train.config.load_sections`); only the
+schema and :func:`validate_detection_config` are detection-specific. Every value is range-checked, with the
+dotted key named, before any data is read or a model built.
+
+The margin section is the argument list of :func:`iif.detection.use_margin`: IIF multiplies the RoI logits
+by the per-class weights (paper Eq. 1, the variants of Table III with K = number of training images for
+``by="image"`` and of instances for ``by="object"``), the additive methods add ``ln n_c`` (Balanced Softmax)
+or ``-tau ln p_c`` (logit adjustment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from ..errors import IIFError
+
+__all__ = ["DetectionDataConfig", "DetectionModelConfig", "MarginConfig", "DetectionScheduleConfig",
+           "DetectionEvalConfig", "DetectionRuntimeConfig", "DetectionConfig", "load_detection_config",
+           "validate_detection_config", "detection_configs", "config_description", "model_kwargs", "margin_kwargs",
+           "detection_config_hash"]
+
+
+@dataclass
+class DetectionDataConfig:
+    """Where the COCO / LVIS v1 instances are, and how training images are drawn."""
+
+    # A folder in one of the layouts of iif.detection.resolve_detection_data (iif det-data output, LVIS v1,
+    # COCO 2017); the four paths below, when set, take precedence over it.
+    root: str | None = None
+    train_json: str | None = None
+    train_images: str | None = None
+    val_json: str | None = None
+    val_images: str | None = None
+    # Instance masks (Mask R-CNN); null: masks for maskrcnn_* archs, none for fasterrcnn_* / ssd300_vgg16.
+    masks: bool | None = None
+    # Random horizontal flip in training; null: the benchmark's recommendation (BENCHMARK.json), else on.
+    hflip: bool | None = None
+    # "random" (every image once per epoch) or "rfs" (repeat-factor sampling, LVIS paper; threshold t).
+    sampler: str = "random"
+    rfs_threshold: float = 0.001
+    # Train on the first N images that cover the most categories (json order; as det-bench); null: all.
+    max_train_images: int | None = None
+    # Evaluate on the first N val images (json order); null: all.
+    max_val_images: int | None = None
+
+
+@dataclass
+class DetectionModelConfig:
+    """Arguments of :func:`iif.detection.build_detector` (see its docstring for each one)."""
+
+    arch: str = "maskrcnn_r50_fpn"
+    norm: str | None = None
+    trainable_layers: int | None = None
+    min_size: int = 800
+    max_size: int = 1333
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 300
+    box_score_thresh: float = 1e-4
+    anchor_sizes: list | None = None
+    aspect_ratios: list = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    returned_layers: list = field(default_factory=lambda: [1, 2, 3, 4])
+    fpn_channels: int = 256
+    representation_size: int = 1024
+    mask_layers: list | None = None
+    mask_roi_size: int = 14
+    # A local torchvision / iif checkpoint to start from (weights_only load); null: from scratch.
+    checkpoint: str | None = None
+    # Cosine box classifier with this temperature (paper's "Cos. Cls.", the authors used 20); null: linear.
+    cosine_scale: float | None = None
+    # Decoupled stage 2 (paper Tables XI/XII "12/12"): train only roi_heads.box_predictor.cls_score, starting
+    # from model.checkpoint (stage 1, normally softmax); everything else is frozen.
+    classifier_only: bool = False
+
+
+@dataclass
+class MarginConfig:
+    """Arguments of :func:`iif.detection.use_margin`."""
+
+    # softmax, iif, balanced_softmax, logit_adjustment.
+    method: str = "softmax"
+    # IIF variant (paper Table III): raw, smooth, relative, base2, base10, gombit, normit.
+    variant: str = "smooth"
+    # image (IIF: image counts, K = training images) or object (IOF: instance counts, K = instances).
+    by: str = "image"
+    # train_and_test (end-to-end), train (loss only) or test (post-hoc); null: train_and_test for iif and
+    # softmax, train for the additive methods (a training loss by definition).
+    when: str | None = None
+    tau: float = 1.0
+    background_margin: bool = False
+    background_fraction: float | None = None
+    # IIF's K: a number, "images", "instances" or "sum"; null: the detection convention above.
+    total: Any = None
+
+
+@dataclass
+class DetectionScheduleConfig:
+    """SGD schedule of :func:`iif.detection.train_detector`; ``batch_size`` is global (split over ranks)."""
+
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 1e-3
+    milestones: list = field(default_factory=lambda: [8, 11])
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class DetectionEvalConfig:
+    """Evaluation after training (and the defaults of ``iif det-eval``)."""
+
+    batch_size: int = 4
+    # Score above which an unmatched detection counts as a false positive (count_false_positives).
+    score_threshold: float = 0.3
+    # Evaluate masks (segm AP) too when the model has a mask branch; false: boxes only (much faster on CPU).
+    masks: bool = True
+
+
+@dataclass
+class DetectionRuntimeConfig:
+    """Where and how to run; only ``seed`` and ``amp`` change the result."""
+
+    device: str = "auto"
+    amp: str = "none"
+    seed: int = 0
+    workers: int = 2
+    # torch CPU threads (null: torch's default); det-bench's cpu-quick preset uses 1.
+    threads: int | None = None
+    log_every: int = 0
+    # Stop (as if killed) after this many completed epochs; for tests and time-limited runs.
+    stop_after_epoch: int | None = None
+
+
+@dataclass
+class DetectionConfig:
+    data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
+    model: DetectionModelConfig = field(default_factory=DetectionModelConfig)
+    margin: MarginConfig = field(default_factory=MarginConfig)
+    schedule: DetectionScheduleConfig = field(default_factory=DetectionScheduleConfig)
+    eval: DetectionEvalConfig = field(default_factory=DetectionEvalConfig)
+    runtime: DetectionRuntimeConfig = field(default_factory=DetectionRuntimeConfig)
+
+
+# Settings that do not change what training computes (left out of the resume fingerprint).
+_HASH_EXCLUDE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "threads"), ("runtime", "log_every"),
+                 ("runtime", "stop_after_epoch"), ("eval", "batch_size"), ("eval", "score_threshold"),
+                 ("eval", "masks"), ("data", "max_val_images"), ("data", "root"), ("data", "train_images"),
+                 ("data", "val_images"), ("data", "val_json")}
+
+
+def detection_config_hash(cfg: DetectionConfig) -> str:
+    """Fingerprint of every setting that changes training (``--resume`` refuses a different one)."""
+    from ..train.config import config_hash
+
+    return config_hash(cfg, exclude=_HASH_EXCLUDE)
+
+
+def detection_configs() -> list[str]:
+    """Short names of the packaged detection configs (``det_*``)."""
+    from ..train.config import packaged_configs
+
+    return packaged_configs("detection")
+
+
+def config_description(name: str) -> str:
+    """The first comment line of a packaged detection config (``--list`` shows it)."""
+    from ..train.config import resolve_config_path
+
+    for line in resolve_config_path(name, "detection").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def load_detection_config(source: str | os.PathLike | Mapping | DetectionConfig | None = None,
+                          overrides: Iterable[str] = ()) -> DetectionConfig:
+    """Defaults, then ``source`` (packaged short name, YAML path with optional ``base:``, dict or config), then
+    ``section.key=value`` overrides; validated (:func:`validate_detection_config`)."""
+    from ..train.config import load_sections
+
+    return load_sections(DetectionConfig, source, overrides, validate_detection_config, kind="detection")
+
+
+def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
+    """``build_detector`` keyword arguments of ``cfg.model`` (lists as tuples; arch and the iif-only keys out)."""
+    m = dataclasses.asdict(cfg.model)
+    for key in ("arch", "cosine_scale", "classifier_only", "checkpoint"):
+        m.pop(key)
+    if m["anchor_sizes"] is not None:
+        m["anchor_sizes"] = tuple(tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in m["anchor_sizes"])
+    for key in ("aspect_ratios", "returned_layers", "mask_layers"):
+        if m[key] is not None:
+            m[key] = tuple(m[key])
+    return m
+
+
+def default_when(method: str) -> str:
+    return "train" if method in ("balanced_softmax", "logit_adjustment") else "train_and_test"
+
+
+def margin_kwargs(mc: MarginConfig, cosine_scale: float | None = None) -> dict[str, Any]:
+    """``use_margin`` keyword arguments (without ``method`` and ``freq``) of a margin section."""
+    kw: dict[str, Any] = {"variant": mc.variant, "by": mc.by, "tau": mc.tau, "when": mc.when or default_when(mc.method),
+                          "background_margin": mc.background_margin, "background_fraction": mc.background_fraction,
+                          "total": mc.total, "cosine_scale": cosine_scale}
+    return kw
+
+
+def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
+    """Range-check every value; :class:`IIFError` names the first bad dotted key, what it must be and a fix."""
+    from ..train.config import _MAX_SEED, _at_least, _check, _finite, _momentum, _nonneg, _one_of, _pos
+    from ..weights import VARIANTS, canonical_variant
+    from .margins import METHODS, WHEN
+    from .models import ARCHS, NORMS
+
+    d, m, mg, s, ev, rt = cfg.data, cfg.model, cfg.margin, cfg.schedule, cfg.eval, cfg.runtime
+    # data
+    for key in ("root", "train_json", "train_images", "val_json", "val_images"):
+        v = getattr(d, key)
+        _check(v is None or (isinstance(v, str) and bool(v.strip())), f"data.{key}", v, "a path or null", "/data/lvis")
+    explicit = [d.train_json, d.train_images, d.val_json, d.val_images]
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit) and d.root is None:
+        miss = [k for k, v in zip(("train_json", "train_images", "val_json", "val_images"), explicit) if v is None]
+        raise IIFError(f"config keys data.{', data.'.join(miss)} are not set; give all four of data.train_json, "
+                       "data.train_images, data.val_json, data.val_images, or data.root=FOLDER.")
+    _one_of("data.sampler", d.sampler, ("random", "rfs"))
+    _check(_finite(d.rfs_threshold) and 0 < d.rfs_threshold <= 1, "data.rfs_threshold", d.rfs_threshold,
+           "in (0, 1] (fraction of training images; LVIS uses 0.001)", "0.001")
+    for key in ("max_train_images", "max_val_images"):
+        if getattr(d, key) is not None:
+            _at_least(f"data.{key}", getattr(d, key), 1, "500")
+    # model
+    _one_of("model.arch", m.arch, ARCHS)
+    if m.norm is not None:
+        _one_of("model.norm", m.norm, NORMS)
+    if m.trainable_layers is not None:
+        _at_least("model.trainable_layers", m.trainable_layers, 0, "5", 5)
+    for key in ("min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
+                "box_detections_per_img", "fpn_channels", "representation_size", "mask_roi_size"):
+        _at_least(f"model.{key}", getattr(m, key), 1, "100", 100_000)
+    if m.min_size > m.max_size:
+        raise IIFError(f"config key 'model.min_size' ({m.min_size}) exceeds model.max_size ({m.max_size}); the short "
+                       "side cannot be longer than the long side limit (e.g. model.min_size=800 model.max_size=1333).")
+    _check(_finite(m.box_score_thresh) and 0 <= m.box_score_thresh < 1, "model.box_score_thresh", m.box_score_thresh,
+           "in [0, 1)", "0.0001")
+    if m.anchor_sizes is not None:
+        flat = [a for level in m.anchor_sizes for a in (level if isinstance(level, (list, tuple)) else [level])]
+        _check(bool(flat) and all(_finite(a) and a > 0 for a in flat), "model.anchor_sizes", m.anchor_sizes,
+               "a list of positive sizes per FPN level", "[[32],[64],[128],[256],[512]]")
+    _check(bool(m.aspect_ratios) and all(_finite(a) and a > 0 for a in m.aspect_ratios), "model.aspect_ratios",
+           m.aspect_ratios, "a list of positive ratios", "[0.5,1.0,2.0]")
+    _check(bool(m.returned_layers) and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4
+                                           for x in m.returned_layers)
+           and len(set(m.returned_layers)) == len(m.returned_layers), "model.returned_layers", m.returned_layers,
+           "distinct ResNet stages in 1..4", "[1,2,3,4]")
+    if m.mask_layers is not None:
+        _check(bool(m.mask_layers) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                           for x in m.mask_layers), "model.mask_layers", m.mask_layers,
+               "a list of channel counts >= 1", "[256,256,256,256]")
+    if m.cosine_scale is not None:
+        _pos("model.cosine_scale", m.cosine_scale, "20")
+        if ARCHS[m.arch][0] == "ssd":
+            raise IIFError("config key 'model.cosine_scale' is set but model.arch is ssd300_vgg16, whose head is "
+                           "convolutional; the cosine classifier is for R-CNN archs (set model.cosine_scale=null).")
+    if m.classifier_only:
+        if m.checkpoint is None:
+            raise IIFError("config key 'model.classifier_only' is true but model.checkpoint is not set; decoupled "
+                           "stage 2 starts from a trained detector (set model.checkpoint=RUN/last.pt).")
+        if ARCHS[m.arch][0] == "ssd":
+            raise IIFError("config key 'model.classifier_only' needs an R-CNN arch (roi_heads.box_predictor.cls_score); "
+                           "model.arch is ssd300_vgg16.")
+    # margin
+    _one_of("margin.method", mg.method, METHODS)
+    try:
+        canonical_variant(mg.variant)
+    except (IIFError, TypeError, AttributeError):
+        _one_of("margin.variant", mg.variant, VARIANTS)
+    _one_of("margin.by", mg.by, ("image", "object"))
+    if mg.when is not None:
+        _one_of("margin.when", mg.when, WHEN)
+    when = mg.when or default_when(mg.method)
+    if mg.method == "balanced_softmax" and when != "train":
+        raise IIFError(f"config key 'margin.when' is {when!r} but balanced_softmax is a training loss; set "
+                       "margin.when=train (or null).")
+    if mg.method == "logit_adjustment" and when == "train_and_test":
+        raise IIFError("config key 'margin.when' is 'train_and_test', which logit_adjustment does not support (the "
+                       "margin would cancel its own effect); set margin.when=train (LA loss) or test (post-hoc).")
+    _check(_finite(mg.tau) and mg.tau > 0, "margin.tau", mg.tau, "a positive finite number", "1.0")
+    if mg.background_fraction is not None:
+        _check(_finite(mg.background_fraction) and 0 < mg.background_fraction < 1, "margin.background_fraction",
+               mg.background_fraction, "in (0, 1)", "0.75")
+    if mg.total is not None and not (mg.total in ("images", "instances", "sum") or (_finite(mg.total) and mg.total > 0)):
+        raise IIFError(f"config key 'margin.total' is {mg.total!r}; use a positive number, images, instances, sum or "
+                       "null (the detection convention).")
+    # schedule
+    _at_least("schedule.epochs", s.epochs, 1, "12", 100_000)
+    _at_least("schedule.batch_size", s.batch_size, 1, "16", 1_000_000)
+    _pos("schedule.lr", s.lr, "0.02")
+    _momentum("schedule.momentum", s.momentum)
+    _nonneg("schedule.weight_decay", s.weight_decay, "1e-4")
+    _at_least("schedule.warmup_iters", s.warmup_iters, 0, "500")
+    _check(_finite(s.warmup_factor) and 0 < s.warmup_factor <= 1, "schedule.warmup_factor", s.warmup_factor,
+           "in (0, 1]", "0.001")
+    for i, ms in enumerate(s.milestones):
+        if not (isinstance(ms, int) and not isinstance(ms, bool) and 1 <= ms <= s.epochs):
+            raise IIFError(f"config key 'schedule.milestones' must list epochs in 1..schedule.epochs={s.epochs}; "
+                           f"entry {i} is {ms!r}. Set e.g. schedule.milestones=[8,11].")
+    _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number", "0.1")
+    if s.clip_grad_norm is not None:
+        _pos("schedule.clip_grad_norm", s.clip_grad_norm, "10.0")
+    # eval
+    _at_least("eval.batch_size", ev.batch_size, 1, "4")
+    _check(_finite(ev.score_threshold) and 0 <= ev.score_threshold < 1, "eval.score_threshold", ev.score_threshold,
+           "in [0, 1)", "0.3")
+    # runtime
+    dev = str(rt.device)
+    base, _, index = dev.partition(":")
+    if base not in ("auto", "cpu", "cuda") or (index and (base != "cuda" or not index.isdigit())):
+        raise IIFError(f"config key 'runtime.device' is {rt.device!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:1).")
+    _one_of("runtime.amp", rt.amp, ("none", "bf16", "fp16"))
+    _at_least("runtime.seed", rt.seed, 0, "0", _MAX_SEED)
+    _at_least("runtime.workers", rt.workers, 0, "2")
+    if rt.threads is not None:
+        _at_least("runtime.threads", rt.threads, 1, "1", 4096)
+    _at_least("runtime.log_every", rt.log_every, 0, "20")
+    if rt.stop_after_epoch is not None:
+        _at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
+    return cfg
