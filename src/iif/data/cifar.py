@@ -12,12 +12,12 @@ construction on small fixtures written in the same format.
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 import torch
 
 from ..errors import IIFError
+from .restricted_unpickle import load_data_pickle
 from ._small import check_kwargs, longtail_tensor_splits
 from ._small import download as download_dataset
 from .splits import DatasetSplits
@@ -35,7 +35,9 @@ _LAYOUT = {
 
 def _unpickle(path: str) -> dict:
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+        d = load_data_pickle(f, path)
+    if not isinstance(d, dict):
+        raise IIFError(f"{path} holds a {type(d).__name__}, not CIFAR's dict of data and labels; re-download it.")
     # Keys are str under latin1 decoding; accept bytes keys too (files re-pickled by other tools).
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 

