@@ -16,7 +16,7 @@ import sys
 from ..errors import IIFError
 
 # Sub-command modules, in the order ``iif --help`` lists them.
-COMMANDS = ("stats", "weights", "train", "eval", "bench", "posthoc", "det-data", "det-bench")
+COMMANDS = ("stats", "weights", "train", "eval", "bench", "posthoc", "det-data", "det-bench", "det-train", "det-eval")
 
 
 # Errors the CLI boundary turns into one line on stderr and exit status 2 (the library raises IIFError for bad
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        again = " --resume" if args.command == "train" else ""
+        again = " --resume" if args.command in ("train", "det-train") else ""
         print(f"iif {args.command}: interrupted; run the same command{again} again to continue "
               "(an interrupted download is checked and fetched again)", file=sys.stderr)
         return 130

@@ -1,0 +1,409 @@
+"""Train and evaluate a detector from a :class:`~iif.detection.config.DetectionConfig` (``iif det-train``,
+``iif det-eval``).
+
+A run folder holds ``config.yaml`` (the resolved config), ``last.pt`` (weights, optimizer, schedule and RNG
+after each epoch, written by :func:`iif.detection.train_detector`), ``history.json``, ``detections.json``
+(the val result dicts) and ``final_metrics.json``: mask AP (``AP``, ``AP50``, ``AP75``, ``APr``, ``APc``,
+``APf``; box AP for box-only models), box AP ``APb``, TIDE's false-positive error ``dAP_FP`` and the count of
+``false_positives`` at ``eval.score_threshold``, the same keys as a ``det-bench`` results row, plus ``bbox``
+/ ``segm`` / ``tide`` / ``tail`` details. The folder policy is ``iif train``'s
+(:func:`iif.outputs.prepare_run_folder`): a non-empty folder is refused, ``--resume`` continues it exactly,
+``--force`` builds a replacement beside an earlier iif output and swaps it in when finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import IIFError
+from ..outputs import atomic_write_json, json_safe
+from .config import DetectionConfig, detection_config_hash, load_detection_config, margin_kwargs, model_kwargs
+
+__all__ = ["train_from_config", "evaluate_run", "evaluate_detections", "parse_margin_spec", "RESULT_KEYS"]
+
+RESULT_KEYS = ("AP", "AP50", "AP75", "APr", "APc", "APf", "APb", "dAP_FP", "false_positives")
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "final_metrics.json"
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def data_paths(cfg: DetectionConfig) -> tuple[Path, Path, Path, Path]:
+    """``(train_json, train_images, val_json, val_images)``: the explicit ``data.*`` paths, else those of the
+    ``data.root`` folder's layout (:func:`iif.detection.resolve_detection_data`)."""
+    from .data import resolve_detection_data
+
+    d = cfg.data
+    explicit = (d.train_json, d.train_images, d.val_json, d.val_images)
+    if all(v is not None for v in explicit):
+        paths = tuple(Path(v) for v in explicit)
+    elif d.root is not None:
+        found = resolve_detection_data(d.root)
+        paths = tuple(Path(v) if v is not None else f for v, f in zip(explicit, found))
+    else:
+        raise IIFError("no data given; set data.root=FOLDER (an `iif det-data` benchmark, LVIS v1 or COCO 2017 "
+                       "layout) or data.train_json/train_images/val_json/val_images.")
+    for p, key in zip(paths, ("train_json", "train_images", "val_json", "val_images")):
+        if key.endswith("json") and not p.is_file():
+            raise IIFError(f"data.{key}: {p} is not a file; give the COCO/LVIS instances json.")
+        if key.endswith("images") and not p.is_dir():
+            raise IIFError(f"data.{key}: {p} is not a folder; give the image root the json's file names are under.")
+    return paths  # type: ignore[return-value]
+
+
+def _masks(cfg: DetectionConfig) -> bool:
+    from .models import ARCHS
+
+    family = ARCHS[cfg.model.arch][0]
+    if cfg.data.masks is None:
+        return family == "maskrcnn"
+    if cfg.data.masks and family != "maskrcnn":
+        raise IIFError(f"config key 'data.masks' is true but model.arch {cfg.model.arch} has no mask branch; set "
+                       "data.masks=false or use a maskrcnn_* arch.")
+    return bool(cfg.data.masks)
+
+
+def _benchmark_marker(train_json: Path) -> dict | None:
+    marker = train_json.parent.parent / "BENCHMARK.json"
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def load_train_set(cfg: DetectionConfig, paths=None):
+    """The training :class:`DetectionDataset` (or det-bench's category-covering prefix of
+    ``data.max_train_images`` images, with its own counts as ``freq``)."""
+    from .bench import _covering_prefix, _subset_freq
+    from .data import load_detection_dataset
+
+    train_json, train_images, _, _ = paths or data_paths(cfg)
+    hflip = cfg.data.hflip
+    if hflip is None:
+        hflip = bool(((_benchmark_marker(train_json) or {}).get("recommended") or {}).get("hflip", True))
+    train = load_detection_dataset(train_json, train_images, train=True, masks=_masks(cfg), hflip=hflip)
+    n = cfg.data.max_train_images
+    if n is not None and n < len(train):
+        subset = torch.utils.data.Subset(train, _covering_prefix(train, n))
+        subset.freq = _subset_freq(subset)
+        subset.category_ids = train.category_ids
+        subset.coco = train.coco
+        return subset
+    return train
+
+
+def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None):
+    """``(val dataset, val json dict)``, restricted to the first ``data.max_val_images`` images."""
+    from .bench import _restrict_json
+    from .data import load_detection_dataset
+
+    _, _, val_json, val_images = paths or data_paths(cfg)
+    masks = _masks(cfg) if masks is None else masks
+    try:
+        val_ann = json.loads(Path(val_json).read_text(encoding="utf-8"))
+    except RecursionError:
+        raise IIFError(f"{val_json} is nested too deeply to be an annotation json.") from None
+    if not isinstance(val_ann, dict) or not isinstance(val_ann.get("images"), list):
+        raise IIFError(f"{val_json} is not a COCO/LVIS instances json (no 'images' list); give the val annotations.")
+    n = cfg.data.max_val_images
+    if n is not None and n < len(val_ann["images"]):
+        val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
+        val_ann = _restrict_json(val_ann, set(val.image_ids[:n]))
+    val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
+    return val, val_ann
+
+
+def _sampler(cfg: DetectionConfig, train):
+    if cfg.data.sampler != "rfs":
+        return None
+    from .bench import _restrict_json
+    from .sampling import RepeatFactorSampler, repeat_factors
+
+    base = train.dataset if isinstance(train, torch.utils.data.Subset) else train
+    ann = base.coco.dataset
+    if isinstance(train, torch.utils.data.Subset):
+        ann = _restrict_json(ann, {base.image_ids[i] for i in train.indices})
+    return RepeatFactorSampler(repeat_factors(ann, threshold=cfg.data.rfs_threshold), seed=cfg.runtime.seed)
+
+
+# ------------------------------------------------------------------------------------------------------ model
+def build_from_config(cfg: DetectionConfig, num_classes: int, freq, *, log: Callable[[str], Any] = print,
+                      load_checkpoint: bool = True) -> torch.nn.Module:
+    """``build_detector`` with ``cfg.model``, the margin of ``cfg.margin`` (and cosine classifier) switched on,
+    and for ``model.classifier_only`` every parameter but ``roi_heads.box_predictor.cls_score`` frozen."""
+    from .margins import use_margin
+    from .models import build_detector
+
+    kw = model_kwargs(cfg)
+    ckpt = cfg.model.checkpoint if load_checkpoint else None
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise IIFError(f"config key 'model.checkpoint': {ckpt} is not a file; give a torchvision/iif detector "
+                       "checkpoint (e.g. a stage-1 run's last.pt) or model.checkpoint=null.")
+    if not load_checkpoint and kw.get("norm") is None and cfg.model.checkpoint is not None:
+        kw["norm"] = "frozen_bn"  # the norm the trained model was built with
+        if kw.get("trainable_layers") is None:
+            kw["trainable_layers"] = 3
+    model = build_detector(cfg.model.arch, num_classes, checkpoint=ckpt, log=log, **kw)
+    mk = margin_kwargs(cfg.margin, cfg.model.cosine_scale)
+    if cfg.margin.method != "softmax" or mk["cosine_scale"] is not None:
+        use_margin(model, cfg.margin.method, freq if cfg.margin.method != "softmax" else None,
+                   **{k: v for k, v in mk.items() if cfg.margin.method != "softmax" or k == "cosine_scale"})
+    if cfg.model.classifier_only:
+        head = model.roi_heads.box_predictor
+        target = getattr(head, "cls_score", None)
+        if target is None:  # a margin wrapper keeps the original predictor inside
+            target = next((m.cls_score for m in head.modules() if hasattr(m, "cls_score")), None)
+        if target is None:
+            raise IIFError(f"model.classifier_only: {type(head).__name__} has no cls_score layer to retrain.")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in target.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def _device(cfg: DetectionConfig, override: str | None = None) -> str:
+    dev = override or cfg.runtime.device
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise IIFError(f"runtime.device is {dev} but CUDA is not available here; set runtime.device=cpu.")
+    return dev
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def evaluate_detections(val_json: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *, masks: bool,
+                        score_threshold: float, train_counts: np.ndarray | None) -> dict[str, Any]:
+    """Metrics of ``results`` on ``val_json``: LVIS rules (evaluate_lvis, 300 detections per image) when the
+    json is LVIS, COCO rules otherwise; TIDE ``dAP_FP``, ``false_positives`` above ``score_threshold`` and
+    tail-k AP (k = 5, 10, 20 fewest-training-image categories). Top-level keys are det-bench's row keys."""
+    from .evaluation import _is_lvis, count_false_positives, evaluate_coco, evaluate_lvis, tail_k_ap, tide_errors
+
+    lvis = _is_lvis(val_json)
+    evaluate = evaluate_lvis if lvis else evaluate_coco
+    box = evaluate(val_json, list(results), iou_type="bbox")
+    seg = evaluate(val_json, list(results), iou_type="segm") if masks else None
+    main = seg if seg is not None else box
+    tide = tide_errors(val_json, list(results), iou_type="bbox")
+    n_cats = len(val_json["categories"])
+    ks = tuple(k for k in (5, 10, 20) if k < n_cats)
+    tails = (tail_k_ap(val_json, list(results), ks=ks, iou_type="segm" if masks else "bbox", train_counts=train_counts)
+             if ks and train_counts is not None else {})
+    fp = count_false_positives(val_json, list(results), score_threshold=score_threshold, iou_type="bbox")
+
+    def num(x):
+        return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else float(x)
+
+    out: dict[str, Any] = {k: num(main.get(k)) for k in ("AP", "AP50", "AP75", "APr", "APc", "APf")}
+    out.update({"APb": num(box["AP"]), "dAP_FP": num(tide.get("dAP_FP")), "false_positives": int(fp)})
+    out.update({"iou_type": "segm" if seg is not None else "bbox", "rules": "lvis" if lvis else "coco",
+                "score_threshold": score_threshold, "num_detections": len(results), "bbox": box, "segm": seg,
+                "tide": tide, "tail": tails})
+    return json_safe(out)
+
+
+def _predict_and_evaluate(model, val, val_ann: dict, cfg: DetectionConfig, device: str, train_counts, log,
+                          masks: bool | None = None) -> tuple[list[dict], dict]:
+    from .engine import predict
+
+    has_mask = bool(getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)())
+    use_masks = has_mask and cfg.eval.masks if masks is None else masks
+    t0 = time.perf_counter()
+    results = predict(model, val, device=device, batch_size=cfg.eval.batch_size, masks=use_masks,
+                      amp=cfg.runtime.amp, num_workers=cfg.runtime.workers)
+    log(f"predicted {len(val)} val images in {time.perf_counter() - t0:.1f} s ({len(results)} detections)")
+    metrics = evaluate_detections(val_ann, results, masks=use_masks, score_threshold=cfg.eval.score_threshold,
+                                  train_counts=train_counts)
+    return results, metrics
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """One line of the row keys (``AP 12.3 APr 1.0 ... false_positives 40``)."""
+    parts = []
+    for k in RESULT_KEYS:
+        v = metrics.get(k)
+        parts.append(f"{k} {'-' if v is None else (v if isinstance(v, int) else f'{v:.2f}')}")
+    return "  ".join(parts)
+
+
+# -------------------------------------------------------------------------------------------------- training
+def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: bool = False, force: bool = False,
+                      log: Callable[[str], Any] = print, device: str | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into the run folder ``out`` and evaluate on val; returns ``{"out_dir", "finished",
+    "metrics" (None when stopped early), "history"}``.
+
+    Everything that can be checked (config, data paths, annotations, the model and margin on the training
+    counts, the output folder) is checked before the first training step. Under ``torchrun`` rank 0 owns the
+    folder; every rank trains (``train_detector``'s DDP) and predicts a share of the val images.
+    """
+    from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
+    from ..train.config import save_config
+    from ..train.distributed import init_distributed
+    from .engine import train_detector
+
+    cfg = load_detection_config(cfg)  # validated copy
+    out = Path(out)
+    dev = _device(cfg, device)
+    info = init_distributed(torch.device(dev))
+    if info.distributed and dev.startswith("cuda"):
+        dev = f"cuda:{info.local_rank}"
+    if info.is_main:
+        check_run_folder(out, "det-train", force=force and not resume, resume=resume)
+    if cfg.runtime.threads is not None:
+        torch.set_num_threads(cfg.runtime.threads)
+    paths = data_paths(cfg)
+    train = load_train_set(cfg, paths)
+    val, val_ann = load_val_set(cfg, paths)
+    if list(val.category_ids) != list(train.category_ids):
+        raise IIFError(f"{paths[2]} and {paths[0]} list different categories; train and val must share the "
+                       "categories list (same ids).")
+    freq = train.freq
+    torch.manual_seed(cfg.runtime.seed)
+    model = build_from_config(cfg, len(train.category_ids), freq, log=log)
+    sampler = _sampler(cfg, train)
+    h = detection_config_hash(cfg)
+
+    work = None
+    if info.is_main:
+        existed = out.is_dir()
+        work = prepare_run_folder(out, "det-train", force=force and not resume, resume=resume)
+        saved = work / CONFIG_FILE
+        if resume and saved.is_file() and not force:
+            old = load_detection_config(saved)
+            if detection_config_hash(old) != h:
+                raise IIFError(f"--resume: {out} was trained with another config ({saved}); run with the same "
+                               "config and overrides, add --force to resume anyway, or choose another --out.")
+    if info.distributed:
+        import torch.distributed as dist
+
+        box = [str(work) if work is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        work = Path(box[0])
+    assert work is not None
+    try:
+        if info.is_main:
+            save_config(cfg, work / CONFIG_FILE)
+    except BaseException:
+        if info.is_main:
+            abandon_run_folder(work, created=not existed or os.path.abspath(work) != os.path.abspath(out))
+        raise
+    s = cfg.schedule
+    res = train_detector(model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+                         weight_decay=s.weight_decay, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor,
+                         milestones=s.milestones, gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
+                         device=dev, amp=cfg.runtime.amp, out_dir=work, resume=resume, log=log,
+                         log_every=cfg.runtime.log_every, num_workers=cfg.runtime.workers, seed=cfg.runtime.seed,
+                         stop_after_epoch=cfg.runtime.stop_after_epoch)
+    if info.is_main:
+        atomic_write_json(work / "history.json", json_safe(res["history"]))
+    if not res["finished"]:
+        return {"out_dir": str(work), "finished": False, "metrics": None, "history": res["history"]}
+    results, metrics = _predict_and_evaluate(model, val, val_ann, cfg, dev, freq.image_counts, log)
+    if info.is_main:
+        metrics["config"] = cfg.data.root or str(paths[0])
+        metrics["peak_rss_mb"] = res.get("peak_rss_mb")
+        atomic_write_json(work / "detections.json", json_safe(results), indent=None)
+        atomic_write_json(work / METRICS_FILE, metrics)
+        finish_run_folder(work, out)
+    return {"out_dir": str(out), "finished": True, "metrics": metrics, "history": res["history"]}
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def parse_margin_spec(spec: str) -> list[str]:
+    """``METHOD[:VARIANT_OR_TAU[:BY[:WHEN]]]`` as config overrides: ``iif:raw:image`` (post-hoc raw IIF),
+    ``iif:base10:object``, ``logit_adjustment:1.0``, ``softmax``. Without WHEN it is ``test`` (post-hoc),
+    except for ``softmax``."""
+    parts = [p.strip() for p in spec.split(":")]
+    if not parts[0] or len(parts) > 4:
+        raise IIFError(f"--margin {spec!r} is not METHOD[:VARIANT[:BY[:WHEN]]]; e.g. iif:raw:image or "
+                       "logit_adjustment:1.0.")
+    method = parts[0]
+    items = [f"margin.method={method}"]
+    if len(parts) > 1 and parts[1]:
+        items.append(f"margin.tau={parts[1]}" if method == "logit_adjustment" else f"margin.variant={parts[1]}")
+    if len(parts) > 2 and parts[2]:
+        items.append(f"margin.by={parts[2]}")
+    when = parts[3] if len(parts) > 3 and parts[3] else ("test" if method != "softmax" else "train_and_test")
+    items.append(f"margin.when={when}")
+    return items
+
+
+def _find_run(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(config.yaml, checkpoint)`` of a run folder or a checkpoint file inside one."""
+    p = Path(path)
+    if p.is_dir():
+        ckpt, cfg = p / "last.pt", p / CONFIG_FILE
+    elif p.is_file():
+        ckpt, cfg = p, p.parent / CONFIG_FILE
+    else:
+        raise IIFError(f"{p} is neither a det-train run folder nor a checkpoint file; give the folder `iif det-train` "
+                       "wrote (with config.yaml and last.pt).")
+    if not cfg.is_file():
+        raise IIFError(f"{cfg.parent} has no {CONFIG_FILE}; det-eval rebuilds the model from the config det-train "
+                       "saved beside the checkpoint.")
+    if not ckpt.is_file():
+        raise IIFError(f"{ckpt} does not exist; the run has not finished an epoch (run det-train --resume).")
+    return cfg, ckpt
+
+
+def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = None, margin: str | None = None,
+                 overrides: Sequence[str] = (), out: str | os.PathLike | None = None, device: str | None = None,
+                 log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Rebuild the detector of a det-train run (its ``config.yaml``; weights from ``last.pt`` or the given
+    checkpoint, loaded with ``weights_only=True``), optionally switch its margin (``margin="iif:raw:image"``:
+    post-hoc) or apply ``overrides``, predict the val set (``data``: another data folder) and evaluate.
+    Writes ``out`` (a results json, atomically) when given; returns the metrics (det-bench row keys first)."""
+    from ..train.checkpoint import load_checkpoint
+    from .margins import use_margin
+
+    cfg_path, ckpt_path = _find_run(run)
+    trained = load_detection_config(cfg_path)
+    extra = list(overrides)
+    if data is not None:
+        extra = [f"data.root={data}", "data.train_json=null", "data.train_images=null", "data.val_json=null",
+                 "data.val_images=null"] + extra
+    cfg = load_detection_config(trained, extra + (parse_margin_spec(margin) if margin else []))
+    if out is not None and Path(out).is_dir():
+        raise IIFError(f"--out {out} is a folder; give a file name for the results json (e.g. results.json).")
+    dev = _device(cfg, device)
+    if cfg.runtime.threads is not None:
+        torch.set_num_threads(cfg.runtime.threads)
+    paths = data_paths(cfg)
+    val, val_ann = load_val_set(cfg, paths)
+    train = load_train_set(trained if data is None else cfg, paths)
+    if list(val.category_ids) != list(train.category_ids):
+        raise IIFError(f"{paths[2]} and {paths[0]} list different categories; train and val must share them.")
+    freq = train.freq
+    model = build_from_config(trained, len(val.category_ids), freq, log=log, load_checkpoint=False)
+    state = load_checkpoint(ckpt_path, map_location="cpu")
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise IIFError(f"{ckpt_path} holds no model state dict; give det-train's last.pt.")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IIFError(f"{ckpt_path} does not fit the model of {cfg_path} ({first}); give the checkpoint of that "
+                       "run.") from None
+    if cfg.margin != trained.margin or cfg.model.cosine_scale != trained.model.cosine_scale:
+        mk = margin_kwargs(cfg.margin, None)
+        if cfg.margin.method == "softmax":
+            use_margin(model, "softmax")
+        else:
+            use_margin(model, cfg.margin.method, freq, **mk)
+    _, metrics = _predict_and_evaluate(model, val, val_ann, cfg, dev, freq.image_counts, log)
+    metrics["run"] = str(run)
+    metrics["checkpoint"] = str(ckpt_path)
+    metrics["margin"] = {k: v for k, v in vars(copy.copy(cfg.margin)).items()}
+    if out is not None:
+        atomic_write_json(out, metrics)
+    return metrics
