@@ -1,4 +1,4 @@
-"""``iif det-eval RUN_OR_CHECKPOINT [section.key=value ...] [--data DIR] [--margin SPEC] [--out results.json]``.
+"""``iif det-eval RUN_OR_CHECKPOINT [section.key=value ...] [--data DIR] [--margin SPEC] [--out results.json] [--detections dets.json]``.
 
 Rebuilds the detector of an ``iif det-train`` run from the ``config.yaml`` it saved and the weights of its
 ``last.pt`` (or the checkpoint given; read with ``torch.load(weights_only=True)``), predicts the val set (of
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", help="evaluate on the val split of this data folder instead of the run's")
     p.add_argument("--margin", help="switch the margin before predicting, e.g. iif:raw:image (post-hoc)")
     p.add_argument("--out", help="write the metrics to this json file (atomically)")
+    p.add_argument("--detections", help="also write the detections (LVIS/COCO result dicts) to this json file")
     p.add_argument("--device", help="override runtime.device (auto, cpu, cuda, cuda:N)")
     p.set_defaults(func=run)
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.strip():
         raise IIFError("--out is empty; give a file name such as results.json.")
     metrics = evaluate_run(args.run, data=args.data, margin=args.margin, overrides=args.overrides, out=args.out,
-                           device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True))
+                           device=args.device, detections_out=args.detections, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_metrics(metrics))
     if args.out:
         print(f"metrics in {args.out}")

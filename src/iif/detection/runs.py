@@ -357,11 +357,13 @@ def _find_run(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = None, margin: str | None = None,
                  overrides: Sequence[str] = (), out: str | os.PathLike | None = None, device: str | None = None,
+                 detections_out: str | os.PathLike | None = None,
                  log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Rebuild the detector of a det-train run (its ``config.yaml``; weights from ``last.pt`` or the given
     checkpoint, loaded with ``weights_only=True``), optionally switch its margin (``margin="iif:raw:image"``:
     post-hoc) or apply ``overrides``, predict the val set (``data``: another data folder) and evaluate.
-    Writes ``out`` (a results json, atomically) when given; returns the metrics (det-bench row keys first)."""
+    Writes ``out`` (the metrics json) and ``detections_out`` (the result dicts) atomically when given; returns
+    the metrics (det-bench row keys first)."""
     from ..train.checkpoint import load_checkpoint
     from .margins import use_margin
 
@@ -372,8 +374,9 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
         extra = [f"data.root={data}", "data.train_json=null", "data.train_images=null", "data.val_json=null",
                  "data.val_images=null"] + extra
     cfg = load_detection_config(trained, extra + (parse_margin_spec(margin) if margin else []))
-    if out is not None and Path(out).is_dir():
-        raise IIFError(f"--out {out} is a folder; give a file name for the results json (e.g. results.json).")
+    for flag, target in (("--out", out), ("--detections", detections_out)):
+        if target is not None and Path(target).is_dir():
+            raise IIFError(f"{flag} {target} is a folder; give a file name for the json (e.g. results.json).")
     dev = _device(cfg, device)
     if cfg.runtime.threads is not None:
         torch.set_num_threads(cfg.runtime.threads)
@@ -400,7 +403,9 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
             use_margin(model, "softmax")
         else:
             use_margin(model, cfg.margin.method, freq, **mk)
-    _, metrics = _predict_and_evaluate(model, val, val_ann, cfg, dev, freq.image_counts, log)
+    results, metrics = _predict_and_evaluate(model, val, val_ann, cfg, dev, freq.image_counts, log)
+    if detections_out is not None:
+        atomic_write_json(detections_out, json_safe(results), indent=None)
     metrics["run"] = str(run)
     metrics["checkpoint"] = str(ckpt_path)
     metrics["margin"] = {k: v for k, v in vars(copy.copy(cfg.margin)).items()}

@@ -436,7 +436,11 @@ def load_sections(schema: type, source: Any = None, overrides: Iterable[str] = (
     elif isinstance(source, Mapping):
         _merge(cfg, dict(source))
     elif source is not None:
-        _merge(cfg, read_config_yaml(resolve_config_path(source, kind)))
+        data = read_config_yaml(resolve_config_path(source, kind))
+        if kind == "classification" and "margin" in data:
+            raise IIFError(f"config {str(source)!r} is a detection config (it has a 'margin' section); run it with "
+                           "`iif det-train`.")
+        _merge(cfg, data)
     merge_overrides(cfg, overrides)
     return validate(cfg) if validate is not None else cfg
 
