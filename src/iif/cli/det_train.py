@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     result = train_from_config(cfg, out, resume=args.resume, force=args.force, log=log)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+        return 0
     if not result["finished"]:
         print(f"stopped early; outputs so far in {result['out_dir']}; run the same command with --resume to continue")
         return 0

@@ -272,21 +272,29 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     sampler = _sampler(cfg, train)
     h = detection_config_hash(cfg)
 
-    work = None
+    work: Path | None = None
+    problem = None
+    existed = out.is_dir()
     if info.is_main:
-        existed = out.is_dir()
-        work = prepare_run_folder(out, "det-train", force=force and not resume, resume=resume)
-        saved = work / CONFIG_FILE
-        if resume and saved.is_file() and not force:
-            old = load_detection_config(saved)
-            if detection_config_hash(old) != h:
-                raise IIFError(f"--resume: {out} was trained with another config ({saved}); run with the same "
-                               "config and overrides, add --force to resume anyway, or choose another --out.")
-    if info.distributed:
+        try:
+            work = prepare_run_folder(out, "det-train", force=force and not resume, resume=resume)
+            saved = work / CONFIG_FILE
+            if resume and saved.is_file() and not force:
+                old = load_detection_config(saved)
+                if detection_config_hash(old) != h:
+                    raise IIFError(f"--resume: {out} was trained with another config ({saved}); run with the same "
+                                   "config and overrides, add --force to resume anyway, or choose another --out.")
+        except IIFError as exc:
+            if not info.distributed:
+                raise
+            problem = str(exc)
+    if info.distributed:  # every rank learns the folder rank 0 chose (a staging folder under --force), or its error
         import torch.distributed as dist
 
-        box = [str(work) if work is not None else None]
+        box = [problem if problem is not None else (str(work) if work is not None else None)]
         dist.broadcast_object_list(box, src=0)
+        if problem is not None or (not info.is_main and box[0] is not None and not Path(box[0]).is_dir()):
+            raise IIFError(box[0])
         work = Path(box[0])
     assert work is not None
     try:
@@ -314,6 +322,11 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
         atomic_write_json(work / "detections.json", json_safe(results), indent=None)
         atomic_write_json(work / METRICS_FILE, metrics)
         finish_run_folder(work, out)
+    if info.distributed:
+        from ..train.distributed import barrier, cleanup_distributed
+
+        barrier(info)
+        cleanup_distributed(info)
     return {"out_dir": str(out), "finished": True, "metrics": metrics, "history": res["history"]}
 
 
