@@ -217,3 +217,21 @@ def test_det_eval_bad_run(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["det-eval", str(tmp_path / "run")]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
+
+
+def test_det_train_reproduces_det_bench_training(bench, tmp_path):
+    """det_bench_softmax through det-train trains the same weights as det-bench's softmax detector."""
+    from iif.detection.bench import _load_data, quick_settings
+    from iif.detection.bench import _train as bench_train
+
+    tiny = {"model.min_size": 64, "model.max_size": 64, "model.fpn_channels": 16, "model.representation_size": 32,
+            "model.mask_layers": [8], "model.box_detections_per_img": 20}
+    s = quick_settings("cpu-quick", [f"{k}={v}" for k, v in tiny.items()] + [
+        "train.epochs=1", "train.batch_size=4", "train.warmup_iters=2", "train.milestones=[1]",
+        "max_train_images=24", "max_val_images=8"])
+    torch.set_num_threads(1)
+    model, _ = bench_train(s, _load_data(bench, s, lambda *_: None), None, 0, "cpu", lambda *_: None)
+    assert _train(bench, tmp_path / "run", "schedule.epochs=1", "eval.masks=false") == 0
+    ours = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    theirs = model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
