@@ -40,3 +40,8 @@ __all__ += ["DetectionDataset", "load_detection_dataset", "validate_annotations"
             "resolve_detection_data"]
 __all__ += ["repeat_factors", "RepeatFactorSampler"]
 __all__ += ["make_benchmark", "validate_benchmark"]
+
+from .config import DetectionConfig, load_detection_config  # noqa: E402
+from .runs import evaluate_run, train_from_config  # noqa: E402
+
+__all__ += ["DetectionConfig", "load_detection_config", "train_from_config", "evaluate_run"]
