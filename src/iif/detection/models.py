@@ -65,6 +65,9 @@ NORMS = ("bn", "gn", "frozen_bn")
 # - a one-layer, 64-wide mask head: at test time the mask head runs on every kept detection; with two
 #   128-wide layers and 300 detections it cost 0.8-1.1 s per image (~20x the box-only forward) and 6.8 GB
 #   at batch 16. Evaluate boxes with predict(..., masks=False) (9-19 s for 400 images) and masks once.
+# cpu-quick keeps 100 detections per image (COCO's limit; LVIS uses 300): the scenes hold at most 6 objects,
+# and every kept detection costs a mask-head pass, a full-image mask paste and an RLE encoding per post-hoc
+# row (with 300, `iif det-bench --quick` took 17.6 min and its post-hoc rows 424 s on the 2-core machine).
 DETECTION_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
         "arch": "maskrcnn_r10_fpn",
@@ -73,7 +76,7 @@ DETECTION_PRESETS: dict[str, dict[str, Any]] = {
                   "anchor_sizes": ((16,), (32,), (64,), (128,)), "fpn_channels": 128, "representation_size": 256,
                   "mask_layers": (64,), "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 100,
                   "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 256,
-                  "box_batch_size_per_image": 64, "box_detections_per_img": 300, "box_score_thresh": 1e-4,
+                  "box_batch_size_per_image": 64, "box_detections_per_img": 100, "box_score_thresh": 1e-4,
                   "norm": "bn"},
         "train": {"epochs": 3, "batch_size": 8, "lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
                   "warmup_iters": 100, "milestones": (2,), "clip_grad_norm": 10.0},

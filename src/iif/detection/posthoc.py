@@ -13,14 +13,14 @@ changes which detections survive, not a surviving detection's box or mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["RoICache", "cache_roi_inputs", "detect_from_cache"]
+__all__ = ["RoICache", "cache_roi_inputs", "detect_from_cache", "iter_detections"]
 
 
 @dataclass
@@ -68,18 +68,25 @@ def cache_roi_inputs(model: nn.Module, batches: Iterable[tuple[list[torch.Tensor
     return RoICache(out, ids)
 
 
-@torch.no_grad()
 def detect_from_cache(model: nn.Module, cache: RoICache) -> list[dict[str, torch.Tensor]]:
     """Detections of ``model`` (with its current box predictor and margin) for every cached image.
 
     The cache belongs to the model it was made with: mask probabilities computed here are kept in it and
-    reused by later calls (a margin never changes the mask head). Returns one dict per image (``boxes`` xyxy in the original image's pixels, ``labels`` 1..C, ``scores``,
-    and ``masks`` (N, 1, H, W) probabilities for Mask R-CNN), in cache order, as ``model(images)`` does.
+    reused by later calls (a margin never changes the mask head). Returns one dict per image (``boxes`` xyxy
+    in the original image's pixels, ``labels`` 1..C, ``scores``, and ``masks`` (N, 1, H, W) probabilities
+    for Mask R-CNN), in cache order, as ``model(images)`` does. Full-size masks of every image at once can
+    take gigabytes: :func:`iter_detections` gives them a batch at a time.
     """
+    return [r for _, batch in iter_detections(model, cache) for r in batch]
+
+
+@torch.no_grad()
+def iter_detections(model: nn.Module, cache: RoICache) -> Iterator[tuple[list[int], list[dict[str, torch.Tensor]]]]:
+    """``(image_ids, detections)`` per cached batch; see :func:`detect_from_cache`."""
     _check_two_stage(model)
     model.eval()
     rh = model.roi_heads
-    results: list[dict[str, torch.Tensor]] = []
+    start = 0
     for b in cache.batches:
         class_logits, box_regression = rh.box_predictor(b["box_features"])
         boxes, scores, labels = rh.postprocess_detections(class_logits, box_regression, b["proposals"], b["image_sizes"])
@@ -88,8 +95,9 @@ def detect_from_cache(model: nn.Module, cache: RoICache) -> list[dict[str, torch
             memo = b.setdefault("masks", [{} for _ in boxes])
             for i, r in enumerate(batch):
                 r["masks"] = _masks(rh, b, i, boxes[i], labels[i], memo[i])
-        results.extend(model.transform.postprocess(batch, b["image_sizes"], b["original_sizes"]))
-    return results
+        ids = cache.image_ids[start : start + len(batch)]
+        start += len(batch)
+        yield ids, model.transform.postprocess(batch, b["image_sizes"], b["original_sizes"])
 
 
 def _masks(rh, b: dict, i: int, boxes: torch.Tensor, labels: torch.Tensor, memo: dict) -> torch.Tensor:
