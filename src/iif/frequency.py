@@ -34,7 +34,7 @@ import torch
 
 from .errors import IIFError
 from .outputs import atomic_write_text
-from .weights import VARIANTS, canonical_variant, iif_weights, weights_from_counts
+from .weights import VARIANTS, iif_weights, weights_from_counts
 
 __all__ = ["ClassFrequency", "IMG_EXTENSIONS", "LVIS_GROUP_BOUNDS", "MAX_CLASSES", "MAX_COUNT", "lvis_group_letters"]
 

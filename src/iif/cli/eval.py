@@ -26,7 +26,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import IIFError
     from ..train import evaluate_checkpoint
-    from ..errors import IIFError
     from ..train.logging import format_metrics_table, write_json
 
     if args.batch_size is not None and args.batch_size < 1:

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
-from ..train.checkpoint import capture_rng, load_checkpoint, restore_rng
-from ..train.distributed import DistInfo, all_reduce_sum, init_distributed
+from ..train.checkpoint import load_checkpoint, restore_rng
+from ..train.distributed import all_reduce_sum, gather_rng_states, init_distributed
 from .data import collate
 
 try:  # the one home of atomic writes
@@ -230,7 +230,7 @@ def train_detector(
     def checkpoint_state(epoch_done: int, extra: dict | None = None) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch_done, "rng_per_rank": _gather_rng(info), "history": history,
+                "epoch": epoch_done, "rng_per_rank": gather_rng_states(info), "history": history,
                 "settings": settings, "settings_hash": check_hash, **(extra or {})}
 
     import resource
@@ -312,17 +312,6 @@ def train_detector(
     return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
             "finished": finished, "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
             "peak_rss_mb": peak}
-
-
-def _gather_rng(info: DistInfo) -> list[dict]:
-    mine = capture_rng()
-    if not info.distributed:
-        return [mine]
-    import torch.distributed as dist
-
-    gathered: list = [None] * info.world_size
-    dist.all_gather_object(gathered, mine)
-    return gathered
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..errors import IIFError
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "per_rank_batch", "all_gather_cat", "all_reduce_sum", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "per_rank_batch", "all_gather_cat", "all_reduce_sum", "barrier", "gather_rng_states"]
 
 
 @dataclass
@@ -95,3 +95,18 @@ def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in range(info.world_size)]
     dist.all_gather(parts, padded)
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every rank's RNG states (:func:`iif.train.checkpoint.capture_rng`), in rank order, on every rank, so a
+    checkpoint written by rank 0 resumes each rank exactly."""
+    from .checkpoint import capture_rng
+
+    mine = capture_rng()
+    if not info.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered

@@ -32,15 +32,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
-from .checkpoint import capture_rng, check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
-                          per_rank_batch)
+                          gather_rng_states, per_rank_batch)
 from .logging import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .strategies import build_adjuster, prepare_decoupled_model, set_stage_train_mode, trainable_parameters
 
@@ -769,7 +768,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
     metrics: dict[str, dict] = {}
 
     def state(epoch_done: int, extra: dict | None = None) -> dict:
-        rngs = _gather_rng(info)
+        rngs = gather_rng_states(info)
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch_done,
                 "rng": rngs[0], "rng_per_rank": rngs, "config": config_to_dict(cfg), "config_hash": h,
@@ -827,17 +826,6 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
         write_json(out / "final_metrics.json", metrics)
     tb.close()
     return TrainResult(model, splits, history, metrics, out, ckpt_path, cfg, criterion)
-
-
-def _gather_rng(info: DistInfo) -> list[dict]:
-    mine = capture_rng()
-    if not info.distributed:
-        return [mine]
-    import torch.distributed as dist
-
-    gathered: list = [None] * info.world_size
-    dist.all_gather_object(gathered, mine)
-    return gathered
 
 
 # ----------------------------------------------------------------------------------------------- eval a checkpoint
