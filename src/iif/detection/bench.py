@@ -191,7 +191,7 @@ class _Data:
 
 
 def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log) -> _Data:
-    from .data import load_detection_dataset, resolve_detection_data
+    from .data import covering_subset, load_detection_dataset, resolve_detection_data, restrict_annotations
 
     root = Path(data) if data is not None else _default_data(log)
     train_json, train_images, val_json, val_images = resolve_detection_data(root)
@@ -206,54 +206,12 @@ def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log) -> _Dat
     val = load_detection_dataset(val_json, val_images, train=False, masks=masks, hflip=False)
     val_ann = json.loads(Path(val_json).read_text())
     if s.max_train_images is not None and s.max_train_images < len(train):
-        train = torch.utils.data.Subset(train, _covering_prefix(train, s.max_train_images))
-        train.freq = _subset_freq(train)
+        train = covering_subset(train, s.max_train_images)
     if s.max_val_images is not None and s.max_val_images < len(val):
         keep = set(val.image_ids[: s.max_val_images])
-        val_ann = _restrict_json(val_ann, keep)
+        val_ann = restrict_annotations(val_ann, keep)
         val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
     return _Data(root, train, val, val_ann, bench)
-
-
-def _covering_prefix(dataset, n: int) -> list[int]:
-    """``n`` training images that keep as many categories as possible: first, in json order, each image that
-    brings a category not yet covered, then the following images in json order. Deterministic."""
-    labels = [{a["category_id"] for a in dataset.coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)}
-              for i in dataset.image_ids]
-    picked, covered = [], set()
-    for idx, cats in enumerate(labels):
-        if len(picked) == n:
-            break
-        if cats - covered:
-            picked.append(idx)
-            covered |= cats
-    chosen = set(picked)
-    for idx in range(len(labels)):
-        if len(picked) == n:
-            break
-        if idx not in chosen:
-            picked.append(idx)
-    return sorted(picked)
-
-
-def _restrict_json(ann: dict, image_ids: set[int]) -> dict:
-    out = dict(ann)
-    out["images"] = [im for im in ann["images"] if im["id"] in image_ids]
-    out["annotations"] = [a for a in ann["annotations"] if a["image_id"] in image_ids]
-    return out
-
-
-def _subset_freq(subset):
-    """Class counts of a prefix of the training set, counted from its own annotations."""
-    from ..frequency import ClassFrequency
-
-    base = subset.dataset
-    keep = {base.image_ids[i] for i in subset.indices}
-    ann = _restrict_json(base.coco.dataset, keep)
-    for c in ann.get("categories", []):  # the json's count fields describe the whole set, not the prefix
-        c.pop("image_count", None)
-        c.pop("instance_count", None)
-    return ClassFrequency.from_coco(ann)
 
 
 def _freq(train):

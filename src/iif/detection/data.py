@@ -41,6 +41,8 @@ from ..frequency import ClassFrequency, _read_json
 
 __all__ = [
     "DetectionDataset",
+    "covering_subset",
+    "restrict_annotations",
     "load_detection_dataset",
     "validate_annotations",
     "collate",
@@ -669,3 +671,42 @@ def resolve_detection_data(root: PathLike) -> tuple[Path, Path, Path, Path]:
     name, miss = min(missing_by_layout, key=lambda t: len(t[1]))
     hint = f" It looks like a partial {name} layout missing {', '.join(miss)}." if len(miss) < totals[name] else ""
     raise IIFError(f"--data {base}: not a detection data folder.{hint} Accepted layouts: {_LAYOUTS}.")
+
+
+def restrict_annotations(ann: Mapping[str, Any], image_ids: set[int]) -> dict:
+    """A shallow copy of a COCO/LVIS json dict keeping only ``image_ids`` and their annotations."""
+    out = dict(ann)
+    out["images"] = [im for im in ann["images"] if im["id"] in image_ids]
+    out["annotations"] = [a for a in ann["annotations"] if a["image_id"] in image_ids]
+    return out
+
+
+def covering_subset(dataset: "DetectionDataset", n: int) -> torch.utils.data.Subset:
+    """``n`` training images that keep as many categories as possible, as a ``Subset`` carrying its own
+    counts (``freq``), ``category_ids`` and ``coco``: first, in json order, each image that brings a category
+    not yet covered, then the following images in json order. Deterministic."""
+    from ..frequency import ClassFrequency
+
+    labels = [{a["category_id"] for a in dataset.coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)}
+              for i in dataset.image_ids]
+    picked, covered = [], set()
+    for idx, cats in enumerate(labels):
+        if len(picked) == n:
+            break
+        if cats - covered:
+            picked.append(idx)
+            covered |= cats
+    chosen = set(picked)
+    for idx in range(len(labels)):
+        if len(picked) == n:
+            break
+        if idx not in chosen:
+            picked.append(idx)
+    subset = torch.utils.data.Subset(dataset, sorted(picked))
+    ann = restrict_annotations(dataset.coco.dataset, {dataset.image_ids[i] for i in subset.indices})
+    ann["categories"] = [{k: v for k, v in c.items() if k not in ("image_count", "instance_count")}
+                         for c in ann.get("categories", [])]  # the json's count fields describe the whole set
+    subset.freq = ClassFrequency.from_coco(ann)
+    subset.category_ids = dataset.category_ids
+    subset.coco = dataset.coco
+    return subset

@@ -83,8 +83,7 @@ def _benchmark_marker(train_json: Path) -> dict | None:
 def load_train_set(cfg: DetectionConfig, paths=None):
     """The training :class:`DetectionDataset` (or det-bench's category-covering prefix of
     ``data.max_train_images`` images, with its own counts as ``freq``)."""
-    from .bench import _covering_prefix, _subset_freq
-    from .data import load_detection_dataset
+    from .data import covering_subset, load_detection_dataset
 
     train_json, train_images, _, _ = paths or data_paths(cfg)
     hflip = cfg.data.hflip
@@ -93,17 +92,13 @@ def load_train_set(cfg: DetectionConfig, paths=None):
     train = load_detection_dataset(train_json, train_images, train=True, masks=_masks(cfg), hflip=hflip)
     n = cfg.data.max_train_images
     if n is not None and n < len(train):
-        subset = torch.utils.data.Subset(train, _covering_prefix(train, n))
-        subset.freq = _subset_freq(subset)
-        subset.category_ids = train.category_ids
-        subset.coco = train.coco
-        return subset
+        return covering_subset(train, n)
     return train
 
 
 def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None):
     """``(val dataset, val json dict)``, restricted to the first ``data.max_val_images`` images."""
-    from .bench import _restrict_json
+    from .data import restrict_annotations
     from .data import load_detection_dataset
 
     _, _, val_json, val_images = paths or data_paths(cfg)
@@ -117,7 +112,7 @@ def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None)
     n = cfg.data.max_val_images
     if n is not None and n < len(val_ann["images"]):
         val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
-        val_ann = _restrict_json(val_ann, set(val.image_ids[:n]))
+        val_ann = restrict_annotations(val_ann, set(val.image_ids[:n]))
     val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
     return val, val_ann
 
@@ -125,13 +120,13 @@ def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None)
 def _sampler(cfg: DetectionConfig, train):
     if cfg.data.sampler != "rfs":
         return None
-    from .bench import _restrict_json
+    from .data import restrict_annotations
     from .sampling import RepeatFactorSampler, repeat_factors
 
     base = train.dataset if isinstance(train, torch.utils.data.Subset) else train
     ann = base.coco.dataset
     if isinstance(train, torch.utils.data.Subset):
-        ann = _restrict_json(ann, {base.image_ids[i] for i in train.indices})
+        ann = restrict_annotations(ann, {base.image_ids[i] for i in train.indices})
     return RepeatFactorSampler(repeat_factors(ann, threshold=cfg.data.rfs_threshold), seed=cfg.runtime.seed)
 
 
