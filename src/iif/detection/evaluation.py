@@ -37,6 +37,7 @@ from ..frequency import _read_json
 
 __all__ = [
     "evaluate_lvis",
+    "is_lvis",
     "evaluate_coco",
     "tail_k_ap",
     "tide_errors",
@@ -89,7 +90,7 @@ def _check_iou_type(iou_type: str) -> None:
         raise IIFError(f"iou_type={iou_type!r} is not supported; use one of {IOU_TYPES} ('segm' for masks).")
 
 
-def _is_lvis(gt: Mapping[str, Any]) -> bool:
+def is_lvis(gt: Mapping[str, Any]) -> bool:
     """LVIS format: every image lists ``neg_category_ids`` and every category has a ``frequency``."""
     return bool(gt["images"]) and all("neg_category_ids" in im for im in gt["images"]) and all(
         "frequency" in c for c in gt["categories"])
@@ -420,7 +421,7 @@ def tail_k_ap(gt_json: PathOrDict, detections: Detections, ks: Sequence[int] = (
     ks = [ks] if isinstance(ks, int) else list(ks)
     if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
         raise IIFError(f"ks={ks!r} must be positive ints (the paper uses 5, 10, 20).")
-    lvis = _is_lvis(gt)
+    lvis = is_lvis(gt)
     if lvis:
         _require_lvis(gt)
     if lvis:
@@ -472,7 +473,7 @@ def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bb
     """
     gt, dets = _prepare(gt_json, detections, iou_type)
     tidecv, tide_functions = _import_tide()
-    lvis = _is_lvis(gt)
+    lvis = is_lvis(gt)
     if lvis:
         _require_lvis(gt)
     if max_dets is None:
@@ -557,7 +558,7 @@ def _false_positive_categories(gt_json: PathOrDict, detections: Detections, scor
     for name, v in (("score_threshold", score_threshold), ("iou_threshold", iou_threshold)):
         if not _finite_number(v) or not 0.0 <= v <= 1.0:
             raise IIFError(f"{name}={v!r} must be a number in [0, 1].")
-    lvis = _is_lvis(gt)
+    lvis = is_lvis(gt)
     if lvis:
         _require_lvis(gt)
         dets = _federated_filter(gt, dets)

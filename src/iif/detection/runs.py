@@ -181,9 +181,9 @@ def evaluate_detections(val_json: Mapping[str, Any], results: Sequence[Mapping[s
     """Metrics of ``results`` on ``val_json``: LVIS rules (evaluate_lvis, 300 detections per image) when the
     json is LVIS, COCO rules otherwise; TIDE ``dAP_FP``, ``false_positives`` above ``score_threshold`` and
     tail-k AP (k = 5, 10, 20 fewest-training-image categories). Top-level keys are det-bench's row keys."""
-    from .evaluation import _is_lvis, count_false_positives, evaluate_coco, evaluate_lvis, tail_k_ap, tide_errors
+    from .evaluation import is_lvis, count_false_positives, evaluate_coco, evaluate_lvis, tail_k_ap, tide_errors
 
-    lvis = _is_lvis(val_json)
+    lvis = is_lvis(val_json)
     evaluate = evaluate_lvis if lvis else evaluate_coco
     box = evaluate(val_json, list(results), iou_type="bbox")
     seg = evaluate(val_json, list(results), iou_type="segm") if masks else None
