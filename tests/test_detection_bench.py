@@ -130,3 +130,28 @@ def test_default_benchmark_lives_in_the_cache(monkeypatch, tmp_path):
     assert B.default_benchmark_dir().parent == tmp_path / "det-data"
     with pytest.raises(IIFError, match="preset"):
         B.quick_settings("nope")
+
+
+def test_coco_layout_is_scored_with_coco_rules(tiny_data, tmp_path):
+    """A user's COCO folder (no LVIS federated fields, no frequency groups) runs through to the table:
+    AP from COCO rules, APr/APc/APf empty."""
+    import shutil
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split, folder in (("train", "train2017"), ("val", "val2017")):
+        shutil.copytree(tiny_data / "images" / split, root / folder)
+        ann = json.loads((tiny_data / "annotations" / f"{split}.json").read_text())
+        for im in ann["images"]:
+            im.pop("neg_category_ids", None)
+            im.pop("not_exhaustive_category_ids", None)
+        for c in ann["categories"]:
+            for k in ("frequency", "image_count", "instance_count"):
+                c.pop(k, None)
+        (root / "annotations" / f"instances_{folder}.json").write_text(json.dumps(ann))
+    rows = B.run_det_bench(root, quick=True, out=tmp_path / "o", overrides=TINY, plots=False)
+    assert len(rows) == len(B.POSTHOC_ROWS)
+    assert all(r["APr"] is None and r["APc"] is None and r["APf"] is None for r in rows)
+    assert all(r["AP"] is not None and r["APb"] is not None for r in rows)
+    details = json.loads((tmp_path / "o" / "details.json").read_text())
+    assert {d["rules"] for d in details} == {"coco"}

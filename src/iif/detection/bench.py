@@ -228,29 +228,21 @@ def _peak_rss_mb() -> float:
 
 def _evaluate(val_json: dict, results: list[dict], masks: bool, score_threshold: float,
               train_counts: np.ndarray) -> dict[str, Any]:
-    from .evaluation import count_false_positives, evaluate_lvis, false_positives_by_group, tail_k_ap, tide_errors
+    """det-train's evaluation (LVIS rules for LVIS json, COCO rules otherwise), plus false positives by
+    LVIS frequency group where the json has groups."""
+    from .evaluation import false_positives_by_group, is_lvis
+    from .runs import evaluate_detections
 
-    box = evaluate_lvis(val_json, results, iou_type="bbox")
-    seg = evaluate_lvis(val_json, results, iou_type="segm") if masks else box
-    tide = tide_errors(val_json, results, iou_type="bbox")
-    n_cats = len(val_json["categories"])
-    ks = tuple(k for k in (5, 10, 20) if k < n_cats)
-    tails = tail_k_ap(val_json, results, ks=ks, iou_type="segm" if masks else "bbox", train_counts=train_counts) if ks else {}
-    fp = count_false_positives(val_json, results, score_threshold=score_threshold, iou_type="bbox")
-    fp_groups = false_positives_by_group(val_json, results, score_threshold=score_threshold, iou_type="bbox")
-    return {"segm": seg, "bbox": box, "tide": tide, "tail": tails, "false_positives": fp,
-            "false_positives_by_group": fp_groups, "num_detections": len(results)}
+    ev = evaluate_detections(val_json, results, masks=masks, score_threshold=score_threshold,
+                             train_counts=train_counts)
+    ev["false_positives_by_group"] = (false_positives_by_group(val_json, results, score_threshold=score_threshold,
+                                                               iou_type="bbox") if is_lvis(val_json) else {})
+    return ev
 
 
 def _row(spec: RowSpec, ev: dict) -> dict[str, Any]:
-    def num(x):
-        return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else float(x)
-
-    seg, box = ev["segm"], ev["bbox"]
     return {"method": spec.method, "strategy": spec.strategy, "variant": spec.table_variant(), "by": spec.by,
-            "AP": num(seg["AP"]), "AP50": num(seg["AP50"]), "AP75": num(seg["AP75"]), "APr": num(seg["APr"]),
-            "APc": num(seg["APc"]), "APf": num(seg["APf"]), "APb": num(box["AP"]), "dAP_FP": num(ev["tide"]["dAP_FP"]),
-            "false_positives": int(ev["false_positives"])}
+            **{k: ev[k] for k in ("AP", "AP50", "AP75", "APr", "APc", "APf", "APb", "dAP_FP", "false_positives")}}
 
 
 def _classifier_norms(model) -> np.ndarray:

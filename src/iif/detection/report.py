@@ -287,7 +287,7 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
         body = []
         for d in details:
             t = d["tide"]
-            body.append([_short_label(d), cell(d["bbox"]["APr"]), cell(d["bbox"]["APc"]), cell(d["bbox"]["APf"]),
+            body.append([_short_label(d), cell(d["bbox"].get("APr")), cell(d["bbox"].get("APc")), cell(d["bbox"].get("APf")),
                          cell(t.get("AP50_tide")), cell(t.get("dAP_Cls")), cell(t.get("dAP_Bkg")), cell(t.get("dAP_Miss")),
                          *[cell(d["tail"].get(k)) for k in tail_keys],
                          "/".join(str(d["false_positives_by_group"].get(g, "-")) for g in "rcf")])
