@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import IIFError
     from ..train import evaluate_checkpoint
-    from ..train.logging import format_metrics_table, write_json
+    from ..train.run_log import format_metrics_table, write_json
 
     if args.batch_size is not None and args.batch_size < 1:
         raise IIFError(f"--batch-size must be >= 1; got {args.batch_size}.")

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..train import fit, load_config, packaged_configs
-    from ..train.logging import format_metrics_table
+    from ..train.run_log import format_metrics_table
 
     if args.list:
         print("\n".join(packaged_configs()))

@@ -40,7 +40,7 @@ from .checkpoint import check_resume_compatible, load_checkpoint, restore_rng, s
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
                           gather_rng_states, per_rank_batch)
-from .logging import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
+from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .strategies import build_adjuster, prepare_decoupled_model, set_stage_train_mode, trainable_parameters
 
 __all__ = [

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..outputs import json_safe
-from .checkpoint import atomic_write_text
+from ..outputs import atomic_write_text, json_safe
 
 __all__ = ["scalar_metrics", "write_history_csv", "write_json", "TensorBoardLogger", "format_metrics_table"]
 
@@ -33,11 +32,11 @@ def write_history_csv(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue(), mkdir=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(json_safe(obj), indent=2))
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2), mkdir=True)
 
 
 class TensorBoardLogger:
