@@ -100,16 +100,17 @@ def test_timm_and_torchvision_backbones_drop_their_classifier() -> None:
 # ----------------------------------------------------------------------------------------- ResNet-32
 
 
-def _resnet32_params_by_hand(num_classes: int, se_reduction: int | None = None) -> int:
+def _resnet32_params_by_hand(num_classes: int, se_reduction: int | None = None, se_bias: bool = False,
+                             head: str = "linear") -> int:
     """Count from the layer shapes of He et al.'s CIFAR ResNet-32 (3x3 convs, no bias; BN has 2 per channel)."""
     conv = lambda cin, cout: 9 * cin * cout  # noqa: E731
     bn = lambda c: 2 * c  # noqa: E731
 
-    def se(c: int) -> int:  # fc1 (c -> c/r, with bias) and fc2 (c/r -> c, with bias)
+    def se(c: int) -> int:  # fc1 (c -> c/r) and fc2 (c/r -> c), each with a bias only in the torchvision form
         if se_reduction is None:
             return 0
         hidden = c // se_reduction
-        return (c * hidden + hidden) + (hidden * c + c)
+        return (c * hidden + hidden * se_bias) + (hidden * c + c * se_bias)
 
     total = conv(3, 16) + bn(16)
     prev = 16
@@ -117,7 +118,8 @@ def _resnet32_params_by_hand(num_classes: int, se_reduction: int | None = None) 
         for _ in range(5):
             total += conv(prev, width) + bn(width) + conv(width, width) + bn(width) + se(width)
             prev = width
-    return total + 64 * num_classes + num_classes  # linear head with bias; option-A shortcuts add nothing
+    # option-A shortcuts add nothing; the linear head has a bias, the cosine head (fixed s) only W.
+    return total + 64 * num_classes + (num_classes if head == "linear" else 0)
 
 
 def test_resnet32_parameter_count_matches_hand_count() -> None:
@@ -127,6 +129,44 @@ def test_resnet32_parameter_count_matches_hand_count() -> None:
     assert _n_params(build_model("se_resnet32", 100)) == _resnet32_params_by_hand(100, se_reduction=4)
     # Option A: the only convolutions are 3x3 (no 1x1 projection shortcuts).
     assert all(m.kernel_size == (3, 3) for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_se_resnet32_cosine_100_classes_has_the_official_parameter_count() -> None:
+    """The authors' SE-ResNet-32 (bias-free SE FCs) with the cosine head for CIFAR-100: 483,344 parameters."""
+    official = build_model("se_resnet32", 100, head="cosine")
+    by_hand = _resnet32_params_by_hand(100, se_reduction=4, se_bias=False, head="cosine")
+    assert _n_params(official) == by_hand == 483_344
+    se_modules = [m for n, m in official.backbone.named_modules() if n.endswith(".se")]
+    assert len(se_modules) == 15
+    assert all(isinstance(fc, nn.Linear) and fc.bias is None for se in se_modules for fc in (se.fc1, se.fc2))
+    # The torchvision form (1x1 convs with biases) stays available by name: 700 more parameters,
+    # one bias per hidden unit and per channel: 5 blocks x ((4 + 16) + (8 + 32) + (16 + 64)).
+    tv = build_model("se_resnet32", 100, head="cosine", backbone_kwargs={"style": "torchvision"})
+    assert _n_params(tv) == _resnet32_params_by_hand(100, se_reduction=4, se_bias=True, head="cosine") == 484_044
+    assert all(m.se.fc1.bias is not None for m in tv.backbone.modules() if isinstance(m, CifarBasicBlock))
+    with pytest.raises(IIFError, match="style 'keras'.*official.*torchvision"):
+        build_model("se_resnet32", 10, backbone_kwargs={"style": "keras"})
+
+
+def test_official_style_initialises_like_the_authors_code() -> None:
+    """Kaiming-normal with fan-in and gain sqrt(2) on every conv and SE FC (torch's kaiming_normal_ defaults)."""
+    torch.manual_seed(0)
+    net = build_model("se_resnet32", 10, head="cosine").backbone
+    # std = sqrt(2 / fan_in): the stem has fan-in 3*9 = 27 (fan-out 16*9 = 144 would give 0.118);
+    # the last SE's fc1 has fan-in 64 and fc2 fan-in 16.
+    checks = [
+        (net.conv1.weight, 27),
+        (net.layer3[4].se.fc1.weight, 64),
+        (net.layer3[4].se.fc2.weight, 16),
+        (net.layer2[0].conv1.weight, 16 * 9),  # stride-2 conv: fan-in 144, fan-out 288
+    ]
+    for weight, fan_in in checks:
+        expected = (2.0 / fan_in) ** 0.5
+        assert abs(weight.std().item() / expected - 1) < 0.12, (weight.shape, weight.std().item(), expected)
+    # The torchvision style keeps torchvision ResNet's fan-out init (stem std sqrt(2/144)).
+    torch.manual_seed(0)
+    tv = build_model("se_resnet32", 10, backbone_kwargs={"style": "torchvision"}).backbone
+    assert abs(tv.conv1.weight.std().item() / (2.0 / 144) ** 0.5 - 1) < 0.12
 
 
 def test_option_a_shortcut_subsamples_and_zero_pads_channels() -> None:
@@ -145,8 +185,9 @@ def test_option_a_shortcut_subsamples_and_zero_pads_channels() -> None:
     assert isinstance(block.shortcut, ShortcutA) and _n_params(block.shortcut) == 0
 
 
-def test_se_block_matches_independent_formula_and_sits_before_the_add() -> None:
-    block = CifarBasicBlock(16, 16, stride=1, se_reduction=4).eval().double()
+@pytest.mark.parametrize("style", ["official", "torchvision"])
+def test_se_block_matches_independent_formula_and_sits_before_the_add(style: str) -> None:
+    block = CifarBasicBlock(16, 16, stride=1, se_reduction=4, style=style).eval().double()
     with torch.no_grad():
         for p in block.parameters():
             p.normal_(0, 0.3)
@@ -155,11 +196,13 @@ def test_se_block_matches_independent_formula_and_sits_before_the_add() -> None:
     y = torch.randn(2, 16, 5, 5, dtype=torch.float64)
     # Independent route in numpy: squeeze (mean over H, W), FC - ReLU - FC, sigmoid, rescale channels.
     yn = y.numpy()
-    w1 = se.fc1.weight.detach().numpy()[:, :, 0, 0]
-    b1 = se.fc1.bias.detach().numpy()
-    w2 = se.fc2.weight.detach().numpy()[:, :, 0, 0]
-    b2 = se.fc2.bias.detach().numpy()
-    assert w1.shape == (4, 16) and w2.shape == (16, 4)
+    w1 = se.fc1.weight.detach().numpy().reshape(4, 16)
+    w2 = se.fc2.weight.detach().numpy().reshape(16, 4)
+    if style == "official":
+        assert se.fc1.bias is None and se.fc2.bias is None
+        b1, b2 = np.zeros(4), np.zeros(16)
+    else:
+        b1, b2 = se.fc1.bias.detach().numpy(), se.fc2.bias.detach().numpy()
     z = yn.mean(axis=(2, 3))
     gate = 1.0 / (1.0 + np.exp(-(np.maximum(z @ w1.T + b1, 0.0) @ w2.T + b2)))
     with torch.no_grad():

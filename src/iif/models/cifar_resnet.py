@@ -1,9 +1,19 @@
 """CIFAR ResNets (He et al. 2016, Sec. 4.2) with optional Squeeze-and-Excitation (Hu et al. 2018).
 
 Three stages of ``n`` BasicBlocks with 16/32/64 channels (depth = 6n + 2; ResNet-32 has n = 5),
-option-A shortcuts (strided subsampling plus zero channels, no parameters) and Kaiming initialisation.
-The SE variant (paper Sec. IV, SPEC section 5: SE-ResNet-32, reduction r = 4) puts the SE module after
-``bn2`` and before the residual addition, with average squeeze and sigmoid excitation.
+option-A shortcuts (strided subsampling plus zero channels, no parameters). The SE variant is the
+paper's CIFAR backbone (Sec. IV; docs/method.md#models): SE-ResNet-32 with reduction r = 4, the SE module
+after ``bn2`` and before the residual addition, average squeeze and sigmoid excitation.
+
+``style`` picks which code the network follows:
+
+- ``"official"`` (default): the authors' CIFAR code (``resnet_cifar.py`` of the IIF repository, built on
+  LDAM-DRW's): SE excitation by two fully connected layers *without bias*, and every convolution and
+  fully connected layer initialised Kaiming-normal with fan-in (``init.kaiming_normal_`` defaults).
+  SE-ResNet-32 with the cosine head over 100 classes then has 483,344 parameters.
+- ``"torchvision"``: torchvision's ``SqueezeExcitation`` (1x1 convolutions with biases) and torchvision
+  ResNet's initialisation (Kaiming-normal with fan-out, zero biases); 700 more parameters for
+  SE-ResNet-32. This is the library's SE-ResNet-32 before 2026-11-27: use it to load those checkpoints.
 
 The backbone returns pooled features ``(N, 64)``; the classifier head is attached by
 :func:`iif.models.build_model`.
@@ -19,7 +29,19 @@ from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["option_a_shortcut", "ShortcutA", "SqueezeExcite", "CifarBasicBlock", "CifarResNet", "kaiming_init_"]
+__all__ = [
+    "STYLES",
+    "option_a_shortcut",
+    "ShortcutA",
+    "BiasFreeSqueezeExcite",
+    "SqueezeExcite",
+    "CifarBasicBlock",
+    "CifarResNet",
+    "kaiming_init_",
+    "official_init_",
+]
+
+STYLES: tuple[str, ...] = ("official", "torchvision")
 
 
 def option_a_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
@@ -54,27 +76,57 @@ class ShortcutA(nn.Module):
         return f"out_channels={self.out_channels}, stride={self.stride}"
 
 
-def SqueezeExcite(channels: int, reduction: int) -> nn.Module:
-    """SE module of Hu et al.: ``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))`` with ``C // r`` hidden units.
+class BiasFreeSqueezeExcite(nn.Module):
+    """SE module of the authors' CIFAR code: ``x * sigmoid(fc2(relu(fc1(mean_hw(x)))))``, FCs without bias.
 
-    torchvision's ``SqueezeExcitation`` implements exactly this (1x1 convs with bias act as the FC
-    layers on the pooled vector); imported here so ``import iif`` does not require torchvision.
+    ``fc1`` maps ``C -> C // r`` and ``fc2`` maps back, both ``nn.Linear(..., bias=False)``: ``2 C^2 / r``
+    parameters per block.
     """
-    from torchvision.ops import SqueezeExcitation
 
-    return SqueezeExcitation(channels, max(1, channels // reduction))
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Linear(channels, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return x * gate[:, :, None, None]
+
+
+def SqueezeExcite(channels: int, reduction: int, style: str = "official") -> nn.Module:
+    """SE module of Hu et al. with ``C // r`` hidden units in the given ``style`` (see the module docstring).
+
+    ``"official"``: :class:`BiasFreeSqueezeExcite`. ``"torchvision"``: ``torchvision.ops.SqueezeExcitation``
+    (1x1 convs with bias act as the FC layers on the pooled vector), imported here so ``import iif`` does
+    not require torchvision.
+    """
+    if style == "official":
+        return BiasFreeSqueezeExcite(channels, reduction)
+    if style == "torchvision":
+        from torchvision.ops import SqueezeExcitation
+
+        return SqueezeExcitation(channels, max(1, channels // reduction))
+    raise IIFError(f"Unknown CIFAR ResNet style {style!r}; choose one of {list(STYLES)} (default 'official').")
 
 
 class CifarBasicBlock(nn.Module):
-    """3x3-3x3 residual block; ``se_reduction`` adds an SE module after ``bn2`` (before the add)."""
+    """3x3-3x3 residual block; ``se_reduction`` adds an SE module of ``style`` after ``bn2`` (before the add)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, se_reduction: int | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        se_reduction: int | None = None,
+        style: str = "official",
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.se = SqueezeExcite(out_channels, se_reduction) if se_reduction else nn.Identity()
+        self.se = SqueezeExcite(out_channels, se_reduction, style) if se_reduction else nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = ShortcutA(out_channels, stride)
         else:
@@ -84,6 +136,17 @@ class CifarBasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.se(self.bn2(self.conv2(out)))
         return F.relu(out + self.shortcut(x))
+
+
+def official_init_(module: nn.Module) -> None:
+    """The authors' CIFAR init: Kaiming-normal (fan-in, gain sqrt(2)) for every Conv2d and Linear weight.
+
+    This is ``torch.nn.init.kaiming_normal_`` with its defaults, applied as ``_weights_init`` does in the
+    LDAM-DRW / IIF ``resnet_cifar.py``; biases and BatchNorm keep PyTorch's defaults (BN weight 1, bias 0).
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
 
 
 def kaiming_init_(module: nn.Module) -> None:
@@ -107,8 +170,11 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
         widths: Sequence[int] = (16, 32, 64),
         se_reduction: int | None = None,
+        style: str = "official",
     ) -> None:
         super().__init__()
+        if style not in STYLES:
+            raise IIFError(f"Unknown CIFAR ResNet style {style!r}; choose one of {list(STYLES)} (default 'official').")
         if depth < 8 or (depth - 2) % 6:
             raise IIFError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}.")
         if len(widths) < 1 or any(int(w) < 1 for w in widths):
@@ -116,6 +182,7 @@ class CifarResNet(nn.Module):
         blocks = (depth - 2) // 6
         self.depth = depth
         self.se_reduction = se_reduction
+        self.style = style
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages = []
@@ -124,14 +191,17 @@ class CifarResNet(nn.Module):
             layers = []
             for b in range(blocks):
                 stride = 2 if (i > 0 and b == 0) else 1
-                layers.append(CifarBasicBlock(prev, width, stride, se_reduction))
+                layers.append(CifarBasicBlock(prev, width, stride, se_reduction, style))
                 prev = width
             stages.append(nn.Sequential(*layers))
         self.num_stages = len(stages)
         for i, stage in enumerate(stages):
             self.add_module(f"layer{i + 1}", stage)
         self.feature_dim = prev
-        kaiming_init_(self)
+        if style == "official":
+            official_init_(self)
+        else:
+            kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

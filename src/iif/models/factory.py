@@ -174,7 +174,8 @@ def build_backbone(
     """Build the feature extractor of ``arch``; returns ``(backbone, feature_dim)``.
 
     ``kwargs`` go to the backbone: ``small_cnn``: ``width``; ``resnet32``/``se_resnet32``: ``widths``,
-    ``se_reduction``; SE-ResNets: ``reduction``, ``zero_init_residual``; ``timm:``/``torchvision:``: the
+    ``se_reduction``, ``style`` (``"official"``, the authors' bias-free SE and init, or ``"torchvision"``;
+    see :mod:`iif.models.cifar_resnet`); SE-ResNets: ``reduction``, ``zero_init_residual``; ``timm:``/``torchvision:``: the
     library's own constructor options. ``pretrained=True`` only exists for timm/torchvision backbones and
     downloads weights through those libraries.
     """
