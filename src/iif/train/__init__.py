@@ -20,7 +20,8 @@ mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_hash, load_config, packaged_configs
-from .engine import TrainResult, evaluate, evaluate_checkpoint, extract_features, fit, predict, train_one_epoch
+from .engine import TrainResult, fit, train_one_epoch
+from .evaluation import evaluate, evaluate_checkpoint, extract_features, predict
 from .strategies import build_adjuster, parse_adjuster
 
 train = fit
