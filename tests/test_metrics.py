@@ -20,6 +20,7 @@ from iif.metrics import (
     reliability_bins,
     shot_group_accuracy,
     shot_groups,
+    shot_thresholds,
 )
 
 # probabilities, label  -> prediction, correct?, confidence (bin)
@@ -82,11 +83,37 @@ def test_reliability_bins_counts_and_means():
 
 
 def test_shot_group_boundaries():
-    # SPEC section 5: many > 100, few < 20, medium 20..100 inclusive
+    # many > 100, few < 20, medium 20..100 inclusive
     g = shot_groups([101, 100, 20, 19], many=100, few=20)
     assert g["many"].tolist() == [0]
     assert g["medium"].tolist() == [1, 2]
     assert g["few"].tolist() == [3]
+
+
+def test_shot_thresholds_one_rule():
+    # largest class > 100 images: the paper's 100 / 20
+    assert shot_thresholds([101, 7]) == (100, 20)
+    # no class above 100 (digits-LT: 100 .. 5): 50 / 15, so the many-shot group is not empty
+    assert shot_thresholds([100, 40, 5]) == (50, 15)
+    # an explicit threshold replaces only its own value
+    assert shot_thresholds([100, 40, 5], many=60) == (60, 15)
+    assert shot_thresholds([500, 5], few=10) == (100, 10)
+    with pytest.raises(IIFError, match="must not exceed"):
+        shot_thresholds([500, 5], many=10)
+    with pytest.raises(IIFError, match=">= 0"):
+        shot_thresholds([500, 5], few=-1)
+    with pytest.raises(IIFError, match="1-D"):
+        shot_thresholds([])
+
+
+def test_default_groups_follow_the_rule():
+    counts = [100, 51, 50, 15, 14]  # max <= 100 -> many > 50, few < 15
+    g = shot_groups(counts)
+    assert (g["many"].tolist(), g["medium"].tolist(), g["few"].tolist()) == ([0, 1], [2, 3], [4])
+    # evaluate_logits groups the same way: class i predicted right only for i in {0, 4}
+    logits = np.eye(5)[[0, 0, 2, 2, 4]] * 3.0  # sample i has label i; argmaxes 0, 0, 2, 2, 4
+    m = evaluate_logits(logits, np.arange(5), counts)
+    assert (m["many"], m["medium"], m["few"]) == (pytest.approx(50.0), pytest.approx(50.0), pytest.approx(100.0))
 
 
 def test_empty_group_and_missing_class_are_none():

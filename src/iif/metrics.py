@@ -4,10 +4,13 @@ Everything here works on plain logits, so the same code scores a trained model, 
 (``w * z``, paper Eq. 13-14) output or logits a user already has. Inputs may be torch tensors or numpy
 arrays; arithmetic runs in float64 numpy.
 
-Conventions (SPEC section 5):
+Conventions (docs/method.md, "Metrics"):
 
-* Shot groups come from the *training* count of each class: many-shot ``n > many`` (100), few-shot
-  ``n < few`` (20), medium-shot otherwise (``few <= n <= many``).
+* Shot groups come from the *training* count of each class: many-shot ``n > many``, few-shot
+  ``n < few``, medium-shot otherwise (``few <= n <= many``). The thresholds come from one rule,
+  :func:`shot_thresholds`, used by ``iif train``, ``iif eval``, ``iif bench`` and ``iif stats``: 100 and 20
+  (the OLTR/decoupling convention of the paper's Tables V-X), or 50 and 15 when no class has more than 100
+  training images (a small dataset such as digits-LT, where "> 100" would leave the many-shot group empty).
 * A group's accuracy is the mean of the per-class accuracies of its classes that have test samples
   (the OLTR/decoupling convention; on a balanced test set it equals the sample average). ``None`` when
   no class of the group has a test sample.
@@ -30,6 +33,9 @@ from .errors import IIFError
 
 __all__ = [
     "SHOT_GROUPS",
+    "SHOT_THRESHOLDS",
+    "SMALL_SHOT_THRESHOLDS",
+    "shot_thresholds",
     "check_logits_labels",
     "accuracy",
     "per_class_accuracy",
@@ -42,6 +48,10 @@ __all__ = [
 ]
 
 SHOT_GROUPS: tuple[str, ...] = ("many", "medium", "few")
+#: ``(many, few)``: many-shot ``n > 100``, few-shot ``n < 20`` training images (paper Tables V-X).
+SHOT_THRESHOLDS: tuple[int, int] = (100, 20)
+#: ``(many, few)`` when no class has more than 100 training images (otherwise the many-shot group is empty).
+SMALL_SHOT_THRESHOLDS: tuple[int, int] = (50, 15)
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 
@@ -114,13 +124,35 @@ def per_class_accuracy(logits: ArrayLike, labels: ArrayLike) -> np.ndarray:
         return np.where(total > 0, 100.0 * correct / np.maximum(total, 1.0), np.nan)
 
 
-def shot_groups(train_counts: ArrayLike, many: int = 100, few: int = 20) -> dict[str, np.ndarray]:
-    """Class indices of each shot group by training count: many ``> many``, few ``< few``, medium otherwise."""
+def shot_thresholds(train_counts: ArrayLike, many: int | None = None, few: int | None = None) -> tuple[int, int]:
+    """The shot-group thresholds ``(many, few)`` for these training counts: the one rule of the library.
+
+    :data:`SHOT_THRESHOLDS` (100, 20), or :data:`SMALL_SHOT_THRESHOLDS` (50, 15) when no class has more
+    than 100 training images. A threshold given explicitly (not None) replaces the rule's value for it.
+    Raises :class:`IIFError` for counts that are not a non-empty 1-D list, a negative threshold, or
+    ``few > many``.
+    """
     n = _to_numpy(train_counts, np.float64)
     if n.ndim != 1 or n.size == 0:
         raise IIFError(f"train_counts must be a non-empty 1-D list with one count per class; got shape {n.shape}.")
+    rule = SMALL_SHOT_THRESHOLDS if float(np.nanmax(n)) <= SHOT_THRESHOLDS[0] else SHOT_THRESHOLDS
+    many = rule[0] if many is None else many
+    few = rule[1] if few is None else few
+    for name, value in (("many", many), ("few", few)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise IIFError(f"the {name}-shot threshold must be a whole number >= 0; got {value!r}.")
     if few > many:
         raise IIFError(f"the few-shot threshold ({few}) must not exceed the many-shot threshold ({many}).")
+    return int(many), int(few)
+
+
+def shot_groups(train_counts: ArrayLike, many: int | None = None, few: int | None = None) -> dict[str, np.ndarray]:
+    """Class indices of each shot group by training count: many ``> many``, few ``< few``, medium otherwise.
+
+    ``many`` / ``few`` default to :func:`shot_thresholds`' rule for these counts.
+    """
+    many, few = shot_thresholds(train_counts, many, few)
+    n = _to_numpy(train_counts, np.float64)
     return {
         "many": np.flatnonzero(n > many),
         "medium": np.flatnonzero((n >= few) & (n <= many)),
@@ -128,7 +160,8 @@ def shot_groups(train_counts: ArrayLike, many: int = 100, few: int = 20) -> dict
     }
 
 
-def shot_group_accuracy(per_class: ArrayLike, train_counts: ArrayLike, many: int = 100, few: int = 20) -> dict[str, float | None]:
+def shot_group_accuracy(per_class: ArrayLike, train_counts: ArrayLike, many: int | None = None,
+                        few: int | None = None) -> dict[str, float | None]:
     """Mean per-class accuracy of each shot group; ``None`` when the group has no class with test samples."""
     acc = _to_numpy(per_class, np.float64)
     groups = shot_groups(train_counts, many, few)
@@ -188,8 +221,8 @@ def evaluate_logits(
     logits: ArrayLike,
     labels: ArrayLike,
     train_counts: ArrayLike,
-    many: int = 100,
-    few: int = 20,
+    many: int | None = None,
+    few: int | None = None,
     bins: int = 10,
 ) -> dict[str, Any]:
     """All long-tail metrics of one set of logits.
@@ -198,7 +231,7 @@ def evaluate_logits(
         logits: ``(N, C)`` class scores (torch or numpy), already adjusted if a method adjusts them.
         labels: ``(N,)`` true class indices.
         train_counts: ``(C,)`` training images per class; defines the shot groups.
-        many, few: shot-group thresholds (many ``> many``, few ``< few``).
+        many, few: shot-group thresholds (many ``> many``, few ``< few``); None: :func:`shot_thresholds`' rule.
         bins: number of equal-width confidence bins for ECE / MCE.
 
     Returns:
