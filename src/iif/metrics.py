@@ -142,7 +142,8 @@ def shot_thresholds(train_counts: ArrayLike, many: int | None = None, few: int |
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise IIFError(f"the {name}-shot threshold must be a whole number >= 0; got {value!r}.")
     if few > many:
-        raise IIFError(f"the few-shot threshold ({few}) must not exceed the many-shot threshold ({many}).")
+        raise IIFError(f"shot-group thresholds: few ({few}) must not exceed many ({many}); leave them unset for "
+                       "the default rule (100 and 20, or 50 and 15 when no class has more than 100 images).")
     return int(many), int(few)
 
 

@@ -30,8 +30,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("source", metavar="SOURCE",
                    help="image folder, COCO/LVIS json, list file, labels .txt/.npy, weight-table .csv or saved counts .json")
-    p.add_argument("--many", type=int, default=100, help="many-shot: more than this many images (default 100)")
-    p.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many images (default 20)")
+    p.add_argument("--many", type=int, default=None, help="many-shot: more than this many images (default 100; 50 when no class has more than 100)")
+    p.add_argument("--few", type=int, default=None, help="few-shot: fewer than this many images (default 20; 15 when no class has more than 100)")
     p.add_argument("--by", choices=("image", "object"), default="image",
                    help="count images (IF) or instances (OF) for groups and the imbalance factor (default image)")
     p.add_argument("--top", type=int, default=10, help="head/tail classes to list (default 10)")
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.many < 0 or args.few < 0:
+    if (args.many or 0) < 0 or (args.few or 0) < 0:
         raise IIFError(f"--many and --few must be >= 0; got --many {args.many} --few {args.few}.")
     if args.top < 0:
         raise IIFError(f"--top must be >= 0; got {args.top}.")
