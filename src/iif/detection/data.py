@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ..errors import IIFError
-from ..frequency import ClassFrequency, _read_json
+from ..frequency import ClassFrequency
+from ..readers import read_json as _read_json
 
 __all__ = [
     "DetectionDataset",

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import IIFError
-from ..frequency import _read_json
+from ..readers import read_json as _read_json
 
 __all__ = [
     "evaluate_lvis",

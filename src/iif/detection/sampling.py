@@ -24,7 +24,8 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from ..errors import IIFError
-from ..frequency import ClassFrequency, _index_of, _int_column, _read_json
+from ..frequency import ClassFrequency
+from ..readers import index_of as _index_of, int_column as _int_column, read_json as _read_json
 
 __all__ = ["repeat_factors", "RepeatFactorSampler"]
 
