@@ -20,7 +20,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import IIFError
-from ..frequency import ClassFrequency, _atomic_write_text
+from ..frequency import ClassFrequency
+from ..outputs import atomic_write_text
 from ..weights import VARIANTS, canonical_variant
 
 __all__ = ["register", "run", "render"]
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.is_dir():
             raise IIFError(f"--output {out} is a directory; give a file name such as {out / ('weights.' + args.format)}.")
-        _atomic_write_text(out, text)
+        atomic_write_text(out, text)
         print(f"wrote {len(w)} weights ({variant}, by {args.by}, K={k:g}) to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
