@@ -1,4 +1,4 @@
-"""Config schema: packaged paper configs carry the SPEC §5 / paper §V-B values, overrides are typed, unknown
+"""Config schema: packaged paper configs carry the paper §V-B values, overrides are typed, unknown
 keys fail with a suggestion, and the resume hash ignores only settings that do not change the numbers."""
 
 import pytest
@@ -10,7 +10,7 @@ from iif.train.config import TrainConfig, config_hash, load_config, packaged_con
 
 def test_packaged_cifar_configs_match_the_paper_recipe():
     cfg = load_config("cifar100_lt_decoupled")
-    # paper §V-B1/2 and SPEC §5
+    # paper §V-B1/2
     assert (cfg.data.name, cfg.data.imbalance_ratio, cfg.data.augment, cfg.data.mixup_alpha) == ("cifar100-lt", 100.0, "autoaugment", 0.2)
     assert (cfg.model.arch, cfg.model.head, cfg.model.kwargs) == ("se_resnet32", "cosine", {"scale": 16})
     assert (cfg.optim.batch_size, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (64, 0.1, 1e-4, 0.9)
@@ -90,3 +90,24 @@ def test_config_hash_tracks_only_what_changes_results():
                                                                         "runtime.stop_after_epoch=2"]))
     assert config_hash(a) != config_hash(load_config("digits_lt_e2e", ["optim.lr=0.01"]))
     assert config_hash(a) != config_hash(load_config("digits_lt_e2e", ["runtime.seed=1"]))
+
+
+def test_packaged_configs_select_on_val_and_report_test():
+    for name in packaged_configs():
+        e = load_config(name).eval
+        assert (e.split, e.select, e.metric) == ("test", "best", "class_avg"), name
+        assert e.many is None and e.few is None, name  # the shot-group rule of iif.metrics.shot_thresholds
+
+
+@pytest.mark.parametrize("override, match", [
+    ("eval.select=first", "'eval.select'.*best, last"),
+    ("eval.metric=f1", "'eval.metric'.*class_avg, top1"),
+    ("eval.many=-1", "'eval.many'"),
+])
+def test_bad_selection_settings(override, match):
+    with pytest.raises(IIFError, match=match):
+        load_config("digits_lt_e2e", [override])
+    # one threshold alone is fine; both given must be ordered
+    assert load_config("digits_lt_e2e", ["eval.few=5"]).eval.few == 5
+    with pytest.raises(IIFError, match="eval.few.*must not exceed"):
+        load_config("digits_lt_e2e", ["eval.many=10", "eval.few=20"])

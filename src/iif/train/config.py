@@ -73,7 +73,7 @@ class DataConfig:
     mixup_alpha: float = 0.0
     num_workers: int = 4
     # Keep a TensorImageDataset as one uint8 tensor on the training device and augment whole batches there
-    # (SPEC §6: ~4x faster on a GPU than a per-sample DataLoader). Only used when its recipe is batchable
+    # (about 4x faster on a GPU than a per-sample DataLoader). Only used when its recipe is batchable
     # (crop/flip/cutout); AutoAugment/RandAugment fall back to the DataLoader.
     resident: bool = True
     # Open and decode every image file of a folder/list dataset once before training (results cached by
@@ -175,13 +175,28 @@ class PosthocConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: split, shot-group thresholds (SPEC §5) and calibration bins."""
+    """Model selection on the validation split and the one final evaluation (docs/training.md).
 
+    Every ``every`` epochs (and after the last) the model is scored on the ``val`` split; ``best.pt`` keeps
+    the epoch with the highest ``metric`` there, ``last.pt`` the latest. After training, the checkpoint
+    ``select`` names (``best`` or ``last``) is evaluated once on ``split`` (normally ``test``). The metric
+    is read from the logits the loss predicts with: ``adjusted`` when the loss has its own decision rule
+    (the IIF loss: ``w * z``, paper Eq. 13), ``raw`` otherwise. Without a val split (``data.val_per_class=0``)
+    there is nothing to select on: the last epoch is used and the log says so.
+    """
+
+    # The split of the final report, evaluated once with the selected checkpoint.
     split: str = "test"
+    # ``best`` (highest val ``metric``) or ``last`` (the final epoch).
+    select: str = "best"
+    # ``class_avg`` (mean per-class accuracy, i.e. balanced accuracy) or ``top1``; equal on a balanced val set.
+    metric: str = "class_avg"
     batch_size: int = 256
+    # Validate every N epochs (0: only after the last epoch).
     every: int = 1
-    many: int = 100
-    few: int = 20
+    # Shot-group thresholds; None follows iif.metrics.shot_thresholds (100/20, or 50/15 when no class > 100).
+    many: int | None = None
+    few: int | None = None
     bins: int = 10
 
 
@@ -493,6 +508,10 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 
 # ------------------------------------------------------------------------------------------------ validation
 _MAX_SEED = 2**32 - 1  # numpy / torch seeds
+#: ``eval.select``: which checkpoint the final evaluation uses.
+SELECT_CHOICES = ("best", "last")
+#: ``eval.metric``: the validation score that picks ``best.pt`` (higher is better).
+SELECT_METRICS = ("class_avg", "top1")
 
 
 def _check(ok: bool, key: str, value: Any, need: str, example: str) -> None:
@@ -619,12 +638,17 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             _check(math.isfinite(float(arg)), "posthoc.adjusters", spec, "a finite tau", "[la:1.0]")
     # eval
     _one_of("eval.split", ev.split, ("test", "val"))
+    _one_of("eval.select", ev.select, SELECT_CHOICES)
+    _one_of("eval.metric", ev.metric, SELECT_METRICS)
     _at_least("eval.batch_size", ev.batch_size, 1, "256")
     _at_least("eval.every", ev.every, 0, "1")  # 0: evaluate only after the last epoch
-    _at_least("eval.many", ev.many, 0, "100")
-    _at_least("eval.few", ev.few, 0, "20")
-    if ev.few > ev.many:
-        raise IIFError(f"config key 'eval.few' ({ev.few}) must not exceed eval.many ({ev.many}); the defaults are 100 and 20.")
+    if ev.many is not None:
+        _at_least("eval.many", ev.many, 0, "100")
+    if ev.few is not None:
+        _at_least("eval.few", ev.few, 0, "20")
+    if ev.many is not None and ev.few is not None and ev.few > ev.many:
+        raise IIFError(f"config key 'eval.few' ({ev.few}) must not exceed eval.many ({ev.many}); leave both null "
+                       "for the default rule (100 and 20, or 50 and 15 when no class has more than 100 images).")
     _at_least("eval.bins", ev.bins, 1, "15")
     # runtime
     _at_least("runtime.seed", rt.seed, 0, "0", _MAX_SEED)
