@@ -42,7 +42,8 @@ from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed
                           gather_rng_states, per_rank_batch)
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .strategies import build_adjuster, prepare_decoupled_model, set_stage_train_mode, trainable_parameters
-from .evaluation import _eval_split, evaluate, evaluate_checkpoint, extract_features, loss_adjuster, predict
+from .evaluation import (_eval_split, checkpoint_preprocess, evaluate, evaluate_checkpoint, extract_features,
+                         loss_adjuster, predict)
 
 __all__ = [
     "TrainResult",
@@ -678,6 +679,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
                 "rng": rngs[0], "rng_per_rank": rngs, "config": config_to_dict(cfg), "config_hash": h,
                 "class_counts": [int(c) for c in counts], "history": history, "stage": spec.name,
                 "arch": {"arch": cfg.model.arch, "head": cfg.model.head, "num_classes": splits.num_classes},
+                "preprocess": checkpoint_preprocess(splits),  # iif predict: eval transform + class names
                 **(extra or {})}
 
     for epoch in range(start_epoch, spec.epochs):

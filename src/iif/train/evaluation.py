@@ -10,7 +10,10 @@ Moved out of :mod:`iif.train.engine` (which keeps the training loop). Public nam
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -22,7 +25,8 @@ from .config import load_config
 from .distributed import DistInfo, all_gather_cat
 from .strategies import build_adjuster
 
-__all__ = ["predict", "extract_features", "evaluate", "loss_adjuster", "evaluate_checkpoint"]
+__all__ = ["predict", "extract_features", "evaluate", "loss_adjuster", "evaluate_checkpoint", "restore_checkpoint",
+           "RestoredCheckpoint", "checkpoint_preprocess", "save_logits", "LOGIT_FILES"]
 
 
 def _engine():
@@ -128,10 +132,55 @@ def _eval_split(splits, name: str):
     return ds
 
 
-def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (), split: str = "test",
-                        device: str | None = None, batch_size: int | None = None, splits=None) -> dict[str, dict]:
-    """Rebuild the model and data a checkpoint was trained with and score it: raw logits, the loss's own
-    adjusted logits (if its loss has one) and each ``adjust`` spec (``iif:smooth``, ``la:1.0``, ``taunorm:1.0``)."""
+def checkpoint_preprocess(splits) -> dict:
+    """How the evaluation split turns an image file into the model's input, as plain data a checkpoint can hold
+    (``weights_only=True``): ``{"kind", "image_size", "channels", "mean", "std", "class_names"}``.
+
+    ``kind`` is ``"tensor"`` for in-memory datasets (images kept at ``image_size`` pixels, so a new image is
+    resized to that square, then scaled to [0, 1] and normalised) and ``"pil"`` for file-backed datasets
+    (resize to ``image_size * 256 / 224`` then centre-crop ``image_size``, as
+    :func:`iif.data.transforms.build_transform` does for evaluation). :mod:`iif.predict` rebuilds it.
+    """
+    from ..data.tensor_dataset import TensorImageDataset
+
+    test = getattr(splits, "test", None)
+    kind = "tensor" if isinstance(test, TensorImageDataset) else "pil"
+    mean = tuple(getattr(splits, "mean", ()) or getattr(test, "mean", ()) or ())
+    std = tuple(getattr(splits, "std", ()) or getattr(test, "std", ()) or ())
+    return {"kind": kind, "image_size": int(splits.image_size), "channels": int(splits.in_channels),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "class_names": [str(n) for n in splits.class_names]}
+
+
+class RestoredCheckpoint:
+    """A checkpoint's model (eval mode, on ``device``), config, data splits (when built) and stored dict."""
+
+    def __init__(self, ckpt: dict, cfg, model: nn.Module, splits, device: torch.device) -> None:
+        self.ckpt, self.cfg, self.model, self.splits, self.device = ckpt, cfg, model, splits, device
+
+    @property
+    def path(self) -> str:
+        return str(self.ckpt["path"])
+
+    def own_adjuster(self) -> Callable | None:
+        """The checkpoint's loss's own decision rule (``w * z`` for the IIF loss), or None."""
+        eng = _engine()
+        stage = self.ckpt.get("stage", "e2e")
+        spec = eng.StageSpec.decoupled(self.cfg) if stage == "stage2" else eng.StageSpec.main(self.cfg, stage)
+        try:
+            return loss_adjuster(eng.build_criterion(spec, self.splits.freq))
+        except IIFError:
+            return None
+
+
+def restore_checkpoint(path: str | os.PathLike, device: str | None = None, splits=None,
+                       build_data: bool = True) -> RestoredCheckpoint:
+    """Load a training checkpoint (``weights_only=True``) and rebuild its model with the stored weights.
+
+    ``build_data`` (default) also rebuilds the dataset from the stored config (needed for metrics and
+    logits of its splits) and checks its training counts against the stored ones; without it the model is
+    built from the stored ``arch`` and ``preprocess`` records (what :mod:`iif.predict` needs).
+    """
     ckpt = load_checkpoint(path)
     if "config" not in ckpt:
         raise IIFError(f"{ckpt['path']} holds only weights (no config); evaluate it with fit(strategy=posthoc, "
@@ -139,30 +188,100 @@ def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (),
     cfg = load_config(ckpt["config"])
     eng = _engine()
     dev = eng.resolve_device(device or cfg.runtime.device)
-    if splits is None:
+    pre = ckpt.get("preprocess")
+    if splits is None and (build_data or not isinstance(pre, dict)):
         splits = eng.build_splits(cfg)
-    model = eng.build_model_for(cfg, splits)
+    if splits is not None:
+        model = eng.build_model_for(cfg, splits)
+    else:
+        shape = SimpleNamespace(num_classes=int(ckpt["arch"]["num_classes"]), in_channels=int(pre["channels"]))
+        model = eng.build_model_for(cfg, shape)
     from ..models import load_state
 
     load_state(model, ckpt["model"])
-    model.to(dev)
-    counts = splits.freq.image_counts
-    stored = ckpt.get("class_counts")
-    if stored is not None and [int(c) for c in counts] != [int(c) for c in stored]:
-        raise IIFError(f"the dataset rebuilt from {ckpt['path']}'s config has other class counts than at training "
-                       "time; check data.root and data.* settings.")
+    model.to(dev).eval()
+    if splits is not None:
+        counts = splits.freq.image_counts
+        stored = ckpt.get("class_counts")
+        if stored is not None and [int(c) for c in counts] != [int(c) for c in stored]:
+            raise IIFError(f"the dataset rebuilt from {ckpt['path']}'s config has other class counts than at "
+                           "training time; check data.root and data.* settings.")
+    return RestoredCheckpoint(ckpt, cfg, model, splits, dev)
+
+
+def _metrics(f, z, y, counts, adjusters: dict[str, Callable], e) -> dict[str, dict]:
+    from ..metrics import evaluate_logits
+
+    out = {"raw": evaluate_logits(z, y, counts, e.many, e.few, e.bins)}
+    for name, fn in adjusters.items():
+        with torch.no_grad():
+            out[name] = evaluate_logits(fn(f, z), y, counts, e.many, e.few, e.bins)
+    return out
+
+
+#: Files :func:`save_logits` writes (beside the ``.iif`` marker and ``manifest.json``).
+LOGIT_FILES = ("logits_test.npy", "labels_test.npy", "logits_val.npy", "labels_val.npy", "counts.json")
+
+
+def save_logits(restored: RestoredCheckpoint, out_dir: str | os.PathLike, outputs: dict[str, tuple],
+                force: bool = False) -> Path:
+    """Write ``outputs`` (``{"test": (features, logits, labels), "val": ...}``) as ``logits_<split>.npy`` /
+    ``labels_<split>.npy``, the training counts as ``counts.json`` (:meth:`iif.ClassFrequency.save`, read
+    back by ``iif posthoc --counts`` and ``iif weights``) and ``manifest.json``, all at once
+    (:class:`iif.outputs.OutputFolder`: a non-empty folder is refused unless it is an earlier
+    ``iif eval --save-logits`` output and ``force``)."""
+    import numpy as np
+
+    from ..outputs import OutputFolder, atomic_write_bytes, atomic_write_json
+
+    folder = OutputFolder(out_dir, command="eval-logits", force=force)
+    with folder as staging:
+        manifest = {"checkpoint": restored.path, "dataset": restored.cfg.data.name,
+                    "stage": restored.ckpt.get("stage", "e2e"), "num_classes": int(restored.splits.num_classes),
+                    "class_names": list(restored.splits.class_names), "counts": "counts.json", "splits": {}}
+        for split, (_, z, y) in outputs.items():
+            for kind, arr in (("logits", z.float().numpy()), ("labels", y.long().numpy())):
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+                atomic_write_bytes(staging / f"{kind}_{split}.npy", buf.getvalue())
+            manifest["splits"][split] = {"logits": f"logits_{split}.npy", "labels": f"labels_{split}.npy",
+                                         "num_samples": int(z.shape[0])}
+        restored.splits.freq.save(staging / "counts.json")
+        atomic_write_json(staging / "manifest.json", manifest)
+    return folder.path
+
+
+def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (), split: str = "test",
+                        device: str | None = None, batch_size: int | None = None, splits=None,
+                        save_logits_to: str | os.PathLike | None = None, force: bool = False) -> dict[str, dict]:
+    """Rebuild the model and data a checkpoint was trained with and score it: raw logits, the loss's own
+    adjusted logits (if its loss has one) and each ``adjust`` spec (``iif:smooth``, ``la:1.0``, ``taunorm:1.0``).
+
+    ``save_logits_to``: also write the test and validation logits, labels and training counts there
+    (:func:`save_logits`; the folder is checked before any work).
+    """
+    from ..outputs import OutputFolder
+
+    if save_logits_to is not None:
+        OutputFolder(save_logits_to, command="eval-logits", force=force)  # refuse before the long part
+    r = restore_checkpoint(path, device, splits)
+    counts = r.splits.freq.image_counts
     adjusters: dict[str, Callable] = {}
-    stage = ckpt.get("stage", "e2e")
-    spec = eng.StageSpec.decoupled(cfg) if stage == "stage2" else eng.StageSpec.main(cfg, stage)
-    try:
-        own = loss_adjuster(eng.build_criterion(spec, splits.freq))
-    except IIFError:
-        own = None
+    own = r.own_adjuster()
     if own is not None:
         adjusters["adjusted"] = own
     for a in adjust:
-        adjusters[a] = build_adjuster(a, counts, model)
-    e = cfg.eval
-    return evaluate(model, _eval_split(splits, split), counts, dev, adjusters=adjusters,
-                    batch_size=batch_size or e.batch_size, many=e.many, few=e.few, bins=e.bins,
-                    resident=cfg.data.resident)
+        adjusters[a] = build_adjuster(a, counts, r.model)
+    e = r.cfg.eval
+    bs = batch_size or e.batch_size
+    wanted = [split]
+    if save_logits_to is not None:
+        wanted = ["test"] + (["val"] if r.splits.val is not None else [])
+        if split not in wanted:
+            wanted.append(split)
+    outputs = {name: predict(r.model, _eval_split(r.splits, name), r.device, bs, resident=r.cfg.data.resident)
+               for name in wanted}
+    if save_logits_to is not None:
+        save_logits(r, save_logits_to, {k: outputs[k] for k in ("test", "val") if k in outputs}, force=force)
+    f, z, y = outputs[split]
+    return _metrics(f, z, y, counts, adjusters, e)
