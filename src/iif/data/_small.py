@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import IIFError
-from .longtail import longtail_counts, select_longtail, split_per_class
+from .longtail import longtail_counts, longtail_train_val
 from .splits import DatasetSplits, finish_splits
 from .tensor_dataset import TensorImageDataset
 from .transforms import NORMALIZE, build_transform
@@ -53,19 +53,18 @@ def longtail_tensor_splits(name: str, train_images: torch.Tensor, train_targets:
                            test_images: torch.Tensor, test_targets: np.ndarray, *, num_classes: int, n_max: int,
                            imbalance_ratio: float, profile: str, seed: int, val_per_class: int, augment: str,
                            class_names: Sequence[str], flip: bool, padding: int, kw: dict) -> DatasetSplits:
-    """Long-tailed train (``select_longtail`` on the balanced train set), balanced val from the unselected
-    training images (numpy seed ``seed + 1``), and the given balanced test set."""
+    """Long-tailed train (the LDAM-DRW draw, numpy seed ``seed``), a balanced validation set holding every
+    class and disjoint from train (:func:`iif.data.longtail.longtail_train_val`: unselected training images,
+    seed ``seed + 1``; a class with too few left, such as CIFAR-LT's head, gives the missing ones from the
+    end of its draw), and the given balanced test set. ``val_per_class=0``: no validation, exact draw."""
     mean, std = NORMALIZE[name]
     train_tf, eval_tf = transforms_for(name, augment, int(train_images.shape[-1]), flip, padding, kw)
     counts = longtail_counts(n_max, num_classes, imbalance_ratio, profile)
-    tr_idx = select_longtail(train_targets, counts, seed)
+    tr_idx, va_idx, _ = longtail_train_val(train_targets, counts, seed, val_per_class, num_classes)
     common = dict(class_names=class_names, mean=mean, std=std, flip=flip)
     full = TensorImageDataset(train_images, train_targets, None, **common)
     train = full.subset(tr_idx, train_tf)
-    val = None
-    if val_per_class:
-        va_idx = split_per_class(train_targets, val_per_class, seed + 1, exclude=tr_idx, num_classes=num_classes)
-        val = full.subset(va_idx, eval_tf)
+    val = full.subset(va_idx, eval_tf) if va_idx is not None else None
     test = TensorImageDataset(test_images, test_targets, eval_tf, **common)
     return finish_splits(name, train, val, test, num_classes, int(train_images.shape[1]),
                          int(train_images.shape[-1]), class_names, mean, std)

@@ -1,4 +1,10 @@
-"""``cifar10-lt`` / ``cifar100-lt`` (SPEC section 5): LDAM-DRW long-tailed CIFAR.
+"""``cifar10-lt`` / ``cifar100-lt``: LDAM-DRW long-tailed CIFAR (docs/method.md#datasets-and-splits).
+
+Validation holds every class: the head class uses all of its class's training images in the published
+draw (5,000 of CIFAR-10's 5,000; 500 of CIFAR-100's 500), so its validation images come off the end of
+its draw (:func:`iif.data.longtail.longtail_train_val`). With the defaults that costs the published train
+split 100 (CIFAR-10-LT) or 20 (CIFAR-100-LT) head-class images: 12,306 / 10,827 training images instead of
+12,406 / 10,847. ``val_per_class=0`` keeps the published split exactly and builds no validation set.
 
 On disk: CIFAR's python release as extracted from ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``:
 ``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and
@@ -24,7 +30,8 @@ from .splits import DatasetSplits
 
 __all__ = ["read_cifar", "build_cifar10_lt", "build_cifar100_lt", "CIFAR_DEFAULTS"]
 
-# n_max and validation images per class (drawn from the training images the LT subset left out).
+# n_max and validation images per class (from the training images the LT draw left out; the head class,
+# which has none left, gives its validation images from the end of its draw).
 CIFAR_DEFAULTS = {10: {"n_max": 5000, "val_per_class": 100}, 100: {"n_max": 500, "val_per_class": 20}}
 _LAYOUT = {
     10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta",
@@ -99,11 +106,13 @@ def _build(num_classes: int, root, imbalance_ratio, profile, seed, augment, val_
 
 def build_cifar10_lt(root=None, imbalance_ratio=None, profile="exp", seed=0, augment="none", val_per_class=None,
                      **kw) -> DatasetSplits:
-    """CIFAR-10-LT: n_max 5000, ratio 100 by default (12,406 train images), 100 val/class, 10k test."""
+    """CIFAR-10-LT: n_max 5000, ratio 100; 100 val/class (the head class's 100 from its draw, leaving 12,306
+    train images; ``val_per_class=0``: the published 12,406 and no val), 10k test."""
     return _build(10, root, imbalance_ratio, profile, seed, augment, val_per_class, kw)
 
 
 def build_cifar100_lt(root=None, imbalance_ratio=None, profile="exp", seed=0, augment="none", val_per_class=None,
                       **kw) -> DatasetSplits:
-    """CIFAR-100-LT: n_max 500, ratio 100 by default (10,847 train images), 20 val/class, 10k test."""
+    """CIFAR-100-LT: n_max 500, ratio 100; 20 val/class (the head class's 20 from its draw, leaving 10,827
+    train images; ``val_per_class=0``: the published 10,847 and no val), 10k test."""
     return _build(100, root, imbalance_ratio, profile, seed, augment, val_per_class, kw)

@@ -1,4 +1,4 @@
-"""Long-tailed subsets of balanced datasets (SPEC section 5, the LDAM-DRW construction).
+"""Long-tailed subsets of balanced datasets (the LDAM-DRW construction; docs/method.md#datasets-and-splits).
 
 ``longtail_counts`` gives the number of training images per class and ``select_longtail`` picks which
 images, exactly as the LDAM-DRW code (Cao et al., 2019) that the paper's CIFAR-LT numbers build on:
@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import IIFError
 
-__all__ = ["PROFILES", "longtail_counts", "select_longtail", "split_per_class", "check_nonempty"]
+__all__ = ["PROFILES", "longtail_counts", "select_longtail", "split_per_class", "longtail_train_val",
+           "check_nonempty"]
 
 PROFILES = ("exp", "step")
 
@@ -23,7 +24,7 @@ PROFILES = ("exp", "step")
 def longtail_counts(n_max: int, num_classes: int, ratio: float, profile: str = "exp") -> list[int]:
     """Images per class of a long-tailed split, class 0 the largest.
 
-    ``exp``: ``n_i = int(n_max * ratio ** (-i / (C - 1)))`` (SPEC section 5); CIFAR-10-LT (5000, 10, 100)
+    ``exp``: ``n_i = int(n_max * ratio ** (-i / (C - 1)))`` (Cao et al. 2019); CIFAR-10-LT (5000, 10, 100)
     totals 12,406 and CIFAR-100-LT (500, 100, 100) totals 10,847.
     ``step``: the first ``C // 2`` classes get ``n_max``, the rest ``int(n_max / ratio)`` (Cui et al.).
     ``ratio`` is ``n_max / n_min`` (the imbalance ratio); ``ratio == 1`` gives a balanced split.
@@ -85,6 +86,48 @@ def split_per_class(targets, per_class: int, seed: int, exclude=None, num_classe
         rng.shuffle(idx)
         out.append(idx[: int(per_class)])
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def longtail_train_val(targets, counts: Sequence[int], seed: int, val_per_class: int,
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Long-tailed train indices and a balanced validation set that holds every class, disjoint from train.
+
+    Train: :func:`select_longtail` (``seed``), the LDAM-DRW draw. Validation: ``val_per_class`` images per
+    class from the images that draw left out (:func:`split_per_class`, seed ``seed + 1``). A class with fewer
+    images left than ``val_per_class`` (CIFAR-10/100-LT's head class takes every training image of its
+    class) gives its missing validation images from the END of its own draw, so they leave the train split
+    and the rest of the draw is unchanged; a class always keeps at least one training image.
+    Returns ``(train_idx, val_idx or None, moved)`` where ``moved[c]`` counts the images class ``c`` gave
+    up from its long-tailed draw (all zeros when ``val_per_class == 0``: the published split, untouched).
+    """
+    t = np.asarray(targets).astype(np.int64, copy=False)
+    train_idx = select_longtail(t, counts, seed)
+    moved = np.zeros(int(num_classes), dtype=np.int64)
+    if not val_per_class:
+        return train_idx, None, moved
+    if int(val_per_class) < 0:
+        raise IIFError(f"val_per_class must be >= 0 images per class; got {val_per_class}.")
+    val_idx = split_per_class(t, val_per_class, seed + 1, exclude=train_idx, num_classes=num_classes)
+    have = np.bincount(t[val_idx], minlength=num_classes)[:num_classes]
+    drawn = np.bincount(t[train_idx], minlength=num_classes)[:num_classes]
+    moved = np.clip(np.minimum(int(val_per_class) - have, drawn - 1), 0, None).astype(np.int64)
+    if moved.any():
+        keep = np.ones(train_idx.shape[0], dtype=bool)
+        taken = []
+        for c in np.nonzero(moved)[0]:
+            # train_idx is grouped by class in drawn order: the class's last draws are its last positions.
+            pos = np.nonzero(t[train_idx] == c)[0][-int(moved[c]):]
+            keep[pos] = False
+            taken.append(train_idx[pos])
+        train_idx = train_idx[keep]
+        val_idx = _merge_by_class(t, val_idx, taken)
+    return train_idx, val_idx, moved
+
+
+def _merge_by_class(targets: np.ndarray, val_idx: np.ndarray, extra: list[np.ndarray]) -> np.ndarray:
+    """Validation indices grouped by class (stable within each class), with ``extra`` appended to theirs."""
+    merged = np.concatenate([val_idx, *extra]).astype(np.int64)
+    return merged[np.argsort(targets[merged], kind="stable")]
 
 
 def check_nonempty(targets, num_classes: int, class_names: Sequence[str] | None = None, split: str = "train") -> None:
