@@ -1,7 +1,11 @@
-"""``iif eval CHECKPOINT [--adjust iif:smooth la:1.0 taunorm:1.0 ...] [--split test|val]``.
+"""iif eval CHECKPOINT [--adjust iif:smooth la:1.0 taunorm:1.0 ...] [--split test|val] [--save-logits DIR]
 
 Rebuilds the model and dataset a checkpoint was trained with and prints raw vs adjusted metrics (the
-loss's own rule, e.g. ``w * z`` for the IIF loss, plus each ``--adjust``), then writes them as JSON.
+loss's own rule, e.g. w * z for the IIF loss, plus each --adjust), then writes them as JSON.
+
+--save-logits DIR also writes the raw test and validation logits and labels (logits_test.npy,
+labels_test.npy, logits_val.npy, labels_val.npy), the training class counts (counts.json) and
+manifest.json; pass DIR to iif posthoc to compare post-hoc methods on them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--json", help="where to write the metrics (default: eval_<split>.json beside the checkpoint)")
+    p.add_argument("--save-logits", metavar="DIR",
+                   help="also write test/val logits, labels and training counts to DIR (new or empty) for iif posthoc")
+    p.add_argument("--force", action="store_true",
+                   help="with --save-logits: replace an earlier iif eval --save-logits output in DIR")
     p.set_defaults(func=run)
 
 
@@ -36,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
         raise IIFError(f"--json {target} is a folder; give a file name such as {target / f'eval_{args.split}.json'}.")
     # The checkpoint is read with torch.load(weights_only=True): a file needing more is refused, never run.
     metrics = evaluate_checkpoint(args.checkpoint, adjust=args.adjust, split=args.split, device=args.device,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, save_logits_to=args.save_logits, force=args.force)
     print(format_metrics_table(metrics))
     write_json(target, metrics)
     print(f"wrote {target}")
+    if args.save_logits:
+        print(f"wrote logits, labels and counts to {args.save_logits}; compare post-hoc methods with: "
+              f"iif posthoc {args.save_logits}")
     return 0
