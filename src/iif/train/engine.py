@@ -36,12 +36,14 @@ from torch import nn
 
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
+from .advice import check_config_advice, loader_workers
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
                           gather_rng_states, per_rank_batch)
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
-from .strategies import build_adjuster, prepare_decoupled_model, set_stage_train_mode, trainable_parameters
+from .decoupled import prepare_decoupled_model, retrain_classifier, set_stage_train_mode
+from .strategies import build_adjuster, trainable_parameters
 from .evaluation import (_eval_split, checkpoint_preprocess, evaluate, evaluate_checkpoint, extract_features,
                          loss_adjuster, predict)
 
@@ -298,7 +300,7 @@ def make_train_batches(dataset, sampler, batch_size: int, device: torch.device, 
     recipe = batch_recipe(dataset) if cfg.data.resident else None
     if recipe is not None:
         return ResidentBatches(dataset, recipe, sampler, batch_size, device, train=True)
-    workers = int(cfg.data.num_workers)
+    workers = loader_workers(cfg.data.num_workers, len(dataset))  # capped by the CPUs, 0 for small sets
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        pin_memory=device.type == "cuda", drop_last=False,
                                        persistent_workers=False)
@@ -491,6 +493,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
         if splits is None:
             splits = build_splits(cfg)
         _check_splits(splits)
+        check_config_advice(cfg, len(splits.train.targets))  # iif.train.advice: e.g. e2e IIF on a small set
         strategy = cfg.strategy.name
         runners = {"e2e": lambda w: _run_stage(cfg, splits, StageSpec.main(cfg), w, dev, info, resume, force),
                    "decoupled": lambda w: _run_decoupled(cfg, splits, w, dev, info, resume, force),
@@ -562,8 +565,9 @@ def _run_decoupled(cfg, splits, out, dev, info, resume, force) -> TrainResult:
             return s1
         stage1 = {"model": {k: v.detach().cpu().clone() for k, v in s1.model.state_dict().items()}}
         stage1_path = s1.checkpoint
-    log.info("decoupled stage 2 from %s (reinit=%s, legacy=%s)", stage1_path, d.reinit, d.legacy)
-    return _run_stage(cfg, splits, StageSpec.decoupled(cfg), out, dev, info, resume, force, init_state=stage1["model"])
+    log.info("decoupled stage 2 from %s (method=%s, reinit=%s, legacy=%s)", stage1_path, d.method, d.reinit, d.legacy)
+    return retrain_classifier(cfg, splits, stage1["model"], out_dir=out, device=dev, resume=resume, force=force,
+                              info=info)
 
 
 def _run_posthoc(cfg, splits, out, dev, info, resume, force) -> TrainResult:
@@ -604,7 +608,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
     _seed_everything(rt.seed)
     model = build_model_for(cfg, splits)
     if init_state is not None:
-        prepare_decoupled_model(model, init_state, reinit=cfg.decoupled.reinit, legacy=spec.legacy)
+        prepare_decoupled_model(model, init_state, cfg.decoupled)
     model.to(dev)
     use_cl = rt.channels_last and dev.type == "cuda"
     if use_cl:

@@ -1,0 +1,99 @@
+"""Advice printed before and after training: settings that work but are likely to mislead.
+
+Each piece of advice is one line on stderr starting ``iif: warning:``, printed once per process (the same
+line is not repeated when a bench trains many models), and also returned so a caller can put it in a report.
+Nothing here changes what is trained. The thresholds are named constants, so the CLI, the trainer and the
+bench report (:func:`underfit_warning`) apply the same rule.
+
+* :func:`loader_workers`: DataLoader workers actually used: ``data.num_workers`` capped by the CPU count,
+  and 0 for small training sets (starting worker processes costs more than decoding a few hundred images).
+* :func:`e2e_on_small_set`: end-to-end IIF chosen for a small training set. The paper recommends a softmax
+  backbone with decoupled (or post-process) IIF for classification (§V-B3, Table V); on small sets the
+  IIF loss's class weights (up to ~8x on the tail, Eq. 15) make end-to-end training unstable.
+* :func:`underfit_warning`: the softmax backbone's validation (or test) accuracy is too low for a
+  comparison between methods on top of it to mean anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = [
+    "SMALL_TRAIN_SET",
+    "WORKERLESS_TRAIN_SET",
+    "UNDERFIT_MARGIN",
+    "advise",
+    "loader_workers",
+    "e2e_on_small_set",
+    "underfit_warning",
+    "check_config_advice",
+]
+
+#: Training sets with fewer images than this count as small for :func:`e2e_on_small_set`.
+SMALL_TRAIN_SET = 5000
+#: Training sets with fewer images than this load in the main process (``num_workers=0``).
+WORKERLESS_TRAIN_SET = 2000
+#: A backbone counts as underfit below chance plus this fraction of the way from chance to 100% top-1
+#: (:func:`underfit_warning`): 32.5% for 10 classes, 25.8% for 100, 25.1% for 1,000.
+UNDERFIT_MARGIN = 0.25
+
+_said: set[str] = set()
+
+
+def advise(message: str) -> str:
+    """Print ``iif: warning: <message>`` to stderr once per process; return the message."""
+    if message not in _said:
+        _said.add(message)
+        print(f"iif: warning: {message}", file=sys.stderr, flush=True)
+    return message
+
+
+def loader_workers(requested: int, num_images: int, cpus: int | None = None) -> int:
+    """DataLoader worker processes to use: 0 for fewer than :data:`WORKERLESS_TRAIN_SET` images, else
+    ``requested`` capped at the number of CPUs (``os.cpu_count()`` unless ``cpus`` is given)."""
+    if int(num_images) < WORKERLESS_TRAIN_SET:
+        return 0
+    cpus = int(cpus if cpus is not None else (os.cpu_count() or 1))
+    return max(0, min(int(requested), cpus))
+
+
+def e2e_on_small_set(strategy: str, loss: str, num_train_images: int) -> str | None:
+    """The warning for end-to-end IIF (``loss`` ``iif`` or ``iif_csl``) on fewer than
+    :data:`SMALL_TRAIN_SET` training images, else None."""
+    if strategy != "e2e" or loss not in ("iif", "iif_csl") or int(num_train_images) >= SMALL_TRAIN_SET:
+        return None
+    return (f"end-to-end IIF on a small training set ({int(num_train_images)} images < {SMALL_TRAIN_SET}) is often "
+            "unstable; the paper's classification recipe is a softmax backbone with decoupled or post-process IIF "
+            "(strategy.name=decoupled or posthoc, e.g. `iif train folder`).")
+
+
+def underfit_warning(top1: float | None, num_classes: int, split: str = "validation") -> str | None:
+    """The warning for a softmax backbone whose ``top1`` (percent) on ``split`` is below chance plus
+    :data:`UNDERFIT_MARGIN` of the way from chance (``100 / num_classes``) to 100%; None otherwise.
+
+    Example: 10 classes give a threshold of 10 + 0.25 * 90 = 32.5%. Below it the raw and adjusted rows differ
+    mostly by noise and by how much the adjustment favours the tail, not by a better decision rule.
+    """
+    if top1 is None or int(num_classes) < 2:
+        return None
+    chance = 100.0 / int(num_classes)
+    need = chance + UNDERFIT_MARGIN * (100.0 - chance)
+    if float(top1) >= need:
+        return None
+    return (f"the softmax backbone reaches only {float(top1):.1f}% top-1 on {split} (chance {chance:.1f}%, "
+            f"advised at least {need:.1f}%): comparisons between methods on top of it mean little; train longer, "
+            "use a larger model or more data.")
+
+
+def check_config_advice(cfg, num_train_images: int) -> list[str]:
+    """Print (once) and return the advice for a training config before it runs."""
+    out = []
+    d = cfg.decoupled if cfg.strategy.name == "decoupled" else None
+    msg = e2e_on_small_set(cfg.strategy.name, cfg.loss.name, num_train_images)
+    if msg is None and d is not None and cfg.loss.name in ("iif", "iif_csl"):
+        # decoupled with an IIF stage 1 is end-to-end IIF for the backbone
+        msg = e2e_on_small_set("e2e", cfg.loss.name, num_train_images)
+    if msg:
+        out.append(advise(msg))
+    return out
