@@ -120,3 +120,51 @@ def test_folder_empty_class_raises(tmp_path):
         build_datasets("folder", root=str(tmp_path))
     with pytest.raises(IIFError, match="existing image folder"):
         build_datasets("folder", root=str(tmp_path / "nope"))
+
+
+def test_one_list_parser_for_weights_frequency_and_training(tmp_path, capsys):
+    """The same list file (tabs, runs of spaces, a path with a space, a comment, blank lines, CRLF, a BOM) gives
+    the same counts through `iif weights`, ClassFrequency.from_list_file and the imagenet-lt train dataset."""
+    import json
+
+    from iif import ClassFrequency
+    from iif.cli import main
+
+    rows = [("train/n000/img 0.JPEG", 0), ("train/n000/img_1.png", 0), ("train/n000/img_2.JPEG", 0),
+            ("train/n001/img_0.JPEG", 1), ("train/n002/img_0.JPEG", 2), ("train/n002/img_1.png", 2)]
+    for rel, c in rows:
+        _img(tmp_path / rel, (80 * c, 0, 0), "PNG" if rel.endswith("png") else "JPEG")
+    seps = ["\t", "   ", " \t ", "\t", " ", "\t"]
+    body = "".join(f"{rel}{sep}{c}\r\n" for (rel, c), sep in zip(rows, seps))
+    text = "\ufeff# ImageNet-LT style list: path<TAB or spaces>label\r\n\r\n" + body + "\r\n"
+    (tmp_path / "ImageNet_LT_train.txt").write_text(text, encoding="utf-8", newline="")
+    for split in ("val", "test"):
+        (tmp_path / f"ImageNet_LT_{split}.txt").write_text("train/n000/img_1.png 0\ntrain/n001/img_0.JPEG 1\n"
+                                                             "train/n002/img_1.png 2\n")
+    expected = [3, 1, 2]  # by hand from `rows`
+
+    assert ClassFrequency.from_list_file(tmp_path / "ImageNet_LT_train.txt").image_counts.tolist() == expected
+    assert main(["weights", str(tmp_path / "ImageNet_LT_train.txt"), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["count"] for r in doc["classes"]] == expected
+    s = build_datasets("imagenet-lt", root=str(tmp_path), num_classes=3, image_size=16)
+    assert s.freq.image_counts.tolist() == expected
+    assert sorted(p for p, _ in s.train.samples) == sorted(str(tmp_path / rel) for rel, _ in rows)
+    assert s.train.targets == [c for _, c in rows]
+
+
+def test_list_lines_the_parser_refuses_the_same_way_everywhere(tmp_path, capsys):
+    from iif import ClassFrequency
+    from iif.cli import main
+
+    p = tmp_path / "ImageNet_LT_train.txt"
+    p.write_text("a.jpg 0\nno_label_here\nb.jpg\t-1\n")
+    with pytest.raises(IIFError) as lib:
+        ClassFrequency.from_list_file(p)
+    with pytest.raises(IIFError) as train:
+        validate_list(str(p), str(tmp_path), 3, check_files=False)
+    for msg in (str(lib.value), str(train.value)):
+        assert "2 bad line(s)" in msg and "line 2: expected 'path label', got 'no_label_here'" in msg
+        assert "line 3: label -1" in msg
+    assert main(["weights", str(p)]) == 2
+    assert "line 2: expected 'path label'" in capsys.readouterr().err

@@ -220,7 +220,7 @@ def parse_list_file(path: PathLike, num_classes: int | None = None) -> tuple[lis
         y = int(label) if len(label) < 20 else MAX_CLASSES
         if not 0 <= y < limit:
             where = (f"outside [0, {num_classes})" if num_classes is not None else
-                     "negative" if y < 0 else f"too large ({REMAP_HINT})")
+                     "is negative" if y < 0 else f"is too large ({REMAP_HINT})")
             problems.append((lineno, f"line {lineno}: label {label:.30} {where} ({text!r:.120})"))
             continue
         entries.append(ListEntry(lineno, rel, y))

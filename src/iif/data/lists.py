@@ -1,7 +1,10 @@
 """``imagenet-lt``, ``places-lt``, ``inat2018``: ``path label`` list files over an image root, streamed from disk.
 
 Standard releases (OLTR / decoupling splits) ship one text file per split, each line
-``relative/path/to/image.jpg <label>``; paths are relative to the image root. Expected names:
+``relative/path/to/image.jpg <label>``; paths are relative to the image root. The lines are read by
+:func:`iif.readers.parse_list_file`, the one list-file parser of ``iif`` (``iif weights``, ``iif stats`` and
+``ClassFrequency.from_list_file`` use it too): path and label separated by spaces or tabs, the label
+last, blank lines and ``#`` comments skipped. Expected names:
 
 ==============  =================================  ===============================  ==============================
 dataset         train                              val                              test
@@ -23,10 +26,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import IIFError
+from ..readers import list_file_error, parse_list_file
 from .splits import DatasetSplits, finish_splits
 from .transforms import NORMALIZE, build_transform
 
-__all__ = ["FileListDataset", "read_list", "validate_list", "inside_root", "build_list_dataset", "LIST_DATASETS",
+__all__ = ["FileListDataset", "validate_list", "inside_root", "build_list_dataset", "LIST_DATASETS",
            "build_imagenet_lt", "build_places_lt", "build_inat2018"]
 
 # name -> (num_classes, train list, val list or None, test list)
@@ -67,26 +71,6 @@ class FileListDataset(Dataset):
         return f"FileListDataset(n={len(self)})"
 
 
-def read_list(list_path: str, root: str) -> list[tuple[int, str, str]]:
-    """Raw ``(line_number, path, label_text)`` entries of a list file (blank lines skipped)."""
-    if not os.path.isfile(list_path):
-        raise IIFError(f"list file {list_path} not found; put the standard split files there or pass "
-                       "list_root= the folder holding them.")
-    out = []
-    try:
-        with open(list_path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                s = line.strip()
-                if not s:
-                    continue
-                path, _, label = s.rpartition(" ")
-                out.append((n, path.strip(), label.strip()))
-    except UnicodeDecodeError as exc:
-        raise IIFError(f"list file {list_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
-                       "UTF-8 with one 'relative/path.jpg label' per line.") from None
-    return out
-
-
 def inside_root(path: str, root: str) -> bool:
     """True when ``path`` (relative, as written in a list file) stays inside ``root`` lexically: not absolute,
     and no ``..`` climbs above it. Symbolic links inside ``root`` are the owner's choice and are followed."""
@@ -100,39 +84,30 @@ def validate_list(list_path: str, root: str, num_classes: int | None = None, che
                   show: int = 5, allow_outside_root: bool = False) -> list[tuple[str, int]]:
     """Check a ``path label`` list before training; return its ``(absolute path, label)`` samples.
 
+    The lines are parsed by :func:`iif.readers.parse_list_file` (the rules of every list file in ``iif``).
     Reports, with line numbers, lines that are not ``path label``, labels that are not integers in
     ``[0, num_classes)``, paths that are absolute or climb out of ``root`` with ``..`` (unless
     ``allow_outside_root``) and (``check_files``) images missing under ``root``. Raises one IIFError listing
     the first ``show`` problems and how many there are in all.
     """
-    problems: list[str] = []
+    if not os.path.isfile(list_path):
+        raise IIFError(f"list file {list_path} not found; put the standard split files there or pass "
+                       "list_root= the folder holding them.")
+    entries, problems = parse_list_file(list_path, num_classes)
     samples = []
-    for n, path, label in read_list(list_path, root):
-        if not path:
-            problems.append(f"line {n}: expected 'path label', got {label!r}")
-            continue
-        try:
-            y = int(label)
-        except ValueError:
-            problems.append(f"line {n}: label {label!r} is not an integer")
-            continue
-        if y < 0 or (num_classes is not None and y >= num_classes):
-            problems.append(f"line {n}: label {y} outside [0, {num_classes if num_classes is not None else 'inf'})")
-            continue
+    for n, path, y in entries:
         if not allow_outside_root and not inside_root(path, root):
-            problems.append(f"line {n}: path {path!r} leaves the image root (absolute or '..'; set "
-                            "data.allow_outside_root=true to allow)")
+            problems.append((n, f"line {n}: path {path!r} leaves the image root (absolute or '..'; set "
+                                "data.allow_outside_root=true to allow)"))
             continue
         full = os.path.join(root, path)
         if check_files and not os.path.isfile(full):
-            problems.append(f"line {n}: missing file {full}")
+            problems.append((n, f"line {n}: missing file {full}"))
             continue
         samples.append((full, y))
     if problems:
-        shown = "; ".join(problems[:show])
-        more = f" (and {len(problems) - show} more)" if len(problems) > show else ""
-        raise IIFError(f"{list_path}: {len(problems)} bad line(s): {shown}{more}. Fix the list or the image root "
-                       f"(root={root}), or pass num_classes= if the label range differs.")
+        raise list_file_error(list_path, problems, f"Fix the list or the image root (root={root}), or pass "
+                              "num_classes= if the label range differs.", show)
     if not samples:
         raise IIFError(f"{list_path} lists no images; check that it is a 'path label' list file.")
     return samples
