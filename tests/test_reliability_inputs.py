@@ -49,7 +49,7 @@ def inputs(tmp_path_factory):
     w("latin1.lst", b"a.jpg 1\n\xe9t\xe9.jpg 2\n")
     w("latin1.json", b'{"categories": [{"id": 1, "name": "caf\xe9"}]}')
     w("truncated.json", '{"categories": [{"id": 1')
-    w("list_top.json", "[1, 2]")
+    w("list_top.json", "[1, -2]")  # a JSON list of counts is a source; a negative count is not
     freq = {"format": "iif.ClassFrequency", "version": 1, "task": "classification", "num_images": 3,
             "num_instances": 3, "image_counts": [2, 1], "object_counts": [2, 1]}
     w("counts_version.json", json.dumps({**freq, "version": "abc"}))
