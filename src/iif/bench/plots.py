@@ -14,7 +14,7 @@ import numpy as np
 
 from ..weights import VARIANTS, weights_from_counts
 
-__all__ = ["pyplot", "save_figure", "plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
+__all__ = ["pyplot", "save_figure", "plot_deltas", "plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
 
 
 def pyplot():
@@ -55,6 +55,37 @@ def plot_per_class_accuracy(counts: Sequence[float], series: Mapping[str, Sequen
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Per-class accuracy vs training frequency")
+    return save_figure(fig, path)
+
+
+def plot_deltas(rows: Sequence[Mapping], path, stds: Sequence[Mapping] | None = None, top: int = 15,
+                title: str = "") -> Path:
+    """Change against softmax (class-average accuracy, points) on validation and test for the ``top`` best
+    ranked rows, best at the top; error bars are the std over seeds when ``stds`` is given.
+
+    ``rows``/``stds`` as returned by :func:`iif.bench.summary.summarize` (rows with a ``rank``)."""
+    plt = pyplot()
+    idx = sorted((i for i, r in enumerate(rows) if r.get("rank") is not None), key=lambda i: rows[i]["rank"])[:top]
+    labels = [f"{rows[i]['rank']}. {rows[i]['method']} / {rows[i]['strategy']}"
+              + (f" / {rows[i]['variant']}" if rows[i].get("variant") else "") + f" ({rows[i]['head']})" for i in idx]
+
+    def vals(key, src):
+        return np.array([np.nan if src[i].get(key) is None else src[i][key] for i in idx], dtype=float)
+
+    y = np.arange(len(idx))
+    h = 0.38
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(idx) + 1.4))
+    for off, key, name in ((-h / 2, "delta_val", "validation (ranking key)"), (h / 2, "delta_test", "test (reported only)")):
+        err = vals(key, stds) if stds is not None else None
+        ax.barh(y + off, vals(key, rows), h, xerr=err, label=name, capsize=2)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("change in class-average accuracy against softmax of the same head (points)")
+    ax.set_title(title or "Change against softmax, ranked on validation")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 

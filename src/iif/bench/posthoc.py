@@ -234,16 +234,25 @@ def evaluate_candidates(
     many: int = 100,
     few: int = 20,
     bins: int = 10,
+    reference: Sequence[Candidate] = (),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Score every candidate on the test split.
 
     Returns ``rows`` (dicts with exactly :data:`ROW_KEYS`) and ``details`` (one dict per row with the
     remaining metrics: ``class_avg``, ``per_class``, ``mce``, ``nll``, and when validation logits exist
-    ``temperature``, ``ece_ts``, ``nll_ts`` after temperature scaling; plus the candidate's ``info``).
+    ``temperature``, ``ece_ts``, ``nll_ts`` after temperature scaling; the comparison with the softmax row
+    of the same head and the earlier row with the same predictions, from
+    :func:`iif.bench.summary.compare_candidates`: ``val_class_avg``, ``delta_val``, ``delta_val_se``,
+    ``delta_test``, ``delta_test_se``, ``same_as``, ``relation``; plus the candidate's ``info``).
+    ``reference``: candidates of the same run scored earlier (e.g. the cached rows when scoring the
+    end-to-end ones), searched for the softmax row and for identical rows.
     """
+    from .summary import compare_candidates
+
     counts = as_counts(counts)
     rows, details = [], []
-    for c in candidates:
+    compared = compare_candidates(candidates, test_labels, val_labels=val_labels, reference=reference)
+    for c, cmp in zip(candidates, compared):
         m = evaluate_logits(c.test_logits, test_labels, counts, many=many, few=few, bins=bins)
         rows.append({"method": c.method, "strategy": c.strategy, "variant": c.variant, "head": c.head,
                      "top1": m["top1"], "many": m["many"], "medium": m["medium"], "few": m["few"], "ece": m["ece"]})
@@ -254,6 +263,7 @@ def evaluate_candidates(
             d["temperature"] = t
             d["ece_ts"], d["mce_ts"] = calibration_errors(zt, test_labels, bins)
             d["nll_ts"] = nll(zt, test_labels)
+        d.update(cmp)
         d.update(c.info)
         details.append(d)
     return rows, details

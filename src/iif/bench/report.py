@@ -1,8 +1,10 @@
 """Tables, seed aggregation and the Markdown report of ``iif bench``.
 
-Seeds: ``results.json`` rows keep exactly :data:`ROW_KEYS`. With several seeds each number is the mean
-over seeds, and ``results_std.json`` holds the same rows (same order, same text keys) with the standard
-deviation over seeds (ddof = 1, see :func:`aggregate_seeds`) in place of each number.
+``results.json`` is ``{"summary": ..., "rows": [...]}`` (:func:`dumps_results`): the summary of
+:func:`iif.bench.summary.summarize` and the rows in report order, each with :data:`ROW_KEYS` first and
+then :data:`RANK_KEYS`. With several seeds each number is the mean over seeds, and ``results_std.json``
+holds the same rows (same order, same text keys) with the standard deviation over seeds (ddof = 1, see
+:func:`aggregate_seeds`) in place of each number.
 """
 
 from __future__ import annotations
@@ -15,20 +17,24 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .posthoc import ROW_KEYS
+from .summary import row_key, row_label, summarize
 
-__all__ = ["NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
+__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
 
 TEXT_KEYS: tuple[str, ...] = ("method", "strategy", "variant", "head")
 NUMERIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
+#: Keys :func:`iif.bench.summary.summarize` adds to every row of ``results.json``, after :data:`ROW_KEYS`.
+RANK_KEYS: tuple[str, ...] = ("rank", "val_class_avg", "test_class_avg", "delta_val", "delta_test", "same_as")
+#: Keys of every row of ``results.json`` and ``results_std.json``, in order.
+RESULT_KEYS: tuple[str, ...] = ROW_KEYS + RANK_KEYS
 _HEADERS = {"method": "method", "strategy": "strategy", "variant": "variant", "head": "head",
             "top1": "top-1", "many": "many", "medium": "medium", "few": "few", "ece": "ECE"}
 
 
 def row_id(row: Mapping[str, Any]) -> tuple:
-    """What makes a row the same row across seeds. A tuned row may pick a different variant per seed,
-    so its variant is not part of its identity."""
-    variant = None if "tuned" in str(row["method"]) else row["variant"]
-    return (row["method"], row["strategy"], variant, row["head"])
+    """What makes a row the same row across seeds (:func:`iif.bench.summary.row_key`): a tuned row may
+    pick a different variant per seed, so its variant is not part of its identity."""
+    return row_key(row)
 
 
 def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[dict], list[dict]]:
@@ -106,9 +112,103 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[s
     return markdown_table([_HEADERS[k] for k in ROW_KEYS], _cells(rows, stds))
 
 
-def dumps_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    """JSON text of rows with exactly :data:`ROW_KEYS`, in that order."""
-    return json.dumps([{k: r[k] for k in ROW_KEYS} for r in rows], indent=2) + "\n"
+def dumps_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ROW_KEYS) -> str:
+    """JSON text of rows with exactly ``keys`` (default :data:`ROW_KEYS`), in that order."""
+    return json.dumps([{k: r.get(k) for k in keys} for r in rows], indent=2) + "\n"
+
+
+def dumps_results(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    """JSON text of ``results.json``: ``{"summary": summary, "rows": rows}``, each row with
+    :data:`ROW_KEYS` then :data:`RANK_KEYS` (rows from :func:`iif.bench.summary.summarize`)."""
+    return json.dumps({"summary": summary, "rows": [{k: r.get(k) for k in RESULT_KEYS} for r in rows]}, indent=2,
+                      default=_json_number) + "\n"
+
+
+def _json_number(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def _folded_into(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("same_as"):
+            out.setdefault(r["same_as"], []).append(r)
+    return out
+
+
+def _short(folded: Mapping[str, Any], kept: Mapping[str, Any]) -> str:
+    """How a folded row is named beside the row it equals: only what differs."""
+    if (folded["method"], folded["strategy"]) == (kept["method"], kept["strategy"]):
+        return str(folded["variant"])
+    return row_label(folded, head=False)
+
+
+def ranked_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None,
+                 markdown: bool = False) -> str:
+    """The report's table: one line per row that is not folded, in rank order, with validation accuracy,
+    the change against softmax on validation and test, the test metrics, and the rows folded into it.
+
+    ``rows``/``stds`` as returned by :func:`iif.bench.summary.summarize`.
+    """
+    has_val = any(r.get("rank") is not None for r in rows)
+    folded = _folded_into(rows)
+    std_of = {id(r): (stds[i] if stds is not None else None) for i, r in enumerate(rows)}
+    cols = (["rank"] if has_val else []) + ["method", "strategy", "variant", "head"]
+    cols += (["val", "Δ val"] if has_val else []) + ["top-1", "Δ test", "many", "medium", "few", "ECE", "same rows"]
+    numeric = {"rank", "val", "Δ val", "top-1", "Δ test", "many", "medium", "few", "ECE"}
+    body = []
+    for r in rows:
+        if r.get("same_as"):
+            continue
+        s = std_of[id(r)]
+
+        def num(key, signed=False):
+            v = r.get(key)
+            if v is None:
+                return "-"
+            text = f"{v:+.1f}" if signed else f"{v:.1f}"
+            sd = None if s is None else s.get(key)
+            return text + (f" ± {sd:.1f}" if sd is not None else "")
+
+        line = ([str(r["rank"])] if has_val else []) + [str(r["method"]), str(r["strategy"]), r["variant"] or "-", r["head"] or "-"]
+        ref = (r["method"], r["strategy"]) == ("softmax", "end-to-end")
+        if has_val:
+            line += [num("val_class_avg"), "ref" if ref else num("delta_val", True)]
+        line += [num("top1"), "ref" if ref else num("delta_test", True), num("many"), num("medium"), num("few"), num("ece")]
+        twins = folded.get(row_label(r), [])
+        line.append("= " + ", ".join(_short(t, r) for t in twins) if twins else "")
+        body.append(line)
+    if markdown:
+        return markdown_table(cols, body)
+    return aligned_table(cols, body, [c in numeric for c in cols])
+
+
+_TABLE_LEGEND = ("val: class-average accuracy on validation (the ranking key); Δ: change in class-average accuracy "
+                 "against the softmax row of the same head (`ref`), in points (on a class-balanced test split class-average "
+                 "accuracy equals top-1); top-1, many, medium, few, ECE: test split, percent; same rows: rows folded "
+                 "into this one because they predict the same class for every validation and test image.")
+
+
+def printed_report(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None,
+                   summary: Mapping[str, Any]) -> str:
+    """What ``iif bench`` prints: the summary sentences, then the ranked table, then the folded rows."""
+    parts = list(summary.get("lines", [])) + ["", ranked_table(rows, stds), "", _TABLE_LEGEND]
+    notes = _fold_notes(summary)
+    if notes:
+        parts += [""] + notes
+    return "\n".join(parts)
+
+
+def _fold_notes(summary: Mapping[str, Any]) -> list[str]:
+    out = []
+    for f in summary.get("folded", []):
+        text = f"- {f['row']} = {f['same_as']}: {f['relation']}"
+        if f.get("why"):
+            text += f"; {f['why']}"
+        out.append(text + ".")
+    return out
 
 
 def _calibration_rows(rows: Sequence[Mapping[str, Any]], details: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
@@ -128,16 +228,30 @@ def _calibration_rows(rows: Sequence[Mapping[str, Any]], details: Sequence[Mappi
     return body
 
 
-def write_report(folder, rows, stds, details, meta, plot_data=None) -> None:
-    """``report.md`` (and its PNG plots when ``plot_data`` is given) in ``folder``."""
+def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None) -> None:
+    """``report.md`` (and its PNG plots when ``plot_data`` is given) in ``folder``.
+
+    ``rows``/``stds``/``summary`` as returned by :func:`iif.bench.summary.summarize`; without ``summary``
+    the rows are the plain means of :func:`aggregate_seeds` and are summarised here.
+    """
     from pathlib import Path
 
+    from ..outputs import atomic_write_text
     from . import plots as P
 
+    if summary is None:
+        rows, stds, summary = summarize(rows, stds, details, meta)
     folder = Path(folder)
     m = meta
-    lines = [f"# iif bench: {m['dataset']}", ""]
+    lines = [f"# iif bench: {m['dataset']}", "", "## Summary", ""]
+    lines += [f"- {x}" for x in summary.get("lines", [])]
+    lines += ["", "## Ranked results" if summary.get("selected_on") else "## Results", "",
+              ranked_table(rows, stds if m.get("seeds", 1) > 1 else None, markdown=True), "", _TABLE_LEGEND, ""]
+    notes = _fold_notes(summary)
+    if notes:
+        lines += ["### Folded rows", "", *notes, ""]
     lines += [
+        "## Setup", "",
         f"- {m['num_classes']} classes, {sum(m['train_counts'])} training images, imbalance ratio "
         f"{m['imbalance_ratio']:.0f} (largest class {max(m['train_counts'])}, smallest {min(m['train_counts'])}); "
         f"validation {m['val_size'] if m['val_size'] is not None else 'none'}, test {m['test_size']} images.",
@@ -148,10 +262,6 @@ def write_report(folder, rows, stds, details, meta, plot_data=None) -> None:
         f"- Shot groups by training images: many > {m['many']}, few < {m['few']}, medium otherwise. "
         "Accuracies and ECE (10 bins) in percent, on the test split.",
         f"- Mode: {'quick (no end-to-end baselines)' if m['quick'] else 'full'}; device {m['device']}.",
-        "",
-        "## Results",
-        "",
-        results_markdown(rows, stds),
         "",
         "Rows: `softmax` is the backbone itself; `post-process` multiplies its logits by the IIF weights "
         "(Eq. 13); `decoupled` retrains only the head on cached features (IIF loss Eq. 15 with random "
@@ -166,7 +276,7 @@ def write_report(folder, rows, stds, details, meta, plot_data=None) -> None:
         lines += [f"- seed {d['seed']}, {d['head']} head, {d['strategy']}: `{d['variant']}`" for d in tuned]
         lines.append("")
     skipped = m.get("skipped_variants") or {}
-    cal = _calibration_rows(rows, details)
+    cal = _calibration_rows([r for r in rows if not r.get("same_as")], details)
     if cal:
         lines += ["## Calibration: temperature scaling fitted on validation (L-BFGS on NLL)", "",
                   markdown_table(["method", "strategy", "variant", "head", "ECE before", "ECE after", "T"], cal), ""]
@@ -182,13 +292,19 @@ def write_report(folder, rows, stds, details, meta, plot_data=None) -> None:
     if plot_data:
         lines += ["## Plots", ""]
         total = float(m["k_total"])
+        if any(r.get("rank") is not None for r in rows):
+            P.plot_deltas(rows, folder / "deltas.png", stds=stds if m.get("seeds", 1) > 1 else None,
+                          title=f"Change against softmax, ranked on validation ({m['dataset']})")
+            lines += ["![change against softmax, validation and test](deltas.png)", ""]
         P.plot_weight_curves(folder / "iif_weights.png", total, [c / total for c in m["train_counts"]])
         lines += ["![IIF weight variants](iif_weights.png)", ""]
         for head, pdata in plot_data.items():
-            if pdata.get("per_class"):
+            series = per_class_series(rows, details, head)
+            if series:
                 name = f"per_class_{head}.png"
-                P.plot_per_class_accuracy(m["train_counts"], pdata["per_class"], folder / name,
-                                          title=f"Per-class test accuracy vs training frequency ({head} head, seed 0)")
+                seed = min(int(d.get("seed", 0)) for d in details)
+                P.plot_per_class_accuracy(m["train_counts"], series, folder / name,
+                                          title=f"Per-class test accuracy vs training frequency ({head} head, seed {seed})")
                 lines += [f"![per-class accuracy, {head} head]({name})", ""]
             if pdata.get("norms_before") is not None and pdata.get("norms_after") is not None:
                 name = f"weight_norms_{head}.png"
@@ -206,4 +322,41 @@ def write_report(folder, rows, stds, details, meta, plot_data=None) -> None:
         lines += ["## Skipped variants", ""]
         lines += [f"- `{v}`: {why}" for v, why in skipped.items()]
         lines.append("")
-    (folder / "report.md").write_text("\n".join(lines))
+    atomic_write_text(folder / "report.md", "\n".join(lines))
+
+
+def plotted_rows(rows: Sequence[Mapping[str, Any]], head: str | None) -> list[tuple[str, Mapping[str, Any]]]:
+    """The rows the per-class plot of ``head`` shows, with their legend labels: softmax, then the best row
+    (by validation rank) of each strategy, the overall recommendation marked. Without a validation split:
+    softmax and the paper's default variant (smooth) of each IIF strategy."""
+    mine = [r for r in rows if r.get("head") == head and not r.get("same_as")]
+    out = [("softmax" + (" (recommended)" if r.get("rank") == 1 else ""), r) for r in mine if (r["method"], r["strategy"]) == ("softmax", "end-to-end")]
+    ranked = [r for r in mine if r.get("rank") is not None]
+    if ranked:
+        seen = set()
+        for r in sorted(ranked, key=lambda r: r["rank"]):
+            if (r["method"], r["strategy"]) == ("softmax", "end-to-end") or r["strategy"] in seen:
+                continue
+            seen.add(r["strategy"])
+            tag = " (recommended)" if r["rank"] == 1 else f" (best {r['strategy']}, rank {r['rank']})"
+            out.append((row_label(r, head=False) + tag, r))
+    else:
+        out += [(row_label(r, head=False), r) for r in mine if r["method"] in ("IIF", "IIF loss") and r.get("variant") == "smooth"]
+    return out
+
+
+def per_class_series(rows: Sequence[Mapping[str, Any]], details: Sequence[Mapping[str, Any]],
+                     head: str | None) -> dict[str, list]:
+    """``{legend label: per-class test accuracy}`` of :func:`plotted_rows`, from the first seed's details."""
+    if not details:
+        return {}
+    seed = min(int(d.get("seed", 0)) for d in details)
+    by = {row_key(d): d for d in details if int(d.get("seed", 0)) == seed and d.get("per_class") is not None}
+    out = {}
+    for label, r in plotted_rows(rows, head):
+        d = by.get(row_key(r))
+        if d is not None:
+            if "tuned" in str(r["method"]) and d.get("variant"):
+                label = label.replace(f" / {r['variant']}", f" / {d['variant']}") if r.get("variant") else label
+            out[label] = d["per_class"]
+    return out

@@ -10,7 +10,7 @@ Per seed and per classifier head:
 4. unless ``quick``: end-to-end training with the IIF loss (smooth), IIF_CSL, Balanced Softmax, the
    logit-adjusted loss and LDAM-DRW.
 
-Results go to ``results.json`` (rows with exactly :data:`ROW_KEYS`), ``results_std.json`` (with several
+Results go to ``results.json`` (the summary and the ranked rows, see :mod:`iif.bench.report`), ``results_std.json`` (with several
 seeds), ``details.json``, ``report.md`` and PNG plots, all written into a staging folder beside the
 output folder and swapped into place at the end (:class:`iif.outputs.OutputFolder`), so an interrupted
 run never leaves a half-written one, and ``--force`` never leaves the name empty nor removes files
@@ -46,7 +46,7 @@ from .posthoc import (
     tuned_posthoc_candidate,
     valid_variants,
 )
-from .report import aggregate_seeds, dumps_rows, format_table
+from .report import RESULT_KEYS, aggregate_seeds, dumps_results, dumps_rows, printed_report, summarize
 
 __all__ = ["HEADS", "E2E_METHODS", "bench_config", "check_out_dir", "evaluate_cached", "run_bench", "CachedRun"]
 
@@ -367,7 +367,7 @@ def run_bench(
             if not quick:
                 with _threads(train_threads):
                     e2e, e2e_s = _e2e_candidates(c, splits, dev, h, seed, log)
-                r2, d2 = evaluate_candidates(e2e, y_te, counts, val_labels=y_va, many=many, few=few)
+                r2, d2 = evaluate_candidates(e2e, y_te, counts, val_labels=y_va, many=many, few=few, reference=cands)
                 rows += r2
                 details += d2
             timings.append({"seed": seed, "head": h, "backbone_epoch_s": epoch_s, "backbone_train_s": train_s,
@@ -390,13 +390,15 @@ def run_bench(
         "test_size": len(splits.test.targets), "timings": timings, "head_retraining": head_cfg.__dict__,
         "k_total": float(freq.default_total("image")), "threads": threads, "skipped_variants": skipped,
     }
-    text = format_table(means, stds if seeds > 1 else None)
+    means, stds, summary = summarize(means, stds, all_details, meta)  # ranked on validation, identical rows folded
+    text = printed_report(means, stds if seeds > 1 else None, summary)
     log("\n" + text)
     meta["wall_s"] = time.perf_counter() - t_start
     meta["peak_rss_mb"] = _rss_peak_mb()
-    _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots)
+    _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots, summary)
     log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {meta['peak_rss_mb']:.0f} MB)")
-    return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out}
+    return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out,
+            "summary": summary}
 
 
 def _plot_material(cands, rows, details, extras, y_te, y_va) -> dict:
@@ -422,17 +424,17 @@ def _plot_material(cands, rows, details, extras, y_te, y_va) -> dict:
     return out
 
 
-def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool) -> None:
+def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool, summary) -> None:
     """Write everything into a staging folder beside the output folder, then swap it into place atomically."""
     from .report import write_report
 
     with folder as tmp:
-        atomic_write_text(tmp / "results.json", dumps_rows(rows))
+        atomic_write_text(tmp / "results.json", dumps_results(rows, summary))
         if stds is not None:
-            atomic_write_text(tmp / "results_std.json", dumps_rows(stds))
+            atomic_write_text(tmp / "results_std.json", dumps_rows(stds, RESULT_KEYS))
         atomic_write_text(tmp / "details.json",
                           json.dumps({"meta": meta, "rows": details}, indent=1, default=_json_default) + "\n")
-        write_report(tmp, rows, stds, details, meta, plot_data if plots else None)
+        write_report(tmp, rows, stds, details, meta, plot_data if plots else None, summary=summary)
 
 
 def _json_default(o):
