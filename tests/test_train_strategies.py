@@ -1,6 +1,7 @@
-"""The three IIF strategies (paper Fig. 3, SPEC §3): the decoupled stage really freezes the backbone (weights
-AND BatchNorm statistics bitwise unchanged), legacy mode reproduces the authors' code (BN statistics move,
-re-init overwritten by the load), post-hoc adjusters equal independent computations, and a stage-1
+"""The three IIF strategies (paper Fig. 3; docs/method.md): the decoupled stage really freezes the backbone
+(weights AND BatchNorm statistics bitwise unchanged), legacy mode trains exactly what the authors' code trains
+(classifier weight and bias only, BN statistics move, re-init overwritten by the load), LWS learns only its
+scales, post-hoc adjusters (tau-norm without the bias) equal independent computations, and a stage-1
 checkpoint from another model is refused."""
 
 import pytest
@@ -11,7 +12,10 @@ from iif import iif_weights
 from iif.errors import IIFError
 from iif.metrics import evaluate_logits
 from iif.train import extract_features, fit, load_config
+from iif.train import evaluate_checkpoint
+from iif.train.decoupled import method_overrides
 from iif.train.engine import build_splits
+from iif.train.strategies import build_adjuster
 
 TINY = ["runtime.progress=false", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "eval.every=0"]
 
@@ -99,8 +103,9 @@ def test_posthoc_adjusters_match_independent_computations(splits, stage1):
         "iif:raw": z * iif_weights(counts, "raw"),
         "la:1.0": z - torch.log(n / n.sum()).float(),
     }
-    W, b = res.model.classifier.weight.detach().cpu(), res.model.classifier.bias.detach().cpu()
-    expected["taunorm:1.0"] = F.linear(f, W / W.norm(dim=1, keepdim=True), b)
+    W = res.model.classifier.weight.detach().cpu()
+    expected["taunorm:1.0"] = F.linear(f, W / W.norm(dim=1, keepdim=True))  # bias dropped, as Kang et al.'s code
+    assert res.model.classifier.bias.abs().sum() > 0  # so keeping it would be seen
     assert set(res.final_metrics) == {"raw", *expected}
     for name, logits in expected.items():
         ref = evaluate_logits(logits, y, counts)
@@ -115,3 +120,71 @@ def test_bad_adjuster_and_strategy_names(splits, stage1):
             splits=splits)
     with pytest.raises(IIFError, match="strategy"):
         fit(load_config("digits_lt_e2e", TINY + ["strategy.name=two_stage"]), splits=splits)
+
+
+COSINE_LEARNABLE = ["model.head=cosine", "model.kwargs={learnable_scale: true}"]
+
+
+@pytest.fixture(scope="module")
+def cosine_stage1(tmp_path_factory, splits):
+    """A 1-epoch softmax model with a cosine head whose scale is learnable (Places-LT's head)."""
+    out = tmp_path_factory.mktemp("stage1cos")
+    fit(load_config("digits_lt_e2e", TINY + COSINE_LEARNABLE + ["loss.name=ce", "schedule.epochs=1"]), out_dir=out,
+        splits=splits)
+    state = torch.load(out / "last.pt", weights_only=True)["model"]
+    return out / "last.pt", state
+
+
+def _changed(before, after):
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_legacy_trains_only_classifier_weight_and_bias_not_the_cosine_scale(splits, cosine_stage1):
+    path, before = cosine_stage1
+    assert "classifier.s" in before
+    after = _stage2(splits, path, *COSINE_LEARNABLE, "decoupled.legacy=true", "decoupled.lr=0.05").model.state_dict()
+    changed = _changed(before, after)
+    stats = {k for k in before if "running_" in k or "num_batches_tracked" in k}
+    # the authors' code: optimizer over the classifier's weight and bias; BN statistics keep moving
+    assert changed - stats == {"classifier.weight"}  # the cosine head has no bias
+    assert changed & stats
+    # the default (correct) mode trains every classifier parameter, the learnable scale included, and no statistic
+    after = _stage2(splits, path, *COSINE_LEARNABLE, "decoupled.lr=0.05").model.state_dict()
+    assert _changed(before, after) == {"classifier.weight", "classifier.s"}
+
+
+def test_lws_learns_only_per_class_scales_and_its_checkpoint_evaluates(splits, stage1, tmp_path):
+    path, before = stage1
+    cfg = load_config("digits_lt_decoupled", TINY + [f"decoupled.stage1_checkpoint={path}", "decoupled.epochs=2",
+                                                     "decoupled.lr=0.05", *method_overrides("LWS")])
+    res = fit(cfg, out_dir=tmp_path / "lws", splits=splits)
+    after = res.model.state_dict()
+    renamed = {k.replace("classifier.head.", "classifier."): v for k, v in after.items() if "lws" not in k}
+    assert not _changed(before, renamed)  # backbone, statistics and the classifier itself unchanged
+    scale = after["classifier.lws.scale"]
+    assert scale.shape == (10,) and not torch.equal(scale, torch.ones(10))
+    f, z, y = extract_features(res.model, splits.test)
+    head = res.model.classifier.head
+    assert torch.allclose(z, head(f) * scale, atol=1e-6)  # alpha_c * z_c
+    metrics = evaluate_checkpoint(tmp_path / "lws" / "last.pt", splits=splits)  # iif eval rebuilds the wrapper
+    assert metrics["raw"]["top1"] == pytest.approx(res.final_metrics["raw"]["top1"])
+    with pytest.raises(IIFError, match="legacy"):
+        _stage2(splits, path, "decoupled.method=lws", "decoupled.legacy=true")
+
+
+def test_crt_reinitialises_and_samples_class_balanced(splits, stage1):
+    path, before = stage1
+    assert method_overrides("cRT") == ["decoupled.method=retrain", "decoupled.loss=ce",
+                                       "decoupled.sampler=class_balanced", "decoupled.reinit=true"]
+    res = _stage2(splits, path, *method_overrides("cRT"), "decoupled.lr=0", "decoupled.weight_decay=0")
+    assert not torch.equal(res.model.state_dict()["classifier.weight"], before["classifier.weight"])
+    assert set(res.final_metrics) == {"raw"}  # plain CE: no loss-specific decision rule
+
+
+def test_tau_norm_leaves_a_cosine_head_unchanged(splits, cosine_stage1):
+    path, _ = cosine_stage1
+    res = fit(load_config("digits_lt_posthoc", TINY + COSINE_LEARNABLE + [f"posthoc.checkpoint={path}"]),
+              splits=splits)
+    f, z, _ = extract_features(res.model, splits.test)
+    for tau in (0.0, 1.0, 2.0):
+        assert torch.allclose(build_adjuster(f"taunorm:{tau}", splits.freq.image_counts, res.model)(f, z), z, atol=1e-5)

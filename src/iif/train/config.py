@@ -145,6 +145,8 @@ class DecoupledConfig:
     """
 
     stage1_checkpoint: str | None = None
+    # retrain (the classifier's parameters; IIF, cRT) or lws (frozen classifier, one learned scale per class).
+    method: str = "retrain"
     epochs: int = 20
     lr: float = 1e-4
     momentum: float = 0.9
@@ -616,6 +618,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     # strategy
     _one_of("strategy.name", cfg.strategy.name, ("e2e", "decoupled", "posthoc"))
     # decoupled (stage 2)
+    _one_of("decoupled.method", dc.method, ("retrain", "lws"))
     _at_least("decoupled.epochs", dc.epochs, 1, "10")
     _nonneg("decoupled.lr", dc.lr, "1e-4")
     _momentum("decoupled.momentum", dc.momentum)

@@ -198,6 +198,8 @@ def restore_checkpoint(path: str | os.PathLike, device: str | None = None, split
         model = eng.build_model_for(cfg, shape)
     from ..models import load_state
 
+    if ckpt.get("stage") == "stage2":  # a stage-2 LWS checkpoint holds a wrapped classifier (iif.train.decoupled)
+        from .decoupled import shape_stage2_model; shape_stage2_model(model, cfg.decoupled)  # noqa: E702
     load_state(model, ckpt["model"])
     model.to(dev).eval()
     if splits is not None:
