@@ -20,9 +20,10 @@ mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_hash, load_config, packaged_configs
-from .engine import TrainResult, fit, train_one_epoch
+from .decoupled import method_overrides, retrain_classifier
+from .engine import TrainResult, build_splits, fit, resolve_device, train_one_epoch
 from .evaluation import evaluate, evaluate_checkpoint, extract_features, predict
-from .strategies import build_adjuster, parse_adjuster
+from .strategies import build_adjuster, parse_adjuster, tau_norm_head
 
 train = fit
 
@@ -34,6 +35,11 @@ __all__ = [
     "TrainResult",
     "fit",
     "train",
+    "retrain_classifier",
+    "method_overrides",
+    "tau_norm_head",
+    "build_splits",
+    "resolve_device",
     "train_one_epoch",
     "evaluate",
     "predict",
