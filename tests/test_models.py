@@ -66,11 +66,21 @@ def test_imagenet_se_nets_build_and_forward(arch: str) -> None:
     assert model.feature_dim == 2048 and out.shape == (1, 5)
     blocks = [m for m in model.modules() if isinstance(m, SEBottleneck)]
     assert len(blocks) == {"se_resnet152": 3 + 8 + 36 + 3}.get(arch, 3 + 4 + 6 + 3)
-    for b in blocks:  # reduction r = 16 on the bottleneck's output channels
-        assert b.se.fc1.out_channels == b.bn3.num_features // 16
+    for b in blocks:  # reduction r = 16 on the bottleneck's output channels; bias-free FCs (authors' code)
+        assert isinstance(b.se.fc1, nn.Linear) and b.se.fc1.out_features == b.bn3.num_features // 16
+        assert b.se.fc1.bias is None and b.se.fc2.bias is None
     if arch == "se_resnext50_32x4d":
         assert all(b.conv2.groups == 32 for b in blocks)
         assert blocks[0].conv2.in_channels == 128  # 32 groups x 4 channels in the first stage
+
+
+def test_imagenet_se_resnet50_torchvision_style_adds_the_se_biases() -> None:
+    official = build_model("se_resnet50", 10)
+    tv = build_model("se_resnet50", 10, backbone_kwargs={"style": "torchvision"})
+    # One bias per hidden unit (C/16) and per channel (C) in every SE; bottleneck outputs 256..2048 per stage.
+    biases = sum(n * (c // 16 + c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048)))
+    assert _n_params(tv) - _n_params(official) == biases == 16_048
+    assert all(b.se.fc1.bias is not None for b in tv.modules() if isinstance(b, SEBottleneck))
 
 
 def test_timm_and_torchvision_backbones_drop_their_classifier() -> None:
@@ -216,7 +226,7 @@ def test_se_block_matches_independent_formula_and_sits_before_the_add(style: str
 def test_se_bottleneck_applies_se_after_bn3_before_add() -> None:
     down = nn.Sequential(nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64))
     block = SEBottleneck(32, 16, downsample=down).eval()
-    assert block.se.fc1.out_channels == 64 // 16
+    assert block.se.fc1.out_features == 64 // 16
     x = torch.randn(2, 32, 6, 6)
     with torch.no_grad():
         out = F.relu(block.bn1(block.conv1(x)))

@@ -1,9 +1,14 @@
-"""ImageNet-size SE-ResNets built on torchvision's ResNet (paper Sec. IV, SPEC section 5).
+"""ImageNet-size SE-ResNets built on torchvision's ResNet (paper Sec. V-B; docs/method.md#models).
 
 SE-ResNet-50, SE-ResNeXt-50 (32x4d) and SE-ResNet-152 with reduction r = 16, average squeeze and sigmoid
 excitation (Hu et al. 2018). We reuse ``torchvision.models.resnet.ResNet`` and only subclass its
 ``Bottleneck`` to add the SE module after ``bn3`` and before the residual addition, as the paper states
 ("the ResNet implementation follows official PyTorch implementation").
+
+``style="official"`` (default) uses the SE module of the authors' ``resnet_pytorch.py``: two fully connected
+layers without bias, left at PyTorch's default ``nn.Linear`` initialisation (torchvision's ResNet init only
+touches convolutions and BatchNorm). ``style="torchvision"`` uses ``torchvision.ops.SqueezeExcitation``
+(1x1 convolutions with biases), the library's form before 2026-11-27.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
-from torchvision.ops import SqueezeExcitation
+
+from ..errors import IIFError
+from .cifar_resnet import STYLES, SqueezeExcite
 
 __all__ = ["SEBottleneck", "se_resnet_backbone", "SE_RESNET_SPECS"]
 
@@ -22,11 +29,11 @@ class SEBottleneck(Bottleneck):
     """torchvision ``Bottleneck`` with an SE module (``C // reduction`` hidden units) after ``bn3``."""
 
     reduction: int = 16
+    style: str = "official"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        channels = self.bn3.num_features
-        self.se = SqueezeExcitation(channels, max(1, channels // self.reduction))
+        self.se = SqueezeExcite(self.bn3.num_features, self.reduction, self.style)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -44,11 +51,11 @@ SE_RESNET_SPECS: dict[str, tuple[list[int], int, int]] = {
 }
 
 
-def _block_with_reduction(reduction: int) -> Callable[..., SEBottleneck]:
-    # ResNet reads ``block.expansion`` and instantiates ``block(...)``, so a subclass carries r.
-    if reduction == SEBottleneck.reduction:
+def _block_with(reduction: int, style: str) -> Callable[..., SEBottleneck]:
+    # ResNet reads ``block.expansion`` and instantiates ``block(...)``, so a subclass carries r and the style.
+    if reduction == SEBottleneck.reduction and style == SEBottleneck.style:
         return SEBottleneck
-    return type(f"SEBottleneckR{reduction}", (SEBottleneck,), {"reduction": reduction})
+    return type(f"SEBottleneckR{reduction}{style.capitalize()}", (SEBottleneck,), {"reduction": reduction, "style": style})
 
 
 def se_resnet_backbone(
@@ -56,14 +63,18 @@ def se_resnet_backbone(
     in_channels: int = 3,
     reduction: int = 16,
     zero_init_residual: bool = False,
+    style: str = "official",
 ) -> tuple[ResNet, int]:
     """Build SE-ResNet ``name`` without its ``fc`` (replaced by Identity); returns (backbone, feature_dim).
 
-    The backbone maps ``(N, in_channels, H, W)`` to pooled ``(N, 2048)`` features.
+    The backbone maps ``(N, in_channels, H, W)`` to pooled ``(N, 2048)`` features. ``style``: ``"official"``
+    (bias-free SE FCs, the authors' code) or ``"torchvision"`` (``SqueezeExcitation`` with biases).
     """
+    if style not in STYLES:
+        raise IIFError(f"Unknown SE-ResNet style {style!r}; choose one of {list(STYLES)} (default 'official').")
     layers, groups, width = SE_RESNET_SPECS[name]
     model = ResNet(
-        _block_with_reduction(reduction),
+        _block_with(reduction, style),
         layers,
         groups=groups,
         width_per_group=width,
