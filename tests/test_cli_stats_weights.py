@@ -57,7 +57,7 @@ def test_stats_table(capsys):
     assert "rare: 4   common: 0   frequent: 0" in out
     head = out.split("head classes")[1].split("tail classes")[0]
     assert "apple" in head and "zebra" not in head
-    assert "kite" in out.split("tail classes")[1]
+    assert "bus" in out.split("tail classes")[1]  # smallest first; the tie bus = kite = 1 keeps class order
 
 
 def test_stats_classification_list_file_has_no_lvis_groups(capsys):
@@ -72,6 +72,53 @@ def test_stats_reports_empty_classes_as_warning(capsys):
     r = json.loads(out)
     assert code == 0 and r["empty_classes"] == 1 and r["empty_class_names"] == ["car"]
     assert "warning" in err and "car" in err
+
+
+def _tree(root, counts):
+    """An ImageFolder tree with ``counts[name]`` empty .jpg files per class (counting reads names only)."""
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / name / f"{i}.jpg").write_bytes(b"")
+
+
+def test_stats_counts_the_train_split_of_a_train_val_test_root(capsys, tmp_path):
+    _tree(tmp_path / "train", {"cat": 7, "dog": 3, "emu": 1})
+    _tree(tmp_path / "val", {"cat": 2, "dog": 2, "emu": 2})
+    _tree(tmp_path / "test", {"cat": 5, "dog": 5, "emu": 5})
+    code, out, err = run(capsys, "stats", str(tmp_path), "--format", "json")
+    r = json.loads(out)
+    assert code == 0 and err == ""
+    assert (r["num_classes"], r["num_images"], r["max_count"], r["min_count"]) == (3, 11, 7, 1)  # train only
+    assert r["split"] == {"counted": str(tmp_path / "train"), "splits": ["train", "val", "test"]}
+    code, out, _ = run(capsys, "stats", str(tmp_path))
+    assert f"split             train: counted {tmp_path / 'train'} (the source holds train/, val/, test/)" in out
+    assert "classes           3" in out and "images            11" in out
+    # a plain class tree is counted as it is, with no split line
+    code, out, _ = run(capsys, "stats", str(tmp_path / "val"), "--format", "json")
+    assert json.loads(out)["split"] is None and json.loads(out)["num_images"] == 6
+
+
+def test_stats_tail_ascending_and_no_class_listed_twice(capsys, tmp_path):
+    counts = {"a": 9, "b": 2, "c": 40, "d": 5, "e": 1, "f": 17, "g": 2}
+    _tree(tmp_path, counts)
+    by_size = sorted(counts, key=lambda k: -counts[k])  # no ties at the top
+    code, out, _ = run(capsys, "stats", str(tmp_path), "--format", "json", "--top", "3")
+    r = json.loads(out)
+    assert [h["name"] for h in r["head"]] == by_size[:3] == ["c", "f", "a"]
+    # smallest first; the tie b = g = 2 keeps class order
+    assert [(t["name"], t["images"]) for t in r["tail"]] == [("e", 1), ("b", 2), ("g", 2)]
+    # 7 classes, --top 5: head 5, the tail holds only the 2 classes not in the head
+    r = json.loads(run(capsys, "stats", str(tmp_path), "--format", "json", "--top", "5")[1])
+    head, tail = [h["name"] for h in r["head"]], [t["name"] for t in r["tail"]]
+    assert head == ["c", "f", "a", "d", "b"] and tail == ["e", "g"]
+    r = json.loads(run(capsys, "stats", str(tmp_path), "--format", "json", "--top", "10")[1])
+    assert len(r["head"]) == 7 and r["tail"] == []
+    out = run(capsys, "stats", str(tmp_path), "--top", "5")[1]
+    tail_text = out.split("tail classes (smallest first)")[1]
+    assert tail_text.index(" e ") < tail_text.index(" g ")
+    shown = [ln.split()[2] for ln in out.splitlines() if ln.startswith("  ") and ln.split()[0].isdigit()]
+    assert sorted(shown) == sorted(counts)  # every class once
 
 
 # --------------------------------------------------------------------------------------- weights
@@ -161,6 +208,25 @@ def test_bad_total(capsys):
     assert "'sum', 'images' or 'instances'" in line
     line = one_line_error(capsys, "weights", LIST, "--total", "2")
     assert "smaller than the count" in line
+
+
+def test_weights_of_a_json_list_of_counts(capsys, tmp_path):
+    (tmp_path / "counts.json").write_text("[500, 50, 5]")
+    code, out, _ = run(capsys, "weights", str(tmp_path / "counts.json"), "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["total"] == 555 and [r["count"] for r in doc["classes"]] == [500, 50, 5]
+    expected = [math.log(556 / (n + 1)) + 1 for n in (500, 50, 5)]  # smooth, K = 555 (paper Table III)
+    assert np.allclose(doc["weights"], expected, rtol=1e-6)
+    (tmp_path / "bad.json").write_text("[500, 2.5]")
+    assert "entry 1 is 2.5" in one_line_error(capsys, "weights", str(tmp_path / "bad.json"))
+
+
+def test_weights_of_a_split_root_say_which_tree_they_count(capsys, tmp_path):
+    _tree(tmp_path / "train", {"a": 4, "b": 1})
+    _tree(tmp_path / "test", {"a": 1, "b": 1})
+    code, out, err = run(capsys, "weights", str(tmp_path), "--format", "json", "--variant", "raw")
+    assert code == 0 and f"counting {tmp_path / 'train'}" in err
+    assert np.allclose(json.loads(out)["weights"], [math.log(5 / 4), math.log(5 / 1)], rtol=1e-6)
 
 
 def test_missing_source(capsys, tmp_path):

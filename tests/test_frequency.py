@@ -470,6 +470,39 @@ def test_from_source_detects_every_kind(tmp_path):
     assert g.class_names == ["a", "b"] and g.image_counts.tolist() == [2, 1]
 
 
+def test_from_source_reads_what_posthoc_and_train_folder_read(tmp_path):
+    # a plain JSON list of per-class counts (what `iif posthoc --counts` takes): K = the sum, as from_labels
+    (tmp_path / "counts.json").write_text("[5, 0, 2]")
+    f = ClassFrequency.from_source(tmp_path / "counts.json")
+    assert f == ClassFrequency.from_labels([0] * 5 + [2] * 2, num_classes=3) == ClassFrequency.from_counts([5, 0, 2])
+    assert f.task == "classification" and f.num_images == 7
+    for bad, fragment in (("[]", "non-empty"), ("[1, -1]", "entry 1 is -1"), ('[1, "2"]', "entry 1"),
+                          ("[true]", "entry 0"), ("[[1, 2]]", "entry 0")):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(IIFError, match=fragment):
+            ClassFrequency.from_source(tmp_path / "bad.json")
+    # a root split into train/ val/ test/ (the layout `iif train folder` reads) counts its train tree
+    for split, per in (("train", (3, 1)), ("val", (2, 2)), ("test", (4, 4))):
+        for cls, n in zip("ab", per):
+            for i in range(n):
+                _touch(tmp_path / "root" / split / cls / f"{i}.jpg")
+    g = ClassFrequency.from_source(tmp_path / "root")
+    assert g == ClassFrequency.from_folder(tmp_path / "root" / "train")
+    assert g.class_names == ["a", "b"] and g.image_counts.tolist() == [3, 1]
+    # from_folder itself reads the folder it is given: here three "classes" train/val/test
+    assert ClassFrequency.from_folder(tmp_path / "root").class_names == ["test", "train", "val"]
+
+
+def test_comments_and_blank_lines_in_label_and_list_files(tmp_path):
+    (tmp_path / "labels.txt").write_text("# one label per line\n2\n\n  # indented comment\n0\n2\n")
+    assert ClassFrequency.from_source(tmp_path / "labels.txt").image_counts.tolist() == [1, 0, 2]
+    (tmp_path / "list.txt").write_text("# path label\n\na b/c.jpg\t1\nd.jpg  0\n")
+    f = ClassFrequency.from_source(tmp_path / "list.txt")  # its first entry, not the comment, decides the kind
+    assert f.image_counts.tolist() == [1, 1]
+    with pytest.raises(IIFError, match=r"line 3: label 1 outside \[0, 1\)"):
+        ClassFrequency.from_list_file(tmp_path / "list.txt", num_classes=1)
+
+
 def test_from_source_bad_input(tmp_path):
     with pytest.raises(IIFError, match="no such file or directory"):
         ClassFrequency.from_source(tmp_path / "missing.json")

@@ -383,13 +383,22 @@ class ClassFrequency:
 
     # ----------------------------------------------------------------- helpers
     def summary(self, many: int | None = None, few: int | None = None, by: str = "image", top: int = 5) -> dict[str, Any]:
-        """An imbalance report (used by ``iif stats``): sizes, counts, shot groups, head and tail classes."""
+        """An imbalance report (used by ``iif stats``): sizes, counts, shot groups, head and tail classes.
+
+        ``head``: the ``top`` largest classes, largest first; ``tail``: the ``top`` smallest of the other
+        classes, smallest first (ascending), so no class is listed twice (with fewer than ``2 * top``
+        classes the tail is shorter). Ties keep class order.
+        """
         n = self.counts(by)
         many, few = shot_thresholds(n, many, few)
         shots = self.shot_groups(many, few, by)
         nonzero = n[n > 0]
-        order = np.argsort(-n, kind="stable")
         top = max(0, min(int(top), self.num_classes))
+        head = np.argsort(-n, kind="stable")[:top]
+        in_head = np.zeros(self.num_classes, dtype=bool)
+        in_head[head] = True
+        ascending = np.argsort(n, kind="stable")
+        tail = ascending[~in_head[ascending]][:top]
 
         def row(i: int) -> dict[str, Any]:
             return {"index": int(i), "id": self.class_ids[i], "name": self.class_names[i],
@@ -410,8 +419,8 @@ class ClassFrequency:
             "shot_thresholds": {"many": many, "few": few},
             "shot_groups": {g: int(np.sum(shots == g)) for g in ("many", "medium", "few")},
             "lvis_groups": None,
-            "head": [row(i) for i in order[:top]],
-            "tail": [row(i) for i in order[::-1][:top][::-1]] if top else [],
+            "head": [row(i) for i in head],
+            "tail": [row(i) for i in tail],
         }
         if self.groups is not None:
             g = np.asarray(self.groups)

@@ -3,19 +3,25 @@
     iif stats SOURCE [--many 100] [--few 20] [--by image|object] [--top 10] [--format table|json]
 
 SOURCE is anything :meth:`iif.ClassFrequency.from_source` reads: an ImageFolder tree, a COCO/LVIS json,
-a list file (``path label`` per line), a text file or ``.npy`` of labels, a weight-table ``.csv`` or
-counts saved with ``ClassFrequency.save``.
+a list file (``path label`` per line), a text file or ``.npy`` of labels, a weight-table ``.csv``,
+counts saved with ``ClassFrequency.save`` or a JSON list of counts. A folder holding ``train/`` (with
+``val/``, ``test/``: the layout ``iif train folder`` reads) is a split dataset: its ``train/`` tree is
+counted, and the report says so. Head classes are listed largest first, tail classes smallest first,
+and no class appears in both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
+from pathlib import Path
 
 from ..errors import IIFError
 from ..frequency import ClassFrequency
+from ..readers import SPLIT_NAMES, train_split_of
 
 __all__ = ["register", "run", "format_report"]
 
@@ -29,7 +35,8 @@ def register(subparsers) -> None:
         "group sizes when known, and the head and tail classes.",
     )
     p.add_argument("source", metavar="SOURCE",
-                   help="image folder, COCO/LVIS json, list file, labels .txt/.npy, weight-table .csv or saved counts .json")
+                   help="image folder (or a root holding train/), COCO/LVIS json, list file, labels .txt/.npy, "
+                   "weight-table .csv, saved counts .json or a JSON list of counts such as [500, 50, 5]")
     p.add_argument("--many", type=int, default=None, help="many-shot: more than this many images (default 100; 50 when no class has more than 100)")
     p.add_argument("--few", type=int, default=None, help="few-shot: fewer than this many images (default 20; 15 when no class has more than 100)")
     p.add_argument("--by", choices=("image", "object"), default="image",
@@ -47,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         freq = ClassFrequency.from_source(args.source)
+    train = train_split_of(args.source) if os.path.isdir(args.source) else None
     report = freq.summary(many=args.many, few=args.few, by=args.by, top=args.top)
     report["source"] = str(args.source)
+    report["split"] = None if train is None else {
+        "counted": str(train), "splits": [n for n in SPLIT_NAMES if (Path(args.source) / n).is_dir()]}
     report["empty_class_names"] = [freq.class_names[i] for i in freq.empty_classes]
     if args.format == "json":
         print(json.dumps(report, indent=2))
@@ -64,8 +74,11 @@ def format_report(report: dict) -> str:
     by = report["by"]
     unit = "images" if by == "image" else "instances"
     imb = report["imbalance_factor"]
-    lines = [
-        f"source            {report['source']}",
+    lines = [f"source            {report['source']}"]
+    if report.get("split"):
+        held = ", ".join(f"{n}/" for n in report["split"]["splits"])
+        lines.append(f"split             train: counted {report['split']['counted']} (the source holds {held})")
+    lines += [
         f"task              {report['task']}",
         f"classes           {report['num_classes']}",
         f"images            {report['num_images']}",
@@ -80,11 +93,12 @@ def format_report(report: dict) -> str:
     if report["lvis_groups"] is not None:
         lg = report["lvis_groups"]
         lines.append(f"LVIS groups       rare: {lg['r']}   common: {lg['c']}   frequent: {lg['f']}")
-    for title, rows in (("head", report["head"]), ("tail", report["tail"])):
+    for title, rows in (("head classes (largest first)", report["head"]),
+                        ("tail classes (smallest first)", report["tail"])):
         if not rows:
             continue
         lines.append("")
-        lines.append(f"{title} classes")
+        lines.append(title)
         width = max(4, *(len(str(r["name"])) for r in rows))
         lines.append(f"  {'index':>6} {'id':>8}  {'name':<{width}} {'images':>9} {'instances':>10}")
         for r in rows:

@@ -4,7 +4,8 @@
                 [--background first|last] [--norm P] [--allow-negative]
                 [--format table|csv|json] [--output FILE]
 
-SOURCE is anything :meth:`iif.ClassFrequency.from_source` reads. The weights are
+SOURCE is anything :meth:`iif.ClassFrequency.from_source` reads (a JSON list of counts such as
+``[500, 50, 5]`` included; a folder holding ``train/`` counts its ``train/`` tree and says so). The weights are
 :meth:`ClassFrequency.weights` (paper Eq. 12, Table III); K defaults to the sum of counts for
 classification and to the number of images/instances for detection (SPEC section 1).
 """
@@ -15,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 from ..errors import IIFError
 from ..frequency import ClassFrequency
 from ..outputs import atomic_write_text
+from ..readers import train_split_of
 from ..weights import VARIANTS, canonical_variant
 
 __all__ = ["register", "run", "render"]
@@ -35,7 +38,8 @@ def register(subparsers) -> None:
         "frequencies.",
     )
     p.add_argument("source", metavar="SOURCE",
-                   help="image folder, COCO/LVIS json, list file, labels .txt/.npy, weight-table .csv or saved counts .json")
+                   help="image folder (or a root holding train/), COCO/LVIS json, list file, labels .txt/.npy, "
+                   "weight-table .csv, saved counts .json or a JSON list of counts such as [500, 50, 5]")
     p.add_argument("--variant", default="smooth",
                    help=f"one of {', '.join(VARIANTS)} (aliases rel, prob); default smooth")
     p.add_argument("--by", choices=("image", "object"), default="image",
@@ -61,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         k = freq.resolve_total(args.total, args.by)
         w = freq.weights(variant, by=args.by, total=k, background=args.background, norm=args.norm,
                          allow_negative=args.allow_negative)
+    train = train_split_of(args.source) if os.path.isdir(args.source) else None
+    if train is not None:
+        print(f"iif weights: counting {train}, the train split of {args.source}", file=sys.stderr)
     text = render(freq, w.tolist(), variant=variant, by=args.by, total=k, background=args.background,
                   norm=args.norm, fmt=args.format)
     if args.output:
