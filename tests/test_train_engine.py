@@ -16,7 +16,8 @@ from iif.errors import IIFError
 from iif.frequency import ClassFrequency
 from iif.metrics import evaluate_logits
 from iif.train import extract_features, fit, load_config
-from iif.train.engine import ResidentBatches, WarmupSchedule, batch_recipe, build_splits
+from iif.data.batches import ResidentBatches, batch_recipe
+from iif.train.engine import WarmupSchedule, build_splits
 
 TINY = ["runtime.progress=false", "runtime.tensorboard=false", "schedule.epochs=2", "eval.every=1",
         "model.backbone_kwargs.width=4"]

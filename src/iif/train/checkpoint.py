@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "capture_rng",
     "restore_rng",
+    "restore_training_state",
     "check_resume_compatible",
 ]
 
@@ -91,6 +92,26 @@ def restore_rng(state: dict) -> None:
     random.setstate((int(version), tuple(int(x) for x in internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def restore_training_state(ckpt: dict, model: torch.nn.Module, optimizer, scheduler, scaler=None, rank: int = 0,
+                           load_model=None) -> tuple[int, list]:
+    """Put a run back where checkpoint ``ckpt`` left it, for an exact ``--resume`` (classification and
+    detection trainers alike): model, optimizer, LR-scheduler and (fp16) grad-scaler states, and this
+    rank's RNG states (``rng_per_rank``, else ``rng``). Returns ``(epochs completed, history rows)``.
+
+    ``load_model(model, state)`` loads the weights (default ``model.load_state_dict``).
+    """
+    (load_model or (lambda m, state: m.load_state_dict(state)))(model, ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    rngs = ckpt.get("rng_per_rank") or [ckpt.get("rng")]
+    mine = rngs[min(int(rank), len(rngs) - 1)]
+    if mine is not None:
+        restore_rng(mine)
+    return int(ckpt["epoch"]), list(ckpt.get("history", []))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:

@@ -1,4 +1,4 @@
-"""The training loop: ``train_one_epoch`` / ``evaluate`` in the torchvision-reference style, and ``fit``.
+"""Training stages and ``fit``: the stage orchestration in small named steps.
 
 Programmatic API (used by ``iif train``/``iif eval`` and by ``iif bench``)::
 
@@ -13,23 +13,23 @@ methods on one dataset without rebuilding it. ``final_metrics`` maps a method na
 ``adjusted`` when the loss changes the decision rule, and one entry per post-hoc adjuster such as
 ``iif:smooth``) to the :func:`iif.metrics.evaluate_logits` dict.
 
-Data paths: a :class:`iif.data.TensorImageDataset` whose per-sample recipe is crop/flip/cutout is kept
-as one uint8 tensor on the training device and augmented a whole batch at a time with
-:func:`iif.data.batch_augment` (SPEC §6); anything else goes through a ``DataLoader`` with workers. Both
-draw their order from :func:`iif.data.build_sampler` with ``set_epoch`` every epoch.
+A stage (end-to-end, decoupled stage 1 or 2) is :func:`_run_stage`: build (:func:`_build_stage`),
+restore (``--resume``, :func:`_restore_stage`), the epoch loop (:func:`_train_epoch`, :func:`_validate` on
+the ``val`` split every ``eval.every`` epochs, :func:`_save_epoch` writing ``best.pt`` and ``last.pt``),
+then :func:`_final_evaluation`: the checkpoint ``eval.select`` names (best on validation, or last) is scored
+once on ``eval.split`` (normally ``test``); each method's metrics carry a ``selection`` entry saying which
+checkpoint and epoch. One epoch is :func:`iif.train.epoch.train_one_epoch`; batches come from
+:mod:`iif.data.batches`; evaluation is :mod:`iif.train.evaluation`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -37,10 +37,11 @@ from torch import nn
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
 from .advice import check_config_advice, loader_workers
-from .checkpoint import check_resume_compatible, load_checkpoint, restore_rng, save_checkpoint
+from ..data.batches import make_train_batches
+from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
-from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
-                          gather_rng_states, per_rank_batch)
+from .distributed import DistInfo, barrier, cleanup_distributed, gather_rng_states, init_distributed, per_rank_batch
+from .epoch import NonFiniteLoss, train_one_epoch
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .decoupled import prepare_decoupled_model, retrain_classifier, set_stage_train_mode
 from .strategies import build_adjuster, trainable_parameters
@@ -82,6 +83,9 @@ class TrainResult:
     criterion: nn.Module | None = None
     # False when the run stopped early (runtime.stop_after_epoch), e.g. to be resumed later.
     finished: bool = True
+    # Which checkpoint the final metrics come from: select (best|last), checkpoint (file name), epoch,
+    # selected_on (the validation metric), val_score, split. None when no stage evaluated (stopped early).
+    selection: dict | None = None
 
 
 @dataclass
@@ -215,232 +219,6 @@ class WarmupSchedule:
             t = (step - self.warmup) / max(self.total - self.warmup, 1)
             return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
         return 1.0
-
-
-# ----------------------------------------------------------------------------------------------- batches
-
-
-_BATCHABLE = {"RandomCrop", "RandomHorizontalFlip", "ToDtype", "Normalize", "Cutout", "ToImage", "ToTensor"}
-
-
-def batch_recipe(dataset) -> dict | None:
-    """If ``dataset`` is a TensorImageDataset whose transform :func:`iif.data.batch_augment` can reproduce
-    (crop with padding, flip, cutout, normalise with the dataset's mean/std), the batch_augment options;
-    otherwise None (use the per-sample DataLoader path)."""
-    from ..data import TensorImageDataset
-
-    if not isinstance(dataset, TensorImageDataset):
-        return None
-    recipe = {"crop": False, "padding": 0, "flip": False, "cutout": 0, "mean": dataset.mean, "std": dataset.std}
-    tf = dataset.transform
-    if tf is None:  # images / 255, no normalisation
-        recipe.update(mean=(0.0,), std=(1.0,))
-        return recipe
-    ops = getattr(tf, "transforms", None)
-    if ops is None:
-        return None
-    for op in ops:
-        kind = type(op).__name__
-        if kind not in _BATCHABLE:
-            return None
-        if kind == "RandomCrop":
-            pad = getattr(op, "padding", 0) or 0
-            pad = pad if isinstance(pad, int) else (pad[0] if len(set(pad)) == 1 else None)
-            if pad is None or getattr(op, "pad_if_needed", False):
-                return None
-            recipe.update(crop=pad > 0, padding=int(pad))
-        elif kind == "RandomHorizontalFlip":
-            if abs(float(getattr(op, "p", 0.5)) - 0.5) > 1e-9:
-                return None
-            recipe["flip"] = True
-        elif kind == "Cutout":
-            recipe["cutout"] = int(op.size)
-        elif kind == "Normalize":
-            recipe.update(mean=tuple(op.mean), std=tuple(op.std))
-    return recipe
-
-
-class ResidentBatches:
-    """A TensorImageDataset held on ``device`` as uint8; each epoch yields augmented float batches.
-
-    The order comes from the sampler (this rank's share), the augmentation from
-    :func:`iif.data.batch_augment` on the device: no per-sample Python, no host-to-device copies.
-    """
-
-    def __init__(self, dataset, recipe: dict, sampler, batch_size: int, device: torch.device, train: bool) -> None:
-        self.images = dataset.images.to(device)
-        self.targets = torch.as_tensor(dataset.targets, dtype=torch.long).to(device)
-        self.recipe = recipe
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.device = device
-        self.train = train
-
-    def __len__(self) -> int:
-        n = len(self.sampler) if self.sampler is not None else self.images.shape[0]
-        return math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from ..data import batch_augment
-
-        if self.sampler is not None:
-            order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long, device=self.device)
-        else:
-            order = torch.arange(self.images.shape[0], device=self.device)
-        r = self.recipe
-        for start in range(0, order.numel(), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = batch_augment(self.images[idx], r["mean"], r["std"], crop=self.train and r["crop"],
-                              padding=r["padding"], flip=self.train and r["flip"],
-                              cutout=r["cutout"] if self.train else 0)
-            yield x, self.targets[idx]
-
-
-def make_train_batches(dataset, sampler, batch_size: int, device: torch.device, cfg: TrainConfig):
-    recipe = batch_recipe(dataset) if cfg.data.resident else None
-    if recipe is not None:
-        return ResidentBatches(dataset, recipe, sampler, batch_size, device, train=True)
-    workers = loader_workers(cfg.data.num_workers, len(dataset))  # capped by the CPUs, 0 for small sets
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       pin_memory=device.type == "cuda", drop_last=False,
-                                       persistent_workers=False)
-
-
-def make_eval_batches(dataset, batch_size: int, device: torch.device, info: DistInfo | None = None,
-                      num_workers: int = 0, resident: bool = True):
-    """Eval batches in dataset order; with DDP each rank takes indices ``rank::world`` (gathered later)."""
-    indices = None
-    if info is not None and info.distributed:
-        indices = list(range(info.rank, len(dataset), info.world_size))
-    recipe = batch_recipe(dataset) if resident else None
-    if recipe is not None:
-        return ResidentBatches(dataset, recipe, indices, batch_size, device, train=False), indices
-    subset = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
-    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda"), indices
-
-
-# ----------------------------------------------------------------------------------------------- one epoch
-
-
-class NonFiniteLoss(Exception):
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"loss is {value} at epoch {epoch + 1}, step {step + 1}")
-        self.epoch, self.step, self.value = epoch, step, value
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp in ("none", "", None, False):
-        return contextlib.nullcontext()
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise IIFError("runtime.amp=fp16 needs a CUDA device; use runtime.amp=bf16 on CPU.")
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    raise IIFError(f"unknown runtime.amp {amp!r}; use none, bf16 or fp16.")
-
-
-def train_one_epoch(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    batches,
-    device: torch.device,
-    epoch: int,
-    *,
-    num_classes: int,
-    mixup_alpha: float = 0.0,
-    amp: str = "none",
-    scaler: torch.amp.GradScaler | None = None,
-    channels_last: bool = False,
-    info: DistInfo | None = None,
-    progress: bool = False,
-    log_every: int = 20,
-    desc: str | None = None,
-) -> dict[str, float]:
-    """One pass over ``batches``: forward (under autocast), loss in float32, backward, SGD step, LR step.
-
-    ``forward`` maps images to logits (the DDP-wrapped model, or frozen features + head in stage 2).
-    Mixup (if ``mixup_alpha > 0``) turns targets into soft targets fed to the loss. Raises
-    :class:`NonFiniteLoss` (before the update) when the loss is NaN/inf. Returns the mean loss,
-    accuracy (argmax vs the hard label), images seen and images/s, summed over all ranks.
-    """
-    from ..data import mixup_batch
-
-    info = info or DistInfo()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
-    start = time.perf_counter()
-    bar = _progress(batches, progress, desc or f"epoch {epoch + 1}")
-    for step, (x, y) in enumerate(bar):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        target = y
-        if mixup_alpha > 0:
-            x, target = mixup_batch(x, y, mixup_alpha, num_classes)
-        with _autocast(device, amp):
-            logits = forward(x)
-        loss = criterion(logits.float(), target)
-        bad = ~torch.isfinite(loss.detach())
-        if info.distributed:  # every rank must stop together, or the others hang in all-reduce
-            bad = all_reduce_sum(bad.to(torch.float32), info) > 0
-        if bool(bad):
-            raise NonFiniteLoss(epoch, step, float(loss.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scaler is not None:
-            with warnings.catch_warnings():
-                # fp16: the scaler skips the optimizer step while it calibrates; the schedule still advances.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-                scheduler.step()
-        else:
-            scheduler.step()
-        n = y.shape[0]
-        seen += n
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum().double()
-        if progress and (step % max(log_every, 1) == 0):
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.1f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    totals = all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)]), info)
-    total_seen = max(float(totals[2]), 1.0)
-    return {"train_loss": float(totals[0]) / total_seen, "train_acc": 100.0 * float(totals[1]) / total_seen,
-            "images": int(totals[2]), "seconds": seconds, "images_per_s": float(totals[2]) / max(seconds, 1e-9)}
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return _NoBar(iterable)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar(iterable)
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
-
-
-class _NoBar:
-    def __init__(self, iterable) -> None:
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def set_postfix(self, **kw) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------- fit
@@ -596,9 +374,81 @@ def _run_posthoc(cfg, splits, out, dev, info, resume, force) -> TrainResult:
     return result
 
 
+# ----------------------------------------------------------------------------------------------- one stage
+
+#: File names in a run folder: the latest epoch (what ``--resume`` continues) and the best on validation.
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+@dataclass
+class _StageRun:
+    """What one stage's steps share: built by :func:`_build_stage`, advanced by the epoch loop."""
+
+    cfg: TrainConfig
+    spec: StageSpec
+    splits: Any
+    out: Path | None
+    dev: torch.device
+    info: DistInfo
+    model: nn.Module
+    criterion: nn.Module
+    sampler: Any
+    batches: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    channels_last: bool
+    config_hash: str
+    # The loss's own decision rule, scored beside the raw logits ({"adjusted": fn} or {}).
+    adjusters: dict
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    # Model selection: {"epoch", "score", "metric", "logits"} of the best validation score so far, and the
+    # model weights of that epoch (on the CPU).
+    best: dict | None = None
+    best_state: dict | None = None
+
+    def path(self, name: str) -> Path | None:
+        return self.out / name if self.out is not None else None
+
+
 def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev: torch.device, info: DistInfo,
                resume: bool, force: bool, init_state: dict | None = None) -> TrainResult:
-    """Train one stage with per-epoch checkpoints, then evaluate raw and adjusted logits."""
+    """Train one stage and evaluate it once: build, restore (``--resume``), the epoch loop (train, validate,
+    keep ``best.pt`` and ``last.pt``), then the selected checkpoint scored on ``eval.split``."""
+    run = _build_stage(cfg, splits, spec, out, dev, info, init_state)
+    _restore_stage(run, resume, force)
+    if out is not None and info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    val = _validation_split(run)
+    tb = TensorBoardLogger(out / "tb" if out is not None and info.is_main else None, cfg.runtime.tensorboard)
+    try:
+        for epoch in range(run.start_epoch, spec.epochs):
+            stop = cfg.runtime.stop_after_epoch
+            if stop is not None and epoch >= stop:
+                log.info("stopping after epoch %d (runtime.stop_after_epoch)", epoch)
+                return TrainResult(run.model, splits, run.history, {}, out, run.path(LAST_CHECKPOINT), cfg,
+                                   run.criterion, finished=False)
+            row = _train_epoch(run, epoch)
+            improved = _validate(run, val, epoch, row)
+            run.history.append(row)
+            _log_epoch(run, row)
+            _save_epoch(run, epoch + 1, improved, row, tb)
+    finally:
+        tb.close()
+    metrics, selection = _final_evaluation(run)
+    if out is not None and info.is_main:
+        write_json(out / "final_metrics.json", metrics)
+    return TrainResult(run.model, splits, run.history, metrics, out, run.path(selection["checkpoint"]), cfg,
+                       run.criterion, selection=selection)
+
+
+def _build_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev: torch.device, info: DistInfo,
+                 init_state: dict | None) -> _StageRun:
+    """Model (seeded, stage-1 weights loaded for stage 2), loss, sampler, batches, SGD, schedule, scaler."""
     rt = cfg.runtime
     if rt.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -608,7 +458,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
     _seed_everything(rt.seed)
     model = build_model_for(cfg, splits)
     if init_state is not None:
-        prepare_decoupled_model(model, init_state, cfg.decoupled)
+        prepare_decoupled_model(model, init_state, reinit=cfg.decoupled.reinit, legacy=spec.legacy)
     model.to(dev)
     use_cl = rt.channels_last and dev.type == "cuda"
     if use_cl:
@@ -619,7 +469,8 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
 
     sampler = build_sampler(spec.sampler, splits.train.targets, num_replicas=info.world_size, rank=info.rank,
                             seed=rt.seed, total_epochs=spec.epochs)
-    batches = make_train_batches(splits.train, sampler, batch, dev, cfg)
+    batches = make_train_batches(splits.train, sampler, batch, dev, resident=cfg.data.resident,
+                                 num_workers=loader_workers(cfg.data.num_workers, len(splits.train)))  # CPU-capped
     params = trainable_parameters(model)
     if not params:
         raise IIFError("the model has no trainable parameters for this stage; check the head and decoupled settings.")
@@ -642,97 +493,166 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
             return ddp(f)
     else:
         forward = ddp
-
-    start_epoch, history = 0, []
-    ckpt_path = out / "last.pt" if out is not None else None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        check_resume_compatible(ckpt, h, force)
-        from ..models import load_state
-
-        load_state(model, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"])
-        history = list(ckpt.get("history", []))
-        rng = ckpt.get("rng_per_rank") or [ckpt.get("rng")]
-        if rng and rng[min(info.rank, len(rng) - 1)] is not None:
-            restore_rng(rng[min(info.rank, len(rng) - 1)])
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-    else:
-        torch.manual_seed(rt.seed + 1000 * info.rank + 1)
-
-    if out is not None and info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    tb = TensorBoardLogger(out / "tb" if out is not None and info.is_main else None, rt.tensorboard)
-
     loss_adj = loss_adjuster(criterion)
-    adjusters = {"adjusted": loss_adj} if loss_adj is not None else {}
-    counts = splits.freq.image_counts
-    eval_ds = _eval_split(splits, cfg.eval.split)
-    e = cfg.eval
-    metrics: dict[str, dict] = {}
+    return _StageRun(cfg, spec, splits, out, dev, info, model, criterion, sampler, batches, optimizer, scheduler,
+                     scaler, forward, use_cl, h, {"adjusted": loss_adj} if loss_adj is not None else {})
 
-    def state(epoch_done: int, extra: dict | None = None) -> dict:
-        rngs = gather_rng_states(info)
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch_done,
-                "rng": rngs[0], "rng_per_rank": rngs, "config": config_to_dict(cfg), "config_hash": h,
-                "class_counts": [int(c) for c in counts], "history": history, "stage": spec.name,
-                "arch": {"arch": cfg.model.arch, "head": cfg.model.head, "num_classes": splits.num_classes},
-                "preprocess": checkpoint_preprocess(splits),  # iif predict: eval transform + class names
-                **(extra or {})}
 
-    for epoch in range(start_epoch, spec.epochs):
-        if rt.stop_after_epoch is not None and epoch >= rt.stop_after_epoch:
-            log.info("stopping after epoch %d (runtime.stop_after_epoch)", epoch)
-            tb.close()
-            return TrainResult(model, splits, history, metrics, out, ckpt_path, cfg, criterion, finished=False)
-        sampler.set_epoch(epoch)
-        if hasattr(criterion, "set_epoch"):
-            criterion.set_epoch(epoch)
-        set_stage_train_mode(model, spec.frozen_backbone, spec.legacy)
-        try:
-            stats = train_one_epoch(forward, criterion, optimizer, scheduler, batches, dev, epoch,
-                                    num_classes=splits.num_classes, mixup_alpha=spec.mixup_alpha, amp=rt.amp,
-                                    scaler=scaler, channels_last=use_cl, info=info,
-                                    progress=rt.progress and info.is_main, log_every=rt.log_every,
-                                    desc=f"{spec.name} {epoch + 1}/{spec.epochs}")
-        except NonFiniteLoss as exc:
-            where = out / "nan.pt" if out is not None else None
-            if where is not None:
-                st = state(epoch, {"nan_step": exc.step})
-                if info.is_main:
-                    save_checkpoint(where, st)
-            raise IIFError(
-                f"training stopped: {exc} (stage {spec.name}). "
-                + (f"Saved the weights before that step to {where}. " if where else "")
-                + "Lower optim.lr, add warm-up (schedule.warmup_epochs), set runtime.amp=none, or check the data.") from None
-        row = {"stage": spec.name, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}
-        last = epoch + 1 == spec.epochs
-        if last or (e.every > 0 and (epoch + 1) % e.every == 0):
-            metrics = evaluate(model, eval_ds, counts, dev, adjusters=adjusters, batch_size=e.batch_size,
-                               many=e.many, few=e.few, bins=e.bins, amp=rt.amp, channels_last=use_cl, info=info,
-                               resident=cfg.data.resident)
-            for name, m in metrics.items():
-                row.update(scalar_metrics(m, name))
-        history.append(row)
-        if info.is_main:
-            log.info("%s epoch %d/%d loss %.4f acc %.2f %s", spec.name, epoch + 1, spec.epochs, row["train_loss"],
-                     row["train_acc"], f"test top1 {row['raw_top1']:.2f}" if "raw_top1" in row else "")
-        st = state(epoch + 1) if out is not None else None
-        if out is not None and info.is_main:
-            save_checkpoint(ckpt_path, st)
-            write_history_csv(out / "metrics.csv", history)
-            tb.log(row, epoch + 1)
-    if not metrics:  # resumed a finished run: evaluate once more
-        metrics = evaluate(model, eval_ds, counts, dev, adjusters=adjusters, batch_size=e.batch_size, many=e.many,
-                           few=e.few, bins=e.bins, amp=rt.amp, channels_last=use_cl, info=info,
-                           resident=cfg.data.resident)
-    if out is not None and info.is_main:
-        write_json(out / "final_metrics.json", metrics)
-    tb.close()
-    return TrainResult(model, splits, history, metrics, out, ckpt_path, cfg, criterion)
+def _restore_stage(run: _StageRun, resume: bool, force: bool) -> None:
+    """``--resume``: continue from ``last.pt`` exactly (weights, optimizer, schedule, RNG, history, best score)
+    and reload the best weights from ``best.pt``; otherwise seed this rank's training stream."""
+    path = run.path(LAST_CHECKPOINT)
+    if not (resume and path is not None and path.is_file()):
+        torch.manual_seed(run.cfg.runtime.seed + 1000 * run.info.rank + 1)
+        return
+    ckpt = load_checkpoint(path)
+    check_resume_compatible(ckpt, run.config_hash, force)
+    from ..models import load_state
+
+    run.start_epoch, run.history = restore_training_state(ckpt, run.model, run.optimizer, run.scheduler, run.scaler,
+                                                          run.info.rank, load_model=load_state)
+    run.best = ckpt.get("best")
+    if run.best is not None:
+        best_path = run.path(BEST_CHECKPOINT)
+        if not best_path.is_file():
+            raise IIFError(f"cannot resume from {path}: it records the best validation epoch "
+                           f"{run.best['epoch']} but {best_path} is missing; restore that file or start a new run.")
+        run.best_state = _cpu_state(load_checkpoint(best_path)["model"])
+    log.info("resumed from %s at epoch %d", path, run.start_epoch)
+
+
+def _train_epoch(run: _StageRun, epoch: int) -> dict:
+    """One epoch of training; a NaN/inf loss saves ``nan.pt`` (the weights before that step) and stops."""
+    cfg, spec, info = run.cfg, run.spec, run.info
+    rt = cfg.runtime
+    run.sampler.set_epoch(epoch)
+    if hasattr(run.criterion, "set_epoch"):
+        run.criterion.set_epoch(epoch)
+    set_stage_train_mode(run.model, spec.frozen_backbone, spec.legacy)
+    try:
+        stats = train_one_epoch(run.forward, run.criterion, run.optimizer, run.scheduler, run.batches, run.dev, epoch,
+                                num_classes=run.splits.num_classes, mixup_alpha=spec.mixup_alpha, amp=rt.amp,
+                                scaler=run.scaler, channels_last=run.channels_last, info=info,
+                                progress=rt.progress and info.is_main, log_every=rt.log_every,
+                                desc=f"{spec.name} {epoch + 1}/{spec.epochs}")
+    except NonFiniteLoss as exc:
+        where = run.path("nan.pt")
+        if where is not None:
+            st = _checkpoint_state(run, epoch, {"nan_step": exc.step})
+            if info.is_main:
+                save_checkpoint(where, st)
+        raise IIFError(
+            f"training stopped: {exc} (stage {spec.name}). "
+            + (f"Saved the weights before that step to {where}. " if where else "")
+            + "Lower optim.lr, add warm-up (schedule.warmup_epochs), set runtime.amp=none, or check the data.") from None
+    return {"stage": spec.name, "epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], **stats}
+
+
+def _validation_split(run: _StageRun):
+    """The split model selection scores (``val``), or None (logged) when the dataset has none."""
+    val = getattr(run.splits, "val", None)
+    if val is not None and len(val) > 0:
+        return val
+    if run.info.is_main:
+        log.info("%s: no validation split (data.val_per_class=0 or none in the data): no model selection, the "
+                 "last epoch is evaluated on %s", run.spec.name, run.cfg.eval.split)
+    return None
+
+
+def _validate(run: _StageRun, val, epoch: int, row: dict) -> bool:
+    """Every ``eval.every`` epochs and after the last: score ``val``, add ``val_*`` columns to ``row``, and
+    remember the weights when the selection score beats every earlier one. Returns whether it did."""
+    e, spec = run.cfg.eval, run.spec
+    last = epoch + 1 == spec.epochs
+    if val is None or not (last or (e.every > 0 and (epoch + 1) % e.every == 0)):
+        return False
+    metrics = evaluate(run.model, val, run.splits.freq.image_counts, run.dev, adjusters=run.adjusters,
+                       batch_size=e.batch_size, many=e.many, few=e.few, bins=e.bins, amp=run.cfg.runtime.amp,
+                       channels_last=run.channels_last, info=run.info, resident=run.cfg.data.resident)
+    for name, m in metrics.items():
+        row.update(scalar_metrics(m, f"val_{name}"))
+    logits = "adjusted" if "adjusted" in metrics else "raw"
+    score = float(metrics[logits][e.metric])
+    row["val_score"] = score
+    if run.best is not None and not score > float(run.best["score"]):  # ties keep the earlier epoch
+        return False
+    run.best = {"epoch": epoch + 1, "score": score, "metric": e.metric, "logits": logits}
+    run.best_state = _cpu_state(run.model.state_dict())
+    return True
+
+
+def _log_epoch(run: _StageRun, row: dict) -> None:
+    """The one line per epoch (``iif.train`` logger; what a log file gets instead of a progress bar)."""
+    if not run.info.is_main:
+        return
+    val = ""
+    if "val_score" in row and run.best is not None:
+        val = (f" val {run.best['metric']} {row['val_score']:.2f} (best {float(run.best['score']):.2f} "
+               f"at epoch {run.best['epoch']})")
+    log.info("%s epoch %d/%d loss %.4f acc %.2f%s %.0f img/s %.1fs", run.spec.name, row["epoch"], run.spec.epochs,
+             row["train_loss"], row["train_acc"], val, row.get("images_per_s", 0.0), row.get("seconds", 0.0))
+
+
+def _save_epoch(run: _StageRun, epochs_done: int, improved: bool, row: dict, tb) -> None:
+    """``best.pt`` (when this epoch is the new best) then ``last.pt``, ``metrics.csv`` and TensorBoard.
+
+    best.pt is written first: a run killed between the two resumes from the older last.pt, redoes this
+    epoch exactly and writes best.pt again."""
+    if run.out is None:
+        return
+    st = _checkpoint_state(run, epochs_done)  # every rank: gathers the per-rank RNG states
+    if not run.info.is_main:
+        return
+    if improved:
+        save_checkpoint(run.path(BEST_CHECKPOINT), st)
+    save_checkpoint(run.path(LAST_CHECKPOINT), st)
+    write_history_csv(run.out / "metrics.csv", run.history)
+    tb.log(row, epochs_done)
+
+
+def _checkpoint_state(run: _StageRun, epochs_done: int, extra: dict | None = None) -> dict:
+    """Everything ``--resume``, ``iif eval`` and ``iif predict`` need (see :mod:`iif.train.checkpoint`)."""
+    cfg, splits = run.cfg, run.splits
+    rngs = gather_rng_states(run.info)
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None, "epoch": epochs_done,
+            "rng": rngs[0], "rng_per_rank": rngs, "config": config_to_dict(cfg), "config_hash": run.config_hash,
+            "class_counts": [int(c) for c in splits.freq.image_counts], "history": run.history,
+            "stage": run.spec.name, "best": run.best,
+            "arch": {"arch": cfg.model.arch, "head": cfg.model.head, "num_classes": splits.num_classes},
+            "preprocess": checkpoint_preprocess(splits),  # iif predict: eval transform + class names
+            **(extra or {})}
+
+
+def _final_evaluation(run: _StageRun) -> tuple[dict[str, dict], dict]:
+    """Load the selected weights (``eval.select``: best on val, or last) and score ``eval.split`` once.
+
+    Returns the metrics (each method's dict carries a ``selection`` entry) and the selection: which
+    checkpoint, which epoch, the validation metric and score that chose it."""
+    e = run.cfg.eval
+    if e.select == "best" and run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+        b = run.best
+        selection = {"select": "best", "checkpoint": BEST_CHECKPOINT, "epoch": int(b["epoch"]),
+                     "selected_on": f"val {b['metric']} of {b['logits']} logits", "val_score": float(b["score"])}
+    else:
+        why = "eval.select=last" if e.select == "last" else "no validation score (no val split)"
+        selection = {"select": "last", "checkpoint": LAST_CHECKPOINT, "epoch": run.spec.epochs,
+                     "selected_on": why, "val_score": None}
+    selection["split"] = e.split
+    metrics = evaluate(run.model, _eval_split(run.splits, e.split), run.splits.freq.image_counts, run.dev,
+                       adjusters=run.adjusters, batch_size=e.batch_size, many=e.many, few=e.few, bins=e.bins,
+                       amp=run.cfg.runtime.amp, channels_last=run.channels_last, info=run.info,
+                       resident=run.cfg.data.resident)
+    if run.info.is_main:
+        log.info("%s: %s checkpoint (epoch %d, %s) scored on %s: top1 %.2f", run.spec.name, selection["select"],
+                 selection["epoch"], selection["selected_on"], e.split, metrics["raw"]["top1"])
+    for m in metrics.values():
+        m["selection"] = dict(selection)
+    return metrics, selection
+
+
+def _cpu_state(state: dict) -> dict:
+    """A detached CPU copy of a state dict (the best weights kept while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in state.items()}

@@ -22,7 +22,9 @@ from torch import nn
 from ..errors import IIFError
 from .checkpoint import load_checkpoint
 from .config import load_config
+from ..data.batches import make_eval_batches
 from .distributed import DistInfo, all_gather_cat
+from .epoch import autocast
 from .strategies import build_adjuster
 
 __all__ = ["predict", "extract_features", "evaluate", "loss_adjuster", "evaluate_checkpoint", "restore_checkpoint",
@@ -48,14 +50,13 @@ def predict(model: nn.Module, dataset, device: str | torch.device, batch_size: i
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    eng = _engine()
-    batches, indices = eng.make_eval_batches(dataset, batch_size, device, info, num_workers, resident)
+    batches, indices = make_eval_batches(dataset, batch_size, device, info, num_workers, resident)
     feats, outs, labels = [], [], []
     for x, y in batches:
         x = x.to(device, non_blocking=True)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with eng._autocast(device, amp):
+        with autocast(device, amp):
             f = model.features(x)
             z = model.classifier(f)
         feats.append(f.float())
@@ -167,8 +168,14 @@ class RestoredCheckpoint:
         eng = _engine()
         stage = self.ckpt.get("stage", "e2e")
         spec = eng.StageSpec.decoupled(self.cfg) if stage == "stage2" else eng.StageSpec.main(self.cfg, stage)
+        if self.splits is not None:
+            freq = self.splits.freq
+        else:
+            from ..frequency import ClassFrequency
+
+            freq = ClassFrequency.from_counts([int(c) for c in self.ckpt["class_counts"]])
         try:
-            return loss_adjuster(eng.build_criterion(spec, self.splits.freq))
+            return loss_adjuster(eng.build_criterion(spec, freq))
         except IIFError:
             return None
 

@@ -1,0 +1,159 @@
+"""One training epoch: forward under autocast, loss in float32, backward, SGD and LR steps; progress output.
+
+``train_one_epoch`` is the torchvision-reference loop the stage orchestration (:mod:`iif.train.engine`)
+calls once per epoch. Progress: on a terminal a tqdm bar (removed when the epoch ends); when stderr is
+not a terminal (a log file, a CI job) no bar at all, so logs get only the one line per epoch the
+engine writes (``iif.train`` logger).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from typing import Callable, TextIO
+
+import torch
+from torch import nn
+
+from ..errors import IIFError
+from .distributed import DistInfo, all_reduce_sum
+
+__all__ = ["NonFiniteLoss", "train_one_epoch", "autocast", "progress_bar"]
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or inf at ``epoch`` / ``step`` (raised before the optimizer step)."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(f"loss is {value} at epoch {epoch + 1}, step {step + 1}")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``runtime.amp``: none, bf16 (any device) or fp16 (cuda only)."""
+    if amp in ("none", "", None, False):
+        return contextlib.nullcontext()
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise IIFError("runtime.amp=fp16 needs a CUDA device; use runtime.amp=bf16 on CPU.")
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    raise IIFError(f"unknown runtime.amp {amp!r}; use none, bf16 or fp16.")
+
+
+def train_one_epoch(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    batches,
+    device: torch.device,
+    epoch: int,
+    *,
+    num_classes: int,
+    mixup_alpha: float = 0.0,
+    amp: str = "none",
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    info: DistInfo | None = None,
+    progress: bool = False,
+    log_every: int = 20,
+    desc: str | None = None,
+) -> dict[str, float]:
+    """One pass over ``batches``: forward (under autocast), loss in float32, backward, SGD step, LR step.
+
+    ``forward`` maps images to logits (the DDP-wrapped model, or frozen features + head in stage 2).
+    Mixup (if ``mixup_alpha > 0``) turns targets into soft targets fed to the loss. Raises
+    :class:`NonFiniteLoss` (before the update) when the loss is NaN/inf. Returns the mean loss,
+    accuracy (argmax vs the hard label), images seen and images/s, summed over all ranks.
+    """
+    from ..data import mixup_batch
+
+    info = info or DistInfo()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    start = time.perf_counter()
+    bar = progress_bar(batches, progress, desc or f"epoch {epoch + 1}")
+    for step, (x, y) in enumerate(bar):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y
+        if mixup_alpha > 0:
+            x, target = mixup_batch(x, y, mixup_alpha, num_classes)
+        with autocast(device, amp):
+            logits = forward(x)
+        loss = criterion(logits.float(), target)
+        bad = ~torch.isfinite(loss.detach())
+        if info.distributed:  # every rank must stop together, or the others hang in all-reduce
+            bad = all_reduce_sum(bad.to(torch.float32), info) > 0
+        if bool(bad):
+            raise NonFiniteLoss(epoch, step, float(loss.detach()))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scaler is not None:
+            with warnings.catch_warnings():
+                # fp16: the scaler skips the optimizer step while it calibrates; the schedule still advances.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
+        else:
+            scheduler.step()
+        n = y.shape[0]
+        seen += n
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum().double()
+        if progress and (step % max(log_every, 1) == 0):
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.1f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    totals = all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)]), info)
+    total_seen = max(float(totals[2]), 1.0)
+    return {"train_loss": float(totals[0]) / total_seen, "train_acc": 100.0 * float(totals[1]) / total_seen,
+            "images": int(totals[2]), "seconds": seconds, "images_per_s": float(totals[2]) / max(seconds, 1e-9)}
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress_bar(iterable, enabled: bool, desc: str, stream: TextIO | None = None):
+    """A tqdm bar over ``iterable`` when ``enabled`` and ``stream`` (default ``sys.stderr``) is a terminal;
+    otherwise a silent pass-through with the same ``set_postfix`` method, so a log file gets no bar
+    updates (the engine logs one line per epoch instead)."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled or not _is_terminal(stream):
+        return _NoBar(iterable)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar(iterable)
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=stream)
+
+
+class _NoBar:
+    """``progress_bar`` when no bar is shown: iterates, ignores ``set_postfix``."""
+
+    def __init__(self, iterable) -> None:
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix(self, **kw) -> None:
+        pass
