@@ -16,7 +16,7 @@ import sys
 from ..errors import IIFError
 
 # Sub-command modules, in the order ``iif --help`` lists them.
-COMMANDS = ("stats", "weights", "train", "eval", "bench", "posthoc", "det-data", "det-bench", "det-train", "det-eval")
+COMMANDS = ("stats", "weights", "train", "eval", "posthoc", "predict", "bench", "det-data", "det-bench", "det-train", "det-eval")
 
 
 # Errors the CLI boundary turns into one line on stderr and exit status 2 (the library raises IIFError for bad
