@@ -10,10 +10,16 @@ Programmatic API::
     metrics = evaluate_checkpoint("runs/digits/last.pt", adjust=["iif:smooth", "la:1.0"])
 
 ``fit(cfg, out_dir=None, resume=False, force=False, device=None, splits=None)`` runs the strategy named
-by ``cfg.strategy.name`` (``e2e``, ``decoupled``, ``posthoc``; see :mod:`iif.train.strategies`).
-``TrainResult`` has ``model``, ``splits``, ``history`` (one dict per epoch), ``final_metrics``
-(``{"raw": ..., "adjusted": ..., "<adjuster>": ...}``, each an :func:`iif.metrics.evaluate_logits`
-dict), ``out_dir``, ``checkpoint``, ``config``, ``criterion`` and ``finished``.
+by ``cfg.strategy.name`` (``e2e``, ``decoupled``, ``posthoc``; see :mod:`iif.train.strategies`). Each
+stage is scored on the ``val`` split every ``eval.every`` epochs; ``best.pt`` (best ``eval.metric`` on
+val) is kept beside ``last.pt``, and the checkpoint ``eval.select`` names is scored once on
+``eval.split`` (``test``). ``TrainResult`` has ``model`` (the selected weights), ``splits``, ``history``
+(one dict per epoch, ``val_*`` columns), ``final_metrics`` (``{"raw": ..., "adjusted": ...,
+"<adjuster>": ...}``, each an :func:`iif.metrics.evaluate_logits` dict plus a ``selection`` entry),
+``out_dir``, ``checkpoint`` (the selected file), ``config``, ``criterion``, ``finished`` and
+``selection`` (``select``, ``checkpoint``, ``epoch``, ``selected_on``, ``val_score``, ``split``).
+``build_splits(cfg)`` builds a config's datasets once (pass them to ``fit(splits=...)`` to train several
+methods on one dataset) and ``resolve_device("auto")`` picks cuda when available.
 ``extract_features(model, dataset, device, batch_size) -> (features, logits, labels)`` runs in eval
 mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 """
@@ -21,7 +27,8 @@ mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_hash, load_config, packaged_configs
 from .decoupled import method_overrides, retrain_classifier
-from .engine import TrainResult, build_splits, fit, resolve_device, train_one_epoch
+from .engine import StageSpec, TrainResult, build_model_for, build_splits, fit, resolve_device
+from .epoch import train_one_epoch
 from .evaluation import evaluate, evaluate_checkpoint, extract_features, predict
 from .strategies import build_adjuster, parse_adjuster, tau_norm_head
 
@@ -39,7 +46,9 @@ __all__ = [
     "method_overrides",
     "tau_norm_head",
     "build_splits",
+    "build_model_for",
     "resolve_device",
+    "StageSpec",
     "train_one_epoch",
     "evaluate",
     "predict",
