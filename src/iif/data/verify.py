@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import IIFError
+from ..outputs import atomic_write_text
 
 __all__ = ["verify_images", "verify_split_images", "image_cache_dir", "check_image", "ImageCheck"]
 
@@ -98,21 +99,11 @@ def _load_cache(path: Path, folder: str) -> dict[str, list]:
 
 def _write_atomic(path: Path, text: str) -> bool:
     """Best effort: a cache that cannot be written only costs time on the next run."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, text, mkdir=True)
         return True
-    except OSError as exc:
+    except (OSError, IIFError) as exc:
         log.debug("image-check cache %s not written: %s", path, exc)
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         return False
 
 
