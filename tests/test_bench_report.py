@@ -300,3 +300,43 @@ def test_per_class_plot_shows_softmax_recommended_and_best_of_each_strategy():
     series = per_class_series(ranked, details, "linear")
     assert list(series) == labels
     assert series["logit adjustment / post-hoc (recommended)"] == [100.0, 100.0, 100.0]
+
+
+def test_an_algebraic_identity_that_rounding_broke_is_noted_not_folded():
+    y = Y
+    soft = Candidate("softmax", "end-to-end", None, "linear", _onehot(_with_errors([2, 2, 2])), _onehot(_with_errors([2, 2, 2])))
+    bs = _onehot(_with_errors([1, 1, 1]))
+    la = bs.copy()
+    la[0] = _onehot([2])[0]  # one test image flipped (it was predicted 1), as float rounding in training can do
+    rows, details = _score([soft, Candidate("Balanced Softmax", "end-to-end", None, "linear", bs, bs),
+                            Candidate("LA loss", "end-to-end", "tau=1", "linear", la, bs)], y, y)
+    _, _, summary = _summarize([rows], details, val_size=12)
+    assert summary["folded"] == []
+    (note,) = summary["notes"]
+    assert "Balanced Softmax / end-to-end (linear head) and LA loss / end-to-end / tau=1 (linear head) are the same method" in note
+    assert note in summary["lines"]
+
+
+def test_report_md_leads_with_the_summary_and_plots_the_recommended_rows(tmp_path):
+    y = np.repeat(np.arange(C), 10)
+    soft_pred = y.copy()
+    soft_pred[y == 2] = 0  # softmax misses the tail class
+    la_pred = y.copy()
+    la_pred[:1] = 1
+    cands = [Candidate("softmax", "end-to-end", None, "linear", _onehot(soft_pred), _onehot(soft_pred)),
+             Candidate("logit adjustment", "post-hoc", "tau=1", "linear", _onehot(la_pred), _onehot(la_pred))]
+    rows, details = _score(cands, y, y)
+    means, stds = aggregate_seeds([rows])
+    meta = {"dataset": "hand", "num_classes": C, "train_counts": COUNTS, "imbalance_ratio": 6.0, "val_size": 30,
+            "test_size": 30, "arch": "none", "epochs": 0, "heads": ["linear"], "seeds": 1, "many": 50, "few": 15,
+            "quick": True, "device": "cpu", "k_total": float(sum(COUNTS))}
+    from iif.bench.report import write_report
+
+    write_report(tmp_path, means, stds, details, meta, plot_data={"linear": {}})
+    text = (tmp_path / "report.md").read_text().splitlines()
+    assert text[:3] == ["# iif bench: hand", "", "## Summary"]
+    assert text[4].startswith("- Recommended by validation: logit adjustment / post-hoc / tau=1 (linear head): validation 96.7%")
+    assert "(+30.0 vs softmax)" in text[4]
+    assert "## Ranked results" in text
+    for png in ("per_class_linear.png", "deltas.png"):
+        assert (tmp_path / png).stat().st_size > 1000

@@ -58,34 +58,47 @@ def plot_per_class_accuracy(counts: Sequence[float], series: Mapping[str, Sequen
     return save_figure(fig, path)
 
 
-def plot_deltas(rows: Sequence[Mapping], path, stds: Sequence[Mapping] | None = None, top: int = 15,
+def plot_deltas(rows: Sequence[Mapping], path, stds: Sequence[Mapping] | None = None, top: int = 12,
                 title: str = "") -> Path:
-    """Change against softmax (class-average accuracy, points) on validation and test for the ``top`` best
-    ranked rows, best at the top; error bars are the std over seeds when ``stds`` is given.
+    """Change against softmax (class-average accuracy, points) on validation and test, one panel per head
+    with its ``top`` best ranked rows (best at the top, overall rank in the label); error bars are the std
+    over seeds when ``stds`` is given.
 
     ``rows``/``stds`` as returned by :func:`iif.bench.summary.summarize` (rows with a ``rank``)."""
     plt = pyplot()
-    idx = sorted((i for i, r in enumerate(rows) if r.get("rank") is not None), key=lambda i: rows[i]["rank"])[:top]
-    labels = [f"{rows[i]['rank']}. {rows[i]['method']} / {rows[i]['strategy']}"
-              + (f" / {rows[i]['variant']}" if rows[i].get("variant") else "") + f" ({rows[i]['head']})" for i in idx]
-
-    def vals(key, src):
-        return np.array([np.nan if src[i].get(key) is None else src[i][key] for i in idx], dtype=float)
-
-    y = np.arange(len(idx))
-    h = 0.38
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(idx) + 1.4))
-    for off, key, name in ((-h / 2, "delta_val", "validation (ranking key)"), (h / 2, "delta_test", "test (reported only)")):
-        err = vals(key, stds) if stds is not None else None
-        ax.barh(y + off, vals(key, rows), h, xerr=err, label=name, capsize=2)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("change in class-average accuracy against softmax of the same head (points)")
-    ax.set_title(title or "Change against softmax, ranked on validation")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8)
+    heads = list(dict.fromkeys(r.get("head") for r in rows if r.get("rank") is not None))
+    panels = []
+    for h in heads:
+        idx = sorted((i for i, r in enumerate(rows) if r.get("rank") is not None and r.get("head") == h
+                      and (r["method"], r["strategy"]) != ("softmax", "end-to-end")), key=lambda i: rows[i]["rank"])[:top]
+        soft = next((r for r in rows if r.get("head") == h and (r["method"], r["strategy"]) == ("softmax", "end-to-end")), None)
+        panels.append((h, idx, soft))
+    n = max(1, max(len(idx) for _, idx, _ in panels)) if panels else 1
+    fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(8, (0.3 * n + 1.2) * max(1, len(panels)) + 0.6), squeeze=False)
+    bar = 0.38
+    for ax, (h, idx, soft) in zip(axes[:, 0], panels):
+        labels = [f"{rows[i]['rank']}. {rows[i]['method']} / {rows[i]['strategy']}"
+                  + (f" / {rows[i]['variant']}" if rows[i].get("variant") else "") for i in idx]
+        y = np.arange(len(idx))
+        for off, key, name in ((-bar / 2, "delta_val", "validation (ranking key)"), (bar / 2, "delta_test", "test (reported only)")):
+            v = np.array([np.nan if rows[i].get(key) is None else rows[i][key] for i in idx], dtype=float)
+            err = None
+            if stds is not None:
+                err = np.array([np.nan if stds[i].get(key) is None else stds[i][key] for i in idx], dtype=float)
+            ax.barh(y + off, v, bar, xerr=err, label=name, capsize=2)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ref = ""
+        if soft is not None and soft.get("val_class_avg") is not None:
+            ref = f" (softmax: validation {soft['val_class_avg']:.1f}%, test {soft['test_class_avg']:.1f}%)"
+        ax.set_title(f"{h} head{ref}", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("change in class-average accuracy against softmax of the same head (points)")
+    fig.suptitle(title or "Change against softmax, ranked on validation")
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
