@@ -167,7 +167,7 @@ class ClassFrequency:
 
     def resolve_total(self, total: float | str | None = None, by: str = "image") -> float:
         """The number K for ``total`` given as None (task default), a number, ``"sum"``, ``"images"``
-        or ``"instances"`` (SPEC section 1)."""
+        or ``"instances"`` (paper Eq. 11; docs/method.md, "Frequencies and K")."""
         counts = self.counts(by)
         if total is None:
             return self.default_total(by)
@@ -191,7 +191,7 @@ class ClassFrequency:
         """IIF weights for these counts; see :func:`iif.iif_weights` for ``variant`` and ``kwargs``.
 
         ``total`` is K: a number, ``"sum"`` (paper Eq. 11), ``"images"`` or ``"instances"``; by default
-        the convention of the task (SPEC section 1).
+        the convention of the task (paper Eq. 11; docs/method.md, "Frequencies and K").
         """
         counts = self.counts(by)
         try:

@@ -7,7 +7,7 @@
 SOURCE is anything :meth:`iif.ClassFrequency.from_source` reads (a JSON list of counts such as
 ``[500, 50, 5]`` included; a folder holding ``train/`` counts its ``train/`` tree and says so). The weights are
 :meth:`ClassFrequency.weights` (paper Eq. 12, Table III); K defaults to the sum of counts for
-classification and to the number of images/instances for detection (SPEC section 1).
+classification and to the number of images/instances for detection (docs/method.md, "Frequencies and K").
 """
 
 from __future__ import annotations
