@@ -4,6 +4,7 @@ mixup, the CLI, and the bad inputs (NaN loss, zero-image class, list file with m
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -134,3 +135,135 @@ def test_cli_train_then_eval_with_adjusters(tmp_path, capsys):
     assert metrics["raw"]["top1"] == pytest.approx(final["raw"]["top1"])
     assert metrics["adjusted"]["top1"] == pytest.approx(metrics["iif:smooth"]["top1"])
     assert cli_main(["eval", str(out / "last.pt"), "--adjust", "bogus:1"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- model selection
+
+
+class ScriptedValidation:
+    """Wraps the engine's ``evaluate``: test calls go through unchanged (and are counted, with the weights
+    they saw); val calls are scored for real, then their selection metric is replaced by the next scripted
+    score, so the best epoch is known in advance."""
+
+    def __init__(self, real, splits, scores):
+        self.real, self.splits, self.scores = real, splits, list(scores)
+        self.val_weights, self.test_weights = [], []
+
+    def __call__(self, model, dataset, *args, **kw):
+        out = self.real(model, dataset, *args, **kw)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if dataset is self.splits.val:
+            self.val_weights.append(state)
+            score = self.scores.pop(0)
+            for m in out.values():
+                m["class_avg"] = score
+        else:
+            self.test_weights.append(state)
+        return out
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_checkpoint_is_the_best_val_epoch_and_test_is_scored_once(tmp_path, splits, monkeypatch):
+    from iif.train import engine, evaluate
+
+    script = ScriptedValidation(evaluate, splits, [40.0, 70.0, 55.0])
+    monkeypatch.setattr(engine, "evaluate", script)
+    res = fit(load_config("digits_lt_e2e", TINY + ["schedule.epochs=3"]), out_dir=tmp_path, splits=splits)
+    assert len(script.val_weights) == 3 and len(script.test_weights) == 1  # val every epoch, test once
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert best["epoch"] == 2 and last["epoch"] == 3
+    assert best["best"] == {"epoch": 2, "score": 70.0, "metric": "class_avg", "logits": "adjusted"}
+    assert _same_weights(best["model"], script.val_weights[1])  # the weights validated at epoch 2
+    assert _same_weights(script.test_weights[0], script.val_weights[1])  # ... are the ones scored on test
+    assert not _same_weights(best["model"], last["model"])
+    sel = res.selection
+    assert (sel["select"], sel["checkpoint"], sel["epoch"], sel["val_score"], sel["split"]) == (
+        "best", "best.pt", 2, 70.0, "test")
+    assert res.checkpoint == tmp_path / "best.pt"
+    saved = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert saved["raw"]["selection"]["epoch"] == 2 and saved["adjusted"]["selection"]["checkpoint"] == "best.pt"
+    assert [h.get("val_score") for h in res.history] == [40.0, 70.0, 55.0]
+    # iif eval of best.pt rebuilds the model and data and gives the numbers training reported
+    monkeypatch.undo()
+    assert cli_main(["eval", str(tmp_path / "best.pt")]) == 0
+    again = json.loads((tmp_path / "eval_test.json").read_text())
+    assert again["raw"]["top1"] == pytest.approx(saved["raw"]["top1"])
+    assert again["adjusted"]["class_avg"] == pytest.approx(saved["adjusted"]["class_avg"])
+
+
+def test_select_last_and_no_val_split_use_the_final_epoch(tmp_path, splits, monkeypatch):
+    from iif.train import engine, evaluate
+
+    script = ScriptedValidation(evaluate, splits, [70.0, 40.0])
+    monkeypatch.setattr(engine, "evaluate", script)
+    res = fit(load_config("digits_lt_e2e", TINY + ["eval.select=last"]), out_dir=tmp_path / "last", splits=splits)
+    assert (res.selection["checkpoint"], res.selection["epoch"]) == ("last.pt", 2)
+    assert _same_weights(script.test_weights[0], script.val_weights[1])  # the final weights, not epoch 1's
+    no_val = DatasetSplits(splits.train, None, splits.test, splits.freq, splits.num_classes, splits.in_channels,
+                           splits.image_size, splits.class_names)
+    res = fit(load_config("digits_lt_e2e", TINY), out_dir=tmp_path / "noval", splits=no_val)
+    assert res.selection["select"] == "last" and "no val" in res.selection["selected_on"]
+    assert not (tmp_path / "noval" / "best.pt").exists()
+
+
+def test_resume_keeps_the_best_checkpoint(tmp_path, splits, monkeypatch):
+    from iif.train import engine, evaluate
+
+    cfg = TINY + ["schedule.epochs=3"]
+    monkeypatch.setattr(engine, "evaluate", ScriptedValidation(evaluate, splits, [40.0, 70.0, 55.0]))
+    full = fit(load_config("digits_lt_e2e", cfg), out_dir=tmp_path / "full", splits=splits)
+    monkeypatch.setattr(engine, "evaluate", ScriptedValidation(evaluate, splits, [40.0, 70.0]))
+    part = fit(load_config("digits_lt_e2e", cfg + ["runtime.stop_after_epoch=2"]), out_dir=tmp_path / "cut",
+               splits=splits)
+    assert not part.finished and part.selection is None
+    # a copy whose best.pt is lost: resuming it is refused (last.pt records a best epoch it cannot restore)
+    shutil.copytree(tmp_path / "cut", tmp_path / "lost")
+    (tmp_path / "lost" / "best.pt").unlink()
+    with pytest.raises(IIFError, match="best validation epoch 2.*best.pt is missing"):
+        fit(load_config("digits_lt_e2e", cfg), out_dir=tmp_path / "lost", resume=True, splits=splits)
+    monkeypatch.setattr(engine, "evaluate", ScriptedValidation(evaluate, splits, [55.0]))  # epoch 3 only
+    resumed = fit(load_config("digits_lt_e2e", cfg), out_dir=tmp_path / "cut", resume=True, splits=splits)
+    assert resumed.selection == full.selection and resumed.selection["epoch"] == 2
+    a = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)
+    assert _same_weights(a["model"], b["model"]) and a["best"] == b["best"]
+    assert _same_weights(full.model.state_dict(), resumed.model.state_dict())  # both hold the epoch-2 weights
+    assert resumed.final_metrics["raw"]["top1"] == full.final_metrics["raw"]["top1"]
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+def test_progress_is_a_bar_on_a_terminal_and_silent_otherwise():
+    import io
+
+    from iif.train.epoch import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log_file = io.StringIO()
+    bar = progress_bar(range(5), True, "e2e 1/2", stream=log_file)
+    assert list(bar) == list(range(5)) and log_file.getvalue() == ""
+    bar.set_postfix(loss="1.0")  # accepted, prints nothing
+    tty = Terminal()
+    assert list(progress_bar(range(5), True, "e2e 1/2", stream=tty)) == list(range(5))
+    assert "e2e 1/2" in tty.getvalue()
+    quiet = Terminal()
+    assert list(progress_bar(range(5), False, "x", stream=quiet)) == list(range(5)) and quiet.getvalue() == ""
+
+
+def test_training_logs_one_line_per_epoch_when_stderr_is_not_a_terminal(splits, capsys, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="iif.train"):
+        fit(load_config("digits_lt_e2e", TINY + ["runtime.progress=true", "schedule.epochs=3"]), splits=splits)
+    assert "\r" not in capsys.readouterr().err  # no bar redraws in a captured (non-tty) stderr
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage() and "loss" in r.getMessage()]
+    assert [ln.split()[2] for ln in lines] == ["1/3", "2/3", "3/3"]
+    assert all("val class_avg" in ln for ln in lines)
