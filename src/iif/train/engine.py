@@ -271,7 +271,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
         if splits is None:
             splits = build_splits(cfg)
         _check_splits(splits)
-        check_config_advice(cfg, len(splits.train.targets))  # iif.train.advice: e.g. e2e IIF on a small set
+        check_config_advice(cfg, splits)  # iif.train.advice: the data's notes, e.g. e2e IIF on a small set
         strategy = cfg.strategy.name
         runners = {"e2e": lambda w: _run_stage(cfg, splits, StageSpec.main(cfg), w, dev, info, resume, force),
                    "decoupled": lambda w: _run_decoupled(cfg, splits, w, dev, info, resume, force),
@@ -458,7 +458,7 @@ def _build_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, de
     _seed_everything(rt.seed)
     model = build_model_for(cfg, splits)
     if init_state is not None:
-        prepare_decoupled_model(model, init_state, reinit=cfg.decoupled.reinit, legacy=spec.legacy)
+        prepare_decoupled_model(model, init_state, cfg.decoupled)
     model.to(dev)
     use_cl = rt.channels_last and dev.type == "cuda"
     if use_cl:
