@@ -340,3 +340,18 @@ def test_report_md_leads_with_the_summary_and_plots_the_recommended_rows(tmp_pat
     assert "## Ranked results" in text
     for png in ("per_class_linear.png", "deltas.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_keys_the_runner_adds_to_rows_are_kept_and_the_recommended_command_is_shown():
+    soft = Candidate("softmax", "end-to-end", None, "linear", _onehot(Y), _onehot(_with_errors([1, 1, 1])))
+    a = Candidate("cRT", "decoupled", None, "linear", _onehot(Y), _onehot(Y))
+    rows, details = _score([soft, a], Y, Y)
+    means, stds = aggregate_seeds([rows])
+    for r in means:
+        r["reproduce"] = f"iif train x {r['method']}"
+    ranked, _, summary = summarize(means, stds, details, {"num_classes": C, "seeds": 1, "val_size": 12})
+    doc = json.loads(dumps_results(ranked, summary))
+    assert [r["reproduce"] for r in doc["rows"]] == ["iif train x cRT", "iif train x softmax"]
+    assert list(doc["rows"][0])[:len(RESULT_KEYS)] == list(RESULT_KEYS)
+    assert summary["recommended"]["reproduce"] == "iif train x cRT"
+    assert "Reproduce the recommended row: `iif train x cRT`" in summary["lines"]

@@ -119,8 +119,11 @@ def dumps_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ROW_KEYS
 
 def dumps_results(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
     """JSON text of ``results.json``: ``{"summary": summary, "rows": rows}``, each row with
-    :data:`ROW_KEYS` then :data:`RANK_KEYS` (rows from :func:`iif.bench.summary.summarize`)."""
-    return json.dumps({"summary": summary, "rows": [{k: r.get(k) for k in RESULT_KEYS} for r in rows]}, indent=2,
+    :data:`ROW_KEYS`, then :data:`RANK_KEYS`, then any other key the rows carry (rows from
+    :func:`iif.bench.summary.summarize`)."""
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in RESULT_KEYS]
+    keys = RESULT_KEYS + tuple(extra)  # keys the runner adds (e.g. ``reproduce``) follow
+    return json.dumps({"summary": summary, "rows": [{k: r.get(k) for k in keys} for r in rows]}, indent=2,
                       default=_json_number) + "\n"
 
 
@@ -270,6 +273,11 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
         "weights, shown as `variant^gamma`) on the validation split only; tau-norm picks tau on validation.",
         "",
     ]
+    commands = [(r, r.get("reproduce")) for r in rows if not r.get("same_as") and r.get("reproduce")]
+    if commands:
+        lines += ["### Reproduce a row", "", "Each row with `iif train` / `iif eval` (first seed; `runtime.seed=N` for seed N):", ""]
+        lines += [f"- {(str(r['rank']) + '. ') if r.get('rank') else ''}{row_label(r)}: `{cmd}`" for r, cmd in commands]
+        lines.append("")
     tuned = [d for d in details if "selection" in d]
     if tuned:
         lines += ["### Choices made on validation", ""]

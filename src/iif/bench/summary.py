@@ -328,6 +328,8 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
         rec.update({"label": row_label(top), "val_class_avg": s["val_class_avg"], "test_class_avg": s["test_class_avg"],
                     "delta_val": s["delta_val"], "delta_val_std": s["delta_val_std"],
                     "delta_test": s["delta_test"], "delta_test_std": s["delta_test_std"]})
+        if top.get("reproduce"):
+            rec["reproduce"] = top["reproduce"]
         summary["recommended"] = rec
         sm = soft.get(top["head"])
         if (top["method"], top["strategy"]) == REFERENCE:
@@ -354,6 +356,8 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                 lines.append(text)
                 summary["uncertainty"] = {"delta_val": s["delta_val"], "delta_val_se": se, "val_size": val_size,
                                           "within_noise": bool(within), "text": text}
+        if top.get("reproduce"):
+            lines.append(f"Reproduce the recommended row: `{top['reproduce']}`")
         best: dict[tuple, Mapping[str, Any]] = {}
         for r in rows:
             if r["rank"] is not None and (r["head"], r["strategy"]) not in best and (r["method"], r["strategy"]) != REFERENCE:
