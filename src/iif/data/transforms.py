@@ -18,10 +18,12 @@ from torchvision.transforms import v2
 
 from ..errors import IIFError
 
-__all__ = ["AUGMENTS", "NORMALIZE", "IMAGENET_MEAN", "IMAGENET_STD", "Cutout", "build_transform",
+__all__ = ["AUGMENTS", "NORMALIZE", "IMAGENET_MEAN", "IMAGENET_STD", "SMALL_IMAGE_MAX", "Cutout", "build_transform",
            "batch_augment", "mixup_batch"]
 
 AUGMENTS = ("none", "basic", "autoaugment", "randaugment")
+#: PIL images at or below this size (px) get pad-and-crop augmentation, larger ones RandomResizedCrop.
+SMALL_IMAGE_MAX = 64
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,11 +86,12 @@ def build_transform(augment: str, mean: Sequence[float], std: Sequence[float], *
     """A per-sample transform for one of the named recipes.
 
     ``kind="tensor"``: the input is a uint8 ``(C, H, W)`` tensor (small datasets); crops are
-    ``RandomCrop(image_size, padding)``. ``kind="pil"``: the input is a PIL image (ImageNet-style);
-    train crops are ``RandomResizedCrop(image_size)``, eval is ``Resize(image_size * 256 / 224)`` +
-    ``CenterCrop(image_size)``.
+    ``RandomCrop(image_size, padding)``. ``kind="pil"``: the input is a PIL image; for ``image_size`` up to
+    :data:`SMALL_IMAGE_MAX` (64) it is resized to ``image_size`` (shorter side) and centre-cropped, and train
+    crops are ``RandomCrop(image_size, padding=image_size // 8)``; above that (ImageNet-style) train crops are
+    ``RandomResizedCrop(image_size)`` and eval is ``Resize(image_size * 256 / 224)`` + ``CenterCrop(image_size)``.
     Recipes: ``none`` (no augmentation), ``basic`` (crop + flip), ``autoaugment`` (crop + flip + AutoAugment
-    CIFAR10 policy for tensors / IMAGENET for PIL, + Cutout(16) for 32x32 tensors, the SPEC section 5 recipe),
+    CIFAR10 policy for tensors and small PIL images / IMAGENET for larger ones, + Cutout(16) for 32-64 px images, the paper's §V-B2 recipe),
     ``randaugment`` (crop + flip + RandAugment(n, m)). ``cutout`` overrides the Cutout size (0 disables).
     Output: float32 normalised ``(C, H, W)``.
     """
@@ -97,7 +100,13 @@ def build_transform(augment: str, mean: Sequence[float], std: Sequence[float], *
     if kind not in ("tensor", "pil"):
         raise IIFError(f"kind must be 'tensor' or 'pil'; got {kind!r}.")
     ops: list = []
-    if kind == "pil":
+    if kind == "pil" and image_size <= SMALL_IMAGE_MAX:
+        # Small images (CIFAR-like): bring them to image_size (a no-op for images of that size), then the
+        # tensor recipe's pad-and-crop; RandomResizedCrop would throw away most of a 32-px image.
+        ops += [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        if train and augment != "none":
+            ops.append(v2.RandomCrop(image_size, padding=max(1, image_size // 8)))
+    elif kind == "pil":
         ops.append(v2.ToImage())
         if not train or augment == "none":
             ops += [v2.Resize(int(round(image_size * 256 / 224)), antialias=True), v2.CenterCrop(image_size)]
@@ -109,12 +118,14 @@ def build_transform(augment: str, mean: Sequence[float], std: Sequence[float], *
         if flip:
             ops.append(v2.RandomHorizontalFlip())
         if augment == "autoaugment":
-            ops.append(v2.AutoAugment(_policy(policy or ("imagenet" if kind == "pil" else "cifar10"))))
+            small = kind == "tensor" or image_size <= SMALL_IMAGE_MAX
+            ops.append(v2.AutoAugment(_policy(policy or ("cifar10" if small else "imagenet"))))
         elif augment == "randaugment":
             ops.append(v2.RandAugment(num_ops=randaugment_n, magnitude=randaugment_m))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if train and augment != "none":
-        size = cutout if cutout is not None else (16 if augment == "autoaugment" and kind == "tensor" and image_size >= 32 else 0)
+        cifar_like = kind == "tensor" or image_size <= SMALL_IMAGE_MAX
+        size = cutout if cutout is not None else (16 if augment == "autoaugment" and cifar_like and image_size >= 32 else 0)
         if size:
             ops.append(Cutout(size))
     return v2.Compose(ops)
@@ -183,7 +194,7 @@ def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int
     targets feed any ``iif.losses`` loss. ``generator`` (CPU or the batch's device) makes it reproducible.
     """
     if not (alpha > 0 and math.isfinite(alpha)):
-        raise IIFError(f"mixup alpha must be a positive number; got {alpha!r} (use alpha=0.2 as in SPEC section 5, "
+        raise IIFError(f"mixup alpha must be a positive number; got {alpha!r} (use alpha=0.2 as in the paper's §V-B2, "
                        "or skip mixup).")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise IIFError(f"mixup needs one class index per image; got labels of shape {tuple(y.shape)} for "

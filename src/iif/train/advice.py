@@ -28,6 +28,7 @@ __all__ = [
     "e2e_on_small_set",
     "underfit_warning",
     "check_config_advice",
+    "note",
 ]
 
 #: Training sets with fewer images than this count as small for :func:`e2e_on_small_set`.
@@ -86,8 +87,20 @@ def underfit_warning(top1: float | None, num_classes: int, split: str = "validat
             "use a larger model or more data.")
 
 
-def check_config_advice(cfg, num_train_images: int) -> list[str]:
-    """Print (once) and return the advice for a training config before it runs."""
+def note(message: str) -> str:
+    """Print ``iif: <message>`` to stderr once per process (information, not a warning); return it."""
+    if message not in _said:
+        _said.add(message)
+        print(f"iif: {message}", file=sys.stderr, flush=True)
+    return message
+
+
+def check_config_advice(cfg, splits) -> list[str]:
+    """Before a run: print (once) the dataset's notes (e.g. the image size a ``folder`` tree trains at) and
+    the advice for ``cfg`` on ``splits``; return the warnings."""
+    for line in getattr(splits.train, "notes", None) or ():
+        note(line)
+    num_train_images = len(splits.train.targets)
     out = []
     d = cfg.decoupled if cfg.strategy.name == "decoupled" else None
     msg = e2e_on_small_set(cfg.strategy.name, cfg.loss.name, num_train_images)
