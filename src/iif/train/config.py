@@ -486,6 +486,7 @@ def _read_yaml_with_base(path: Path, depth: int = 0) -> dict:
         raise IIFError(f"config {path} is not valid YAML{at}: {what}; fix the YAML syntax there.") from None
     if not isinstance(data, dict):
         raise IIFError(f"config {path} must be a mapping of sections; got {type(data).__name__}.")
+    data.pop("description", None)  # one line shown by `iif train --list`; not a setting, not inherited
     base = data.pop("base", None)
     if base is None:
         return data
