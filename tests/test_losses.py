@@ -475,17 +475,97 @@ def test_labels_must_be_long():
         IIFLoss([1.0, 2.0])(torch.zeros(2, 2), torch.tensor([0, 1], dtype=torch.int32))
 
 
-@pytest.mark.parametrize("native,screen_sum", [(True, False), (True, True), (False, False)])
-def test_both_in_place_softmax_routes_match_float64(native, screen_sum):
+def softplus_ce(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """An independent float64 CE route: ``softplus(logsumexp_{c != y} s_c - s_y)``, accurate for tiny losses
+    too (``F.cross_entropy`` returns 0 for a loss of 1e-19, even in float64)."""
+    others = s.scatter(1, y[:, None], float("-inf"))
+    x = torch.logsumexp(others, 1) - s.gather(1, y[:, None]).squeeze(1)
+    return torch.where(x > 30, x + torch.log1p(torch.exp(-x)), torch.log1p(torch.exp(x)))
+
+
+def rounding_bound(s: torch.Tensor, loss: torch.Tensor, eps: float) -> torch.Tensor:
+    """What float rounding allows per sample: a few ulps of the loss, plus the rounding of the products
+    ``s = w * z`` (each off by eps |s|), which moves the loss by at most ``2 (1 - q_y) max|s| <= 2 min(1, L) max|s|``."""
+    tiny = 4 * s.shape[1] * 2.0**-149  # float32 subnormal spacing, per summed class
+    return 8 * eps * (loss + 2 * loss.clamp(max=1.0) * s.abs().amax(1)) + tiny
+
+
+@pytest.mark.parametrize("gap", [0.0, 1.0, 10.0, 100.0, 1e3, 1e4])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fused_loss_value_is_exact_to_rounding_for_any_logit_gap(gap, sign):
+    # sign +1: the target trails the other logits by `gap` (losses up to ~1e4 * w); -1: it leads (losses down
+    # to 1e-40 and 0). Compared with a float64 route from the same float32 inputs, every reduction, with
+    # two ignored labels.
+    g = torch.Generator().manual_seed(int(gap) + (7 if sign > 0 else 0))
+    n, c = 24, 10
+    z = torch.randn(n, c, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    # each row's gap scaled by 0.5 .. 1.5, so that around gap 100 some q_y fall in float32's subnormal range
+    z[torch.arange(n), y] -= sign * gap * (0.5 + torch.rand(n, generator=g))
+    w = torch.rand(c, generator=g) * 2 + 0.5
+    s = z.double() * w.double()
+    eps = torch.finfo(torch.float32).eps
+    for ignored in (False, True):
+        yy = y.clone()
+        if ignored:
+            yy[[2, 5]] = -100
+        valid = yy != -100
+        ref = softplus_ce(s, yy.clamp_min(0)) * valid
+        bound = rounding_bound(s, ref, eps) * valid
+        for reduction in ("none", "sum", "mean"):
+            zz = z.clone().requires_grad_()
+            out = iif_cross_entropy(zz, yy, w, reduction=reduction)
+            assert out.dtype == torch.float32
+            if reduction == "none":
+                err, tol = (out.double() - ref).abs(), bound
+            else:
+                d = valid.sum() if reduction == "mean" else 1
+                err, tol = (out.double() - ref.sum() / d).abs(), bound.sum() / d
+            assert bool((err <= tol).all()), (reduction, ignored, (err / tol).max().item())
+            # and the gradient is Eq. 16 to float32 rounding
+            (out.sum() if reduction == "none" else out).backward()
+            q = torch.softmax(s, 1)
+            grad = (q - F.one_hot(yy.clamp_min(0), c)) * w.double() * valid[:, None]
+            if reduction == "mean":
+                grad = grad / valid.sum()
+            torch.testing.assert_close(zz.grad.double(), grad, rtol=0, atol=1e-6 * float(w.max()))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_fused_loss_value_when_the_target_probability_is_subnormal(reduction):
+    # 1000 tied logits and a target 80 .. 95.75 below them: q_y = exp(-d) / 1000 falls in float32's subnormal
+    # range (below 1.2e-38, above 0) for d > 80.5, where a log of q_y loses up to 0.2% of the loss.
+    n, c = 64, 1000
+    d = 80.0 + 0.25 * torch.arange(n, dtype=torch.float64)
+    y = torch.arange(n) * 7 % c
+    z = torch.zeros(n, c)
+    z[torch.arange(n), y] = -d.float()
+    out = iif_cross_entropy(z, y, torch.ones(c), reduction=reduction).double()
+    ref = d + torch.log((c - 1) + torch.exp(-d))  # -log q_y by hand
+    ref = {"none": ref, "sum": ref.sum(), "mean": ref.mean()}[reduction]
+    torch.testing.assert_close(out, ref, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_in_place_softmax_routes_are_exact_to_rounding(native, dtype):
     from iif.losses.iif_loss import _softmax_and_loss
 
-    z, y, w = rand_case(n=9, c=6, seed=11, dtype=torch.float32)
-    z[0, y[0]] = -300.0  # q_y underflows in float32: every route must still give the exact loss
-    q, loss, _ = _softmax_and_loss(z, w, y[:, None], native, screen_sum)
-    zw = z.double() * w.double()
-    torch.testing.assert_close(q.double(), torch.softmax(zw, 1), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(loss.double().squeeze(1), F.cross_entropy(zw, y, reduction="none"), rtol=1e-5, atol=1e-5)
-    assert loss[0].item() > 300 * w[y[0]].item() * 0.99
+    z, y, w = rand_case(n=9, c=6, seed=11, dtype=dtype)
+    w = w.to(dtype)
+    z[0, y[0]] = -300.0  # q_y underflows (float32): the loss must still be exact
+    z[1] = 0.0
+    z[1, y[1]] = 45.0 / w[y[1]]  # q_y rounds to 1: the loss 5 e^-45 = 1.4e-19 must not be 0
+    q, rest, loss, _ = _softmax_and_loss(z.clone(), w, y[:, None], native)
+    s = z.double() * w.double()
+    ref = softplus_ce(s, y)
+    assert bool(((loss.squeeze(1).double() - ref).abs() <= rounding_bound(s, ref, torch.finfo(dtype).eps)).all())
+    assert loss[1].item() == pytest.approx(math.log1p(5 * math.exp(-45.0)), rel=1e-5)
+    # q holds softmax(w z) with the targets zeroed, rest the sum of the others (= 1 - q_y, without cancellation)
+    q_ref = torch.softmax(s, 1)
+    torch.testing.assert_close(rest.squeeze(1).double(), q_ref.sum(1) - q_ref.gather(1, y[:, None]).squeeze(1),
+                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(q.double(), q_ref.scatter(1, y[:, None], 0.0), rtol=1e-5, atol=1e-7)
 
 
 def test_fused_loss_refuses_double_backward():

@@ -34,39 +34,50 @@ __all__ = ["iif_cross_entropy", "IIFLoss", "online_smooth_weights"]
 
 
 def _softmax_and_loss(
-    z: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, native: bool, screen_sum: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """``q = softmax(w * z)`` built in place in the product's buffer, the per-sample loss ``-log q_y`` (N, 1)
-    and, when ``screen_sum`` computed it, the loss total (a 0-dim tensor, else None). With a total the
-    per-sample tensor holds ``+log q_y`` (its sign is not needed, which saves an op).
+    z: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, native: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``q = softmax(w * z)`` built in place in the product's buffer, with the target entries set to 0,
+    ``rest = sum_{c != y} q_c`` ``(N, 1)``, the per-sample loss ``-log q_y`` ``(N, 1)`` and, when the
+    route computed it anyway, the loss total (a 0-dim tensor, else None).
+
+    The loss is computed as ``log1p(rest / q_y)``, which equals ``-log q_y`` (``q_y + rest = 1``) but
+    keeps full relative precision at both ends: ``rest`` is a sum of positive terms (no ``1 - q_y``
+    cancellation) when the target wins (a loss of 1e-20 comes out as 1e-20, not 0), and no subnormal
+    ``q_y`` is taken a log of when the target loses by a logit gap of ~100 or more. The backward pass
+    writes ``q_y - 1 = -rest`` into the zeroed target entries (Eq. 16).
 
     One ``(N, C)`` buffer only: a second one costs page faults on CPU. ``native=True`` runs torch's fused
-    softmax kernel in place (CPU, last dimension: it reads each element before writing it) and takes
-    ``-log q_y``; rows whose ``q_y`` underflowed are recomputed with a log-sum-exp. The underflow screen
-    is the minimum of ``q_y``, or with ``screen_sum=True`` (the caller will sum the losses anyway) the
-    finiteness of their sum, which saves one op and only misses subnormal ``q_y < 1.2e-38``, whose loss
-    (> 87) is then off by at most ~0.4% of itself. ``native=False`` shifts, exponentiates and
-    normalises with in-place ops and gets the exact loss ``log(sum) - (zw_y - max)`` without any host
-    sync (for GPUs).
+    softmax kernel in place (CPU, last dimension: it reads each element before writing it); rows whose
+    ``rest / q_y`` overflowed (``q_y`` below ~1e-39: a loss above ~89, float32) are recomputed with a
+    log-sum-exp (one host read, free on CPU). ``native=False`` shifts, exponentiates and normalises with
+    in-place ops and picks the exact form per row without any host sync (for GPUs).
     """
     q = z * w
     if native:
         torch.softmax(q, 1, out=q)
-        log_q = q.gather(1, idx).log_()
-        if screen_sum:
-            total = log_q.sum()
-            if math.isfinite(total.item()):
-                return q, log_q, total  # the sum of log q_y: the caller negates it with the mean's 1/N
-        elif log_q.amin().item() > math.log(torch.finfo(q.dtype).tiny):
-            return q, log_q.neg_(), None
+        qy = q.gather(1, idx)
+        q.scatter_(1, idx, 0.0)
+        rest = q.sum(dim=1, keepdim=True)
+        loss = rest.div(qy).log1p_()
+        total = loss.sum()
+        if math.isfinite(total.item()):
+            return q, rest, loss, total
+        # q_y underflowed (or the inputs are not finite): those rows from a log-sum-exp
         zw = z * w
-        return q, torch.logsumexp(zw, 1, keepdim=True) - zw.gather(1, idx), None
+        lse = torch.logsumexp(zw, 1, keepdim=True) - zw.gather(1, idx)
+        return q, rest, torch.where(torch.isfinite(loss), loss, lse), None
     q.sub_(q.amax(dim=1, keepdim=True))
-    shifted_y = q.gather(1, idx)
+    shifted_y = q.gather(1, idx)  # z_y w_y - max <= 0
     q.exp_()
-    row_sum = q.sum(dim=1, keepdim=True)
+    ey = q.gather(1, idx)
+    q.scatter_(1, idx, 0.0)
+    rest_e = q.sum(dim=1, keepdim=True)  # sum_{c != y} exp(z_c w_c - max)
+    row_sum = rest_e + ey  # >= 1: the maximum's term is 1
     q.div_(row_sum)
-    return q, row_sum.log_().sub_(shifted_y), None
+    # Target ahead (rest < e_y, loss < ln 2): log1p(rest / e_y). Otherwise ln(row_sum) - shifted_y, a sum of
+    # two non-negative terms, exact also when e_y underflowed.
+    loss = torch.where(rest_e < ey, torch.log1p(rest_e / ey), torch.log(row_sum) - shifted_y)
+    return q, rest_e / row_sum, loss, None
 
 
 _SCALED = [None]  # (w, w._version, scale, w * scale): a one-entry cache for the CPU backward
@@ -86,7 +97,8 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
 
     Every tensor op costs a dispatch and every fresh ``(N, C)`` buffer page faults, which matters at
     typical sizes, so both passes use one buffer and few ops: forward the product, an in-place softmax,
-    a gather and a log; backward 3 ops (subtract the one-hot, build ``w * grad / N``, scale).
+    a gather, the row sums without the target and a log1p; backward 3 ops (write ``q_y - 1``, build
+    ``w * grad / N``, scale).
     """
 
     @staticmethod
@@ -103,16 +115,13 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
         else:
             ignored = None
             idx = target.unsqueeze(1)
-        screen_sum = not masked and reduction != "none"
-        q, loss, total = _softmax_and_loss(z, w, idx, native=z.device.type == "cpu", screen_sum=screen_sum)
+        q, rest, loss, total = _softmax_and_loss(z, w, idx, native=z.device.type == "cpu")
         n = z.shape[0]
         denom = None
-        # loss is (N, 1) here
+        # loss is (N, 1) here; total is its sum when the route computed it (unmasked rows only)
         if masked:
             loss.masked_fill_(ignored.unsqueeze(1), 0.0)
-        # total is not None only when the underflow screen already found it finite; it is then
-        # sum(log q_y), negated below together with the mean's division.
-        negate = total is not None
+            total = None
         if check_finite and total is None:
             total = loss.sum()
             check_loss_finite(total, logits, target)  # the loss is the screen: no pass over the logits
@@ -125,11 +134,9 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
                     denom = n - ignored.sum()
                     out = out / denom
                 else:
-                    out = out.mul_(-1.0 / n if negate else 1.0 / n)
-            elif negate:
-                out = out.neg_()
+                    out = out.mul_(1.0 / n)
         # Intermediates (neither inputs nor outputs) may live on ctx; q is private to this node.
-        ctx.q, ctx.idx, ctx.w, ctx.ignored, ctx.denom = q, idx, w, ignored, denom
+        ctx.q, ctx.rest, ctx.idx, ctx.w, ctx.ignored, ctx.denom = q, rest, idx, w, ignored, denom
         ctx.reduction, ctx.in_dtype, ctx.n = reduction, in_dtype, n
         return out
 
@@ -146,8 +153,10 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
         ctx.q = None
         if grad.dtype != q.dtype:
             grad = grad.to(q.dtype)
-        # Eq. 16: dL_i/dz_ic = g_i * w_c * (q_ic - 1[c = y_i]); the one-hot first, then one scaling pass.
-        q.scatter_(1, ctx.idx, -1.0, reduce="add")
+        # Eq. 16: dL_i/dz_ic = g_i * w_c * (q_ic - 1[c = y_i]); the target entries (zeroed in forward) get
+        # q_y - 1 = -rest, then one scaling pass.
+        q.scatter_(1, ctx.idx, ctx.rest.neg_())
+        ctx.rest = None
         if ctx.reduction == "none":
             q.mul_(ctx.w)
             q.mul_(grad.unsqueeze(1))
