@@ -124,7 +124,9 @@ def iif_weights(
         background: ``None`` for a plain classifier, or ``"first"`` / ``"last"`` to insert the
             background class's weight at index 0 (torchvision) or ``C`` (mmdetection).
         background_weight: weight of the background logit, 1.0 keeps it unaltered (paper section IV-A.3).
-        norm: if given, divide the foreground weights by their ``norm``-norm (official ``--iif_norm``).
+        norm: ``"mean"`` divides the foreground weights by their mean (unit mean: the recommended form for
+            end-to-end training, docs/method.md#iif-loss); a number ``p`` divides them by their p-norm
+            (the authors' ``--iif_norm p``); ``None`` (default) keeps the paper's weights.
         allow_negative: negative weights flip the sign of a logit, so they are refused unless this
             is True (relative/normit/gombit give them when a class holds a large share of ``K``).
 
@@ -173,13 +175,17 @@ def iif_weights(
         if not allow_negative:
             raise IIFError(msg + "use 'smooth' or 'raw', or pass allow_negative=True if you mean it.")
         warnings.warn(msg + "using them because allow_negative=True.", stacklevel=2)
-    if norm is not None:
+    if isinstance(norm, str) and norm == "mean":
+        # Unit mean: the loss keeps the model's logit scale and Eq. 16's gradient scale on average
+        # (docs/method.md#iif-loss); the ratios w_c / w_c', all that IIF's argmax depends on, are unchanged.
+        w = w / w.mean()
+    elif norm is not None:
         try:
             p = float(norm)
         except (TypeError, ValueError):
             p = float("nan")
         if not p > 0:
-            raise IIFError(f"norm must be a positive number (the p of the p-norm); got {norm!r}.")
+            raise IIFError(f"norm must be 'mean' (unit-mean weights) or a positive number (the p of the p-norm); got {norm!r}.")
         w = w / np.linalg.norm(w, ord=p)
     if background is not None:
         try:
