@@ -61,8 +61,21 @@ def error_line(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {exc}")
 
 
+def package_version() -> str:
+    """The installed package's version (importlib.metadata), else the source tree's ``iif.__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("iif")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return str(__version__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iif", description="Inverse Image Frequency for long-tailed image recognition.")
+    parser.add_argument("--version", action="version", version=f"iif {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub)  # det-data -> det_data

@@ -1,9 +1,10 @@
-"""``iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda]``.
+"""iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda]
 
-CONFIG is a packaged config's short name (``cifar100_lt_decoupled``; ``iif train --list`` shows them) or
-a YAML path. OUT must be new or empty; ``--resume`` continues a run iif started there, ``--force``
-replaces an earlier iif output (the old one stays readable until the new run finishes). Under
-``torchrun --nproc_per_node N`` it trains with DDP (the global batch is split).
+CONFIG is a packaged config's short name (cifar100_lt_decoupled; iif train --list shows them with one line
+each) or a YAML path. --print-config prints the resolved config (overrides applied) as YAML and exits.
+OUT must be new or empty; --resume continues a run iif started there, --force replaces an earlier iif
+output (the old one stays readable until the new run finishes). Under torchrun --nproc_per_node N it
+trains with DDP (the global batch is split).
 """
 
 from __future__ import annotations
@@ -28,9 +29,28 @@ def register(subparsers) -> None:
                    help="replace an earlier iif output in OUT (built beside it, swapped in when finished; a folder "
                         "iif did not write is never replaced); with --resume: resume even if the config changed")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override runtime.device")
-    p.add_argument("--list", action="store_true", help="list the packaged configs and exit")
+    p.add_argument("--list", action="store_true", help="list the packaged configs, one line each, and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (with overrides) as YAML and exit without training")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
+
+
+def config_description(name: str) -> str:
+    """The ``description:`` line of a packaged config (else its first comment line), for ``--list``."""
+    import yaml
+
+    from ..train.config import resolve_config_path
+
+    text = resolve_config_path(name).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("description"), str):
+        return data["description"].strip()
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    return first.lstrip("# ").strip() if first.startswith("#") else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,11 +60,20 @@ def run(args: argparse.Namespace) -> int:
     from ..train.run_log import format_metrics_table
 
     if args.list:
-        print("\n".join(packaged_configs()))
+        names = packaged_configs()
+        width = max((len(n) for n in names), default=0)
+        print("\n".join(f"{n:<{width}}  {config_description(n)}".rstrip() for n in names))
         return 0
     if not args.config:
-        raise IIFError("give a config name or path, e.g. `iif train digits_lt_e2e` (see `iif train --list`).")
+        raise IIFError("give a config name or path, e.g. iif train digits_lt_e2e (see iif train --list).")
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        from ..train.config import config_to_dict
+
+        sys.stdout.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return 0
     if args.quiet:
         cfg.runtime.progress = False
     else:
