@@ -24,7 +24,7 @@ def _cosine_by_hand(x: list[list[float]], w: list[list[float]], s: float) -> lis
     out = []
     for xi in x:
         nx = _norm(xi)
-        x_hat = [(nx / (1.0 + nx)) * a / nx for a in xi]  # SPEC section 5, written literally
+        x_hat = [(nx / (1.0 + nx)) * a / nx for a in xi]  # the OLTR formula (docs/method.md#models), written literally
         out.append([s * sum(a * b / _norm(wj) for a, b in zip(x_hat, wj)) for wj in w])
     return out
 

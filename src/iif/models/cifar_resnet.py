@@ -2,7 +2,7 @@
 
 Three stages of ``n`` BasicBlocks with 16/32/64 channels (depth = 6n + 2; ResNet-32 has n = 5),
 option-A shortcuts (strided subsampling plus zero channels, no parameters). The SE variant is the
-paper's CIFAR backbone (Sec. IV; docs/method.md#models): SE-ResNet-32 with reduction r = 4, the SE module
+paper's CIFAR backbone (Sec. V-B; docs/method.md#models): SE-ResNet-32 with reduction r = 4, the SE module
 after ``bn2`` and before the residual addition, average squeeze and sigmoid excitation.
 
 ``style`` picks which code the network follows:

@@ -175,8 +175,8 @@ def build_backbone(
 
     ``kwargs`` go to the backbone: ``small_cnn``: ``width``; ``resnet32``/``se_resnet32``: ``widths``,
     ``se_reduction``, ``style`` (``"official"``, the authors' bias-free SE and init, or ``"torchvision"``;
-    see :mod:`iif.models.cifar_resnet`); SE-ResNets: ``reduction``, ``zero_init_residual``; ``timm:``/``torchvision:``: the
-    library's own constructor options. ``pretrained=True`` only exists for timm/torchvision backbones and
+    see :mod:`iif.models.cifar_resnet`); SE-ResNets: ``reduction``, ``zero_init_residual``, ``style``;
+    ``timm:``/``torchvision:``: the library's own constructor options. ``pretrained=True`` only exists for timm/torchvision backbones and
     downloads weights through those libraries.
     """
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:

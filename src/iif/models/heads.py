@@ -35,7 +35,7 @@ __all__ = [
 
 
 def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """OLTR cosine classifier (SPEC section 5): ``s * x_hat @ W_hat^T``.
+    """OLTR cosine classifier (docs/method.md#models): ``s * x_hat @ W_hat^T``.
 
     ``x_hat = (||x|| / (1 + ||x||)) * x / ||x||`` squashes the feature norm into [0, 1) and ``W_hat`` has
     unit rows. ``x_hat`` equals ``x / (1 + ||x||)``, which we compute directly because it is exact and
@@ -69,7 +69,7 @@ class LinearHead(nn.Linear):
 
 
 class CosineHead(nn.Module):
-    """OLTR-style cosine classifier (SPEC section 5; paper Sec. IV uses s = 16 for CIFAR/ImageNet-LT).
+    """OLTR-style cosine classifier (docs/method.md#models; paper Sec. V-B uses s = 16 for CIFAR/ImageNet-LT).
 
     Fixed scale: ``logits = scale * x_hat W_hat^T`` with ``scale`` default 16.
     Learnable scale (``learnable_scale=True``, used for Places-LT): a parameter ``s`` initialised to

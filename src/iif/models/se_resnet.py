@@ -55,7 +55,8 @@ def _block_with(reduction: int, style: str) -> Callable[..., SEBottleneck]:
     # ResNet reads ``block.expansion`` and instantiates ``block(...)``, so a subclass carries r and the style.
     if reduction == SEBottleneck.reduction and style == SEBottleneck.style:
         return SEBottleneck
-    return type(f"SEBottleneckR{reduction}{style.capitalize()}", (SEBottleneck,), {"reduction": reduction, "style": style})
+    name = f"SEBottleneckR{reduction}{style.capitalize()}"
+    return type(name, (SEBottleneck,), {"reduction": reduction, "style": style})
 
 
 def se_resnet_backbone(
