@@ -170,3 +170,16 @@ def test_cli_missing_file_and_unpaired_val(tmp_path, capsys):
     assert "both --val-logits and --val-labels" in capsys.readouterr().err
     with pytest.raises(IIFError, match="both validation"):
         posthoc_table(LOGITS, LABELS, COUNTS, val_logits=LOGITS)
+
+
+def test_shot_groups_default_to_the_library_rule():
+    from iif.metrics import shot_thresholds
+
+    # no class above 100 training images: many > 50, few < 15 (iif.metrics.shot_thresholds)
+    assert shot_thresholds(COUNTS) == (50, 15)
+    rows, _ = posthoc_table(LOGITS, LABELS, COUNTS)
+    explicit, _ = posthoc_table(LOGITS, LABELS, COUNTS, many=50, few=15)
+    assert rows == explicit
+    soft = _row(rows, "softmax")
+    # classes 90 (many), 9 and 1 (few): softmax is right on both class-0 images only
+    assert (soft["many"], soft["medium"], soft["few"]) == (100.0, None, 0.0)

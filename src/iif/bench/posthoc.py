@@ -22,7 +22,7 @@ from scipy.special import logsumexp
 
 from ..adjusters import logit_adjustment, posthoc_iif
 from ..errors import IIFError
-from ..metrics import calibration_errors, check_logits_labels, evaluate_logits, nll
+from ..metrics import calibration_errors, check_logits_labels, evaluate_logits, nll, shot_thresholds
 from ..weights import VARIANTS, as_counts, iif_weights
 
 __all__ = [
@@ -231,8 +231,8 @@ def evaluate_candidates(
     test_labels,
     counts,
     val_labels=None,
-    many: int = 100,
-    few: int = 20,
+    many: int | None = None,
+    few: int | None = None,
     bins: int = 10,
     reference: Sequence[Candidate] = (),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -245,11 +245,13 @@ def evaluate_candidates(
     :func:`iif.bench.summary.compare_candidates`: ``val_class_avg``, ``delta_val``, ``delta_val_se``,
     ``delta_test``, ``delta_test_se``, ``same_as``, ``relation``; plus the candidate's ``info``).
     ``reference``: candidates of the same run scored earlier (e.g. the cached rows when scoring the
-    end-to-end ones), searched for the softmax row and for identical rows.
+    end-to-end ones), searched for the softmax row and for identical rows. ``many``/``few``: shot-group
+    thresholds; None takes the library's rule (:func:`iif.metrics.shot_thresholds`).
     """
     from .summary import compare_candidates
 
     counts = as_counts(counts)
+    many, few = shot_thresholds(counts, many, few)
     rows, details = [], []
     compared = compare_candidates(candidates, test_labels, val_labels=val_labels, reference=reference)
     for c, cmp in zip(candidates, compared):
@@ -277,14 +279,15 @@ def posthoc_table(
     val_labels=None,
     head: str | None = None,
     total: float | None = None,
-    many: int = 100,
-    few: int = 20,
+    many: int | None = None,
+    few: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The post-hoc table for logits a user already has (``iif posthoc``).
 
     Rows: softmax; post-process IIF for every variant valid for these counts; post-hoc logit adjustment
     (tau = 1); and, when validation logits and labels are given, ``IIF tuned`` (variant and exponent
-    chosen on validation) with temperature scaling fitted on validation for every row.
+    chosen on validation) with temperature scaling fitted on validation for every row. ``many``/``few``:
+    shot-group thresholds; None takes the library's rule (:func:`iif.metrics.shot_thresholds`).
     """
     n = as_counts(counts)
     z, y = check_logits_labels(logits, labels, num_classes=n.shape[0])
