@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..outputs import json_safe
 from .posthoc import ROW_KEYS
 from .summary import row_key, row_label, summarize
 
@@ -123,14 +124,8 @@ def dumps_results(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any])
     :func:`iif.bench.summary.summarize`)."""
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in RESULT_KEYS]
     keys = RESULT_KEYS + tuple(extra)  # keys the runner adds (e.g. ``reproduce``) follow
-    return json.dumps({"summary": summary, "rows": [{k: r.get(k) for k in keys} for r in rows]}, indent=2,
-                      default=_json_number) + "\n"
-
-
-def _json_number(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
+    doc = {"summary": summary, "rows": [{k: r.get(k) for k in keys} for r in rows]}
+    return json.dumps(json_safe(doc), indent=2, default=str) + "\n"
 
 
 def _folded_into(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
