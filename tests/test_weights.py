@@ -221,7 +221,7 @@ def test_no_warning_for_valid_weights():
 
 @pytest.mark.parametrize("norm", [0, -2, float("nan"), "x"])
 def test_bad_norm(norm):
-    with pytest.raises(IIFError, match="norm must be a positive number"):
+    with pytest.raises(IIFError, match="norm must be 'mean' .* or a positive number"):
         iif_weights([3, 2], "smooth", norm=norm)
 
 
@@ -230,3 +230,59 @@ def test_bad_background():
         iif_weights([3, 2], "smooth", background="middle")
     with pytest.raises(IIFError, match="background_weight"):
         iif_weights([3, 2], "smooth", background="first", background_weight=float("nan"))
+
+
+# ---------------------------------------------------------------- the one variant table
+
+
+def test_variant_table_is_the_single_source_of_the_formulas():
+    from iif.weights import VARIANT_TABLE, variant_formula, weights_from_counts
+
+    assert tuple(VARIANT_TABLE) == VARIANTS
+    n = np.array([35.0, 25.0, 9.0, 3.0, 1.0, 0.0])
+    for name, row in VARIANT_TABLE.items():
+        got = weights_from_counts(n, name, 73.0)
+        expect = [by_hand(name, c, 73.0) for c in n[:-1]]
+        np.testing.assert_allclose(got[:-1], expect, rtol=1e-13)
+        # n = 0: finite exactly for the variants the table marks finite (smooth), +inf for the others
+        assert np.isfinite(got[-1]) == row.finite_at_zero
+        assert row.finite_at_zero or got[-1] == np.inf
+        # the same function runs on device tensors with a tensor K (the online loss)
+        t = variant_formula(name)(torch.tensor(n[:-1]), torch.tensor(73.0, dtype=torch.float64))
+        np.testing.assert_allclose(t.numpy(), expect, rtol=1e-13)
+    assert variant_formula("rel") is VARIANT_TABLE["relative"].weight
+
+
+def test_float64_weights_keep_every_digit():
+    w = iif_weights([35, 25, 9, 3, 1], "normit", dtype=torch.float64)
+    assert w.dtype == torch.float64
+    np.testing.assert_allclose(w.numpy(), [by_hand("normit", c, 73.0) for c in (35, 25, 9, 3, 1)], rtol=1e-14)
+    w32 = iif_weights([35, 25, 9, 3, 1], "normit")
+    assert w32.dtype == torch.float32 and torch.equal(w32, w.float())
+
+
+def test_unit_mean_norm_keeps_the_ratios():
+    w = iif_weights([35, 25, 9, 3, 1], "smooth", dtype=torch.float64)
+    u = iif_weights([35, 25, 9, 3, 1], "smooth", norm="mean", dtype=torch.float64)
+    assert u.mean().item() == pytest.approx(1.0, rel=1e-14)
+    np.testing.assert_allclose((u / u[0]).numpy(), (w / w[0]).numpy(), rtol=1e-14)
+
+
+def test_zero_count_refusal_is_one_helper():
+    from iif.weights import refuse_zero_counts
+
+    refuse_zero_counts(np.array([1.0, 2.0]), "x is infinite")  # nothing to refuse
+    with pytest.raises(IIFError, match=r"^ln\(n\) is -inf for classes with zero count \[0, 2\] \(2 in all\); add 1\.$"):
+        refuse_zero_counts(np.array([0.0, 2.0, 0.0]), "ln(n) is -inf", "add 1")
+
+
+def test_weight_vector_keeps_float64_and_refuses_non_finite():
+    from iif.weights import as_weight_vector
+
+    assert as_weight_vector(np.array([1.0, 2.0])).dtype == torch.float64
+    assert as_weight_vector([1.0, 2.0]).dtype == torch.float32
+    assert as_weight_vector(torch.tensor([1.0, 2.0], dtype=torch.bfloat16)).dtype == torch.float32
+    with pytest.raises(IIFError, match=r"NaN or inf at classes \[1\]"):
+        as_weight_vector([1.0, float("inf")])
+    with pytest.raises(IIFError, match="1-D vector"):
+        as_weight_vector([[1.0]])

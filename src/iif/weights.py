@@ -1,34 +1,93 @@
-"""Inverse Image Frequency weights (paper Eq. 10-12 and Table III).
+"""Inverse Image Frequency weights (paper Eq. 10-12 and Table III), and the one table of their formulas.
 
 Every variant maps a class count ``n_c`` and a normaliser ``K`` (so that ``p_c = n_c / K``, Eq. 11) to
 one multiplicative weight ``w_c`` that is later applied to the class logit, ``z'_c = w_c * z_c``
-(Eq. 13). The formulas are the ones the authors' code computes (SPEC section 2); the paper prints
-``Phi^-1(K / IF)`` for normit, which is undefined for ``K / IF > 1``, so we use ``-Phi^-1(p)`` as the
-code does.
+(Eq. 13). :data:`VARIANT_TABLE` holds each formula once; the weights, the online IIF loss, the post-hoc
+adjusters, the bench, detection and ``ClassFrequency.weight_table`` all evaluate it from here. The
+formulas are the ones the authors' code computes (docs/method.md); the paper prints ``Phi^-1(K / IF)``
+for normit, which is undefined for ``K / IF > 1``, so we use ``-Phi^-1(p)`` as the code does.
 
-The arithmetic runs in float64 and the result is returned as float32.
+The arithmetic runs in float64; :func:`iif_weights` returns float32 unless asked for another dtype.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Sequence, Union
+from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
-from scipy.special import ndtri
 
 from .errors import IIFError
 
-__all__ = ["VARIANTS", "iif_weights", "weights_from_counts", "as_counts"]
+__all__ = [
+    "VARIANTS",
+    "VARIANT_TABLE",
+    "Variant",
+    "iif_weights",
+    "weights_from_counts",
+    "variant_formula",
+    "as_counts",
+    "as_weight_vector",
+    "refuse_zero_counts",
+    "canonical_variant",
+]
 
-VARIANTS: tuple[str, ...] = ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
+Number = Union[float, torch.Tensor]
+
+
+class Variant(NamedTuple):
+    """One row of Table III: the formula as text, as a function of float64 ``(n, K)`` tensors, and whether
+    it is finite for a class with ``n = 0``."""
+
+    formula: str
+    weight: Callable[[torch.Tensor, Number], torch.Tensor]
+    finite_at_zero: bool
+
+
+def _raw(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return torch.log(k / n)
+
+
+def _smooth(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return torch.log((k + 1.0) / (n + 1.0)) + 1.0
+
+
+def _relative(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return torch.log((k - n) / n)
+
+
+def _base2(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return torch.log2(k / n)
+
+
+def _base10(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return torch.log10(k / n)
+
+
+def _gombit(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return -torch.log(-torch.log1p(-(n / k)))
+
+
+def _normit(n: torch.Tensor, k: Number) -> torch.Tensor:
+    return -torch.special.ndtri(n / k)
+
+
+#: Table III, one entry per variant (in the paper's order): ``VARIANT_TABLE[name].weight(n, K)``.
+VARIANT_TABLE: dict[str, Variant] = {
+    "raw": Variant("ln(K / n)", _raw, False),
+    "smooth": Variant("ln((K + 1) / (n + 1)) + 1", _smooth, True),
+    "relative": Variant("ln((K - n) / n)", _relative, False),
+    "base2": Variant("log2(K / n)", _base2, False),
+    "base10": Variant("log10(K / n)", _base10, False),
+    "gombit": Variant("-ln(-ln(1 - n / K))", _gombit, False),
+    "normit": Variant("-Phi^-1(n / K)", _normit, False),
+}
+
+VARIANTS: tuple[str, ...] = tuple(VARIANT_TABLE)
 
 # Aliases used by the authors' code: ``rel`` (classification) and ``prob`` (detection tables).
 _ALIASES = {"rel": "relative", "prob": "relative"}
-
-# Variants whose weight is infinite (or undefined) for a class with zero count.
-_NEEDS_POSITIVE = frozenset({"raw", "relative", "base2", "base10", "gombit", "normit"})
 
 CountsLike = Union[Sequence[float], np.ndarray, torch.Tensor]
 
@@ -36,7 +95,7 @@ CountsLike = Union[Sequence[float], np.ndarray, torch.Tensor]
 def canonical_variant(variant: str) -> str:
     """Return the canonical name of ``variant`` (accepting the official aliases) or raise."""
     name = _ALIASES.get(str(variant).lower(), str(variant).lower())
-    if name not in VARIANTS:
+    if name not in VARIANT_TABLE:
         raise IIFError(f"Unknown IIF variant {variant!r}, expected one of {VARIANTS} (or the aliases 'rel', 'prob').")
     return name
 
@@ -80,27 +139,40 @@ def _fmt_idx(idx: np.ndarray, limit: int = 10) -> str:
     return f"[{shown}{', ...' if idx.size > limit else ''}] ({idx.size} in all)"
 
 
+def variant_formula(variant: str) -> Callable[[torch.Tensor, Number], torch.Tensor]:
+    """The Table III formula of ``variant`` (aliases accepted) as a function of float64 tensors ``(n, K)``;
+    no validation, so ``n = 0`` gives ``inf`` where the formula does (used on device by the online loss)."""
+    return VARIANT_TABLE[canonical_variant(variant)].weight
+
+
 def weights_from_counts(counts: np.ndarray, variant: str, total: float) -> np.ndarray:
     """The bare Table III formulas on float64 arrays, without validation (see :func:`iif_weights`)."""
-    n = np.asarray(counts, dtype=np.float64)
-    k = float(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if variant == "raw":
-            return np.log(k / n)
-        if variant == "smooth":
-            return np.log((k + 1.0) / (n + 1.0)) + 1.0
-        if variant == "relative":
-            return np.log((k - n) / n)
-        if variant == "base2":
-            return np.log2(k / n)
-        if variant == "base10":
-            return np.log10(k / n)
-        p = n / k
-        if variant == "gombit":
-            return -np.log(-np.log1p(-p))
-        if variant == "normit":
-            return -ndtri(p)
-    raise IIFError(f"Unknown IIF variant {variant!r}, expected one of {VARIANTS}.")
+    n = torch.from_numpy(np.array(counts, dtype=np.float64))
+    return variant_formula(variant)(n, float(total)).numpy()
+
+
+def refuse_zero_counts(counts: np.ndarray, why: str, fix: str = "drop the unseen classes or add 1 to every count") -> None:
+    """Raise :class:`IIFError` naming the classes whose count is 0, for quantities infinite there.
+
+    ``why`` says what is infinite (e.g. ``"ln(n) is -inf"``); the message reads
+    ``"<why> for classes with zero count [i, ...] (k in all); <fix>."``
+    """
+    zero = np.flatnonzero(np.asarray(counts) == 0)
+    if zero.size:
+        raise IIFError(f"{why} for classes with zero count {_fmt_idx(zero)}; {fix}.")
+
+
+def as_weight_vector(values, what: str = "weights") -> torch.Tensor:
+    """A non-empty 1-D tensor of finite per-class values that keeps float64 (other dtypes become float32)."""
+    t = torch.as_tensor(values).detach()
+    if t.dim() != 1 or t.numel() == 0:
+        raise IIFError(f"{what} must be a non-empty 1-D vector with one entry per class; got shape {tuple(t.shape)}.")
+    if t.dtype != torch.float64:
+        t = t.to(torch.float32)
+    bad = torch.nonzero(~torch.isfinite(t)).flatten()
+    if bad.numel():
+        raise IIFError(f"{what} contain NaN or inf at classes {_fmt_idx(bad.cpu().numpy())}; pass finite values.")
+    return t
 
 
 def iif_weights(
@@ -109,10 +181,11 @@ def iif_weights(
     total: float | None = None,
     background: str | None = None,
     background_weight: float = 1.0,
-    norm: float | None = None,
+    norm: float | str | None = None,
     allow_negative: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Per-class IIF weights ``w_c`` (paper Eq. 12 and Table III).
+    """Per-class IIF weights ``w_c`` (paper Eq. 12 and Table III, formulas in :data:`VARIANT_TABLE`).
 
     Args:
         counts: per-class image frequencies ``IF_c`` (or object frequencies for IOF), length ``C``.
@@ -129,9 +202,11 @@ def iif_weights(
             (the authors' ``--iif_norm p``); ``None`` (default) keeps the paper's weights.
         allow_negative: negative weights flip the sign of a logit, so they are refused unless this
             is True (relative/normit/gombit give them when a class holds a large share of ``K``).
+        dtype: of the result; computed in float64 either way (pass ``torch.float64`` to keep every digit,
+            e.g. for float64 logits).
 
     Returns:
-        float32 tensor of shape ``(C,)``, or ``(C + 1,)`` with a background entry.
+        tensor of shape ``(C,)``, or ``(C + 1,)`` with a background entry.
     """
     name = canonical_variant(variant)
     n = as_counts(counts)
@@ -152,13 +227,10 @@ def iif_weights(
             f"total K={k:g} is smaller than the count of classes {_fmt_idx(over)}; "
             "K must be at least the largest class count (e.g. the number of training images)."
         )
-    if name in _NEEDS_POSITIVE:
-        zero = np.flatnonzero(n == 0)
-        if zero.size:
-            raise IIFError(
-                f"Variant {name!r} is infinite for classes with zero count {_fmt_idx(zero)}; "
-                "use variant='smooth', which is finite for unseen classes, or drop those classes."
-            )
+    if not VARIANT_TABLE[name].finite_at_zero:
+        refuse_zero_counts(
+            n, f"Variant {name!r} is infinite", "use variant='smooth', which is finite for unseen classes, or drop those classes"
+        )
     w = weights_from_counts(n, name, k)
     bad = np.flatnonzero(~np.isfinite(w))
     if bad.size:
@@ -200,4 +272,4 @@ def iif_weights(
             w = np.concatenate([w, bw])
         else:
             raise IIFError(f"background must be None, 'first' or 'last'; got {background!r}.")
-    return torch.as_tensor(w, dtype=torch.float32)
+    return torch.as_tensor(w, dtype=dtype)
