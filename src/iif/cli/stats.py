@@ -32,7 +32,8 @@ def register(subparsers) -> None:
         help="imbalance report of a training set (counts, imbalance factor, shot and LVIS groups, head/tail)",
         description="Count images (and instances) per class and report the imbalance: number of classes, images "
         "and instances, min/max count, imbalance factor n_max/n_min, many/medium/few-shot group sizes, LVIS r/c/f "
-        "group sizes when known, and the head and tail classes.",
+        "group sizes when known, the largest classes (largest first) and the smallest of the others (smallest first), "
+        "each class listed once. A folder holding train/ (val/, test/) is counted by its train/ tree.",
     )
     p.add_argument("source", metavar="SOURCE",
                    help="image folder (or a root holding train/), COCO/LVIS json, list file, labels .txt/.npy, "
