@@ -242,7 +242,7 @@ def test_train_force_stages_beside_and_resume_finds_the_staged_run(tmp_path, spl
     assert torch.load(part.out_dir / "last.pt", weights_only=True)["epoch"] == 1
     # --resume finds the staged run, finishes it and swaps it in; the old one is gone, nothing left beside
     done = fit(load_config("digits_lt_e2e", TINY), out_dir=out, resume=True, splits=splits)
-    assert done.finished and done.out_dir == out and done.checkpoint == out / "last.pt"
+    assert done.finished and done.out_dir == out and done.checkpoint == out / done.selection["checkpoint"]  # the selected file (best.pt or last.pt)
     new_marker = read_marker(out)
     assert new_marker["created_ns"] > old_marker["created_ns"] and new_marker["complete"]
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
@@ -380,14 +380,12 @@ def test_sigkill_during_train_force_keeps_old_or_new(tmp_path, splits):
 
 def test_sigkill_during_bench_force_keeps_old_or_new(tmp_path, splits):
     from iif.bench import runner as R
-    from iif.bench.decoupled import HeadTrainConfig
 
     out = tmp_path / "bench"
-    head = HeadTrainConfig(steps=5, min_steps=5, max_epochs=1)
 
     def bench():
-        R.run_bench(out=out, quick=True, heads=["linear"], overrides=["schedule.epochs=1", "model.backbone_kwargs.width=4"],
-                    head_cfg=head, splits=splits, force=True, plots=False, log=lambda *_: None)
+        R.run_bench(out=out, quick=True, heads=["linear"], overrides=["schedule.epochs=1", "model.backbone_kwargs.width=4", "decoupled.epochs=1"],
+                    splits=splits, force=True, plots=False, log=lambda *_: None)
 
     bench()
     (tmp_path / "notes.txt").write_text("user")
