@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,7 +97,9 @@ def test_logit_adjustment_subtracts_tau_log_prior():
     assert out == pytest.approx([0.5 - lp[0], 0.2 - lp[1]], rel=1e-6)
     half = LogitAdjustment(counts, tau=0.5)(t(z))[0].tolist()
     assert half == pytest.approx([0.5 - 0.5 * lp[0], 0.2 - 0.5 * lp[1]], rel=1e-6)
-    assert logit_adjustment(t(z), counts, tau=0.5)[0].tolist() == pytest.approx(half, rel=1e-12)
+    # the functional form keeps float64 offsets for float64 logits: exact to double rounding
+    exact = [0.5 - 0.5 * lp[0], 0.2 - 0.5 * lp[1]]
+    assert logit_adjustment(t(z), counts, tau=0.5)[0].tolist() == pytest.approx(exact, rel=1e-15)
     bg = LogitAdjustment(counts, background="last")(t([[0.5, 0.2, -3.0]]))[0].tolist()
     assert bg == pytest.approx(out + [-3.0], rel=1e-6)
 
@@ -106,7 +109,7 @@ def test_balanced_softmax_offset_adds_log_counts_and_refuses_zero_counts():
     assert out == pytest.approx([math.log(4), 1.0], rel=1e-6)
     first = balanced_softmax_offset(t([[9.0, 0.0, 1.0]]), [4, 1], background="first")[0].tolist()
     assert first == pytest.approx([9.0, math.log(4), 1.0], rel=1e-6)
-    with pytest.raises(IIFError, match="zero for classes \\[1\\].*add 1"):
+    with pytest.raises(IIFError, match="ln\\(n\\) is -inf.*zero count \\[1\\].*add 1"):
         BalancedSoftmaxOffset([4, 0])
     with pytest.raises(IIFError, match="zero"):
         LogitAdjustment([0, 2])
@@ -156,3 +159,47 @@ def test_adjusters_follow_the_module_device_and_dtype():
     assert mod(z32).dtype == torch.float32
     assert mod.double()(t([[1.0, 1.0]])).dtype == torch.float64
     assert "vec" in dict(mod.named_buffers())
+
+
+def _bf16_logits(n=256, c=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, c, generator=g) * 6).bfloat16()
+
+
+def test_low_precision_logits_are_adjusted_in_float32_and_returned_in_their_dtype():
+    counts = [500, 200, 90, 40, 20, 9, 5, 3, 2, 1, 1, 1]
+    z = _bf16_logits()
+    w = iif_weights(counts, "smooth")
+    z32 = z.float()
+    lp = torch.tensor(np.log(np.array(counts) / sum(counts)), dtype=torch.float32)
+    ln_n = torch.tensor(np.log(counts), dtype=torch.float32)
+    cases = [
+        (PostHocIIF(w)(z), z32 * w),
+        (posthoc_iif(z, w), z32 * w),
+        (posthoc_iif(z, w.tolist()), z32 * w),
+        (LogitAdjustment(counts, tau=1.5)(z), z32 - 1.5 * lp),
+        (logit_adjustment(z, counts, tau=1.5), z32 - 1.5 * lp),
+        (BalancedSoftmaxOffset(counts)(z), z32 + ln_n),
+        (balanced_softmax_offset(z, counts), z32 + ln_n),
+    ]
+    for got, ref in cases:
+        assert got.dtype == torch.bfloat16
+        # the float32 result rounded once to bfloat16 (a bfloat16 product would round w first)
+        assert torch.equal(got, ref.bfloat16())
+    # a bfloat16 multiply of bfloat16-rounded weights is not the same: the test can tell the two apart
+    assert not torch.equal(z * w.bfloat16(), (z32 * w).bfloat16())
+    zb = torch.cat([torch.zeros(z.shape[0], 1, dtype=torch.bfloat16), z], 1)
+    scores = detection_scores(zb, w, background="first")
+    assert scores.dtype == torch.bfloat16
+    ref = torch.softmax(torch.cat([torch.zeros(z.shape[0], 1), z32 * w], 1), 1)[:, 1:]
+    assert torch.equal(scores, ref.bfloat16())
+    z16 = z.half()
+    assert torch.equal(PostHocIIF(w)(z16), (z16.float() * w).half())
+
+
+def test_float64_logits_keep_float64_weights():
+    w = iif_weights([500, 3, 1], "normit", total=5000, dtype=torch.float64)
+    z = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    assert torch.equal(PostHocIIF(w)(z), z * w)
+    assert PostHocIIF(w).weights.dtype == torch.float64
+    assert torch.equal(posthoc_iif(z, w), z * w)

@@ -12,10 +12,16 @@ Every adjuster maps logits ``z`` of shape ``(..., C)`` to adjusted logits of the
 
 Detection classifiers predict ``C + 1`` logits, one of them the background. Built with
 ``background="first"`` (torchvision: index 0) or ``"last"`` (mmdetection: index ``C``) an adjuster
-accepts ``(..., C + 1)`` logits and leaves the background logit unchanged (paper section IV-A.3, SPEC §3).
+accepts ``(..., C + 1)`` logits and leaves the background logit unchanged (paper section IV-A.3).
 
 Each module has a functional twin (:func:`posthoc_iif`, :func:`logit_adjustment`,
 :func:`balanced_softmax_offset`) so that a one-off adjustment needs no module.
+
+Precision: adjustments are computed in float32 (float64 for float64 logits) and returned in the logits'
+dtype, so bfloat16 / float16 logits are multiplied or shifted once in float32 and rounded once; a
+bfloat16 product would round the weights to 8 bits first. :func:`weighted_logits` (``w * z`` in that
+compute dtype) is the one multiply behind post-hoc IIF, :class:`iif.IIFLoss` (Eq. 15 is
+``CE(weighted_logits(z, w), y)``) and detection's end-to-end IIF.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 from torch import nn
 
 from .errors import IIFError
-from .weights import CountsLike, as_counts, iif_weights
+from .weights import CountsLike, as_counts, as_weight_vector, iif_weights, refuse_zero_counts
 
 __all__ = [
     "PostHocIIF",
@@ -40,6 +46,7 @@ __all__ = [
     "logit_adjustment",
     "balanced_softmax_offset",
     "detection_scores",
+    "weighted_logits",
     "expand_class_vector",
     "check_background",
 ]
@@ -104,27 +111,29 @@ def _as_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _vector(values, what: str) -> torch.Tensor:
-    """A 1-D float32 tensor of finite per-class values (weights)."""
-    t = torch.as_tensor(values).detach()
-    if t.dim() != 1 or t.numel() == 0:
-        raise IIFError(f"{what} must be a non-empty 1-D vector with one entry per class; got shape {tuple(t.shape)}.")
-    t = t.to(torch.float32)
-    bad = torch.nonzero(~torch.isfinite(t)).flatten()
-    if bad.numel():
-        raise IIFError(f"{what} contain NaN or inf at classes {bad[:10].tolist()}; pass finite values.")
-    return t
+    """A 1-D tensor of finite per-class values (weights): float64 stays float64, the rest is float32."""
+    return as_weight_vector(values, what)
 
 
 def _log_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
     """``ln n`` of validated counts; zero counts would give ``-inf`` offsets, so they are refused."""
     n = as_counts(counts, what)
-    zero = np.flatnonzero(n == 0)
-    if zero.size:
-        raise IIFError(
-            f"{what} are zero for classes {zero[:10].tolist()} ({zero.size} in all): ln(0) is -inf, which "
-            "would make those logits infinite. Drop the unseen classes or add 1 to every count."
-        )
+    refuse_zero_counts(n, f"{what}: ln(n) is -inf, which would make those logits infinite,")
     return np.log(n)
+
+
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The dtype adjustments and the IIF loss compute in: float64 for float64 logits, else float32."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def weighted_logits(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``w * z`` (Eq. 13) in :func:`compute_dtype` (float32 for bfloat16 / float16 / float32 logits), in that dtype.
+
+    ``weights`` must already be laid out over the last dimension (see :func:`expand_class_vector`).
+    """
+    cd = compute_dtype(logits)
+    return logits.to(cd) * weights.to(device=logits.device, dtype=cd)
 
 
 def _log_prior(counts: CountsLike) -> np.ndarray:
@@ -146,7 +155,7 @@ def posthoc_iif(logits: torch.Tensor, weights, background: Optional[str] = None)
     else:
         w = _vector(weights, "IIF weights")
     w = expand_class_vector(w, z.shape[-1], check_background(background), 1.0, "IIF weights")
-    return z * w.to(device=z.device, dtype=z.dtype)
+    return weighted_logits(z, w).to(z.dtype)
 
 
 def logit_adjustment(
@@ -154,21 +163,27 @@ def logit_adjustment(
 ) -> torch.Tensor:
     """Post-hoc logit adjustment (Menon et al., Table IV): ``z'_c = z_c - tau * ln p_c``, ``p = n / sum n``."""
     z = _as_logits(logits)
-    offset = torch.as_tensor(-float(tau) * _log_prior(counts), dtype=torch.float32)
+    offset = torch.as_tensor(-float(tau) * _log_prior(counts), dtype=torch.float64)
     offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
-    return z + offset.to(device=z.device, dtype=z.dtype)
+    return _shifted(z, offset)
 
 
 def balanced_softmax_offset(logits: torch.Tensor, counts: CountsLike, background: Optional[str] = None) -> torch.Tensor:
     """Balanced Softmax's training-time offset (Ren et al., Table IV): ``z'_c = z_c + ln n_c``."""
     z = _as_logits(logits)
-    offset = torch.as_tensor(_log_counts(counts), dtype=torch.float32)
+    offset = torch.as_tensor(_log_counts(counts), dtype=torch.float64)
     offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
-    return z + offset.to(device=z.device, dtype=z.dtype)
+    return _shifted(z, offset)
+
+
+def _shifted(z: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``z + offset`` computed in :func:`compute_dtype`, returned in ``z``'s dtype."""
+    cd = compute_dtype(z)
+    return (z.to(cd) + offset.to(device=z.device, dtype=cd)).to(z.dtype)
 
 
 def detection_scores(logits: torch.Tensor, weights, background: str = "first") -> torch.Tensor:
-    """Detection class scores with IIF (SPEC §3): ``softmax(w * z)`` over ``C + 1`` logits, background dropped.
+    """Detection class scores with IIF (paper section IV-A.3): ``softmax(w * z)`` over ``C + 1`` logits, background dropped.
 
     Args:
         logits: ``(..., C + 1)`` RoI classifier logits including the background logit.
@@ -176,11 +191,15 @@ def detection_scores(logits: torch.Tensor, weights, background: str = "first") -
         background: where the background logit sits: ``"first"`` (torchvision) or ``"last"`` (mmdetection).
 
     Returns:
-        ``(..., C)`` foreground probabilities (they sum to 1 minus the background probability).
+        ``(..., C)`` foreground probabilities (they sum to 1 minus the background probability), in the
+        logits' dtype (computed in float32 for low-precision logits).
     """
     if background not in ("first", "last"):
         raise IIFError(f"detection_scores needs background='first' or 'last'; got {background!r}.")
-    probs = torch.softmax(posthoc_iif(logits, weights, background), dim=-1)
+    z = _as_logits(logits)
+    w = weights if isinstance(weights, torch.Tensor) and weights.dim() == 1 else _vector(weights, "IIF weights")
+    w = expand_class_vector(w, z.shape[-1], background, 1.0, "IIF weights")
+    probs = torch.softmax(weighted_logits(z, w), dim=-1).to(z.dtype)
     return probs[..., 1:] if background == "first" else probs[..., :-1]
 
 
@@ -258,7 +277,7 @@ class PostHocIIF(_VectorAdjuster):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         z = _as_logits(logits)
-        return z * self.full_vector(z.shape[-1]).to(dtype=z.dtype)
+        return weighted_logits(z, self.full_vector(z.shape[-1])).to(z.dtype)
 
 
 class _AdditiveAdjuster(_VectorAdjuster):
@@ -271,7 +290,7 @@ class _AdditiveAdjuster(_VectorAdjuster):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         z = _as_logits(logits)
-        return z + self.full_vector(z.shape[-1]).to(dtype=z.dtype)
+        return _shifted(z, self.full_vector(z.shape[-1]))
 
 
 class LogitAdjustment(_AdditiveAdjuster):
