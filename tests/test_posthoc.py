@@ -183,3 +183,20 @@ def test_shot_groups_default_to_the_library_rule():
     soft = _row(rows, "softmax")
     # classes 90 (many), 9 and 1 (few): softmax is right on both class-0 images only
     assert (soft["many"], soft["medium"], soft["few"]) == (100.0, None, 0.0)
+
+
+def test_posthoc_rows_can_be_summarised_like_the_bench():
+    from iif.bench.report import printed_report
+    from iif.bench.summary import summarize
+
+    # validation = the hand-checked samples: softmax 50% top-1, smooth IIF 75%, LA 25% (see LOGITS)
+    rows, details = posthoc_table(LOGITS, LABELS, COUNTS, val_logits=LOGITS, val_labels=LABELS)
+    ranked, _, summary = summarize(rows, None, details, {"num_classes": 3, "val_size": 4})
+    rec = summary["recommended"]
+    # class-average: softmax right on class 0 (2/2) only -> 33.3; smooth right on 1/2, 1/1, 1/1 -> 83.3
+    smooth = next(r for r in ranked if (r["method"], r["variant"]) == ("IIF", "smooth"))
+    assert smooth["val_class_avg"] == pytest.approx(100 * (0.5 + 1 + 1) / 3)
+    assert smooth["delta_val"] == pytest.approx(100 * (0.5 + 1 + 1) / 3 - 100 / 3)
+    assert rec["val_class_avg"] == max(r["val_class_avg"] for r in ranked) == ranked[0]["val_class_avg"]
+    assert rec["label"] == f"{ranked[0]['method']} / post-process / {ranked[0]['variant']}"
+    assert printed_report(ranked, None, summary).startswith("Recommended by validation:")

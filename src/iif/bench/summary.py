@@ -233,7 +233,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any
     """Rank, fold and summarise the bench's rows (means over seeds, from :func:`iif.bench.report.aggregate_seeds`).
 
     ``details`` holds one dict per seed and row with the row's keys, ``seed`` and what
-    :func:`compare_candidates` adds; ``meta`` needs ``num_classes`` and may hold ``val_size``/``test_size``.
+    :func:`compare_candidates` adds (or, for a single run such as :func:`iif.bench.posthoc_table`'s
+    output, the details in row order without the row's keys); ``meta`` needs ``num_classes`` and may hold ``val_size``/``test_size``.
 
     Returns ``(rows, stds, summary)``: the rows in report order (ranked rows by mean validation
     class-average accuracy, best first, ties kept in bench order so the simpler row wins; each folded row
@@ -243,6 +244,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any
     order with the standard deviation over seeds of the same numbers; and the ``summary`` dict written to
     ``results.json``. Without a validation split nothing is ranked or recommended.
     """
+    if details and "method" not in details[0]:  # one run's details, in row order (e.g. from posthoc_table)
+        details = [{**r, **d} for r, d in zip(rows, details)]
     per_key: "OrderedDict[tuple, list[Mapping[str, Any]]]" = OrderedDict()
     for d in details:
         per_key.setdefault(row_key(d), []).append(d)
