@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 
 from ..errors import IIFError
@@ -79,7 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub)  # det-data -> det_data
+    _plain_help(parser)
     return parser
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`iif.x` -> iif.x
+
+
+def plain_text(text: str | None) -> str | None:
+    """``text`` without reStructuredText markup (roles, ``literals``, `quotes`), as --help prints it."""
+    if not text:
+        return text
+    return _ROLE.sub(r"\1", text).replace("``", "").replace("`", "")
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    # Module docstrings double as --help descriptions; strip their markup once here for every sub-command.
+    parser.description = plain_text(parser.description)
+    parser.epilog = plain_text(parser.epilog)
+    for action in parser._actions:
+        action.help = plain_text(action.help) if isinstance(action.help, str) else action.help
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help)
+            for sub in set(action.choices.values()):
+                _plain_help(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
