@@ -34,7 +34,6 @@ import torch
 
 from iif import outputs as O
 from iif.bench import runner as R
-from iif.bench.decoupled import HeadTrainConfig
 from iif.cli import main as cli
 from iif.outputs import MARKER, read_marker
 from iif.train import load_config
@@ -87,7 +86,6 @@ def main() -> None:
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     splits = build_splits(load_config("digits_lt_e2e"))
-    head = HeadTrainConfig(steps=5, min_steps=5, max_epochs=1)
     root = Path(tempfile.mkdtemp(prefix="iif-kill-survey-"))
 
     def train(out, *flags):
@@ -95,7 +93,7 @@ def main() -> None:
 
     def bench(out):
         return lambda: R.run_bench(out=out, quick=True, heads=["linear"], force=True, plots=False, splits=splits,
-                                   overrides=["schedule.epochs=1", "model.backbone_kwargs.width=4"], head_cfg=head,
+                                   overrides=["schedule.epochs=1", "model.backbone_kwargs.width=4", "decoupled.epochs=1"],
                                    log=lambda *_: None)
 
     def resume_train(out):

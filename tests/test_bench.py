@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from iif.bench import runner as R
-from iif.bench.decoupled import HeadTrainConfig
 from iif.bench.posthoc import ROW_KEYS
 from iif.bench.report import aggregate_seeds
 from iif.cli import main
@@ -16,7 +15,6 @@ from iif.errors import IIFError
 from iif.weights import VARIANTS
 
 FAST = ["schedule.epochs=1"]
-FAST_HEAD = HeadTrainConfig(steps=10, min_steps=10, max_epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,7 @@ def _splits():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, splits):
     out = tmp_path_factory.mktemp("bench") / "out"
-    res = R.run_bench(dataset="digits-lt", out=out, quick=True, overrides=FAST, head_cfg=FAST_HEAD, splits=splits,
+    res = R.run_bench(dataset="digits-lt", out=out, quick=True, overrides=FAST, splits=splits,
                       log=lambda *_: None)
     return out, res
 
@@ -82,21 +80,24 @@ class _Guard:
         raise AssertionError("test labels were measured")
 
 
-def test_cached_evaluation_and_tuning_never_read_test_labels(splits):
+def test_posthoc_rows_and_tuning_never_read_test_labels(splits):
     from iif.train import extract_features, fit
 
-    cfg = R.bench_config("digits-lt", overrides=FAST)
-    res = fit(cfg, splits=splits, device="cpu")
-    tr, va, te = (extract_features(res.model, getattr(splits, s), "cpu", 512) for s in ("train", "val", "test"))
-    run = R.CachedRun("linear", res.model.classifier, tr, va, (te[0], te[1], _Guard()))
-    cands, extras = R.evaluate_cached(run, splits.freq, many=50, few=15, head_cfg=FAST_HEAD)
+    base = R.bench_base("digits-lt", overrides=FAST)
+    res = fit(base.config(), splits=splits, device="cpu")
+    (f_va, z_va, y_va), (f_te, z_te, _) = (extract_features(res.model, getattr(splits, s), "cpu", 512) for s in ("val", "test"))
+    bb = R._Row(base, [], via_eval=True)
+    counts = splits.freq.image_counts
+    cands, _ = R._posthoc_rows(res.model, f_te, z_te, f_va, z_va, y_va.numpy(), counts, float(counts.sum()), "linear", bb)
+    # the test labels are not an argument: every choice (tuned IIF, tau of tau-norm) is made on validation
     tuned = [c for c in cands if c.method == "IIF tuned"]
-    assert len(tuned) == 2 and all(c.val_logits is not None for c in tuned)
+    assert len(tuned) == 1 and tuned[0].val_logits is not None
+    assert all(c.info["reproduce"]["command"] is None or "iif eval" in c.info["reproduce"]["command"] for c in cands)
 
 
 def test_full_bench_adds_end_to_end_rows_and_seeds_write_std(tmp_path, splits):
     out = tmp_path / "full"
-    res = R.run_bench(out=out, seeds=2, heads=["linear"], overrides=FAST, head_cfg=FAST_HEAD, splits=splits,
+    res = R.run_bench(out=out, seeds=2, heads=["linear"], overrides=FAST, splits=splits,
                       plots=False, log=lambda *_: None)
     rows = json.loads((out / "results.json").read_text())["rows"]
     stds = json.loads((out / "results_std.json").read_text())
@@ -158,7 +159,7 @@ def test_existing_results_refused_without_force_then_replaced(quick_run, tmp_pat
         R.run_bench(out=out, quick=True, overrides=FAST, splits=splits)
     # --force: written beside, then renamed into place; a stale file from the old run is gone
     (out / "stale.txt").write_text("old")
-    R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST, head_cfg=FAST_HEAD, splits=splits, force=True,
+    R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST, splits=splits, force=True,
                 plots=False, log=lambda *_: None)
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["head"] for r in rows} == {"linear"} and not (out / "stale.txt").exists()

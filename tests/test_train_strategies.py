@@ -188,3 +188,31 @@ def test_tau_norm_leaves_a_cosine_head_unchanged(splits, cosine_stage1):
     f, z, _ = extract_features(res.model, splits.test)
     for tau in (0.0, 1.0, 2.0):
         assert torch.allclose(build_adjuster(f"taunorm:{tau}", splits.freq.image_counts, res.model)(f, z), z, atol=1e-5)
+
+
+def test_cached_features_train_the_same_classifier_as_the_per_batch_backbone_pass(splits, stage1, monkeypatch):
+    """digits-LT has no augmentation, so stage 2 computes the frozen backbone's features once; the classifier it
+    trains equals the one trained with a backbone forward per batch (same batches, same order)."""
+    import iif.train.decoupled as D
+
+    path, _ = stage1
+    used = []
+    real = D.cached_feature_batches
+    monkeypatch.setattr(D, "cached_feature_batches", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    import iif.train.engine as E
+
+    monkeypatch.setattr(E, "cached_feature_batches", D.cached_feature_batches)
+    extra = ("decoupled.epochs=3", "decoupled.lr=0.05", "decoupled.batch_size=16")
+    cached = _stage2(splits, path, *extra).model.classifier
+    assert isinstance(used[-1], D.FeatureBatches)
+    monkeypatch.setattr(D, "CACHE_FEATURES", False)
+    per_batch = _stage2(splits, path, *extra).model.classifier
+    assert used[-1] is None
+    for name, p in cached.state_dict().items():
+        assert torch.allclose(p, per_batch.state_dict()[name], rtol=1e-5, atol=1e-6), name
+    assert not torch.equal(cached.weight, stage1[1]["classifier.weight"])
+    # and it is not used where it would change the inputs: BN statistics moving (legacy), mixup of images
+    monkeypatch.setattr(D, "CACHE_FEATURES", True)
+    for setting in ("decoupled.legacy=true", "decoupled.mixup_alpha=0.2"):
+        _stage2(splits, path, setting)
+        assert used[-1] is None, setting

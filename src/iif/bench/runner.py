@@ -1,14 +1,23 @@
-"""``iif bench``: train one softmax backbone per head, cache its outputs, compare every strategy in seconds.
+"""``iif bench``: train one softmax backbone per head, then compare every strategy on it, one table.
 
 Per seed and per classifier head:
 
 1. train the backbone end to end with plain softmax CE (:func:`iif.train.fit`);
-2. cache features and logits of the train, validation and test splits (:func:`iif.train.extract_features`);
-3. from the cache alone (timed as "post-backbone"): softmax, post-process IIF for every variant,
-   logit adjustment (post-hoc), tau-norm, decoupled IIF for every variant, cRT, LWS, the validation-tuned
-   rows, and temperature scaling fitted on validation;
+2. post-hoc rows from its validation and test logits: softmax, post-process IIF for every variant, logit
+   adjustment, tau-norm (:func:`iif.train.tau_norm_head`), the validation-tuned IIF row, and temperature
+   scaling fitted on validation;
+3. decoupled rows: the backbone's classifier retrained by :func:`iif.train.retrain_classifier`, the same
+   stage ``iif train <dataset>_decoupled`` runs, with the config's ``decoupled:`` recipe (the paper's) for
+   IIF (every variant), cRT and LWS (:func:`iif.train.method_overrides`);
 4. unless ``quick``: end-to-end training with the IIF loss (smooth), IIF_CSL, Balanced Softmax, the
    logit-adjusted loss and LDAM-DRW.
+
+Every row is a config the user can run: the bench builds each one as ``load_config(base, overrides)`` and
+records, per row, the ``iif train`` (and ``iif eval``) command with exactly those overrides
+(``reproduce`` in ``results.json`` and ``details.json``). The base is ``--config`` or the dataset's packaged
+``<dataset>_decoupled`` config (its ``decoupled:`` section is the stage-2 recipe). A shorter stage 2 is an
+explicit ``decoupled.*`` override (e.g. ``decoupled.epochs=2``); it is then shown in the decoupled rows'
+strategy, e.g. ``decoupled [decoupled.epochs=2]``.
 
 Results go to ``results.json`` (the summary and the ranked rows, see :mod:`iif.bench.report`), ``results_std.json`` (with several
 seeds), ``details.json``, ``report.md`` and PNG plots, all written into a staging folder beside the
@@ -20,13 +29,13 @@ that iif did not write.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,10 +43,9 @@ import numpy as np
 import torch
 
 from ..errors import IIFError
-from ..metrics import reliability_bins
-from ..outputs import OutputFolder, atomic_write_text
+from ..metrics import reliability_bins, shot_thresholds
+from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
 from ..weights import VARIANTS
-from . import decoupled as dec
 from .posthoc import (
     Candidate,
     evaluate_candidates,
@@ -46,9 +54,9 @@ from .posthoc import (
     tuned_posthoc_candidate,
     valid_variants,
 )
-from .report import RESULT_KEYS, aggregate_seeds, dumps_results, dumps_rows, printed_report, summarize
+from .report import RESULT_KEYS, aggregate_seeds, dumps_results, dumps_rows, printed_report, row_id, summarize
 
-__all__ = ["HEADS", "E2E_METHODS", "bench_config", "check_out_dir", "evaluate_cached", "run_bench", "CachedRun"]
+__all__ = ["HEADS", "E2E_METHODS", "BenchBase", "bench_base", "bench_config", "check_out_dir", "run_bench"]
 
 HEADS: tuple[str, ...] = ("cosine", "linear")
 #: End-to-end rows: (method name in the table, loss name for build_loss, variant shown).
@@ -61,45 +69,81 @@ E2E_METHODS: tuple[tuple[str, str, str | None], ...] = (
 )
 #: tau values tried by tau-norm on validation (Kang et al. 2020 pick tau on a validation set).
 TAUS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-#: Shot-group thresholds used when the dataset's largest class has <= 100 training images (digits-LT),
-#: where SPEC's many > 100 would leave the many-shot group empty.
-SMALL_DATASET_SHOTS = (50, 15)
 #: Files the bench writes; an output folder holding any of them is refused unless ``force``.
 RESULT_FILES = ("results.json", "report.md")
+#: What the bench sets on every row's config: a softmax backbone trained end to end, scored once at the end.
+BACKBONE_OVERRIDES: tuple[str, ...] = ("strategy.name=e2e", "loss.name=ce", "loss.kwargs={}", "eval.every=0")
 
 
-def _packaged_name(dataset: str) -> str:
-    return dataset.replace("-", "_") + "_e2e"
+def _override(key: str, value: Any) -> str:
+    """``key=value`` with the value written so that the config loader (YAML) reads it back unchanged."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value)  # JSON is YAML
+    else:
+        text = str(value)
+    return f"{key}={text}"
 
 
-def bench_config(dataset: str | None = None, config: str | None = None, overrides: Sequence[str] = ()):
-    """The backbone recipe: ``config`` if given, else the packaged ``<dataset>_e2e`` config (or the
-    defaults with ``data.name = dataset``); always trained with plain CE, end to end, writing nothing."""
+@dataclass
+class BenchBase:
+    """The config every row starts from: ``source`` (packaged name or YAML path; None for the library's
+    defaults) and the overrides the bench and the user add. ``config(*extra)`` is the row's config and
+    ``command(*extra)`` the ``iif train`` command that trains exactly it."""
+
+    source: str | None
+    overrides: list[str] = field(default_factory=list)
+
+    def config(self, *extra: str, device: str | None = None):
+        from ..train import load_config
+
+        cfg = load_config(self.source, [*self.overrides, *extra])
+        # Not part of the result: nothing written, no progress bars; the device the bench was given.
+        cfg.runtime.out_dir = None
+        cfg.runtime.progress = False
+        cfg.runtime.tensorboard = False
+        if device is not None:
+            cfg.runtime.device = device
+        return cfg
+
+    def train_argv(self, *extra: str) -> list[str]:
+        return [self.source or "<config>", *self.overrides, *extra]
+
+    def command(self, *extra: str, out: str = "RUN") -> str:
+        return "iif train " + " ".join(shlex.quote(a) for a in self.train_argv(*extra)) + f" --out {out}"
+
+
+def bench_base(dataset: str | None = None, config: str | None = None, overrides: Sequence[str] = ()) -> BenchBase:
+    """The bench's base: ``config`` if given, else the packaged ``<dataset>_decoupled`` config (stage 1 is its
+    end-to-end recipe, stage 2 its ``decoupled:`` section), else ``<dataset>_e2e``, else the defaults with
+    ``data.name = dataset``; plus :data:`BACKBONE_OVERRIDES` and then the user's ``overrides``."""
     from ..data import DATASETS
     from ..train import load_config, packaged_configs
 
+    fixed = list(BACKBONE_OVERRIDES)
     if config is not None:
         cfg = load_config(config)
         if dataset is not None and dataset != cfg.data.name:
             raise IIFError(f"--dataset {dataset!r} and --config (data.name={cfg.data.name!r}) disagree; pass one of them.")
+        source = str(config)
     else:
         name = dataset or "digits-lt"
         if name not in DATASETS:
             raise IIFError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
-        packaged = _packaged_name(name)
-        cfg = load_config(packaged if packaged in packaged_configs() else {"data": {"name": name}})
-        cfg.data.name = name
-    cfg.loss.name = "ce"
-    cfg.loss.kwargs = {}
-    cfg.strategy.name = "e2e"
-    cfg.runtime.out_dir = None
-    cfg.runtime.progress = False
-    cfg.runtime.tensorboard = False
-    cfg.eval.every = 0  # only the final evaluation: the bench scores cached logits itself
-    from ..train.config import apply_overrides
+        stem = name.replace("-", "_")
+        packaged = packaged_configs()
+        source = next((c for c in (f"{stem}_decoupled", f"{stem}_e2e") if c in packaged), None)
+        if source is None or load_config(source).data.name != name:
+            source, fixed = None, [f"data.name={name}", *fixed]
+    base = BenchBase(source, [*fixed, *overrides])
+    base.config()  # refuses a bad override before any work
+    return base
 
-    apply_overrides(cfg, list(overrides))
-    return cfg
+
+def bench_config(dataset: str | None = None, config: str | None = None, overrides: Sequence[str] = ()):
+    """The backbone recipe (:func:`bench_base`'s config): trained with plain CE, end to end, writing nothing."""
+    return bench_base(dataset, config, overrides).config()
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -108,88 +152,147 @@ def check_out_dir(out: Path, force: bool) -> None:
     OutputFolder(out, command="bench", force=force)
 
 
+def _np(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().double().numpy()
+    return np.asarray(t)
+
+
+def _head_overrides(base: BenchBase, head: str) -> list[str]:
+    """The classifier head of a row: cosine with scale 16 (the paper's) unless the config sets its own."""
+    kwargs = base.config().model.kwargs
+    if head == "cosine":
+        kw = {"scale": 16.0, **{k: v for k, v in kwargs.items() if k in ("scale", "learnable_scale")}}
+    else:
+        kw = {k: v for k, v in kwargs.items() if k == "bias"}
+    return [f"model.head={head}", _override("model.kwargs", kw)]
+
+
+def _stage2_label(overrides: Sequence[str]) -> str:
+    """The decoupled rows' strategy: ``decoupled``, or with the ``decoupled.*`` overrides the user gave (a
+    stage 2 that departs from the config's recipe, e.g. a shorter schedule)."""
+    own = [o for o in overrides if o.startswith("decoupled.")]
+    return "decoupled" + (f" [{' '.join(own)}]" if own else "")
+
+
 @dataclass
-class CachedRun:
-    """What one trained backbone leaves behind: its head and the cached features/logits of each split."""
+class _Row:
+    """How one row is reproduced: ``iif train`` with the base's overrides plus ``extra`` into ``run_name``; then
+    either ``iif eval run_name/last.pt`` (``via_eval``, with ``--adjust adjust`` when set) or nothing more.
+    ``metrics`` is the key of the row's numbers in that command's output (``final_metrics.json`` of the
+    training run, or what ``iif eval`` prints): ``raw``, ``adjusted`` (the loss's ``w * z``) or the spec."""
 
-    head_name: str
-    head: torch.nn.Module
-    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-    test: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    epoch_seconds: float = float("nan")
-    train_seconds: float = float("nan")
+    base: BenchBase
+    extra: list[str]
+    metrics: str = "raw"
+    adjust: str | None = None
+    run_name: str = "RUN"
+    via_eval: bool = False
+
+    def record(self) -> dict[str, Any]:
+        command = self.base.command(*self.extra, out=self.run_name)
+        if self.via_eval:
+            command += f" && iif eval {self.run_name}/last.pt" + (f" --adjust {self.adjust}" if self.adjust else "")
+        return {"command": command, "config": self.base.source, "overrides": [*self.base.overrides, *self.extra],
+                "eval_adjust": self.adjust, "metrics": self.metrics}
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy()
+def _with_reproduce(c: Candidate, row: _Row | None, note: str | None = None) -> Candidate:
+    c.info["reproduce"] = row.record() if row is not None else {"command": None, "note": note}
+    return c
 
 
-def evaluate_cached(run: CachedRun, freq, *, many: int, few: int, head_cfg: dec.HeadTrainConfig | None = None,
-                    variants: Sequence[str] = VARIANTS) -> tuple[list[Candidate], dict[str, Any]]:
-    """Every post-backbone method of one cached backbone, as candidates to score; plus plot material.
+def _posthoc_rows(model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb: _Row) -> tuple[list[Candidate], dict]:
+    """Softmax, post-process IIF (every valid variant, and tuned on validation), logit adjustment and tau-norm
+    from the backbone's logits. Test labels are never used: every choice is made on validation."""
+    from ..train import build_adjuster
 
-    Test labels are not used here at all: candidates hold logits only, and every choice (tuned IIF,
-    tuned decoupled IIF, tau of tau-norm) is made with :func:`select_posthoc_iif` /
-    :func:`select_by_validation` on validation logits and labels.
-    """
-    counts = freq.image_counts.astype(np.float64)
-    total = float(freq.default_total("image"))
-    h = run.head_name
-    f_tr, _, y_tr = run.train
-    f_te, z_te, _ = run.test
-    has_val = run.val is not None
-    f_va, z_va, y_va = run.val if has_val else (None, None, None)
-    dev = f_tr.device
-    y_tr = y_tr.to(dev).long()
-
+    has_val = z_va is not None
     cands, skipped = posthoc_candidates(_np(z_te), counts, head=h, val_logits=_np(z_va) if has_val else None, total=total)
-    extras: dict[str, Any] = {"skipped_variants": skipped}
+    for c in cands:
+        if c.method == "softmax":
+            _with_reproduce(c, bb)
+        elif c.method == "IIF":
+            _with_reproduce(c, _Row(bb.base, bb.extra, f"iif:{c.variant}", f"iif:{c.variant}", bb.run_name, True))
+        elif c.method == "logit adjustment":
+            tau = c.variant.split("=", 1)[1]
+            _with_reproduce(c, _Row(bb.base, bb.extra, f"la:{tau}", f"la:{tau}", bb.run_name, True))
     if has_val:
-        cands.insert(1 + len(valid_variants(counts, variants, total)[0]),
-                     tuned_posthoc_candidate(_np(z_te), _np(z_va), _np(y_va), counts, head=h, total=total))
+        tuned = tuned_posthoc_candidate(_np(z_te), _np(z_va), _np(y_va), counts, head=h, total=total)
+        sel = tuned.info["selection"]
+        if float(sel["gamma"]) == 1.0:
+            spec = f"iif:{sel['variant']}"
+            _with_reproduce(tuned, _Row(bb.base, bb.extra, spec, spec, bb.run_name, True))
+        else:
+            _with_reproduce(tuned, None, f"w^{sel['gamma']:g} (chosen on validation) is not an `iif eval` adjuster; "
+                            f"`--adjust iif:{sel['variant']}` gives the plain weight")
+        cands.insert(1 + len(valid_variants(counts, VARIANTS, total)[0]), tuned)
 
-    # tau-norm: no training; tau picked on validation when there is one (Kang et al. 2020).
+    # tau-norm (Kang et al. 2020): the one implementation, iif eval's --adjust taunorm:tau; tau picked on validation.
+    def taunorm(tau: float, f, z):
+        return build_adjuster(f"taunorm:{tau:g}", counts, model)(f.to(z.device), z)
+
     if has_val:
-        by_tau = {t: dec.tau_norm_logits(run.head, f_va, t) for t in TAUS}
-        tau = float(select_by_validation({str(t): _np(v) for t, v in by_tau.items()}, _np(y_va)))
+        tau = float(select_by_validation({str(t): _np(taunorm(t, f_va, z_va)) for t in TAUS}, _np(y_va)))
     else:
         tau = 1.0
-    cands.append(Candidate("tau-norm", "post-hoc", f"tau={tau:g}", h, _np(dec.tau_norm_logits(run.head, f_te, tau)),
-                           _np(dec.tau_norm_logits(run.head, f_va, tau)) if has_val else None))
+    c = Candidate("tau-norm", "post-hoc", f"tau={tau:g}", h, _np(taunorm(tau, f_te, z_te)),
+                  _np(taunorm(tau, f_va, z_va)) if has_val else None)
+    cands.append(_with_reproduce(c, _Row(bb.base, bb.extra, f"taunorm:{tau:g}", f"taunorm:{tau:g}", bb.run_name, True)))
+    return cands, skipped
 
-    # Decoupled IIF for every valid variant: retrain the head on cached train features (Eq. 15).
-    ok, _ = valid_variants(counts, variants, total)
-    decoupled_val: dict[str, np.ndarray] = {}
-    decoupled_cands: dict[str, Candidate] = {}
-    for v in ok:
-        head, adjust = dec.iif_decoupled(run.head, f_tr, y_tr, freq, v, head_cfg)
-        with torch.no_grad():
-            zt = adjust(dec.head_logits(head, f_te))
-            zv = adjust(dec.head_logits(head, f_va)) if has_val else None
-        c = Candidate("IIF", "decoupled", v, h, _np(zt), None if zv is None else _np(zv))
-        cands.append(c)
-        decoupled_cands[v] = c
-        if zv is not None:
-            decoupled_val[v] = _np(zv)
-        if v == "smooth":
-            extras["norms_before"] = dec.head_weight_norms(run.head).tolist()
-            extras["norms_after"] = dec.head_weight_norms(head).tolist()
-    if decoupled_val:
-        best = select_by_validation(decoupled_val, _np(y_va))
-        b = decoupled_cands[best]
-        cands.append(Candidate("IIF tuned", "decoupled", best, h, b.test_logits, b.val_logits,
-                               info={"selection": {"variant": best, "gamma": 1.0}}))
 
-    crt_head = dec.crt(run.head, f_tr, y_tr, head_cfg)
-    lws_head = dec.lws(run.head, f_tr, y_tr, head_cfg)
-    for name, module in (("cRT", crt_head), ("LWS", lws_head)):
-        cands.append(Candidate(name, "decoupled", None, h, _np(dec.head_logits(module, f_te)),
-                               _np(dec.head_logits(module, f_va)) if has_val else None))
+def _logits(result, splits, device, batch_size: int, split: str) -> torch.Tensor | None:
+    """A trained run's logits on ``split`` as it predicts: with its loss's ``adjust_logits`` (``w * z`` for IIF)."""
+    from ..train import extract_features
+
+    ds = getattr(splits, split, None)
+    if ds is None:
+        return None
+    z = extract_features(result.model, ds, device, batch_size)[1].to(device)
+    adjust = getattr(result.criterion, "adjust_logits", None)
+    with torch.no_grad():
+        return adjust(z) if adjust is not None else z
+
+
+def _decoupled_rows(base: BenchBase, bb: _Row, state: dict, splits, dev, h: str, seed: int, variants, label: str,
+                    log) -> tuple[list[Candidate], dict]:
+    """Decoupled IIF (every valid variant, and the one validation picks), cRT and LWS: the backbone's
+    classifier retrained by :func:`iif.train.retrain_classifier` with the config's ``decoupled:`` recipe."""
+    from ..train import method_overrides, retrain_classifier
+
+    plan = [("IIF", v) for v in variants] + [("cRT", None), ("LWS", None)]
+    cands: list[Candidate] = []
+    extras: dict[str, Any] = {}
+    by_variant: dict[str, Candidate] = {}
+    for method, variant in plan:
+        extra = [*bb.extra, "strategy.name=decoupled", *method_overrides(method, variant)]
+        cfg = base.config(*extra, device=str(dev))
+        res = retrain_classifier(cfg, splits, state, device=dev)
+        zt = _logits(res, splits, dev, cfg.eval.batch_size, "test")
+        zv = _logits(res, splits, dev, cfg.eval.batch_size, "val")
+        c = Candidate(method, label, variant, h, _np(zt), None if zv is None else _np(zv))
+        run = f"runs/{method.lower()}{'-' + variant if variant else ''}-{h}-s{seed}"
+        cands.append(_with_reproduce(c, _Row(base, extra, "adjusted" if method == "IIF" else "raw", None, run)))
+        if method == "IIF":
+            by_variant[variant] = c
+            if variant == "smooth":
+                extras["norms_after"] = res.model.classifier.weight.detach().norm(dim=1).cpu().double().tolist()
+    if splits.val is not None and by_variant:
+        best = select_by_validation({v: c.val_logits for v, c in by_variant.items()}, _np(_val_labels(splits)))
+        b = by_variant[best]
+        t = Candidate("IIF tuned", label, best, h, b.test_logits, b.val_logits,
+                      info={"selection": {"variant": best, "gamma": 1.0}})
+        t.info["reproduce"] = dict(b.info["reproduce"])
+        cands.insert(len(by_variant), t)
     return cands, extras
 
 
-def _train_backbone(cfg, splits, device, log) -> tuple[Any, float, float]:
+def _val_labels(splits) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(splits.val.targets), dtype=torch.long)
+
+
+def _train(cfg, splits, device) -> tuple[Any, float, float]:
     from ..train import fit
 
     t0 = time.perf_counter()
@@ -199,41 +302,38 @@ def _train_backbone(cfg, splits, device, log) -> tuple[Any, float, float]:
     return res, (statistics.median(secs) if secs else float("nan")), total
 
 
-def _cache(res, splits, device, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    from ..train import extract_features
-
-    out = {}
-    for name in ("train", "val", "test"):
-        ds = getattr(splits, name, None)
-        out[name] = None if ds is None else extract_features(res.model, ds, device, batch_size)
-    return out
-
-
-def _e2e_candidates(cfg, splits, device, head: str, seed: int, log) -> tuple[list[Candidate], float]:
-    """End-to-end baselines; each predicts with its loss's ``adjust_logits`` (SPEC section 3)."""
-    from ..train import extract_features
-
+def _e2e_rows(base: BenchBase, bb: _Row, splits, device, head: str, seed: int, log) -> tuple[list[Candidate], float]:
+    """End-to-end baselines; each predicts with its loss's ``adjust_logits`` (paper Eq. 13 for the IIF loss)."""
     out, seconds = [], 0.0
     for method, loss, variant in E2E_METHODS:
-        c = copy.deepcopy(cfg)
-        c.loss.name = loss
-        c.loss.kwargs = {}
+        extra = [*bb.extra, f"loss.name={loss}"]
         if loss in ("iif", "iif_csl"):
-            c.loss.variant = "smooth"
+            extra.append("loss.variant=smooth")
         if loss == "ldam":
             # Margins live on the cosine scale: with the cosine head (s = 16) the logits are s * cos, so
             # max_margin 0.5 on cosines is 0.5 * s on logits and the loss adds no scale of its own.
-            s = float(c.model.kwargs.get("scale", 16.0)) if head == "cosine" else 1.0
-            c.loss.kwargs = {"scale": 1.0, "max_margin": 0.5 * s, "drw_epoch": max(1, int(0.8 * c.schedule.epochs))}
+            c0 = base.config(*extra)
+            s = float(c0.model.kwargs.get("scale", 16.0)) if head == "cosine" else 1.0
+            extra.append(_override("loss.kwargs", {"scale": 1.0, "max_margin": 0.5 * s,
+                                                   "drw_epoch": max(1, int(0.8 * c0.schedule.epochs))}))
+        cfg = base.config(*extra, device=str(device))
         log(f"  [seed {seed}, {head}] end-to-end {method} ...")
-        res, _, secs = _train_backbone(c, splits, device, log)
+        res, _, secs = _train(cfg, splits, device)
         seconds += secs
-        adjust = res.criterion.adjust_logits if res.criterion is not None else (lambda z: z)
-        with torch.no_grad():
-            zt = adjust(extract_features(res.model, splits.test, device, cfg.eval.batch_size)[1].to(device))
-            zv = adjust(extract_features(res.model, splits.val, device, cfg.eval.batch_size)[1].to(device)) if splits.val is not None else None
-        out.append(Candidate(method, "end-to-end", variant, head, _np(zt), None if zv is None else _np(zv)))
+        zt = _logits(res, splits, device, cfg.eval.batch_size, "test")
+        zv = _logits(res, splits, device, cfg.eval.batch_size, "val")
+        own = getattr(res.criterion, "adjust_logits", None) is not None and _has_own_rule(res.criterion)
+        c = Candidate(method, "end-to-end", variant, head, _np(zt), None if zv is None else _np(zv))
+        run = f"runs/{loss}-{head}-s{seed}"
+        out.append(_with_reproduce(c, _Row(base, extra, "adjusted" if own else "raw", None, run)))
     return out, seconds
+
+
+def _has_own_rule(criterion) -> bool:
+    """Whether ``iif train`` reports this loss's logits under ``adjusted`` (its ``adjust_logits`` is not the identity)."""
+    from ..losses import LossBase
+
+    return not (isinstance(criterion, LossBase) and type(criterion).adjust_logits is LossBase.adjust_logits)
 
 
 def _rss_peak_mb() -> float:
@@ -288,19 +388,21 @@ def run_bench(
     overrides: Sequence[str] = (),
     many: int | None = None,
     few: int | None = None,
-    head_cfg: dec.HeadTrainConfig | None = None,
     splits=None,
     plots: bool = True,
     threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the bench and write its outputs to ``out``; returns ``{"rows", "stds", "details", "meta", "out"}``.
+    """Run the bench and write its outputs to ``out``; returns ``{"rows", "stds", "details", "meta", "out", "summary"}``.
 
     ``splits`` (prebuilt :class:`iif.data.DatasetSplits`) skips ``build_datasets``; ``overrides`` are
-    ``dotted.key=value`` config overrides of the backbone recipe (e.g. ``schedule.epochs=2``).
-    ``threads``: CPU threads for training (default: 1 for training sets under 10k images, else torch's
-    default); the cached-feature part always runs on one thread.
+    ``dotted.key=value`` config overrides of every row (e.g. ``schedule.epochs=2``; ``decoupled.epochs=2``
+    shortens stage 2 and is shown in the decoupled rows). ``many``/``few``: shot-group thresholds (default
+    :func:`iif.metrics.shot_thresholds`). ``threads``: CPU threads for training (default: 1 for training sets
+    under 10k images, else torch's default).
     """
+    from ..train import build_splits, extract_features, resolve_device
+
     t_start = time.perf_counter()
     out = Path(out)
     folder = OutputFolder(out, command="bench", force=force)  # refuses a bad --out before any training
@@ -310,85 +412,83 @@ def run_bench(
     bad = [h for h in heads if h not in ("cosine", "linear")]
     if not heads or bad:
         raise IIFError(f"--heads must list cosine and/or linear (comma separated); got {','.join(heads) or 'nothing'}.")
-    cfg = bench_config(dataset, config, overrides)
-    if device is not None:
-        cfg.runtime.device = device
-    from ..train.engine import build_splits, resolve_device
-
+    base = bench_base(dataset, config, overrides)
+    cfg = base.config(device=device)
     dev = resolve_device(cfg.runtime.device)
     if splits is None:
         splits = build_splits(cfg)
     freq = splits.freq
     counts = freq.image_counts
-    if many is None or few is None:
-        dm, df = SMALL_DATASET_SHOTS if counts.max() <= 100 else (100, 20)
-        many = dm if many is None else many
-        few = df if few is None else few
+    total = float(freq.default_total("image"))
+    many, few = shot_thresholds(counts, many, few)
+    stage2 = _stage2_label(overrides)
     log(f"iif bench: {cfg.data.name}, {splits.num_classes} classes, {int(counts.sum())} training images "
         f"(largest {int(counts.max())}, smallest {int(counts.min())}); heads {','.join(heads)}; seeds {seeds}; "
-        f"{'quick' if quick else 'full'}; device {dev}")
-    head_cfg = head_cfg or dec.HeadTrainConfig()
+        f"{'quick' if quick else 'full'}; device {dev}; base config {base.source or '(defaults)'}")
     if threads is None and dev.type == "cpu" and len(splits.train.targets) < SMALL_TRAIN_SET:
         threads = 1
-    train_threads = threads
+    variants, skipped_variants = valid_variants(counts, VARIANTS, total)
+    y_te = np.asarray(splits.test.targets, dtype=np.int64)
+    y_va = np.asarray(splits.val.targets, dtype=np.int64) if splits.val is not None else None
 
     per_seed_rows: list[list[dict]] = []
     all_details: list[dict] = []
     timings: list[dict] = []
     plot_data: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
     for seed in range(int(seeds)):
         seed_rows: list[dict] = []
         for h in heads:
-            c = copy.deepcopy(cfg)
-            c.model.head = h
-            if h == "cosine":
-                c.model.kwargs = {**{"scale": 16.0}, **{k: v for k, v in c.model.kwargs.items() if k in ("scale", "learnable_scale")}}
-            else:
-                c.model.kwargs = {k: v for k, v in c.model.kwargs.items() if k == "bias"}
-            c.runtime.seed = seed
+            bb = _Row(base, [*_head_overrides(base, h), f"runtime.seed={seed}"], run_name=f"runs/softmax-{h}-s{seed}",
+                      via_eval=True)
+            c = base.config(*bb.extra, device=str(dev))
             log(f"  [seed {seed}, {h}] backbone: {c.model.arch}, softmax CE, {c.schedule.epochs} epochs ...")
-            with _threads(train_threads):
-                res, epoch_s, train_s = _train_backbone(c, splits, dev, log)
-                # extract_features returns CPU tensors; the head lives on ``dev``, so keep the cache there too.
-                cache = {k: None if v is None else tuple(t.to(dev) for t in v)
-                         for k, v in _cache(res, splits, dev, c.eval.batch_size).items()}
-            run = CachedRun(h, res.model.classifier, cache["train"], cache["val"], cache["test"], epoch_s, train_s)
-            t0 = time.perf_counter()
-            hc = dec.HeadTrainConfig(**{**head_cfg.__dict__, "seed": seed})
-            with _threads(1 if dev.type == "cpu" else None):
-                cands, extras = evaluate_cached(run, freq, many=many, few=few, head_cfg=hc)
-                y_te = _np(run.test[2]).astype(np.int64)
-                y_va = _np(run.val[2]).astype(np.int64) if run.val is not None else None
-                rows, details = evaluate_candidates(cands, y_te, counts, val_labels=y_va, many=many, few=few)
-            post_s = time.perf_counter() - t0
-            skipped.update(extras["skipped_variants"])
+            with _threads(threads):
+                res, epoch_s, train_s = _train(c, splits, dev)
+                state = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
+                f_te, z_te, _ = (t.to(dev) for t in extract_features(res.model, splits.test, dev, c.eval.batch_size))
+                f_va = z_va = None
+                if splits.val is not None:
+                    f_va, z_va, _ = (t.to(dev) for t in extract_features(res.model, splits.val, dev, c.eval.batch_size))
+                t0 = time.perf_counter()
+                cands, _ = _posthoc_rows(res.model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb)
+                post_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                dec, extras = _decoupled_rows(base, bb, state, splits, dev, h, seed, variants, stage2, log)
+                dec_s = time.perf_counter() - t0
+            extras["norms_before"] = res.model.classifier.weight.detach().norm(dim=1).cpu().double().tolist()
+            extras["skipped_variants"] = skipped_variants
+            cands += dec
+            rows, details = evaluate_candidates(cands, y_te, counts, val_labels=y_va, many=many, few=few)
             e2e_s = 0.0
             if not quick:
-                with _threads(train_threads):
-                    e2e, e2e_s = _e2e_candidates(c, splits, dev, h, seed, log)
+                with _threads(threads):
+                    e2e, e2e_s = _e2e_rows(base, bb, splits, dev, h, seed, log)
                 r2, d2 = evaluate_candidates(e2e, y_te, counts, val_labels=y_va, many=many, few=few, reference=cands)
                 rows += r2
                 details += d2
             timings.append({"seed": seed, "head": h, "backbone_epoch_s": epoch_s, "backbone_train_s": train_s,
-                            "epochs": c.schedule.epochs, "post_backbone_s": post_s, "e2e_baselines_s": e2e_s})
-            log(f"  [seed {seed}, {h}] backbone {train_s:.1f}s ({epoch_s:.2f}s/epoch); all post-backbone rows {post_s:.2f}s")
+                            "epochs": c.schedule.epochs, "post_backbone_s": post_s + dec_s, "post_hoc_s": post_s,
+                            "decoupled_s": dec_s,
+                            "e2e_baselines_s": e2e_s})
+            log(f"  [seed {seed}, {h}] backbone {train_s:.1f}s ({epoch_s:.2f}s/epoch); post-hoc rows {post_s:.2f}s; "
+                f"decoupled rows {dec_s:.1f}s")
             for r, d in zip(rows, details):
-                d = {k: v for k, v in d.items()}
                 all_details.append({"seed": seed, **r, **d})
             if seed == 0:
-                plot_data[h] = _plot_material(cands, rows, details, extras, y_te, y_va)
+                plot_data[h] = _plot_material(cands, rows, details, extras, y_te, y_va, stage2)
             seed_rows += rows
         per_seed_rows.append(seed_rows)
 
     means, stds = aggregate_seeds(per_seed_rows)
+    _attach_commands(means, all_details)
     meta = {
         "dataset": cfg.data.name, "num_classes": int(splits.num_classes), "train_counts": [int(x) for x in counts],
         "imbalance_ratio": float(counts.max() / max(counts.min(), 1)), "seeds": int(seeds), "heads": list(heads),
         "quick": bool(quick), "device": str(dev), "arch": cfg.model.arch, "epochs": cfg.schedule.epochs,
         "many": many, "few": few, "val_size": None if splits.val is None else len(splits.val.targets),
-        "test_size": len(splits.test.targets), "timings": timings, "head_retraining": head_cfg.__dict__,
-        "k_total": float(freq.default_total("image")), "threads": threads, "skipped_variants": skipped,
+        "test_size": len(splits.test.targets), "timings": timings, "base_config": base.source,
+        "overrides": list(base.overrides), "head_retraining": _stage2_recipe(cfg),
+        "k_total": total, "threads": threads, "skipped_variants": skipped_variants,
     }
     means, stds, summary = summarize(means, stds, all_details, meta)  # ranked on validation, identical rows folded
     text = printed_report(means, stds if seeds > 1 else None, summary)
@@ -401,13 +501,31 @@ def run_bench(
             "summary": summary}
 
 
-def _plot_material(cands, rows, details, extras, y_te, y_va) -> dict:
+def _stage2_recipe(cfg) -> dict[str, Any]:
+    """The decoupled rows' schedule (the config's ``decoupled:`` section, the paper's recipe by default)."""
+    d = cfg.decoupled
+    return {"epochs": d.epochs, "lr": d.lr, "momentum": d.momentum, "weight_decay": d.weight_decay,
+            "batch_size": d.batch_size or cfg.optim.batch_size, "schedule": d.schedule, "legacy": d.legacy}
+
+
+def _attach_commands(rows: list[dict], details: Sequence[dict]) -> None:
+    """Each mean row gets ``reproduce``: the command of its first seed (``runtime.seed=N`` for seed N)."""
+    first: dict[tuple, str | None] = {}
+    for d in details:
+        rec = d.get("reproduce")
+        if rec is not None:
+            first.setdefault(row_id(d), rec.get("command") or f"(not reproducible: {rec.get('note')})")
+    for r in rows:
+        r["reproduce"] = first.get(row_id(r))
+
+
+def _plot_material(cands, rows, details, extras, y_te, y_va, stage2: str = "decoupled") -> dict:
     """Per-class accuracy of softmax and the validation-chosen IIF rows, reliability bins, weight norms."""
     by = {(r["method"], r["strategy"]): (c, r, d) for c, r, d in zip(cands, rows, details)}
     per_class = {}
     for key, label in ((("softmax", "end-to-end"), "softmax"),
                        (("IIF tuned", "post-process"), "post-process IIF (chosen on val)"),
-                       (("IIF tuned", "decoupled"), "decoupled IIF (chosen on val)")):
+                       (("IIF tuned", stage2), "decoupled IIF (chosen on val)")):
         if key in by:
             c, r, d = by[key]
             per_class[f"{label}: {r['variant']}" if r["variant"] and "tuned" in r["method"] else label] = d["per_class"]
@@ -432,14 +550,5 @@ def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, p
         atomic_write_text(tmp / "results.json", dumps_results(rows, summary))
         if stds is not None:
             atomic_write_text(tmp / "results_std.json", dumps_rows(stds, RESULT_KEYS))
-        atomic_write_text(tmp / "details.json",
-                          json.dumps({"meta": meta, "rows": details}, indent=1, default=_json_default) + "\n")
+        atomic_write_json(tmp / "details.json", json_safe({"meta": meta, "rows": details}), default=str)
         write_report(tmp, rows, stds, details, meta, plot_data if plots else None, summary=summary)
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
         description="Train a softmax backbone per classifier head, cache its features and logits, and compare softmax, "
         "post-process IIF (all variants), logit adjustment, tau-norm, decoupled IIF (all variants), cRT, LWS, "
         "validation-tuned IIF and (unless --quick) end-to-end IIF, IIF_CSL, Balanced Softmax, LA loss and LDAM-DRW. "
+        "Decoupled rows retrain the classifier with the same stage and recipe as `iif train <dataset>_decoupled` (the "
+        "config's decoupled: section). Every row carries the iif train / iif eval command that reproduces it. "
         "Writes results.json, report.md and plots to --out.",
     )
     src = p.add_mutually_exclusive_group()
@@ -33,11 +35,13 @@ def register(subparsers) -> None:
                    help="replace an earlier iif output in --out (swapped in atomically when the new one is complete; "
                         "a folder iif did not write is never replaced)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
-    p.add_argument("--many", type=int, default=None, help="many-shot threshold (default 100; 50 when no class has > 100 images)")
-    p.add_argument("--few", type=int, default=None, help="few-shot threshold (default 20; 15 when no class has > 100 images)")
+    p.add_argument("--many", type=int, default=None, help="many-shot threshold (default: iif.metrics.shot_thresholds, 100; 50 when no class has > 100 images)")
+    p.add_argument("--few", type=int, default=None, help="few-shot threshold (default: iif.metrics.shot_thresholds, 20; 15 when no class has > 100 images)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default 1 below 10k training images, else torch's default)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="backbone config overrides, e.g. schedule.epochs=5")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides of every row, e.g. schedule.epochs=5; decoupled.* ones (e.g. decoupled.epochs=2, a "
+                        "shorter stage 2 than the config's recipe) are shown in the decoupled rows' strategy")
     p.set_defaults(func=run)
 
 

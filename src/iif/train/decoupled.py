@@ -18,7 +18,9 @@ tau-norm trains nothing: it is :func:`iif.train.strategies.tau_norm_head` (``iif
 :func:`retrain_classifier` is the one implementation: ``iif train <dataset>_decoupled`` runs it after stage 1
 (or on ``decoupled.stage1_checkpoint``), and ``iif bench`` runs it on its softmax backbone, so every
 decoupled row of the bench is what ``iif train`` trains with the same settings. It trains with the same
-loop as every stage (:mod:`iif.train.engine`): per-epoch checkpoints, exact resume, DDP.
+loop as every stage (:mod:`iif.train.engine`): per-epoch checkpoints, exact resume, DDP. When the frozen
+backbone sees no augmentation, the training features are computed once (:func:`cached_feature_batches`):
+the same inputs in the same order, so the same classifier to float rounding, without a backbone pass per step.
 
 Freezing (docs/method.md, "Decoupled training"):
 
@@ -33,6 +35,7 @@ Freezing (docs/method.md, "Decoupled training"):
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,8 +54,13 @@ __all__ = [
     "prepare_decoupled_model",
     "shape_stage2_model",
     "set_stage_train_mode",
+    "FeatureBatches",
+    "cached_feature_batches",
     "retrain_classifier",
 ]
+
+#: Compute the frozen backbone's training features once when that is exact (:func:`cached_feature_batches`).
+CACHE_FEATURES = True
 
 #: ``decoupled.method``: ``retrain`` trains the classifier's parameters, ``lws`` only per-class logit scales.
 DECOUPLED_METHODS: tuple[str, ...] = ("retrain", "lws")
@@ -171,6 +179,45 @@ def set_stage_train_mode(model: nn.Module, frozen_backbone: bool, legacy: bool) 
         from ..models import set_backbone_eval
 
         set_backbone_eval(model)
+
+
+class FeatureBatches:
+    """Stage-2 training batches of precomputed features: the sampler's order cut into ``batch_size`` chunks,
+    exactly the batches the image path builds (:mod:`iif.data.batches`), with features instead of images."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, sampler, batch_size: int) -> None:
+        self.features, self.targets, self.sampler, self.batch_size = features, targets, sampler, int(batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long, device=self.features.device)
+        for start in range(0, order.numel(), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.features[idx], self.targets[idx]
+
+
+def cached_feature_batches(model: nn.Module, dataset, sampler, batch_size: int, device: torch.device, *,
+                           legacy: bool, mixup_alpha: float, amp: str, distributed: bool,
+                           resident: bool = True, eval_batch_size: int = 512) -> FeatureBatches | None:
+    """The training features of a frozen backbone computed once, as :class:`FeatureBatches`, when that changes
+    nothing: backbone in eval mode (not ``legacy``, whose BatchNorm statistics move), no augmentation (an
+    in-memory dataset whose recipe has no crop, flip or cutout), no mixup (it mixes images), no autocast, one
+    process. Otherwise None, and stage 2 forwards every batch through the backbone. The classifier then
+    trains on the same inputs in the same order; tests/test_train_strategies.py checks the weights match.
+    """
+    if not CACHE_FEATURES or legacy or mixup_alpha > 0 or amp not in ("none", "", None) or distributed or not resident:
+        return None
+    from ..data.batches import batch_recipe
+
+    recipe = batch_recipe(dataset)
+    if recipe is None or recipe["crop"] or recipe["flip"] or recipe["cutout"]:
+        return None
+    from .evaluation import predict
+
+    features, _, targets = predict(model, dataset, device, eval_batch_size, resident=True)
+    return FeatureBatches(features.to(device), targets.to(device), sampler, batch_size)
 
 
 def retrain_classifier(cfg, splits, stage1_state: dict, *, out_dir: str | os.PathLike | None = None,

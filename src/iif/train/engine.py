@@ -43,7 +43,7 @@ from .config import TrainConfig, config_hash, config_to_dict, load_config, save_
 from .distributed import DistInfo, barrier, cleanup_distributed, gather_rng_states, init_distributed, per_rank_batch
 from .epoch import NonFiniteLoss, train_one_epoch
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
-from .decoupled import prepare_decoupled_model, retrain_classifier, set_stage_train_mode
+from .decoupled import cached_feature_batches, prepare_decoupled_model, retrain_classifier, set_stage_train_mode
 from .strategies import build_adjuster, trainable_parameters
 from .evaluation import (_eval_split, checkpoint_preprocess, evaluate, evaluate_checkpoint, extract_features,
                          loss_adjuster, predict)
@@ -493,6 +493,11 @@ def _build_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, de
             return ddp(f)
     else:
         forward = ddp
+    if spec.frozen_backbone:  # features computed once when exact (no augmentation...): iif.train.decoupled
+        cached = cached_feature_batches(model, splits.train, sampler, batch, dev, legacy=spec.legacy,
+                                        mixup_alpha=spec.mixup_alpha, amp=rt.amp, distributed=info.distributed,
+                                        resident=cfg.data.resident, eval_batch_size=cfg.eval.batch_size)
+        batches, forward = (cached, ddp) if cached is not None else (batches, forward)
     loss_adj = loss_adjuster(criterion)
     return _StageRun(cfg, spec, splits, out, dev, info, model, criterion, sampler, batches, optimizer, scheduler,
                      scaler, forward, use_cl, h, {"adjusted": loss_adj} if loss_adj is not None else {})
