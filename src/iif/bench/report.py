@@ -199,6 +199,11 @@ def printed_report(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str
     return "\n".join(parts)
 
 
+def _code(command: str) -> str:
+    """A command in backticks; a note (``(not reproducible: ...)``) as it is."""
+    return command if command.startswith("(") else f"`{command}`"
+
+
 def _fold_notes(summary: Mapping[str, Any]) -> list[str]:
     out = []
     for f in summary.get("folded", []):
@@ -260,18 +265,24 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
         f"- Shot groups by training images: many > {m['many']}, few < {m['few']}, medium otherwise. "
         "Accuracies and ECE (10 bins) in percent, on the test split.",
         f"- Mode: {'quick (no end-to-end baselines)' if m['quick'] else 'full'}; device {m['device']}.",
+    ]
+    stage2 = m.get("head_retraining")
+    if isinstance(stage2, Mapping) and stage2:
+        lines.append("- Decoupled rows (classifier retrained on the frozen backbone): "
+                     + ", ".join(f"{k} {v}" for k, v in stage2.items()) + ".")
+    lines += [
         "",
         "Rows: `softmax` is the backbone itself; `post-process` multiplies its logits by the IIF weights "
-        "(Eq. 13); `decoupled` retrains only the head on cached features (IIF loss Eq. 15 with random "
-        "sampling, evaluated on w * z; cRT: re-initialised head, class-balanced sampling; LWS: learned "
-        "per-class scales); `IIF tuned` picks the variant (and for post-process an exponent gamma on the "
-        "weights, shown as `variant^gamma`) on the validation split only; tau-norm picks tau on validation.",
+        "(Eq. 13); `decoupled` retrains only the classifier (IIF loss Eq. 15 with random sampling, evaluated "
+        "on w * z; cRT: re-initialised classifier, class-balanced sampling; LWS: learned per-class scales); "
+        "`IIF tuned` picks the variant (and for post-process an exponent gamma on the weights, shown as "
+        "`variant^gamma`) on the validation split only; tau-norm picks tau on validation.",
         "",
     ]
     commands = [(r, r.get("reproduce")) for r in rows if not r.get("same_as") and r.get("reproduce")]
     if commands:
         lines += ["### Reproduce a row", "", "Each row with `iif train` / `iif eval` (first seed; `runtime.seed=N` for seed N):", ""]
-        lines += [f"- {(str(r['rank']) + '. ') if r.get('rank') else ''}{row_label(r)}: `{cmd}`" for r, cmd in commands]
+        lines += [f"- {(str(r['rank']) + '. ') if r.get('rank') else ''}{row_label(r)}: {_code(cmd)}" for r, cmd in commands]
         lines.append("")
     tuned = [d for d in details if "selection" in d]
     if tuned:

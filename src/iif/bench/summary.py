@@ -360,7 +360,8 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                 summary["uncertainty"] = {"delta_val": s["delta_val"], "delta_val_se": se, "val_size": val_size,
                                           "within_noise": bool(within), "text": text}
         if top.get("reproduce"):
-            lines.append(f"Reproduce the recommended row: `{top['reproduce']}`")
+            cmd = str(top["reproduce"])
+            lines.append(f"Reproduce the recommended row: {cmd if cmd.startswith('(') else '`' + cmd + '`'}")
         best: dict[tuple, Mapping[str, Any]] = {}
         for r in rows:
             if r["rank"] is not None and (r["head"], r["strategy"]) not in best and (r["method"], r["strategy"]) != REFERENCE:
