@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
-from ..train.checkpoint import load_checkpoint, restore_rng
+from ..train.checkpoint import load_checkpoint, restore_training_state
 from ..train.distributed import all_reduce_sum, gather_rng_states, init_distributed
 from .data import collate
 
@@ -208,16 +208,7 @@ def train_detector(
             raise IIFError(f"cannot resume from {ckpt_path}: it was trained with other settings "
                            f"({ckpt.get('settings')}); use the same batch size, lr, schedule, seed, world size and "
                            "dataset, or start in a new out_dir.")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"])
-        history = list(ckpt.get("history", []))
-        rngs = ckpt.get("rng_per_rank") or []
-        if rngs:
-            restore_rng(rngs[min(info.rank, len(rngs) - 1)])
+        start_epoch, history = restore_training_state(ckpt, model, optimizer, scheduler, scaler, info.rank)
         if info.is_main:
             log(f"resumed from {ckpt_path} after epoch {start_epoch}")
     else:
