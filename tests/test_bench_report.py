@@ -355,3 +355,13 @@ def test_keys_the_runner_adds_to_rows_are_kept_and_the_recommended_command_is_sh
     assert list(doc["rows"][0])[:len(RESULT_KEYS)] == list(RESULT_KEYS)
     assert summary["recommended"]["reproduce"] == "iif train x cRT"
     assert "Reproduce the recommended row: `iif train x cRT`" in summary["lines"]
+
+
+def test_softmax_is_recommended_when_nothing_beats_it_on_validation():
+    soft = Candidate("softmax", "end-to-end", None, "linear", _onehot(_with_errors([1, 1, 1])), _onehot(Y))
+    a = Candidate("cRT", "decoupled", None, "linear", _onehot(Y), _onehot(_with_errors([1, 0, 0])))  # better on test only
+    rows, details = _score([soft, a], Y, Y)
+    ranked, _, summary = _summarize([rows], details, val_size=12)
+    assert [r["method"] for r in ranked] == ["softmax", "cRT"]
+    assert summary["recommended"]["method"] == "softmax" and summary["uncertainty"] is None
+    assert summary["lines"][0].startswith("Recommended by validation: softmax itself (softmax / end-to-end (linear head))")
