@@ -25,7 +25,6 @@ checkpoint and epoch. One epoch is :func:`iif.train.epoch.train_one_epoch`; batc
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
 from .advice import check_config_advice, loader_workers
 from ..data.batches import make_train_batches
+from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import DistInfo, barrier, cleanup_distributed, gather_rng_states, init_distributed, per_rank_batch
@@ -86,139 +86,6 @@ class TrainResult:
     # Which checkpoint the final metrics come from: select (best|last), checkpoint (file name), epoch,
     # selected_on (the validation metric), val_score, split. None when no stage evaluated (stopped early).
     selection: dict | None = None
-
-
-@dataclass
-class StageSpec:
-    """One training stage (end-to-end, decoupled stage 1 or stage 2) with everything that differs between them."""
-
-    name: str
-    epochs: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    nesterov: bool
-    batch_size: int
-    schedule: str
-    milestones: list
-    gamma: float
-    warmup_epochs: float
-    warmup_start_factor: float
-    loss: str
-    loss_kwargs: dict
-    sampler: str
-    mixup_alpha: float
-    label_smoothing: float
-    frozen_backbone: bool = False
-    legacy: bool = False
-    extra_hash: dict = field(default_factory=dict)
-
-    @classmethod
-    def main(cls, cfg: TrainConfig, name: str = "e2e") -> "StageSpec":
-        kw = dict(cfg.loss.kwargs)
-        if cfg.loss.name in ("iif", "iif_csl"):
-            kw.setdefault("variant", cfg.loss.variant)
-        return cls(name, cfg.schedule.epochs, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay,
-                   cfg.optim.nesterov, cfg.optim.batch_size, cfg.schedule.name, list(cfg.schedule.milestones),
-                   cfg.schedule.gamma, cfg.schedule.warmup_epochs, cfg.schedule.warmup_start_factor, cfg.loss.name,
-                   kw, cfg.data.sampler, cfg.data.mixup_alpha, cfg.loss.label_smoothing)
-
-    @classmethod
-    def decoupled(cls, cfg: TrainConfig) -> "StageSpec":
-        d = cfg.decoupled
-        kw = dict(d.loss_kwargs)
-        if d.loss in ("iif", "iif_csl"):
-            kw.setdefault("variant", d.variant)
-        return cls("stage2", d.epochs, d.lr, d.momentum, d.weight_decay, False, d.batch_size or cfg.optim.batch_size,
-                   d.schedule, [], 0.1, 0.0, 1.0, d.loss, kw, d.sampler, d.mixup_alpha, 0.0,
-                   frozen_backbone=True, legacy=d.legacy)
-
-
-# ----------------------------------------------------------------------------------------------- building blocks
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an IIFError."""
-    name = "auto" if name is None else str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise IIFError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N (e.g. cuda:1).") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IIFError("runtime.device is cuda but no CUDA device is available; use --device cpu.")
-    return dev
-
-
-def build_splits(cfg: TrainConfig):
-    """``iif.data.build_datasets`` with the config's data section (list files are validated there), then,
-    unless ``data.verify_images`` is false, every image file decoded once (:mod:`iif.data.verify`)."""
-    from ..data import build_datasets
-    from ..data.lists import LIST_DATASETS
-    from ..data.verify import verify_split_images
-
-    d = cfg.data
-    options = dict(d.options)
-    if d.allow_outside_root and d.name in LIST_DATASETS:
-        options.setdefault("allow_outside_root", True)
-    splits = build_datasets(d.name, root=d.root, imbalance_ratio=d.imbalance_ratio, profile=d.profile, seed=d.seed,
-                            augment=d.augment, val_per_class=d.val_per_class, **options)
-    if d.verify_images:
-        verify_split_images(splits)
-    return splits
-
-
-def build_model_for(cfg: TrainConfig, splits) -> nn.Module:
-    from ..models import build_model
-
-    m = cfg.model
-    return build_model(m.arch, splits.num_classes, m.head, splits.in_channels, pretrained=m.pretrained,
-                       backbone_kwargs=dict(m.backbone_kwargs), **dict(m.kwargs))
-
-
-def build_criterion(spec: StageSpec, freq) -> nn.Module:
-    from ..losses import build_loss
-
-    kw = dict(spec.loss_kwargs)
-    if spec.label_smoothing:
-        kw["label_smoothing"] = spec.label_smoothing
-    # The loop checks the loss for NaN/inf itself (and saves a checkpoint); labels were checked when the
-    # dataset was built. Skipping the loss's own checks saves a host sync per step on a GPU.
-    kw.setdefault("check_finite", False)
-    kw.setdefault("check_labels", False)
-    return build_loss(spec.loss, freq, **kw)
-
-
-class WarmupSchedule:
-    """Learning-rate factor per iteration: linear warm-up, then multistep / cosine / constant.
-
-    ``milestones`` are epochs (paper §V-B1: 360 and 380 of 400 for CIFAR-LT). A plain callable object, so
-    ``LambdaLR.state_dict`` stores it and resume needs nothing else.
-    """
-
-    def __init__(self, iters_per_epoch: int, epochs: int, name: str = "multistep", milestones=(), gamma: float = 0.1,
-                 warmup_epochs: float = 0.0, warmup_start_factor: float = 0.1) -> None:
-        if name not in ("multistep", "cosine", "constant"):
-            raise IIFError(f"unknown schedule {name!r}; use multistep, cosine or constant.")
-        self.iters_per_epoch = max(int(iters_per_epoch), 1)
-        self.total = self.iters_per_epoch * max(int(epochs), 1)
-        self.name = name
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.warmup = int(round(float(warmup_epochs) * self.iters_per_epoch))
-        self.start = float(warmup_start_factor)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return self.start + (1.0 - self.start) * step / self.warmup
-        if self.name == "multistep":
-            epoch = step // self.iters_per_epoch
-            return self.gamma ** sum(epoch >= m for m in self.milestones)
-        if self.name == "cosine":
-            t = (step - self.warmup) / max(self.total - self.warmup, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-        return 1.0
 
 
 # ----------------------------------------------------------------------------------------------- fit

@@ -1,0 +1,171 @@
+"""Building blocks of a training stage, from a config: the stage spec, device, datasets, model, loss and
+learning-rate schedule. :mod:`iif.train.engine` runs stages from them; :mod:`iif.train.evaluation`
+rebuilds a checkpoint's model and data with them.
+
+    from iif.train.build import StageSpec, build_splits, build_model_for, build_criterion, resolve_device
+    cfg = load_config("digits_lt_e2e")
+    splits = build_splits(cfg)
+    model = build_model_for(cfg, splits)
+    loss = build_criterion(StageSpec.main(cfg), splits.freq)   # the IIF loss, smooth variant
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import IIFError
+from .config import TrainConfig
+
+__all__ = ["StageSpec", "VARIANT_LOSSES", "resolve_device", "build_splits", "build_model_for", "build_criterion",
+           "WarmupSchedule"]
+
+
+@dataclass
+class StageSpec:
+    """One training stage (end-to-end, decoupled stage 1 or stage 2) with everything that differs between them."""
+
+    name: str
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    batch_size: int
+    schedule: str
+    milestones: list
+    gamma: float
+    warmup_epochs: float
+    warmup_start_factor: float
+    loss: str
+    loss_kwargs: dict
+    sampler: str
+    mixup_alpha: float
+    label_smoothing: float
+    # The IIF weight variant (paper Table III) for the losses that take one (iif, iif_csl); None otherwise.
+    variant: str | None = None
+    frozen_backbone: bool = False
+    legacy: bool = False
+
+    @classmethod
+    def main(cls, cfg: TrainConfig, name: str = "e2e") -> "StageSpec":
+        """The top-level sections: end-to-end training, or decoupled stage 1."""
+        kw = dict(cfg.loss.kwargs)
+        variant = _variant_for(cfg.loss.name, kw, cfg.loss.variant)
+        return cls(name, cfg.schedule.epochs, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay,
+                   cfg.optim.nesterov, cfg.optim.batch_size, cfg.schedule.name, list(cfg.schedule.milestones),
+                   cfg.schedule.gamma, cfg.schedule.warmup_epochs, cfg.schedule.warmup_start_factor, cfg.loss.name,
+                   kw, cfg.data.sampler, cfg.data.mixup_alpha, cfg.loss.label_smoothing, variant)
+
+    @classmethod
+    def decoupled(cls, cfg: TrainConfig) -> "StageSpec":
+        """Decoupled stage 2 (paper §V-B3): the ``decoupled`` section, backbone frozen."""
+        d = cfg.decoupled
+        kw = dict(d.loss_kwargs)
+        variant = _variant_for(d.loss, kw, d.variant)
+        return cls("stage2", d.epochs, d.lr, d.momentum, d.weight_decay, False, d.batch_size or cfg.optim.batch_size,
+                   d.schedule, [], 0.1, 0.0, 1.0, d.loss, kw, d.sampler, d.mixup_alpha, 0.0, variant,
+                   frozen_backbone=True, legacy=d.legacy)
+
+
+#: Losses that take an IIF weight variant (paper Table III).
+VARIANT_LOSSES = ("iif", "iif_csl")
+
+
+def _variant_for(loss: str, kwargs: dict, variant: str) -> str | None:
+    """The stage's IIF variant: ``loss.kwargs.variant`` if given there (removed from ``kwargs``), else the
+    section's ``variant``; None for a loss without one."""
+    if str(loss).lower() not in VARIANT_LOSSES:
+        return None
+    return kwargs.pop("variant", variant)
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an IIFError."""
+    name = "auto" if name is None else str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise IIFError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N (e.g. cuda:1).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise IIFError("runtime.device is cuda but no CUDA device is available; use --device cpu.")
+    return dev
+
+
+def build_splits(cfg: TrainConfig):
+    """``iif.data.build_datasets`` with the config's data section (list files are validated there), then,
+    unless ``data.verify_images`` is false, every image file decoded once (:mod:`iif.data.verify`)."""
+    from ..data import build_datasets
+    from ..data.lists import LIST_DATASETS
+    from ..data.verify import verify_split_images
+
+    d = cfg.data
+    options = dict(d.options)
+    if d.allow_outside_root and d.name in LIST_DATASETS:
+        options.setdefault("allow_outside_root", True)
+    splits = build_datasets(d.name, root=d.root, imbalance_ratio=d.imbalance_ratio, profile=d.profile, seed=d.seed,
+                            augment=d.augment, val_per_class=d.val_per_class, **options)
+    if d.verify_images:
+        verify_split_images(splits)
+    return splits
+
+
+def build_model_for(cfg: TrainConfig, splits) -> nn.Module:
+    """The config's model (:func:`iif.models.build_model`) for the classes and channels of ``splits``."""
+    from ..models import build_model
+
+    m = cfg.model
+    return build_model(m.arch, splits.num_classes, m.head, splits.in_channels, pretrained=m.pretrained,
+                       backbone_kwargs=dict(m.backbone_kwargs), **dict(m.kwargs))
+
+
+def build_criterion(spec: StageSpec, freq) -> nn.Module:
+    """The stage's loss (:func:`iif.losses.build_loss`) with its variant, label smoothing and options."""
+    from ..losses import build_loss
+
+    kw = dict(spec.loss_kwargs)
+    if spec.variant is not None:
+        kw["variant"] = spec.variant
+    if spec.label_smoothing:
+        kw["label_smoothing"] = spec.label_smoothing
+    # The loop checks the loss for NaN/inf itself (and saves a checkpoint); labels were checked when the
+    # dataset was built. Skipping the loss's own checks saves a host sync per step on a GPU.
+    kw.setdefault("check_finite", False)
+    kw.setdefault("check_labels", False)
+    return build_loss(spec.loss, freq, **kw)
+
+
+class WarmupSchedule:
+    """Learning-rate factor per iteration: linear warm-up, then multistep / cosine / constant.
+
+    ``milestones`` are epochs (paper §V-B1: 360 and 380 of 400 for CIFAR-LT). A plain callable object, so
+    ``LambdaLR.state_dict`` stores it and resume needs nothing else.
+    """
+
+    def __init__(self, iters_per_epoch: int, epochs: int, name: str = "multistep", milestones=(), gamma: float = 0.1,
+                 warmup_epochs: float = 0.0, warmup_start_factor: float = 0.1) -> None:
+        if name not in ("multistep", "cosine", "constant"):
+            raise IIFError(f"unknown schedule {name!r}; use multistep, cosine or constant.")
+        self.iters_per_epoch = max(int(iters_per_epoch), 1)
+        self.total = self.iters_per_epoch * max(int(epochs), 1)
+        self.name = name
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+        self.warmup = int(round(float(warmup_epochs) * self.iters_per_epoch))
+        self.start = float(warmup_start_factor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.start + (1.0 - self.start) * step / self.warmup
+        if self.name == "multistep":
+            epoch = step // self.iters_per_epoch
+            return self.gamma ** sum(epoch >= m for m in self.milestones)
+        if self.name == "cosine":
+            t = (step - self.warmup) / max(self.total - self.warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        return 1.0
