@@ -267,3 +267,19 @@ def test_training_logs_one_line_per_epoch_when_stderr_is_not_a_terminal(splits, 
     lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage() and "loss" in r.getMessage()]
     assert [ln.split()[2] for ln in lines] == ["1/3", "2/3", "3/3"]
     assert all("val class_avg" in ln for ln in lines)
+
+
+def test_stage_variant_is_a_typed_field_that_reaches_the_loss(splits):
+    from iif.train import StageSpec
+    from iif.train.build import build_criterion
+
+    counts = splits.freq.image_counts
+    spec = StageSpec.main(load_config("digits_lt_e2e", ["loss.variant=raw"]))
+    assert spec.variant == "raw" and "variant" not in spec.loss_kwargs
+    loss = build_criterion(spec, splits.freq)
+    assert torch.allclose(loss.iif_weights.double(), torch.as_tensor(iif_weights(counts, "raw")).double())
+    # loss.kwargs.variant wins over loss.variant (it is the more specific setting)
+    assert StageSpec.main(load_config("digits_lt_e2e", ["loss.kwargs.variant=base10"])).variant == "base10"
+    assert StageSpec.main(load_config("digits_lt_e2e", ["loss.name=ce"])).variant is None
+    stage2 = StageSpec.decoupled(load_config("digits_lt_decoupled", ["decoupled.variant=gombit"]))
+    assert (stage2.name, stage2.variant, stage2.frozen_backbone) == ("stage2", "gombit", True)
