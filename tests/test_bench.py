@@ -15,6 +15,9 @@ from iif.errors import IIFError
 from iif.weights import VARIANTS
 
 FAST = ["schedule.epochs=1"]
+#: A shorter stage 2 than digits_lt_decoupled's 4 epochs: explicit, and shown in the decoupled rows' strategy.
+FAST_STAGE2 = [*FAST, "decoupled.epochs=1"]
+DECOUPLED = "decoupled [decoupled.epochs=1]"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def _splits():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, splits):
     out = tmp_path_factory.mktemp("bench") / "out"
-    res = R.run_bench(dataset="digits-lt", out=out, quick=True, overrides=FAST, splits=splits,
+    res = R.run_bench(dataset="digits-lt", out=out, quick=True, overrides=FAST_STAGE2, splits=splits,
                       log=lambda *_: None)
     return out, res
 
@@ -41,7 +44,7 @@ def test_results_json_has_exact_keys_all_variants_both_heads(quick_run):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows and all(list(r)[:len(ROW_KEYS)] == list(ROW_KEYS) for r in rows)
     for head in ("cosine", "linear"):
-        for strategy in ("post-process", "decoupled"):
+        for strategy in ("post-process", DECOUPLED):
             got = {r["variant"] for r in rows if r["head"] == head and r["method"] == "IIF" and r["strategy"] == strategy}
             assert got == set(VARIANTS), (head, strategy)
         methods = {r["method"] for r in rows if r["head"] == head}
@@ -93,11 +96,18 @@ def test_posthoc_rows_and_tuning_never_read_test_labels(splits):
     tuned = [c for c in cands if c.method == "IIF tuned"]
     assert len(tuned) == 1 and tuned[0].val_logits is not None
     assert all(c.info["reproduce"]["command"] is None or "iif eval" in c.info["reproduce"]["command"] for c in cands)
+    # tau-norm is iif eval's taunorm:tau (one implementation): rows w_c / ||w_c||^tau, the bias dropped
+    tn = next(c for c in cands if c.method == "tau-norm")
+    tau = float(tn.variant.split("=")[1])
+    W = res.model.classifier.weight.detach()
+    expected = torch.nn.functional.linear(f_te, W / W.norm(dim=1, keepdim=True) ** tau)
+    assert np.allclose(tn.test_logits, expected.double().numpy(), atol=1e-5)
+    assert tn.info["reproduce"]["eval_adjust"] == f"taunorm:{tau:g}"
 
 
 def test_full_bench_adds_end_to_end_rows_and_seeds_write_std(tmp_path, splits):
     out = tmp_path / "full"
-    res = R.run_bench(out=out, seeds=2, heads=["linear"], overrides=FAST, splits=splits,
+    res = R.run_bench(out=out, seeds=2, heads=["linear"], overrides=FAST_STAGE2, splits=splits,
                       plots=False, log=lambda *_: None)
     rows = json.loads((out / "results.json").read_text())["rows"]
     stds = json.loads((out / "results_std.json").read_text())
@@ -159,7 +169,7 @@ def test_existing_results_refused_without_force_then_replaced(quick_run, tmp_pat
         R.run_bench(out=out, quick=True, overrides=FAST, splits=splits)
     # --force: written beside, then renamed into place; a stale file from the old run is gone
     (out / "stale.txt").write_text("old")
-    R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST, splits=splits, force=True,
+    R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST_STAGE2, splits=splits, force=True,
                 plots=False, log=lambda *_: None)
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["head"] for r in rows} == {"linear"} and not (out / "stale.txt").exists()

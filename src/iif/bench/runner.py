@@ -86,6 +86,13 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
+def _last_wins(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` without the earlier settings of a key set again later (the same config, a shorter command:
+    overrides apply in order, so a later ``key=...`` replaces an earlier one of the same key)."""
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    return [o for i, o in enumerate(overrides) if keys[i] not in keys[i + 1:]]
+
+
 @dataclass
 class BenchBase:
     """The config every row starts from: ``source`` (packaged name or YAML path; None for the library's
@@ -98,7 +105,7 @@ class BenchBase:
     def config(self, *extra: str, device: str | None = None):
         from ..train import load_config
 
-        cfg = load_config(self.source, [*self.overrides, *extra])
+        cfg = load_config(self.source, _last_wins([*self.overrides, *extra]))
         # Not part of the result: nothing written, no progress bars; the device the bench was given.
         cfg.runtime.out_dir = None
         cfg.runtime.progress = False
@@ -108,7 +115,7 @@ class BenchBase:
         return cfg
 
     def train_argv(self, *extra: str) -> list[str]:
-        return [self.source or "<config>", *self.overrides, *extra]
+        return [self.source or "<config>", *_last_wins([*self.overrides, *extra])]
 
     def command(self, *extra: str, out: str = "RUN") -> str:
         return "iif train " + " ".join(shlex.quote(a) for a in self.train_argv(*extra)) + f" --out {out}"
@@ -193,7 +200,7 @@ class _Row:
         command = self.base.command(*self.extra, out=self.run_name)
         if self.via_eval:
             command += f" && iif eval {self.run_name}/last.pt" + (f" --adjust {self.adjust}" if self.adjust else "")
-        return {"command": command, "config": self.base.source, "overrides": [*self.base.overrides, *self.extra],
+        return {"command": command, "config": self.base.source, "overrides": _last_wins([*self.base.overrides, *self.extra]),
                 "eval_adjust": self.adjust, "metrics": self.metrics}
 
 
@@ -487,7 +494,7 @@ def run_bench(
         "quick": bool(quick), "device": str(dev), "arch": cfg.model.arch, "epochs": cfg.schedule.epochs,
         "many": many, "few": few, "val_size": None if splits.val is None else len(splits.val.targets),
         "test_size": len(splits.test.targets), "timings": timings, "base_config": base.source,
-        "overrides": list(base.overrides), "head_retraining": _stage2_recipe(cfg),
+        "overrides": _last_wins(base.overrides), "head_retraining": _stage2_recipe(cfg),
         "k_total": total, "threads": threads, "skipped_variants": skipped_variants,
     }
     means, stds, summary = summarize(means, stds, all_details, meta)  # ranked on validation, identical rows folded
