@@ -33,10 +33,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..data.batches import make_train_batches
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
 from .advice import check_config_advice, loader_workers
-from ..data.batches import make_train_batches
 from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
@@ -107,8 +107,8 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
 
     Args:
         cfg: a :class:`TrainConfig`, a packaged config name / YAML path, or a dict.
-        out_dir: where checkpoints (``last.pt``), ``metrics.csv``, ``config.yaml`` and ``final_metrics.json``
-            go (default ``cfg.runtime.out_dir``; None writes nothing).
+        out_dir: where checkpoints (``last.pt``, and ``best.pt`` when there is a val split), ``metrics.csv``,
+            ``config.yaml`` and ``final_metrics.json`` go (default ``cfg.runtime.out_dir``; None writes nothing).
         resume: continue the run in ``out_dir`` (exactly: same final weights as an uninterrupted run); only a
             folder iif started is continued, and a replacement staged by a killed ``force`` run is found.
         force: with ``resume``, resume even if the config hash differs; without, replace an earlier iif
