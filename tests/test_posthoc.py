@@ -153,7 +153,7 @@ def test_cli_reads_classfrequency_json_and_val(tmp_path, capsys):
         ({"labels": np.array([0, 1, 3, 0])}, "labels must be in"),
         ({"counts": [90, 9]}, "training counts have 2"),
         ({"logits": np.where(np.eye(4, 3) > 0, np.nan, LOGITS)}, "NaN"),
-        ({"counts": [90, -9, 1]}, "negative"),
+        ({"counts": [90, -9, 1]}, "entry 1 is -9"),  # read by ClassFrequency.from_source, as iif weights does
     ],
 )
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, kwargs, match):

@@ -24,7 +24,6 @@ import numpy as np
 
 from ..errors import IIFError
 from ..frequency import ClassFrequency
-from ..weights import as_counts
 
 __all__ = ["register", "run", "load_array", "load_counts", "load_logits_folder"]
 
@@ -90,22 +89,11 @@ def load_array(path: str, what: str, key: str = "logits") -> np.ndarray:
     return arr
 
 
-def load_counts(path: str) -> tuple[np.ndarray, float | None]:
-    """Training counts from any source :meth:`iif.ClassFrequency.from_source` reads (a JSON list of counts
-    too); returns ``(counts, K)`` with ``K`` the IIF normaliser of that source's task (None: sum of counts)."""
-    p = Path(path)
-    if p.suffix.lower() == ".json" and p.is_file():
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise IIFError(f"counts file {path} is not valid JSON ({str(exc) or 'nested too deeply'}); "
-                           "write e.g. [500, 120, 7].") from None
-        if isinstance(data, list):
-            return as_counts(data, what=f"counts in {path}"), None
-        if not isinstance(data, dict):
-            raise IIFError(f"counts file {path} must hold a JSON list of counts or a saved ClassFrequency; "
-                           f"got {type(data).__name__}.")
-    freq = ClassFrequency.from_source(p)
+def load_counts(path: str) -> tuple[np.ndarray, float]:
+    """Training counts from any source :meth:`iif.ClassFrequency.from_source` reads (what ``iif weights``
+    reads: a JSON list of counts, a saved ClassFrequency, a folder, a list file...); returns
+    ``(counts, K)`` with ``K`` the IIF normaliser of that source's task (docs/method.md, "Frequencies and K")."""
+    freq = ClassFrequency.from_source(Path(path))
     return freq.image_counts.astype(np.float64), freq.default_total("image")
 
 

@@ -111,7 +111,8 @@ def evaluate(model: nn.Module, dataset, train_counts, device: torch.device, *, a
 
 
 def loss_adjuster(criterion: nn.Module | None) -> Callable | None:
-    """The loss's own inference rule (``adjust_logits``), e.g. ``w * z`` for the IIF loss (SPEC §3)."""
+    """The loss's own inference rule (``adjust_logits``), e.g. ``w * z`` for the IIF loss (docs/method.md,
+    "IIF loss")."""
     fn = getattr(criterion, "adjust_logits", None)
     if fn is None:
         return None
