@@ -283,3 +283,18 @@ def test_stage_variant_is_a_typed_field_that_reaches_the_loss(splits):
     assert StageSpec.main(load_config("digits_lt_e2e", ["loss.name=ce"])).variant is None
     stage2 = StageSpec.decoupled(load_config("digits_lt_decoupled", ["decoupled.variant=gombit"]))
     assert (stage2.name, stage2.variant, stage2.frozen_backbone) == ("stage2", "gombit", True)
+
+
+def test_posthoc_scores_the_selected_model_once_with_its_adjusters(tmp_path, splits, monkeypatch):
+    from iif.train import engine, evaluate
+
+    script = ScriptedValidation(evaluate, splits, [70.0, 40.0])
+    monkeypatch.setattr(engine, "evaluate", script)
+    res = fit(load_config("digits_lt_posthoc", TINY + ["posthoc.adjusters=[iif:smooth,la:1.0]"]), splits=splits)
+    assert len(script.test_weights) == 1 and _same_weights(script.test_weights[0], script.val_weights[0])
+    assert set(res.final_metrics) == {"raw", "iif:smooth", "la:1.0"}
+    assert all(m["selection"]["epoch"] == 1 for m in res.final_metrics.values())
+    # the adjusters were applied to the epoch-1 logits: an independent route gives the same numbers
+    f, z, y = extract_features(res.model, splits.test, batch_size=64)
+    w = iif_weights(splits.freq.image_counts, "smooth")
+    assert res.final_metrics["iif:smooth"]["top1"] == pytest.approx(evaluate_logits(z * w, y, splits.freq.image_counts)["top1"])

@@ -225,10 +225,8 @@ def _run_posthoc(cfg, splits, out, dev, info, resume, force) -> TrainResult:
         load_state(model, ckpt["model"])
         model.to(dev)
         result = TrainResult(model, splits, list(ckpt.get("history", [])), {}, out, Path(ckpt["path"]), cfg)
-    else:
-        result = _run_stage(cfg, splits, StageSpec.main(cfg), out, dev, info, resume, force)
-        if not result.finished:
-            return result
+    else:  # the selected checkpoint is scored once on eval.split, post-hoc adjusters included
+        return _run_stage(cfg, splits, StageSpec.main(cfg), out, dev, info, resume, force, posthoc=p.adjusters)
     counts = splits.freq.image_counts
     adjusters = {spec: build_adjuster(spec, counts, result.model) for spec in p.adjusters}
     ds = _eval_split(splits, cfg.eval.split)
@@ -282,9 +280,10 @@ class _StageRun:
 
 
 def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev: torch.device, info: DistInfo,
-               resume: bool, force: bool, init_state: dict | None = None) -> TrainResult:
+               resume: bool, force: bool, init_state: dict | None = None, posthoc: list | tuple = ()) -> TrainResult:
     """Train one stage and evaluate it once: build, restore (``--resume``), the epoch loop (train, validate,
-    keep ``best.pt`` and ``last.pt``), then the selected checkpoint scored on ``eval.split``."""
+    keep ``best.pt`` and ``last.pt``), then the selected checkpoint scored on ``eval.split``, with the
+    post-hoc adjusters ``posthoc`` (``iif:smooth``, ``la:1.0``...) beside the raw logits."""
     run = _build_stage(cfg, splits, spec, out, dev, info, init_state)
     _restore_stage(run, resume, force)
     if out is not None and info.is_main:
@@ -306,7 +305,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
             _save_epoch(run, epoch + 1, improved, row, tb)
     finally:
         tb.close()
-    metrics, selection = _final_evaluation(run)
+    metrics, selection = _final_evaluation(run, posthoc)
     if out is not None and info.is_main:
         write_json(out / "final_metrics.json", metrics)
     return TrainResult(run.model, splits, run.history, metrics, out, run.path(selection["checkpoint"]), cfg,
@@ -497,8 +496,9 @@ def _checkpoint_state(run: _StageRun, epochs_done: int, extra: dict | None = Non
             **(extra or {})}
 
 
-def _final_evaluation(run: _StageRun) -> tuple[dict[str, dict], dict]:
-    """Load the selected weights (``eval.select``: best on val, or last) and score ``eval.split`` once.
+def _final_evaluation(run: _StageRun, posthoc: list | tuple = ()) -> tuple[dict[str, dict], dict]:
+    """Load the selected weights (``eval.select``: best on val, or last) and score ``eval.split`` once, the
+    post-hoc adjusters ``posthoc`` built from those weights (τ-norm reads the classifier).
 
     Returns the metrics (each method's dict carries a ``selection`` entry) and the selection: which
     checkpoint, which epoch, the validation metric and score that chose it."""
@@ -513,8 +513,10 @@ def _final_evaluation(run: _StageRun) -> tuple[dict[str, dict], dict]:
         selection = {"select": "last", "checkpoint": LAST_CHECKPOINT, "epoch": run.spec.epochs,
                      "selected_on": why, "val_score": None}
     selection["split"] = e.split
-    metrics = evaluate(run.model, _eval_split(run.splits, e.split), run.splits.freq.image_counts, run.dev,
-                       adjusters=run.adjusters, batch_size=e.batch_size, many=e.many, few=e.few, bins=e.bins,
+    counts = run.splits.freq.image_counts
+    adjusters = {**run.adjusters, **{a: build_adjuster(a, counts, run.model) for a in posthoc}}
+    metrics = evaluate(run.model, _eval_split(run.splits, e.split), counts, run.dev,
+                       adjusters=adjusters, batch_size=e.batch_size, many=e.many, few=e.few, bins=e.bins,
                        amp=run.cfg.runtime.amp, channels_last=run.channels_last, info=run.info,
                        resident=run.cfg.data.resident)
     if run.info.is_main:
