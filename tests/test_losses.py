@@ -319,12 +319,71 @@ def test_class_balanced_weights_and_loss():
     per = [0.8 * ce_hand(z[0], 0), 1.2 * ce_hand(z[1], 1)]
     loss = ClassBalancedLoss([2, 1], beta=0.5)
     assert loss(t(z), torch.tensor(y)).item() == pytest.approx(sum(per) / 2, rel=1e-6)
+    # the softmax focal form, under its own name
     q = [math.exp(-ce_hand(z[0], 0)), math.exp(-ce_hand(z[1], 1))]
     foc = [0.8 * (1 - q[0]) ** 1.5 * ce_hand(z[0], 0), 1.2 * (1 - q[1]) ** 1.5 * ce_hand(z[1], 1)]
-    loss = ClassBalancedLoss([2, 1], beta=0.5, loss="focal", gamma=1.5)
+    loss = ClassBalancedLoss([2, 1], beta=0.5, loss="softmax_focal", gamma=1.5)
     assert loss(t(z), torch.tensor(y)).item() == pytest.approx(sum(foc) / 2, rel=1e-6)
     with pytest.raises(IIFError, match=r"beta must lie in \[0, 1\)"):
         ClassBalancedLoss([2, 1], beta=1.0)
+    with pytest.raises(IIFError, match="loss must be one of"):
+        ClassBalancedLoss([2, 1], loss="hinge")
+
+
+def sigmoid_focal_hand(z, y, gamma):
+    """Cui et al.'s per-sample focal loss written out: sum over classes of (1 - p_t)^gamma * -log p_t,
+    p = 1 / (1 + e^-z), p_t = p for the label and 1 - p for every other class."""
+    def softplus(x):
+        return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+    total = 0.0
+    for c, zc in enumerate(z):
+        s = zc if c == y else -zc  # p_t = sigmoid(s): -log p_t = softplus(-s), 1 - p_t = sigmoid(-s)
+        total += (1.0 / (1.0 + math.exp(s))) ** gamma * softplus(-s)
+    return total
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_cb_focal_is_cui_et_al_sigmoid_focal_loss(gamma):
+    # counts [2, 1], beta 0.5: class-balanced weights [0.8, 1.2] (sum C = 2); the mean divides by the number
+    # of labels (2), as the official code's reduce_sum(loss) / reduce_sum(one_hot_labels)
+    z = [[0.1, 0.9], [2.0, -1.0], [-3.0, 4.0]]
+    y = [0, 1, 0]
+    cb = [0.8, 1.2]
+    per = [cb[yy] * sigmoid_focal_hand(row, yy, gamma) for row, yy in zip(z, y)]
+    name, kw = ("cb_sigmoid", {}) if gamma == 0.0 else ("cb_focal", {"gamma": gamma})
+    loss = build_loss(name, [2, 1], beta=0.5, **kw)
+    assert loss.loss == ("sigmoid" if gamma == 0.0 else "focal")
+    assert loss(t(z), torch.tensor(y)).item() == pytest.approx(sum(per) / 3, rel=1e-6)
+    loss_sum = build_loss(name, [2, 1], beta=0.5, reduction="sum", **kw)
+    assert loss_sum(t(z), torch.tensor(y)).item() == pytest.approx(sum(per), rel=1e-6)
+    none = build_loss(name, [2, 1], beta=0.5, reduction="none", ignore_index=1, **kw)(t(z), torch.tensor(y))
+    assert none.tolist() == pytest.approx([per[0], 0.0, per[2]], rel=1e-6)
+    # the mean over non-ignored labels only
+    ign = build_loss(name, [2, 1], beta=0.5, ignore_index=1, **kw)(t(z), torch.tensor(y))
+    assert ign.item() == pytest.approx((per[0] + per[2]) / 2, rel=1e-6)
+
+
+def test_sigmoid_focal_options_match_binary_cross_entropy():
+    from iif.losses import sigmoid_focal_loss
+
+    z, y, _ = rand_case(n=10, c=5, seed=9)
+    onehot = F.one_hot(y, 5).double()
+    # gamma 0 is one-vs-all BCE summed over classes, averaged over samples
+    bce = F.binary_cross_entropy_with_logits(z, onehot, reduction="none").sum(1)
+    torch.testing.assert_close(sigmoid_focal_loss(z, y, 0.0), bce.mean())
+    # label smoothing smooths the binary targets like F.cross_entropy smooths its target distribution
+    smooth = onehot * 0.8 + 0.2 / 5
+    bce_s = F.binary_cross_entropy_with_logits(z, smooth, reduction="none").sum(1)
+    torch.testing.assert_close(sigmoid_focal_loss(z, y, 0.0, label_smoothing=0.2), bce_s.mean())
+    # soft targets are used as given; a class weight scales by weight[y] and divides the mean by its sum
+    torch.testing.assert_close(sigmoid_focal_loss(z, smooth, 0.0), bce_s.mean())
+    wt = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(sigmoid_focal_loss(z, y, 0.0, weight=wt), (bce * wt[y]).sum() / wt[y].sum())
+    # the focal modulator is finite and exact for large |z| (Cui et al.'s stable form)
+    big = torch.tensor([[60.0, -60.0]], dtype=torch.float64)
+    val = sigmoid_focal_loss(big, torch.tensor([1]), 2.0).item()
+    assert math.isfinite(val) and val == pytest.approx(sigmoid_focal_hand([60.0, -60.0], 1, 2.0), rel=1e-6)
 
 
 def test_focal_loss_hand_value():
@@ -355,7 +414,8 @@ def test_build_loss_every_name():
     kinds = {
         "ce": CrossEntropyLoss, "iif": IIFLoss, "iif_csl": IIFCostSensitiveLoss,
         "balanced_softmax": BalancedSoftmaxLoss, "logit_adjusted": LogitAdjustedLoss, "ldam": LDAMLoss,
-        "cb_softmax": ClassBalancedLoss, "cb_focal": ClassBalancedLoss, "focal": FocalLoss,
+        "cb_softmax": ClassBalancedLoss, "cb_sigmoid": ClassBalancedLoss, "cb_focal": ClassBalancedLoss,
+        "cb_softmax_focal": ClassBalancedLoss, "focal": FocalLoss,
     }
     assert set(kinds) == set(LOSSES)
     z, y, _ = rand_case(n=6, c=3, seed=7)
@@ -364,7 +424,8 @@ def test_build_loss_every_name():
             loss = build_loss(name, source)
             assert type(loss) is cls
             assert torch.isfinite(loss(z, y))
-    assert build_loss("cb_focal", counts).loss == "focal"
+    assert build_loss("cb_focal", counts).loss == "focal"  # Cui et al.'s sigmoid focal loss
+    assert build_loss("cb_softmax_focal", counts).loss == "softmax_focal"
     w = build_loss("iif", freq, variant="raw", total=100).iif_weights
     assert w.tolist() == pytest.approx([math.log(100 / n) for n in counts], rel=1e-6)
     w = build_loss("iif_csl", counts, variant="base10").iif_weights
@@ -619,3 +680,83 @@ def test_iif_label_check_on_every_path(opts):
     got = IIFLoss([1.0, 2.0, 3.0], **opts)(z, y)
     ref = F.cross_entropy(z * torch.tensor([1.0, 2.0, 3.0]), y, **{k: (torch.tensor(v) if k == "weight" else v) for k, v in opts.items() if k != "fused"})
     torch.testing.assert_close(got, ref)
+
+
+# ---------------------------------------------------------------- precision of the weights
+
+
+def test_iif_loss_keeps_float64_weights_and_float64_logits_are_exact():
+    # normit weights need every digit: float32 would move them by ~1e-8 relative
+    counts = [500, 90, 7, 1]
+    w64 = iif_weights(counts, "normit", total=5000, dtype=torch.float64)
+    z, y, _ = rand_case(n=16, c=4, seed=21)
+    expect = sum(ce_hand([a * b for a, b in zip(row, w64.tolist())], yy) for row, yy in zip(z.tolist(), y.tolist())) / 16
+    for fused in (True, False):
+        loss = IIFLoss(w64, fused=fused)
+        assert loss.iif_weights.dtype == torch.float64
+        out = loss(z, y)
+        assert out.dtype == torch.float64
+        assert out.item() == pytest.approx(expect, rel=1e-14)
+        assert iif_cross_entropy(z, y, w64.numpy(), fused=fused).item() == pytest.approx(expect, rel=1e-14)
+        torch.testing.assert_close(loss.adjust_logits(z), z * w64, rtol=0, atol=0)
+    # float32 logits compute in float32: the weights are rounded to float32 once
+    z32 = z.float()
+    ref = F.cross_entropy(z32 * w64.float(), y)
+    torch.testing.assert_close(IIFLoss(w64)(z32, y), ref)
+    # other weight dtypes become float32
+    assert IIFLoss([1.0, 2.0]).iif_weights.dtype == torch.float32
+    assert IIFLoss(torch.tensor([1.0, 2.0], dtype=torch.bfloat16)).iif_weights.dtype == torch.float32
+
+
+def test_online_weights_come_from_the_variant_table_in_float64():
+    from iif.losses import online_smooth_weights
+    from iif.weights import VARIANT_TABLE
+
+    y = torch.tensor([0, 0, 1, -100])
+    w, counts, k = online_smooth_weights(y, 3)
+    assert w.dtype == torch.float64 and counts.tolist() == [2.0, 1.0, 0.0] and k.item() == 3.0
+    assert w.tolist() == pytest.approx([math.log(4 / 3) + 1, math.log(4 / 2) + 1, math.log(4 / 1) + 1], rel=1e-15)
+    torch.testing.assert_close(w, VARIANT_TABLE["smooth"].weight(counts, k))
+
+
+def test_low_precision_adjust_logits_is_rounded_once():
+    w = iif_weights([300, 20, 1], "smooth")
+    z = (torch.randn(64, 3, generator=torch.Generator().manual_seed(4)) * 5).bfloat16()
+    got = IIFLoss(w).adjust_logits(z)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, (z.float() * w).bfloat16())
+
+
+# ---------------------------------------------------------------- typed variant parameters
+
+
+def test_build_loss_takes_the_variant_and_weight_options_by_name():
+    counts = [40, 10, 3]
+    w = build_loss("iif", counts, variant="base2").iif_weights
+    assert w.tolist() == pytest.approx([math.log2(53 / n) for n in counts], rel=1e-6)
+    assert build_loss("iif", counts, variant="rel", total=1000).iif_weights.tolist() == pytest.approx(
+        [math.log((1000 - n) / n) for n in counts], rel=1e-6)
+    assert build_loss("iif", counts, norm="mean").iif_weights.mean().item() == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(IIFError, match="loss 'ce' has no IIF variant"):
+        build_loss("ce", counts, variant="raw")
+    with pytest.raises(IIFError, match="Unknown IIF variant 'bogus'"):
+        build_loss("iif", counts, variant="bogus")
+    with pytest.raises(IIFError, match="background_weight"):
+        build_loss("iif", counts, background="first", background_weight=2.0)
+    with pytest.raises(IIFError, match="bad options for loss 'iif'.*colour"):
+        build_loss("iif", counts, colour="red")
+
+
+def test_train_config_variant_reaches_the_loss():
+    from iif.train.build import StageSpec, build_criterion
+    from iif.train.config import TrainConfig
+
+    counts = [40, 10, 3]
+    cfg = TrainConfig()
+    cfg.loss.name, cfg.loss.variant = "iif", "base10"
+    spec = StageSpec.main(cfg)
+    assert spec.variant == "base10" and "variant" not in spec.loss_kwargs
+    w = build_criterion(spec, counts).iif_weights
+    assert w.tolist() == pytest.approx([math.log10(53 / n) for n in counts], rel=1e-6)
+    cfg.loss.name = "ce"
+    assert StageSpec.main(cfg).variant is None
+    assert type(build_criterion(StageSpec.main(cfg), counts)) is CrossEntropyLoss

@@ -7,8 +7,16 @@ with (Table IV-V). All share ``F.cross_entropy``'s options, ``adjust_logits`` an
 from .base import CrossEntropyLoss, LossBase
 from .iif_loss import IIFLoss, iif_cross_entropy, online_smooth_weights
 from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss, ldam_margins
-from .registry import LOSSES, build_loss
-from .reweighting import ClassBalancedLoss, FocalLoss, IIFCostSensitiveLoss, class_balanced_weights, focal_loss
+from .registry import LOSSES, VARIANT_LOSSES, build_loss
+from .reweighting import (
+    CB_LOSSES,
+    ClassBalancedLoss,
+    FocalLoss,
+    IIFCostSensitiveLoss,
+    class_balanced_weights,
+    focal_loss,
+    sigmoid_focal_loss,
+)
 
 __all__ = [
     "LossBase",
@@ -22,9 +30,12 @@ __all__ = [
     "LDAMLoss",
     "ldam_margins",
     "ClassBalancedLoss",
+    "CB_LOSSES",
     "class_balanced_weights",
+    "sigmoid_focal_loss",
     "FocalLoss",
     "focal_loss",
     "LOSSES",
+    "VARIANT_LOSSES",
     "build_loss",
 ]

@@ -18,8 +18,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..adjusters import check_background, expand_class_vector
+from ..adjusters import check_background, expand_class_vector, weighted_logits
 from ..errors import IIFError
+from ..weights import VARIANT_TABLE
 from ._common import (
     check_label_smoothing,
     check_loss_finite,
@@ -224,8 +225,7 @@ def _iif_ce(
         return _FusedIIFCrossEntropy.apply(logits, target, w_full, ignore_index, reduction, any_ignored, check_finite)
     # float64 logits keep float64; float32 and low-precision logits are weighted in float32 (a
     # half-precision product would round the weights), as the fused kernel does.
-    wdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    zw = logits * w_full.to(device=logits.device, dtype=wdt)
+    zw = weighted_logits(logits, w_full)
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=zw.dtype)
     if soft:
@@ -257,7 +257,7 @@ def iif_cross_entropy(
         iif_weights: the ``C`` IIF weights (``iif.iif_weights``); with ``background`` the background
             weight 1 is inserted, or pass ``C + 1`` weights that already include it.
         weight, reduction, ignore_index, label_smoothing: as in ``F.cross_entropy``.
-        background: ``None``, ``"first"`` or ``"last"`` (detection, SPEC §3).
+        background: ``None``, ``"first"`` or ``"last"`` (detection, paper section IV-A.3).
         fused: ``"auto"`` (default) uses the fused autograd kernel on CPU when the options allow it
             (same values, faster) and the composed form elsewhere; ``True`` forces the kernel wherever
             the options allow, ``False`` never uses it.
@@ -265,12 +265,18 @@ def iif_cross_entropy(
             (each a host sync on GPU).
 
     The gradient is Eq. 16: ``w_i (q_i - 1[i = y])`` per sample with ``q = softmax(w * z)``.
+
+    Precision: computed in float32 for float32 and low-precision logits (the weights rounded to float32
+    once), in float64 for float64 logits (pass float64 weights to keep every digit). The fused path's
+    value is exact to float32 rounding for any logits (docs/losses.md#precision).
     """
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
     weight = class_weight(weight)
     _check_fused(fused)
-    w = iif_weights if isinstance(iif_weights, torch.Tensor) else torch.as_tensor(iif_weights, dtype=torch.float32)
+    w = iif_weights if isinstance(iif_weights, torch.Tensor) else torch.as_tensor(iif_weights)
+    if not w.is_floating_point():
+        w = w.to(torch.float32)
     if w.dim() != 1:
         raise IIFError(f"iif_weights must be a 1-D tensor with one weight per class; got shape {tuple(w.shape)}.")
     num_logits = logits.shape[-1] if isinstance(logits, torch.Tensor) and logits.dim() else 0
@@ -295,8 +301,9 @@ def online_smooth_weights(
     """Smooth IIF weights from one mini-batch's labels (paper section IV-A.2, "online" smooth IIF).
 
     ``w_c = ln((K + 1) / (n_c + 1)) + 1`` with ``n_c`` the batch count of class ``c`` (the sum of
-    probabilities for soft targets) and ``K`` the number of (non-ignored) samples in the batch.
-    Returns ``(w_full, counts, K)``; the background weight, if any, is 1. No host sync.
+    probabilities for soft targets) and ``K`` the number of (non-ignored) samples in the batch
+    (the ``smooth`` row of :data:`iif.weights.VARIANT_TABLE`). Returns ``(w_full, counts, K)`` in float64;
+    the background weight, if any, is 1. No host sync.
     """
     if is_soft(target):
         counts = target.detach().to(torch.float64).sum(0)
@@ -306,12 +313,12 @@ def online_smooth_weights(
         counts = torch.zeros(num_logits, dtype=torch.float64, device=target.device)
         counts.scatter_add_(0, target.masked_fill(target == ignore_index, 0), valid)
         k = valid.sum()
-    w = torch.log((k + 1.0) / (counts + 1.0)) + 1.0
+    w = VARIANT_TABLE["smooth"].weight(counts, k)
     if background == "first":
         w[0] = 1.0
     elif background == "last":
         w[-1] = 1.0
-    return w.to(torch.float32), counts, k
+    return w, counts, k
 
 
 class IIFLoss(LossBase):
@@ -333,7 +340,10 @@ class IIFLoss(LossBase):
             :class:`iif.losses.LossBase`.
 
     ``adjust_logits(z)`` returns ``w * z``: a model trained with this loss is evaluated on the adjusted
-    logits (SPEC §3). In the online form it uses smooth weights of all labels seen in training mode.
+    logits (Eq. 13-15). In the online form it uses smooth weights of all labels seen in training mode.
+
+    Precision: float64 weights stay float64 (``iif.iif_weights(..., dtype=torch.float64)``); the loss is
+    computed in float64 for float64 logits (exact with float64 weights) and in float32 otherwise.
     """
 
     def __init__(
@@ -380,7 +390,9 @@ class IIFLoss(LossBase):
                 raise IIFError(
                     "IIFLoss needs weights (e.g. iif.iif_weights(counts, 'smooth')) or online=True with num_classes."
                 )
-            w = torch.as_tensor(weights).detach().to(torch.float32)
+            w = torch.as_tensor(weights).detach()
+            if w.dtype != torch.float64:  # float64 weights keep their precision (float64 logits use it)
+                w = w.to(torch.float32)
             if w.dim() != 1 or w.numel() == 0:
                 raise IIFError(f"weights must be a 1-D vector, one IIF weight per class; got shape {tuple(w.shape)}.")
             if not bool(torch.isfinite(w).all()):
@@ -439,8 +451,7 @@ class IIFLoss(LossBase):
         else:
             if float(self.seen_total) <= 0:
                 raise IIFError("online IIFLoss has seen no training labels yet; call it on a training batch first.")
-            k = self.seen_total
-            w = (torch.log((k + 1.0) / (self.seen_counts + 1.0)) + 1.0).to(torch.float32)
+            w = VARIANT_TABLE["smooth"].weight(self.seen_counts, self.seen_total)
             if self.background == "first":
                 w = w[1:]
             elif self.background == "last":
@@ -448,9 +459,10 @@ class IIFLoss(LossBase):
         return w if num_logits is None else expand_class_vector(w, num_logits, self.background, 1.0, "IIF weights")
 
     def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """``w * z``: the logits a model trained with IIF is evaluated on (Eq. 13, SPEC §3)."""
+        """``w * z``: the logits a model trained with IIF is evaluated on (Eq. 13), computed like
+        :func:`iif.adjusters.posthoc_iif` (float32 for low-precision logits) and returned in their dtype."""
         w = self.current_weights(logits.shape[-1])
-        return logits * w.to(device=logits.device, dtype=logits.dtype)
+        return weighted_logits(logits, w).to(logits.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..adjusters import _log_counts, _log_prior
 from ..errors import IIFError
-from ..weights import CountsLike, as_counts
+from ..weights import CountsLike, as_counts, refuse_zero_counts
 from ._common import finite_number, is_soft
 from .base import LossBase
 from .reweighting import class_balanced_weights
@@ -67,12 +67,7 @@ class LogitAdjustedLoss(_OffsetLoss):
 def ldam_margins(counts: CountsLike, max_margin: float = 0.5) -> torch.Tensor:
     """LDAM margins (Cao et al. 2019): ``m_c ∝ n_c^(-1/4)``, scaled so the largest (rarest class) is ``max_margin``."""
     n = as_counts(counts)
-    zero = np.flatnonzero(n == 0)
-    if zero.size:
-        raise IIFError(
-            f"LDAM margins n^(-1/4) are infinite for classes with zero count {zero[:10].tolist()}; "
-            "drop the unseen classes or add 1 to every count."
-        )
+    refuse_zero_counts(n, "LDAM margins n^(-1/4) are infinite")
     m = n ** -0.25
     return torch.as_tensor(m * (max_margin / m.max()), dtype=torch.float32)
 

@@ -1,26 +1,34 @@
-"""``build_loss(name, freq, **kwargs)``: every loss by name, built from a ClassFrequency or counts."""
+"""``build_loss(name, freq, variant=..., **options)``: every loss by name, built from a ClassFrequency or counts.
+
+The IIF losses take their weights through named, typed parameters (``variant``, ``total``, ``by``,
+``norm``, ``allow_negative``, ``background``, ``background_weight``), the same ones :func:`iif.iif_weights`
+takes, so ``iif train``'s ``loss.variant`` reaches the multiply of Eq. 13/15 by name, never through an
+untyped dict.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 
 from ..errors import IIFError
 from ..frequency import ClassFrequency
-from ..weights import iif_weights
+from ..weights import canonical_variant, iif_weights
 from .base import CrossEntropyLoss, LossBase
 from .iif_loss import IIFLoss
 from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss
 from .reweighting import ClassBalancedLoss, FocalLoss, IIFCostSensitiveLoss
 
-__all__ = ["LOSSES", "build_loss"]
+__all__ = ["LOSSES", "VARIANT_LOSSES", "build_loss"]
 
 FreqLike = Union[ClassFrequency, np.ndarray, torch.Tensor, list, tuple, None]
+Total = Union[float, str, None]
+Norm = Union[float, str, None]
 
-# Keyword arguments that choose the IIF weights rather than configure the loss.
-_WEIGHT_KWARGS = ("norm", "allow_negative", "background_weight")
+#: Losses whose weights are IIF weights of a Table III variant (they take ``variant=``).
+VARIANT_LOSSES: tuple[str, ...] = ("iif", "iif_csl")
 
 
 def _counts(freq: FreqLike, name: str, by: str) -> np.ndarray:
@@ -31,29 +39,53 @@ def _counts(freq: FreqLike, name: str, by: str) -> np.ndarray:
     return np.asarray(freq.detach().cpu().numpy() if isinstance(freq, torch.Tensor) else freq)
 
 
-def _iif_weight_vector(freq: FreqLike, name: str, variant: str, total, by: str, wkw: dict) -> torch.Tensor:
+def _iif_weight_vector(
+    freq: FreqLike, name: str, variant: str, total: Total, by: str, norm: Norm, allow_negative: bool
+) -> torch.Tensor:
     if isinstance(freq, ClassFrequency):
-        return freq.weights(variant, by=by, total=total, **wkw)
-    return iif_weights(_counts(freq, name, by), variant, total=total, **wkw)
+        return freq.weights(variant, by=by, total=total, norm=norm, allow_negative=allow_negative)
+    return iif_weights(_counts(freq, name, by), variant, total=total, norm=norm, allow_negative=allow_negative)
 
 
-def _split(kwargs: dict) -> tuple[dict, dict]:
-    wkw = {k: kwargs.pop(k) for k in _WEIGHT_KWARGS if k in kwargs}
-    return wkw, kwargs
-
-
-def _build_iif(freq, *, variant: str = "smooth", total=None, by: str = "image", online: bool = False, **kw) -> LossBase:
-    wkw, kw = _split(kw)
+def _build_iif(
+    freq: FreqLike,
+    *,
+    variant: str = "smooth",
+    total: Total = None,
+    by: str = "image",
+    norm: Norm = None,
+    allow_negative: bool = False,
+    online: bool = False,
+    num_classes: Optional[int] = None,
+    background: Optional[str] = None,
+    background_weight: float = 1.0,
+    **options: Any,
+) -> LossBase:
+    """:class:`IIFLoss` with the ``variant`` weights of ``freq`` (:func:`iif.iif_weights`), or the online form."""
     if online:
-        c = freq.num_classes if isinstance(freq, ClassFrequency) else (len(_counts(freq, "iif", by)) if freq is not None else kw.pop("num_classes", None))
-        kw.setdefault("num_classes", c)
-        return IIFLoss(online=True, variant=variant, **kw)
-    return IIFLoss(_iif_weight_vector(freq, "iif", variant, total, by, wkw), **kw)
+        if num_classes is None:
+            num_classes = freq.num_classes if isinstance(freq, ClassFrequency) else (
+                len(_counts(freq, "iif", by)) if freq is not None else None)
+        return IIFLoss(online=True, variant=variant, num_classes=num_classes, background=background, **options)
+    if background_weight != 1.0:
+        raise IIFError(f"background_weight={background_weight!r}: the IIF loss keeps the background logit's weight at 1 "
+                       "(paper section IV-A.3); pass weights that include a background entry to change it.")
+    w = _iif_weight_vector(freq, "iif", variant, total, by, norm, allow_negative)
+    return IIFLoss(w, num_classes=num_classes, background=background, **options)
 
 
-def _build_iif_csl(freq, *, variant: str = "smooth", total=None, by: str = "image", **kw) -> LossBase:
-    wkw, kw = _split(kw)
-    return IIFCostSensitiveLoss(_iif_weight_vector(freq, "iif_csl", variant, total, by, wkw), **kw)
+def _build_iif_csl(
+    freq: FreqLike,
+    *,
+    variant: str = "smooth",
+    total: Total = None,
+    by: str = "image",
+    norm: Norm = None,
+    allow_negative: bool = False,
+    **options: Any,
+) -> LossBase:
+    """:class:`IIFCostSensitiveLoss` with the ``variant`` weights of ``freq``."""
+    return IIFCostSensitiveLoss(_iif_weight_vector(freq, "iif_csl", variant, total, by, norm, allow_negative), **options)
 
 
 def _counts_builder(cls, name: str, **fixed) -> Callable[..., LossBase]:
@@ -82,29 +114,39 @@ LOSSES: dict[str, Callable[..., LossBase]] = {
     "logit_adjusted": _counts_builder(LogitAdjustedLoss, "logit_adjusted"),
     "ldam": _counts_builder(LDAMLoss, "ldam"),
     "cb_softmax": _counts_builder(ClassBalancedLoss, "cb_softmax", loss="softmax"),
+    "cb_sigmoid": _counts_builder(ClassBalancedLoss, "cb_sigmoid", loss="sigmoid"),
     "cb_focal": _counts_builder(ClassBalancedLoss, "cb_focal", loss="focal"),
+    "cb_softmax_focal": _counts_builder(ClassBalancedLoss, "cb_softmax_focal", loss="softmax_focal"),
     "focal": _build_focal,
 }
 
 
-def build_loss(name: str, freq: FreqLike = None, **kwargs) -> LossBase:
+def build_loss(name: str, freq: FreqLike = None, *, variant: Optional[str] = None, **options: Any) -> LossBase:
     """Build a loss by name.
 
     Args:
         name: one of ``ce``, ``iif``, ``iif_csl``, ``balanced_softmax``, ``logit_adjusted``, ``ldam``,
-            ``cb_softmax``, ``cb_focal``, ``focal``.
+            ``cb_softmax``, ``cb_sigmoid``, ``cb_focal`` (Cui et al.'s sigmoid focal loss),
+            ``cb_softmax_focal``, ``focal`` (softmax focal).
         freq: the training set's :class:`iif.ClassFrequency` or a per-class counts array (not needed for
             ``ce`` and ``focal``).
-        **kwargs: options of the loss class (``weight``, ``reduction``, ``label_smoothing``,
+        variant: the IIF weight variant (Table III) of :data:`VARIANT_LOSSES`; default ``"smooth"``;
+            refused by the other losses.
+        **options: options of the loss class (``weight``, ``reduction``, ``label_smoothing``,
             ``ignore_index``, ``check_finite``, ... and e.g. ``tau``, ``beta``, ``gamma``, ``drw_epoch``).
-            ``iif``/``iif_csl`` also take ``variant="smooth"``, ``total=None`` (K; ``"sum"``, ``"images"``,
-            ``"instances"`` or a number for a ClassFrequency), ``norm``, ``allow_negative``, ``online``,
-            ``background``; count-based losses take ``by="image"|"object"``.
+            ``iif``/``iif_csl`` also take ``total=None`` (K; ``"sum"``, ``"images"``, ``"instances"`` or a
+            number for a ClassFrequency), ``by="image"|"object"``, ``norm`` (``"mean"`` or a p-norm),
+            ``allow_negative``; ``iif`` also ``online``, ``num_classes``, ``background``, ``fused``;
+            count-based losses take ``by="image"|"object"``.
     """
     key = str(name).lower()
     if key not in LOSSES:
         raise IIFError(f"Unknown loss {name!r}; known losses: {', '.join(LOSSES)}.")
+    if variant is not None:
+        if key not in VARIANT_LOSSES:
+            raise IIFError(f"loss {name!r} has no IIF variant (variant={variant!r}); only {', '.join(VARIANT_LOSSES)} take one.")
+        options["variant"] = canonical_variant(variant)
     try:
-        return LOSSES[key](freq, **kwargs)
+        return LOSSES[key](freq, **options)
     except TypeError as exc:  # an option the loss does not take
         raise IIFError(f"bad options for loss {name!r}: {exc}. See help(iif.losses.build_loss).") from None

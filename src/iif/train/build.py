@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from ..losses.registry import VARIANT_LOSSES  # the losses that take an IIF weight variant (paper Table III)
 from .config import TrainConfig
 
 __all__ = ["StageSpec", "VARIANT_LOSSES", "resolve_device", "build_splits", "build_model_for", "build_criterion",
@@ -69,10 +70,6 @@ class StageSpec:
         return cls("stage2", d.epochs, d.lr, d.momentum, d.weight_decay, False, d.batch_size or cfg.optim.batch_size,
                    d.schedule, [], 0.1, 0.0, 1.0, d.loss, kw, d.sampler, d.mixup_alpha, 0.0, variant,
                    frozen_backbone=True, legacy=d.legacy)
-
-
-#: Losses that take an IIF weight variant (paper Table III).
-VARIANT_LOSSES = ("iif", "iif_csl")
 
 
 def _variant_for(loss: str, kwargs: dict, variant: str) -> str | None:
@@ -129,15 +126,13 @@ def build_criterion(spec: StageSpec, freq) -> nn.Module:
     from ..losses import build_loss
 
     kw = dict(spec.loss_kwargs)
-    if spec.variant is not None:
-        kw["variant"] = spec.variant
     if spec.label_smoothing:
         kw["label_smoothing"] = spec.label_smoothing
     # The loop checks the loss for NaN/inf itself (and saves a checkpoint); labels were checked when the
     # dataset was built. Skipping the loss's own checks saves a host sync per step on a GPU.
     kw.setdefault("check_finite", False)
     kw.setdefault("check_labels", False)
-    return build_loss(spec.loss, freq, **kw)
+    return build_loss(spec.loss, freq, variant=spec.variant, **kw)
 
 
 class WarmupSchedule:
