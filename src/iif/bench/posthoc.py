@@ -83,7 +83,7 @@ def _np(x) -> np.ndarray:
 
 def iif_adjusted(logits, counts, variant: str, gamma: float = 1.0, total: float | None = None) -> np.ndarray:
     """Post-process IIF (paper Eq. 13-14): ``(w ** gamma) * z`` with the ``variant`` weights of ``counts``."""
-    w = iif_weights(counts, variant, total=total)
+    w = iif_weights(counts, variant, total=total, dtype=torch.float64)
     if gamma != 1.0:
         w = w.pow(float(gamma))
     with torch.no_grad():
