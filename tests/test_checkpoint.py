@@ -9,7 +9,7 @@ import torch
 
 from iif.errors import IIFError
 from iif.train.checkpoint import (atomic_torch_save, capture_rng, check_resume_compatible, load_checkpoint, restore_rng,
-                                  save_checkpoint)
+                                  restore_training_state, save_checkpoint)
 
 
 def test_save_load_roundtrip_leaves_no_temp_files(tmp_path):
@@ -61,3 +61,39 @@ def test_resume_with_changed_config_is_refused_unless_forced():
     with pytest.raises(IIFError, match="--force"):
         check_resume_compatible(ckpt, "bbbb")
     check_resume_compatible(ckpt, "bbbb", force=True)
+
+
+def _sgd_run(seed: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    return model, opt, sched
+
+
+def _step(model, opt, sched):
+    loss = model(torch.randn(4, 3)).pow(2).sum()  # draws from the global RNG, like augmentation
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
+def test_restore_training_state_continues_exactly(tmp_path):
+    """Two steps, a checkpoint, two more steps == the checkpoint restored into fresh objects, two more steps."""
+    model, opt, sched = _sgd_run(0)
+    for _ in range(2):
+        _step(model, opt, sched)
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}], "rng_per_rank": [capture_rng(), capture_rng()]}
+    save_checkpoint(tmp_path / "last.pt", ckpt)
+    for _ in range(2):
+        _step(model, opt, sched)
+    fresh, fopt, fsched = _sgd_run(1)  # other initial weights: everything must come from the checkpoint
+    epoch, history = restore_training_state(load_checkpoint(tmp_path / "last.pt"), fresh, fopt, fsched, rank=1)
+    assert epoch == 2 and history == [{"epoch": 1}, {"epoch": 2}]
+    for _ in range(2):
+        _step(fresh, fopt, fsched)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    assert fsched.get_last_lr() == sched.get_last_lr()
