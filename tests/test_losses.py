@@ -760,3 +760,21 @@ def test_train_config_variant_reaches_the_loss():
     cfg.loss.name = "ce"
     assert StageSpec.main(cfg).variant is None
     assert type(build_criterion(StageSpec.main(cfg), counts)) is CrossEntropyLoss
+
+
+def test_detection_end_to_end_iif_is_the_iif_loss():
+    # use_margin(model, "iif", ...) wraps the box predictor with PostHocIIF(w, background="first") and torchvision
+    # applies F.cross_entropy to its output: that is IIFLoss's composed path, value and gradient alike
+    from iif.adjusters import PostHocIIF
+
+    w = iif_weights([300, 40, 5, 1], "smooth")
+    z, y, _ = rand_case(n=20, c=5, seed=31, dtype=torch.float32)
+    y[:4] = 0  # some background RoIs
+    z1, z2, z3 = (z.clone().requires_grad_() for _ in range(3))
+    det = F.cross_entropy(PostHocIIF(w, background="first")(z1), y)
+    composed = IIFLoss(w, background="first", fused=False)(z2, y)
+    fused = IIFLoss(w, background="first")(z3, y)
+    det.backward(), composed.backward(), fused.backward()
+    assert torch.equal(det, composed) and torch.equal(z1.grad, z2.grad)
+    torch.testing.assert_close(fused, composed, rtol=1e-6, atol=0)
+    torch.testing.assert_close(z3.grad, z2.grad, rtol=1e-5, atol=1e-7)
