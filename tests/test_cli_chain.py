@@ -71,7 +71,8 @@ def test_save_logits_refuses_a_foreign_folder_and_replaces_its_own_with_force(ru
     (foreign / "notes.txt").write_text("keep me")
     ckpt = str(run / "run" / "last.pt")
     assert main(["eval", ckpt, "--save-logits", str(foreign), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--save-logits" in err and "--out" not in err
     assert (foreign / "notes.txt").read_text() == "keep me" and not (foreign / "manifest.json").exists()
     assert main(["eval", ckpt, "--save-logits", str(run / "logits"), "--device", "cpu"]) == 2  # ours, no --force
     capsys.readouterr()

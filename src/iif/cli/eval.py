@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     target = Path(args.json) if args.json else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{args.split}.json"
     if target.is_dir():  # checked before the (possibly long) evaluation
         raise IIFError(f"--json {target} is a folder; give a file name such as {target / f'eval_{args.split}.json'}.")
+    if args.save_logits:  # refuse a folder we may not write before the (possibly long) evaluation
+        from ..outputs import OutputFolder
+
+        try:
+            OutputFolder(args.save_logits, command="eval-logits", force=args.force)
+        except IIFError as exc:  # the shared message names --out; here the option is --save-logits
+            raise IIFError(str(exc).replace("--out", "--save-logits")) from None
     # The checkpoint is read with torch.load(weights_only=True): a file needing more is refused, never run.
     metrics = evaluate_checkpoint(args.checkpoint, adjust=args.adjust, split=args.split, device=args.device,
                                   batch_size=args.batch_size, save_logits_to=args.save_logits, force=args.force)

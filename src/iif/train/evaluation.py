@@ -202,7 +202,8 @@ def restore_checkpoint(path: str | os.PathLike, device: str | None = None, split
     if splits is not None:
         model = eng.build_model_for(cfg, splits)
     else:
-        shape = SimpleNamespace(num_classes=int(ckpt["arch"]["num_classes"]), in_channels=int(pre["channels"]))
+        shape = SimpleNamespace(num_classes=int(ckpt["arch"]["num_classes"]), in_channels=int(pre["channels"]),
+                                image_size=int(pre["image_size"]), class_names=list(pre["class_names"]))
         model = eng.build_model_for(cfg, shape)
     from ..models import load_state
 
