@@ -189,3 +189,17 @@ def test_bad_bench_options(tmp_path, capsys, argv, match):
         return
     assert main(["bench", "--out", str(tmp_path / "o"), "--quick"] + argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_dataset_without_packaged_config_writes_the_defaults_its_commands_name(tmp_path, splits, monkeypatch):
+    monkeypatch.setattr(R, "_packaged_base", lambda name, packaged: None)
+    out = tmp_path / "o"
+    tiny = ["model.arch=small_cnn", "model.backbone_kwargs={width: 4}", "data.augment=none", "schedule.epochs=1",
+            "decoupled.epochs=1", "optim.batch_size=32"]
+    res = R.run_bench(dataset="digits-lt", out=out, quick=True, heads=["linear"], overrides=tiny, splits=splits,
+                      plots=False, log=lambda *_: None)
+    from iif.train import load_config
+
+    assert load_config(out / R.BASE_CONFIG) == load_config(None)  # the library's defaults, as a file
+    command = res["details"][0]["reproduce"]["command"]
+    assert command.startswith(f"iif train {out / R.BASE_CONFIG} data.name=digits-lt ")

@@ -71,6 +71,8 @@ E2E_METHODS: tuple[tuple[str, str, str | None], ...] = (
 TAUS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 #: Files the bench writes; an output folder holding any of them is refused unless ``force``.
 RESULT_FILES = ("results.json", "report.md")
+#: The library's default config, written to --out when no packaged config trains the dataset (rows' commands name it).
+BASE_CONFIG = "base_config.yaml"
 #: What the bench sets on every row's config: a softmax backbone trained end to end, scored once at the end.
 BACKBONE_OVERRIDES: tuple[str, ...] = ("strategy.name=e2e", "loss.name=ce", "loss.kwargs={}", "eval.every=0")
 
@@ -101,6 +103,8 @@ class BenchBase:
 
     source: str | None
     overrides: list[str] = field(default_factory=list)
+    #: Without a packaged config: where the bench writes the library's defaults (``base_config.yaml`` in --out).
+    saved_as: str | None = None
 
     def config(self, *extra: str, device: str | None = None):
         from ..train import load_config
@@ -115,7 +119,7 @@ class BenchBase:
         return cfg
 
     def train_argv(self, *extra: str) -> list[str]:
-        return [self.source or "<config>", *_last_wins([*self.overrides, *extra])]
+        return [self.source or self.saved_as or "<config>", *_last_wins([*self.overrides, *extra])]
 
     def command(self, *extra: str, out: str = "RUN") -> str:
         return "iif train " + " ".join(shlex.quote(a) for a in self.train_argv(*extra)) + f" --out {out}"
@@ -138,14 +142,32 @@ def bench_base(dataset: str | None = None, config: str | None = None, overrides:
         name = dataset or "digits-lt"
         if name not in DATASETS:
             raise IIFError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
-        stem = name.replace("-", "_")
-        packaged = packaged_configs()
-        source = next((c for c in (f"{stem}_decoupled", f"{stem}_e2e") if c in packaged), None)
-        if source is None or load_config(source).data.name != name:
-            source, fixed = None, [f"data.name={name}", *fixed]
+        source = _packaged_base(name, packaged_configs())
+        if source is None:
+            fixed = [f"data.name={name}", *fixed]
     base = BenchBase(source, [*fixed, *overrides])
     base.config()  # refuses a bad override before any work
     return base
+
+
+def _packaged_base(name: str, packaged: Sequence[str]) -> str | None:
+    """The packaged config the bench starts from for dataset ``name``: ``<name>_decoupled`` if there is one, else
+    another packaged decoupled config of that dataset (e.g. ``imagenet_lt_r50_decoupled``), else any of its
+    configs (``<name>_e2e``...); None when no packaged config trains it."""
+    from ..train import load_config
+
+    stem = name.replace("-", "_")
+    mine = sorted((c for c in packaged if c == stem or c.startswith(stem + "_")),
+                  key=lambda c: (c != f"{stem}_decoupled", c != f"{stem}_e2e", c))
+    found = []
+    for c in mine:
+        try:
+            cfg = load_config(c)
+        except IIFError:
+            continue
+        if cfg.data.name == name:
+            found.append((cfg.strategy.name != "decoupled", len(found), c))
+    return min(found)[2] if found else None
 
 
 def bench_config(dataset: str | None = None, config: str | None = None, overrides: Sequence[str] = ()):
@@ -420,6 +442,8 @@ def run_bench(
     if not heads or bad:
         raise IIFError(f"--heads must list cosine and/or linear (comma separated); got {','.join(heads) or 'nothing'}.")
     base = bench_base(dataset, config, overrides)
+    if base.source is None:  # no packaged config trains this dataset: the commands name the defaults, written out
+        base.saved_as = str(out / BASE_CONFIG)
     cfg = base.config(device=device)
     dev = resolve_device(cfg.runtime.device)
     if splits is None:
@@ -502,7 +526,8 @@ def run_bench(
     log("\n" + text)
     meta["wall_s"] = time.perf_counter() - t_start
     meta["peak_rss_mb"] = _rss_peak_mb()
-    _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots, summary)
+    _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots, summary,
+                   base.saved_as is not None)
     log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {meta['peak_rss_mb']:.0f} MB)")
     return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out,
             "summary": summary}
@@ -549,11 +574,16 @@ def _plot_material(cands, rows, details, extras, y_te, y_va, stage2: str = "deco
     return out
 
 
-def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool, summary) -> None:
+def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool, summary,
+                   write_base: bool = False) -> None:
     """Write everything into a staging folder beside the output folder, then swap it into place atomically."""
+    from ..train import load_config
+    from ..train.config import save_config
     from .report import write_report
 
     with folder as tmp:
+        if write_base:
+            save_config(load_config(None), tmp / BASE_CONFIG)
         atomic_write_text(tmp / "results.json", dumps_results(rows, summary))
         if stds is not None:
             atomic_write_text(tmp / "results_std.json", dumps_rows(stds, RESULT_KEYS))
