@@ -365,3 +365,20 @@ def test_softmax_is_recommended_when_nothing_beats_it_on_validation():
     assert [r["method"] for r in ranked] == ["softmax", "cRT"]
     assert summary["recommended"]["method"] == "softmax" and summary["uncertainty"] is None
     assert summary["lines"][0].startswith("Recommended by validation: softmax itself (softmax / end-to-end (linear head))")
+
+
+def test_a_recommendation_without_a_command_names_the_best_row_that_has_one():
+    soft = Candidate("softmax", "end-to-end", None, "linear", _onehot(Y), _onehot(_with_errors([2, 2, 2])))
+    tuned = Candidate("IIF tuned", "post-process", "smooth^0.75", "linear", _onehot(Y), _onehot(Y))
+    la = Candidate("logit adjustment", "post-hoc", "tau=1", "linear", _onehot(Y), _onehot(_with_errors([1, 0, 0])))
+    rows, details = _score([soft, tuned, la], Y, Y)
+    means, stds = aggregate_seeds([rows])
+    cmds = {"softmax": "iif train s", "IIF tuned": "(not reproducible: w^0.75)", "logit adjustment": "iif eval la"}
+    for r in means:
+        r["reproduce"] = cmds[r["method"]]
+    _, _, summary = summarize(means, stds, details, {"num_classes": C, "seeds": 1, "val_size": 12})
+    assert summary["recommended"]["method"] == "IIF tuned"
+    assert summary["best_reproducible"]["label"] == "logit adjustment / post-hoc / tau=1 (linear head)"
+    assert "Reproduce the recommended row: (not reproducible: w^0.75)" in summary["lines"]
+    assert any(ln.startswith("Best row with a command: logit adjustment") and ln.endswith("`iif eval la`")
+               for ln in summary["lines"])

@@ -362,6 +362,16 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
         if top.get("reproduce"):
             cmd = str(top["reproduce"])
             lines.append(f"Reproduce the recommended row: {cmd if cmd.startswith('(') else '`' + cmd + '`'}")
+            if cmd.startswith("("):  # no command reproduces it: name the best row that has one
+                alt = next((r for r in rows if r["rank"] is not None and r.get("reproduce")
+                            and not str(r["reproduce"]).startswith("(")), None)
+                if alt is not None:
+                    summary["best_reproducible"] = {"label": row_label(alt), "rank": alt["rank"],
+                                                    "val_class_avg": alt["val_class_avg"], "test_class_avg": alt["test_class_avg"],
+                                                    "delta_val": alt["delta_val"], "delta_test": alt["delta_test"],
+                                                    "reproduce": alt["reproduce"]}
+                    lines.append(f"Best row with a command: {row_label(alt)} (rank {alt['rank']}): validation "
+                                 f"{alt['val_class_avg']:.1f}%, test {alt['test_class_avg']:.1f}%: `{alt['reproduce']}`")
         best: dict[tuple, Mapping[str, Any]] = {}
         for r in rows:
             if r["rank"] is not None and (r["head"], r["strategy"]) not in best and (r["method"], r["strategy"]) != REFERENCE:
