@@ -78,6 +78,7 @@ def train_one_epoch(
     seen = 0
     start = time.perf_counter()
     bar = progress_bar(batches, progress, desc or f"epoch {epoch + 1}")
+    show = not isinstance(bar, _NoBar)  # postfix values cost a host sync: only for a visible bar
     for step, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -113,7 +114,7 @@ def train_one_epoch(
         seen += n
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum().double()
-        if progress and (step % max(log_every, 1) == 0):
+        if show and (step % max(log_every, 1) == 0):
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.1f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     if device.type == "cuda":
