@@ -176,3 +176,39 @@ def test_predict_csv_out_file_and_unreadable_images(run, tmp_path, capsys):
     assert lines[0] == "path,rank,class,index,score" and len(lines) == 1 + 2 * 2
     assert main(["predict", ckpt, str(tmp_path / "nope.png")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_checkpoint_matches_the_datasets_own_eval_route(tmp_path, capsys):
+    """Non-square images in a small ImageFolder tree: predict must preprocess a file exactly as the
+    dataset's evaluation split does (decode, resize, normalise) before the same model."""
+    from iif.models import load_state
+    from iif.train import load_config
+    from iif.train.engine import build_model_for, build_splits
+
+    rng = np.random.default_rng(0)
+    for c, n in enumerate((12, 8, 6)):
+        (tmp_path / "tree" / f"k{c}").mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 256, (14, 20, 3), dtype=np.uint8)
+            arr[..., c] = 255  # learnable colour cue
+            Image.fromarray(arr).save(tmp_path / "tree" / f"k{c}" / f"{i}.png")
+    assert main(["train", "folder", f"data.root={tmp_path / 'tree'}", "schedule.epochs=1", "decoupled.epochs=1",
+                 "data.num_workers=0", "runtime.device=cpu", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    splits = build_splits(load_config(ckpt["config"]))
+    model = build_model_for(load_config(ckpt["config"]), splits)
+    load_state(model, ckpt["model"])
+    model.eval()
+    files = [p for p, _ in splits.test.samples]
+    assert main(["predict", str(tmp_path / "run"), *files, "--topk", "3", "--format", "json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == files
+    with torch.no_grad():
+        x = torch.stack([splits.test[i][0] for i in range(len(files))])
+        probs = torch.softmax(model(x), dim=1).numpy()
+    for i, r in enumerate(rows):
+        top = np.argsort(-probs[i])[:3]
+        assert [t["index"] for t in r["top"]] == top.tolist()
+        assert [t["class"] for t in r["top"]] == [splits.class_names[j] for j in top]
+        np.testing.assert_allclose([t["score"] for t in r["top"]], probs[i, top], rtol=1e-4, atol=1e-6)

@@ -8,8 +8,9 @@ What the model sees is what it was evaluated on: the checkpoint stores its evalu
 (``preprocess``: image size, channels, normalisation, class names; written by ``iif train``, see
 :func:`iif.train.evaluation.checkpoint_preprocess`). File-backed datasets (``folder``, list datasets) use the
 very transform their evaluation split used (:func:`iif.data.transforms.build_transform` with
-``train=False``); in-memory datasets (digits, MNIST, CIFAR) keep images at ``image_size`` pixels, so a new
-image is resized to that square, then scaled to [0, 1] and normalised. Images are converted to grey (one
+``train=False``); in-memory datasets (digits, MNIST, CIFAR, and small folder trees, which are decoded with a bilinear resize to the square)
+keep images at ``image_size`` pixels, so a new image is resized to that square the same way, then scaled to
+[0, 1] and normalised. Images are converted to grey (one
 channel) or RGB to match the model. A checkpoint written before ``preprocess`` existed is handled by
 rebuilding its dataset from the stored config (which must then be available).
 
@@ -79,10 +80,19 @@ def image_transform(pre: dict) -> Callable:
     size = int(pre["image_size"])
     if pre["kind"] == "pil":
         return build_transform("none", pre["mean"], pre["std"], train=False, image_size=size, kind="pil")
-    # In-memory datasets hold uint8 (C, size, size) images; their eval transform starts from that tensor.
-    to_tensor = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
-    rest = build_transform("none", pre["mean"], pre["std"], train=False, image_size=size, kind="tensor")
-    return v2.Compose([to_tensor, rest])
+    # In-memory datasets hold uint8 (C, size, size) images (a small folder tree is decoded so: PIL bilinear
+    # resize to the square); their eval transform starts from that tensor.
+    from PIL import Image
+
+    tensor_tf = v2.Compose([v2.ToImage(),
+                            build_transform("none", pre["mean"], pre["std"], train=False, image_size=size, kind="tensor")])
+
+    def transform(img):
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        return tensor_tf(img)
+
+    return transform
 
 
 class Predictor:
