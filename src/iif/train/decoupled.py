@@ -230,10 +230,11 @@ def retrain_classifier(cfg, splits, stage1_state: dict, *, out_dir: str | os.Pat
     ``out_dir`` is given (``stage: stage2``; ``iif eval`` reads it). ``info`` is the process group of a
     distributed run (set by :func:`iif.train.fit`).
     """
-    from . import engine
+    from . import engine  # the one stage loop; engine imports this module, so not at import time
+    from .build import StageSpec, resolve_device
     from .distributed import DistInfo
 
-    dev = device if isinstance(device, torch.device) else engine.resolve_device(device or cfg.runtime.device)
+    dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.runtime.device)
     out = Path(out_dir) if out_dir is not None else None
-    return engine._run_stage(cfg, splits, engine.StageSpec.decoupled(cfg), out, dev, info or DistInfo(), resume,
-                             force, init_state=stage1_state)
+    return engine._run_stage(cfg, splits, StageSpec.decoupled(cfg), out, dev, info or DistInfo(), resume, force,
+                             init_state=stage1_state)
