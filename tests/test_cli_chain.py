@@ -201,6 +201,10 @@ def test_predict_on_a_folder_checkpoint_matches_the_datasets_own_eval_route(tmp_
     load_state(model, ckpt["model"])
     model.eval()
     files = [p for p, _ in splits.test.samples]
+    assert main(["eval", str(tmp_path / "run"), "--save-logits", str(tmp_path / "z"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "z" / "files_test.txt").read_text().splitlines() == files
+    np.testing.assert_array_equal(np.load(tmp_path / "z" / "labels_test.npy"), [y for _, y in splits.test.samples])
     assert main(["predict", str(tmp_path / "run"), *files, "--topk", "3", "--format", "json", "--device", "cpu"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["path"] for r in rows] == files

@@ -238,12 +238,13 @@ def save_logits(restored: RestoredCheckpoint, out_dir: str | os.PathLike, output
                 force: bool = False) -> Path:
     """Write ``outputs`` (``{"test": (features, logits, labels), "val": ...}``) as ``logits_<split>.npy`` /
     ``labels_<split>.npy``, the training counts as ``counts.json`` (:meth:`iif.ClassFrequency.save`, read
-    back by ``iif posthoc --counts`` and ``iif weights``) and ``manifest.json``, all at once
+    back by ``iif posthoc --counts`` and ``iif weights``), for file-backed splits ``files_<split>.txt`` (the
+    image path of each row, in order) and ``manifest.json``, all at once
     (:class:`iif.outputs.OutputFolder`: a non-empty folder is refused unless it is an earlier
     ``iif eval --save-logits`` output and ``force``)."""
     import numpy as np
 
-    from ..outputs import OutputFolder, atomic_write_bytes, atomic_write_json
+    from ..outputs import OutputFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
 
     folder = OutputFolder(out_dir, command="eval-logits", force=force)
     with folder as staging:
@@ -257,6 +258,10 @@ def save_logits(restored: RestoredCheckpoint, out_dir: str | os.PathLike, output
                 atomic_write_bytes(staging / f"{kind}_{split}.npy", buf.getvalue())
             manifest["splits"][split] = {"logits": f"logits_{split}.npy", "labels": f"labels_{split}.npy",
                                          "num_samples": int(z.shape[0])}
+            samples = getattr(getattr(restored.splits, split, None), "samples", None)
+            if samples is not None and len(samples) == int(z.shape[0]):  # file-backed: which image each row is
+                atomic_write_text(staging / f"files_{split}.txt", "".join(f"{path}\n" for path, _ in samples))
+                manifest["splits"][split]["files"] = f"files_{split}.txt"
         restored.splits.freq.save(staging / "counts.json")
         atomic_write_json(staging / "manifest.json", manifest)
     return folder.path
