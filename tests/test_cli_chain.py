@@ -8,6 +8,7 @@ model applied to a tensor normalised by hand.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -205,12 +206,18 @@ def test_predict_on_a_folder_checkpoint_matches_the_datasets_own_eval_route(tmp_
     capsys.readouterr()
     assert (tmp_path / "z" / "files_test.txt").read_text().splitlines() == files
     np.testing.assert_array_equal(np.load(tmp_path / "z" / "labels_test.npy"), [y for _, y in splits.test.samples])
-    assert main(["predict", str(tmp_path / "run"), *files, "--topk", "3", "--format", "json", "--device", "cpu"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [r["path"] for r in rows] == files
     with torch.no_grad():
         x = torch.stack([splits.test[i][0] for i in range(len(files))])
         probs = torch.softmax(model(x), dim=1).numpy()
+    # predict needs only the checkpoint: copies of the test images, training tree moved away
+    (tmp_path / "new").mkdir()
+    copies = [str(tmp_path / "new" / f"{i:03d}.png") for i in range(len(files))]
+    for src, dst in zip(files, copies):
+        shutil.copyfile(src, dst)
+    (tmp_path / "tree").rename(tmp_path / "gone")
+    assert main(["predict", str(tmp_path / "run"), *copies, "--topk", "3", "--format", "json", "--device", "cpu"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == copies
     for i, r in enumerate(rows):
         top = np.argsort(-probs[i])[:3]
         assert [t["index"] for t in r["top"]] == top.tolist()
