@@ -26,7 +26,7 @@ def splits():
 
 
 def _splits():
-    from iif.train.engine import build_splits
+    from iif.train import build_splits
 
     return build_splits(R.bench_config("digits-lt"))
 

@@ -577,8 +577,7 @@ def _plot_material(cands, rows, details, extras, y_te, y_va, stage2: str = "deco
 def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool, summary,
                    write_base: bool = False) -> None:
     """Write everything into a staging folder beside the output folder, then swap it into place atomically."""
-    from ..train import load_config
-    from ..train.config import save_config
+    from ..train import load_config, save_config
     from .report import write_report
 
     with folder as tmp:

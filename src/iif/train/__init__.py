@@ -25,7 +25,7 @@ mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_hash, load_config, packaged_configs
+from .config import TrainConfig, config_hash, load_config, packaged_configs, save_config
 from .decoupled import method_overrides, retrain_classifier
 from .engine import StageSpec, TrainResult, build_model_for, build_splits, fit, resolve_device
 from .epoch import train_one_epoch
@@ -58,4 +58,5 @@ __all__ = [
     "parse_adjuster",
     "load_checkpoint",
     "save_checkpoint",
+    "save_config",
 ]
