@@ -8,10 +8,10 @@ What the model sees is what it was evaluated on: the checkpoint stores its evalu
 (``preprocess``: image size, channels, normalisation, class names; written by ``iif train``, see
 :func:`iif.train.evaluation.checkpoint_preprocess`). File-backed datasets (``folder``, list datasets) use the
 very transform their evaluation split used (:func:`iif.data.transforms.build_transform` with
-``train=False``); in-memory datasets (digits, MNIST, CIFAR, and small folder trees, which are decoded with a bilinear resize to the square)
-keep images at ``image_size`` pixels, so a new image is resized to that square the same way, then scaled to
-[0, 1] and normalised. Images are converted to grey (one
-channel) or RGB to match the model. A checkpoint written before ``preprocess`` existed is handled by
+``train=False``); in-memory datasets (digits, MNIST, CIFAR, and small folder trees, which are decoded
+with a bilinear resize to the square) keep images at ``image_size`` pixels, so a new image is resized to
+that square the same way, then scaled to [0, 1] and normalised. Images are converted to grey (one channel)
+or RGB to match the model. A checkpoint written before ``preprocess`` existed is handled by
 rebuilding its dataset from the stored config (which must then be available).
 
 ``adjust`` is an adjuster spec as in ``iif eval --adjust`` (:func:`iif.train.build_adjuster`:
@@ -84,8 +84,8 @@ def image_transform(pre: dict) -> Callable:
     # resize to the square); their eval transform starts from that tensor.
     from PIL import Image
 
-    tensor_tf = v2.Compose([v2.ToImage(),
-                            build_transform("none", pre["mean"], pre["std"], train=False, image_size=size, kind="tensor")])
+    eval_tf = build_transform("none", pre["mean"], pre["std"], train=False, image_size=size, kind="tensor")
+    tensor_tf = v2.Compose([v2.ToImage(), eval_tf])
 
     def transform(img):
         if img.size != (size, size):
@@ -159,7 +159,8 @@ class Predictor:
                 results.append({"path": path, "top": [{"class": self.class_names[i], "index": int(i), "score": float(s)}
                                                       for s, i in zip(ps, idx)]})
         if bad:
-            names = "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            names = "; ".join(f"{p} ({why})" for p, why in bad[:5])
+            names += f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
             if not skip_unreadable:
                 raise IIFError(f"{len(bad)} of {len(paths)} image(s) cannot be read: {names}; remove or re-save "
                                "them, or skip them with --skip-unreadable.")
