@@ -56,6 +56,8 @@ class StageSpec:
         """The top-level sections: end-to-end training, or decoupled stage 1."""
         kw = dict(cfg.loss.kwargs)
         variant = _variant_for(cfg.loss.name, kw, cfg.loss.variant)
+        if variant is not None and cfg.loss.norm is not None:
+            kw.setdefault("norm", cfg.loss.norm)  # the weights' normalisation (loss.norm), by name
         return cls(name, cfg.schedule.epochs, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay,
                    cfg.optim.nesterov, cfg.optim.batch_size, cfg.schedule.name, list(cfg.schedule.milestones),
                    cfg.schedule.gamma, cfg.schedule.warmup_epochs, cfg.schedule.warmup_start_factor, cfg.loss.name,

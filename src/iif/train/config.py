@@ -102,6 +102,9 @@ class LossConfig:
     name: str = "ce"
     # IIF weight variant (Table III) for losses that use one (iif, iif_csl).
     variant: str = "smooth"
+    # Normalisation of those weights: "mean" (unit mean, the end-to-end recipe: keeps the model's logit scale,
+    # docs/method.md#iif-loss), a number p (divide by the p-norm, the authors' --iif_norm p) or null (paper's weights).
+    norm: float | str | None = None
     label_smoothing: float = 0.0
     kwargs: dict = field(default_factory=dict)
 
@@ -593,6 +596,8 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     # loss
     _one_of("loss.name", str(lo.name).lower(), LOSSES)
     variant("loss.variant", lo.variant)
+    _check(lo.norm is None or lo.norm == "mean" or (not isinstance(lo.norm, (bool, str)) and _finite(lo.norm) and lo.norm > 0),
+           "loss.norm", lo.norm, "mean, a positive number p (p-norm) or null", "mean")
     _check(_finite(lo.label_smoothing) and 0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing,
            "in [0, 1)", "0.1")
     # optim
