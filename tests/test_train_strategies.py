@@ -216,3 +216,16 @@ def test_cached_features_train_the_same_classifier_as_the_per_batch_backbone_pas
     for setting in ("decoupled.legacy=true", "decoupled.mixup_alpha=0.2"):
         _stage2(splits, path, setting)
         assert used[-1] is None, setting
+
+
+def test_stage2_on_cached_features_resumes_exactly(splits, stage1, tmp_path):
+    path, _ = stage1
+    extra = [f"decoupled.stage1_checkpoint={path}", "decoupled.epochs=3", "decoupled.lr=0.05"]
+    whole = fit(load_config("digits_lt_decoupled", TINY + extra), out_dir=tmp_path / "whole", splits=splits)
+    cut = tmp_path / "cut"
+    part = fit(load_config("digits_lt_decoupled", TINY + extra + ["runtime.stop_after_epoch=1"]), out_dir=cut,
+               splits=splits)
+    assert not part.finished
+    resumed = fit(load_config("digits_lt_decoupled", TINY + extra), out_dir=cut, splits=splits, resume=True)
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
