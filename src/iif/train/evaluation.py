@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from .build import StageSpec, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import load_checkpoint
 from .config import load_config
 from ..data.batches import make_eval_batches
@@ -29,14 +30,6 @@ from .strategies import build_adjuster
 
 __all__ = ["predict", "extract_features", "evaluate", "loss_adjuster", "evaluate_checkpoint", "restore_checkpoint",
            "RestoredCheckpoint", "checkpoint_preprocess", "save_logits", "LOGIT_FILES"]
-
-
-def _engine():
-    # The loop's building blocks (batching, autocast, model/data builders) live in engine.py, which imports
-    # this module; importing them at call time keeps the two modules free of an import cycle.
-    from . import engine
-
-    return engine
 
 
 @torch.no_grad()
@@ -166,9 +159,8 @@ class RestoredCheckpoint:
 
     def own_adjuster(self) -> Callable | None:
         """The checkpoint's loss's own decision rule (``w * z`` for the IIF loss), or None."""
-        eng = _engine()
         stage = self.ckpt.get("stage", "e2e")
-        spec = eng.StageSpec.decoupled(self.cfg) if stage == "stage2" else eng.StageSpec.main(self.cfg, stage)
+        spec = StageSpec.decoupled(self.cfg) if stage == "stage2" else StageSpec.main(self.cfg, stage)
         if self.splits is not None:
             freq = self.splits.freq
         else:
@@ -176,7 +168,7 @@ class RestoredCheckpoint:
 
             freq = ClassFrequency.from_counts([int(c) for c in self.ckpt["class_counts"]])
         try:
-            return loss_adjuster(eng.build_criterion(spec, freq))
+            return loss_adjuster(build_criterion(spec, freq))
         except IIFError:
             return None
 
@@ -194,17 +186,16 @@ def restore_checkpoint(path: str | os.PathLike, device: str | None = None, split
         raise IIFError(f"{ckpt['path']} holds only weights (no config); evaluate it with fit(strategy=posthoc, "
                        "posthoc.checkpoint=...) and a config that describes the model.")
     cfg = load_config(ckpt["config"])
-    eng = _engine()
-    dev = eng.resolve_device(device or cfg.runtime.device)
+    dev = resolve_device(device or cfg.runtime.device)
     pre = ckpt.get("preprocess")
     if splits is None and (build_data or not isinstance(pre, dict)):
-        splits = eng.build_splits(cfg)
+        splits = build_splits(cfg)
     if splits is not None:
-        model = eng.build_model_for(cfg, splits)
+        model = build_model_for(cfg, splits)
     else:
         shape = SimpleNamespace(num_classes=int(ckpt["arch"]["num_classes"]), in_channels=int(pre["channels"]),
                                 image_size=int(pre["image_size"]), class_names=list(pre["class_names"]))
-        model = eng.build_model_for(cfg, shape)
+        model = build_model_for(cfg, shape)
     from ..models import load_state
 
     if ckpt.get("stage") == "stage2":  # a stage-2 LWS checkpoint holds a wrapped classifier (iif.train.decoupled)
