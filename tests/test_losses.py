@@ -583,6 +583,9 @@ def test_fused_loss_value_is_exact_to_rounding_for_any_logit_gap(gap, sign):
                 d = valid.sum() if reduction == "mean" else 1
                 err, tol = (out.double() - ref.sum() / d).abs(), bound.sum() / d
             assert bool((err <= tol).all()), (reduction, ignored, (err / tol).max().item())
+            if reduction == "none":  # the composed path (F.cross_entropy on w * z): also an absolute ~eps near 0
+                composed = iif_cross_entropy(z, yy, w, reduction="none", fused=False).double()
+                assert bool(((composed - ref).abs() <= tol + 4 * eps).all())
             # and the gradient is Eq. 16 to float32 rounding
             (out.sum() if reduction == "none" else out).backward()
             q = torch.softmax(s, 1)
