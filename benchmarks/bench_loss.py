@@ -7,7 +7,8 @@ Times, in one run with interleaved repetitions (so machine load hits all variant
                                                    the composed form on GPUs)
   fused-nocheck  the same with check_finite=False, check_labels=False
   kernel-forced  (GPU only) IIFLoss(w, fused=True, no checks): the fused kernel on the GPU
-and prints each median, the ratio of medians to ce and the median of per-repetition ratios. The target (SPEC §6) is fused <= 1.10x ce.
+and prints each median, the ratio of medians to ce and the median of per-repetition ratios. The target is
+fused <= 1.10x ce (docs/losses.md#speed has the measured numbers).
 
     python benchmarks/bench_loss.py                      # CPU, batch 256, 1000 classes
     python benchmarks/bench_loss.py --device cuda --reps 500

@@ -1,4 +1,4 @@
-"""IIF weight variants (paper Eq. 10-12, Table III; SPEC §2) against values computed by hand.
+"""IIF weight variants (paper Eq. 10-12, Table III; docs/method.md#weight-variants) against values computed by hand.
 
 The independent route is the standard library: ``math.log``/``log2``/``log10`` and
 ``statistics.NormalDist().inv_cdf`` for normit, evaluated one class at a time.
@@ -19,7 +19,7 @@ from iif.weights import as_counts, canonical_variant
 
 
 def by_hand(variant: str, n: float, k: float) -> float:
-    """One weight from the SPEC §2 table, written out with the standard library."""
+    """One weight of Table III (docs/method.md#weight-variants), written out with the standard library."""
     p = n / k
     return {
         "raw": lambda: math.log(k / n),
@@ -32,9 +32,9 @@ def by_hand(variant: str, n: float, k: float) -> float:
     }[variant]()
 
 
-# CIFAR-100-LT, ratio 100: K = 10,847, head class 500 images, tail class 5 (SPEC §2 reference values).
+# CIFAR-100-LT, ratio 100: K = 10,847, head class 500 images, tail class 5 (reference values, docs/method.md#weight-variants).
 CIFAR100_K = 10847
-SPEC_REFERENCE = {
+CIFAR100_REFERENCE = {
     "raw": (3.0770, 7.6822),
     "smooth": (4.0751, 8.5000),
     "base10": (1.3363, 3.3363),
@@ -42,10 +42,10 @@ SPEC_REFERENCE = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(SPEC_REFERENCE))
-def test_spec_reference_values_cifar100_lt(variant):
+@pytest.mark.parametrize("variant", sorted(CIFAR100_REFERENCE))
+def test_reference_values_cifar100_lt(variant):
     w = iif_weights([500, 5], variant, total=CIFAR100_K)
-    head, tail = SPEC_REFERENCE[variant]
+    head, tail = CIFAR100_REFERENCE[variant]
     assert w.dtype == torch.float32 and w.shape == (2,)
     assert w[0].item() == pytest.approx(head, abs=1e-4)
     assert w[1].item() == pytest.approx(tail, abs=1e-4)
