@@ -382,3 +382,26 @@ def test_a_recommendation_without_a_command_names_the_best_row_that_has_one():
     assert "Reproduce the recommended row: (not reproducible: w^0.75)" in summary["lines"]
     assert any(ln.startswith("Best row with a command: logit adjustment") and ln.endswith("`iif eval la`")
                for ln in summary["lines"])
+
+
+def test_rows_close_to_the_recommendation_are_named():
+    y = np.repeat(np.arange(C), 100)
+
+    def pred(wrong):  # wrong[c] errors in class c
+        p = y.copy()
+        for c, k in enumerate(wrong):
+            idx = np.flatnonzero(y == c)[:k]
+            p[idx] = (c + 1) % C
+        return _onehot(p)
+
+    cands = [Candidate("softmax", "end-to-end", None, "linear", pred([50, 50, 50]), pred([50, 50, 50])),
+             Candidate("cRT", "decoupled", None, "linear", pred([0, 0, 0]), pred([0, 0, 0])),          # val 100
+             Candidate("LWS", "decoupled", None, "linear", pred([0, 0, 3]), pred([0, 0, 3])),          # val 99
+             Candidate("logit adjustment", "post-hoc", "tau=1", "linear", pred([30, 30, 30]), pred([30, 30, 30]))]  # val 70
+    rows, details = _score(cands, y, y)
+    _, _, summary = _summarize([rows], details, val_size=300)
+    se = summary["uncertainty"]["delta_val_se"]
+    # cRT vs softmax: d = 1 on half of each class, 0 elsewhere -> per-class sample var 0.25 * 100/99
+    assert se == pytest.approx(100 / 3 * math.sqrt(3 * 0.25 * 100 / 99 / 100))
+    assert summary["uncertainty"]["close_ranks"] == [2]  # LWS is 1 point behind (< 2 SE); LA is 30 behind
+    assert f"Rank 2 is within {2 * se:.1f} points of it on validation" in " ".join(summary["lines"])

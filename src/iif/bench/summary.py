@@ -359,6 +359,16 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                 lines.append(text)
                 summary["uncertainty"] = {"delta_val": s["delta_val"], "delta_val_se": se, "val_size": val_size,
                                           "within_noise": bool(within), "text": text}
+                close = [r for r in rows if r["rank"] is not None and r["rank"] > 1 and r["val_class_avg"] is not None
+                         and s["val_class_avg"] - r["val_class_avg"] < NOISE_SE * se]
+                summary["uncertainty"]["close_ranks"] = [r["rank"] for r in close]
+                if close and not within and se > 0:
+                    ranks = [r["rank"] for r in close]
+                    consecutive = len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1))
+                    span = f"{ranks[0]}-{ranks[-1]}" if consecutive else ", ".join(map(str, ranks))
+                    lines.append(f"Rank{'s' if len(ranks) > 1 else ''} {span} {'are' if len(ranks) > 1 else 'is'} within "
+                                 f"{NOISE_SE * se:.1f} points of it on validation ({NOISE_SE:g} of those standard errors): "
+                                 "their order is not reliable, and any of them is a sound choice.")
         if top.get("reproduce"):
             cmd = str(top["reproduce"])
             lines.append(f"Reproduce the recommended row: {cmd if cmd.startswith('(') else '`' + cmd + '`'}")
