@@ -223,3 +223,18 @@ def test_predict_on_a_folder_checkpoint_matches_the_datasets_own_eval_route(tmp_
         assert [t["index"] for t in r["top"]] == top.tolist()
         assert [t["class"] for t in r["top"]] == [splits.class_names[j] for j in top]
         np.testing.assert_allclose([t["score"] for t in r["top"]], probs[i, top], rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_folder_means_the_checkpoint_its_final_metrics_came_from(run, tmp_path):
+    from iif.train.evaluation import restore_checkpoint
+
+    folder = tmp_path / "r"
+    shutil.copytree(run / "run", folder)
+    last = torch.load(folder / "last.pt", weights_only=True)
+    torch.save(last, folder / "best.pt")
+    assert restore_checkpoint(folder, "cpu", build_data=False).path == str(folder / "best.pt")
+    last["config"]["eval"]["select"] = "last"
+    torch.save(last, folder / "best.pt")
+    assert restore_checkpoint(folder, "cpu", build_data=False).path == str(folder / "last.pt")
+    (folder / "best.pt").unlink()
+    assert restore_checkpoint(folder, "cpu", build_data=False).path == str(folder / "last.pt")

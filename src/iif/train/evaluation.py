@@ -173,6 +173,17 @@ class RestoredCheckpoint:
             return None
 
 
+def _selected_checkpoint(path: str | os.PathLike) -> dict:
+    folder = Path(path)
+    best = folder / "best.pt"
+    if folder.is_dir() and best.is_file():
+        ckpt = load_checkpoint(best)
+        select = (ckpt.get("config") or {}).get("eval", {}).get("select", "best")
+        if select != "last" or not (folder / "last.pt").is_file():
+            return ckpt
+    return load_checkpoint(path)
+
+
 def restore_checkpoint(path: str | os.PathLike, device: str | None = None, splits=None,
                        build_data: bool = True) -> RestoredCheckpoint:
     """Load a training checkpoint (``weights_only=True``) and rebuild its model with the stored weights.
@@ -180,8 +191,11 @@ def restore_checkpoint(path: str | os.PathLike, device: str | None = None, split
     ``build_data`` (default) also rebuilds the dataset from the stored config (needed for metrics and
     logits of its splits) and checks its training counts against the stored ones; without it the model is
     built from the stored ``arch`` and ``preprocess`` records (what :mod:`iif.predict` needs).
+
+    A run folder stands for the checkpoint its final metrics came from: ``best.pt`` (best epoch on
+    validation) unless the run's ``eval.select`` is ``last`` or it has no ``best.pt``, then ``last.pt``.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = _selected_checkpoint(path)
     if "config" not in ckpt:
         raise IIFError(f"{ckpt['path']} holds only weights (no config); evaluate it with fit(strategy=posthoc, "
                        "posthoc.checkpoint=...) and a config that describes the model.")
