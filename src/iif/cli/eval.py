@@ -17,7 +17,7 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: raw vs adjusted logits",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint file (last.pt) or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file (best.pt, last.pt) or a run folder (its best.pt; last.pt when eval.select=last)")
     p.add_argument("--adjust", nargs="*", default=[], metavar="SPEC",
                    help="post-hoc adjusters: iif:<variant>, la:<tau>, taunorm:<tau>")
     p.add_argument("--split", choices=("test", "val"), default="test")

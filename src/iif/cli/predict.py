@@ -24,7 +24,7 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predict classes of new images with a checkpoint",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint file (last.pt) or a run folder")
+    p.add_argument("checkpoint", help="a checkpoint file (best.pt, last.pt) or a run folder (its best.pt; last.pt when eval.select=last)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--adjust", metavar="SPEC", default=None,
                    help="post-hoc adjuster: iif:<variant>, la:<tau>, taunorm:<tau>, or loss (default: raw logits)")
