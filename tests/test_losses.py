@@ -709,6 +709,12 @@ def test_iif_loss_keeps_float64_weights_and_float64_logits_are_exact():
     # other weight dtypes become float32
     assert IIFLoss([1.0, 2.0]).iif_weights.dtype == torch.float32
     assert IIFLoss(torch.tensor([1.0, 2.0], dtype=torch.bfloat16)).iif_weights.dtype == torch.float32
+    csl = IIFCostSensitiveLoss(w64)
+    assert csl.iif_weights.dtype == torch.float64
+    per = [w64[yy].item() * ce_hand(row, yy) for row, yy in zip(z.tolist(), y.tolist())]
+    assert csl(z, y).item() == pytest.approx(sum(per) / 16, rel=1e-14)
+    with pytest.raises(IIFError, match="IIF weights contain NaN or inf at classes \\[1\\]"):
+        IIFCostSensitiveLoss([1.0, float("nan")])
 
 
 def test_online_weights_come_from_the_variant_table_in_float64():

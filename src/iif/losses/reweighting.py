@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..adjusters import check_background, expand_class_vector
 from ..errors import IIFError
-from ..weights import CountsLike, as_counts, refuse_zero_counts
+from ..weights import CountsLike, as_counts, as_weight_vector, refuse_zero_counts
 from ._common import ce_from_terms, finite_number, hard_or_soft_gather, is_soft, reduce_per_sample
 from .base import LossBase
 
@@ -141,9 +141,7 @@ class IIFCostSensitiveLoss(LossBase):
 
     def __init__(self, weights, background: Optional[str] = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        w = torch.as_tensor(weights).detach().to(torch.float32)
-        if w.dim() != 1 or w.numel() == 0 or not bool(torch.isfinite(w).all()):
-            raise IIFError("weights must be a finite 1-D vector with one IIF weight per class.")
+        w = as_weight_vector(weights, "IIF weights")  # float64 stays float64, as in IIFLoss
         self.background = check_background(background)
         self.register_buffer("iif_weights", w)
 
