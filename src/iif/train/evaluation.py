@@ -84,22 +84,30 @@ def extract_features(model: nn.Module, dataset, device: str | torch.device | Non
 
 
 def evaluate(model: nn.Module, dataset, train_counts, device: torch.device, *, adjusters: dict[str, Callable] | None = None,
-             batch_size: int = 256, many: int = 100, few: int = 20, bins: int = 10, amp: str = "none",
+             batch_size: int = 256, many: int | None = None, few: int | None = None, bins: int = 10, amp: str = "none",
              channels_last: bool = False, info: DistInfo | None = None, resident: bool = True,
              num_workers: int = 0) -> dict[str, dict]:
     """Metrics of the raw logits and of every adjusted version, side by side.
 
     ``adjusters`` maps a name (``adjusted`` for the loss's own decision rule, ``iif:smooth``...) to a
-    function ``(features, logits) -> logits``. Returns ``{"raw": metrics, name: metrics, ...}``.
+    function ``(features, logits) -> logits``. Returns ``{"raw": metrics, name: metrics, ...}``. ``many`` /
+    ``few`` None: the library's one shot-group rule (:func:`iif.metrics.shot_thresholds`).
     """
-    from ..metrics import evaluate_logits
-
     f, z, y = predict(model, dataset, device, batch_size, amp=amp, channels_last=channels_last, info=info,
                       resident=resident, num_workers=num_workers)
-    out = {"raw": evaluate_logits(z, y, train_counts, many, few, bins)}
+    return score_predictions(f, z, y, train_counts, adjusters, many, few, bins)
+
+
+def score_predictions(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, train_counts,
+                      adjusters: dict[str, Callable] | None = None, many: int | None = None,
+                      few: int | None = None, bins: int = 10) -> dict[str, dict]:
+    """:func:`iif.metrics.evaluate_logits` of the raw logits (``raw``) and of each adjuster's output."""
+    from ..metrics import evaluate_logits
+
+    out = {"raw": evaluate_logits(logits, labels, train_counts, many, few, bins)}
     for name, fn in (adjusters or {}).items():
         with torch.no_grad():
-            out[name] = evaluate_logits(fn(f, z), y, train_counts, many, few, bins)
+            out[name] = evaluate_logits(fn(features, logits), labels, train_counts, many, few, bins)
     return out
 
 
@@ -225,17 +233,8 @@ def restore_checkpoint(path: str | os.PathLike, device: str | None = None, split
     return RestoredCheckpoint(ckpt, cfg, model, splits, dev)
 
 
-def _metrics(f, z, y, counts, adjusters: dict[str, Callable], e) -> dict[str, dict]:
-    from ..metrics import evaluate_logits
-
-    out = {"raw": evaluate_logits(z, y, counts, e.many, e.few, e.bins)}
-    for name, fn in adjusters.items():
-        with torch.no_grad():
-            out[name] = evaluate_logits(fn(f, z), y, counts, e.many, e.few, e.bins)
-    return out
-
-
-#: Files :func:`save_logits` writes (beside the ``.iif`` marker and ``manifest.json``).
+#: Files :func:`save_logits` writes (beside ``manifest.json``, the iif output marker and, for image-file
+#: datasets, ``files_<split>.txt``).
 LOGIT_FILES = ("logits_test.npy", "labels_test.npy", "logits_val.npy", "labels_val.npy", "counts.json")
 
 
@@ -305,4 +304,4 @@ def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (),
     if save_logits_to is not None:
         save_logits(r, save_logits_to, {k: outputs[k] for k in ("test", "val") if k in outputs}, force=force)
     f, z, y = outputs[split]
-    return _metrics(f, z, y, counts, adjusters, e)
+    return score_predictions(f, z, y, counts, adjusters, e.many, e.few, e.bins)
