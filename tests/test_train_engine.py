@@ -276,8 +276,15 @@ def test_stage_variant_is_a_typed_field_that_reaches_the_loss(splits):
     counts = splits.freq.image_counts
     spec = StageSpec.main(load_config("digits_lt_e2e", ["loss.variant=raw"]))
     assert spec.variant == "raw" and "variant" not in spec.loss_kwargs
-    loss = build_criterion(spec, splits.freq)
-    assert torch.allclose(loss.iif_weights.double(), torch.as_tensor(iif_weights(counts, "raw")).double())
+    from iif.losses import build_loss
+
+    # the same loss built directly with variant="raw" (and the config's other loss options, e.g. a norm)
+    direct = build_loss("iif", splits.freq, variant="raw", **spec.loss_kwargs).iif_weights
+    assert torch.equal(build_criterion(spec, splits.freq).iif_weights, direct)
+    smooth = build_criterion(StageSpec.main(load_config("digits_lt_e2e")), splits.freq).iif_weights
+    assert not torch.allclose(smooth, direct)  # the variant changed the weights
+    raw = torch.as_tensor(iif_weights(counts, "raw"), dtype=torch.float64)
+    assert torch.allclose(direct.double() / raw, (direct.double() / raw)[0].expand(len(raw)))  # raw up to a scale
     # loss.kwargs.variant wins over loss.variant (it is the more specific setting)
     assert StageSpec.main(load_config("digits_lt_e2e", ["loss.kwargs.variant=base10"])).variant == "base10"
     assert StageSpec.main(load_config("digits_lt_e2e", ["loss.name=ce"])).variant is None
