@@ -2,8 +2,10 @@
 
 A training checkpoint is a dict with ``model``, ``optimizer``, ``scheduler``, ``scaler`` state dicts,
 ``epoch`` (epochs completed), ``rng`` (torch, cuda, numpy, python states as tensors, numbers and lists),
-``config`` (plain dict), ``config_hash``, ``class_counts``, ``history`` (per-epoch metric rows), ``stage``
-and ``arch`` info. It is written to a temporary file in the same directory and moved into place with
+``config`` (plain dict), ``config_hash``, ``class_counts``, ``history`` (per-epoch metric rows), ``stage``,
+``arch`` info and ``best`` (epoch, score, metric and logits of the best validation score so far, or None).
+A run folder holds ``last.pt`` (the latest epoch; ``--resume`` continues it) and ``best.pt`` (the same
+content for the best validation epoch). It is written to a temporary file in the same directory and moved into place with
 ``os.replace`` (:mod:`iif.outputs`), so a run killed mid-write never leaves a truncated ``last.pt``.
 
 Trust model: a checkpoint is data, never code. Every checkpoint is read with
