@@ -1,21 +1,53 @@
-"""The Python examples in README.md and docs/*.md run as written.
+"""The examples in README.md and docs/*.md run as written: the Python blocks and the shell commands.
 
-Each ```python block is executed in a fresh namespace inside a temporary working directory, so an example
-that stops working (a renamed function, a changed signature) fails the suite. Blocks fenced as
+Python: each ```python block is executed in a fresh namespace inside a temporary working directory, so an
+example that stops working (a renamed function, a changed signature) fails the suite. Blocks fenced as
 ```python no-run are shown to readers but not executed (they need data a user downloads).
+
+Shell: every command of every ```bash block runs, in order, in one temporary folder per document (so a
+walk-through's later commands see what its earlier ones wrote), with ``HOME`` pointing there and
+``~/my_images`` (and ``my_images/``) a tiny long-tailed ImageFolder tree. ``iif`` commands run in-process
+through :func:`iif.cli.main` (so the whole file stays fast); other commands (``mkdir``, ``printf``...) run
+in bash. Commands that need a download, a GPU, several processes or minutes of training are skipped, each
+by a rule in :data:`SKIP` that states why. To keep training commands to seconds, ``iif train`` and
+``iif bench`` get the overrides in :data:`FAST` appended (fewer epochs; the command is otherwise as
+written). A command that fails (non-zero exit) fails the test with its output.
 """
 
 import os
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
+SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell)[ \t]*\n(.*?)^```", re.S | re.M)
+
+#: (pattern searched in the command, why it is not run here). First match wins.
+SKIP: list[tuple[str, str]] = [
+    (r"\bpip install\b", "installs packages from the network"),
+    (r"^torchrun\b", "starts several processes (GPUs)"),
+    (r"--device cuda|runtime\.device=cuda|--preset gpu", "needs a GPU"),
+    (r"data\.root=~/data\b|--data ~/data\b|\bdata/lvis/|\bdata/ImageNet_LT/", "needs a downloaded dataset"),
+    (r"\bruns/c100_dec\b", "uses the checkpoint of the CIFAR-100-LT run above, which needs the download"),
+    (r"^iif det-(data|bench|train|eval)\b", "detection: writes the benchmark and trains Mask R-CNNs (minutes)"),
+    (r"^iif weights train/ ", "train/ stands for the reader's own dataset folder"),
+]
+
+#: (pattern, options, overrides) added to commands (first match wins) so that they train for seconds: the
+#: options right after the sub-command, the ``key=value`` overrides beside the command's own.
+FAST: list[tuple[str, list[str], list[str]]] = [
+    (r"^iif train (?!.*--list)(?!.*--print-config)\S", [], ["schedule.epochs=1", "schedule.warmup_epochs=0", "decoupled.epochs=1"]),
+    (r"^iif bench\b", ["--quick", "--heads", "linear"], ["schedule.epochs=1", "decoupled.epochs=1"]),
+]
 
 
+# --------------------------------------------------------------------------------------------- python blocks
 def _blocks():
     for doc in DOCS:
         for i, code in enumerate(BLOCK.findall(doc.read_text())):
@@ -30,3 +62,99 @@ def test_docs_have_examples():
 def test_doc_example_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "<doc example>", "exec"), {"__name__": "__doc_example__"})
+
+
+# ---------------------------------------------------------------------------------------------- shell blocks
+def shell_commands(text: str) -> list[str]:
+    """The commands of the ```bash blocks of a document, in order: continuation lines joined, blank and
+    comment-only lines dropped (a trailing ``# comment`` is kept; bash and :func:`shlex.split` drop it)."""
+    out = []
+    for block in SHELL_BLOCK.findall(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(line.split())
+            if line and not line.startswith("#"):
+                out.append(line)
+    return out
+
+
+def skip_reason(command: str) -> str | None:
+    return next((why for pattern, why in SKIP if re.search(pattern, command)), None)
+
+
+def fast_argv(command: str, argv: list[str]) -> list[str]:
+    """``argv`` (after ``iif``) with the :data:`FAST` options and overrides for ``command`` added."""
+    options, overrides = next(((o, v) for p, o, v in FAST if re.search(p, command)), ([], []))
+    argv = [argv[0], *options, *argv[1:]]
+    keys = [i for i, t in enumerate(argv) if "=" in t and not t.startswith("-")]
+    config = next((i for i, t in enumerate(argv[1:], 1) if not t.startswith("-")), len(argv) - 1)
+    at = keys[-1] + 1 if keys else (config + 1 if argv[0] == "train" else len(argv))  # after the config name
+    return argv[:at] + overrides + argv[at:]
+
+
+def _docs_with_commands():
+    for doc in DOCS:
+        if shell_commands(doc.read_text()):
+            yield pytest.param(doc, id=doc.name)
+
+
+def _tiny_tree(root: Path) -> None:
+    """``root/train/<class>`` with 12, 6 and 3 images, ``root/test/<class>`` with 2 each: 8x8 RGB PNGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", (12, 6, 3)), ("test", (2, 2, 2))):
+        for k, n in enumerate(counts):
+            d = root / split / f"class_{k}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                px = rng.integers(0, 60, (8, 8, 3)) + 90 * k  # classes differ in brightness
+                Image.fromarray(px.astype(np.uint8)).save(d / f"{i}.png")
+
+
+def _run_iif(argv: list[str], capsys) -> tuple[int, str]:
+    from iif.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse: bad usage, --help, --version
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return int(rc or 0), out.out[-3000:] + out.err[-3000:]
+
+
+def test_shell_command_parsing():
+    text = "x\n```bash\n# only a comment\niif train a \\\n    b=1   # note\n\nmkdir -p d\n```\n```python\nno\n```\n"
+    assert shell_commands(text) == ["iif train a b=1 # note", "mkdir -p d"]
+    assert shlex.split("iif train a b=1 # note", comments=True) == ["iif", "train", "a", "b=1"]
+    assert skip_reason("torchrun --nproc_per_node 4 x") == "starts several processes (GPUs)"
+    assert skip_reason("iif train digits_lt_e2e") is None
+    fast = fast_argv("iif train x", ["train", "x", "--out", "o"])
+    assert fast == ["train", "x", "schedule.epochs=1", "schedule.warmup_epochs=0", "decoupled.epochs=1", "--out", "o"]
+    fast = fast_argv("iif bench --dataset f", ["bench", "--dataset", "f", "a.b=1", "--out", "o"])
+    assert fast == ["bench", "--quick", "--heads", "linear", "--dataset", "f", "a.b=1", "schedule.epochs=1",
+                    "decoupled.epochs=1", "--out", "o"]
+
+
+@pytest.mark.parametrize("doc", list(_docs_with_commands()))
+def test_doc_shell_commands_run(doc, tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    _tiny_tree(home / "my_images")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("IIF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(home)
+    ran = 0
+    for command in shell_commands(doc.read_text()):
+        if skip_reason(command):
+            continue
+        if command.startswith("iif "):
+            argv = [os.path.expanduser(t) if t.startswith("~") else t
+                    for t in shlex.split(command, comments=True)[1:]]
+            rc, output = _run_iif(fast_argv(command, argv), capsys)
+        else:
+            p = subprocess.run(["bash", "-c", command], cwd=home, capture_output=True, text=True, timeout=60)
+            rc, output = p.returncode, p.stdout[-3000:] + p.stderr[-3000:]
+        assert rc == 0, f"{doc.name}: `{command}` exited with {rc}:\n{output}"
+        ran += 1
+    assert ran or all(skip_reason(c) for c in shell_commands(doc.read_text()))

@@ -39,7 +39,7 @@ def download(name: str, root: str, fetch: Callable[[], Any]) -> Any:
         raise IIFError(f"downloading {name} into {root} failed ({type(exc).__name__}: {reason}); check the network "
                        f"and free disk space, then run the same command again (files already verified are kept; "
                        f"a partial archive is checked and fetched again), or put the files in {root} by hand and "
-                       "drop download=True.") from None
+                       "drop data.options.download=true (download=True in Python).") from None
 
 
 def check_kwargs(name: str, kw: dict, allowed: Sequence[str]) -> None:

@@ -61,8 +61,8 @@ def read_cifar(root: str, num_classes: int = 10):
     base = root if os.path.basename(os.path.normpath(root)) == folder else os.path.join(root, folder)
     missing = [f for f in train_files + test_files + [meta] if not os.path.isfile(os.path.join(base, f))]
     if missing:
-        raise IIFError(f"CIFAR-{num_classes} not found: {base} lacks {', '.join(missing)}. Pass download=True "
-                       f"(when online) or root= the folder where the extracted {folder}/ lives "
+        raise IIFError(f"CIFAR-{num_classes} not found: {base} lacks {', '.join(missing)}. Set data.options.download=true (download=True in Python) "
+                       f"(when online) or data.root= the folder where the extracted {folder}/ lives "
                        f"(from https://www.cs.toronto.edu/~kriz/cifar.html).")
 
     def load(files):

