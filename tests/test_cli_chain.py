@@ -100,6 +100,12 @@ def test_posthoc_on_the_folder_matches_numpy(run, capsys):
     w = np.log((n.sum() + 1) / (n + 1)) + 1  # smooth IIF weights, by hand
     assert _row(rows, "IIF", "smooth")["top1"] == pytest.approx(100.0 * np.mean((z * w).argmax(1) == y))
     assert any(r["method"] == "IIF tuned" for r in rows)  # the folder's validation logits were used
+    # Shot groups as iif eval recorded them (no class above 100 images: many > 50, few < 15), head named.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["many"], manifest["few"]) == (50, 15) and {r["head"] for r in rows} == {"linear"}
+    per_class = np.array([np.mean(z[y == c].argmax(1) == c) for c in range(len(n))])
+    assert _row(rows, "softmax")["few"] == pytest.approx(100.0 * per_class[n < 15].mean())
+    assert _row(rows, "softmax")["many"] == pytest.approx(100.0 * per_class[n > 50].mean())
 
 
 def test_posthoc_reads_pt_and_npz_and_a_json_list(run, tmp_path, capsys):
@@ -113,7 +119,7 @@ def test_posthoc_reads_pt_and_npz_and_a_json_list(run, tmp_path, capsys):
     want = [r for r in _rows(capsys) if r["method"] != "IIF tuned"]
     for f in ("test.pt", "test.npz"):
         assert main(["posthoc", "--logits", str(tmp_path / f), "--labels", str(tmp_path / f),
-                     "--counts", str(tmp_path / "counts.json"), "--format", "json"]) == 0
+                     "--counts", str(tmp_path / "counts.json"), "--format", "json", "--head", "linear"]) == 0
         assert _rows(capsys) == want
     torch.save({"w": torch.zeros(3), "b": torch.zeros(3)}, tmp_path / "other.pt")
     assert main(["posthoc", "--logits", str(tmp_path / "other.pt"), "--labels", str(tmp_path / "test.pt"),

@@ -97,9 +97,9 @@ def load_counts(path: str) -> tuple[np.ndarray, float]:
     return freq.image_counts.astype(np.float64), freq.default_total("image")
 
 
-def load_logits_folder(folder: str) -> dict[str, str]:
-    """The files of an ``iif eval --save-logits`` folder: ``{"logits", "labels", "counts"[, "val_logits",
-    "val_labels"]}`` paths, from its ``manifest.json``."""
+def load_logits_folder(folder: str) -> tuple[dict[str, str], dict]:
+    """The files of an ``iif eval --save-logits`` folder, ``{"logits", "labels", "counts"[, "val_logits",
+    "val_labels"]}`` paths, and its settings (``head``, ``many``, ``few`` when recorded), from ``manifest.json``."""
     d = Path(folder)
     man = d / "manifest.json"
     if not man.is_file():
@@ -114,7 +114,8 @@ def load_logits_folder(folder: str) -> dict[str, str]:
     except (ValueError, KeyError, TypeError):
         raise IIFError(f"{man} is not a manifest written by iif eval --save-logits; write the folder again with "
                        "iif eval CHECKPOINT --save-logits DIR --force.") from None
-    return {k: str(d / Path(str(v)).name) for k, v in out.items()}  # names only: never read outside DIR
+    settings = {k: m[k] for k in ("head", "many", "few") if m.get(k) is not None}
+    return {k: str(d / Path(str(v)).name) for k, v in out.items()}, settings  # names only: never read outside DIR
 
 
 def register(subparsers) -> None:
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.report import dumps_rows, format_table
     from ..metrics import shot_thresholds
 
-    src = load_logits_folder(args.folder) if args.folder else {}
+    src, recorded = load_logits_folder(args.folder) if args.folder else ({}, {})
     given = {k: getattr(args, k) for k in ("logits", "labels", "counts", "val_logits", "val_labels")}
     if args.val_logits is not None or args.val_labels is not None:  # explicit validation replaces the folder's
         src.pop("val_logits", None)
@@ -159,13 +160,16 @@ def run(args: argparse.Namespace) -> int:
     logits = load_array(files["logits"], "--logits", "logits")
     labels = load_array(files["labels"], "--labels", "labels")
     counts, total = load_counts(files["counts"])
-    many, few = shot_thresholds(counts, args.many, args.few)
+    # The folder's recorded shot thresholds and head (those iif eval used) unless given here.
+    many, few = shot_thresholds(counts, args.many if args.many is not None else recorded.get("many"),
+                                args.few if args.few is not None else recorded.get("few"))
+    head = args.head if args.head is not None else recorded.get("head")
     val_logits = val_labels = None
     if "val_logits" in files:
         same = files["val_logits"] == files["val_labels"]
         val_logits = load_array(files["val_logits"], "--val-logits", "val_logits" if same else "logits")
         val_labels = load_array(files["val_labels"], "--val-labels", "val_labels" if same else "labels")
-    rows, details = posthoc_table(logits, labels, counts, val_logits, val_labels, head=args.head,
+    rows, details = posthoc_table(logits, labels, counts, val_logits, val_labels, head=head,
                                   total=total, many=many, few=few)
     if args.format == "json":
         print(dumps_rows(rows), end="")

@@ -252,9 +252,14 @@ def save_logits(restored: RestoredCheckpoint, out_dir: str | os.PathLike, output
 
     folder = OutputFolder(out_dir, command="eval-logits", force=force)
     with folder as staging:
-        manifest = {"checkpoint": restored.path, "dataset": restored.cfg.data.name,
+        from ..metrics import shot_thresholds
+
+        cfg = restored.cfg
+        many, few = shot_thresholds(restored.splits.freq.image_counts, cfg.eval.many, cfg.eval.few)
+        manifest = {"checkpoint": restored.path, "dataset": cfg.data.name, "head": cfg.model.head,
                     "stage": restored.ckpt.get("stage", "e2e"), "num_classes": int(restored.splits.num_classes),
-                    "class_names": list(restored.splits.class_names), "counts": "counts.json", "splits": {}}
+                    "class_names": list(restored.splits.class_names), "counts": "counts.json",
+                    "many": many, "few": few, "splits": {}}
         for split, (_, z, y) in outputs.items():
             for kind, arr in (("logits", z.float().numpy()), ("labels", y.long().numpy())):
                 buf = io.BytesIO()
