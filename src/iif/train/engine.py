@@ -36,7 +36,7 @@ from torch import nn
 from ..data.batches import make_train_batches
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
-from .advice import check_config_advice, loader_workers
+from .advice import check_backbone_advice, check_config_advice, loader_workers
 from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
@@ -306,6 +306,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
     finally:
         tb.close()
     metrics, selection = _final_evaluation(run, posthoc)
+    check_backbone_advice(metrics, splits.num_classes, run.spec.loss)  # iif.train.advice: softmax too weak?
     if out is not None and info.is_main:
         write_json(out / "final_metrics.json", metrics)
     return TrainResult(run.model, splits, run.history, metrics, out, run.path(selection["checkpoint"]), cfg,
@@ -520,8 +521,9 @@ def _final_evaluation(run: _StageRun, posthoc: list | tuple = ()) -> tuple[dict[
                        amp=run.cfg.runtime.amp, channels_last=run.channels_last, info=run.info,
                        resident=run.cfg.data.resident)
     if run.info.is_main:
-        log.info("%s: %s checkpoint (epoch %d, %s) scored on %s: top1 %.2f", run.spec.name, selection["select"],
-                 selection["epoch"], selection["selected_on"], e.split, metrics["raw"]["top1"])
+        shown = "adjusted" if "adjusted" in metrics else "raw"  # the logits the model predicts with (w * z for IIF)
+        log.info("%s: %s checkpoint (epoch %d, %s) scored on %s: top1 %.2f (%s logits)", run.spec.name,
+                 selection["select"], selection["epoch"], selection["selected_on"], e.split, metrics[shown]["top1"], shown)
     for m in metrics.values():
         m["selection"] = dict(selection)
     return metrics, selection
