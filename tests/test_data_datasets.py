@@ -198,3 +198,66 @@ def test_cifar100_lt_fixture_step(tmp_path):
 def test_cifar_missing_files(tmp_path):
     with pytest.raises(IIFError, match="download=True"):
         build_datasets("cifar10-lt", root=str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ folder recipe
+def _png_tree(root, counts, size=(8, 8), split=None):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = root / split if split else root
+    for k, n in enumerate(counts):
+        d = base / f"c{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_folder_carves_val_per_class_from_train_when_no_val_tree(tmp_path):
+    from iif.data.folder import carve_counts
+
+    # Rule by hand: round(0.1 * n) but >= 1, and every class keeps >= 1 training image.
+    assert carve_counts([40, 12, 5, 2, 1], None, 0.1).tolist() == [4, 1, 1, 1, 0]
+    assert carve_counts([40, 12, 5, 2, 1], 3, 0.1).tolist() == [3, 3, 3, 1, 0]
+    _png_tree(tmp_path, [20, 6, 1], split="train")
+    _png_tree(tmp_path, [2, 2, 2], split="test")
+    s = build_datasets("folder", root=str(tmp_path))
+    assert s.freq.image_counts.tolist() == [18, 5, 1]
+    assert np.bincount(np.asarray(s.val.targets), minlength=3).tolist() == [2, 1, 0]
+    assert not set(map(tuple, s.train.samples)) & set(map(tuple, s.val.samples))
+    s3 = build_datasets("folder", root=str(tmp_path), val_per_class=3)
+    assert s3.freq.image_counts.tolist() == [17, 3, 1]
+    assert build_datasets("folder", root=str(tmp_path), val_per_class=0).val is None
+
+
+def test_folder_image_size_from_the_images_and_resident_small_trees(tmp_path):
+    from iif.data.folder import native_image_size
+    from iif.data.batches import batch_recipe
+
+    _png_tree(tmp_path, [6, 3], size=(12, 12))
+    s = build_datasets("folder", root=str(tmp_path), augment="basic")
+    assert s.image_size == 12 and s.train.notes and "images are 12x12; training at 12 px" in s.train.notes[0]
+    # small images: decoded once into uint8 tensors, crop padding image_size // 8 = 1, flips
+    assert isinstance(s.train, TensorImageDataset) and s.train.images.shape[1:] == (3, 12, 12)
+    assert batch_recipe(s.train) == {"crop": True, "padding": 1, "flip": True, "cutout": 0,
+                                     "mean": s.train.mean, "std": s.train.std}
+    x, _ = s.test[0]
+    from PIL import Image
+
+    path = s.test.samples[0][0]
+    px = torch.tensor(np.asarray(Image.open(path).convert("RGB")), dtype=torch.float32).permute(2, 0, 1) / 255
+    expect = (px - torch.tensor(s.mean)[:, None, None]) / torch.tensor(s.std)[:, None, None]
+    assert torch.allclose(x, expect, atol=1e-6)
+    # mixed sizes: the median shorter side; big ones capped at 224
+    _png_tree(tmp_path / "mixed", [1, 1, 1], size=(40, 30))
+    _png_tree(tmp_path / "mixed2", [2], size=(20, 50))
+    paths = sorted(str(p) for p in (tmp_path / "mixed").rglob("*.png")) + sorted(
+        str(p) for p in (tmp_path / "mixed2").rglob("*.png"))
+    assert native_image_size(paths)[0] == 30  # shorter sides 30, 30, 30, 20, 20 -> median 30
+    _png_tree(tmp_path / "big", [1], size=(300, 260))
+    assert native_image_size([str(p) for p in (tmp_path / "big").rglob("*.png")]) == (224, "300x260")
+    # an explicit size wins and is not noted; above 64 px the files are read per sample
+    big = build_datasets("folder", root=str(tmp_path), image_size=72)
+    assert big.train.notes == [] and not isinstance(big.train, TensorImageDataset) and big.test[0][0].shape == (3, 72, 72)
+    with pytest.raises(IIFError, match="val_fraction and test_fraction"):
+        build_datasets("folder", root=str(tmp_path), val_fraction=0.5, test_fraction=0.5)

@@ -28,6 +28,7 @@ __all__ = [
     "e2e_on_small_set",
     "underfit_warning",
     "check_config_advice",
+    "check_backbone_advice",
     "note",
 ]
 
@@ -69,8 +70,10 @@ def e2e_on_small_set(strategy: str, loss: str, num_train_images: int) -> str | N
             "(strategy.name=decoupled or posthoc, e.g. `iif train folder`).")
 
 
-def underfit_warning(top1: float | None, num_classes: int, split: str = "validation") -> str | None:
-    """The warning for a softmax backbone whose ``top1`` (percent) on ``split`` is below chance plus
+def underfit_warning(top1: float | None, num_classes: int, split: str = "validation",
+                     metric: str = "top-1") -> str | None:
+    """The warning for a softmax backbone whose ``top1`` (percent; ``metric`` names it, e.g. class-average
+    accuracy, which equals top-1 on a class-balanced split) on ``split`` is below chance plus
     :data:`UNDERFIT_MARGIN` of the way from chance (``100 / num_classes``) to 100%; None otherwise.
 
     Example: 10 classes give a threshold of 10 + 0.25 * 90 = 32.5%. Below it the raw and adjusted rows differ
@@ -82,7 +85,7 @@ def underfit_warning(top1: float | None, num_classes: int, split: str = "validat
     need = chance + UNDERFIT_MARGIN * (100.0 - chance)
     if float(top1) >= need:
         return None
-    return (f"the softmax backbone reaches only {float(top1):.1f}% top-1 on {split} (chance {chance:.1f}%, "
+    return (f"the backbone reaches only {float(top1):.1f}% {metric} on {split} (chance {chance:.1f}%, "
             f"advised at least {need:.1f}%): comparisons between methods on top of it mean little; train longer, "
             "use a larger model or more data.")
 
@@ -110,3 +113,19 @@ def check_config_advice(cfg, splits) -> list[str]:
     if msg:
         out.append(advise(msg))
     return out
+
+
+def check_backbone_advice(metrics: dict, num_classes: int, loss: str = "ce") -> list[str]:
+    """After a stage that trains a softmax (``loss`` ``ce``) backbone (end-to-end, decoupled stage 1,
+    post-hoc): print (once) and return :func:`underfit_warning` for its validation score (the one model
+    selection used), or for the raw test top-1 when there was no validation split. Other losses: nothing."""
+    raw = metrics.get("raw") if isinstance(metrics, dict) and loss == "ce" else None
+    if not isinstance(raw, dict):
+        return []
+    sel = raw.get("selection") or {}
+    if sel.get("val_score") is not None:
+        how = str(sel.get("selected_on", "val class_avg")).replace("val ", "").replace("class_avg", "class-average accuracy")
+        msg = underfit_warning(float(sel["val_score"]), num_classes, "validation", how)
+    else:
+        msg = underfit_warning(raw.get("top1"), num_classes, str(sel.get("split", "test")))
+    return [advise(msg)] if msg else []
