@@ -6,7 +6,8 @@ scored on ``w * z``, as ``iif train`` does). The methods:
 
 - ``softmax``: ``loss.name=ce``;
 - ``iif-paper``: ``loss.name=iif`` with the paper's smooth weights (mean ~3.3 for digits-LT, ~6 for CIFAR-100-LT);
-- ``iif-mean``: ``loss.name=iif`` with ``loss.kwargs={norm: mean}``: the same weights divided by their mean.
+- ``iif-mean``: ``loss.name=iif`` with ``loss.norm=mean``: the same weights divided by their mean (the packaged
+  end-to-end configs' setting).
 
 Usage (2-core CPU; digits-LT ~1-10 s per run, Fashion-MNIST-LT ~50-100 s)::
 
@@ -29,9 +30,9 @@ import time
 import torch
 
 METHODS = {
-    "softmax": ["loss.name=ce", "loss.kwargs={}"],
-    "iif-paper": ["loss.name=iif", "loss.variant=smooth", "loss.kwargs={}"],
-    "iif-mean": ["loss.name=iif", "loss.variant=smooth", "loss.kwargs={norm: mean}"],
+    "softmax": ["loss.name=ce", "loss.kwargs={}", "loss.norm=null"],
+    "iif-paper": ["loss.name=iif", "loss.variant=smooth", "loss.kwargs={}", "loss.norm=null"],
+    "iif-mean": ["loss.name=iif", "loss.variant=smooth", "loss.kwargs={}", "loss.norm=mean"],
 }
 HEADS = {"linear": "model.kwargs={}", "cosine": "model.kwargs={scale: 16.0}"}
 
