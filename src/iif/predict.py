@@ -140,6 +140,8 @@ class Predictor:
             raise IIFError(f"topk must be >= 1; got {topk}.")
         if int(batch_size) < 1:
             raise IIFError(f"batch size must be >= 1; got {batch_size}.")
+        from PIL import Image
+
         k = min(int(topk), len(self.class_names))
         results: list[dict] = []
         bad: list[tuple[str, str]] = []
@@ -149,7 +151,7 @@ class Predictor:
                 try:
                     tensors.append(self.transform(load_image(p, self.channels)))
                     kept.append(str(p))
-                except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for broken files
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # broken/huge files
                     bad.append((str(p), str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
             if not tensors or (bad and not skip_unreadable):
                 continue  # an error follows: no need to score the rest
