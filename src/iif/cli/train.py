@@ -86,4 +86,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped early; outputs so far in {result.out_dir}; run the same command with --resume to continue")
     else:
         print(f"outputs in {result.out_dir}")
+        print(f"next: iif eval {result.out_dir} --save-logits {result.out_dir}_logits (then iif posthoc "
+              f"on that folder), or iif predict {result.out_dir} IMAGE_OR_DIR")
     return 0
