@@ -40,7 +40,7 @@ __all__ = [
 NOISE_SE = 2.0
 #: The backbone is called underfit when its chance-corrected accuracy ``(acc - chance) / (100 - chance)``
 #: is below this: it closes less than a quarter of the way from chance (100 / C %) to a perfect score.
-UNDERFIT_SKILL = 0.25
+from ..train.advice import UNDERFIT_MARGIN as UNDERFIT_SKILL  # noqa: E402  (0.25: one rule with iif train)
 #: A row with this (method, strategy) is the reference every other row is compared with.
 REFERENCE = ("softmax", "end-to-end")
 
