@@ -35,11 +35,12 @@ __all__ = ["iif_cross_entropy", "IIFLoss", "online_smooth_weights"]
 
 
 def _softmax_and_loss(
-    z: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, native: bool
+    z: torch.Tensor, w: torch.Tensor, idx: torch.Tensor, native: bool, ignored: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``q = softmax(w * z)`` built in place in the product's buffer, with the target entries set to 0,
-    ``rest = sum_{c != y} q_c`` ``(N, 1)``, the per-sample loss ``-log q_y`` ``(N, 1)`` and, when the
-    route computed it anyway, the loss total (a 0-dim tensor, else None).
+    ``rest = sum_{c != y} q_c`` ``(N, 1)``, the per-sample loss ``-log q_y`` ``(N, 1)`` (0 for the rows
+    ``ignored`` marks, an ``(N, 1)`` mask) and, when the route computed it anyway, the loss total (a 0-dim
+    tensor, else None).
 
     The loss is computed as ``log1p(rest / q_y)``, which equals ``-log q_y`` (``q_y + rest = 1``) but
     keeps full relative precision at both ends: ``rest`` is a sum of positive terms (no ``1 - q_y``
@@ -60,13 +61,16 @@ def _softmax_and_loss(
         q.scatter_(1, idx, 0.0)
         rest = q.sum(dim=1, keepdim=True)
         loss = rest.div(qy).log1p_()
+        if ignored is not None:
+            loss.masked_fill_(ignored, 0.0)
         total = loss.sum()
         if math.isfinite(total.item()):
             return q, rest, loss, total
         # q_y underflowed (or the inputs are not finite): those rows from a log-sum-exp
         zw = z * w
         lse = torch.logsumexp(zw, 1, keepdim=True) - zw.gather(1, idx)
-        return q, rest, torch.where(torch.isfinite(loss), loss, lse), None
+        loss = torch.where(torch.isfinite(loss), loss, lse)
+        return q, rest, (loss if ignored is None else loss.masked_fill_(ignored, 0.0)), None
     q.sub_(q.amax(dim=1, keepdim=True))
     shifted_y = q.gather(1, idx)  # z_y w_y - max <= 0
     q.exp_()
@@ -78,7 +82,7 @@ def _softmax_and_loss(
     # Target ahead (rest < e_y, loss < ln 2): log1p(rest / e_y). Otherwise ln(row_sum) - shifted_y, a sum of
     # two non-negative terms, exact also when e_y underflowed.
     loss = torch.where(rest_e < ey, torch.log1p(rest_e / ey), torch.log(row_sum) - shifted_y)
-    return q, rest_e / row_sum, loss, None
+    return q, rest_e / row_sum, (loss if ignored is None else loss.masked_fill_(ignored, 0.0)), None
 
 
 _SCALED = [None]  # (w, w._version, scale, w * scale): a one-entry cache for the CPU backward
@@ -116,13 +120,12 @@ class _FusedIIFCrossEntropy(torch.autograd.Function):
         else:
             ignored = None
             idx = target.unsqueeze(1)
-        q, rest, loss, total = _softmax_and_loss(z, w, idx, native=z.device.type == "cpu")
+        q, rest, loss, total = _softmax_and_loss(
+            z, w, idx, native=z.device.type == "cpu", ignored=ignored.unsqueeze(1) if masked else None
+        )
         n = z.shape[0]
         denom = None
-        # loss is (N, 1) here; total is its sum when the route computed it (unmasked rows only)
-        if masked:
-            loss.masked_fill_(ignored.unsqueeze(1), 0.0)
-            total = None
+        # loss is (N, 1) here, 0 for ignored rows; total is its sum when the route computed it
         if check_finite and total is None:
             total = loss.sum()
             check_loss_finite(total, logits, target)  # the loss is the screen: no pass over the logits
