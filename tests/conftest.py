@@ -12,3 +12,64 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------ detection benchmark
+# The tiny offline detection benchmark (iif.detection.synthetic) takes a few CPU-seconds to generate; the
+# detection test modules share one copy per session (per worker under pytest-xdist, in that worker's own
+# tmp folder). Tests must treat it as read-only: a test that edits it copies it first.
+DETECTION_BENCHMARK = {"seed": 3, "image_size": 64, "num_train": 231, "num_val": 50}
+
+
+def _fake_detection_sources() -> dict:
+    """Stand-in sources where the real data is not installed: a filled ellipse per label, 28x28 uint8
+    (train: 200 per label, test: 60 per label), for both Fashion-MNIST and MNIST."""
+    import numpy as np
+    from iif.detection import synthetic
+
+    rng = np.random.default_rng(0)
+
+    def split(n_per_label: int):
+        images = np.zeros((10 * n_per_label, 28, 28), dtype=np.uint8)
+        labels = np.repeat(np.arange(10), n_per_label)
+        yy, xx = np.mgrid[0:28, 0:28]
+        for i, label in enumerate(labels):
+            cy, cx = rng.integers(10, 18, 2)
+            ry, rx = 4 + label % 5 + rng.integers(0, 3), 4 + (label * 3) % 7 + rng.integers(0, 3)
+            images[i][((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = 200
+        return images, labels
+
+    return {name: split(200) + split(60) for name in (synthetic.FASHION, synthetic.MNIST)}
+
+
+@pytest.fixture
+def fake_detection_sources() -> dict:
+    """A fresh dict of the stand-in sources (tests may edit it)."""
+    return _fake_detection_sources()
+
+
+@pytest.fixture(scope="session")
+def detection_sources():
+    """Fashion-MNIST + MNIST arrays for the detection benchmark: the real ones when installed, else fakes."""
+    pytest.importorskip("pycocotools")
+    from iif.detection import synthetic
+    from iif.errors import IIFError
+
+    try:
+        return synthetic._load_sources(None, False)
+    except IIFError:
+        return _fake_detection_sources()
+
+
+@pytest.fixture(scope="session")
+def detection_benchmark(tmp_path_factory, detection_sources):
+    """``(root, summary)`` of one tiny benchmark (:data:`DETECTION_BENCHMARK`) shared by the whole session."""
+    import warnings
+
+    from iif.detection.synthetic import make_benchmark
+
+    root = tmp_path_factory.mktemp("detection-benchmark") / "bench"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = make_benchmark(root, sources=detection_sources, **DETECTION_BENCHMARK)
+    return root, summary

@@ -11,7 +11,6 @@ pytest.importorskip("tidecv")
 from iif.cli import main  # noqa: E402
 from iif.detection import bench as B  # noqa: E402
 from iif.detection.report import ROW_KEYS  # noqa: E402
-from iif.detection.synthetic import make_benchmark  # noqa: E402
 from iif.errors import IIFError  # noqa: E402
 
 TINY = ["arch=maskrcnn_r10_fpn", "model.min_size=64", "model.max_size=64", "model.fpn_channels=32",
@@ -22,19 +21,25 @@ TINY = ["arch=maskrcnn_r10_fpn", "model.min_size=64", "model.max_size=64", "mode
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("detbench") / "data"
-    make_benchmark(root, seed=0, num_train=231, num_val=50, image_size=64)
-    return root
+def tiny_data(detection_benchmark):
+    """The session's shared tiny benchmark (conftest.py); det-bench only reads it."""
+    return detection_benchmark[0]
 
 
 def _rows(out):
     return json.loads((out / "results.json").read_text())
 
 
-def test_quick_run_writes_the_table_and_report(tiny_data, tmp_path, capsys):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def quick_run(tiny_data, tmp_path_factory):
+    """One quick seed-0 run with plots; the tests below only read its folder."""
+    out = tmp_path_factory.mktemp("quick") / "out"
     rows = B.run_det_bench(tiny_data, quick=True, out=out, overrides=TINY)
+    return out, rows
+
+
+def test_quick_run_writes_the_table_and_report(quick_run):
+    out, rows = quick_run
     saved = _rows(out)
     assert [list(r) for r in saved] == [list(ROW_KEYS)] * len(B.POSTHOC_ROWS)
     assert saved == json.loads(json.dumps(rows))
@@ -63,19 +68,16 @@ def test_quick_run_writes_the_table_and_report(tiny_data, tmp_path, capsys):
     assert settings["meta"]["num_val_images"] == 5
 
 
-def test_post_hoc_softmax_row_is_the_margin_free_detector(tiny_data, tmp_path):
-    """Switching to IIF changes the detections (else the rows would be copies), and two runs with one seed agree."""
-    out1, out2 = tmp_path / "a", tmp_path / "b"
-    r1 = B.run_det_bench(tiny_data, quick=True, out=out1, overrides=TINY, plots=False)
-    r2 = B.run_det_bench(tiny_data, quick=True, out=out2, overrides=TINY, plots=False)
-    assert r1 == r2
-    d = json.loads((out1 / "details.json").read_text())
+def test_post_hoc_softmax_row_is_the_margin_free_detector(quick_run):
+    """Switching to IIF changes the detections (else the rows would be copies)."""
+    d = json.loads((quick_run[0] / "details.json").read_text())
     assert d[0]["num_detections"] > 0
     soft, iif_raw = d[0], d[1]
     assert (soft["tide"], soft["bbox"]) != (iif_raw["tide"], iif_raw["bbox"]) or soft["num_detections"] != iif_raw["num_detections"]
 
 
 def test_end_to_end_rows_train_their_own_detector(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "POSTHOC_ROWS", B.POSTHOC_ROWS[:1])  # the post-hoc rows are checked above
     monkeypatch.setattr(B, "E2E_ROWS", (B.RowSpec("iif", "e2e", "raw", "image", when="train_and_test"),
                                          B.RowSpec("balanced_softmax", "e2e", when="train")))
     rows = B.run_det_bench(tiny_data, quick=False, out=tmp_path / "o", overrides=TINY, plots=False)
@@ -83,12 +85,30 @@ def test_end_to_end_rows_train_their_own_detector(tiny_data, tmp_path, monkeypat
     assert len(rows) == len(B.POSTHOC_ROWS) + 2
 
 
-def test_seeds_give_mean_and_std(tiny_data, tmp_path):
+def test_seeds_give_mean_and_std(quick_run, tiny_data, tmp_path):
+    """Seed 0 of a two-seed run repeats the one-seed run exactly (one seed, one result), and the table holds
+    the mean and sample std (ddof 1) of the two seeds' own numbers."""
     out = tmp_path / "o"
     B.run_det_bench(tiny_data, quick=True, out=out, seeds=2, overrides=TINY, plots=False)
-    stds = json.loads((out / "results_std.json").read_text())
-    assert [list(r) for r in stds] == [list(ROW_KEYS)] * len(B.POSTHOC_ROWS)
-    assert all(r["AP"] is None or r["AP"] >= 0 for r in stds)
+    n = len(B.POSTHOC_ROWS)
+    details = json.loads((out / "details.json").read_text())
+    assert [d["seed"] for d in details] == [0] * n + [1] * n
+    assert details[:n] == json.loads((quick_run[0] / "details.json").read_text())
+    means, stds = _rows(out), json.loads((out / "results_std.json").read_text())
+    assert [list(r) for r in stds] == [list(ROW_KEYS)] * n == [list(r) for r in means]
+
+    def numbers(d):
+        return {"AP": d["segm"]["AP"], "APb": d["bbox"]["AP"], "dAP_FP": d["tide"]["dAP_FP"],
+                "false_positives": d["false_positives"]}
+
+    for i, (m, sd) in enumerate(zip(means, stds)):
+        a, b = numbers(details[i]), numbers(details[n + i])
+        for k in a:
+            if a[k] is None or b[k] is None:
+                continue
+            assert m[k] == pytest.approx((a[k] + b[k]) / 2)
+            assert sd[k] == pytest.approx(abs(a[k] - b[k]) / 2 ** 0.5)  # ddof-1 std of two numbers
+    assert any(r["false_positives"] > 0 for r in stds)  # the seeds differ, so the std check above is not 0 == 0
 
 
 @pytest.mark.parametrize("argv, message", [

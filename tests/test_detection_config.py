@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*classes have no training image
 pytest.importorskip("torchvision")
 pytest.importorskip("faster_coco_eval")
 
-from iif.detection import DETECTION_PRESETS, make_benchmark  # noqa: E402
+from iif.detection import DETECTION_PRESETS  # noqa: E402
 from iif.detection.config import (  # noqa: E402
     DetectionConfig,
     detection_configs,
@@ -34,12 +33,9 @@ TINY = ["data.max_train_images=24", "data.max_val_images=8", "model.min_size=64"
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    root = tmp_path_factory.mktemp("detbench") / "bench"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        make_benchmark(root, num_train=231, num_val=50, image_size=64)
-    return root
+def bench(detection_benchmark):
+    """The session's shared tiny benchmark (conftest.py); det-train only reads it."""
+    return detection_benchmark[0]
 
 
 # ------------------------------------------------------------------------------------------------ config

@@ -7,17 +7,26 @@ torchvision = pytest.importorskip("torchvision")
 
 from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead  # noqa: E402
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor  # noqa: E402
 
 from iif.detection.posthoc import cache_roi_inputs, detect_from_cache  # noqa: E402
 from iif.errors import IIFError  # noqa: E402
 
 
 def _model(cls, num_classes=6):
+    """torchvision's own Faster/Mask R-CNN classes on a ResNet-18 FPN, with slim box and mask heads (one 16-channel
+    mask conv instead of four 256-channel ones: the default mask head is most of a CPU forward pass, and
+    the cache must be exact whatever the heads' widths)."""
     torch.manual_seed(0)
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
                                    norm_layer=torch.nn.BatchNorm2d)
-    m = cls(backbone, num_classes=num_classes, min_size=64, max_size=64, rpn_pre_nms_top_n_test=100,
-            rpn_post_nms_top_n_test=50, box_score_thresh=0.0, box_detections_per_img=30)
+    heads = dict(box_head=TwoMLPHead(backbone.out_channels * 7 * 7, 64), box_predictor=FastRCNNPredictor(64, num_classes))
+    if cls is MaskRCNN:
+        heads.update(mask_head=MaskRCNNHeads(backbone.out_channels, [16], 1),
+                     mask_predictor=MaskRCNNPredictor(16, 16, num_classes))
+    m = cls(backbone, num_classes=None, min_size=64, max_size=64, rpn_pre_nms_top_n_test=100,
+            rpn_post_nms_top_n_test=50, box_score_thresh=0.0, box_detections_per_img=30, **heads)
     return m.eval()
 
 

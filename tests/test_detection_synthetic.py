@@ -32,35 +32,16 @@ from iif.errors import IIFError  # noqa: E402
 SMALL = {"image_size": 64, "num_train": 231, "num_val": 50}
 
 
-def _fake_sources() -> dict:
-    """Stand-in sources where the real data is not installed: a filled shape per label, 28x28 uint8."""
-    rng = np.random.default_rng(0)
-
-    def split(n_per_label: int):
-        images = np.zeros((10 * n_per_label, 28, 28), dtype=np.uint8)
-        labels = np.repeat(np.arange(10), n_per_label)
-        yy, xx = np.mgrid[0:28, 0:28]
-        for i, label in enumerate(labels):
-            cy, cx = rng.integers(10, 18, 2)
-            ry, rx = 4 + label % 5 + rng.integers(0, 3), 4 + (label * 3) % 7 + rng.integers(0, 3)
-            images[i][((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1] = 200
-        return images, labels
-
-    return {name: split(200) + split(60) for name in (synthetic.FASHION, synthetic.MNIST)}
+@pytest.fixture(scope="module")
+def sources(detection_sources):
+    return detection_sources
 
 
 @pytest.fixture(scope="module")
-def sources():
-    try:
-        return synthetic._load_sources(None, False)
-    except IIFError:
-        return _fake_sources()
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory, sources):
-    out = tmp_path_factory.mktemp("det") / "bench"
-    summary = make_benchmark(out, seed=3, sources=sources, **SMALL)
+def bench(detection_benchmark):
+    """The session's shared benchmark (conftest.py: seed 3, the SMALL sizes); read-only here."""
+    out, summary = detection_benchmark
+    assert summary["seed"] == 3 and summary["options"]["num_train"] == SMALL["num_train"]
     anns = {s: json.loads((out / "annotations" / f"{s}.json").read_text()) for s in ("train", "val")}
     return out, summary, anns
 
@@ -402,8 +383,8 @@ def _write_idx(path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def test_source_root_in_torchvision_layout(tmp_path):
-    fake = _fake_sources()
+def test_source_root_in_torchvision_layout(tmp_path, fake_detection_sources):
+    fake = fake_detection_sources
     names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
     for dataset, sub, shift in ((synthetic.FASHION, "FashionMNIST", 0), (synthetic.MNIST, "MNIST", 7)):
         raw = tmp_path / sub / "raw"
@@ -435,8 +416,8 @@ def test_clutter_knob(monkeypatch, sources):
     assert outside[0.0] == 0 and outside[1.0] > 0
 
 
-def test_near_black_sources_are_never_objects():
-    fake = _fake_sources()
+def test_near_black_sources_are_never_objects(fake_detection_sources):
+    fake = fake_detection_sources
     images = fake[synthetic.FASHION][0].copy()
     labels = fake[synthetic.FASHION][1]
     dark = np.flatnonzero(labels == 3)[:150]
