@@ -41,8 +41,8 @@ def quick_run(tmp_path_factory, splits):
 
 def test_results_json_has_exact_keys_all_variants_both_heads(quick_run):
     out, res = quick_run
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert rows and all(list(r)[:len(ROW_KEYS)] == list(ROW_KEYS) for r in rows)
+    rows = json.loads((out / "results.json").read_text())
+    assert rows and all(list(r) == list(ROW_KEYS) for r in rows)  # exactly the 9 published keys
     for head in ("cosine", "linear"):
         for strategy in ("post-process", DECOUPLED):
             got = {r["variant"] for r in rows if r["head"] == head and r["method"] == "IIF" and r["strategy"] == strategy}
@@ -109,7 +109,7 @@ def test_full_bench_adds_end_to_end_rows_and_seeds_write_std(tmp_path, splits):
     out = tmp_path / "full"
     res = R.run_bench(out=out, seeds=2, heads=["linear"], overrides=FAST_STAGE2, splits=splits,
                       plots=False, log=lambda *_: None)
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    rows = json.loads((out / "results.json").read_text())
     stds = json.loads((out / "results_std.json").read_text())
     assert [tuple(r)[:len(ROW_KEYS)] for r in stds] == [ROW_KEYS] * len(rows)
     assert [(r["method"], r["strategy"]) for r in stds] == [(r["method"], r["strategy"]) for r in rows]
@@ -171,7 +171,7 @@ def test_existing_results_refused_without_force_then_replaced(quick_run, tmp_pat
     (out / "stale.txt").write_text("old")
     R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST_STAGE2, splits=splits, force=True,
                 plots=False, log=lambda *_: None)
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    rows = json.loads((out / "results.json").read_text())
     assert {r["head"] for r in rows} == {"linear"} and not (out / "stale.txt").exists()
     assert not [p for p in os.listdir(out.parent) if p.startswith(".out.")]
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from iif.bench.posthoc import Candidate, evaluate_candidates, posthoc_candidates
+from iif.bench.posthoc import ROW_KEYS, Candidate, evaluate_candidates, posthoc_candidates
 from iif.bench.report import (
     RESULT_KEYS,
     aggregate_seeds,
     dumps_results,
+    dumps_summary,
     per_class_series,
     plotted_rows,
     printed_report,
@@ -269,12 +270,13 @@ def test_no_validation_split_means_no_recommendation():
     assert summary["lines"][0].startswith("No validation split: nothing is ranked or recommended")
 
 
-def test_results_json_keeps_row_keys_and_gains_summary():
+def test_results_json_keeps_exactly_the_row_keys_and_summary_json_has_the_rest():
     soft = Candidate("softmax", "end-to-end", None, "linear", _onehot(Y), _onehot(_with_errors([1, 1, 1])))
     a = Candidate("cRT", "decoupled", None, "linear", _onehot(Y), _onehot(Y))
     rows, details = _score([soft, a], Y, Y)
     ranked, _, summary = _summarize([rows], details, val_size=12)
-    doc = json.loads(dumps_results(ranked, summary))
+    assert [tuple(r) for r in json.loads(dumps_results(ranked))] == [ROW_KEYS] * 2
+    doc = json.loads(dumps_summary(ranked, summary))
     assert set(doc) == {"summary", "rows"}
     assert [tuple(r) for r in doc["rows"]] == [RESULT_KEYS] * 2
     assert doc["rows"][0]["method"] == "cRT" and doc["rows"][0]["rank"] == 1
@@ -350,7 +352,7 @@ def test_keys_the_runner_adds_to_rows_are_kept_and_the_recommended_command_is_sh
     for r in means:
         r["reproduce"] = f"iif train x {r['method']}"
     ranked, _, summary = summarize(means, stds, details, {"num_classes": C, "seeds": 1, "val_size": 12})
-    doc = json.loads(dumps_results(ranked, summary))
+    doc = json.loads(dumps_summary(ranked, summary))
     assert [r["reproduce"] for r in doc["rows"]] == ["iif train x cRT", "iif train x softmax"]
     assert list(doc["rows"][0])[:len(RESULT_KEYS)] == list(RESULT_KEYS)
     assert summary["recommended"]["reproduce"] == "iif train x cRT"

@@ -69,8 +69,8 @@ def test_row_equals_what_its_recorded_command_gives(bench, tmp_path, monkeypatch
     detail = next(d for d in res["details"] if same(d))
     rec = detail["reproduce"]
     assert row["reproduce"] == rec["command"] and rec["command"].startswith("iif train digits_lt_decoupled ")
-    # the recorded command is also in results.json, as written
-    saved = json.loads((out / "results.json").read_text())["rows"]
+    # the recorded command is also in summary.json, as written
+    saved = json.loads((out / "summary.json").read_text())["rows"]
     assert any(r.get("reproduce") == rec["command"] for r in saved)
     monkeypatch.chdir(tmp_path)
     metrics = _run_recorded(rec["command"], tmp_path)[rec["metrics"]]

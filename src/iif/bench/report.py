@@ -1,10 +1,11 @@
 """Tables, seed aggregation and the Markdown report of ``iif bench``.
 
-``results.json`` is ``{"summary": ..., "rows": [...]}`` (:func:`dumps_results`): the summary of
-:func:`iif.bench.summary.summarize` and the rows in report order, each with :data:`ROW_KEYS` first and
-then :data:`RANK_KEYS`. With several seeds each number is the mean over seeds, and ``results_std.json``
-holds the same rows (same order, same text keys) with the standard deviation over seeds (ddof = 1, see
-:func:`aggregate_seeds`) in place of each number.
+``results.json`` is a list of rows in report order with exactly :data:`ROW_KEYS` (:func:`dumps_results`;
+the bench's published format). ``summary.json`` (:func:`dumps_summary`) holds the summary of
+:func:`iif.bench.summary.summarize` and the same rows with :data:`RANK_KEYS` and the command that
+reproduces each (``reproduce``). With several seeds each number is the mean over seeds, and
+``results_std.json`` holds the same rows (same order, :data:`ROW_KEYS`) with the standard deviation over
+seeds (ddof = 1, see :func:`aggregate_seeds`) in place of each number.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from ..outputs import json_safe
 from .posthoc import ROW_KEYS
 from .summary import row_key, row_label, summarize
 
-__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
+__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "dumps_summary", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
 
 TEXT_KEYS: tuple[str, ...] = ("method", "strategy", "variant", "head")
 NUMERIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
-#: Keys :func:`iif.bench.summary.summarize` adds to every row of ``results.json``, after :data:`ROW_KEYS`.
+#: Keys :func:`iif.bench.summary.summarize` adds to every row (``summary.json``), after :data:`ROW_KEYS`.
 RANK_KEYS: tuple[str, ...] = ("rank", "val_class_avg", "test_class_avg", "delta_val", "delta_test", "same_as")
-#: Keys of every row of ``results.json`` and ``results_std.json``, in order.
+#: Keys of every row of ``summary.json``, in order (then any key the runner adds, e.g. ``reproduce``).
 RESULT_KEYS: tuple[str, ...] = ROW_KEYS + RANK_KEYS
 _HEADERS = {"method": "method", "strategy": "strategy", "variant": "variant", "head": "head",
             "top1": "top-1", "many": "many", "medium": "medium", "few": "few", "ece": "ECE"}
@@ -118,12 +119,17 @@ def dumps_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ROW_KEYS
     return json.dumps([{k: r.get(k) for k in keys} for r in rows], indent=2) + "\n"
 
 
-def dumps_results(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
-    """JSON text of ``results.json``: ``{"summary": summary, "rows": rows}``, each row with
+def dumps_results(rows: Sequence[Mapping[str, Any]]) -> str:
+    """JSON text of ``results.json``: a list of the rows (report order) with exactly :data:`ROW_KEYS`."""
+    return json.dumps(json_safe([{k: r.get(k) for k in ROW_KEYS} for r in rows]), indent=2) + "\n"
+
+
+def dumps_summary(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    """JSON text of ``summary.json``: ``{"summary": summary, "rows": rows}``, each row with
     :data:`ROW_KEYS`, then :data:`RANK_KEYS`, then any other key the rows carry (rows from
-    :func:`iif.bench.summary.summarize`)."""
+    :func:`iif.bench.summary.summarize`; the runner adds ``reproduce``)."""
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in RESULT_KEYS]
-    keys = RESULT_KEYS + tuple(extra)  # keys the runner adds (e.g. ``reproduce``) follow
+    keys = RESULT_KEYS + tuple(extra)
     doc = {"summary": summary, "rows": [{k: r.get(k) for k in keys} for r in rows]}
     return json.dumps(json_safe(doc), indent=2, default=str) + "\n"
 

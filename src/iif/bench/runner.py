@@ -14,13 +14,13 @@ Per seed and per classifier head:
 
 Every row is a config the user can run: the bench builds each one as ``load_config(base, overrides)`` and
 records, per row, the ``iif train`` (and ``iif eval``) command with exactly those overrides
-(``reproduce`` in ``results.json`` and ``details.json``). The base is ``--config`` or the dataset's packaged
+(``reproduce`` in ``summary.json`` and ``details.json``). The base is ``--config`` or the dataset's packaged
 ``<dataset>_decoupled`` config (its ``decoupled:`` section is the stage-2 recipe). A shorter stage 2 is an
 explicit ``decoupled.*`` override (e.g. ``decoupled.epochs=2``); it is then shown in the decoupled rows'
 strategy, e.g. ``decoupled [decoupled.epochs=2]``.
 
-Results go to ``results.json`` (the summary and the ranked rows, see :mod:`iif.bench.report`), ``results_std.json`` (with several
-seeds), ``details.json``, ``report.md`` and PNG plots, all written into a staging folder beside the
+Results go to ``results.json`` (the ranked rows with the 9 published keys), ``summary.json`` (the summary, ranks,
+deltas and commands, see :mod:`iif.bench.report`), ``results_std.json`` (with several seeds), ``details.json``, ``report.md`` and PNG plots, all written into a staging folder beside the
 output folder and swapped into place at the end (:class:`iif.outputs.OutputFolder`), so an interrupted
 run never leaves a half-written one, and ``--force`` never leaves the name empty nor removes files
 that iif did not write.
@@ -54,7 +54,8 @@ from .posthoc import (
     tuned_posthoc_candidate,
     valid_variants,
 )
-from .report import RESULT_KEYS, aggregate_seeds, dumps_results, dumps_rows, printed_report, row_id, summarize
+from .posthoc import ROW_KEYS
+from .report import aggregate_seeds, dumps_results, dumps_rows, dumps_summary, printed_report, row_id, summarize
 
 __all__ = ["HEADS", "E2E_METHODS", "BenchBase", "bench_base", "bench_config", "check_out_dir", "run_bench"]
 
@@ -583,8 +584,9 @@ def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, p
     with folder as tmp:
         if write_base:
             save_config(load_config(None), tmp / BASE_CONFIG)
-        atomic_write_text(tmp / "results.json", dumps_results(rows, summary))
+        atomic_write_text(tmp / "results.json", dumps_results(rows))  # the published 9-key rows
+        atomic_write_text(tmp / "summary.json", dumps_summary(rows, summary))
         if stds is not None:
-            atomic_write_text(tmp / "results_std.json", dumps_rows(stds, RESULT_KEYS))
+            atomic_write_text(tmp / "results_std.json", dumps_rows(stds, ROW_KEYS))
         atomic_write_json(tmp / "details.json", json_safe({"meta": meta, "rows": details}), default=str)
         write_report(tmp, rows, stds, details, meta, plot_data if plots else None, summary=summary)
