@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--jsonl", default=None, help="also append every run as a JSON line to this file")
     p.add_argument("overrides", nargs="*")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     torch.set_num_threads(1)
     rows = []
     for head in a.heads.split(","):
