@@ -367,6 +367,7 @@ def _has_own_rule(criterion) -> bool:
 
 
 def _rss_peak_mb() -> float:
+    """This process's peak resident set size so far in MiB (``ru_maxrss``, what ``/usr/bin/time -v`` reports)."""
     try:
         import resource
 
@@ -529,7 +530,7 @@ def run_bench(
     meta["peak_rss_mb"] = _rss_peak_mb()
     _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots, summary,
                    base.saved_as is not None)
-    log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {meta['peak_rss_mb']:.0f} MB)")
+    log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {_rss_peak_mb():.0f} MiB)")  # after the plots, as /usr/bin/time -v
     return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out,
             "summary": summary}
 
