@@ -244,3 +244,17 @@ def test_a_run_folder_means_the_checkpoint_its_final_metrics_came_from(run, tmp_
     assert restore_checkpoint(folder, "cpu", build_data=False).path == str(folder / "last.pt")
     (folder / "best.pt").unlink()
     assert restore_checkpoint(folder, "cpu", build_data=False).path == str(folder / "last.pt")
+
+
+class _NotATensor:  # pickled by torch.save; weights_only=True must refuse to rebuild it
+    pass
+
+
+def test_posthoc_refuses_a_pt_that_needs_more_than_tensors(tmp_path, capsys):
+    torch.save({"logits": _NotATensor()}, tmp_path / "evil.pt")
+    np.save(tmp_path / "y.npy", np.array([0, 1]))
+    (tmp_path / "c.json").write_text("[3, 2]")
+    assert main(["posthoc", "--logits", str(tmp_path / "evil.pt"), "--labels", str(tmp_path / "y.npy"),
+                 "--counts", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "weights_only=True" in err and "evil.pt" in err
