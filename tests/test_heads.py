@@ -89,12 +89,19 @@ def test_tau_norm_head_uses_tau_normalised_rows_in_eval_only(tau: float) -> None
     assert torch.allclose(head(x), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
 
 
-def test_tau_norm_from_linear_copies_weight_and_bias() -> None:
+def test_tau_norm_from_linear_copies_weight_and_drops_the_bias_in_eval() -> None:
     linear = nn.Linear(3, 4)
-    head = TauNormHead.from_linear(linear, tau=1.0).eval()
+    head = TauNormHead.from_linear(linear, tau=1.0)
     x = torch.randn(5, 3)
-    unit = linear.weight / linear.weight.norm(dim=1, keepdim=True)
-    assert torch.allclose(head(x), x @ unit.T + linear.bias, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(head.train()(x), linear(x), atol=1e-6)  # training: the linear head, bias included
+        unit = linear.weight / linear.weight.norm(dim=1, keepdim=True)
+        # eval: unit rows and no bias, as Kang et al.'s tau_norm.py
+        assert torch.allclose(head.eval()(x), x @ unit.T, atol=1e-6)
+        # the same logits as the library's one tau-norm adjuster on the trained linear head
+        from iif.train.strategies import tau_norm_head
+
+        assert torch.allclose(head(x), tau_norm_head(linear, 1.0)(x), atol=1e-6)
 
 
 def test_lws_head_scales_linear_logits_and_from_linear_freezes_linear() -> None:

@@ -146,10 +146,11 @@ class NormedLinearHead(nn.Module):
 class TauNormHead(nn.Module):
     """Linear head whose rows are tau-normalised at inference (Kang et al. 2020, paper Table IV).
 
-    In training mode it is a plain linear classifier; in eval mode it uses
-    ``iif.adjusters.tau_normalize(weight, tau)``, i.e. ``w_i / ||w_i||^tau``. ``tau`` is a plain attribute,
-    so it can be swept on a validation set without retraining. No bias by default: tau-norm rebalances
-    through the weight norms only. With ``bias=True`` the bias is added unchanged in both modes.
+    In training mode it is a plain linear classifier (with its bias, if it has one); in eval mode it uses
+    ``iif.adjusters.tau_normalize(weight, tau)``, i.e. ``w_i / ||w_i||^tau``, and drops the bias, as Kang et
+    al.'s ``tau_norm.py`` and :func:`iif.train.strategies.tau_norm_head` do (docs/method.md#decoupled-training).
+    ``tau`` is a plain attribute, so it can be swept on a validation set without retraining. No bias by
+    default: tau-norm rebalances through the weight norms only.
     """
 
     def __init__(self, in_features: int, num_classes: int, tau: float = 1.0, bias: bool = False) -> None:
@@ -175,11 +176,12 @@ class TauNormHead(nn.Module):
         return self.weight if self.training else tau_normalize(self.weight, self.tau)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.effective_weight(), self.bias)
+        return F.linear(features, self.effective_weight(), self.bias if self.training else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Module, tau: float = 1.0) -> "TauNormHead":
-        """A tau-norm head holding a copy of a trained linear head's weight (and bias, if it has one)."""
+        """A tau-norm head holding a copy of a trained linear head's weight (and bias, if it has one: used in
+        training mode, dropped in eval mode)."""
         weight = linear.weight.detach()
         bias = getattr(linear, "bias", None)
         head = cls(weight.shape[1], weight.shape[0], tau=tau, bias=bias is not None)
