@@ -401,7 +401,8 @@ def test_ssd_background_fraction_from_hard_negative_ratio(monkeypatch):
 def test_ssd300_vgg16_switches_and_refuses_cosine():
     from torchvision.models.detection import ssd300_vgg16
 
-    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=4)
+    with torch.device("meta"):  # modules and shapes without initialising 24M weights; no value is read here
+        model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=4)
     keys = list(model.state_dict())
     use_margin(model, "iif", FREQ, variant="smooth")
     assert isinstance(model.head.classification_head, MarginBoxPredictor)
