@@ -173,9 +173,17 @@ def test_det_train_resume_and_det_eval(bench, tmp_path, capsys):
     assert "another config" in capsys.readouterr().err
 
 
-def test_decoupled_stage2_trains_only_the_classifier(bench, tmp_path):
-    stage1 = tmp_path / "s1"
-    assert _train(bench, stage1, "schedule.epochs=1", "eval.masks=false") == 0
+@pytest.fixture(scope="module")
+def one_epoch_run(bench, tmp_path_factory):
+    """det_bench_softmax, one epoch, box evaluation only: the stage 1 of the decoupled test and the run
+    compared with det-bench's own training (both only read it)."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    assert _train(bench, out, "schedule.epochs=1", "eval.masks=false") == 0
+    return out
+
+
+def test_decoupled_stage2_trains_only_the_classifier(bench, one_epoch_run, tmp_path):
+    stage1 = one_epoch_run
     stage2 = tmp_path / "s2"
     assert _train(bench, stage2, "schedule.epochs=1", "eval.masks=false", "margin.method=iif",
                   "margin.variant=smooth", f"model.checkpoint={stage1 / 'last.pt'}", "model.classifier_only=true",
@@ -215,7 +223,7 @@ def test_det_eval_bad_run(tmp_path, capsys):
     assert "has no config.yaml" in capsys.readouterr().err
 
 
-def test_det_train_reproduces_det_bench_training(bench, tmp_path):
+def test_det_train_reproduces_det_bench_training(bench, one_epoch_run):
     """det_bench_softmax through det-train trains the same weights as det-bench's softmax detector."""
     from iif.detection.bench import _load_data, quick_settings
     from iif.detection.bench import _train as bench_train
@@ -227,7 +235,6 @@ def test_det_train_reproduces_det_bench_training(bench, tmp_path):
         "max_train_images=24", "max_val_images=8"])
     torch.set_num_threads(1)
     model, _ = bench_train(s, _load_data(bench, s, lambda *_: None), None, 0, "cpu", lambda *_: None)
-    assert _train(bench, tmp_path / "run", "schedule.epochs=1", "eval.masks=false") == 0
-    ours = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    ours = torch.load(one_epoch_run / "last.pt", weights_only=True)["model"]
     theirs = model.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
