@@ -105,3 +105,33 @@ def test_mixup_batch():
             mixup_batch(x, y, bad, 5)
     with pytest.raises(IIFError, match="one class index"):
         mixup_batch(x, y[:3], 0.2, 5)
+
+
+def test_pil_recipe_follows_the_image_size():
+    """PIL images up to SMALL_IMAGE_MAX px: resize + centre crop, pad-and-crop (padding size // 8) + flip, the
+    CIFAR AutoAugment policy and Cutout(16) from 32 px; larger: RandomResizedCrop / Resize(size*256/224)."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from iif.data.transforms import SMALL_IMAGE_MAX
+
+    def names(tf):
+        return [type(op).__name__ for op in tf.transforms]
+
+    small = build_transform("basic", (0.5,) * 3, (0.5,) * 3, image_size=32, kind="pil")
+    assert names(small)[:5] == ["ToImage", "Resize", "CenterCrop", "RandomCrop", "RandomHorizontalFlip"]
+    crop = small.transforms[3]
+    assert crop.padding == [4, 4, 4, 4] or crop.padding == 4
+    aa = build_transform("autoaugment", (0.5,) * 3, (0.5,) * 3, image_size=SMALL_IMAGE_MAX, kind="pil")
+    policy = next(op for op in aa.transforms if isinstance(op, v2.AutoAugment)).policy
+    assert policy == v2.AutoAugmentPolicy.CIFAR10 and names(aa)[-1] == "Cutout"
+    big = build_transform("autoaugment", (0.5,) * 3, (0.5,) * 3, image_size=SMALL_IMAGE_MAX + 1, kind="pil")
+    assert "RandomResizedCrop" in names(big) and names(big)[-1] != "Cutout"
+    assert next(op for op in big.transforms if isinstance(op, v2.AutoAugment)).policy == v2.AutoAugmentPolicy.IMAGENET
+    # evaluation of a small image of exactly that size is the identity before normalisation
+    img = Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3))
+    ev = build_transform("none", (0.0,) * 3, (1.0,) * 3, train=False, image_size=32, kind="pil")
+    expect = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255
+    assert torch.allclose(ev(img).as_subclass(torch.Tensor), expect, atol=1e-6)
+    ev_big = build_transform("none", (0.0,) * 3, (1.0,) * 3, train=False, image_size=96, kind="pil")
+    assert names(ev_big)[1:3] == ["Resize", "CenterCrop"] and ev_big.transforms[1].size == [110]
