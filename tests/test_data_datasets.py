@@ -261,3 +261,12 @@ def test_folder_image_size_from_the_images_and_resident_small_trees(tmp_path):
     assert big.train.notes == [] and not isinstance(big.train, TensorImageDataset) and big.test[0][0].shape == (3, 72, 72)
     with pytest.raises(IIFError, match="val_fraction and test_fraction"):
         build_datasets("folder", root=str(tmp_path), val_fraction=0.5, test_fraction=0.5)
+
+
+def test_folder_single_tree_keeps_a_training_image_per_class(tmp_path):
+    _png_tree(tmp_path, [10, 3, 2])
+    s = build_datasets("folder", root=str(tmp_path), val_per_class=5)
+    # per class: test int(0.2 n) = 2, 0, 0; val min(5, n - test - 1) = 5, 2, 1; train the rest
+    assert s.freq.image_counts.tolist() == [3, 1, 1]
+    assert np.bincount(np.asarray(s.val.targets), minlength=3).tolist() == [5, 2, 1]
+    assert np.bincount(np.asarray(s.test.targets), minlength=3).tolist() == [2, 0, 0]

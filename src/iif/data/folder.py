@@ -134,6 +134,7 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
             rng.shuffle(idx)
             n_te = int(len(idx) * test_fraction)
             n_va = int(val_per_class) if val_per_class is not None else int(len(idx) * val_fraction)
+            n_va = min(n_va, max(len(idx) - n_te - 1, 0))  # every class keeps a training image
             te.append(idx[:n_te]), va.append(idx[n_te:n_te + n_va]), train_idx.append(idx[n_te + n_va:])
         train_idx = np.concatenate(train_idx) if c else np.zeros(0, np.int64)
         test_s = [samples[i] for i in np.concatenate(te)]
