@@ -1,5 +1,7 @@
 """Shared test set-up."""
 
+import os
+
 import pytest
 import torch
 
@@ -12,6 +14,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """``$IIF_CACHE_DIR`` (image-check records, the det-bench data) points into this session's own tmp folder:
+    tests never write to the user's ~/.cache/iif, and parallel workers (pytest -n 2) never share a cache.
+    Child processes the tests start inherit it."""
+    old = os.environ.get("IIF_CACHE_DIR")
+    os.environ["IIF_CACHE_DIR"] = str(tmp_path_factory.mktemp("iif-cache"))
+    yield
+    if old is None:
+        os.environ.pop("IIF_CACHE_DIR", None)
+    else:
+        os.environ["IIF_CACHE_DIR"] = old
 
 
 # ------------------------------------------------------------------------------------------ detection benchmark
