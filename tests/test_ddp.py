@@ -7,16 +7,25 @@ augmentation and no mixup (no per-rank random streams), the same global batch (3
 batches together are exactly the single process's k-th batch) and a training set of even size whose last
 partial batch splits evenly. DDP averages the two ranks' mean-loss gradients, which equals the mean over
 the union. Only float summation order differs, hence the small tolerance.
+
+The two ranks are started as ``torchrun --nproc_per_node 2`` starts them, with its environment (``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``; the launcher adds nothing else that iif reads):
+rank 1 is the installed ``iif`` console script in a fresh process, rank 0 a fork of this test process, which
+has torch imported already (a fresh interpreter costs ~5 CPU-s of imports, the launcher another ~2).
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import traceback
 
 import pytest
 import torch
 
+from iif.cli import main
 from iif.errors import IIFError
 from iif.train import fit, load_config
 from iif.train.distributed import per_rank_batch
@@ -25,6 +34,52 @@ from iif.train.engine import build_splits
 # The `iif` console script (torchrun runs it with python); `python -m iif.cli` has no __main__ module.
 IIF_SCRIPT = os.path.join(os.path.dirname(sys.executable), "iif")
 TINY = ["data.imbalance_ratio=100", "runtime.progress=false", "runtime.tensorboard=false", "model.backbone_kwargs.width=4", "eval.every=0"]
+
+
+def _rank_env(rank: int, port: int) -> dict[str, str]:
+    """What torchrun --standalone --nproc_per_node 2 gives each worker (the parts any iif code reads)."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+            "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+
+
+def _fork_rank(argv: list[str], env: dict[str, str], log) -> int:
+    """Run ``iif <argv>`` in a forked child with ``env`` set, its output to ``log``; the child's pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 97
+        try:
+            sys.stdout = sys.stderr = open(log, "w", buffering=1)
+            os.environ.update(env)
+            code = int(main(argv) or 0)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    return pid
+
+
+def _wait_both(pid: int, proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
+    """Exit codes of the forked rank and the subprocess rank; if one fails, the other (which would wait for
+    it in the process group) is killed."""
+    deadline, code0, code1 = time.monotonic() + timeout, None, None
+    while (code0 is None or code1 is None) and time.monotonic() < deadline:
+        if code0 is None:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code0 = os.waitstatus_to_exitcode(status)
+        if code1 is None:
+            code1 = proc.poll()
+        if (code0 not in (None, 0)) or (code1 not in (None, 0)):
+            break
+        time.sleep(0.05)
+    if code1 is None:
+        proc.kill()
+        code1 = proc.wait()
+    if code0 is None:
+        os.kill(pid, 9)
+        code0 = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return code0, code1
 
 
 def test_batch_must_divide_by_world_size(monkeypatch):
@@ -48,13 +103,17 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
                      "decoupled.batch_size=32", "decoupled.momentum=0.9"]
     single = fit(load_config("digits_lt_decoupled", stage2), out_dir=tmp_path / "one", splits=splits)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", IIF_SCRIPT,
-           "train", "digits_lt_decoupled", *stage2, "--out", str(tmp_path / "two"), "--device", "cpu", "--quiet"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with socket.socket() as sock:  # a free port for rank 0's rendezvous store
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["train", "digits_lt_decoupled", *stage2, "--out", str(tmp_path / "two"), "--device", "cpu", "--quiet"]
+    logs = [tmp_path / "rank0.log", tmp_path / "rank1.log"]
+    with open(logs[1], "w") as log1:
+        proc = subprocess.Popen([IIF_SCRIPT, *argv], env={**os.environ, **_rank_env(1, port)}, stdout=log1,
+                                stderr=subprocess.STDOUT)
+        pid = _fork_rank(argv, _rank_env(0, port), logs[0])
+        codes = _wait_both(pid, proc, timeout=240)
+    assert codes == (0, 0), [log.read_text()[-3000:] for log in logs]
 
     two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     for k, v in single.model.state_dict().items():
