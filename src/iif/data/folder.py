@@ -97,7 +97,8 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
     (:func:`native_image_size`). Splits use numpy seed ``seed``.
     """
     if root is None or not os.path.isdir(os.path.expanduser(str(root))):
-        raise IIFError(f"dataset 'folder' needs root= an existing image folder; got {root!r}.")
+        raise IIFError(f"dataset 'folder' needs data.root= (root= in Python) an existing image folder of "
+                       f"<class>/<image> or train/<class>/<image>; got {root!r}.")
     root = os.path.expanduser(str(root))
     extra = {k: tf_kw.pop(k) for k in ("policy", "randaugment_n", "randaugment_m", "cutout") if k in tf_kw}
     if tf_kw:
