@@ -160,12 +160,11 @@ def test_doc_shell_commands_run(doc, tmp_path, monkeypatch, capsys):
     assert ran or all(skip_reason(c) for c in shell_commands(doc.read_text()))
 
 
-def test_skipped_commands_are_listed_with_their_reason(capsys):
+def test_skipped_commands_are_listed_with_their_reason():
     """Every doc command the shell test does not run, with why (see them with ``pytest -s -k skipped``);
     the rules must not swallow the commands the docs promise to run offline."""
     skipped = [(doc.name, c, skip_reason(c)) for doc in DOCS for c in shell_commands(doc.read_text()) if skip_reason(c)]
-    with capsys.disabled():
-        for name, command, why in skipped:
-            print(f"\n  skipped {name}: {command}  <- {why}", end="")
+    for name, command, why in skipped:
+        print(f"skipped {name}: {command}  <- {why}")
     offline = ("iif train folder data.root=~/my_images", "iif train digits_lt_e2e", "iif train --list")
     assert not [c for _, c, _ in skipped if c.startswith(offline)]
