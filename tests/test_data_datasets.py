@@ -270,3 +270,14 @@ def test_folder_single_tree_keeps_a_training_image_per_class(tmp_path):
     assert s.freq.image_counts.tolist() == [3, 1, 1]
     assert np.bincount(np.asarray(s.val.targets), minlength=3).tolist() == [5, 2, 1]
     assert np.bincount(np.asarray(s.test.targets), minlength=3).tolist() == [2, 0, 0]
+
+
+def test_folder_train_tree_without_test_holds_out_a_test_split(tmp_path):
+    _png_tree(tmp_path, [10, 5, 1], split="train")
+    s = build_datasets("folder", root=str(tmp_path))
+    # test: int(0.2 n) = 2, 1, 0 (a class keeps one image); val carved from the rest: round(0.1 n) >= 1
+    assert np.bincount(np.asarray(s.test.targets), minlength=3).tolist() == [2, 1, 0]
+    assert np.bincount(np.asarray(s.val.targets), minlength=3).tolist() == [1, 1, 0]
+    assert s.freq.image_counts.tolist() == [7, 3, 1]
+    files = [set(p for p, _ in d.samples) for d in (s.train, s.val, s.test)]
+    assert not (files[0] & files[1]) and not (files[0] & files[2]) and not (files[1] & files[2])

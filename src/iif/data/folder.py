@@ -1,7 +1,8 @@
 """``folder``: any ImageFolder tree (``root/<class>/<image>``), optionally made long-tailed.
 
 Layouts (docs/datasets.md, "Your own images"): ``root/train/<class>/...`` with optional ``root/val/`` and
-``root/test/`` (same class folder names); or a single tree ``root/<class>/...`` split per class
+``root/test/`` (same class folder names; without ``test/``, ``test_fraction`` of each class is held out as in
+the one-tree layout); or a single tree ``root/<class>/...`` split per class
 deterministically into train/val/test by ``val_fraction`` / ``test_fraction``. Class indices follow sorted
 folder names of the train tree. A ``train/`` tree without ``val/`` gets a validation split carved per class
 from its training images (:func:`carve_counts`), so validation-based choices always have data.
@@ -125,9 +126,18 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
     if split_tree:
         if has_val_tree:
             val_s = _scan(os.path.join(root, "val"), class_to_idx)
+        train_idx = np.arange(len(samples))
         if os.path.isdir(os.path.join(root, "test")):
             test_s = _scan(os.path.join(root, "test"), class_to_idx)
-        train_idx = np.arange(len(samples))
+        elif c:  # no test/: test_fraction of each class's images, as in the one-tree layout
+            keep, te = [], []
+            for k in range(c):
+                idx = np.where(targets == k)[0]
+                rng.shuffle(idx)
+                n_te = min(int(len(idx) * test_fraction), max(len(idx) - 1, 0))
+                te.append(idx[:n_te]), keep.append(idx[n_te:])
+            train_idx = np.sort(np.concatenate(keep))
+            test_s = [samples[i] for i in np.concatenate(te)]
     else:
         train_idx, va, te = [], [], []
         for k in range(c):
