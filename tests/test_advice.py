@@ -51,3 +51,10 @@ def test_backbone_advice_reads_the_selection_val_score(capsys):
     no_val = {"raw": {"top1": 12.0, "selection": {"val_score": None, "split": "test"}}}
     assert "12.0% top-1 on test" in advice.check_backbone_advice(no_val, 10)[0]
     assert advice.check_backbone_advice({"raw": {"top1": 80.0, "selection": {"val_score": 70.0}}}, 10) == []
+
+
+def test_no_recipe_advice_for_runs_without_a_folder(capsys):
+    cfg = load_config("folder_e2e")
+    splits = SimpleNamespace(train=SimpleNamespace(targets=[0] * 290, notes=["a note"]))
+    assert advice.check_config_advice(cfg, splits, recipe=False) == []
+    assert capsys.readouterr().err == "iif: a note\n"  # the data's notes still print

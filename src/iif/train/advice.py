@@ -67,7 +67,7 @@ def e2e_on_small_set(strategy: str, loss: str, num_train_images: int) -> str | N
         return None
     return (f"end-to-end IIF on a small training set ({int(num_train_images)} images < {SMALL_TRAIN_SET}) is often "
             "unstable; the paper's classification recipe is a softmax backbone with decoupled or post-process IIF "
-            "(strategy.name=decoupled or posthoc, e.g. `iif train folder`).")
+            "(strategy.name=decoupled or posthoc; for an ImageFolder tree, `iif train folder`).")
 
 
 def underfit_warning(top1: float | None, num_classes: int, split: str = "validation",
@@ -98,13 +98,16 @@ def note(message: str) -> str:
     return message
 
 
-def check_config_advice(cfg, splits) -> list[str]:
-    """Before a run: print (once) the dataset's notes (e.g. the image size a ``folder`` tree trains at) and
-    the advice for ``cfg`` on ``splits``; return the warnings."""
+def check_config_advice(cfg, splits, recipe: bool = True) -> list[str]:
+    """Before a run: print (once) the dataset's notes (e.g. the image size a ``folder`` tree trains at) and,
+    with ``recipe`` (a run that writes its own folder, as ``iif train`` does; the bench's rows do not), the
+    advice for ``cfg`` on ``splits``; return the warnings."""
     for line in getattr(splits.train, "notes", None) or ():
         note(line)
     num_train_images = len(splits.train.targets)
     out = []
+    if not recipe:
+        return out
     d = cfg.decoupled if cfg.strategy.name == "decoupled" else None
     msg = e2e_on_small_set(cfg.strategy.name, cfg.loss.name, num_train_images)
     if msg is None and d is not None and cfg.loss.name in ("iif", "iif_csl"):

@@ -138,7 +138,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
         if splits is None:
             splits = build_splits(cfg)
         _check_splits(splits)
-        check_config_advice(cfg, splits)  # iif.train.advice: the data's notes, e.g. e2e IIF on a small set
+        check_config_advice(cfg, splits, recipe=out is not None)  # iif.train.advice: data notes; e2e IIF on few images
         strategy = cfg.strategy.name
         runners = {"e2e": lambda w: _run_stage(cfg, splits, StageSpec.main(cfg), w, dev, info, resume, force),
                    "decoupled": lambda w: _run_decoupled(cfg, splits, w, dev, info, resume, force),
