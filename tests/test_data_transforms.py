@@ -108,7 +108,7 @@ def test_mixup_batch():
 
 
 def test_pil_recipe_follows_the_image_size():
-    """PIL images up to SMALL_IMAGE_MAX px: resize + centre crop, pad-and-crop (padding size // 8) + flip, the
+    """PIL images up to SMALL_IMAGE_MAX px: resize to a square, pad-and-crop (padding size // 8) + flip, the
     CIFAR AutoAugment policy and Cutout(16) from 32 px; larger: RandomResizedCrop / Resize(size*256/224)."""
     from PIL import Image
     from torchvision.transforms import v2
@@ -119,8 +119,9 @@ def test_pil_recipe_follows_the_image_size():
         return [type(op).__name__ for op in tf.transforms]
 
     small = build_transform("basic", (0.5,) * 3, (0.5,) * 3, image_size=32, kind="pil")
-    assert names(small)[:5] == ["ToImage", "Resize", "CenterCrop", "RandomCrop", "RandomHorizontalFlip"]
-    crop = small.transforms[3]
+    assert names(small)[:4] == ["ToImage", "Resize", "RandomCrop", "RandomHorizontalFlip"]
+    assert small.transforms[1].size == [32, 32]
+    crop = small.transforms[2]
     assert crop.padding == [4, 4, 4, 4] or crop.padding == 4
     aa = build_transform("autoaugment", (0.5,) * 3, (0.5,) * 3, image_size=SMALL_IMAGE_MAX, kind="pil")
     policy = next(op for op in aa.transforms if isinstance(op, v2.AutoAugment)).policy

@@ -87,7 +87,7 @@ def build_transform(augment: str, mean: Sequence[float], std: Sequence[float], *
 
     ``kind="tensor"``: the input is a uint8 ``(C, H, W)`` tensor (small datasets); crops are
     ``RandomCrop(image_size, padding)``. ``kind="pil"``: the input is a PIL image; for ``image_size`` up to
-    :data:`SMALL_IMAGE_MAX` (64) it is resized to ``image_size`` (shorter side) and centre-cropped, and train
+    :data:`SMALL_IMAGE_MAX` (64) it is resized to ``image_size`` x ``image_size``, and train
     crops are ``RandomCrop(image_size, padding=image_size // 8)``; above that (ImageNet-style) train crops are
     ``RandomResizedCrop(image_size)`` and eval is ``Resize(image_size * 256 / 224)`` + ``CenterCrop(image_size)``.
     Recipes: ``none`` (no augmentation), ``basic`` (crop + flip), ``autoaugment`` (crop + flip + AutoAugment
@@ -101,9 +101,10 @@ def build_transform(augment: str, mean: Sequence[float], std: Sequence[float], *
         raise IIFError(f"kind must be 'tensor' or 'pil'; got {kind!r}.")
     ops: list = []
     if kind == "pil" and image_size <= SMALL_IMAGE_MAX:
-        # Small images (CIFAR-like): bring them to image_size (a no-op for images of that size), then the
-        # tensor recipe's pad-and-crop; RandomResizedCrop would throw away most of a 32-px image.
-        ops += [v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        # Small images (CIFAR-like): resized to image_size x image_size (a no-op at that size; the same rule as
+        # a small folder tree held in memory), then the tensor recipe's pad-and-crop; RandomResizedCrop would
+        # throw away most of a 32-px image.
+        ops += [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
         if train and augment != "none":
             ops.append(v2.RandomCrop(image_size, padding=max(1, image_size // 8)))
     elif kind == "pil":
