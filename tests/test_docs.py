@@ -7,9 +7,10 @@ example that stops working (a renamed function, a changed signature) fails the s
 Shell: every command of every ```bash block runs, in order, in one temporary folder per document (so a
 walk-through's later commands see what its earlier ones wrote), with ``HOME`` pointing there and
 ``~/my_images`` (and ``my_images/``) a tiny long-tailed ImageFolder tree. ``iif`` commands run in-process
-through :func:`iif.cli.main` (so the whole file stays fast); other commands (``mkdir``, ``printf``...) run
-in bash. Commands that need a download, a GPU, several processes or minutes of training are skipped, each
-by a rule in :data:`SKIP` that states why. To keep training commands to seconds, ``iif train`` and
+through :func:`iif.cli.main` (so the whole file stays fast); file set-up commands (:data:`SHELL_SETUP`:
+``mkdir``, ``printf``...) run in bash. Commands that need a download, a GPU, several processes or minutes of
+training are skipped, each by a rule in :data:`SKIP` that states why, and so is any other program (a
+benchmark script, an installer). To keep training commands to seconds, ``iif train`` and
 ``iif bench`` get the overrides in :data:`FAST` appended (fewer epochs; the command is otherwise as
 written). A command that fails (non-zero exit) fails the test with its output.
 """
