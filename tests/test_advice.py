@@ -48,6 +48,7 @@ def test_backbone_advice_reads_the_selection_val_score(capsys):
     out = advice.check_backbone_advice({"raw": {"top1": 90.0, **sel}}, 10)
     assert len(out) == 1 and "20.0% class-average accuracy of raw logits on validation" in out[0]
     assert advice.check_backbone_advice({"raw": {"top1": 20.0, **sel}}, 10, loss="iif") == []
+    assert advice.check_backbone_advice({"raw": {"top1": 20.0, **sel}}, 10, recipe=False) == []
     no_val = {"raw": {"top1": 12.0, "selection": {"val_score": None, "split": "test"}}}
     assert "12.0% top-1 on test" in advice.check_backbone_advice(no_val, 10)[0]
     assert advice.check_backbone_advice({"raw": {"top1": 80.0, "selection": {"val_score": 70.0}}}, 10) == []

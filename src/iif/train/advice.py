@@ -118,11 +118,12 @@ def check_config_advice(cfg, splits, recipe: bool = True) -> list[str]:
     return out
 
 
-def check_backbone_advice(metrics: dict, num_classes: int, loss: str = "ce") -> list[str]:
+def check_backbone_advice(metrics: dict, num_classes: int, loss: str = "ce", recipe: bool = True) -> list[str]:
     """After a stage that trains a softmax (``loss`` ``ce``) backbone (end-to-end, decoupled stage 1,
     post-hoc): print (once) and return :func:`underfit_warning` for its validation score (the one model
-    selection used), or for the raw test top-1 when there was no validation split. Other losses: nothing."""
-    raw = metrics.get("raw") if isinstance(metrics, dict) and loss == "ce" else None
+    selection used), or for the raw test top-1 when there was no validation split. Other losses, and
+    ``recipe=False`` (a run without its own folder: the bench, whose summary gives the same warning): nothing."""
+    raw = metrics.get("raw") if isinstance(metrics, dict) and loss == "ce" and recipe else None
     if not isinstance(raw, dict):
         return []
     sel = raw.get("selection") or {}

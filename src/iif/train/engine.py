@@ -306,7 +306,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
     finally:
         tb.close()
     metrics, selection = _final_evaluation(run, posthoc)
-    check_backbone_advice(metrics, splits.num_classes, run.spec.loss)  # iif.train.advice: softmax too weak?
+    check_backbone_advice(metrics, splits.num_classes, run.spec.loss, recipe=out is not None)  # iif.train.advice
     if out is not None and info.is_main:
         write_json(out / "final_metrics.json", metrics)
     return TrainResult(run.model, splits, run.history, metrics, out, run.path(selection["checkpoint"]), cfg,
