@@ -59,3 +59,11 @@ def test_no_recipe_advice_for_runs_without_a_folder(capsys):
     splits = SimpleNamespace(train=SimpleNamespace(targets=[0] * 290, notes=["a note"]))
     assert advice.check_config_advice(cfg, splits, recipe=False) == []
     assert capsys.readouterr().err == "iif: a note\n"  # the data's notes still print
+
+
+def test_only_rank_0_prints(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    assert advice.advise("x") == "x" and capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    advice.advise("y")
+    assert capsys.readouterr().err == "iif: warning: y\n"

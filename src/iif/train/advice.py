@@ -43,11 +43,17 @@ UNDERFIT_MARGIN = 0.25
 _said: set[str] = set()
 
 
+def _say(line: str, key: str) -> None:
+    # once per process, and under torchrun only on rank 0 (every rank computes the same advice)
+    if key not in _said:
+        _said.add(key)
+        if os.environ.get("RANK", "0") in ("", "0"):
+            print(line, file=sys.stderr, flush=True)
+
+
 def advise(message: str) -> str:
-    """Print ``iif: warning: <message>`` to stderr once per process; return the message."""
-    if message not in _said:
-        _said.add(message)
-        print(f"iif: warning: {message}", file=sys.stderr, flush=True)
+    """Print ``iif: warning: <message>`` to stderr once per process (rank 0 only); return the message."""
+    _say(f"iif: warning: {message}", message)
     return message
 
 
@@ -92,9 +98,7 @@ def underfit_warning(top1: float | None, num_classes: int, split: str = "validat
 
 def note(message: str) -> str:
     """Print ``iif: <message>`` to stderr once per process (information, not a warning); return it."""
-    if message not in _said:
-        _said.add(message)
-        print(f"iif: {message}", file=sys.stderr, flush=True)
+    _say(f"iif: {message}", message)
     return message
 
 
