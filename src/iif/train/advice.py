@@ -1,15 +1,17 @@
 """Advice printed before and after training: settings that work but are likely to mislead.
 
-Each piece of advice is one line on stderr starting ``iif: warning:``, printed once per process (the same
-line is not repeated when a bench trains many models), and also returned so a caller can put it in a report.
-Nothing here changes what is trained. The thresholds are named constants, so the CLI, the trainer and the
-bench report (:func:`underfit_warning`) apply the same rule.
+Each piece of advice is one line on stderr starting ``iif: warning:``, printed once per process (rank 0
+under torchrun) and also returned so a caller can put it in a report; it is given for runs that write their
+own folder (``iif train``), not for the rows a bench trains. Nothing here changes what is trained. The
+thresholds are named constants, so the trainer and the bench summary (:data:`UNDERFIT_MARGIN`) apply the
+same rule.
 
 * :func:`loader_workers`: DataLoader workers actually used: ``data.num_workers`` capped by the CPU count,
   and 0 for small training sets (starting worker processes costs more than decoding a few hundred images).
 * :func:`e2e_on_small_set`: end-to-end IIF chosen for a small training set. The paper recommends a softmax
   backbone with decoupled (or post-process) IIF for classification (§V-B3, Table V); on small sets the
-  IIF loss's class weights (up to ~8x on the tail, Eq. 15) make end-to-end training unstable.
+  IIF loss's class weights (several times larger on the tail than on the head, Eq. 15) often make
+  end-to-end training unstable.
 * :func:`underfit_warning`: the softmax backbone's validation (or test) accuracy is too low for a
   comparison between methods on top of it to mean anything.
 """
