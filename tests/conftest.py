@@ -88,4 +88,11 @@ def detection_benchmark(tmp_path_factory, detection_sources):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = make_benchmark(root, sources=detection_sources, **DETECTION_BENCHMARK)
-    return root, summary
+    before = _tree_state(root)
+    yield root, summary
+    assert _tree_state(root) == before, "a test changed the shared detection benchmark; copy it before editing"
+
+
+def _tree_state(root) -> list:
+    """Every file and folder under ``root`` with its size and modification time."""
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
