@@ -93,6 +93,7 @@ def test_batch_must_divide_by_world_size(monkeypatch):
         fit(load_config("digits_lt_e2e", TINY + ["optim.batch_size=31"]))
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_one_process(tmp_path):
     torch.set_num_threads(1)
     splits = build_splits(load_config("digits_lt_e2e", TINY))  # 242 training images

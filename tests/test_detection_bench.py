@@ -41,6 +41,7 @@ def quick_run(tiny_data, tmp_path_factory):
     return out, rows
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_table_and_report(quick_run):
     out, rows = quick_run
     saved = _rows(out)
@@ -71,6 +72,7 @@ def test_quick_run_writes_the_table_and_report(quick_run):
     assert settings["meta"]["num_val_images"] == 5
 
 
+@pytest.mark.slow
 def test_post_hoc_softmax_row_is_the_margin_free_detector(quick_run):
     """Switching to IIF changes the detections (else the rows would be copies)."""
     d = json.loads((quick_run[0] / "details.json").read_text())
@@ -79,6 +81,7 @@ def test_post_hoc_softmax_row_is_the_margin_free_detector(quick_run):
     assert (soft["tide"], soft["bbox"]) != (iif_raw["tide"], iif_raw["bbox"]) or soft["num_detections"] != iif_raw["num_detections"]
 
 
+@pytest.mark.slow
 def test_end_to_end_rows_train_their_own_detector(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(B, "POSTHOC_ROWS", B.POSTHOC_ROWS[:1])  # the post-hoc rows are checked above
     monkeypatch.setattr(B, "E2E_ROWS", (B.RowSpec("iif", "e2e", "raw", "image", when="train_and_test"),
@@ -88,6 +91,7 @@ def test_end_to_end_rows_train_their_own_detector(tiny_data, tmp_path, monkeypat
     assert len(rows) == len(B.POSTHOC_ROWS) + 2
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std(quick_run, tiny_data, tmp_path):
     """Seed 0 of a two-seed run repeats the one-seed run exactly (one seed, one result), and the table holds
     the mean and sample std (ddof 1) of the two seeds' own numbers."""
@@ -155,6 +159,7 @@ def test_default_benchmark_lives_in_the_cache(monkeypatch, tmp_path):
         B.quick_settings("nope")
 
 
+@pytest.mark.slow
 def test_coco_layout_is_scored_with_coco_rules(tiny_data, tmp_path):
     """A user's COCO folder (no LVIS federated fields, no frequency groups) runs through to the table:
     AP from COCO rules, APr/APc/APf empty."""

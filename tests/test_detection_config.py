@@ -129,6 +129,7 @@ def _train(bench, out, *extra, config="det_bench_softmax"):
     return main(["det-train", config, f"data.root={bench}", *TINY, *extra, "--out", str(out), "--quiet"])
 
 
+@pytest.mark.slow
 def test_det_train_resume_and_det_eval(bench, tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     assert _train(bench, full, "schedule.epochs=2") == 0

@@ -335,6 +335,7 @@ def _points(n: int, last: int, extra: int, seed: int) -> list[int]:
     return sorted(tail + random.Random(seed).sample(rest, min(extra, len(rest))))
 
 
+@pytest.mark.slow
 def test_sigkill_during_train_then_resume(tmp_path, splits):
     out = tmp_path / "run"
     argv = ["train", "digits_lt_e2e", *TINY, "--out", str(out), "--quiet"]
@@ -360,6 +361,7 @@ def test_sigkill_during_train_then_resume(tmp_path, splits):
     assert survived == len(points) == 3 and n >= 6
 
 
+@pytest.mark.slow
 def test_sigkill_during_train_force_keeps_old_or_new(tmp_path, splits):
     out = tmp_path / "run"
     argv = ["train", "digits_lt_e2e", *TINY, "--out", str(out), "--quiet"]
@@ -384,6 +386,7 @@ def test_sigkill_during_train_force_keeps_old_or_new(tmp_path, splits):
         assert (tmp_path / "notes.txt").read_text() == "user"
 
 
+@pytest.mark.slow
 def test_sigkill_during_bench_force_keeps_old_or_new(tmp_path, splits):
     from iif.bench import runner as R
 
