@@ -68,14 +68,17 @@ def loader_workers(requested: int, num_images: int, cpus: int | None = None) -> 
     return max(0, min(int(requested), cpus))
 
 
-def e2e_on_small_set(strategy: str, loss: str, num_train_images: int) -> str | None:
+def e2e_on_small_set(strategy: str, loss: str, num_train_images: int, norm=None) -> str | None:
     """The warning for end-to-end IIF (``loss`` ``iif`` or ``iif_csl``) on fewer than
-    :data:`SMALL_TRAIN_SET` training images, else None."""
+    :data:`SMALL_TRAIN_SET` training images, else None. With the paper's weights (``norm`` None) it also
+    says that they raise the logit scale by their mean (docs/results.md, "End-to-end IIF stability")."""
     if strategy != "e2e" or loss not in ("iif", "iif_csl") or int(num_train_images) >= SMALL_TRAIN_SET:
         return None
+    scale = ("; the paper's weights also multiply the logit scale by their mean, set loss.norm=mean to keep it"
+             if norm is None and loss == "iif" else "")
     return (f"end-to-end IIF on a small training set ({int(num_train_images)} images < {SMALL_TRAIN_SET}) is often "
-            "unstable; the paper's classification recipe is a softmax backbone with decoupled or post-process IIF "
-            "(strategy.name=decoupled or posthoc; for an ImageFolder tree, `iif train folder`).")
+            f"unstable{scale}; the paper's classification recipe is a softmax backbone with decoupled or post-process "
+            "IIF (strategy.name=decoupled or posthoc; for an ImageFolder tree, iif train folder).")
 
 
 def underfit_warning(top1: float | None, num_classes: int, split: str = "validation",
@@ -115,7 +118,7 @@ def check_config_advice(cfg, splits, recipe: bool = True) -> list[str]:
     if not recipe:
         return out
     d = cfg.decoupled if cfg.strategy.name == "decoupled" else None
-    msg = e2e_on_small_set(cfg.strategy.name, cfg.loss.name, num_train_images)
+    msg = e2e_on_small_set(cfg.strategy.name, cfg.loss.name, num_train_images, cfg.loss.norm)
     if msg is None and d is not None and cfg.loss.name in ("iif", "iif_csl"):
         # decoupled with an IIF stage 1 is end-to-end IIF for the backbone
         msg = e2e_on_small_set("e2e", cfg.loss.name, num_train_images)
