@@ -74,7 +74,7 @@ def test_recipes_on_uint8_tensors(augment):
     names = [type(t).__name__ for t in tf.transforms]
     norm = ["ToDtype", "Normalize"]
     expect = {"none": norm, "basic": ["RandomCrop", "RandomHorizontalFlip"] + norm,
-              # SPEC section 5: AutoAugment CIFAR policy + Cutout(16), Cutout after normalising (zeros = mean).
+              # docs/method.md#models: AutoAugment CIFAR policy + Cutout(16), Cutout after normalising (zeros = mean).
               "autoaugment": ["RandomCrop", "RandomHorizontalFlip", "AutoAugment"] + norm + ["Cutout"],
               "randaugment": ["RandomCrop", "RandomHorizontalFlip", "RandAugment"] + norm}[augment]
     assert names == expect

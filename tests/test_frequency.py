@@ -249,7 +249,7 @@ def test_lvis_frequency_letters_are_taken_from_the_json():
 def test_detection_k_conventions():
     f = ClassFrequency.from_coco(LVIS)
     apple = 0
-    # IIF: K = number of training images (5); IOF: K = number of instances (10) -- SPEC §1.
+    # IIF: K = number of training images (5); IOF: K = number of instances (10) -- docs/method.md#frequencies-and-k.
     assert f.weights("raw")[apple].item() == pytest.approx(math.log(5 / 3), rel=1e-6)
     assert f.weights("raw", by="object")[apple].item() == pytest.approx(math.log(10 / 4), rel=1e-6)
     assert f.weights("raw", total="sum")[apple].item() == pytest.approx(math.log(7 / 3), rel=1e-6)
