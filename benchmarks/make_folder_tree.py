@@ -7,6 +7,7 @@ padded to 32x32 and saved as RGB PNGs: OUT_DIR/train/<class>/ holds int(80 * 10^
 (80 -> 8, exp long tail, 323 images), OUT_DIR/test/<class>/ 8 per class (80 images); no val/. numpy seed 0.
 """
 
+import argparse
 import os
 import sys
 
@@ -38,4 +39,9 @@ def main(out: str, src: str = os.environ.get("FASHION_DIR", "/usr/share/datasets
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", help="folder to create (must not exist yet)")
+    a = ap.parse_args()
+    if os.path.exists(a.out_dir):
+        sys.exit(f"make_folder_tree: {a.out_dir} already exists; pick a new folder.")
+    main(a.out_dir)
