@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped early; outputs so far in {result.out_dir}; run the same command with --resume to continue")
     else:
         print(f"outputs in {result.out_dir}")
-        print(f"next: iif eval {result.out_dir} --save-logits {result.out_dir}_logits (then iif posthoc "
-              f"on that folder), or iif predict {result.out_dir} IMAGE_OR_DIR")
+        # post-hoc methods belong on a softmax model: for a decoupled run that is its stage-1 folder
+        base = Path(result.out_dir)
+        softmax_run = base / "stage1" if cfg.strategy.name == "decoupled" and (base / "stage1").is_dir() else base
+        print(f"next: iif eval {softmax_run} --save-logits {base}_logits (then iif posthoc "
+              f"on that folder), or iif predict {base} IMAGE_OR_DIR")
     return 0
