@@ -230,13 +230,14 @@ def _evaluate(val_json: dict, results: list[dict], masks: bool, score_threshold:
               train_counts: np.ndarray) -> dict[str, Any]:
     """det-train's evaluation (LVIS rules for LVIS json, COCO rules otherwise), plus false positives by
     LVIS frequency group where the json has groups."""
-    from .evaluation import false_positives_by_group, is_lvis
+    from .evaluation import category_groups, false_positives_by_group
     from .runs import evaluate_detections
 
     ev = evaluate_detections(val_json, results, masks=masks, score_threshold=score_threshold,
                              train_counts=train_counts)
+    groups = category_groups(val_json, train_counts)  # LVIS letters, else LVIS's rule on the training counts
     ev["false_positives_by_group"] = (false_positives_by_group(val_json, results, score_threshold=score_threshold,
-                                                               iou_type="bbox") if is_lvis(val_json) else {})
+                                                               iou_type="bbox", groups=groups) if groups else {})
     return ev
 
 
@@ -305,9 +306,12 @@ def _examples(model_rows: dict[str, Any], data: _Data, s: DetBenchSettings, devi
     detections (for report.md)."""
     from .data import collate
 
+    from .evaluation import category_groups
+
     cats = data.val_json["categories"]
     id_to_label = {c["id"]: i + 1 for i, c in enumerate(sorted(cats, key=lambda c: c["id"]))}
-    rare = {id_to_label[c["id"]] for c in cats if c.get("frequency") == "r"}
+    groups = category_groups(data.val_json, _freq(data.train).image_counts) or {}
+    rare = {id_to_label[c["id"]] for c in cats if groups.get(c["id"]) == "r"}
     picks = []
     for i in range(len(data.val)):
         img_id = data.val.image_ids[i]

@@ -43,6 +43,7 @@ __all__ = [
     "tide_errors",
     "count_false_positives",
     "false_positives_by_group",
+    "category_groups",
     "check_results",
     "IOU_TYPES",
 ]
@@ -323,8 +324,9 @@ def _mean_precision(precision: np.ndarray) -> float:
     return float(valid.mean()) * 100.0 if valid.size else float("nan")
 
 
-def _summary(ev, keys: Sequence[str], lvis: bool) -> dict[str, float]:
-    """AP numbers from the accumulated precision array [IoU, recall, category, area, maxDets]."""
+def _summary(ev, keys: Sequence[str], lvis: bool, groups: Mapping[Any, str] | None = None) -> dict[str, float]:
+    """AP numbers from the accumulated precision array [IoU, recall, category, area, maxDets]; APr/c/f from
+    the categories' LVIS ``frequency`` (``lvis``) or from ``groups`` (category id -> letter) when given."""
     p = ev.params
     prec = np.asarray(ev.eval["precision"])[..., -1]  # at the largest maxDets
     iou = np.asarray(p.iouThrs)
@@ -335,12 +337,42 @@ def _summary(ev, keys: Sequence[str], lvis: bool) -> dict[str, float]:
     }
     for key, label in (("APs", "small"), ("APm", "medium"), ("APl", "large")):
         out[key] = _mean_precision(prec[:, :, :, p.areaRngLbl.index(label)])
-    if lvis:
-        freq = {c["id"]: c["frequency"] for c in ev.cocoGt.dataset["categories"]}
+    if lvis or groups is not None:
+        freq = groups if groups is not None else {c["id"]: c["frequency"] for c in ev.cocoGt.dataset["categories"]}
         letters = np.array([freq[c] for c in p.catIds])
         for letter in "rcf":
             out[f"AP{letter}"] = _mean_precision(prec[:, :, letters == letter, 0])
     return {k: out[k] for k in keys}
+
+
+def category_groups(gt_json: PathOrDict, train_counts: Sequence[int] | np.ndarray | Any | None = None
+                    ) -> dict[int, str] | None:
+    """The LVIS frequency group (``"r"``/``"c"``/``"f"``) of every category of ``gt_json``, by category id.
+
+    One rule for every dataset, the one ``iif stats`` and :class:`iif.ClassFrequency` use: the json's own
+    LVIS ``frequency`` letters when every category has one (LVIS val files carry the train groups), else
+    LVIS's definition applied to training image counts (rare: 1-10 images, common: 11-100, frequent: > 100;
+    :func:`iif.readers.lvis_group_letters`, a category with no training image is rare). The counts are
+    ``train_counts`` (per category sorted by id, or a ``ClassFrequency`` of the training json), else each
+    category's ``image_count``. None when neither is known: the groups of a plain COCO json cannot come from
+    its val split alone.
+    """
+    from ..readers import lvis_group_letters
+
+    gt = _load_gt(gt_json)
+    cats = sorted(gt["categories"], key=lambda c: c["id"])
+    if cats and all(c.get("frequency") in ("r", "c", "f") for c in cats):
+        return {c["id"]: c["frequency"] for c in cats}
+    if train_counts is not None:
+        counts = np.asarray(getattr(train_counts, "image_counts", train_counts))
+        if counts.shape != (len(cats),):
+            raise IIFError(f"train_counts has shape {counts.shape}, expected ({len(cats)},): one training image "
+                           "count per category of the json, sorted by category id.")
+    elif cats and all(isinstance(c.get("image_count"), (int, np.integer)) for c in cats):
+        counts = np.array([c["image_count"] for c in cats])
+    else:
+        return None
+    return dict(zip((c["id"] for c in cats), lvis_group_letters(counts)))
 
 
 def evaluate_lvis(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox",
@@ -364,16 +396,24 @@ def evaluate_lvis(gt_json: PathOrDict, detections: Detections, iou_type: str = "
     return _summary(ev, _LVIS_KEYS, lvis=True)
 
 
-def evaluate_coco(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox") -> dict[str, float]:
+def evaluate_coco(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox",
+                  groups: Mapping[Any, str] | None = None) -> dict[str, float]:
     """COCO AP of ``detections`` on a COCO-format ``gt_json``, in percent: the numbers pycocotools'
     ``COCOeval.summarize`` prints (at 100 detections per image per category; crowd regions ignored).
 
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (``nan`` for an area range without ground
     truth). LVIS-format json is evaluated without its federated rules here; use :func:`evaluate_lvis`.
+    ``groups`` (category id -> ``"r"``/``"c"``/``"f"``, e.g. :func:`category_groups` of the training counts)
+    adds ``APr``/``APc``/``APf``: the mean AP of each group's categories with ground truth, as LVIS averages.
     """
     gt, dets = _prepare(gt_json, detections, iou_type)
+    if groups is not None:
+        missing = [c["id"] for c in gt["categories"] if groups.get(c["id"]) not in ("r", "c", "f")]
+        if missing:
+            raise IIFError(f"groups gives no r/c/f letter for categories {_few(missing)}; give one per category "
+                           "(category_groups(gt_json, train_counts)).")
     ev = _run_cocoeval(gt, dets, iou_type, lvis=False, max_dets=100)
-    return _summary(ev, _COCO_KEYS, lvis=False)
+    return _summary(ev, _COCO_KEYS + (("APr", "APc", "APf") if groups is not None else ()), lvis=False, groups=groups)
 
 
 def _per_category_ap(ev) -> dict[int, float]:
@@ -624,14 +664,16 @@ def count_false_positives(gt_json: PathOrDict, detections: Detections, *, score_
 
 
 def false_positives_by_group(gt_json: PathOrDict, detections: Detections, *, score_threshold: float = 0.3,
-                             iou_threshold: float = 0.5, iou_type: str = "bbox") -> dict[str, int]:
+                             iou_threshold: float = 0.5, iou_type: str = "bbox",
+                             groups: Mapping[Any, str] | None = None) -> dict[str, int]:
     """:func:`count_false_positives` split by the detected category's frequency group: ``{"r", "c", "f"}``
-    from the categories' LVIS ``frequency`` letters (or, without them, from ``image_count``: r <= 10,
-    c 11-100, f > 100), plus ``"all"``. Shows whether the false positives land on rare categories (Fig. 1).
+    from ``groups`` (category id -> letter, :func:`category_groups`) when given, else the categories' LVIS
+    ``frequency`` letters (or, without them, from ``image_count``: r <= 10, c 11-100, f > 100), plus
+    ``"all"``. Shows whether the false positives land on rare categories (Fig. 1).
     """
     fps, gt = _false_positive_categories(gt_json, detections, score_threshold, iou_threshold, iou_type)
-    letters = {}
-    for c in gt["categories"]:
+    letters = dict(groups) if groups is not None else {}
+    for c in ([] if groups is not None else gt["categories"]):
         letter = c.get("frequency")
         if letter not in ("r", "c", "f"):
             n = c.get("image_count")

@@ -226,6 +226,10 @@ def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         add_rows = [r for r in rows if r["strategy"] == strategy and r["method"] in additive]
         if not iif_rows or not add_rows:
             continue
+        if all(r["APr"] is None for r in iif_rows):  # no rare category with validation ground truth
+            lines.append(f"- {'Post-hoc' if strategy == 'posthoc' else 'End-to-end'}: no AP_r (no rare category "
+                         "has validation ground truth), so no IIF row is picked by it.")
+            continue
         best_iif = max(iif_rows, key=lambda r: -1 if r["APr"] is None else r["APr"])
         lines.append(f"- {'Post-hoc' if strategy == 'posthoc' else 'End-to-end'}: best IIF row by AP_r is "
                      f"{row_label(best_iif)}: {fmt(best_iif)}.")
@@ -245,9 +249,12 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
     """``report.md`` of ``iif det-bench`` (and its PNGs when ``plots``) in ``folder``."""
     folder = Path(folder)
     s = settings
+    from .evaluation import category_groups
+
     val_cats = data.val_json["categories"]
-    groups = {g: sum(1 for c in val_cats if c.get("frequency") == g) for g in "rcf"}
     counts = np.asarray(data.train.freq.image_counts)
+    letters = category_groups(data.val_json, counts) or {}  # LVIS letters, else LVIS's rule on the train counts
+    groups = {g: sum(1 for v in letters.values() if v == g) for g in "rcf"}
     lines = ["# iif det-bench", ""]
     lines += ["## What the rows say", "", *summary_lines(rows), ""]
     if meta.get("benchmark"):

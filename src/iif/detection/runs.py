@@ -180,11 +180,19 @@ def evaluate_detections(val_json: Mapping[str, Any], results: Sequence[Mapping[s
                         score_threshold: float, train_counts: np.ndarray | None) -> dict[str, Any]:
     """Metrics of ``results`` on ``val_json``: LVIS rules (evaluate_lvis, 300 detections per image) when the
     json is LVIS, COCO rules otherwise; TIDE ``dAP_FP``, ``false_positives`` above ``score_threshold`` and
-    tail-k AP (k = 5, 10, 20 fewest-training-image categories). Top-level keys are det-bench's row keys."""
-    from .evaluation import is_lvis, count_false_positives, evaluate_coco, evaluate_lvis, tail_k_ap, tide_errors
+    tail-k AP (k = 5, 10, 20 fewest-training-image categories). Top-level keys are det-bench's row keys.
+    APr/c/f follow :func:`iif.detection.evaluation.category_groups` (LVIS letters, else ``train_counts``);
+    ``groups`` counts the categories of each group (None when no group is known)."""
+    from functools import partial
+
+    from .evaluation import (category_groups, count_false_positives, evaluate_coco, evaluate_lvis, is_lvis, tail_k_ap,
+                             tide_errors)
 
     lvis = is_lvis(val_json)
-    evaluate = evaluate_lvis if lvis else evaluate_coco
+    # r/c/f: LVIS's letters, else LVIS's rule on the training image counts (as `iif stats`), so a COCO json
+    # has AP_r/c/f too.
+    groups = category_groups(val_json, train_counts)
+    evaluate = evaluate_lvis if lvis else partial(evaluate_coco, groups=groups)
     box = evaluate(val_json, list(results), iou_type="bbox")
     seg = evaluate(val_json, list(results), iou_type="segm") if masks else None
     main = seg if seg is not None else box
@@ -200,6 +208,7 @@ def evaluate_detections(val_json: Mapping[str, Any], results: Sequence[Mapping[s
 
     out: dict[str, Any] = {k: num(main.get(k)) for k in ("AP", "AP50", "AP75", "APr", "APc", "APf")}
     out.update({"APb": num(box["AP"]), "dAP_FP": num(tide.get("dAP_FP")), "false_positives": int(fp)})
+    out["groups"] = None if groups is None else {g: sum(v == g for v in groups.values()) for g in "rcf"}
     out.update({"iou_type": "segm" if seg is not None else "bbox", "rules": "lvis" if lvis else "coco",
                 "score_threshold": score_threshold, "num_detections": len(results), "bbox": box, "segm": seg,
                 "tide": tide, "tail": tails})
