@@ -3,7 +3,9 @@
 Layouts (docs/datasets.md, "Your own images"): ``root/train/<class>/...`` with optional ``root/val/`` and
 ``root/test/`` (same class folder names; without ``test/``, ``test_fraction`` of each class is held out as in
 the one-tree layout); or a single tree ``root/<class>/...`` split per class
-deterministically into train/val/test by ``val_fraction`` / ``test_fraction``. Class indices follow sorted
+deterministically into train/val/test by ``val_fraction`` / ``test_fraction``, minimums first (train keeps 1
+image, then validation gets 1, then test 1: :func:`iif.data.longtail.held_out_counts`), with one warning naming
+every class left without validation or test images. Class indices follow sorted
 folder names of the train tree. A ``train/`` tree without ``val/`` gets a validation split carved per class
 from its training images (:func:`carve_counts`), so validation-based choices always have data.
 
@@ -23,7 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from ..errors import IIFError
 from .lists import FileListDataset
-from .longtail import longtail_counts, select_longtail
+from .longtail import held_out_counts, longtail_counts, missing_split_classes, select_longtail
 from .splits import DatasetSplits, finish_splits
 from .transforms import NORMALIZE, SMALL_IMAGE_MAX, build_transform
 
@@ -131,10 +133,12 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
             test_s = _scan(os.path.join(root, "test"), class_to_idx)
         elif c:  # no test/: test_fraction of each class's images, as in the one-tree layout
             keep, te = [], []
+            carve = not has_val_tree and val_per_class != 0  # validation carved from train later: leave it room
             for k in range(c):
                 idx = np.where(targets == k)[0]
                 rng.shuffle(idx)
-                n_te = min(int(len(idx) * test_fraction), max(len(idx) - 1, 0))
+                n_te = held_out_counts(len(idx), 0, int(len(idx) * test_fraction), val=carve,
+                                       test=test_fraction > 0)[2]
                 te.append(idx[:n_te]), keep.append(idx[n_te:])
             train_idx = np.sort(np.concatenate(keep))
             test_s = [samples[i] for i in np.concatenate(te)]
@@ -143,9 +147,11 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
         for k in range(c):
             idx = np.where(targets == k)[0]
             rng.shuffle(idx)
-            n_te = int(len(idx) * test_fraction)
-            n_va = int(val_per_class) if val_per_class is not None else int(len(idx) * val_fraction)
-            n_va = min(n_va, max(len(idx) - n_te - 1, 0))  # every class keeps a training image
+            want_va = int(val_per_class) if val_per_class is not None else int(len(idx) * val_fraction)
+            # train keeps 1, then validation gets 1, then test 1, then the fractions (docs/datasets.md)
+            _, n_va, n_te = held_out_counts(len(idx), want_va, int(len(idx) * test_fraction),
+                                            val=want_va > 0 or (val_per_class is None and val_fraction > 0),
+                                            test=test_fraction > 0)
             te.append(idx[:n_te]), va.append(idx[n_te:n_te + n_va]), train_idx.append(idx[n_te + n_va:])
         train_idx = np.concatenate(train_idx) if c else np.zeros(0, np.int64)
         test_s = [samples[i] for i in np.concatenate(te)]
@@ -173,6 +179,13 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
                 va.append(idx[: take[k]]), keep.append(idx[take[k]:])
             train_idx = np.sort(np.concatenate(keep)) if c else train_idx
         val_s = [samples[i] for i in np.concatenate(va)] if c else []
+    notes = []
+    # a split that is absent altogether (not asked for, or no val/ tree and val_per_class=0) is not a gap
+    gap = missing_split_classes(names, [y for _, y in val_s] if val_s else None,
+                                [y for _, y in test_s] if test_s else None,
+                                np.bincount(targets, minlength=c) if c else None)
+    if gap:
+        notes.append(f"warning: folder {root}: {gap}")
     note = None
     if image_size is None:
         image_size, seen = native_image_size([samples[i][0] for i in train_idx])
@@ -186,19 +199,20 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
     if image_size <= SMALL_IMAGE_MAX and n_all * 3 * image_size ** 2 <= MAX_RESIDENT_BYTES:
         resident = _decode_splits((train_s, val_s, test_s), image_size, augment, mean, std, names, extra)
         if resident is not None:
-            return _noted(finish_splits("folder", *resident, c, 3, image_size, names, mean, std), note)
+            return _noted(finish_splits("folder", *resident, c, 3, image_size, names, mean, std), note, notes)
     train_tf = build_transform(augment, mean, std, train=True, image_size=image_size, kind="pil", **extra)
     eval_tf = build_transform("none", mean, std, train=False, image_size=image_size, kind="pil")
     train = FileListDataset(train_s, train_tf, names)
     val = FileListDataset(val_s, eval_tf, names) if val_s else None
     test = FileListDataset(test_s, eval_tf, names) if test_s else None
-    return _noted(finish_splits("folder", train, val, test, c, 3, image_size, names, mean, std), note)
+    return _noted(finish_splits("folder", train, val, test, c, 3, image_size, names, mean, std), note, notes)
 
 
-def _noted(splits: DatasetSplits, note: str | None) -> DatasetSplits:
-    """Attach the one-line image-size note; the trainer prints it once the images have been checked
+def _noted(splits: DatasetSplits, note: str | None, warnings: list[str] = ()) -> DatasetSplits:
+    """Attach the one-line image-size note and the warnings (e.g. classes without validation or test images,
+    each ``warning: ...``); the trainer prints them once the images have been checked
     (:func:`iif.train.advice.check_config_advice`), so an error stays the only line on stderr."""
-    splits.train.notes = [note] if note else []
+    splits.train.notes = ([note] if note else []) + list(warnings)
     return splits
 
 

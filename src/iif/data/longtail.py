@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import IIFError
 
 __all__ = ["PROFILES", "longtail_counts", "select_longtail", "split_per_class", "longtail_train_val",
-           "check_nonempty"]
+           "check_nonempty", "held_out_counts", "missing_split_classes"]
 
 PROFILES = ("exp", "step")
 
@@ -142,3 +142,57 @@ def check_nonempty(targets, num_classes: int, class_names: Sequence[str] | None 
             f"the {split} split has no images for {empty.size} class(es): {shown}{more}. Every class needs at "
             "least one training image: add images for these classes, lower the imbalance ratio, or drop them "
             "from the label set.")
+
+
+def held_out_counts(n: int, val_want: int, test_want: int, val: bool = True, test: bool = True) -> tuple[int, int, int]:
+    """``(train, val, test)`` image counts of one class of ``n`` images split per class (docs/datasets.md,
+    "How a single tree is split").
+
+    Minimums first, in this order: train keeps 1 image; then validation gets 1 (when ``val`` and ``n >= 2``);
+    then test gets 1 (when ``test`` and there is an image left beyond those two). Then test takes
+    ``test_want`` (its fraction, at least its minimum) from what train and validation's minimum leave, and
+    validation takes ``val_want`` (at least its minimum) from the rest; train keeps everything else. So
+    ``n = 1, 2, 3, 4, 10`` with fractions 0.1 / 0.2 give ``(1,0,0), (1,1,0), (1,1,1), (2,1,1), (7,1,2)``;
+    a class with 10 or more images (and those fractions) is split exactly by its fractions.
+    """
+    n = int(n)
+    if n < 0 or int(val_want) < 0 or int(test_want) < 0:
+        raise IIFError(f"held_out_counts needs counts >= 0; got n={n}, val_want={val_want}, test_want={test_want}.")
+    if n == 0:
+        return 0, 0, 0
+    m_va = 1 if val and n >= 2 else 0
+    m_te = 1 if test and n >= 2 + m_va else 0
+    n_te = min(max(int(test_want), m_te), n - 1 - m_va) if test else 0
+    n_va = min(max(int(val_want), m_va), n - 1 - n_te) if val else 0
+    return n - n_va - n_te, n_va, n_te
+
+
+def missing_split_classes(class_names: Sequence[str], val_targets=None, test_targets=None,
+                          image_counts=None) -> str | None:
+    """One line naming every class with no validation image (when ``val_targets`` is given) or no test
+    image (when ``test_targets`` is given), or None when every class has both. ``image_counts``: the
+    images each class has in all (shown beside its name)."""
+    c = len(class_names)
+
+    def empty(t):
+        if t is None:
+            return []
+        return np.where(np.bincount(np.asarray(t, dtype=np.int64), minlength=c)[:c] == 0)[0].tolist()
+
+    def named(idx):
+        if image_counts is None:
+            return ", ".join(str(class_names[i]) for i in idx)
+        return ", ".join(f"{class_names[i]} ({int(image_counts[i])} image{'s' if int(image_counts[i]) != 1 else ''})"
+                         for i in idx)
+
+    no_val, no_test = empty(val_targets), empty(test_targets)
+    if not no_val and not no_test:
+        return None
+    parts = []
+    if no_val:
+        parts.append(f"{len(no_val)} of {c} classes have no validation images: {named(no_val)}")
+    if no_test:
+        parts.append(f"{len(no_test)} of {c} classes have no test images: {named(no_test)}")
+    return ("; ".join(parts) + ". Class-average accuracy on a split (and the bench's validation ranking) leaves such a "
+            "class out: add images (a class of 3 or more images gets at least one in train, validation and test) or "
+            "give val/ and test/ folders that hold every class.")
