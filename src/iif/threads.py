@@ -1,0 +1,112 @@
+"""One rule for the CPU threads of every command (``--threads``, ``runtime.threads``).
+
+* A requested count must be a whole number >= 1; 0, negatives and non-integers are refused
+  (:class:`~iif.errors.IIFError`, one line naming the fix).
+* A count above the CPUs this process may use (:func:`usable_cpus`: ``len(os.sched_getaffinity(0))`` where the
+  platform has it, else ``os.cpu_count()``) is clamped to that number with one ``iif: warning:`` line on
+  stderr: more threads than CPUs only wait for each other, and a config written on a big machine should still
+  run on a laptop. (``--threads 100000`` once crashed torch's thread pool.)
+* Unrequested (``None``), training on the CPU picks one thread for training sets under
+  :data:`SMALL_TRAIN_SET` images (:func:`default_threads`), unless ``OMP_NUM_THREADS`` is set, which torch
+  already follows. Measured on the project's 2-core machine shared with other jobs (docs/training.md, "Your
+  own images"): two threads fighting other processes for two cores made ``iif train folder`` 6x slower.
+  Elsewhere (GPU, large sets, prediction) ``None`` keeps torch's own default.
+
+This module imports nothing heavy at import time (torch only inside :func:`set_threads`), so the CLI can check
+a flag before loading torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+import sys
+from typing import Iterator
+
+from .errors import IIFError
+
+__all__ = ["SMALL_TRAIN_SET", "usable_cpus", "check_threads", "default_threads", "training_threads",
+           "set_threads", "thread_limit"]
+
+#: Training sets (images) below this size train with one CPU thread unless told otherwise.
+SMALL_TRAIN_SET = 10_000
+
+_said: set[str] = set()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (Linux; also what a container's
+    cpuset allows), else ``os.cpu_count()``; at least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, int(n))
+
+
+def _warn(message: str) -> None:
+    # once per process, and under torchrun only on rank 0 (every rank computes the same value)
+    if message not in _said:
+        _said.add(message)
+        if os.environ.get("RANK", "0") in ("", "0"):
+            print(f"iif: warning: {message}", file=sys.stderr, flush=True)
+
+
+def check_threads(requested, what: str = "--threads", cpus: int | None = None) -> int | None:
+    """``requested`` checked by the rule: None stays None; a whole number >= 1 is returned, clamped to
+    ``cpus`` (default :func:`usable_cpus`) with one warning; anything else raises IIFError."""
+    if requested is None:
+        return None
+    try:  # ints and numpy integers; not bools, floats or strings
+        if isinstance(requested, bool):
+            raise TypeError
+        requested = operator.index(requested)
+    except TypeError:
+        raise IIFError(f"{what} must be a whole number of CPU threads >= 1; got {requested!r}.") from None
+    if requested < 1:
+        raise IIFError(f"{what} must be >= 1 (CPU threads); got {requested}. Leave it out for the default.")
+    cap = usable_cpus() if cpus is None else max(1, int(cpus))
+    if requested > cap:
+        _warn(f"{what} {requested} is more than the {cap} CPU(s) this process may use; using {cap}")
+        return cap
+    return requested
+
+
+def default_threads(num_train_images: int, device_type: str = "cpu") -> int | None:
+    """Threads to train with when none were requested: 1 on the CPU for fewer than :data:`SMALL_TRAIN_SET`
+    training images (unless ``OMP_NUM_THREADS`` is set), else None (torch's default)."""
+    if device_type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return 1 if int(num_train_images) < SMALL_TRAIN_SET else None
+
+
+def training_threads(requested, num_train_images: int, device_type: str = "cpu",
+                     what: str = "--threads") -> int | None:
+    """The rule for a training command: :func:`check_threads` of ``requested``, else :func:`default_threads`."""
+    n = check_threads(requested, what)
+    return n if n is not None else default_threads(num_train_images, device_type)
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op threads to ``n`` (None: leave them); return the count in force before."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    return old
+
+
+@contextlib.contextmanager
+def thread_limit(n: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op threads set to ``n`` (None: unchanged), restored afterwards, so a
+    library call does not change the caller's setting."""
+    old = set_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            import torch
+
+            torch.set_num_threads(old)
