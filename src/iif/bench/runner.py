@@ -250,12 +250,9 @@ def _posthoc_rows(model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb: _Ro
     if has_val:
         tuned = tuned_posthoc_candidate(_np(z_te), _np(z_va), _np(y_va), counts, head=h, total=total)
         sel = tuned.info["selection"]
-        if float(sel["gamma"]) == 1.0:
-            spec = f"iif:{sel['variant']}"
-            _with_reproduce(tuned, _Row(bb.base, bb.extra, spec, spec, bb.run_name, True))
-        else:
-            _with_reproduce(tuned, None, f"w^{sel['gamma']:g} (chosen on validation) is not an `iif eval` adjuster; "
-                            f"`--adjust iif:{sel['variant']}` gives the plain weight")
+        # iif eval / iif predict --adjust iif:<variant>^<gamma>: the weights to the power chosen on validation
+        spec = f"iif:{sel['variant']}" if float(sel["gamma"]) == 1.0 else f"iif:{sel['variant']}^{sel['gamma']:g}"
+        _with_reproduce(tuned, _Row(bb.base, bb.extra, spec, spec, bb.run_name, True))
         cands.insert(1 + len(valid_variants(counts, VARIANTS, total)[0]), tuned)
 
     # tau-norm (Kang et al. 2020): the one implementation, iif eval's --adjust taunorm:tau; tau picked on validation.

@@ -46,7 +46,7 @@ from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write
 from .decoupled import cached_feature_batches, prepare_decoupled_model, retrain_classifier, set_stage_train_mode
 from .strategies import build_adjuster, trainable_parameters
 from .evaluation import (_eval_split, checkpoint_preprocess, evaluate, evaluate_checkpoint, extract_features,
-                         loss_adjuster, predict)
+                         loss_adjuster, metrics_document, predict)
 
 __all__ = [
     "TrainResult",
@@ -235,7 +235,7 @@ def _run_posthoc(cfg, splits, out, dev, info, resume, force) -> TrainResult:
                        few=e.few, bins=e.bins, amp=cfg.runtime.amp, info=info, resident=cfg.data.resident)
     result.final_metrics = metrics
     if out is not None and info.is_main:
-        write_json(out / "final_metrics.json", metrics)
+        write_json(out / "final_metrics.json", metrics_document(metrics, splits))
     return result
 
 
@@ -308,7 +308,7 @@ def _run_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, dev:
     metrics, selection = _final_evaluation(run, posthoc)
     check_backbone_advice(metrics, splits.num_classes, run.spec.loss, recipe=out is not None)  # iif.train.advice
     if out is not None and info.is_main:
-        write_json(out / "final_metrics.json", metrics)
+        write_json(out / "final_metrics.json", metrics_document(metrics, splits))
     return TrainResult(run.model, splits, run.history, metrics, out, run.path(selection["checkpoint"]), cfg,
                        run.criterion, selection=selection)
 

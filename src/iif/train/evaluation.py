@@ -29,7 +29,28 @@ from .epoch import autocast
 from .strategies import build_adjuster
 
 __all__ = ["predict", "extract_features", "evaluate", "loss_adjuster", "evaluate_checkpoint", "restore_checkpoint",
-           "RestoredCheckpoint", "checkpoint_preprocess", "save_logits", "LOGIT_FILES"]
+           "RestoredCheckpoint", "checkpoint_preprocess", "save_logits", "LOGIT_FILES", "val_counts",
+           "metrics_document"]
+
+
+def val_counts(splits) -> list[int]:
+    """Validation images per class, in class order (all zeros when the run has no validation split): what
+    ``final_metrics.json`` records as ``val_counts``, so a class the validation split missed (and that
+    validation-based choices therefore ignored) can be seen in the run folder."""
+    import numpy as np
+
+    c = int(splits.num_classes)
+    val = getattr(splits, "val", None)
+    if val is None:
+        return [0] * c
+    t = np.asarray(torch.as_tensor(val.targets).cpu(), dtype=np.int64)
+    return [int(x) for x in np.bincount(t, minlength=c)[:c]]
+
+
+def metrics_document(metrics: dict, splits) -> dict:
+    """What ``final_metrics.json`` holds: ``metrics`` (``raw``, ``adjusted``, one entry per adjuster) plus
+    ``val_counts`` (:func:`val_counts`). The in-memory ``TrainResult.final_metrics`` stays metrics only."""
+    return {**metrics, "val_counts": val_counts(splits)}
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@
   classifier, freezes the backbone (weights AND BatchNorm statistics, i.e. eval mode) and retrains
   only the classifier with the IIF loss (:mod:`iif.train.decoupled`; ``legacy=True`` trains what the
   authors' code trains).
-* ``posthoc``: a softmax model evaluated with an adjuster: ``iif:<variant>`` (``w * z``, Eq. 13-14),
+* ``posthoc``: a softmax model evaluated with an adjuster: ``iif:<variant>`` (``w * z``, Eq. 13-14;
+  ``iif:<variant>^<gamma>`` multiplies by ``w ** gamma``, the exponent ``iif bench``'s tuned row picks),
   ``la:<tau>`` (logit adjustment ``z - tau ln p``), ``taunorm:<tau>`` (rows ``w_i / ||w_i||^tau``, bias dropped).
 
 This module holds the adjuster parsing and tau-norm; the decoupled stage is :mod:`iif.train.decoupled`, the
@@ -14,6 +15,7 @@ loops live in :mod:`iif.train.engine`.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["ADJUSTER_KINDS", "parse_adjuster", "build_adjuster", "tau_norm_head", "trainable_parameters"]
+__all__ = ["ADJUSTER_KINDS", "parse_adjuster", "iif_power", "build_adjuster", "tau_norm_head", "trainable_parameters"]
 
 ADJUSTER_KINDS = ("iif", "la", "taunorm", "none")
 
@@ -30,14 +32,19 @@ Adjuster = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def parse_adjuster(spec: str) -> tuple[str, str]:
-    """Split ``"iif:smooth"`` / ``"la:1.0"`` / ``"taunorm:1.0"`` into (kind, argument)."""
+    """Split ``"iif:smooth"`` / ``"iif:normit^0.25"`` / ``"la:1.0"`` / ``"taunorm:1.0"`` into (kind, argument).
+
+    The one parser of adjuster specs (``iif eval --adjust``, ``iif predict --adjust``, ``posthoc.adjusters``,
+    the bench's ``reproduce`` commands). An IIF argument is ``variant`` or ``variant^gamma`` with a finite
+    ``gamma > 0`` (:func:`iif_power`)."""
     kind, _, arg = str(spec).partition(":")
     kind = kind.strip().lower()
     if kind not in ADJUSTER_KINDS:
-        raise IIFError(f"unknown adjuster {spec!r}; use iif:<variant> (e.g. iif:smooth), la:<tau> (e.g. la:1.0), "
-                       "taunorm:<tau> (e.g. taunorm:1.0) or none.")
+        raise IIFError(f"unknown adjuster {spec!r}; use iif:<variant> (e.g. iif:smooth, or iif:normit^0.25 for the "
+                       "weights to a power), la:<tau> (e.g. la:1.0), taunorm:<tau> (e.g. taunorm:1.0) or none.")
     if kind == "iif":
         arg = arg.strip() or "smooth"
+        iif_power(arg, spec)
     elif kind in ("la", "taunorm"):
         arg = arg.strip() or "1.0"
         try:
@@ -45,6 +52,23 @@ def parse_adjuster(spec: str) -> tuple[str, str]:
         except ValueError:
             raise IIFError(f"adjuster {spec!r}: {arg!r} is not a number; write e.g. {kind}:1.0.") from None
     return kind, arg
+
+
+def iif_power(arg: str, spec: str | None = None) -> tuple[str, float]:
+    """``(variant, gamma)`` of an IIF adjuster argument: ``"smooth"`` -> ``("smooth", 1.0)``,
+    ``"normit^0.25"`` -> ``("normit", 0.25)``. The variant itself is checked when the weights are built."""
+    variant, hat, power = str(arg).partition("^")
+    variant = variant.strip()
+    if not hat:
+        return variant, 1.0
+    try:
+        gamma = float(power)
+    except ValueError:
+        gamma = math.nan
+    if not variant or not math.isfinite(gamma) or gamma <= 0:
+        raise IIFError(f"adjuster {spec or 'iif:' + arg!r}: write iif:<variant>^<gamma> with a number gamma > 0 "
+                       f"(the IIF weights to that power), e.g. iif:normit^0.25; got {arg!r}.")
+    return variant, gamma
 
 
 def build_adjuster(spec: str, train_counts, model: nn.Module | None = None) -> Adjuster:
@@ -55,8 +79,13 @@ def build_adjuster(spec: str, train_counts, model: nn.Module | None = None) -> A
         return lambda features, logits: logits
     if kind == "iif":
         from ..adjusters import PostHocIIF
+        from ..weights import iif_weights
 
-        module = PostHocIIF.from_counts(counts, variant=arg)
+        variant, gamma = iif_power(arg, spec)
+        if gamma == 1.0:
+            module = PostHocIIF.from_counts(counts, variant=variant)
+        else:  # (w ** gamma) * z, the weights raised in float64 as iif.bench.posthoc.iif_adjusted does
+            module = PostHocIIF(iif_weights(counts, variant, dtype=torch.float64).pow(gamma))
         return lambda features, logits: module.to(logits.device)(logits)
     if kind == "la":
         from ..adjusters import LogitAdjustment
