@@ -279,13 +279,48 @@ def test_tail_k_ap_is_mean_of_the_rarest_categories(iou_type):
     order = sorted(with_gt, key=lambda c: (counts[cat_ids.index(c)], c))
     assert order[:4] == [28, 19, 22, 13]
     per_cat = {c: _pycocotools_category_ap(gt, dets, c, iou_type) for c in with_gt}
-    out = E.tail_k_ap(gt, dets, ks=(1, 3, 7), iou_type=iou_type, train_counts=counts)
+    out = E.tail_k_ap(gt, dets, ks=(1, 2, 3, 7), iou_type=iou_type, train_counts=counts)
     assert out["tail1"] == pytest.approx(per_cat[28], abs=1e-9)
+    # k = 2 splits the tie: 19 (the smaller id) is in, 22 is out; the two differ, so another tie-break fails
+    assert abs(per_cat[19] - per_cat[22]) > 1.0
+    assert out["tail2"] == pytest.approx((per_cat[28] + per_cat[19]) / 2, abs=1e-9)
     assert out["tail3"] == pytest.approx(np.mean([per_cat[c] for c in (28, 19, 22)]), abs=1e-9)
     assert out["tail7"] == pytest.approx(E.evaluate_coco(gt, dets, iou_type)["AP"], abs=1e-9)
     with pytest.raises(IIFError, match="ks of at most 7"):
         E.tail_k_ap(gt, dets, ks=(8,), iou_type=iou_type, train_counts=counts)
     assert len({round(v, 6) for v in per_cat.values()}) > 3  # categories really differ
+
+
+def _train_json(image_counts: list[int], instance_counts: list[int], cat_ids: list[int]) -> dict:
+    """A training json where category ``cat_ids[i]`` appears on ``image_counts[i]`` images of its own with
+    ``instance_counts[i]`` annotations in all (the surplus on its first image)."""
+    images, anns = [], []
+    for cat, n_img, n_inst in zip(cat_ids, image_counts, instance_counts):
+        for j in range(n_img):
+            images.append({"id": len(images) + 1, "width": 50, "height": 50})
+            for _ in range(1 + (n_inst - n_img if j == 0 else 0)):
+                anns.append({"id": len(anns) + 1, "image_id": images[-1]["id"], "category_id": cat,
+                             "bbox": [1.0, 1.0, 10.0, 10.0], "area": 100.0, "iscrowd": 0})
+    return {"images": images, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in cat_ids]}
+
+
+def test_tail_k_ap_orders_a_class_frequency_by_image_counts():
+    """Tail-k means the k categories with the fewest training *images* (paper Tables XVII, XVIII): given a
+    ClassFrequency, its image counts decide, not its instance counts (here the two orders differ)."""
+    from iif.frequency import ClassFrequency
+
+    gt, dets = make_coco(2)
+    cat_ids = sorted(c["id"] for c in gt["categories"])  # 10, 13, ..., 31; id 10 has no val ground truth
+    images = [6, 1, 2, 3, 4, 5, 7, 8]
+    instances = [6, 9, 8, 3, 4, 5, 7, 8]  # by instances 19 and 22 are the rarest, by images 13 and 16
+    freq = ClassFrequency.from_coco(_train_json(images, instances, cat_ids))
+    assert freq.image_counts.tolist() == images and freq.object_counts.tolist() == instances
+    per_cat = {c: _pycocotools_category_ap(gt, dets, c, "bbox") for c in (13, 16, 19, 22)}
+    assert abs((per_cat[13] + per_cat[16]) - (per_cat[19] + per_cat[22])) > 1.0  # the orders give other APs
+    out = E.tail_k_ap(gt, dets, ks=(1, 2), train_counts=freq)
+    assert out["tail1"] == pytest.approx(per_cat[13], abs=1e-9)
+    assert out["tail2"] == pytest.approx((per_cat[13] + per_cat[16]) / 2, abs=1e-9)
+    assert E.tail_k_ap(gt, dets, ks=(2,), train_counts=images) == {"tail2": out["tail2"]}
 
 
 def test_tail_k_ap_defaults_to_image_count_and_lvis_rules(lvis_data):
@@ -352,6 +387,43 @@ def test_tide_segm_runs_and_reports_percent(lvis_data):
     gt, dets = lvis_data
     out = E.tide_errors(gt, dets, iou_type="segm")
     assert 5 < out["AP50_tide"] < 100 and all(v >= 0 for v in out.values())
+
+
+def test_tide_segm_scores_masks_not_boxes():
+    """A hand-built image where boxes and masks disagree, so TIDE on masks must give other errors than on
+    boxes. Object A: box exact, mask an L shape (mask IoU 700/1600 = 0.4375, a localisation error only for
+    masks). Object B: mask exact, box shifted by half its width (box IoU 600/1800 = 1/3, a localisation
+    error only for boxes). A scores 0.9, B 0.6. With TIDE's 101 recall points, recall 0..0.5 is 51 points:
+    boxes: A is a hit at precision 1 -> AP50 = 100 * 51/101, fixing B's box gives 100;
+    masks: A is a miss before B's hit (precision 1/2) -> AP50 = 50 * 51/101, fixing A's mask gives 100,
+    dropping the false positive A gives 100 * 51/101."""
+    h = w = 100
+    a_full, a_l, b_full = (np.zeros((h, w), bool) for _ in range(3))
+    a_full[10:50, 10:50] = True
+    a_l[10:20, 10:50] = True
+    a_l[10:50, 10:20] = True
+    b_full[60:90, 55:95] = True
+    gt = {"images": [{"id": 1, "width": w, "height": h}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 40.0, 40.0], "area": 1600.0,
+               "iscrowd": 0, "segmentation": _rle_str(a_full)},
+              {"id": 2, "image_id": 1, "category_id": 1, "bbox": [55.0, 60.0, 40.0, 30.0], "area": 1200.0,
+               "iscrowd": 0, "segmentation": _rle_str(b_full)}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10.0, 10.0, 40.0, 40.0], "score": 0.9,
+             "segmentation": _rle_str(a_l)},
+            {"image_id": 1, "category_id": 1, "bbox": [75.0, 60.0, 40.0, 30.0], "score": 0.6,
+             "segmentation": _rle_str(b_full)}]
+    assert float(mask_utils.iou([_rle_str(a_l)], [_rle_str(a_full)], [0])[0, 0]) == pytest.approx(0.4375)
+    boxes = E.tide_errors(gt, dets, iou_type="bbox")
+    masks = E.tide_errors(gt, dets, iou_type="segm")
+    half, quarter = 100 * 51 / 101, 50 * 51 / 101
+    assert boxes["AP50_tide"] == pytest.approx(half, abs=1e-9)
+    assert boxes["dAP_Loc"] == pytest.approx(100 - half, abs=1e-9) and boxes["dAP_FP"] == pytest.approx(0, abs=1e-9)
+    assert masks["AP50_tide"] == pytest.approx(quarter, abs=1e-9)
+    assert masks["dAP_Loc"] == pytest.approx(100 - quarter, abs=1e-9)
+    assert masks["dAP_FP"] == pytest.approx(half - quarter, abs=1e-9)
+    for k in ("dAP_Cls", "dAP_Both", "dAP_Dupe", "dAP_Bkg", "dAP_Miss"):
+        assert boxes[k] == masks[k] == 0.0, k
 
 
 def test_tide_lvis_drops_unverified_categories(lvis_data):
