@@ -153,6 +153,21 @@ def _la_posthoc(z, tau=1.0):
     return z + _full(-tau * np.log(COUNTS / COUNTS.sum()), 0.0)
 
 
+def _la_bayes_loss(z, tau=0.5):
+    # The Bayes form (background 0): the loss adds tau ln p_c + ln sum_j p_j^(1 - tau).
+    p = COUNTS / COUNTS.sum()
+    return z + _full(tau * np.log(p) + np.log(np.sum(p ** (1 - tau))), 0.0)
+
+
+def _la_bayes_posthoc(z):
+    # tau = 1: -ln(C p_c) on the foreground, 0 on the background.
+    return z + _full(-np.log(len(COUNTS) * COUNTS / COUNTS.sum()), 0.0)
+
+
+def _norcal(z, gamma=0.7):
+    return z + _full(-gamma * np.log(COUNTS), 0.0)
+
+
 # ---------------------------------------------------------------------------------------------- (a) loss
 
 
@@ -160,7 +175,8 @@ TRAIN_CASES = [
     (dict(method="iif", variant="raw"), _iif_raw_image),
     (dict(method="iif", variant="smooth", by="object", when="train"), _iif_smooth_object),
     (dict(method="balanced_softmax", when="train"), _bs),
-    (dict(method="logit_adjustment", tau=0.5, when="train"), _la_loss),
+    (dict(method="logit_adjustment", tau=0.5, when="train", la_form="prior"), _la_loss),
+    (dict(method="logit_adjustment", tau=0.5, when="train"), _la_bayes_loss),
 ]
 
 
@@ -206,7 +222,9 @@ def test_mask_rcnn_loss_and_masks_untouched(monkeypatch):
 EVAL_CASES = [
     (dict(method="iif", variant="raw"), _iif_raw_image),
     (dict(method="iif", variant="smooth", by="object", when="test"), _iif_smooth_object),
-    (dict(method="logit_adjustment", when="test"), _la_posthoc),
+    (dict(method="logit_adjustment", when="test", la_form="prior"), _la_posthoc),
+    (dict(method="logit_adjustment", when="test"), _la_bayes_posthoc),
+    (dict(method="norcal", when="test", gamma=0.7), _norcal),
 ]
 
 
@@ -596,6 +614,6 @@ def test_bad_input_leaves_a_switched_model_as_it_was():
 
 
 def test_public_constants():
-    assert METHODS == ("softmax", "iif", "balanced_softmax", "logit_adjustment")
+    assert METHODS == ("softmax", "iif", "balanced_softmax", "logit_adjustment", "norcal", "seesaw")
     assert WHEN == ("train_and_test", "train", "test")
     assert math.isclose(0.75, 1 - _rcnn().roi_heads.fg_bg_sampler.positive_fraction)

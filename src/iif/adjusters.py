@@ -6,6 +6,8 @@ Every adjuster maps logits ``z`` of shape ``(..., C)`` to adjusted logits of the
 |---|---|---|
 | :class:`PostHocIIF` | ``z' = w * z`` | Eq. 13 (post-process IIF, Table IV "IIF") |
 | :class:`LogitAdjustment` | ``z' = z - tau * ln p`` | Table IV "Log. Adj. PostHoc" (Menon et al.) |
+| :class:`LogitAdjustment` ``form="bayes"`` | ``z'_c = z_c - tau ln p_c - ln sum_j p_j^(1-tau)``, background 0 | detection (C + 1 softmax) |
+| :class:`NorCal` | ``z'_c = z_c - gamma ln n_c``, background 0 | NorCal (Pan et al., NeurIPS 2021) |
 | :class:`BalancedSoftmaxOffset` | ``z' = z + ln n`` | Table IV "Balanced Softmax" |
 | :class:`LearnableWeightScaling` | ``z' = alpha * z`` | Table IV "LWS" (Kang et al.) |
 | :func:`tau_normalize` | rows ``W_i / ||W_i||^tau`` | tau-norm (Kang et al.), acts on the classifier weight |
@@ -39,6 +41,9 @@ from .weights import CountsLike, as_counts, as_weight_vector, iif_weights, refus
 __all__ = [
     "PostHocIIF",
     "LogitAdjustment",
+    "NorCal",
+    "LA_FORMS",
+    "bayes_la_offsets",
     "BalancedSoftmaxOffset",
     "LearnableWeightScaling",
     "tau_normalize",
@@ -142,6 +147,41 @@ def _log_prior(counts: CountsLike) -> np.ndarray:
     return logn - math.log(float(np.exp(logn).sum()))
 
 
+#: The forms of logit adjustment's offset (see :func:`bayes_la_offsets`).
+LA_FORMS: tuple[str, ...] = ("bayes", "prior")
+
+
+def _check_la_form(form: str) -> str:
+    if form not in LA_FORMS:
+        raise IIFError(f"form (logit adjustment's offset) must be 'bayes' (-tau ln p_c - ln sum_j p_j^(1-tau): the "
+                       f"Bayes correction of a C + 1 softmax detector, background 0) or 'prior' (-tau ln p_c); "
+                       f"got {form!r}.")
+    return form
+
+
+def bayes_la_offsets(counts: CountsLike, tau: float = 1.0) -> np.ndarray:
+    """Foreground offsets of the Bayes logit adjustment of a ``C + 1`` softmax detector (float64, length ``C``).
+
+    A detector trained with a background share ``pi`` and foreground prior ``p_c = n_c / sum n`` has
+    posterior ``P(c | x) ∝ (1 - pi) p_c f_c(x)``. Re-weighting to the foreground prior
+    ``q_c = p_c^(1 - tau) / sum_j p_j^(1 - tau)`` (uniform ``1 / C`` at ``tau = 1``) at the *same* background
+    share multiplies class ``c``'s posterior by ``q_c / p_c`` and the background's by 1, i.e. adds
+
+        ``ln(q_c / p_c) = -tau ln p_c - ln sum_j p_j^(1 - tau)``   (``= -ln(C p_c)`` at ``tau = 1``)
+
+    to foreground logit ``c`` and 0 to the background logit. The plain ``-tau ln p_c`` (``form="prior"``)
+    is this plus ``ln sum_j p_j^(1 - tau)`` on every foreground logit (``ln C`` at ``tau = 1``), which a
+    classification softmax ignores but a detector does not: it lifts every class against the background.
+    """
+    tau = float(tau)
+    if not math.isfinite(tau):
+        raise IIFError(f"tau must be a finite number (1.0 is the Bayes-optimal choice); got {tau!r}.")
+    lp = _log_prior(counts)
+    a = (1.0 - tau) * lp
+    log_norm = float(a.max() + np.log(np.exp(a - a.max()).sum()))
+    return -tau * lp - log_norm
+
+
 # ----------------------------------------------------------------------------------------------------
 # Functional forms
 # ----------------------------------------------------------------------------------------------------
@@ -159,11 +199,17 @@ def posthoc_iif(logits: torch.Tensor, weights, background: Optional[str] = None)
 
 
 def logit_adjustment(
-    logits: torch.Tensor, counts: CountsLike, tau: float = 1.0, background: Optional[str] = None
+    logits: torch.Tensor, counts: CountsLike, tau: float = 1.0, background: Optional[str] = None,
+    form: str = "prior",
 ) -> torch.Tensor:
-    """Post-hoc logit adjustment (Menon et al., Table IV): ``z'_c = z_c - tau * ln p_c``, ``p = n / sum n``."""
+    """Post-hoc logit adjustment (Menon et al., Table IV): ``z'_c = z_c - tau * ln p_c``, ``p = n / sum n``.
+
+    ``form="bayes"`` uses :func:`bayes_la_offsets` (the correct offsets next to a background logit; without
+    a background both forms give the same softmax, they differ by a constant).
+    """
     z = _as_logits(logits)
-    offset = torch.as_tensor(-float(tau) * _log_prior(counts), dtype=torch.float64)
+    off = bayes_la_offsets(counts, tau) if _check_la_form(form) == "bayes" else -float(tau) * _log_prior(counts)
+    offset = torch.as_tensor(off, dtype=torch.float64)
     offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
     return _shifted(z, offset)
 
@@ -294,19 +340,56 @@ class _AdditiveAdjuster(_VectorAdjuster):
 
 
 class LogitAdjustment(_AdditiveAdjuster):
-    """Post-hoc logit adjustment (Menon et al. 2021, Table IV): ``z' = z - tau * ln p``, ``p_c = n_c / sum n``."""
+    """Post-hoc logit adjustment (Menon et al. 2021, Table IV): ``z' = z - tau * ln p``, ``p_c = n_c / sum n``.
+
+    ``form="prior"`` (default here) is that offset; ``form="bayes"`` adds ``-ln sum_j p_j^(1 - tau)`` to
+    it (:func:`bayes_la_offsets`), the correct offset of a ``C + 1`` softmax detector whose background
+    logit keeps offset 0 (``iif.detection.use_margin`` uses it by default). Without a background logit
+    the two forms differ by a constant and give the same softmax.
+    """
 
     _what = "counts"
 
-    def __init__(self, counts: CountsLike, tau: float = 1.0, background: Optional[str] = None) -> None:
+    def __init__(self, counts: CountsLike, tau: float = 1.0, background: Optional[str] = None,
+                 form: str = "prior") -> None:
         tau = float(tau)
         if not math.isfinite(tau):
             raise IIFError(f"tau must be a finite number (1.0 is the Bayes-optimal choice); got {tau!r}.")
-        super().__init__(torch.as_tensor(-tau * _log_prior(counts), dtype=torch.float32), background)
+        off = bayes_la_offsets(counts, tau) if _check_la_form(form) == "bayes" else -tau * _log_prior(counts)
+        super().__init__(torch.as_tensor(off, dtype=torch.float32), background)
         self.tau = tau
+        self.form = form
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau={self.tau}"
+        return f"{super().extra_repr()}, tau={self.tau}, form={self.form!r}"
+
+
+class NorCal(_AdditiveAdjuster):
+    """NorCal (Pan et al., NeurIPS 2021), post-hoc: foreground scores divided by ``n_c^gamma``, renormalised.
+
+    On a ``C + 1`` softmax detector NorCal rescales each foreground probability ``s_c`` to
+    ``s_c / n_c^gamma``, leaves the background probability ``s_bg`` as it is, and renormalises all
+    ``C + 1`` so they sum to 1. That is exactly the softmax of the logits ``z_c - gamma ln n_c`` with the
+    background logit unchanged, which this module returns (``softmax`` of its output gives NorCal's
+    scores). ``n`` are the training counts (instances in the paper); ``gamma >= 0`` (0: no change) is
+    chosen on validation data.
+    """
+
+    _what = "counts"
+
+    def __init__(self, counts: CountsLike, gamma: float = 1.0, background: Optional[str] = None) -> None:
+        try:
+            g = float(gamma)
+        except (TypeError, ValueError):
+            g = float("nan")
+        if isinstance(gamma, bool) or not (math.isfinite(g) and g >= 0):
+            raise IIFError(f"gamma (NorCal's exponent on the class counts) must be a finite number >= 0, e.g. 1.0 "
+                           f"(0 leaves the scores unchanged); got {gamma!r}.")
+        super().__init__(torch.as_tensor(-g * _log_counts(counts), dtype=torch.float32), background)
+        self.gamma = g
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}"
 
 
 class BalancedSoftmaxOffset(_AdditiveAdjuster):

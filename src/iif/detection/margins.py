@@ -23,8 +23,26 @@ Methods (``z`` the raw logits, ``n_c`` the per-class counts, ``p_c = n_c / sum_k
 | ``"iif"`` | ``"train"`` | ``w * z`` | ``z`` |
 | ``"iif"`` | ``"test"`` (post-process IIF on a softmax detector) | ``z`` | ``w * z`` |
 | ``"balanced_softmax"`` | ``"train"`` (Ren et al.) | ``z + ln n`` | ``z`` |
-| ``"logit_adjustment"`` | ``"train"`` (logit-adjusted loss, Menon et al.) | ``z + tau ln p`` | ``z`` |
-| ``"logit_adjustment"`` | ``"test"`` (post-hoc logit adjustment) | ``z`` | ``z - tau ln p`` |
+| ``"logit_adjustment"`` | ``"train"`` (logit-adjusted loss, Menon et al.) | ``z - a`` | ``z`` |
+| ``"logit_adjustment"`` | ``"test"`` (post-hoc logit adjustment) | ``z`` | ``z + a`` |
+| ``"norcal"`` | ``"test"`` (NorCal, Pan et al. 2021) | ``z`` | ``z - gamma ln n`` |
+| ``"seesaw"`` | ``"train"`` (Seesaw loss, Wang et al. 2021) | ``z_j + ln S_yj`` (``j != y``) | ``z`` |
+
+Logit adjustment's offset ``a`` (background 0) has two forms, ``la_form``:
+
+* ``"bayes"`` (the default): ``a_c = -tau ln p_c - ln sum_j p_j^(1 - tau)`` (``-ln(C p_c)`` at ``tau = 1``),
+  the Bayes correction of a ``C + 1`` softmax detector to a foreground-balanced target at the same
+  background share (:func:`iif.adjusters.bayes_la_offsets`);
+* ``"prior"``: ``a_c = -tau ln p_c``, the classification form. Next to an untouched background logit it is
+  the Bayes form plus ``ln sum_j p_j^(1 - tau)`` on every foreground logit (``ln C`` at ``tau = 1``: +3.0 at
+  C = 20, +7.1 on LVIS), so it lifts every class against the background and turns background proposals
+  into false positives.
+
+NorCal divides each foreground probability by ``n_c^gamma`` and renormalises with the background
+probability untouched, which is the softmax of ``z_c - gamma ln n_c`` (:class:`iif.adjusters.NorCal`).
+Seesaw (:mod:`iif.losses.seesaw`) needs each RoI's label: ``use_margin`` taps the labels that
+``roi_heads.select_training_samples`` draws (R-CNN only) and accumulates the foreground counts ``N``
+during training (not saved in checkpoints: a resumed run starts counting again).
 
 ``w`` are the IIF weights of paper Eq. 12 / Table III (``iif.iif_weights``), on the foreground columns;
 the background logit keeps weight 1 and offset 0. The additive methods are corrections for the training
@@ -68,14 +86,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adjusters import BalancedSoftmaxOffset, LogitAdjustment, PostHocIIF
+from ..adjusters import LA_FORMS, BalancedSoftmaxOffset, LogitAdjustment, NorCal, PostHocIIF, bayes_la_offsets
 from ..errors import IIFError
 from ..frequency import ClassFrequency
+from ..losses.seesaw import seesaw_logits
 from ..weights import as_counts, canonical_variant, iif_weights
 
 __all__ = ["use_margin", "MarginBoxPredictor", "CosineBoxClassifier", "METHODS", "WHEN"]
 
-METHODS: tuple[str, ...] = ("softmax", "iif", "balanced_softmax", "logit_adjustment")
+METHODS: tuple[str, ...] = ("softmax", "iif", "balanced_softmax", "logit_adjustment", "norcal", "seesaw")
 WHEN: tuple[str, ...] = ("train_and_test", "train", "test")
 
 _BY = ("image", "object")
@@ -85,6 +104,8 @@ _ALLOWED_WHEN = {
     "iif": WHEN,
     "balanced_softmax": ("train",),
     "logit_adjustment": ("train", "test"),
+    "norcal": ("test",),
+    "seesaw": ("train",),
 }
 _ADDITIVE = ("balanced_softmax", "logit_adjustment")
 
@@ -185,6 +206,52 @@ class _AddOffset(nn.Module):
             raise IIFError(f"logits have {logits.shape[-1]} classes but the background term has "
                            f"{self.offset.shape[0]}; rebuild the margin with use_margin for this model.")
         return logits + self.offset.to(dtype=logits.dtype)
+
+
+class _SeesawOffset(nn.Module):
+    """Seesaw's label-dependent logits (:func:`iif.losses.seesaw_logits`, background first) on the RoI logits.
+
+    The labels of the RoIs come from :func:`_tap_labels` (set just before the box predictor runs) and are
+    used once; each training forward first adds the foreground labels to ``cum_samples``.
+    """
+
+    def __init__(self, num_classes: int, p: float, q: float, eps: float = 1e-2) -> None:
+        super().__init__()
+        self.register_buffer("cum_samples", torch.zeros(num_classes, dtype=torch.float64))
+        self.p, self.q, self.eps = float(p), float(q), float(eps)
+        self.labels: Optional[torch.Tensor] = None
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        labels, self.labels = self.labels, None
+        if labels is None or labels.shape[0] != logits.shape[0]:
+            raise IIFError("the seesaw margin needs the RoI labels of this batch, which use_margin taps from "
+                           "roi_heads.select_training_samples; call the detector itself in training mode "
+                           "(model(images, targets)), not its box predictor alone.")
+        labels = labels.to(logits.device)
+        if self.training:
+            fg = labels[labels > 0] - 1
+            self.cum_samples += torch.bincount(fg, minlength=self.cum_samples.shape[0]).to(self.cum_samples)
+        return seesaw_logits(logits, labels, self.cum_samples, self.p, self.q, self.eps, background="first")
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, q={self.q}, eps={self.eps}"
+
+
+def _untap_labels(roi_heads: nn.Module) -> None:
+    roi_heads.__dict__.pop("select_training_samples", None)
+
+
+def _tap_labels(roi_heads: nn.Module, adjuster: _SeesawOffset) -> None:
+    """Make ``roi_heads.select_training_samples`` hand its sampled labels (concatenated) to ``adjuster``."""
+    _untap_labels(roi_heads)
+    original = roi_heads.select_training_samples
+
+    def select_training_samples(proposals, targets):
+        out = original(proposals, targets)
+        adjuster.labels = torch.cat(list(out[2]))
+        return out
+
+    roi_heads.__dict__["select_training_samples"] = select_training_samples
 
 
 class MarginBoxPredictor(nn.Module):
@@ -380,6 +447,11 @@ def use_margin(
     background_fraction: Optional[float] = None,
     when: str = "train_and_test",
     cosine_scale: Optional[float] = None,
+    la_form: Optional[str] = None,
+    gamma: float = 1.0,
+    seesaw_p: float = 0.8,
+    seesaw_q: float = 2.0,
+    allow_negative: bool = False,
 ) -> nn.Module:
     """Switch ``model``'s box classifier to a margin method, in place; returns ``model``.
 
@@ -390,7 +462,8 @@ def use_margin(
     Args:
         model: a torchvision ``FasterRCNN`` / ``MaskRCNN`` (box predictor with an ``nn.Linear`` ``cls_score``)
             or ``SSD`` (e.g. ``ssd300_vgg16``), built for ``C + 1`` classes.
-        method: ``"softmax"``, ``"iif"``, ``"balanced_softmax"`` or ``"logit_adjustment"`` (:data:`METHODS`).
+        method: ``"softmax"``, ``"iif"``, ``"balanced_softmax"``, ``"logit_adjustment"``, ``"norcal"`` or
+            ``"seesaw"`` (:data:`METHODS`).
         freq: the training set's counts: a :class:`~iif.ClassFrequency` (``ClassFrequency.from_coco`` has
             ``task="detection"``, so IIF's K is the number of training images for ``by="image"`` and of
             instances for ``by="object"``, as in the official detection tables), or a 1-D array of ``C``
@@ -413,6 +486,13 @@ def use_margin(
             the margin acts on its logits. None keeps the current classifier (a cosine one set by an earlier
             call stays). Not available for SSD. The cosine layer has new parameters: switch before building
             the optimizer. (A margin alone adds no parameters, so switching it later is safe.)
+        la_form: logit adjustment's offset: ``"bayes"`` (default; background 0, ``-tau ln p_c - ln sum_j
+            p_j^(1-tau)``) or ``"prior"`` (``-tau ln p_c``, the classification form); with
+            ``background_margin=True`` the form is ``"prior"`` over ``C + 1`` priors (module docstring).
+        gamma: NorCal's exponent (foreground scores divided by ``n_c^gamma``), >= 0.
+        seesaw_p, seesaw_q: Seesaw's mitigation / compensation exponents (paper: 0.8, 2.0), >= 0.
+        allow_negative: let IIF use negative weights (the authors' COCO ``relative`` / ``normit`` weights are
+            negative for ``person``, Table XVII); a negative weight flips that logit's sign.
 
     Raises:
         IIFError: an unsupported model, a head whose number of logits is not ``len(counts) + 1``, an unknown
@@ -440,6 +520,35 @@ def use_margin(
                        "IV-A.3). Drop background_margin=True.")
     if background_fraction is not None and not background_margin:
         raise IIFError("background_fraction is only used with background_margin=True; pass both or neither.")
+    if la_form is not None:
+        if method != "logit_adjustment":
+            raise IIFError(f"la_form chooses logit adjustment's offset; {method!r} does not use it. Drop la_form.")
+        la_form = _check_choice(la_form, LA_FORMS, "la_form")
+        if background_margin and la_form != "prior":
+            raise IIFError("background_margin=True gives logit adjustment a background prior, which is the 'prior' "
+                           "form over C + 1 classes; drop la_form or pass la_form='prior'.")
+    la_form = la_form or ("prior" if background_margin else "bayes")
+    if allow_negative and method != "iif":
+        raise IIFError(f"allow_negative applies to IIF weights; {method!r} has none. Drop allow_negative.")
+    if method == "norcal":
+        try:
+            gamma_f = float(gamma)
+        except (TypeError, ValueError):
+            gamma_f = float("nan")
+        if isinstance(gamma, bool) or not (math.isfinite(gamma_f) and gamma_f >= 0):
+            raise IIFError(f"gamma (NorCal's exponent on the class counts) must be a finite number >= 0, e.g. 1.0; "
+                           f"got {gamma!r}.")
+    if method == "seesaw":
+        if kind != "rcnn":
+            raise IIFError("method='seesaw' needs the RoI labels of an R-CNN detector (roi_heads); SSD is not "
+                           "supported. Use Faster / Mask R-CNN.")
+        for what, v in (("seesaw_p", seesaw_p), ("seesaw_q", seesaw_q)):
+            try:
+                vf = float(v)
+            except (TypeError, ValueError):
+                vf = float("nan")
+            if isinstance(v, bool) or not (math.isfinite(vf) and vf >= 0):
+                raise IIFError(f"{what} must be a finite number >= 0 (the paper uses p=0.8, q=2.0); got {v!r}.")
     if total is not None and method != "iif":
         raise IIFError(f"total (IIF's K) has no effect on {method!r}, which uses p_c = n_c / sum of counts; "
                        "drop total.")
@@ -472,15 +581,23 @@ def use_margin(
         config["by"] = by
         if method == "iif":
             if isinstance(freq, ClassFrequency):
-                weights = freq.weights(variant, by=by, total=total)
+                weights = freq.weights(variant, by=by, total=total, allow_negative=bool(allow_negative))
                 k = freq.resolve_total(total, by)
             else:
                 if isinstance(total, str):
                     raise IIFError(f"total={total!r} needs a ClassFrequency; with a count array pass K as a number.")
-                weights = iif_weights(counts, variant, total=total)
+                weights = iif_weights(counts, variant, total=total, allow_negative=bool(allow_negative))
                 k = float(counts.sum()) if total is None else float(total)
             adjuster = PostHocIIF(weights, background="first")
             config.update(variant=variant, K=k)
+            if allow_negative:
+                config["allow_negative"] = True
+        elif method == "norcal":
+            adjuster = NorCal(counts, gamma=gamma_f, background="first")
+            config["gamma"] = gamma_f
+        elif method == "seesaw":
+            adjuster = _SeesawOffset(counts.shape[0], float(seesaw_p), float(seesaw_q))
+            config.update(p=float(seesaw_p), q=float(seesaw_q))
         else:
             if background_margin:
                 p_bg = (_default_background_fraction(kind, model) if background_fraction is None
@@ -500,11 +617,17 @@ def use_margin(
                     term = torch.zeros(num_logits)
                     term[0] = math.log(counts.sum() * p_bg / (1.0 - p_bg))
                     adjuster = nn.Sequential(adjuster, _AddOffset(term))
+            elif la_form == "bayes":
+                # Post-hoc: z + a (a the Bayes offsets, background 0). Logit-adjusted loss: z - a.
+                term = torch.zeros(num_logits, dtype=torch.float64)
+                term[1:] = torch.as_tensor(bayes_la_offsets(counts, tau_f), dtype=torch.float64)
+                adjuster = _AddOffset(term if when == "test" else -term)
+                config.update(tau=tau_f, la_form="bayes")
             else:
                 # Post-hoc: z - tau ln p. Logit-adjusted loss: z + tau ln p, i.e. the same adjuster at -tau.
                 t = tau_f if when == "test" else -tau_f
                 adjuster = LogitAdjustment(counts, tau=t, background="first")
-                config["tau"] = tau_f
+                config.update(tau=tau_f, la_form="prior")
                 if background_margin:
                     # -t ln p with p_c = (1 - p_bg) n_c / sum n, p_0 = p_bg: the adjuster gives -t ln(n_c / sum n).
                     term = torch.full((num_logits,), -t * math.log(1.0 - p_bg))
@@ -518,6 +641,8 @@ def use_margin(
         else:
             base.cls_score = CosineBoxClassifier.from_linear(base.cls_score, cosine_scale)
         config["cosine_scale"] = cosine_scale
+    if kind == "rcnn":
+        _untap_labels(parent)
     if adjuster is None:
         setattr(parent, attr, base)
         return model
@@ -528,4 +653,6 @@ def use_margin(
     wrapper.train(base.training)
     wrapper.config = config
     setattr(parent, attr, wrapper)
+    if isinstance(adjuster, _SeesawOffset):
+        _tap_labels(parent, adjuster)
     return model

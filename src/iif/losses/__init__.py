@@ -8,6 +8,7 @@ from .base import CrossEntropyLoss, LossBase
 from .iif_loss import IIFLoss, iif_cross_entropy, online_smooth_weights
 from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss, ldam_margins
 from .registry import LOSSES, VARIANT_LOSSES, build_loss
+from .seesaw import SeesawLoss, seesaw_logits
 from .reweighting import (
     CB_LOSSES,
     ClassBalancedLoss,
@@ -35,6 +36,8 @@ __all__ = [
     "sigmoid_focal_loss",
     "FocalLoss",
     "focal_loss",
+    "SeesawLoss",
+    "seesaw_logits",
     "LOSSES",
     "VARIANT_LOSSES",
     "build_loss",

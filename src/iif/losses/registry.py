@@ -20,6 +20,7 @@ from .base import CrossEntropyLoss, LossBase
 from .iif_loss import IIFLoss
 from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss
 from .reweighting import ClassBalancedLoss, FocalLoss, IIFCostSensitiveLoss
+from .seesaw import SeesawLoss
 
 __all__ = ["LOSSES", "VARIANT_LOSSES", "build_loss"]
 
@@ -101,6 +102,13 @@ def _build_ce(freq, **kw) -> LossBase:
     return CrossEntropyLoss(**kw)
 
 
+def _build_seesaw(freq, *, by: str = "image", num_classes: Optional[int] = None, **kw) -> LossBase:
+    """:class:`SeesawLoss`: its counts accumulate during training, so ``freq`` only gives the number of classes."""
+    if num_classes is None:
+        num_classes = len(_counts(freq, "seesaw", by))
+    return SeesawLoss(num_classes, **kw)
+
+
 def _build_focal(freq, **kw) -> LossBase:
     kw.pop("by", None)
     return FocalLoss(**kw)
@@ -118,6 +126,7 @@ LOSSES: dict[str, Callable[..., LossBase]] = {
     "cb_focal": _counts_builder(ClassBalancedLoss, "cb_focal", loss="focal"),
     "cb_softmax_focal": _counts_builder(ClassBalancedLoss, "cb_softmax_focal", loss="softmax_focal"),
     "focal": _build_focal,
+    "seesaw": _build_seesaw,
 }
 
 
@@ -127,7 +136,8 @@ def build_loss(name: str, freq: FreqLike = None, *, variant: Optional[str] = Non
     Args:
         name: one of ``ce``, ``iif``, ``iif_csl``, ``balanced_softmax``, ``logit_adjusted``, ``ldam``,
             ``cb_softmax``, ``cb_sigmoid``, ``cb_focal`` (Cui et al.'s sigmoid focal loss),
-            ``cb_softmax_focal``, ``focal`` (softmax focal).
+            ``cb_softmax_focal``, ``focal`` (softmax focal), ``seesaw`` (Wang et al.; ``p``, ``q``, ``eps``,
+            ``background``; ``freq`` or ``num_classes`` gives C).
         freq: the training set's :class:`iif.ClassFrequency` or a per-class counts array (not needed for
             ``ce`` and ``focal``).
         variant: the IIF weight variant (Table III) of :data:`VARIANT_LOSSES`; default ``"smooth"``;
