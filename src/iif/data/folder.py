@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from ..errors import IIFError
+from ..readers import special_files_message, walk_image_files
 from .lists import FileListDataset
 from .longtail import held_out_counts, longtail_counts, missing_split_classes, select_longtail
 from .splits import DatasetSplits, finish_splits
@@ -39,12 +40,23 @@ MAX_RESIDENT_BYTES = 512 * 2**20
 _SIZE_PROBES = 64
 
 
-def _scan(tree: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+def _scan(tree: str, class_to_idx: dict[str, int], special: list | None = None) -> list[tuple[str, int]]:
+    """``(path, class)`` samples of ``tree``, as torchvision's ``make_dataset`` lists them (classes in name order,
+    files by folder and name), walked by :func:`iif.readers.walk_image_files`: links followed, each real folder
+    and file once per class, never opening a FIFO, socket or device (appended to ``special`` instead)."""
     extra = sorted(set(find_classes(tree)[0]) - set(class_to_idx))
     if extra:
         raise IIFError(f"{tree} has class folder(s) {', '.join(extra[:10])} that the train tree lacks; use the same "
                        "class folder names in train/, val/ and test/.")
-    return make_dataset(tree, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    out: list[tuple[str, int]] = []
+    for name in sorted(class_to_idx):
+        folder = os.path.join(tree, name)
+        if os.path.isdir(folder):
+            walk = walk_image_files(folder, IMG_EXTENSIONS)
+            out += [(f, class_to_idx[name]) for f in walk.files]
+            if special is not None:
+                special += walk.special
+    return out
 
 
 def native_image_size(paths: list[str]) -> tuple[int, str]:
@@ -120,17 +132,18 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
     except FileNotFoundError as e:
         raise IIFError(f"{train_root} has no class sub-folders ({e}); lay it out as <class>/<image>.") from None
     c = len(names)
-    samples = _scan(train_root, class_to_idx)
+    special: list = []  # FIFOs, sockets, devices named like images: skipped with one warning
+    samples = _scan(train_root, class_to_idx, special)
     targets = np.array([y for _, y in samples], dtype=np.int64)
     rng = np.random.RandomState(int(seed))
     val_s = test_s = None
     has_val_tree = split_tree and os.path.isdir(os.path.join(root, "val"))
     if split_tree:
         if has_val_tree:
-            val_s = _scan(os.path.join(root, "val"), class_to_idx)
+            val_s = _scan(os.path.join(root, "val"), class_to_idx, special)
         train_idx = np.arange(len(samples))
         if os.path.isdir(os.path.join(root, "test")):
-            test_s = _scan(os.path.join(root, "test"), class_to_idx)
+            test_s = _scan(os.path.join(root, "test"), class_to_idx, special)
         elif c:  # no test/: test_fraction of each class's images, as in the one-tree layout
             keep, te = [], []
             carve = not has_val_tree and val_per_class != 0  # validation carved from train later: leave it room
@@ -180,6 +193,9 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
             train_idx = np.sort(np.concatenate(keep)) if c else train_idx
         val_s = [samples[i] for i in np.concatenate(va)] if c else []
     notes = []
+    skipped = special_files_message(special, f"folder {root}")
+    if skipped:
+        notes.append(f"warning: {skipped}")
     # a split that is absent altogether (not asked for, or no val/ tree and val_per_class=0) is not a gap
     gap = missing_split_classes(names, [y for _, y in val_s] if val_s else None,
                                 [y for _, y in test_s] if test_s else None,
