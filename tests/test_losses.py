@@ -19,6 +19,7 @@ from iif.losses import (
     IIFCostSensitiveLoss,
     IIFLoss,
     LDAMLoss,
+    SeesawLoss,
     LogitAdjustedLoss,
     build_loss,
     class_balanced_weights,
@@ -415,7 +416,7 @@ def test_build_loss_every_name():
         "ce": CrossEntropyLoss, "iif": IIFLoss, "iif_csl": IIFCostSensitiveLoss,
         "balanced_softmax": BalancedSoftmaxLoss, "logit_adjusted": LogitAdjustedLoss, "ldam": LDAMLoss,
         "cb_softmax": ClassBalancedLoss, "cb_sigmoid": ClassBalancedLoss, "cb_focal": ClassBalancedLoss,
-        "cb_softmax_focal": ClassBalancedLoss, "focal": FocalLoss,
+        "cb_softmax_focal": ClassBalancedLoss, "focal": FocalLoss, "seesaw": SeesawLoss,
     }
     assert set(kinds) == set(LOSSES)
     z, y, _ = rand_case(n=6, c=3, seed=7)
