@@ -151,6 +151,24 @@ def test_fused_loss_survives_an_underflowing_target_probability():
     assert z.grad[0].tolist() == pytest.approx([1.0, -1.0], abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_gradient_follows_weights_changed_in_place(dtype):
+    """The fused backward caches ``w * grad / N`` between steps; changing the weights in place (a schedule
+    that rescales ``iif_weights``, a user's ``mul_``) must not reuse the old product. Reference: autograd of
+    F.cross_entropy(w * z) in float64 with the weights as they are at that step."""
+    z, y, w = rand_case(n=10, c=6, seed=41, dtype=dtype)
+    crit = IIFLoss(w.to(dtype), fused=True)
+    for step in range(3):
+        if step == 2:
+            crit.iif_weights.mul_(2)  # in place: same tensor object, new values
+        zz = z.clone().requires_grad_()
+        crit(zz, y).backward()
+        z64 = z.detach().to(torch.float64, copy=True).requires_grad_()
+        F.cross_entropy(z64 * crit.iif_weights.double(), y).backward()
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(zz.grad.double(), z64.grad, rtol=tol, atol=tol)
+
+
 def test_fused_loss_refuses_a_second_backward_through_a_retained_graph():
     z, y, w = rand_case(dtype=torch.float32)
     z.requires_grad_()
