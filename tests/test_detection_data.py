@@ -310,7 +310,11 @@ def test_wrong_json_types(tmp_path):
 def test_image_size_on_disk_must_match_the_json(tmp_path):
     path, images, _ = make_coco(tmp_path)
     Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(images / "000000000002.png")
-    ds = load_detection_dataset(path, images, train=True)
+    # Found before training from the file's header ...
+    with pytest.raises(IIFError, match=r"differ in size .* is 7x5, the json says 32x24\) \(image ids 2\)"):
+        load_detection_dataset(path, images, train=True)
+    # ... and, without validation, when the image is read.
+    ds = load_detection_dataset(path, images, train=True, validate=False)
     with pytest.raises(IIFError, match="image id 2: .* is 7x5 but the json says 32x24"):
         ds[1]
 

@@ -46,6 +46,7 @@ __all__ = [
     "restrict_annotations",
     "load_detection_dataset",
     "validate_annotations",
+    "rle_string_counts_ok",
     "collate",
     "detections_to_results",
     "resolve_detection_data",
@@ -167,6 +168,120 @@ def image_paths(images: Sequence[Mapping[str, Any]], image_root: PathLike) -> li
     return out
 
 
+def _decode_rle_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run lengths of compressed RLE ``counts`` strings (pycocotools' format), all strings in one
+    vectorised pass: ``(counts, string index of each count, ok)``; ``ok[i]`` is False where string ``i`` is
+    empty, not ASCII, holds characters outside the format, ends inside a number or has a number over 35 bits.
+
+    The format (pycocotools ``maskApi.c`` ``rleFrString``): each run length is written in 5-bit groups, least
+    significant first, as the characters ``chr(48 + g)``; bit 0x20 of a group says another group follows, bit
+    0x10 of the last group is the sign; from the fourth run on, the value is the difference to the run two
+    before. pycocotools decodes any string without complaint, and a string that is not an encoding of a mask
+    of this size gives a garbage mask (or writes past the mask), so this checks what it cannot.
+    """
+    n = len(strings)
+    ok = np.ones(n, dtype=bool)
+    clean = list(strings)
+    for i, t in enumerate(clean):
+        if not t or not t.isascii():
+            ok[i] = False
+            clean[i] = ""
+    lengths = np.fromiter(map(len, clean), dtype=np.int64, count=n)
+    total_chars = int(lengths.sum())
+    if not total_chars:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), ok
+    c = np.frombuffer("".join(clean).encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    seg = np.repeat(np.arange(n), lengths)
+    bad = (c < 0) | (c > 63)
+    ok[np.unique(seg[bad])] = False
+    c[bad] = 0
+    last = np.cumsum(lengths)[lengths > 0] - 1
+    more = (c & 0x20) != 0
+    ok[seg[last][more[last]]] = False  # the last group of a string says another follows: truncated
+    end = ~more
+    end[last] = True
+    start = np.empty_like(end)
+    start[0] = True
+    start[1:] = end[:-1]
+    start_pos = np.flatnonzero(start)
+    group = np.cumsum(start) - 1
+    k = np.arange(total_chars) - start_pos[group]
+    ok[np.unique(seg[k > 6])] = False  # > 35 bits: no run of an image mask is that long
+    k = np.minimum(k, 6)
+    x = np.add.reduceat((c & 0x1F) << (5 * k), start_pos)
+    end_pos = np.flatnonzero(end)
+    negative = (c[end_pos] & 0x10) != 0
+    x[negative] -= np.left_shift(1, 5 * (k[end_pos][negative] + 1))
+    g_str = seg[start_pos]
+    first = np.searchsorted(g_str, np.arange(n))
+    m = np.arange(len(start_pos)) - first[g_str]
+    # counts[m] = x[m] + counts[m - 2] for m > 2: a running sum along three chains per string (m = 0; odd m;
+    # even m >= 2).
+    chain = g_str * 3 + np.where(m == 0, 0, np.where(m % 2 == 1, 1, 2))
+    order = np.lexsort((m, chain))
+    xs = x[order]
+    cs = np.cumsum(xs)
+    ch = chain[order]
+    chain_start = np.ones(len(ch), dtype=bool)
+    chain_start[1:] = ch[1:] != ch[:-1]
+    base = (cs - xs)[chain_start][np.cumsum(chain_start) - 1]
+    counts = np.empty_like(x)
+    counts[order] = cs - base
+    return counts, g_str, ok
+
+
+def rle_string_counts_ok(strings: Sequence[str], sizes: Sequence[int]) -> np.ndarray:
+    """For each compressed RLE ``counts`` string, whether it decodes (:func:`_decode_rle_strings`) to run
+    lengths that are all >= 0 and sum to ``sizes[i]`` (the mask's height * width)."""
+    n = len(strings)
+    counts, g_str, ok = _decode_rle_strings(strings)
+    ok[np.unique(g_str[counts < 0])] = False
+    totals = np.bincount(g_str, weights=counts.astype(np.float64), minlength=n)
+    ok &= totals == np.asarray(sizes, dtype=np.float64).reshape(n)
+    return ok
+
+
+def _rle_list_counts_ok(counts: list, size: int) -> bool:
+    """An uncompressed RLE ``counts`` list: whole numbers >= 0 summing to ``size`` (height * width)."""
+    if not all(_is_int(v) and v >= 0 for v in counts):
+        return False
+    return sum(counts) == size
+
+
+def _image_header_sizes(paths: Sequence[str]) -> list[tuple[int, int] | str]:
+    """``(width, height)`` of each image file from its header (nothing is decoded), or a problem word:
+    ``"unreadable"`` or ``"bomb"`` (more pixels than PIL's ``Image.MAX_IMAGE_PIXELS``, its decompression-bomb
+    limit). PNG headers are read directly (24 bytes); other formats through ``PIL.Image.open``."""
+    import struct
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    out: list[tuple[int, int] | str] = []
+    for path in paths:
+        size: tuple[int, int] | str | None = None
+        try:
+            with open(path, "rb") as f:
+                head = f.read(24)
+                if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                    size = struct.unpack(">II", head[16:24])
+                else:
+                    f.seek(0)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        with Image.open(f) as im:
+                            size = im.size
+        except Image.DecompressionBombError:
+            size = "bomb"
+        except (OSError, ValueError, SyntaxError, struct.error, EOFError):
+            size = "unreadable"
+        if isinstance(size, tuple) and (min(size) < 1 or (limit and size[0] * size[1] > limit)):
+            size = "bomb" if min(size) >= 1 else "unreadable"
+        out.append(size if size is not None else "unreadable")
+    return out
+
+
 def _missing_files(paths: Sequence[str]) -> np.ndarray:
     """Mask of the ``paths`` that are not files: one ``os.scandir`` per folder, then set look-ups."""
     by_dir: dict[str, set[str]] = {}
@@ -187,7 +302,7 @@ def _missing_files(paths: Sequence[str]) -> np.ndarray:
 
 
 def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = None, *,
-                         source: str = "annotations") -> None:
+                         source: str = "annotations", masks: bool = False, headers: bool = True) -> None:
     """Check a COCO/LVIS instances json before training; raise one :class:`IIFError` listing every problem.
 
     Each kind of problem is one part of the message with its count, the first ids and the fix:
@@ -198,15 +313,23 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
       RLE dict with ``size`` and ``counts``;
     * duplicate image, annotation or category ids;
     * annotations whose ``category_id`` is not in ``categories`` or whose ``image_id`` is not in ``images``;
-    * boxes with width or height <= 0;
-    * segmentations that do not fit their image: a polygon vertex outside ``[0, width] x [0, height]`` by more
-      than :data:`POLYGON_SLACK` (2%) of that side (at least 1 px), or an RLE whose ``size`` is not
-      ``[height, width]``;
+    * ``iscrowd`` other than 0 or 1 (absent counts as 0): pycocotools and the training targets treat any truthy
+      value (``"no"``) as a crowd region, which silently drops the object;
+    * boxes with width or height <= 0, boxes not finite in float32 (``1e39`` is finite in float64 but inf in the
+      detectors' float32, where it crashes ``roi_align``), and boxes reaching outside ``[0, width] x [0, height]``
+      by more than :data:`POLYGON_SLACK` (2%) of that side (at least 1 px);
+    * segmentations: with ``masks`` (a model with a mask branch) every annotation needs one (missing, ``null``,
+      ``[]`` or an RLE of size 0 are refused); polygon coordinates must be finite (also in float32), a polygon
+      vertex may lie outside the image by at most :data:`POLYGON_SLACK`; an RLE's ``size`` must be the image's
+      ``[height, width]`` and its ``counts`` (a compressed string or an uncompressed list) must decode to
+      non-negative runs summing to height * width (:func:`rle_string_counts_ok`);
     * with ``image_root``: images that name no file (neither ``file_name`` nor ``coco_url``) or whose file is
       missing (see :func:`image_paths`; one directory listing per folder, so 100k images take a fraction of a
-      second).
+      second), and with ``headers`` each file's header: not an image, more pixels than PIL's decompression-bomb
+      limit (``PIL.Image.MAX_IMAGE_PIXELS``), or a size other than the json's width/height (PNG headers are
+      read directly, other formats with ``PIL.Image.open``, which decodes nothing).
 
-    ``source`` names the json in the message.
+    ``source`` names the json in the message. Measured cost: docs/detection-training.md ("What is checked").
     """
     problems = _Problems(source)
     if not isinstance(ann, Mapping):
@@ -276,6 +399,25 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                  f"{', '.join(map(str, np.unique(ann_img[unknown_img])[:_SHOW].tolist()))})",
                  "add those images or remove the annotations", label="annotation ids")
 
+    # ---- crowd flags: pycocotools and the training targets treat any truthy value as a crowd region
+    crowd_flags = _field(anns, "iscrowd")
+    bad_crowd = [k for k, v in enumerate(crowd_flags) if not (v is None or (type(v) in (int, bool) and v in (0, 1)))]
+    problems.add(shown_ann(bad_crowd), "annotations have an 'iscrowd' other than 0 or 1",
+                 "write \"iscrowd\": 0 for an object, 1 for a crowd region (or leave the key out)",
+                 label="annotation ids")
+
+    # ---- image sizes per annotation (NaN where the image or its size is unknown; reported above)
+    size_by_id: dict[int, tuple[int, int]] = {}
+    for i, w, h, b in zip(img_ids.tolist(), widths, heights, bad_img.tolist()):
+        if not b and _is_size(w) and _is_size(h):
+            size_by_id[i] = (int(h), int(w))
+    ann_img_list: list[Any] = ann_img.tolist()
+    if bad_i.any():
+        ann_img_list = [None if b else v for v, b in zip(ann_img_list, bad_i.tolist())]
+    hw_of_ann = np.array([size_by_id.get(i, (np.nan, np.nan)) for i in ann_img_list],
+                         dtype=np.float64).reshape(-1, 2)
+    slack = np.maximum(1.0, POLYGON_SLACK * hw_of_ann)  # (N, 2): y slack, x slack
+
     # ---- boxes
     boxes = _field(anns, "bbox")
     box_arr = None
@@ -283,10 +425,11 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
         box_arr = np.array(boxes, dtype=np.float64) if boxes else np.zeros((0, 4))
         if box_arr.ndim != 2 or box_arr.shape[1] != 4:
             box_arr = None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         box_arr = None
     if box_arr is not None and not np.isfinite(box_arr).all():
         box_arr = None
+    bad_box = np.zeros(len(anns), dtype=bool)
     if box_arr is None:
         bad_box = np.array([not (isinstance(b, (list, tuple)) and len(b) == 4 and all(_is_num(v) for v in b))
                             for b in boxes], dtype=bool)
@@ -294,61 +437,122 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                            dtype=np.float64).reshape(-1, 4)
         problems.add(shown_ann(bad_box), "annotations have a 'bbox' that is not 4 finite numbers",
                      "write boxes as [x, y, width, height]", label="annotation ids")
-    nonpos = (box_arr[:, 2] <= 0) | (box_arr[:, 3] <= 0)
+    # The detectors compute in float32: a box finite in float64 but not in float32 (1e39) becomes inf there.
+    with np.errstate(over="ignore", invalid="ignore"):
+        b32 = box_arr.astype(np.float32)
+        corners32 = np.concatenate([b32, b32[:, :2] + b32[:, 2:]], axis=1)
+    not32 = ~np.isfinite(corners32).all(axis=1) & ~bad_box
+    problems.add(shown_ann(not32), "boxes do not fit in float32 (a coordinate or x + width beyond ±3.4e38)",
+                 "fix their [x, y, width, height]: they lie far outside any image", label="annotation ids")
+    nonpos = ((box_arr[:, 2] <= 0) | (box_arr[:, 3] <= 0)) & ~bad_box
     problems.add(shown_ann(nonpos), "boxes have width or height <= 0",
                  "drop these annotations or fix their [x, y, width, height]", label="annotation ids")
+    known = ~np.isnan(hw_of_ann[:, 0]) & ~bad_box & ~not32 & ~nonpos
+    with np.errstate(invalid="ignore"):
+        outside_box = known & ((box_arr[:, 0] < -slack[:, 1]) | (box_arr[:, 1] < -slack[:, 0])
+                               | (box_arr[:, 0] + box_arr[:, 2] > hw_of_ann[:, 1] + slack[:, 1])
+                               | (box_arr[:, 1] + box_arr[:, 3] > hw_of_ann[:, 0] + slack[:, 0]))
+    problems.add(shown_ann(outside_box), f"boxes reach outside their image (by more than {POLYGON_SLACK:.0%} of its "
+                 "side, or 1 px)", "check the images' width/height and the boxes' [x, y, width, height]",
+                 label="annotation ids")
 
-    # ---- segmentations against their image's size
-    # image id -> (lowest, highest y, lowest, highest x a polygon vertex may have, height, width)
-    size_of: dict[int, tuple[float, ...]] = {}
-    for i, w, h, b in zip(img_ids.tolist(), widths, heights, bad_img.tolist()):
-        if not b and _is_size(w) and _is_size(h):
-            h, w = int(h), int(w)
-            sy, sx = max(1.0, POLYGON_SLACK * h), max(1.0, POLYGON_SLACK * w)
-            size_of[i] = (-sy, h + sy, -sx, w + sx, h, w)
-    ann_img_list: list[Any] = ann_img.tolist()
-    if bad_i.any():
-        ann_img_list = [None if b else v for v, b in zip(ann_img_list, bad_i.tolist())]
-    bad_seg_type, outside, rle_size = [], [], []
-    for k, (a, iid) in enumerate(zip(anns, ann_img_list)):
+    # ---- segmentations: shape, finite coordinates, fit to their image, RLE that decodes at the image size
+    bad_seg_type, no_mask, empty_mask, rle_size, rle_bad = [], [], [], [], []
+    poly_flat: list[Any] = []
+    poly_offsets: list[int] = []  # start of each polygon in poly_flat
+    poly_ann: list[int] = []  # annotation position of each polygon
+    rle_strings: list[str] = []
+    rle_string_ann: list[int] = []
+    for k, a in enumerate(anns):
         seg = a.get("segmentation")
         if seg is None:
+            if masks:
+                no_mask.append(k)
             continue
-        hw = size_of.get(iid)  # None: unknown image or size, reported above; the shape is still checked
         if type(seg) is list:
-            try:
-                for poly in seg:
-                    if len(poly) < 6 or len(poly) % 2:
-                        raise TypeError
-                    if hw is not None:
-                        xs, ys = poly[0::2], poly[1::2]
-                        if min(ys) < hw[0] or max(ys) > hw[1] or min(xs) < hw[2] or max(xs) > hw[3]:
-                            outside.append(k)
-                            break
-                    elif not all(_is_num(v) for v in poly):
-                        raise TypeError
-            except TypeError:
+            if not seg:
+                if masks:
+                    empty_mask.append(k)
+                continue
+            if not all(type(poly) is list and len(poly) >= 6 and not len(poly) % 2 for poly in seg):
                 bad_seg_type.append(k)
+                continue
+            for poly in seg:
+                poly_offsets.append(len(poly_flat))
+                poly_ann.append(k)
+                poly_flat.extend(poly)
         elif type(seg) is dict:
-            size = seg.get("size")
-            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) for s in size)) or not isinstance(
-                    seg.get("counts"), (str, list)):
+            size, counts = seg.get("size"), seg.get("counts")
+            if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)) or not \
+                    isinstance(counts, (str, list)):
                 bad_seg_type.append(k)
-            elif hw is not None and (size[0] != hw[4] or size[1] != hw[5]):
+                continue
+            hh, ww = hw_of_ann[k]
+            if not np.isnan(hh) and (size[0] != hh or size[1] != ww):
                 rle_size.append(k)
+                continue
+            if size[0] * size[1] == 0:
+                if masks:
+                    empty_mask.append(k)
+                continue
+            if isinstance(counts, str):
+                rle_strings.append(counts)
+                rle_string_ann.append(k)
+            elif not _rle_list_counts_ok(counts, size[0] * size[1]):
+                rle_bad.append(k)
         else:
             bad_seg_type.append(k)
-    bad_seg_type, outside, rle_size = shown_ann(bad_seg_type), shown_ann(outside), shown_ann(rle_size)
-    problems.add(bad_seg_type, "annotations have a 'segmentation' that is neither polygons nor an RLE dict",
-                 "write polygons as [[x1, y1, x2, y2, x3, y3, ...], ...] or RLE as {'size': [h, w], 'counts': ...}",
+    if rle_strings:
+        sizes = [anns[k]["segmentation"]["size"][0] * anns[k]["segmentation"]["size"][1] for k in rle_string_ann]
+        good = rle_string_counts_ok(rle_strings, sizes)
+        rle_bad += [k for k, g in zip(rle_string_ann, good.tolist()) if not g]
+        rle_bad.sort()
+    nonfinite_poly, outside = [], []
+    if poly_flat:
+        try:
+            coords = np.array(poly_flat, dtype=np.float64)
+            if coords.ndim != 1:
+                raise ValueError
+        except (ValueError, TypeError, OverflowError):
+            coords = np.array([float(v) if _is_num(v) or (isinstance(v, float)) else np.nan for v in poly_flat],
+                              dtype=np.float64)
+        offs = np.asarray(poly_offsets, dtype=np.int64)
+        pann = np.asarray(poly_ann, dtype=np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(coords) & np.isfinite(coords.astype(np.float32))
+        poly_ok = np.logical_and.reduceat(finite, offs)
+        nonfinite_poly = np.unique(pann[~poly_ok]).tolist()
+        safe = np.where(finite, coords, 0.0)
+        xs, ys = safe[0::2], safe[1::2]
+        half = offs // 2
+        lo_x, hi_x = np.minimum.reduceat(xs, half), np.maximum.reduceat(xs, half)
+        lo_y, hi_y = np.minimum.reduceat(ys, half), np.maximum.reduceat(ys, half)
+        hh, ww = hw_of_ann[pann, 0], hw_of_ann[pann, 1]
+        sy, sx = slack[pann, 0], slack[pann, 1]
+        with np.errstate(invalid="ignore"):
+            out_poly = poly_ok & ~np.isnan(hh) & ((lo_x < -sx) | (lo_y < -sy) | (hi_x > ww + sx) | (hi_y > hh + sy))
+        outside = np.unique(pann[out_poly]).tolist()
+    problems.add(shown_ann(bad_seg_type), "annotations have a 'segmentation' that is neither polygons nor an RLE dict",
+                 "write polygons as [[x1, y1, x2, y2, x3, y3, ...], ...] (an even number, >= 6, of coordinates) or "
+                 "RLE as {'size': [h, w], 'counts': ...}", label="annotation ids")
+    mask_fix = ("add a mask to each, or train boxes only (a fasterrcnn_* arch, or data.masks=false with a "
+                "maskrcnn_* arch)")
+    problems.add(shown_ann(no_mask), "annotations have no 'segmentation' (the model has a mask branch)", mask_fix,
                  label="annotation ids")
-    problems.add(outside, f"polygons have points outside their image (by more than {POLYGON_SLACK:.0%} of its "
-                 "side, or 1 px)",
-                 "check the images' width/height and the polygons' coordinates", label="annotation ids")
-    problems.add(rle_size, "RLE masks have a 'size' other than their image's [height, width]",
+    problems.add(shown_ann(empty_mask), "annotations have an empty 'segmentation' ([] or an RLE of size 0)",
+                 mask_fix if masks else "remove the empty masks or give each object its mask", label="annotation ids")
+    problems.add(shown_ann(nonfinite_poly), "polygons have coordinates that are not finite numbers (NaN, inf, text "
+                 "or beyond float32)", "fix or remove these polygons", label="annotation ids")
+    problems.add(shown_ann(outside), f"polygons have points outside their image (by more than {POLYGON_SLACK:.0%} of "
+                 "its side, or 1 px)", "check the images' width/height and the polygons' coordinates",
+                 label="annotation ids")
+    problems.add(shown_ann(rle_size), "RLE masks have a 'size' other than their image's [height, width]",
                  "re-encode the masks at the image size or fix the image's width/height", label="annotation ids")
+    problems.add(shown_ann(rle_bad), "RLE masks do not decode (counts that are not pycocotools' format, negative "
+                 "runs, or runs not summing to height * width)",
+                 "re-encode them with pycocotools.mask.encode at the image size", label="annotation ids")
 
-    # ---- files
+    # ---- files and their headers (size and decompression-bomb limit read without decoding the pixels)
     if image_root is not None:
         if not os.path.isdir(image_root):
             problems.lines.append(f"image root {os.fspath(image_root)} is not a directory: give the folder the json's "
@@ -366,6 +570,31 @@ def validate_annotations(ann: Mapping[str, Any], image_root: PathLike | None = N
                 problems.add([int(named[i][0]["id"]) for i in np.flatnonzero(missing)],
                              f"images are missing on disk (first: {first})",
                              f"check the image root {os.fspath(image_root)} or remove these images from the json",
+                             label="image ids")
+            if headers:
+                present = [(im, p) for (im, p), miss in zip(named, missing.tolist()) if not miss]
+                found = _image_header_sizes([p for _, p in present])
+                unreadable, bomb, wrong = [], [], []
+                first_wrong = ""
+                for (im, p), got in zip(present, found):
+                    if got == "unreadable":
+                        unreadable.append(int(im["id"]))
+                    elif got == "bomb":
+                        bomb.append(int(im["id"]))
+                    elif int(im["id"]) in size_by_id and size_by_id[int(im["id"])] != (got[1], got[0]):
+                        if not wrong:
+                            first_wrong = (f"first: {p} is {got[0]}x{got[1]}, the json says "
+                                           f"{size_by_id[int(im['id'])][1]}x{size_by_id[int(im['id'])][0]}")
+                        wrong.append(int(im["id"]))
+                problems.add(unreadable, "image files are not readable images (no PNG/JPEG/... header)",
+                             "re-download or re-export them, or remove them from the json", label="image ids")
+                from PIL import Image
+
+                problems.add(bomb, f"image files hold more than {Image.MAX_IMAGE_PIXELS} pixels (PIL's "
+                             "decompression-bomb limit)", "resize them or remove them from the json",
+                             label="image ids")
+                problems.add(wrong, f"image files differ in size from the json's width/height ({first_wrong})",
+                             "write each image's real width/height into the json, or replace the files",
                              label="image ids")
     problems.raise_if_any()
 
@@ -486,7 +715,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise IIFError(f"{self.image_root}: image root is not a directory; give the folder holding the images "
                            "(for LVIS v1: the COCO root with train2017/ and val2017/).")
         if validate:
-            validate_annotations(data, self.image_root, source=name)
+            validate_annotations(data, self.image_root, source=name, masks=masks)
         self.freq = ClassFrequency.from_coco(data, name=name)
         self.category_ids: list[int] = list(self.freq.class_ids)
         self.class_names: list[str] = list(self.freq.class_names)
