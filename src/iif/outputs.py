@@ -28,6 +28,18 @@ Output folders (``iif train``, ``iif bench``, ``iif det-bench``, ``iif det-data`
       folder (``*.iif-tmp``) are removed when the run is resumed;
     * folders are created with ``0o777 & ~umask`` and files with ``0o666 & ~umask``.
 
+Outputs never touch inputs (:func:`refuse_overlap`, called by every command before any work)
+    * an output (``--out``, ``--json``, ``--save-logits``, ``--detections``, ``--output``) is refused when
+      its real path (symlinks and ``..`` resolved) equals an input, contains one (a folder that would be
+      replaced holding it) or lies inside an input *data* folder (dataset root, image folder, logits folder,
+      benchmark); two outputs of one command may not overlap either;
+    * the one exception: a *run folder* (the folder holding the checkpoint a command reads) may receive new
+      files (``iif eval RUN`` writes ``RUN/eval_test.json``), but the files it reads there (checkpoint,
+      ``config.yaml``) and the folder itself are still refused as outputs;
+    * ``--force`` replaces only a folder whose marker names the same command, and the final swap checks the
+      destination again at that moment (still ours, same command, not an input): a folder put there while
+      the run worked is never moved aside.
+
 For tests, ``IIF_FAULT_KILL_AT=N`` sends SIGKILL to the process itself at the N-th write step (every
 atomic write, rename, swap and clean-up counts one), and ``IIF_FAULT_TRACE=FILE`` appends one line per
 step to FILE; both are read on every step and cost nothing when unset.
@@ -51,7 +63,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 from .errors import IIFError
 
@@ -74,6 +86,8 @@ __all__ = [
     "finish_run_folder",
     "abandon_run_folder",
     "clean_stale_temporaries",
+    "refuse_overlap",
+    "checkpoint_inputs",
 ]
 
 PathLike = str | os.PathLike
@@ -484,17 +498,129 @@ def _check_not_file(path: Path) -> None:
         raise IIFError(f"--out {path} exists and is a file, not a folder; choose another --out.")
 
 
+PathPairs = Mapping[str, "PathLike | None"] | Iterable[tuple[str, "PathLike | None"]]
+
+
+def _real_pairs(items: PathPairs | None) -> list[tuple[str, str, str]]:
+    """``(label, path as given, real path)`` of each named path that is set (None and blank ones skipped)."""
+    if items is None:
+        return []
+    pairs = items.items() if isinstance(items, Mapping) else items
+    found = []
+    for label, path in pairs:
+        if path is None:
+            continue
+        given = os.fspath(path)
+        if not str(given).strip():
+            continue
+        found.append((str(label), str(given), os.path.realpath(given)))
+    return found
+
+
+def _inside(child: str, parent: str) -> bool:
+    """Whether the real path ``child`` is ``parent`` or lies below it."""
+    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def _via(given: str, real: str) -> str:
+    return "" if os.path.abspath(given) == real else f" (really {real})"
+
+
+def refuse_overlap(outputs: PathPairs, inputs: PathPairs, *, run_folders: PathPairs | None = None) -> None:
+    """Raise :class:`IIFError` when an output of a command would touch one of its inputs; changes nothing.
+
+    ``outputs`` maps each output option to its path (``{"--out": "runs/x", "--json": None}``; None is skipped),
+    ``inputs`` names everything the command reads (``{"data.root": ..., "the checkpoint": ...}``, or a list
+    of ``(label, path)`` pairs when labels repeat, e.g. predict's images). Paths are compared as real paths
+    (:func:`os.path.realpath`), so symbolic links and ``a/../b`` are seen through. An output is refused when
+
+    * it equals an input (the file or folder would be overwritten or replaced);
+    * it contains an input (a folder that would be replaced holds it);
+    * it lies inside an input that is a folder (a data root, an image folder, a logits folder, a benchmark:
+      every file there is read, so nothing may be written there);
+    * it equals, contains or lies inside another output of the same command.
+
+    ``run_folders``: folders that hold a checkpoint the command reads (``iif eval RUN``). They are refused
+    as outputs and inside outputs, like any input, but new files may be written *inside* them: that is where
+    ``iif eval`` writes ``eval_test.json`` by default. The files read there (checkpoint, ``config.yaml``) are
+    passed in ``inputs`` and stay refused.
+    """
+    outs = _real_pairs(outputs)
+    ins = _real_pairs(inputs)
+    runs = _real_pairs(run_folders)
+    for i, (opt, given, real) in enumerate(outs):
+        for label, in_given, in_real in ins + runs:
+            if real == in_real:
+                raise IIFError(f"{opt} {given}{_via(given, real)} is {label} {in_given}, an input of this command, "
+                               f"and writing it would destroy it; choose an {opt} outside every input.")
+            if _inside(in_real, real):
+                raise IIFError(f"{opt} {given}{_via(given, real)} would replace a folder holding {label} {in_given}, "
+                               f"an input of this command; choose an {opt} outside every input.")
+        for label, in_given, in_real in ins:
+            if os.path.isdir(in_real) and _inside(real, in_real):
+                raise IIFError(f"{opt} {given}{_via(given, real)} lies inside {label} {in_given}, a folder this "
+                               f"command reads; choose an {opt} outside it.")
+        for opt2, given2, real2 in outs[i + 1:]:
+            if _inside(real, real2) or _inside(real2, real):
+                raise IIFError(f"{opt} {given} and {opt2} {given2} overlap; give each output its own path.")
+
+
+#: Files of a run folder that commands reading a checkpoint there treat as inputs (never overwritten).
+RUN_FILES = ("best.pt", "last.pt", "config.yaml", "final_metrics.json")
+
+
+def checkpoint_inputs(checkpoint: PathLike) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(inputs, run_folders)`` for :func:`refuse_overlap` of a command given a checkpoint file or run folder:
+    the checkpoint and the run's own files (:data:`RUN_FILES`, ``stage1/`` included) are inputs; the folder
+    holding them is a run folder (new files may be written inside it, e.g. ``eval_test.json``)."""
+    ckpt = Path(checkpoint)
+    run = ckpt if ckpt.is_dir() else ckpt.parent
+    inputs = [] if ckpt.is_dir() else [("the checkpoint", str(ckpt))]
+    for sub in (run, run / "stage1"):
+        inputs += [(f"the run's {f.relative_to(run)}", str(f)) for f in (sub / n for n in RUN_FILES) if f.exists()]
+    return inputs, [("the run folder", str(run))]
+
+
 def _refuse_existing(path: Path, marker: dict | None, names: list[str], resumable: bool) -> IIFError:
     if marker is None:
         return IIFError(f"--out {path} already holds {_describe(path, marker, names)}; iif writes only into an "
                         "empty or new folder and --force replaces only a folder iif wrote, so choose another --out.")
-    flags = "pass --resume to continue it, --force to replace it" if resumable else "pass --force to replace it"
+    if resumable:
+        flags = "pass --resume to continue it, --force to replace it"
+    else:
+        flags = "pass --force to replace it"
     return IIFError(f"--out {path} already holds {_describe(path, marker, names)}; {flags}, or choose another --out.")
 
 
 def _refuse_force(path: Path, names: list[str]) -> IIFError:
     return IIFError(f"--force replaces only a folder that iif wrote (it carries {MARKER}), and {path} holds other "
                     f"files ({_listing(names)}) that may be yours; nothing was removed. Choose another --out.")
+
+
+def _refuse_other_command(path: Path, marker: dict, command: str, flag: str = "--force") -> IIFError:
+    return IIFError(f"{flag}: {path} holds an iif {marker.get('command')} output, not an iif {command} one, and "
+                    f"{flag} only applies to an output of the same command; nothing was changed. Choose another --out.")
+
+
+def _recheck_destination(path: Path, command: str, inputs: PathPairs | None = None,
+                         run_folders: PathPairs | None = None, staged: Path | None = None) -> None:
+    """The check made at the moment of the final swap: ``path`` is absent, an empty folder, or an output of
+    the same ``command`` (our marker) that is still no input; anything else that appeared while the run
+    worked (a user's folder, a link, another command's output) is left exactly as it is."""
+    keep = f"; the finished output stays in {staged}" if staged is not None else ""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise IIFError(f"{path} became a {'symbolic link' if path.is_symlink() else 'file'} while this run worked; "
+                       f"nothing was replaced{keep}. Choose another --out.")
+    if path.is_dir():
+        names = _contents(path)
+        marker = read_marker(path)
+        if names and marker is None:
+            raise IIFError(f"{path} now holds files that iif did not write ({_listing(names)}); nothing was "
+                           f"replaced{keep}. Choose another --out.")
+        if marker is not None and names and marker.get("command") != command:
+            raise IIFError(f"{path} now holds an iif {marker.get('command')} output, not an iif {command} one; nothing "
+                           f"was replaced{keep}. Choose another --out.")
+    refuse_overlap({"--out": path}, inputs, run_folders=run_folders)
 
 
 class OutputFolder:
@@ -511,10 +637,14 @@ class OutputFolder:
     output left out by a cut fallback swap, and removes stale temporaries of ``path``.
     """
 
-    def __init__(self, path: PathLike, command: str = "bench", force: bool = False) -> None:
+    def __init__(self, path: PathLike, command: str = "bench", force: bool = False, *,
+                 inputs: PathPairs | None = None, run_folders: PathPairs | None = None) -> None:
         self.path = Path(path)
         self.command = command
         self.force = bool(force)
+        # What the command reads (see refuse_overlap); checked now and again at the final swap.
+        self.inputs = list(inputs.items()) if isinstance(inputs, Mapping) else list(inputs or [])
+        self.run_folders = list(run_folders.items()) if isinstance(run_folders, Mapping) else list(run_folders or [])
         self.staging: Path | None = None
         self.check()
 
@@ -522,6 +652,7 @@ class OutputFolder:
         """Raise :class:`IIFError` when this run may not write ``path`` (see the class docstring)."""
         p = self.path
         _check_not_file(p)
+        refuse_overlap({"--out": p}, self.inputs, run_folders=self.run_folders)
         if not p.is_dir():
             return
         names = _contents(p)
@@ -532,6 +663,8 @@ class OutputFolder:
             raise _refuse_existing(p, marker, names, resumable=False)
         if marker is None:
             raise _refuse_force(p, names)
+        if marker.get("command") != self.command:
+            raise _refuse_other_command(p, marker, self.command)
 
     def __enter__(self) -> Path:
         _recover(self.path)
@@ -555,12 +688,17 @@ class OutputFolder:
             write_marker(staging, self.command, complete=True,
                          **{k: marker[k] for k in ("created", "created_ns") if k in marker})
             self.check()  # the folder may have changed while we worked
+            _recheck_destination(_abs(self.path), self.command, self.inputs, self.run_folders)
             _swap_into_place(staging, _abs(self.path))
         except BaseException:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
             raise
         return False
+
+
+#: Commands whose run folders ``--resume`` continues (named in the message refusing a used --out).
+RESUMABLE = ("train", "det-train")
 
 
 def _has_checkpoint(folder: Path) -> bool:
@@ -606,9 +744,11 @@ def _plan(path: Path, command: str, force: bool, resume: bool) -> tuple[str, Pat
                            "choose another --out.")
         return "continue", path
     if not force:
-        raise _refuse_existing(path, marker, names, resumable=command == "train")
+        raise _refuse_existing(path, marker, names, resumable=command in RESUMABLE)
     if marker is None:
         raise _refuse_force(path, names)
+    if marker.get("command") != command:
+        raise _refuse_other_command(path, marker, command)
     return "stage", None
 
 
@@ -650,25 +790,43 @@ def prepare_run_folder(path: PathLike, command: str = "train", force: bool = Fal
     return folder
 
 
-def finish_run_folder(work: PathLike, path: PathLike) -> Path:
-    """Mark the run in ``work`` finished and, if ``work`` is a staging folder, swap it in under ``path``."""
+def finish_run_folder(work: PathLike, path: PathLike, *, inputs: PathPairs | None = None,
+                      run_folders: PathPairs | None = None) -> Path:
+    """Mark the run in ``work`` finished and, if ``work`` is a staging folder, swap it in under ``path``.
+
+    Before the swap ``path`` is checked again (:func:`_recheck_destination`): it must still be absent, empty or
+    an output of the same command, and no input (``inputs``, ``run_folders``: see :func:`refuse_overlap`);
+    otherwise nothing is moved and the finished run stays in ``work``.
+    """
     work, path = Path(work), Path(path)
     marker = read_marker(work) or {}
     command = str(marker.get("command", "train"))
     write_marker(work, command, complete=True, **{k: marker[k] for k in ("created", "created_ns") if k in marker})
     if _abs(work) != _abs(path):
+        _recheck_destination(_abs(path), command, inputs, run_folders, staged=_abs(work))
         _swap_into_place(_abs(work), _abs(path))
     return path
 
 
-def abandon_run_folder(work: PathLike, created: bool) -> bool:
-    """After a run failed before writing anything: remove what :func:`prepare_run_folder` made.
+def abandon_run_folder(work: PathLike, created: bool, written: Iterable[str] = ()) -> bool:
+    """After a run failed before its first checkpoint: remove what :func:`prepare_run_folder` made.
 
-    Only a folder that holds nothing but our marker is touched: the marker goes, and the folder too when
-    this run ``created`` it (a staging folder always is). Returns True when something was removed.
+    Only a folder that holds nothing but our marker and the files named in ``written`` (those the run
+    writes at its start, such as ``config.yaml``) is touched: those files and the marker go, and the folder
+    too when this run ``created`` it (a staging folder always is). A failed start thus leaves nothing that
+    a rerun would have to ``--force``. Returns True when something was removed.
     """
     work = Path(work)
-    if read_marker(work) is None or _contents(work):
+    names = _contents(work)
+    if read_marker(work) is None or not set(names) <= set(written) or _has_checkpoint(work):
+        return False
+    for name in names:
+        try:
+            if (work / name).is_file() and not (work / name).is_symlink():
+                os.unlink(work / name)
+        except OSError:
+            return False
+    if _contents(work):
         return False
     if created:
         return _rmdir_if_empty(work)

@@ -52,7 +52,27 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--threads", args.threads), ("--many", args.many), ("--few", args.few)):
         if value is not None and value < (1 if flag == "--threads" else 0):
             raise IIFError(f"{flag} must be >= {1 if flag == '--threads' else 0}; got {value}.")
+    _refuse_overlap(args)
     run_bench(dataset=args.dataset, config=args.config, seeds=args.seeds, out=args.out, quick=args.quick,
               heads=args.heads.split(","), force=args.force, device=args.device, overrides=args.overrides,
               many=args.many, few=args.few, plots=not args.no_plots, threads=args.threads)
     return 0
+
+
+def _refuse_overlap(args: argparse.Namespace) -> None:
+    """``--out`` never touches what the bench reads: the --config file and the data its config names."""
+    from pathlib import Path
+
+    from ..outputs import refuse_overlap
+
+    inputs: list = []
+    if args.config:
+        from ..train import load_config
+        from ..train.engine import config_inputs
+
+        if Path(args.config).is_file():
+            inputs.append(("--config", args.config))
+        inputs += config_inputs(load_config(args.config, [o for o in args.overrides if o.startswith("data.")]))
+    else:
+        inputs += [("data.root", o.split("=", 1)[1]) for o in args.overrides if o.startswith("data.root=")]
+    refuse_overlap({"--out": args.out}, inputs)

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..detection.synthetic import make_benchmark
 
+    from ..outputs import refuse_overlap
+
+    refuse_overlap({"--out": args.out}, {"--source-root": args.source_root})  # never into the sources read
     start = time.perf_counter()
     summary = make_benchmark(args.out, seed=args.seed, image_size=args.image_size, num_train=args.num_train,
                              num_val=args.num_val, neg_fraction=args.neg_fraction, clutter=args.clutter,

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from ..detection.runs import format_metrics, train_from_config
 
     out = args.out or str(Path("runs") / Path(args.config).name.removesuffix(".yaml"))
+    from ..outputs import refuse_overlap
+
+    # the config file itself (train_from_config checks data.* and model.checkpoint)
+    refuse_overlap({"--out": out}, {"the config": args.config if Path(args.config).is_file() else None})
 
     def log(line: str) -> None:
         if not args.quiet:

@@ -42,16 +42,23 @@ def run(args: argparse.Namespace) -> int:
     target = Path(args.json) if args.json else (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{args.split}.json"
     if target.is_dir():  # checked before the (possibly long) evaluation
         raise IIFError(f"--json {target} is a folder; give a file name such as {target / f'eval_{args.split}.json'}.")
-    if args.save_logits:  # refuse a folder we may not write before the (possibly long) evaluation
-        from ..outputs import OutputFolder
+    from ..outputs import OutputFolder, checkpoint_inputs, refuse_overlap
 
+    # Outputs never touch inputs: neither --json nor --save-logits may be the checkpoint, the run folder or one
+    # of its files (the default eval_<split>.json beside the checkpoint is a new file in the run folder: fine).
+    outputs = {"--json": target, "--save-logits": args.save_logits}
+    inputs, runs = checkpoint_inputs(ckpt)
+    refuse_overlap(outputs, inputs, run_folders=runs)
+    if args.save_logits:  # refuse a folder we may not write before the (possibly long) evaluation
         try:
             OutputFolder(args.save_logits, command="eval-logits", force=args.force)
         except IIFError as exc:  # the shared message names --out; here the option is --save-logits
             raise IIFError(str(exc).replace("--out", "--save-logits")) from None
     # The checkpoint is read with torch.load(weights_only=True): a file needing more is refused, never run.
+    # protect=: checked again once the checkpoint's config names its data (data.root, list files).
     metrics = evaluate_checkpoint(args.checkpoint, adjust=args.adjust, split=args.split, device=args.device,
-                                  batch_size=args.batch_size, save_logits_to=args.save_logits, force=args.force)
+                                  batch_size=args.batch_size, save_logits_to=args.save_logits, force=args.force,
+                                  protect=outputs)
     print(format_metrics_table(metrics))
     write_json(target, metrics)
     print(f"wrote {target}")

@@ -79,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.out and Path(args.out).is_dir():  # checked before the (possibly long) prediction
         raise IIFError(f"--out {args.out} is a folder; give a file name such as {Path(args.out) / 'predictions.csv'}.")
+    if args.out:  # outputs never touch inputs: not the checkpoint, its run's files, an image or inside an image folder
+        from ..outputs import checkpoint_inputs, refuse_overlap
+
+        inputs, runs = checkpoint_inputs(args.checkpoint)
+        refuse_overlap({"--out": args.out}, inputs + [("the image input", p) for p in args.images], run_folders=runs)
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:

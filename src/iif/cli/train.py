@@ -79,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = args.out or cfg.runtime.out_dir or str(Path("runs") / Path(args.config).name.removesuffix(".yaml"))
+    from ..outputs import refuse_overlap
+
+    # the config file itself (fit checks the paths the config names: data.root, checkpoints, list files)
+    refuse_overlap({"--out": out}, {"the config": args.config if Path(args.config).is_file() else None})
     result = fit(cfg, out_dir=out, resume=args.resume, force=args.force, device=args.device)
     if result.final_metrics:
         print(format_metrics_table(result.final_metrics))

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.is_dir():
             raise IIFError(f"--output {out} is a directory; give a file name such as {out / ('weights.' + args.format)}.")
+        from ..outputs import refuse_overlap
+
+        refuse_overlap({"--output": out}, {"SOURCE": args.source})  # never over (or inside) what was counted
         atomic_write_text(out, text)
         print(f"wrote {len(w)} weights ({variant}, by {args.by}, K={k:g}) to {out}", file=sys.stderr)
     else:

@@ -175,6 +175,17 @@ def _device(cfg: DetectionConfig, override: str | None = None) -> str:
     return dev
 
 
+def detection_inputs(cfg: DetectionConfig) -> list[tuple[str, str]]:
+    """``(config key, path)`` of what a detection config reads: ``data.root``, the four explicit ``data.*``
+    paths and ``model.checkpoint`` (for :func:`iif.outputs.refuse_overlap`; image folders and roots are
+    folders nothing may be written into)."""
+    d = cfg.data
+    items = [("data.root", d.root), ("data.train_json", d.train_json), ("data.train_images", d.train_images),
+             ("data.val_json", d.val_json), ("data.val_images", d.val_images),
+             ("model.checkpoint", cfg.model.checkpoint)]
+    return [(k, str(v)) for k, v in items if v is not None and str(v).strip()]
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 def evaluate_detections(val_json: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *, masks: bool,
                         score_threshold: float, train_counts: np.ndarray | None) -> dict[str, Any]:
@@ -249,7 +260,7 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     counts, the output folder) is checked before the first training step. Under ``torchrun`` rank 0 owns the
     folder; every rank trains (``train_detector``'s DDP) and predicts a share of the val images.
     """
-    from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
+    from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
     from ..train.config import save_config
     from ..train.distributed import init_distributed
     from .engine import train_detector
@@ -260,7 +271,9 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     info = init_distributed(torch.device(dev))
     if info.distributed and dev.startswith("cuda"):
         dev = f"cuda:{info.local_rank}"
-    if info.is_main:
+    inputs = detection_inputs(cfg)
+    if info.is_main:  # before any work: the folder policy, and no output over what the run reads
+        refuse_overlap({"--out": out}, inputs)
         check_run_folder(out, "det-train", force=force and not resume, resume=resume)
     if cfg.runtime.threads is not None:
         torch.set_num_threads(cfg.runtime.threads)
@@ -301,20 +314,26 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
             raise IIFError(box[0])
         work = Path(box[0])
     assert work is not None
+    created = not existed or os.path.abspath(work) != os.path.abspath(out)
     try:
         if info.is_main:
             save_config(cfg, work / CONFIG_FILE)
     except BaseException:
         if info.is_main:
-            abandon_run_folder(work, created=not existed or os.path.abspath(work) != os.path.abspath(out))
+            abandon_run_folder(work, created=created, written=(CONFIG_FILE,))
         raise
     s = cfg.schedule
-    res = train_detector(model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
-                         weight_decay=s.weight_decay, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor,
-                         milestones=s.milestones, gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
-                         device=dev, amp=cfg.runtime.amp, out_dir=work, resume=resume, log=log,
-                         log_every=cfg.runtime.log_every, num_workers=cfg.runtime.workers, seed=cfg.runtime.seed,
-                         stop_after_epoch=cfg.runtime.stop_after_epoch)
+    try:
+        res = train_detector(model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
+                             weight_decay=s.weight_decay, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor,
+                             milestones=s.milestones, gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
+                             device=dev, amp=cfg.runtime.amp, out_dir=work, resume=resume, log=log,
+                             log_every=cfg.runtime.log_every, num_workers=cfg.runtime.workers, seed=cfg.runtime.seed,
+                             stop_after_epoch=cfg.runtime.stop_after_epoch)
+    except BaseException:
+        if info.is_main:  # failed before its first checkpoint (last.pt): leave nothing a rerun must --force
+            abandon_run_folder(work, created=created, written=(CONFIG_FILE, "history.json"))
+        raise
     if info.is_main:
         atomic_write_json(work / "history.json", json_safe(res["history"]))
     if not res["finished"]:
@@ -325,7 +344,7 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
         metrics["peak_rss_mb"] = res.get("peak_rss_mb")
         atomic_write_json(work / "detections.json", json_safe(results), indent=None)
         atomic_write_json(work / METRICS_FILE, metrics)
-        finish_run_folder(work, out)
+        finish_run_folder(work, out, inputs=inputs)  # re-checks ``out`` at the moment of the swap
     if info.distributed:
         from ..train.distributed import barrier, cleanup_distributed
 
@@ -394,6 +413,14 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
     for flag, target in (("--out", out), ("--detections", detections_out)):
         if target is not None and Path(target).is_dir():
             raise IIFError(f"{flag} {target} is a folder; give a file name for the json (e.g. results.json).")
+    from ..outputs import refuse_overlap
+
+    # Before any work: neither json may overwrite what this evaluation reads (the run's checkpoint and config,
+    # the trained and evaluated data, the init checkpoint); new files inside the run folder are fine.
+    refuse_overlap({"--out": out, "--detections": detections_out},
+                   [("the checkpoint", ckpt_path), ("the run's config", cfg_path), ("--data", data)]
+                   + detection_inputs(trained) + detection_inputs(cfg),
+                   run_folders={"the run folder": cfg_path.parent})
     dev = _device(cfg, device)
     if cfg.runtime.threads is not None:
         torch.set_num_threads(cfg.runtime.threads)

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..data.batches import make_train_batches
 from ..errors import IIFError
-from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder
+from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
 from .advice import check_backbone_advice, check_config_advice, loader_workers
 from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
@@ -124,6 +124,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
     out = out_dir if out_dir is not None else cfg.runtime.out_dir
     out = Path(out) if out is not None else None
     if out is not None:  # the output-folder policy, checked before any work (changes nothing)
+        refuse_overlap({"--out": out}, config_inputs(cfg))
         check_run_folder(out, "train", force=force and not resume, resume=resume)
     dev = resolve_device(cfg.runtime.device)
     # Fail before joining the process group, so every rank stops with the same message instead of hanging.
@@ -152,12 +153,42 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
         try:
             result = runners[strategy](work)
         except BaseException:
-            if info.is_main:  # failed before writing anything (e.g. a refused checkpoint): leave no empty folder
-                abandon_run_folder(work, created=not existed or os.path.abspath(work) != os.path.abspath(out))
+            if info.is_main:  # failed before its first checkpoint (e.g. a refused checkpoint): leave nothing behind
+                abandon_run_folder(work, created=not existed or os.path.abspath(work) != os.path.abspath(out),
+                                   written=START_FILES)
             raise
         return _finish_out(result, work, out, info)
     finally:
         cleanup_distributed(info)
+
+
+#: Files a run writes before its first checkpoint; a run failing then removes them with its folder.
+START_FILES = ("config.yaml", "metrics.csv")
+
+
+def config_inputs(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """``(config key, path)`` of everything a training config reads from disk: ``data.root``, path-valued
+    ``data.options`` (list files, found beside ``list_root`` / ``root`` as the list datasets do),
+    ``decoupled.stage1_checkpoint`` and ``posthoc.checkpoint``; for :func:`iif.outputs.refuse_overlap`."""
+    d = cfg.data
+    found: list[tuple[str, str]] = []
+    if d.root:
+        found.append(("data.root", str(d.root)))
+    opts = d.options if isinstance(d.options, dict) else {}
+    base = opts.get("list_root") or d.root
+    for key, value in sorted(opts.items()):
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            continue
+        value = os.path.expanduser(os.fspath(value))
+        candidates = [value] + ([os.path.join(os.path.expanduser(str(base)), value)] if base else [])
+        hit = next((c for c in candidates if os.path.exists(c)), None)
+        if hit is not None:
+            found.append((f"data.options.{key}", hit))
+    for key, value in (("decoupled.stage1_checkpoint", cfg.decoupled.stage1_checkpoint),
+                       ("posthoc.checkpoint", cfg.posthoc.checkpoint)):
+        if value:
+            found.append((key, str(value)))
+    return found
 
 
 def _prepare_out(out: Path, force: bool, resume: bool, info: DistInfo) -> Path:
@@ -178,8 +209,8 @@ def _finish_out(result: TrainResult, work: Path, out: Path, info: DistInfo) -> T
     """A finished run: mark it so and, if it was staged, swap it in under ``out``; paths follow it there."""
     if not result.finished:
         return result  # stopped early: `--resume` finds ``work`` (staged or not) and continues it
-    if info.is_main:
-        finish_run_folder(work, out)
+    if info.is_main:  # the swap checks ``out`` again: still ours, of this command, and no input
+        finish_run_folder(work, out, inputs=config_inputs(result.config) if result.config is not None else None)
     if info.distributed:
         barrier(info)
     if os.path.abspath(work) != os.path.abspath(out):

@@ -260,18 +260,19 @@ LOGIT_FILES = ("logits_test.npy", "labels_test.npy", "logits_val.npy", "labels_v
 
 
 def save_logits(restored: RestoredCheckpoint, out_dir: str | os.PathLike, outputs: dict[str, tuple],
-                force: bool = False) -> Path:
+                force: bool = False, inputs=None, run_folders=None) -> Path:
     """Write ``outputs`` (``{"test": (features, logits, labels), "val": ...}``) as ``logits_<split>.npy`` /
     ``labels_<split>.npy``, the training counts as ``counts.json`` (:meth:`iif.ClassFrequency.save`, read
     back by ``iif posthoc --counts`` and ``iif weights``), for file-backed splits ``files_<split>.txt`` (the
     image path of each row, in order) and ``manifest.json``, all at once
     (:class:`iif.outputs.OutputFolder`: a non-empty folder is refused unless it is an earlier
-    ``iif eval --save-logits`` output and ``force``)."""
+    ``iif eval --save-logits`` output and ``force``). ``inputs``, ``run_folders``: what the evaluation read
+    (:func:`iif.outputs.refuse_overlap`), checked again at the final swap."""
     import numpy as np
 
     from ..outputs import OutputFolder, atomic_write_bytes, atomic_write_json, atomic_write_text
 
-    folder = OutputFolder(out_dir, command="eval-logits", force=force)
+    folder = OutputFolder(out_dir, command="eval-logits", force=force, inputs=inputs, run_folders=run_folders)
     with folder as staging:
         from ..metrics import shot_thresholds
 
@@ -299,18 +300,26 @@ def save_logits(restored: RestoredCheckpoint, out_dir: str | os.PathLike, output
 
 def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (), split: str = "test",
                         device: str | None = None, batch_size: int | None = None, splits=None,
-                        save_logits_to: str | os.PathLike | None = None, force: bool = False) -> dict[str, dict]:
+                        save_logits_to: str | os.PathLike | None = None, force: bool = False,
+                        protect: dict | None = None) -> dict[str, dict]:
     """Rebuild the model and data a checkpoint was trained with and score it: raw logits, the loss's own
     adjusted logits (if its loss has one) and each ``adjust`` spec (``iif:smooth``, ``la:1.0``, ``taunorm:1.0``).
 
     ``save_logits_to``: also write the test and validation logits, labels and training counts there
-    (:func:`save_logits`; the folder is checked before any work).
+    (:func:`save_logits`; the folder is checked before any work). ``protect``: ``{option: output path}`` of
+    the caller (``iif eval``'s ``--json``), refused like ``save_logits_to`` when it would touch an input: the
+    checkpoint, its run's files, or the data its config reads (:func:`iif.outputs.refuse_overlap`).
     """
-    from ..outputs import OutputFolder
+    from ..outputs import OutputFolder, checkpoint_inputs, refuse_overlap
 
     if save_logits_to is not None:
         OutputFolder(save_logits_to, command="eval-logits", force=force)  # refuse before the long part
     r = restore_checkpoint(path, device, splits)
+    from .engine import config_inputs
+
+    inputs, runs = checkpoint_inputs(path)
+    inputs = inputs + config_inputs(r.cfg)
+    refuse_overlap({**(protect or {}), "--save-logits": save_logits_to}, inputs, run_folders=runs)
     counts = r.splits.freq.image_counts
     adjusters: dict[str, Callable] = {}
     own = r.own_adjuster()
@@ -328,6 +337,7 @@ def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (),
     outputs = {name: predict(r.model, _eval_split(r.splits, name), r.device, bs, resident=r.cfg.data.resident)
                for name in wanted}
     if save_logits_to is not None:
-        save_logits(r, save_logits_to, {k: outputs[k] for k in ("test", "val") if k in outputs}, force=force)
+        save_logits(r, save_logits_to, {k: outputs[k] for k in ("test", "val") if k in outputs}, force=force,
+                    inputs=inputs, run_folders=runs)
     f, z, y = outputs[split]
     return score_predictions(f, z, y, counts, adjusters, e.many, e.few, e.bins)
