@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .errors import IIFError
-from .readers import IMG_EXTENSIONS
+from .readers import IMG_EXTENSIONS, special_files_message, walk_image_files
 
 __all__ = ["Predictor", "predict_images", "image_paths", "image_transform", "load_image"]
 
@@ -42,21 +42,31 @@ PathLike = str | os.PathLike
 
 def image_paths(inputs: Iterable[PathLike]) -> list[Path]:
     """Files given as they are (any extension); folders searched recursively for image files
-    (:data:`iif.readers.IMG_EXTENSIONS`), sorted. IIFError for a path that does not exist or a folder
-    without images."""
+    (:data:`iif.readers.IMG_EXTENSIONS`, :func:`iif.readers.walk_image_files`: links followed without cycles,
+    FIFOs, sockets and devices skipped with one warning), sorted. IIFError for a path that does not exist, is
+    not a regular file, or a folder without images."""
     out: list[Path] = []
+    special: list[tuple[str, str]] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+        if p.is_dir():  # links followed, each real folder and file once; FIFOs etc. never opened
+            walk = walk_image_files(p, IMG_EXTENSIONS)
+            special += walk.special
+            found = sorted(Path(f) for f in walk.files)
             if not found:
                 raise IIFError(f"{p} holds no image files ({', '.join(IMG_EXTENSIONS)}); give image files or a "
                                "folder of them.")
             out.extend(found)
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise IIFError(f"{p}: not a regular file (a FIFO, socket or device would block or never end); give "
+                           "image files or folders of images.")
         else:
             raise IIFError(f"{p}: no such file or folder; give image files or folders of images.")
+    message = special_files_message(special, "image folders")
+    if message:
+        warnings.warn(message, stacklevel=2)
     if not out:
         raise IIFError("no images given; pass image files or folders of images.")
     return out

@@ -71,12 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise IIFError(f"--topk must be >= 1; got {args.topk}.")
     if args.batch_size < 1:
         raise IIFError(f"--batch-size must be >= 1; got {args.batch_size}.")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise IIFError(f"--threads must be >= 1; got {args.threads}.")
-        import torch
+    if args.threads is not None:  # iif.threads: >= 1, clamped to the usable CPUs with one warning
+        from ..threads import check_threads, set_threads
 
-        torch.set_num_threads(args.threads)
+        set_threads(check_threads(args.threads))
     if args.out and Path(args.out).is_dir():  # checked before the (possibly long) prediction
         raise IIFError(f"--out {args.out} is a folder; give a file name such as {Path(args.out) / 'predictions.csv'}.")
     if args.out:  # outputs never touch inputs: not the checkpoint, its run's files, an image or inside an image folder
