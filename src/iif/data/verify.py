@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -57,11 +58,18 @@ def image_cache_dir() -> Path:
 
 
 def check_image(path: str) -> str | None:
-    """None if ``path`` decodes as an image, else a short reason (empty, not an image, truncated, corrupt)."""
+    """None if ``path`` decodes as an image, else a short reason (empty, not a regular file, not an image,
+    truncated, corrupt). Only regular files are opened: opening a FIFO named ``x.png`` would wait for a
+    writer forever."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if os.path.getsize(path) == 0:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                    else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
+            return f"not a regular file ({kind})"
+        if st.st_size == 0:
             return "empty file"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF warnings: not errors
@@ -131,10 +139,10 @@ def verify_images(paths: Iterable[str], *, cache: bool = True, cache_dir: str | 
     cut = len(folder.rstrip(os.sep)) + 1  # every file is under ``folder``: its relative path is a slice
     keys = {}
     todo = []
-    stat = os.stat
+    os_stat = os.stat
     for f in files:
         try:
-            st = stat(f)
+            st = os_stat(f)
             key = (st.st_size, st.st_mtime_ns)
         except OSError:
             key = None
