@@ -23,7 +23,9 @@ def register(subparsers) -> None:
         "to end with IIF, Balanced Softmax and the LA loss. LVIS-style mask/box AP, AP_r/c/f, TIDE's dAP_FP and a "
         "false-positive count per row. Writes results.json, details.json, settings.json, report.md and plots.",
     )
-    p.add_argument("--data", default=None, help="a benchmark, COCO or LVIS v1 folder (default: the offline benchmark)")
+    p.add_argument("--data", default=None, help="a benchmark, COCO or LVIS v1 folder (default: the offline benchmark); "
+                   "any other file names: data.train_json=... data.train_images=... data.val_json=... "
+                   "data.val_images=... (det-train's keys)")
     p.add_argument("--quick", action="store_true", help="post-hoc rows only (one detector per seed)")
     p.add_argument("--out", default="det-bench-out", help="output folder (default det-bench-out)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1; numbers become mean ± std")
@@ -33,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="e.g. train.epochs=2 model.min_size=96 max_train_images=500 score_threshold=0.5")
+                   help="e.g. train.epochs=2 model.min_size=96 max_train_images=500 score_threshold=0.5 "
+                   "data.train_json=train.json data.train_images=images ...")
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,9 @@ unless ``quick``, end-to-end IIF (raw IIF, base10 IOF), Balanced Softmax and the
 detector of their own with the same schedule and seed. Every row is scored LVIS-style (mask and box AP,
 AP_r/c/f), with TIDE's ΔAP_FP and a false-positive count (:mod:`.evaluation`).
 
-The data is the user's (``--data``: benchmark, COCO or LVIS layout) or, by default, the offline benchmark of
+The data is the user's (``--data``: benchmark, COCO or LVIS layout, and/or det-train's keys
+``data.train_json=... data.train_images=... data.val_json=... data.val_images=...`` for any other file names)
+or, by default, the offline benchmark of
 :func:`iif.detection.make_benchmark`, generated once into the cache folder (``$IIF_CACHE_DIR`` or
 ``~/.cache/iif``) and reused.
 """
@@ -104,9 +106,7 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
     (``train.epochs=2``, ``model.min_size=96``, ``max_train_images=500``, ``score_threshold=0.5``)."""
     from .models import DETECTION_PRESETS
 
-    if preset not in DETECTION_PRESETS:
-        raise IIFError(f"unknown det-bench preset {preset!r}; choose one of {sorted(DETECTION_PRESETS)}.")
-    p = DETECTION_PRESETS[preset]
+    p = DETECTION_PRESETS.get(preset) or config_preset(preset)
     s = DetBenchSettings(preset=preset, arch=p["arch"], model=copy.deepcopy(dict(p["model"])),
                          train=copy.deepcopy(dict(p["train"])), threads=p.get("threads"),
                          batch_size_eval=int(p.get("predict", {}).get("batch_size", 8)))
@@ -127,6 +127,51 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
                            "score_threshold, hflip, batch_size_eval or threads.")
     _check_settings(s)
     return s
+
+
+# A det-train config's schedule keys that train_detector takes as they are.
+_SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_iters", "warmup_factor",
+                  "milestones", "gamma", "clip_grad_norm")
+
+
+def config_preset(name: str) -> dict[str, Any]:
+    """A det-train config (packaged short name such as ``det_folder``, or a YAML path) as a det-bench preset:
+    its ``model`` section, its ``schedule`` (with ``warmup_fraction`` / ``milestone_fractions``, resolved on the
+    data by :func:`iif.detection.config.scaled_schedule`), ``runtime.threads``/``amp`` and ``eval.batch_size``.
+    Its margin and sampler are not used: det-bench trains its own rows with the random sampler."""
+    from .config import load_detection_config, model_kwargs
+    from .models import DETECTION_PRESETS
+
+    try:
+        cfg = load_detection_config(name)
+    except IIFError as exc:
+        raise IIFError(f"unknown det-bench preset {name!r} ({exc}); choose one of {sorted(DETECTION_PRESETS)} or a "
+                       "det-train config such as det_folder (`iif det-train --list`).") from None
+    sc = cfg.schedule
+    train = {k: getattr(sc, k) for k in _SCHEDULE_KEYS}
+    train["milestones"] = tuple(train["milestones"])
+    train["amp"] = cfg.runtime.amp
+    for key in ("warmup_fraction", "milestone_fractions"):
+        if getattr(sc, key) is not None:
+            train[key] = getattr(sc, key)
+    return {"arch": cfg.model.arch, "threads": cfg.runtime.threads, "model": model_kwargs(cfg), "train": train,
+            "predict": {"batch_size": cfg.eval.batch_size}}
+
+
+def _scale_schedule(s: DetBenchSettings, num_images: int, log) -> dict[str, Any]:
+    """Resolve the preset's schedule on ``num_images`` training images (det-train's rule,
+    :func:`iif.detection.config.scaled_schedule`) into ``s.train``; logs the warm-up warning."""
+    from .config import scaled_schedule
+
+    t = s.train
+    sched = scaled_schedule(epochs=t["epochs"], batch_size=t.get("batch_size", 2), num_images=num_images,
+                            warmup_iters=t.get("warmup_iters", 0), milestones=t.get("milestones", ()),
+                            warmup_fraction=t.pop("warmup_fraction", None),
+                            milestone_fractions=t.pop("milestone_fractions", None))
+    t["warmup_iters"], t["milestones"] = sched["warmup_iters"], tuple(sched["milestones"])
+    if sched["warning"]:
+        log(f"det-bench: {sched['warning']}")
+    return sched
 
 
 def _parse_value(raw: str) -> Any:
@@ -188,16 +233,52 @@ class _Data:
     val: Any
     val_json: dict
     benchmark: dict | None
+    paths: tuple = ()  # (train_json, train_images, val_json, val_images) as read
 
 
-def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log) -> _Data:
-    from .data import covering_subset, load_detection_dataset, resolve_detection_data, restrict_annotations
+DATA_KEYS = ("data.train_json", "data.train_images", "data.val_json", "data.val_images")
 
-    root = Path(data) if data is not None else _default_data(log)
-    train_json, train_images, val_json, val_images = resolve_detection_data(root)
-    bench = None
-    if (root / "BENCHMARK.json").is_file():
-        bench = json.loads((root / "BENCHMARK.json").read_text())
+
+def split_data_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """``(paths, rest)``: the ``data.train_json=...``-style overrides (det-train's config keys, so one set of
+    paths serves both commands) as ``{"train_json": ...}``, and every other override in its order."""
+    paths: dict[str, str] = {}
+    rest: list[str] = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if sep and key.startswith("data."):
+            if key not in DATA_KEYS:
+                raise IIFError(f"unknown det-bench override {key!r}; the data keys are {', '.join(DATA_KEYS)} "
+                               "(or --data FOLDER).")
+            paths[key[len("data."):]] = value
+        else:
+            rest.append(item)
+    return paths, rest
+
+
+def _data_paths(data: str | os.PathLike | None, paths: dict[str, str], log) -> tuple[Path | None, tuple[Path, ...]]:
+    """``(root, (train_json, train_images, val_json, val_images))``: det-train's rules
+    (:func:`iif.detection.runs.data_paths`): the explicit ``data.*`` paths, any missing one from the ``--data``
+    folder's layout; without either, the offline benchmark."""
+    from .config import load_detection_config
+    from .runs import data_paths
+
+    if data is None and not paths:
+        root = _default_data(log)
+    else:
+        root = Path(data) if data is not None else None
+    cfg = load_detection_config({"data": {"root": None if root is None else str(root), **paths}})
+    return root, data_paths(cfg)
+
+
+def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log, paths: dict[str, str] | None = None) -> _Data:
+    from .data import covering_subset, load_detection_dataset, restrict_annotations
+    from .runs import _benchmark_marker
+
+    root, (train_json, train_images, val_json, val_images) = _data_paths(data, dict(paths or {}), log)
+    bench = _benchmark_marker(train_json)  # ROOT/BENCHMARK.json of an `iif det-data` folder
+    if root is None:
+        root = Path(train_json)  # what settings.json and report.md name as the data
     hflip = s.hflip
     if hflip is None:
         hflip = bool((bench or {}).get("recommended", {}).get("hflip", True))
@@ -211,7 +292,7 @@ def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log) -> _Dat
         keep = set(val.image_ids[: s.max_val_images])
         val_ann = restrict_annotations(val_ann, keep)
         val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
-    return _Data(root, train, val, val_ann, bench)
+    return _Data(root, train, val, val_ann, bench, (train_json, train_images, val_json, val_images))
 
 
 def _freq(train):
@@ -412,6 +493,7 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if preset is None:
         preset = "gpu" if dev.startswith("cuda") else "cpu-quick"
+    paths, overrides = split_data_overrides(overrides)  # data.* keys: det-train's, read by _load_data
     s = quick_settings(preset, overrides)
     s.seeds, s.quick, s.device = int(seeds), bool(quick), dev
     _check_settings(s)
@@ -422,17 +504,19 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
             raise IIFError(f"--threads must be a whole number >= 1; got {s.threads!r}.")
         torch.set_num_threads(s.threads)
     t_all = time.perf_counter()
-    d = _load_data(data, s, log)
+    d = _load_data(data, s, log, paths)
+    sched = _scale_schedule(s, len(d.train), log)
     per_seed = []
     for seed in range(s.seeds):
         per_seed.append(_one_seed(seed, s, d, dev, log, want_examples=plots and seed == 0))
     means, stds = R.aggregate_seeds([p["rows"] for p in per_seed])
     wall = time.perf_counter() - t_all
     table = R.format_table(means, stds if s.seeds > 1 else None)
-    meta = {"version": __version__, "data": str(d.root), "benchmark": d.benchmark is not None,
+    meta = {"version": __version__, "data": str(d.root), "data_paths": {k: str(v) for k, v in zip(DATA_KEYS, d.paths)},
+            "benchmark": d.benchmark is not None,
             "num_train_images": len(d.train), "num_val_images": len(d.val), "device": dev,
             "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-            "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "schedule": sched, "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with folder as staging:
         atomic_write_text(staging / "results.json", R.dumps_rows(means))
         if s.seeds > 1:

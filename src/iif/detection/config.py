@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import IIFError
 
 __all__ = ["DetectionDataConfig", "DetectionModelConfig", "MarginConfig", "DetectionScheduleConfig",
            "DetectionEvalConfig", "DetectionRuntimeConfig", "DetectionConfig", "load_detection_config",
            "validate_detection_config", "detection_configs", "config_description", "model_kwargs", "margin_kwargs",
-           "detection_config_hash"]
+           "detection_config_hash", "scaled_schedule"]
 
 
 @dataclass
@@ -47,6 +47,8 @@ class DetectionDataConfig:
     # "random" (every image once per epoch) or "rfs" (repeat-factor sampling, LVIS paper; threshold t).
     sampler: str = "random"
     rfs_threshold: float = 0.001
+    # RFS copies per epoch: "stochastic" (detectron2: r on average) or "ceil" (mmdetection, the paper's authors).
+    rfs_rounding: str = "stochastic"
     # Train on the first N images that cover the most categories (json order; as det-bench); null: all.
     max_train_images: int | None = None
     # Evaluate on the first N val images (json order); null: all.
@@ -79,7 +81,8 @@ class DetectionModelConfig:
     mask_roi_size: int = 14
     # A local torchvision / iif checkpoint to start from (weights_only load); null: from scratch.
     checkpoint: str | None = None
-    # Cosine box classifier with this temperature (paper's "Cos. Cls.", the authors used 20); null: linear.
+    # Cosine box classifier with this temperature (paper's "Cos. Cls."; the authors' IIF/IOF configs use 8,
+    # their softmax ones 20); null: linear.
     cosine_scale: float | None = None
     # Decoupled stage 2 (paper Tables XI/XII "12/12"): train only roi_heads.box_predictor.cls_score, starting
     # from model.checkpoint (stage 1, normally softmax); everything else is frozen.
@@ -90,7 +93,7 @@ class DetectionModelConfig:
 class MarginConfig:
     """Arguments of :func:`iif.detection.use_margin`."""
 
-    # softmax, iif, balanced_softmax, logit_adjustment.
+    # softmax, iif, balanced_softmax, logit_adjustment, norcal (post-hoc), seesaw (training loss).
     method: str = "softmax"
     # IIF variant (paper Table III): raw, smooth, relative, base2, base10, gombit, normit.
     variant: str = "smooth"
@@ -104,6 +107,16 @@ class MarginConfig:
     background_fraction: float | None = None
     # IIF's K: a number, "images", "instances" or "sum"; null: the detection convention above.
     total: Any = None
+    # Logit adjustment's offset: bayes (background 0, -tau ln p_c - ln sum_j p_j^(1-tau)) or prior (-tau ln p_c);
+    # null: bayes (prior with background_margin).
+    la_form: str | None = None
+    # NorCal's exponent on the class counts (post-hoc), >= 0.
+    gamma: float = 1.0
+    # Seesaw's mitigation and compensation exponents (paper: 0.8, 2.0).
+    seesaw_p: float = 0.8
+    seesaw_q: float = 2.0
+    # Let IIF use negative weights (the authors' COCO relative / normit weights, negative for person).
+    allow_negative: bool = False
 
 
 @dataclass
@@ -120,6 +133,12 @@ class DetectionScheduleConfig:
     milestones: list = field(default_factory=lambda: [8, 11])
     gamma: float = 0.1
     clip_grad_norm: float | None = None
+    # Scaling to the data size (det_folder): warm-up = min(warmup_iters, this fraction of the run's iterations);
+    # null: warmup_iters as given.
+    warmup_fraction: float | None = None
+    # Milestones as fractions of schedule.epochs (rounded, at least epoch 1), replacing schedule.milestones;
+    # null: schedule.milestones as given.
+    milestone_fractions: list | None = None
 
 
 @dataclass
@@ -163,6 +182,38 @@ _HASH_EXCLUDE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "thr
                  ("runtime", "stop_after_epoch"), ("eval", "batch_size"), ("eval", "score_threshold"),
                  ("eval", "masks"), ("data", "max_val_images"), ("data", "root"), ("data", "train_images"),
                  ("data", "val_images"), ("data", "val_json")}
+
+
+def scaled_schedule(*, epochs: int, batch_size: int, num_images: int, warmup_iters: int, milestones: Sequence[int],
+                    warmup_fraction: float | None = None, milestone_fractions: Sequence[float] | None = None,
+                    iters_per_epoch: int | None = None) -> dict[str, Any]:
+    """The schedule a run actually gets on ``num_images`` training images: ``{"warmup_iters", "milestones",
+    "total_iters", "warning"}``.
+
+    ``total_iters = iters_per_epoch * epochs`` with ``iters_per_epoch = ceil(num_images / batch_size)`` unless
+    given (the loader keeps the last partial batch). ``warmup_fraction`` caps the warm-up at
+    ``floor(warmup_fraction * total_iters)`` (at least 1 when warm-up is on), so a small dataset is not warmed up
+    for longer than it trains; ``milestone_fractions`` puts the step decays at ``round(f * epochs)`` (clamped to
+    1..epochs, duplicates merged). ``warning`` is one line when the warm-up is not shorter than the whole run
+    (the learning rate would never reach ``lr``), else None.
+    """
+    import math
+
+    per_epoch = int(iters_per_epoch) if iters_per_epoch is not None else math.ceil(int(num_images) / int(batch_size))
+    total = max(per_epoch, 1) * int(epochs)
+    warm = int(warmup_iters)
+    if warmup_fraction is not None and warm > 0:
+        warm = min(warm, max(1, math.floor(float(warmup_fraction) * total)))
+    ms = [int(m) for m in milestones]
+    if milestone_fractions is not None:
+        ms = sorted({min(int(epochs), max(1, math.floor(float(f) * int(epochs) + 0.5))) for f in milestone_fractions})
+    warning = None
+    if warm > 0 and warm >= total:
+        warning = (f"warning: the warm-up ({warm} iterations) is not shorter than the whole run ({total} iterations: "
+                   f"{num_images} images / batch {batch_size} = {per_epoch} per epoch x {epochs} epochs), so the "
+                   f"learning rate never reaches schedule.lr; set schedule.warmup_fraction=0.1 (as det_folder) or "
+                   f"schedule.warmup_iters below {total}.")
+    return {"warmup_iters": warm, "milestones": ms, "total_iters": total, "warning": warning}
 
 
 def detection_config_hash(cfg: DetectionConfig) -> str:
@@ -214,7 +265,9 @@ def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
 
 
 def default_when(method: str) -> str:
-    return "train" if method in ("balanced_softmax", "logit_adjustment") else "train_and_test"
+    if method == "norcal":
+        return "test"
+    return "train" if method in ("balanced_softmax", "logit_adjustment", "seesaw") else "train_and_test"
 
 
 def margin_kwargs(mc: MarginConfig, cosine_scale: float | None = None) -> dict[str, Any]:
@@ -222,6 +275,15 @@ def margin_kwargs(mc: MarginConfig, cosine_scale: float | None = None) -> dict[s
     kw: dict[str, Any] = {"variant": mc.variant, "by": mc.by, "tau": mc.tau, "when": mc.when or default_when(mc.method),
                           "background_margin": mc.background_margin, "background_fraction": mc.background_fraction,
                           "total": mc.total, "cosine_scale": cosine_scale}
+    # The options of the newer methods only when they apply (use_margin refuses them elsewhere).
+    if mc.method == "logit_adjustment" and mc.la_form is not None:
+        kw["la_form"] = mc.la_form
+    if mc.method == "norcal":
+        kw["gamma"] = mc.gamma
+    if mc.method == "seesaw":
+        kw.update(seesaw_p=mc.seesaw_p, seesaw_q=mc.seesaw_q)
+    if mc.method == "iif" and mc.allow_negative:
+        kw["allow_negative"] = True
     return kw
 
 
@@ -245,6 +307,7 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     _one_of("data.sampler", d.sampler, ("random", "rfs"))
     _check(_finite(d.rfs_threshold) and 0 < d.rfs_threshold <= 1, "data.rfs_threshold", d.rfs_threshold,
            "in (0, 1] (fraction of training images; LVIS uses 0.001)", "0.001")
+    _one_of("data.rfs_rounding", d.rfs_rounding, ("stochastic", "ceil"))
     for key in ("max_train_images", "max_val_images"):
         if getattr(d, key) is not None:
             _at_least(f"data.{key}", getattr(d, key), 1, "500")
@@ -306,6 +369,17 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
         raise IIFError("config key 'margin.when' is 'train_and_test', which logit_adjustment does not support (the "
                        "margin would cancel its own effect); set margin.when=train (LA loss) or test (post-hoc).")
     _check(_finite(mg.tau) and mg.tau > 0, "margin.tau", mg.tau, "a positive finite number", "1.0")
+    if mg.method == "norcal" and when != "test":
+        raise IIFError(f"config key 'margin.when' is {when!r} but norcal is post-hoc; set margin.when=test (or null).")
+    if mg.method == "seesaw" and when != "train":
+        raise IIFError(f"config key 'margin.when' is {when!r} but seesaw is a training loss; set margin.when=train "
+                       "(or null).")
+    if mg.la_form is not None:
+        _one_of("margin.la_form", mg.la_form, ("bayes", "prior"))
+    _check(_finite(mg.gamma) and mg.gamma >= 0, "margin.gamma", mg.gamma, "a finite number >= 0", "1.0")
+    for key in ("seesaw_p", "seesaw_q"):
+        _check(_finite(getattr(mg, key)) and getattr(mg, key) >= 0, f"margin.{key}", getattr(mg, key),
+               "a finite number >= 0", "0.8" if key == "seesaw_p" else "2.0")
     if mg.background_fraction is not None:
         _check(_finite(mg.background_fraction) and 0 < mg.background_fraction < 1, "margin.background_fraction",
                mg.background_fraction, "in (0, 1)", "0.75")
@@ -321,11 +395,17 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     _at_least("schedule.warmup_iters", s.warmup_iters, 0, "500")
     _check(_finite(s.warmup_factor) and 0 < s.warmup_factor <= 1, "schedule.warmup_factor", s.warmup_factor,
            "in (0, 1]", "0.001")
-    for i, ms in enumerate(s.milestones):
+    for i, ms in enumerate(s.milestones if s.milestone_fractions is None else []):  # fractions replace them
         if not (isinstance(ms, int) and not isinstance(ms, bool) and 1 <= ms <= s.epochs):
             raise IIFError(f"config key 'schedule.milestones' must list epochs in 1..schedule.epochs={s.epochs}; "
                            f"entry {i} is {ms!r}. Set e.g. schedule.milestones=[8,11].")
     _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number", "0.1")
+    if s.warmup_fraction is not None:
+        _check(_finite(s.warmup_fraction) and 0 < s.warmup_fraction <= 1, "schedule.warmup_fraction",
+               s.warmup_fraction, "in (0, 1] (a fraction of the run's iterations) or null", "0.1")
+    if s.milestone_fractions is not None:
+        _check(all(_finite(f) and 0 < f <= 1 for f in s.milestone_fractions), "schedule.milestone_fractions",
+               s.milestone_fractions, "a list of fractions of schedule.epochs in (0, 1] or null", "[0.67,0.92]")
     if s.clip_grad_norm is not None:
         _pos("schedule.clip_grad_norm", s.clip_grad_norm, "10.0")
     # eval

@@ -25,7 +25,8 @@ import torch
 
 from ..errors import IIFError
 from ..outputs import atomic_write_json, json_safe
-from .config import DetectionConfig, detection_config_hash, load_detection_config, margin_kwargs, model_kwargs
+from .config import (DetectionConfig, detection_config_hash, load_detection_config, margin_kwargs, model_kwargs,
+                     scaled_schedule)
 
 __all__ = ["train_from_config", "evaluate_run", "evaluate_detections", "parse_margin_spec", "RESULT_KEYS"]
 
@@ -113,8 +114,46 @@ def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None)
     if n is not None and n < len(val_ann["images"]):
         val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
         val_ann = restrict_annotations(val_ann, set(val.image_ids[:n]))
+        # A subset of the json validated just above: checking it again would double the start-up cost.
+        return load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False,
+                                      validate=False), val_ann
     val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
     return val, val_ann
+
+
+def load_train_and_val(cfg: DetectionConfig, paths):
+    """``(train set, val set, val json dict)``, both jsons validated before anything else: the problems of
+    both in one :class:`IIFError` (the val json is checked as strictly as the training json)."""
+    problems, train, val = [], None, (None, None)
+    for which in ("train", "val"):
+        try:
+            if which == "train":
+                train = load_train_set(cfg, paths)
+            else:
+                val = load_val_set(cfg, paths)
+        except IIFError as exc:
+            problems.append(str(exc).rstrip("."))
+    if problems:
+        raise IIFError(" || ".join(problems))
+    return train, val[0], val[1]
+
+
+def _image_sizes(ds) -> np.ndarray:
+    """``(height, width)`` of each image of a detection dataset (or a ``Subset`` of one), from its json."""
+    base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+    ids = [base.image_ids[i] for i in ds.indices] if base is not ds else base.image_ids
+    imgs = base.coco.imgs
+    return np.array([(imgs[i]["height"], imgs[i]["width"]) for i in ids], dtype=np.float64).reshape(-1, 2)
+
+
+def check_memory(cfg: DetectionConfig, ds, batch_size: int, device: str, what: str, batch_key: str) -> int:
+    """:func:`iif.detection.models.check_input_memory` for ``cfg.model`` on the images of ``ds``."""
+    from .models import check_input_memory
+
+    m = cfg.model
+    return check_input_memory(_image_sizes(ds), arch=m.arch, min_size=m.min_size, max_size=m.max_size,
+                              batch_size=batch_size, fpn_channels=m.fpn_channels, returned_layers=m.returned_layers,
+                              device=device, what=what, batch_key=batch_key)
 
 
 def _sampler(cfg: DetectionConfig, train):
@@ -127,7 +166,24 @@ def _sampler(cfg: DetectionConfig, train):
     ann = base.coco.dataset
     if isinstance(train, torch.utils.data.Subset):
         ann = restrict_annotations(ann, {base.image_ids[i] for i in train.indices})
-    return RepeatFactorSampler(repeat_factors(ann, threshold=cfg.data.rfs_threshold), seed=cfg.runtime.seed)
+    return RepeatFactorSampler(repeat_factors(ann, threshold=cfg.data.rfs_threshold), seed=cfg.runtime.seed,
+                               rounding=cfg.data.rfs_rounding)
+
+
+def _schedule(cfg: DetectionConfig, train, sampler, log) -> dict[str, Any]:
+    """The warm-up and milestones this run trains with (:func:`iif.detection.config.scaled_schedule` on the
+    training set's size); logs the warm-up warning and, when the config scales, what it scaled to."""
+    s = cfg.schedule
+    sched = scaled_schedule(epochs=s.epochs, batch_size=s.batch_size, num_images=len(train),
+                            warmup_iters=s.warmup_iters, milestones=s.milestones, warmup_fraction=s.warmup_fraction,
+                            milestone_fractions=s.milestone_fractions,
+                            iters_per_epoch=None if sampler is None else -(-len(sampler) // s.batch_size))
+    if sched["warning"]:
+        log(sched["warning"])
+    if s.warmup_fraction is not None or s.milestone_fractions is not None:
+        log(f"schedule scaled to {len(train)} training images ({sched['total_iters']} iterations): warm-up "
+            f"{sched['warmup_iters']} iterations, milestones {sched['milestones']}")
+    return sched
 
 
 # ------------------------------------------------------------------------------------------------------ model
@@ -139,6 +195,7 @@ def build_from_config(cfg: DetectionConfig, num_classes: int, freq, *, log: Call
     from .models import build_detector
 
     kw = model_kwargs(cfg)
+    kw["masks"] = _masks(cfg)  # data.masks=false on a maskrcnn_* arch: the same detector without its mask branch
     ckpt = cfg.model.checkpoint if load_checkpoint else None
     if ckpt is not None and not Path(ckpt).is_file():
         raise IIFError(f"config key 'model.checkpoint': {ckpt} is not a file; give a torchvision/iif detector "
@@ -278,15 +335,18 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     if cfg.runtime.threads is not None:
         torch.set_num_threads(cfg.runtime.threads)
     paths = data_paths(cfg)
-    train = load_train_set(cfg, paths)
-    val, val_ann = load_val_set(cfg, paths)
+    train, val, val_ann = load_train_and_val(cfg, paths)
     if list(val.category_ids) != list(train.category_ids):
         raise IIFError(f"{paths[2]} and {paths[0]} list different categories; train and val must share the "
                        "categories list (same ids).")
+    check_memory(cfg, train, cfg.schedule.batch_size // max(info.world_size, 1) or 1, dev, "training",
+                 "schedule.batch_size")
+    check_memory(cfg, val, cfg.eval.batch_size, dev, "evaluation", "eval.batch_size")
     freq = train.freq
     torch.manual_seed(cfg.runtime.seed)
     model = build_from_config(cfg, len(train.category_ids), freq, log=log)
     sampler = _sampler(cfg, train)
+    sched = _schedule(cfg, train, sampler, log if info.is_main else (lambda line: None))
     h = detection_config_hash(cfg)
 
     work: Path | None = None
@@ -325,8 +385,8 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     s = cfg.schedule
     try:
         res = train_detector(model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
-                             weight_decay=s.weight_decay, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor,
-                             milestones=s.milestones, gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
+                             weight_decay=s.weight_decay, warmup_iters=sched["warmup_iters"], warmup_factor=s.warmup_factor,
+                             milestones=sched["milestones"], gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
                              device=dev, amp=cfg.runtime.amp, out_dir=work, resume=resume, log=log,
                              log_every=cfg.runtime.log_every, num_workers=cfg.runtime.workers, seed=cfg.runtime.seed,
                              stop_after_epoch=cfg.runtime.stop_after_epoch)
