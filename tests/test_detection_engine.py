@@ -271,7 +271,6 @@ def test_epoch_sampler_is_used_and_set_each_epoch():
 
 
 def test_predict_writes_result_dicts_with_json_ids_and_rle():
-    pytest.importorskip("iif.detection.data")
     ds = TinyScenes()
     model = tiny()
     model.roi_heads.score_thresh = 0.0
