@@ -77,7 +77,7 @@ def test_paper_configs_hold_the_paper_schedules():
     assert (one.schedule.epochs, one.schedule.milestones, one.schedule.batch_size, one.schedule.lr) == (12, [8, 11], 16, 0.02)
     assert (two.schedule.epochs, two.schedule.milestones, two.model.arch) == (24, [16, 22], "maskrcnn_r101_fpn")
     assert (one.data.sampler, one.data.rfs_threshold, one.model.min_size, one.model.max_size) == ("rfs", 0.001, 800, 1333)
-    assert load_detection_config("det_lvis_r50_2x_rfs_iof_base10_cos").model.cosine_scale == 20.0
+    assert load_detection_config("det_lvis_r50_2x_rfs_iof_base10_cos").model.cosine_scale == 8.0  # the authors' IIF+RFS+cos
     # Table XIV variants are overrides, not files.
     v = load_detection_config("det_lvis_r50_1x_iif", ["margin.variant=base10", "margin.by=object"]).margin
     assert (v.method, v.variant, v.by) == ("iif", "base10", "object")

@@ -6,8 +6,14 @@ Each training image ``i`` is repeated ``r_i`` times per epoch on average, where
     r_c = max(1, sqrt(t / f_c))
     r_i = max over the categories c present in image i of r_c      (1 for an image without annotations)
 
-with threshold ``t`` (0.001 for LVIS). A fractional ``r_i`` is realised by stochastic rounding each epoch:
-``floor(r_i)`` copies plus one more with probability ``r_i - floor(r_i)``.
+with threshold ``t`` (0.001 for LVIS). A fractional ``r_i`` is realised in one of two ways
+(``RepeatFactorSampler(rounding=...)``, config key ``data.rfs_rounding``):
+
+* ``"stochastic"`` (detectron2's ``RepeatFactorTrainingSampler``, the default): each epoch ``floor(r_i)``
+  copies plus one more with probability ``r_i - floor(r_i)``, so ``r_i`` copies on average;
+* ``"ceil"`` (mmdetection's ``ClassBalancedDataset``, which the paper's authors trained with): ``ceil(r_i)``
+  copies every epoch, so an oversampled image is seen up to one time more per epoch than its factor and
+  the epoch is longer (``sum ceil(r_i)`` images instead of ``sum r_i`` on average).
 
 :func:`repeat_factors` computes ``r`` from the annotation json with numpy (an LVIS v1-sized json takes well
 under a second after ``json.load``; ``benchmarks/bench_repeat_factors.py``); :class:`RepeatFactorSampler`
@@ -27,7 +33,10 @@ from ..errors import IIFError
 from ..frequency import ClassFrequency
 from ..readers import index_of as _index_of, int_column as _int_column, read_json as _read_json
 
-__all__ = ["repeat_factors", "RepeatFactorSampler"]
+__all__ = ["repeat_factors", "RepeatFactorSampler", "ROUNDINGS"]
+
+#: How a fractional repeat factor becomes a whole number of copies (module docstring).
+ROUNDINGS: tuple[str, ...] = ("stochastic", "ceil")
 
 
 def repeat_factors(annotations: str | os.PathLike | Mapping[str, Any], threshold: float = 0.001) -> np.ndarray:
@@ -86,10 +95,11 @@ def _default_replicas() -> tuple[int, int]:
 
 
 class RepeatFactorSampler(Sampler[int]):
-    """Per-epoch repeat-factor sampling with stochastic rounding, sharded for DistributedDataParallel.
+    """Per-epoch repeat-factor sampling (stochastic or ceil rounding), sharded for DistributedDataParallel.
 
     For epoch ``e`` a generator seeded by ``(seed, e)`` (the same on every rank) draws
-    ``n_i = floor(r_i) + Bernoulli(r_i - floor(r_i))`` copies of each image ``i``; the resulting index list is
+    ``n_i = floor(r_i) + Bernoulli(r_i - floor(r_i))`` copies of each image ``i`` (``rounding="stochastic"``;
+    ``E[n_i] = r_i``), or takes ``n_i = ceil(r_i)`` (``rounding="ceil"``); the resulting index list is
     shuffled with the same generator (``shuffle=True``), padded by repeating its start to a multiple of
     ``num_replicas``, and rank ``k`` takes every ``num_replicas``-th index from position ``k``. So every
     rank has the same length, the ranks' lists are disjoint apart from the padding, and their union is the
@@ -107,10 +117,15 @@ class RepeatFactorSampler(Sampler[int]):
             when it is initialised, else 1 and 0.
         seed: the base seed (same on every rank).
         shuffle: shuffle each epoch's list (False keeps the copies of each image together, in index order).
+        rounding: ``"stochastic"`` (detectron2, default) or ``"ceil"`` (mmdetection / the paper's authors).
     """
 
     def __init__(self, factors, *, num_replicas: int | None = None, rank: int | None = None, seed: int = 0,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, rounding: str = "stochastic") -> None:
+        if rounding not in ROUNDINGS:
+            raise IIFError(f"rounding must be 'stochastic' (detectron2: r copies on average) or 'ceil' "
+                           f"(mmdetection's ClassBalancedDataset: ceil(r) copies); got {rounding!r}.")
+        self.rounding = rounding
         try:
             r = np.asarray(factors, dtype=np.float64)
         except (TypeError, ValueError):
@@ -143,15 +158,20 @@ class RepeatFactorSampler(Sampler[int]):
 
     @property
     def expected_len(self) -> float:
-        """Mean of ``len`` over epochs for this rank (before padding): ``sum(factors) / num_replicas``."""
-        return float(self.factors.sum()) / self.num_replicas
+        """Mean of ``len`` over epochs for this rank (before padding): ``sum(factors) / num_replicas``
+        (``sum(ceil(factors)) / num_replicas`` with ``rounding="ceil"``, every epoch's length)."""
+        total = np.ceil(self.factors).sum() if self.rounding == "ceil" else self.factors.sum()
+        return float(total) / self.num_replicas
 
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """The full (all ranks, unpadded) index list of ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else int(epoch)
         rng = np.random.default_rng([self.seed, epoch])
-        whole = np.floor(self.factors)
-        copies = whole.astype(np.int64) + (rng.random(self.factors.size) < self.factors - whole)
+        if self.rounding == "ceil":
+            copies = np.ceil(self.factors).astype(np.int64)
+        else:
+            whole = np.floor(self.factors)
+            copies = whole.astype(np.int64) + (rng.random(self.factors.size) < self.factors - whole)
         indices = np.repeat(np.arange(self.factors.size, dtype=np.int64), copies)
         if self.shuffle:
             indices = rng.permutation(indices)
@@ -178,4 +198,4 @@ class RepeatFactorSampler(Sampler[int]):
 
     def __repr__(self) -> str:
         return (f"RepeatFactorSampler({self.factors.size} images, mean factor {self.factors.mean():.3f}, "
-                f"rank {self.rank}/{self.num_replicas}, seed {self.seed}, epoch {self.epoch})")
+                f"rank {self.rank}/{self.num_replicas}, seed {self.seed}, epoch {self.epoch}, rounding {self.rounding!r})")
