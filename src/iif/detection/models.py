@@ -16,15 +16,18 @@ are explicit keyword arguments; :data:`DETECTION_PRESETS` holds the configuratio
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["ARCHS", "DETECTION_PRESETS", "build_detector", "load_detector_checkpoint"]
+__all__ = ["ARCHS", "DETECTION_PRESETS", "build_detector", "load_detector_checkpoint", "input_memory_estimate",
+           "check_input_memory", "physical_memory_bytes"]
 
 # arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
 # depth), a small backbone for from-scratch CPU runs.
@@ -286,6 +289,68 @@ def _build_ssd(num_classes: int, detections: int, score_thresh: float, norm: str
     # VGG16 has no normalisation layers; torchvision's SSD300 recipe trains it as is.
     return ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1,
                         detections_per_img=int(detections), score_thresh=float(score_thresh))
+
+
+# ------------------------------------------------------------------------------------------------- memory
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory (``os.sysconf``: pages * page size), None where it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def input_memory_estimate(image_hw, *, min_size: int, max_size: int, batch_size: int, fpn_channels: int = 256,
+                          returned_layers: Sequence[int] = (1, 2, 3, 4)) -> int:
+    """Bytes of one R-CNN batch's float32 image tensor and FPN feature maps, a lower bound of what the
+    forward pass allocates (activations, gradients and the backbone's own feature maps come on top).
+
+    Each image is resized as torchvision's ``GeneralizedRCNNTransform`` does (scale ``min(min_size / short
+    side, max_size / long side)``) and the batch is padded to a multiple of 32; the estimate is for a batch of
+    ``batch_size`` images the size of the data's largest resized image (``image_hw``: ``(height, width)``
+    rows). The FPN has one map of ``fpn_channels`` per returned ResNet stage r (stride 2^(r+1)) plus the
+    max-pooled extra level.
+    """
+    hw = np.asarray(image_hw, dtype=np.float64).reshape(-1, 2)
+    if not len(hw):
+        return 0
+    scale = np.minimum(float(min_size) / hw.min(axis=1), float(max_size) / hw.max(axis=1))
+    rh, rw = np.floor(hw[:, 0] * scale), np.floor(hw[:, 1] * scale)
+    big = int(np.argmax(rh * rw))
+    ph, pw = math.ceil(rh[big] / 32) * 32, math.ceil(rw[big] / 32) * 32
+    pixels = float(ph) * pw
+    strides = [2 ** (int(r) + 1) for r in returned_layers]
+    strides.append(2 * max(strides))  # the pooled level
+    fpn = sum(math.ceil(ph / st) * math.ceil(pw / st) for st in strides) * float(fpn_channels)
+    return int(4 * batch_size * (3 * pixels + fpn))
+
+
+def check_input_memory(image_hw, *, arch: str, min_size: int, max_size: int, batch_size: int,
+                       fpn_channels: int = 256, returned_layers: Sequence[int] = (1, 2, 3, 4),
+                       device: str = "cpu", what: str = "training", keys: str = "model.min_size/model.max_size",
+                       batch_key: str = "schedule.batch_size") -> int:
+    """Refuse (:class:`IIFError`, with the estimate) sizes whose :func:`input_memory_estimate` alone exceeds
+    the memory of ``device`` (physical memory on CPU, the GPU's total memory on CUDA): such a run would try to
+    allocate it and die (``model.min_size=100000`` asked for 120 GB). Checked before anything big is built.
+    SSD300 works at 300x300 whatever the sizes, so it is not checked. Returns the estimate in bytes."""
+    if ARCHS.get(arch, ("",))[0] == "ssd":
+        return 0
+    need = input_memory_estimate(image_hw, min_size=min_size, max_size=max_size, batch_size=batch_size,
+                                 fpn_channels=fpn_channels, returned_layers=returned_layers)
+    have, where = physical_memory_bytes(), "this machine's memory"
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index
+        have = torch.cuda.get_device_properties(index if index is not None else 0).total_memory
+        where = f"the memory of {device}"
+    if have is not None and need > have:
+        gb = 1024 ** 3
+        raise IIFError(f"{what} with model.min_size={min_size}, model.max_size={max_size} and "
+                       f"{batch_size} images per batch needs at least {need / gb:.1f} GiB for one batch's image "
+                       f"tensor and FPN features alone, more than {where} ({have / gb:.1f} GiB); lower {keys} "
+                       f"(about the images' size) or {batch_key}.")
+    return need
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

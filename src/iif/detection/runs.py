@@ -451,6 +451,39 @@ def _find_run(path: str | os.PathLike) -> tuple[Path, Path]:
     return cfg, ckpt
 
 
+# Model settings det-eval applies to a trained detector: they change only how it predicts, not its weights.
+EVAL_MODEL_KEYS = ("min_size", "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                   "box_detections_per_img", "box_score_thresh", "cosine_scale")
+# Settings that only shape training: an override of them in det-eval would be silently ignored, so it is refused.
+_TRAINING_ONLY = {"data": ("sampler", "rfs_threshold", "rfs_rounding", "hflip", "masks"),
+                  "runtime": ("stop_after_epoch",)}
+
+
+def _evaluation_model_config(trained: DetectionConfig, cfg: DetectionConfig) -> DetectionConfig:
+    """The config det-eval builds the detector from: the trained run's, with the prediction-time model keys
+    (:data:`EVAL_MODEL_KEYS`) of ``cfg`` (the run's config plus det-eval's overrides) applied. Any other
+    override that differs from the trained run's and that evaluation cannot honour (the architecture, the
+    training schedule, the training data's sampling) is refused with the keys named."""
+    import dataclasses
+
+    refused = []
+    for section in ("model", "schedule", "data", "runtime"):
+        old, new = getattr(trained, section), getattr(cfg, section)
+        for f in dataclasses.fields(old):
+            if getattr(old, f.name) == getattr(new, f.name):
+                continue
+            if section == "model" and f.name not in EVAL_MODEL_KEYS:
+                refused.append(f"{section}.{f.name}")
+            elif section == "schedule" or f.name in _TRAINING_ONLY.get(section, ()):
+                refused.append(f"{section}.{f.name}")
+    if refused:
+        raise IIFError(f"det-eval cannot apply {', '.join(refused)} to a trained detector (they shape the model's "
+                       f"weights or its training); drop them, or train a run with them (iif det-train). det-eval "
+                       f"applies model.{', model.'.join(EVAL_MODEL_KEYS)}, the margin, data.*, eval.* and runtime.*.")
+    return dataclasses.replace(trained, model=dataclasses.replace(
+        trained.model, **{k: getattr(cfg.model, k) for k in EVAL_MODEL_KEYS if k != "cosine_scale"}))
+
+
 def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = None, margin: str | None = None,
                  overrides: Sequence[str] = (), out: str | os.PathLike | None = None, device: str | None = None,
                  detections_out: str | os.PathLike | None = None,
@@ -470,6 +503,7 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
         extra = [f"data.root={data}", "data.train_json=null", "data.train_images=null", "data.val_json=null",
                  "data.val_images=null"] + extra
     cfg = load_detection_config(trained, extra + (parse_margin_spec(margin) if margin else []))
+    built = _evaluation_model_config(trained, cfg)
     for flag, target in (("--out", out), ("--detections", detections_out)):
         if target is not None and Path(target).is_dir():
             raise IIFError(f"{flag} {target} is a folder; give a file name for the json (e.g. results.json).")
@@ -489,8 +523,9 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
     train = load_train_set(trained if data is None else cfg, paths)
     if list(val.category_ids) != list(train.category_ids):
         raise IIFError(f"{paths[2]} and {paths[0]} list different categories; train and val must share them.")
+    check_memory(built, val, cfg.eval.batch_size, dev, "evaluation", "eval.batch_size")
     freq = train.freq
-    model = build_from_config(trained, len(val.category_ids), freq, log=log, load_checkpoint=False)
+    model = build_from_config(built, len(val.category_ids), freq, log=log, load_checkpoint=False)
     state = load_checkpoint(ckpt_path, map_location="cpu")
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict):
