@@ -1,4 +1,6 @@
-"""One rule for the CPU threads of every command (``--threads``, ``runtime.threads``).
+"""Machine resources every command shares: one rule for CPU threads, one memory estimate before big allocations.
+
+Threads (``--threads``, ``runtime.threads``):
 
 * A requested count must be a whole number >= 1; 0, negatives and non-integers are refused
   (:class:`~iif.errors.IIFError`, one line naming the fix).
@@ -11,6 +13,11 @@
   already follows. Measured on the project's 2-core machine shared with other jobs (docs/training.md, "Your
   own images"): two threads fighting other processes for two cores made ``iif train folder`` 6x slower.
   Elsewhere (GPU, large sets, prediction) ``None`` keeps torch's own default.
+
+Memory: :func:`check_image_memory` refuses, before training allocates anything big, an image size and batch
+size whose input tensors alone cannot fit in this machine's memory (:func:`memory_limit`: physical RAM, or a
+lower cgroup limit), with one line giving the estimate and the fix (``data.options.image_size=100000`` would
+otherwise try to allocate terabytes per batch and die mid-run, or take the machine down with it).
 
 This module imports nothing heavy at import time (torch only inside :func:`set_threads`), so the CLI can check
 a flag before loading torch.
@@ -27,7 +34,7 @@ from typing import Iterator
 from .errors import IIFError
 
 __all__ = ["SMALL_TRAIN_SET", "usable_cpus", "check_threads", "default_threads", "training_threads",
-           "set_threads", "thread_limit"]
+           "set_threads", "thread_limit", "memory_limit", "image_batch_bytes", "check_image_memory", "format_bytes"]
 
 #: Training sets (images) below this size train with one CPU thread unless told otherwise.
 SMALL_TRAIN_SET = 10_000
@@ -110,3 +117,58 @@ def thread_limit(n: int | None) -> Iterator[None]:
             import torch
 
             torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def memory_limit() -> int | None:
+    """Bytes of memory this process can have at most: physical RAM (``sysconf``), or the cgroup v2/v1 limit
+    when that is lower (a container); None where neither can be read."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < 2**60:  # "max" or a huge number: no limit
+            limits.append(int(text))
+    limits = [int(v) for v in limits if v and v > 0]
+    return min(limits) if limits else None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short text in binary units, e.g. ``"7.3 GiB"``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover - the loop always returns
+
+
+def image_batch_bytes(batch_size: int, image_size: int, channels: int = 3) -> int:
+    """A lower bound on the memory one batch of ``batch_size`` square images of side ``image_size`` takes: the
+    float32 input tensor plus one decoded uint8 image (the model's activations come on top, several times
+    more), so a size refused on this estimate can never fit."""
+    pixels = int(image_size) ** 2 * int(channels)
+    return int(batch_size) * pixels * 4 + pixels
+
+
+def check_image_memory(batch_size: int, image_size: int, channels: int = 3, *, what: str = "a training batch",
+                       size_key: str = "data.options.image_size", batch_key: str = "optim.batch_size",
+                       limit: int | None = None) -> int:
+    """Raise one-line IIFError when :func:`image_batch_bytes` exceeds ``limit`` (default :func:`memory_limit`);
+    return the estimate. The message names the estimate, the memory there is and the keys to lower."""
+    need = image_batch_bytes(batch_size, image_size, channels)
+    have = memory_limit() if limit is None else int(limit)
+    if have is not None and need > have:
+        raise IIFError(f"{what} of {int(batch_size)} images at {int(image_size)}x{int(image_size)} px needs at least "
+                       f"{format_bytes(need)} ({need} bytes, the input tensors alone) but this machine has "
+                       f"{format_bytes(have)} of memory; lower {size_key} (e.g. 224) or {batch_key}.")
+    return need

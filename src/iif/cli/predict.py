@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise IIFError(f"--topk must be >= 1; got {args.topk}.")
     if args.batch_size < 1:
         raise IIFError(f"--batch-size must be >= 1; got {args.batch_size}.")
-    if args.threads is not None:  # iif.threads: >= 1, clamped to the usable CPUs with one warning
-        from ..threads import check_threads, set_threads
+    if args.threads is not None:  # iif.resources: >= 1, clamped to the usable CPUs with one warning
+        from ..resources import check_threads, set_threads
 
         set_threads(check_threads(args.threads))
     if args.out and Path(args.out).is_dir():  # checked before the (possibly long) prediction

@@ -1,4 +1,4 @@
-"""iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda]
+"""iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda] [--threads N]
 
 CONFIG is a packaged config's short name (cifar100_lt_decoupled; iif train --list shows them with one line
 each) or a YAML path. --print-config prints the resolved config (overrides applied) as YAML and exits.
@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                    help="replace an earlier iif output in OUT (built beside it, swapped in when finished; a folder "
                         "iif did not write is never replaced); with --resume: resume even if the config changed")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override runtime.device")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for training (overrides runtime.threads; default 1 on the CPU below 10,000 "
+                        "training images, else torch's; more than the usable CPUs is clamped with a warning)")
     p.add_argument("--list", action="store_true", help="list the packaged configs, one line each, and exit")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (with overrides) as YAML and exit without training")
@@ -67,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise IIFError("give a config name or path, e.g. iif train digits_lt_e2e (see iif train --list).")
     cfg = load_config(args.config, args.overrides)
+    if args.threads is not None:  # iif.resources: < 1 refused, above the usable CPUs clamped with one warning
+        from ..resources import check_threads
+
+        cfg.runtime.threads = check_threads(args.threads)
     if args.print_config:
         import yaml
 

@@ -222,6 +222,9 @@ class RuntimeConfig:
     # Stop (as if killed) after this many completed epochs; used to test resume. Not part of the hash.
     stop_after_epoch: int | None = None
     deterministic: bool = False
+    # CPU threads for training (iif train --threads); null: 1 on the CPU below 10,000 training images, else
+    # torch's default. More than the usable CPUs is clamped with a warning (iif.resources). Not part of the hash.
+    threads: int | None = None
 
 
 @dataclass
@@ -246,6 +249,7 @@ _HASH_EXCLUDE = {
     ("runtime", "tensorboard"),
     ("runtime", "log_every"),
     ("runtime", "stop_after_epoch"),
+    ("runtime", "threads"),
     ("data", "num_workers"),
     ("data", "resident"),
     ("data", "root"),
@@ -669,4 +673,6 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     _at_least("runtime.log_every", rt.log_every, 1, "20")
     if rt.stop_after_epoch is not None:
         _at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
+    if rt.threads is not None:  # the upper end is clamped to the usable CPUs when training starts (iif.resources)
+        _at_least("runtime.threads", rt.threads, 1, "1")
     return cfg

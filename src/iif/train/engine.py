@@ -36,6 +36,7 @@ from torch import nn
 from ..data.batches import make_train_batches
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
+from ..resources import check_image_memory, set_threads, training_threads
 from .advice import check_backbone_advice, check_config_advice, loader_workers
 from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
@@ -135,10 +136,15 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
     info = init_distributed(dev)
     if dev.type == "cuda" and info.distributed:
         dev = torch.device("cuda", info.local_rank)
+    old_threads, threads = torch.get_num_threads(), None
     try:
         if splits is None:
             splits = build_splits(cfg)
         _check_splits(splits)
+        _check_memory(cfg, splits, world)  # one line with the estimate, before any model or batch is allocated
+        # iif.resources: runtime.threads (iif train --threads) clamped to the usable CPUs; 1 for small CPU sets
+        threads = training_threads(cfg.runtime.threads, len(splits.train.targets), dev.type, "runtime.threads")
+        set_threads(threads)
         check_config_advice(cfg, splits, recipe=out is not None)  # iif.train.advice: data notes; e2e IIF on few images
         strategy = cfg.strategy.name
         runners = {"e2e": lambda w: _run_stage(cfg, splits, StageSpec.main(cfg), w, dev, info, resume, force),
@@ -159,6 +165,8 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
             raise
         return _finish_out(result, work, out, info)
     finally:
+        if threads is not None:  # a library call leaves the caller's thread count as it found it
+            torch.set_num_threads(old_threads)
         cleanup_distributed(info)
 
 
@@ -221,6 +229,14 @@ def _finish_out(result: TrainResult, work: Path, out: Path, info: DistInfo) -> T
             except ValueError:  # a checkpoint given by the config, outside the run folder
                 pass
     return result
+
+
+def _check_memory(cfg: TrainConfig, splits, world: int) -> None:
+    """Refuse an image size and batch sizes whose input tensors alone exceed this machine's memory
+    (:func:`iif.resources.check_image_memory`): the training batch per rank, then the evaluation batch."""
+    size, ch = int(splits.image_size), int(splits.in_channels)
+    check_image_memory(per_rank_batch(cfg.optim.batch_size, world), size, ch)
+    check_image_memory(int(cfg.eval.batch_size), size, ch, what="an evaluation batch", batch_key="eval.batch_size")
 
 
 def _check_splits(splits) -> None:
