@@ -116,17 +116,88 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
             raise IIFError(f"override {item!r} is not KEY=VALUE; write e.g. train.epochs=2.")
         value = _parse_value(raw)
         section, _, name = key.partition(".")
-        if name and section in ("model", "train"):
+        valid = bench_override_keys()
+        if key not in valid:
+            import difflib
+
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise IIFError(f"unknown det-bench override {key!r}.{hint} Valid keys: {', '.join(valid)}.")
+        if name:
             getattr(s, section)[name] = value
-        elif not name and key in ("arch", "max_train_images", "max_val_images", "score_threshold", "hflip",
-                                  "batch_size_eval", "threads"):
-            setattr(s, key, value)
         else:
-            raise IIFError(f"unknown det-bench override {key!r}; use model.<build_detector argument>, "
-                           "train.<train_detector argument>, arch, max_train_images, max_val_images, "
-                           "score_threshold, hflip, batch_size_eval or threads.")
+            setattr(s, key, value)
     _check_settings(s)
     return s
+
+
+# det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
+# schedule keys of a det-train config).
+_TOP_KEYS = ("arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads")
+_TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
+# build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
+# fasterrcnn_*), log is the bench's own.
+_MODEL_NOT_KEYS = ("masks", "log")
+
+
+def bench_override_keys() -> list[str]:
+    """Every KEY of ``iif det-bench KEY=VALUE``: ``model.<build_detector keyword>``, ``train.<schedule key>``
+    (the train_detector keywords of a det-train schedule, plus amp, num_workers, log_every) and the top-level
+    settings."""
+    import inspect
+
+    from .models import build_detector
+
+    model = [n for n, prm in inspect.signature(build_detector).parameters.items()
+             if prm.kind is inspect.Parameter.KEYWORD_ONLY and n not in _MODEL_NOT_KEYS]
+    return ([f"model.{n}" for n in model] + [f"train.{n}" for n in _SCHEDULE_KEYS + _TRAIN_EXTRA]
+            + list(_TOP_KEYS))
+
+
+def _check_memory(s: DetBenchSettings, d, device: str) -> None:
+    """Refuse model sizes whose batch cannot fit in memory (:func:`iif.detection.models.check_input_memory`),
+    for training and evaluation, before any detector is built."""
+    from .models import check_input_memory
+    from .runs import _image_sizes
+
+    m = s.model
+    kw = {k: m[k] for k in ("fpn_channels", "returned_layers") if k in m}
+    for ds, batch, what, key in ((d.train, s.train.get("batch_size", 2), "training", "train.batch_size"),
+                                 (d.val, s.batch_size_eval, "evaluation", "batch_size_eval")):
+        check_input_memory(_image_sizes(ds), arch=s.arch, min_size=m.get("min_size", 800),
+                           max_size=m.get("max_size", 1333), batch_size=int(batch), device=device, what=what,
+                           batch_key=key, **kw)
+
+
+def _check_values(s: DetBenchSettings) -> None:
+    """The model and train values range-checked by det-train's rules (:func:`validate_detection_config`), with
+    the message naming det-bench's key (``train.lr``, not ``schedule.lr``)."""
+    import dataclasses
+
+    from .config import DetectionConfig, validate_detection_config
+
+    cfg = DetectionConfig()
+    t = dict(s.train)
+    runtime = {"amp": t.pop("amp", cfg.runtime.amp), "workers": t.pop("num_workers", cfg.runtime.workers),
+               "log_every": t.pop("log_every", cfg.runtime.log_every)}
+    milestones = t.pop("milestones", ())
+    try:
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, arch=s.arch, **s.model),
+            schedule=dataclasses.replace(cfg.schedule, milestones=[], **t),
+            runtime=dataclasses.replace(cfg.runtime, **runtime))
+        validate_detection_config(cfg)
+        if not isinstance(milestones, (list, tuple)) or not all(
+                isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in milestones):
+            raise IIFError(f"config key 'schedule.milestones' must list epochs >= 1; got {milestones!r}. Set e.g. "
+                           "schedule.milestones=[2].")
+    except IIFError as exc:
+        text = str(exc).replace("model.arch", "arch").replace("schedule.", "train.").replace(
+            "runtime.amp", "train.amp").replace("runtime.workers", "train.num_workers").replace(
+            "runtime.log_every", "train.log_every").replace("config key", "det-bench setting")
+        raise IIFError(text) from None
+    if s.hflip is not None and not isinstance(s.hflip, bool):
+        raise IIFError(f"det-bench setting hflip must be true, false or null; got {s.hflip!r}.")
 
 
 # A det-train config's schedule keys that train_detector takes as they are.
@@ -200,6 +271,7 @@ def _check_settings(s: DetBenchSettings) -> None:
     epochs = s.train.get("epochs")
     if not isinstance(epochs, int) or epochs < 1:
         raise IIFError(f"det-bench setting train.epochs must be a whole number >= 1; got {epochs!r}.")
+    _check_values(s)
 
 
 def default_benchmark_dir(seed: int = 0) -> Path:
@@ -505,6 +577,7 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
         torch.set_num_threads(s.threads)
     t_all = time.perf_counter()
     d = _load_data(data, s, log, paths)
+    _check_memory(s, d, dev)
     sched = _scale_schedule(s, len(d.train), log)
     per_seed = []
     for seed in range(s.seeds):
