@@ -429,6 +429,7 @@ def run_bench(
     :func:`iif.metrics.shot_thresholds`). ``threads``: CPU threads for training (default: 1 for training sets
     under 10k images, else torch's default).
     """
+    from ..resources import training_threads
     from ..train import build_splits, extract_features, resolve_device
 
     t_start = time.perf_counter()
@@ -455,8 +456,8 @@ def run_bench(
     log(f"iif bench: {cfg.data.name}, {splits.num_classes} classes, {int(counts.sum())} training images "
         f"(largest {int(counts.max())}, smallest {int(counts.min())}); heads {','.join(heads)}; seeds {seeds}; "
         f"{'quick' if quick else 'full'}; device {dev}; base config {base.source or '(defaults)'}")
-    if threads is None and dev.type == "cpu" and len(splits.train.targets) < SMALL_TRAIN_SET:
-        threads = 1
+    # iif.resources, the rule of every command: >= 1, clamped to the usable CPUs; 1 on the CPU for small sets
+    threads = training_threads(threads, len(splits.train.targets), dev.type)
     variants, skipped_variants = valid_variants(counts, VARIANTS, total)
     y_te = np.asarray(splits.test.targets, dtype=np.int64)
     y_va = np.asarray(splits.val.targets, dtype=np.int64) if splits.val is not None else None

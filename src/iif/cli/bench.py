@@ -49,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.runner import run_bench
     from ..errors import IIFError
 
-    for flag, value in (("--threads", args.threads), ("--many", args.many), ("--few", args.few)):
-        if value is not None and value < (1 if flag == "--threads" else 0):
-            raise IIFError(f"{flag} must be >= {1 if flag == '--threads' else 0}; got {value}.")
+    from ..resources import check_threads
+
+    threads = check_threads(args.threads)  # >= 1; above the usable CPUs clamped with one warning
+    for flag, value in (("--many", args.many), ("--few", args.few)):
+        if value is not None and value < 0:
+            raise IIFError(f"{flag} must be >= 0; got {value}.")
     _refuse_overlap(args)
     run_bench(dataset=args.dataset, config=args.config, seeds=args.seeds, out=args.out, quick=args.quick,
               heads=args.heads.split(","), force=args.force, device=args.device, overrides=args.overrides,
-              many=args.many, few=args.few, plots=not args.no_plots, threads=args.threads)
+              many=args.many, few=args.few, plots=not args.no_plots, threads=threads)
     return 0
 
 

@@ -43,10 +43,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..detection.bench import default_benchmark_dir, run_det_bench
     from ..outputs import refuse_overlap
+    from ..resources import check_threads
 
     # outputs never touch inputs: --out is not the data folder read (the cached benchmark by default), nor in it
     refuse_overlap({"--out": args.out}, {"--data": args.data if args.data is not None else default_benchmark_dir()})
 
     run_det_bench(args.data, quick=args.quick, out=args.out, seeds=args.seeds, force=args.force, device=args.device,
-                  preset=args.preset, overrides=args.overrides, plots=not args.no_plots, threads=args.threads)
+                  preset=args.preset, overrides=args.overrides, plots=not args.no_plots,
+                  threads=check_threads(args.threads))  # >= 1; above the usable CPUs clamped with one warning
     return 0

@@ -421,7 +421,7 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     _at_least("runtime.seed", rt.seed, 0, "0", _MAX_SEED)
     _at_least("runtime.workers", rt.workers, 0, "2")
     if rt.threads is not None:
-        _at_least("runtime.threads", rt.threads, 1, "1", 4096)
+        _at_least("runtime.threads", rt.threads, 1, "1")  # above the usable CPUs: clamped (iif.resources)
     _at_least("runtime.log_every", rt.log_every, 0, "20")
     if rt.stop_after_epoch is not None:
         _at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")

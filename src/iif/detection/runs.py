@@ -25,6 +25,7 @@ import torch
 
 from ..errors import IIFError
 from ..outputs import atomic_write_json, json_safe
+from ..resources import check_threads, set_threads
 from .config import (DetectionConfig, detection_config_hash, load_detection_config, margin_kwargs, model_kwargs,
                      scaled_schedule)
 
@@ -332,8 +333,7 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     if info.is_main:  # before any work: the folder policy, and no output over what the run reads
         refuse_overlap({"--out": out}, inputs)
         check_run_folder(out, "det-train", force=force and not resume, resume=resume)
-    if cfg.runtime.threads is not None:
-        torch.set_num_threads(cfg.runtime.threads)
+    set_threads(check_threads(cfg.runtime.threads, "runtime.threads"))  # iif.resources: clamped to the CPUs
     paths = data_paths(cfg)
     train, val, val_ann = load_train_and_val(cfg, paths)
     if list(val.category_ids) != list(train.category_ids):
@@ -516,8 +516,7 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
                    + detection_inputs(trained) + detection_inputs(cfg),
                    run_folders={"the run folder": cfg_path.parent})
     dev = _device(cfg, device)
-    if cfg.runtime.threads is not None:
-        torch.set_num_threads(cfg.runtime.threads)
+    set_threads(check_threads(cfg.runtime.threads, "runtime.threads"))  # iif.resources: clamped to the CPUs
     paths = data_paths(cfg)
     val, val_ann = load_val_set(cfg, paths)
     train = load_train_set(trained if data is None else cfg, paths)
