@@ -36,10 +36,31 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
+# torch's DataLoader re-raises a worker's exception with the worker's traceback in its text
+# ("Caught IIFError in DataLoader worker process 0.\nOriginal Traceback (most recent call last): ...").
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\s*\nOriginal Traceback")
+
+
+def original_message(text: str) -> str:
+    """``text`` of an exception torch's DataLoader re-raised from a worker, reduced to the original error's
+    message (the last ``Name: message`` line of the worker's traceback and any lines after it); any other text
+    unchanged."""
+    m = _WORKER_ERROR.match(text)
+    if not m:
+        return text
+    name, lines = m.group(1), text.splitlines()
+    for i in range(len(lines) - 1, 0, -1):
+        head, sep, rest = lines[i].partition(": ")
+        if sep and not lines[i].startswith(" ") and (head == name or head.endswith("." + name)):
+            return "\n".join([rest] + lines[i + 1:])
+    return text
+
+
 def error_line(exc: BaseException) -> str:
-    """The one-line message the CLI prints for ``exc`` (one of :data:`BOUNDARY_ERRORS`): problem and fix."""
+    """The one-line message the CLI prints for ``exc`` (one of :data:`BOUNDARY_ERRORS`): problem and fix. An
+    error a DataLoader worker raised is reduced to its own message (:func:`original_message`)."""
     if isinstance(exc, IIFError):
-        return _one_line(exc)
+        return _one_line(original_message(str(exc)))
     if isinstance(exc, ImportError):
         module = (exc.name or "").split(".")[0]
         if module in EXTRAS:
@@ -59,7 +80,7 @@ def error_line(exc: BaseException) -> str:
         return "out of memory; check the sizes in the input (class labels, counts, batch size) and lower them"
     if isinstance(exc, json.JSONDecodeError):
         return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; fix or re-export the file"
-    return _one_line(f"{type(exc).__name__}: {exc}")
+    return _one_line(f"{type(exc).__name__}: {original_message(str(exc))}")
 
 
 def package_version() -> str:
