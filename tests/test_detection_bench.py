@@ -162,7 +162,7 @@ def test_default_benchmark_lives_in_the_cache(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_coco_layout_is_scored_with_coco_rules(tiny_data, tmp_path):
     """A user's COCO folder (no LVIS federated fields, no frequency groups) runs through to the table:
-    AP from COCO rules, APr/APc/APf empty."""
+    AP from COCO rules, r/c/f groups from the training image counts by LVIS's rule (as `iif stats`)."""
     import shutil
 
     root = tmp_path / "coco"
@@ -179,7 +179,8 @@ def test_coco_layout_is_scored_with_coco_rules(tiny_data, tmp_path):
         (root / "annotations" / f"instances_{folder}.json").write_text(json.dumps(ann))
     rows = B.run_det_bench(root, quick=True, out=tmp_path / "o", overrides=TINY, plots=False)
     assert len(rows) == len(B.POSTHOC_ROWS)
-    assert all(r["APr"] is None and r["APc"] is None and r["APf"] is None for r in rows)
     assert all(r["AP"] is not None and r["APb"] is not None for r in rows)
     details = json.loads((tmp_path / "o" / "details.json").read_text())
     assert {d["rules"] for d in details} == {"coco"}
+    assert all(d["groups"] is not None and sum(d["groups"].values()) == 20 for d in details)
+    assert any(r[k] is not None for r in rows for k in ("APr", "APc", "APf"))
