@@ -369,7 +369,7 @@ def test_softmax_is_recommended_when_nothing_beats_it_on_validation():
     assert summary["lines"][0].startswith("Recommended by validation: softmax itself (softmax / end-to-end (linear head))")
 
 
-def test_a_recommendation_without_a_command_names_the_best_row_that_has_one():
+def test_a_row_without_a_command_is_passed_over_for_the_best_deployable_row():
     soft = Candidate("softmax", "end-to-end", None, "linear", _onehot(Y), _onehot(_with_errors([2, 2, 2])))
     tuned = Candidate("IIF tuned", "post-process", "smooth^0.75", "linear", _onehot(Y), _onehot(Y))
     la = Candidate("logit adjustment", "post-hoc", "tau=1", "linear", _onehot(Y), _onehot(_with_errors([1, 0, 0])))
@@ -379,11 +379,12 @@ def test_a_recommendation_without_a_command_names_the_best_row_that_has_one():
     for r in means:
         r["reproduce"] = cmds[r["method"]]
     _, _, summary = summarize(means, stds, details, {"num_classes": C, "seeds": 1, "val_size": 12})
-    assert summary["recommended"]["method"] == "IIF tuned"
-    assert summary["best_reproducible"]["label"] == "logit adjustment / post-hoc / tau=1 (linear head)"
-    assert "Reproduce the recommended row: (not reproducible: w^0.75)" in summary["lines"]
-    assert any(ln.startswith("Best row with a command: logit adjustment") and ln.endswith("`iif eval la`")
-               for ln in summary["lines"])
+    # ranks on validation: tuned 100, LA 91.7, softmax 50; tuned has no command, so LA (rank 2) is recommended
+    assert summary["recommended"]["method"] == "logit adjustment" and summary["recommended"]["rank"] == 2
+    assert summary["passed_over"] == [{"label": "IIF tuned / post-process / smooth^0.75 (linear head)", "rank": 1,
+                                       "why": "no command deploys it (not reproducible: w^0.75)"}]
+    assert "Reproduce the recommended row: `iif eval la`" in summary["lines"]
+    assert any(ln.startswith("Passed over (ranked higher on validation): rank 1 IIF tuned") for ln in summary["lines"])
 
 
 def test_rows_close_to_the_recommendation_are_named():

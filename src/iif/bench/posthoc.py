@@ -240,7 +240,7 @@ def evaluate_candidates(
 
     Returns ``rows`` (dicts with exactly :data:`ROW_KEYS`) and ``details`` (one dict per row with the
     remaining metrics: ``class_avg``, ``per_class``, ``mce``, ``nll``, and when validation logits exist
-    ``temperature``, ``ece_ts``, ``nll_ts`` after temperature scaling; the comparison with the softmax row
+    ``val_few`` (few-shot validation accuracy), ``temperature``, ``ece_ts``, ``nll_ts`` after temperature scaling; the comparison with the softmax row
     of the same head and the earlier row with the same predictions, from
     :func:`iif.bench.summary.compare_candidates`: ``val_class_avg``, ``delta_val``, ``delta_val_se``,
     ``delta_test``, ``delta_test_se``, ``same_as``, ``relation``; plus the candidate's ``info``).
@@ -260,6 +260,8 @@ def evaluate_candidates(
                      "top1": m["top1"], "many": m["many"], "medium": m["medium"], "few": m["few"], "ece": m["ece"]})
         d = {k: m[k] for k in ("class_avg", "per_class", "mce", "nll")}
         if c.val_logits is not None and val_labels is not None:
+            # few-shot validation accuracy: the bench's collapse rule judges rows on validation (summary.py)
+            d["val_few"] = evaluate_logits(c.val_logits, val_labels, counts, many=many, few=few, bins=bins)["few"]
             t = fit_temperature(c.val_logits, val_labels)
             zt = c.test_logits / t
             d["temperature"] = t

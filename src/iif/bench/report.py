@@ -19,14 +19,15 @@ import numpy as np
 
 from ..outputs import json_safe
 from .posthoc import ROW_KEYS
-from .summary import row_key, row_label, summarize
+from .summary import COLLAPSE_POINTS, row_key, row_label, summarize
 
-__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "dumps_summary", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
+__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "dumps_summary", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "posthoc_text_table", "POSTHOC_LEGEND", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
 
 TEXT_KEYS: tuple[str, ...] = ("method", "strategy", "variant", "head")
 NUMERIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
 #: Keys :func:`iif.bench.summary.summarize` adds to every row (``summary.json``), after :data:`ROW_KEYS`.
-RANK_KEYS: tuple[str, ...] = ("rank", "val_class_avg", "test_class_avg", "delta_val", "delta_test", "same_as")
+RANK_KEYS: tuple[str, ...] = ("rank", "val_class_avg", "test_class_avg", "delta_val", "delta_test", "same_as",
+                               "few_collapse")
 #: Keys of every row of ``summary.json``, in order (then any key the runner adds, e.g. ``reproduce``).
 RESULT_KEYS: tuple[str, ...] = ROW_KEYS + RANK_KEYS
 _HEADERS = {"method": "method", "strategy": "strategy", "variant": "variant", "head": "head",
@@ -101,6 +102,32 @@ def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, 
     return aligned_table([_HEADERS[k] for k in ROW_KEYS], _cells(rows, stds), [k in NUMERIC_KEYS for k in ROW_KEYS])
 
 
+#: The note ``iif posthoc`` prints under its table (:func:`posthoc_text_table`).
+POSTHOC_LEGEND = ("class-avg: test class-average accuracy (mean of per-class accuracies; what the tuned row is chosen on, "
+                  "on validation); Δ class-avg: its change against the softmax row, in points (Δ uses class-average, "
+                  "not top-1: top-1 counts images, so on an imbalanced test split it follows the head classes); top-1, "
+                  "many, medium, few, ECE: test split, percent.")
+
+
+def posthoc_text_table(rows: Sequence[Mapping[str, Any]], details: Sequence[Mapping[str, Any]]) -> str:
+    """``iif posthoc``'s table: :data:`ROW_KEYS` with the test class-average accuracy (``details[i]["class_avg"]``)
+    and its change against softmax (``details[i]["delta_test"]``) beside top-1."""
+    keys = list(ROW_KEYS)
+    at = keys.index("top1") + 1
+    header = [_HEADERS[k] for k in keys]
+    header[at:at] = ["class-avg", "Δ class-avg"]
+    body = []
+    for r, d in zip(rows, details):
+        line = [cell(r[k]) for k in keys]
+        ref = (r["method"], r["strategy"]) == ("softmax", "end-to-end")
+        dt = d.get("delta_test")
+        line[at:at] = [cell(d.get("class_avg")), "ref" if ref else ("-" if dt is None else f"{dt:+.1f}")]
+        body.append(line)
+    numeric = [k in NUMERIC_KEYS for k in keys]
+    numeric[at:at] = [True, True]
+    return aligned_table(header, body, numeric)
+
+
 def markdown_table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -160,8 +187,9 @@ def ranked_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, 
     folded = _folded_into(rows)
     std_of = {id(r): (stds[i] if stds is not None else None) for i, r in enumerate(rows)}
     cols = (["rank"] if has_val else []) + ["method", "strategy", "variant", "head"]
-    cols += (["val", "Δ val"] if has_val else []) + ["top-1", "Δ test", "many", "medium", "few", "ECE", "same rows"]
-    numeric = {"rank", "val", "Δ val", "top-1", "Δ test", "many", "medium", "few", "ECE"}
+    cols += (["val", "Δ val"] if has_val else []) + ["top-1", "test avg", "Δ test", "many", "medium", "few", "ECE",
+                                                      "same rows"]
+    numeric = {"rank", "val", "Δ val", "top-1", "test avg", "Δ test", "many", "medium", "few", "ECE"}
     body = []
     for r in rows:
         if r.get("same_as"):
@@ -180,7 +208,9 @@ def ranked_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, 
         ref = (r["method"], r["strategy"]) == ("softmax", "end-to-end")
         if has_val:
             line += [num("val_class_avg"), "ref" if ref else num("delta_val", True)]
-        line += [num("top1"), "ref" if ref else num("delta_test", True), num("many"), num("medium"), num("few"), num("ece")]
+        few = num("few") + (" !" if r.get("few_collapse") else "")
+        line += [num("top1"), num("test_class_avg"), "ref" if ref else num("delta_test", True), num("many"), num("medium"),
+                 few, num("ece")]
         twins = folded.get(row_label(r), [])
         line.append("= " + ", ".join(_short(t, r) for t in twins) if twins else "")
         body.append(line)
@@ -189,10 +219,13 @@ def ranked_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, 
     return aligned_table(cols, body, [c in numeric for c in cols])
 
 
-_TABLE_LEGEND = ("val: class-average accuracy on validation (the ranking key); Δ: change in class-average accuracy "
-                 "against the softmax row of the same head (`ref`), in points (on a class-balanced test split class-average "
-                 "accuracy equals top-1); top-1, many, medium, few, ECE: test split, percent; same rows: rows folded "
-                 "into this one because they predict the same class for every validation and test image.")
+_TABLE_LEGEND = ("val: class-average accuracy on validation (the ranking key); test avg: class-average accuracy on "
+                 "test (the mean of per-class accuracies); Δ val, Δ test: change in CLASS-AVERAGE accuracy (val, test avg) "
+                 "against the softmax row of the same head (`ref`), in points, not in top-1 (top-1 counts images, so on an "
+                 "imbalanced test split it follows the head classes; on a class-balanced one the two are equal); top-1, "
+                 "many, medium, few, ECE: test split, percent; `!` after few: few-shot collapse (more than "
+                 f"{COLLAPSE_POINTS:g} points below softmax's few-shot accuracy, or 0 where softmax's is above 0); same rows: "
+                 "rows folded into this one because they predict the same class for every validation and test image.")
 
 
 def printed_report(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None,

@@ -34,6 +34,9 @@ __all__ = [
     "summarize",
     "summary_lines",
     "row_label",
+    "COLLAPSE_POINTS",
+    "few_shot_collapse",
+    "deployable",
 ]
 
 #: A validation difference smaller than this many standard errors is "within noise" (about 95% two-sided).
@@ -41,8 +44,31 @@ NOISE_SE = 2.0
 #: The backbone is called underfit when its chance-corrected accuracy ``(acc - chance) / (100 - chance)``
 #: is below this: it closes less than a quarter of the way from chance (100 / C %) to a perfect score.
 from ..train.advice import UNDERFIT_MARGIN as UNDERFIT_SKILL  # noqa: E402  (0.25: one rule with iif train)
+#: Few-shot collapse (:func:`few_shot_collapse`): a row's few-shot accuracy this many points below softmax's.
+COLLAPSE_POINTS = 10.0
 #: A row with this (method, strategy) is the reference every other row is compared with.
 REFERENCE = ("softmax", "end-to-end")
+
+
+def few_shot_collapse(few: float | None, softmax_few: float | None, points: float = COLLAPSE_POINTS) -> bool:
+    """Whether a row's few-shot accuracy ``few`` (percent) collapses against the softmax backbone's ``softmax_few``
+    on the same split and head: more than ``points`` (10) points below it, or 0 where softmax's is above 0.
+
+    Why: re-balancing (post-process IIF, logit adjustment, decoupled retraining) exists to help the rare
+    classes; a row that loses more than a tenth of the scale on the few-shot group, or every few-shot image,
+    gains its average elsewhere at the tail's expense. Unknown (None) on either side: no verdict (False).
+    """
+    if few is None or softmax_few is None:
+        return False
+    return float(few) < float(softmax_few) - float(points) or (float(few) == 0.0 and float(softmax_few) > 0.0)
+
+
+def deployable(row: Mapping[str, Any]) -> bool:
+    """Whether a row can be deployed: its ``reproduce`` command is a command, not a note such as
+    ``(not reproducible: ...)``. A row without a ``reproduce`` entry (rows scored outside the bench) counts
+    as deployable: there is nothing to restrict on."""
+    rep = row.get("reproduce")
+    return not (isinstance(rep, str) and rep.startswith("("))
 
 
 def row_key(row: Mapping[str, Any]) -> tuple:
@@ -240,9 +266,15 @@ def summarize(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any
     class-average accuracy, best first, ties kept in bench order so the simpler row wins; each folded row
     right after the row it equals), each with the added keys ``rank`` (None for a folded row),
     ``val_class_avg``, ``test_class_avg``, ``delta_val``, ``delta_test`` (mean over seeds, points against
-    softmax of the same head), ``same_as`` (label of the row it equals, or None); ``stds`` in the same
+    softmax of the same head), ``same_as`` (label of the row it equals, or None), ``few_collapse`` (its
+    few-shot test accuracy collapses against softmax's, :func:`few_shot_collapse`); ``stds`` in the same
     order with the standard deviation over seeds of the same numbers; and the ``summary`` dict written to
     ``results.json``. Without a validation split nothing is ranked or recommended.
+
+    The recommendation is the best-ranked row that is :func:`deployable` and whose few-shot VALIDATION
+    accuracy does not collapse against softmax's (:func:`few_shot_collapse`); the rows ranked above it are
+    named in ``summary["passed_over"]`` with the reason. Rows whose few-shot TEST accuracy collapses are
+    flagged (``few_collapse`` in every ranked row, ``summary["collapse"]``), never chosen on.
     """
     if details and "method" not in details[0]:  # one run's details, in row order (e.g. from posthoc_table)
         details = [{**r, **d} for r, d in zip(rows, details)]
@@ -262,6 +294,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any
                             ("delta_val", "delta_val"), ("delta_test", "delta_test")):
             s[name], s[name + "_std"] = _mean_std([d.get(field) for d in ds])
         s["delta_val_se"], _ = _mean_std([d.get("delta_val_se") for d in ds])
+        s["val_few"], _ = _mean_std([d.get("val_few") for d in ds])
         s["delta_test_se"], _ = _mean_std([d.get("delta_test_se") for d in ds])
         stats[k] = s
 
@@ -277,13 +310,16 @@ def summarize(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any
     arranged += [(j, None) for j in order if j not in placed]  # a fold target that is not a row (never expected)
 
     label_of = {k: row_label(r) for k, r in zip(keys, rows)}
+    soft_few = {r.get("head"): r.get("few") for r in rows if (r["method"], r["strategy"]) == REFERENCE}
     out_rows, out_stds = [], ([] if stds is not None else None)
     for i, rank in arranged:
         k = keys[i]
         s = stats[k]
         same = label_of.get(folds[k]["into"]) if k in folds else None
         extra = {"rank": rank, "val_class_avg": s["val_class_avg"], "test_class_avg": s["test_class_avg"],
-                 "delta_val": s["delta_val"], "delta_test": s["delta_test"], "same_as": same}
+                 "delta_val": s["delta_val"], "delta_test": s["delta_test"], "same_as": same,
+                 # the test-side flag: reported, never used to choose (the choice uses validation)
+                 "few_collapse": few_shot_collapse(rows[i].get("few"), soft_few.get(rows[i].get("head")))}
         out_rows.append({**rows[i], **extra})
         if out_stds is not None:
             base = std_by_key.get(k, {kk: None for kk in rows[i]})
@@ -323,8 +359,29 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
         "recommended": None, "uncertainty": None, "best_per_strategy": [], "warnings": [], "folded": [],
     }
     lines: list[str] = []
+    val_few_soft = {h: stats[row_key(r)].get("val_few") for h, r in soft.items()}
+    test_few_soft = {h: r.get("few") for h, r in soft.items()}
+    summary["collapse"] = {
+        "rule": f"few-shot accuracy more than {COLLAPSE_POINTS:g} points below the softmax row's of the same head, "
+                "or 0 where softmax's is above 0; judged on validation to choose, flagged on test",
+        "points": COLLAPSE_POINTS,
+        "flagged_on_test": [row_label(r) for r in rows if r.get("few_collapse")]}
+    summary["passed_over"] = []
     if has_val:
-        top = next(r for r in rows if r["rank"] == 1)
+        ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
+        top = None
+        for r in ranked:
+            why = []
+            if not deployable(r):
+                why.append(f"no command deploys it {r['reproduce']}")
+            vf, sf = stats[row_key(r)].get("val_few"), val_few_soft.get(r["head"])
+            if few_shot_collapse(vf, sf):
+                why.append(f"its few-shot validation accuracy collapses ({vf:.1f}% against softmax's {sf:.1f}%)")
+            if not why:
+                top = r
+                break
+            summary["passed_over"].append({"label": row_label(r), "rank": r["rank"], "why": "; ".join(why)})
+        top = top if top is not None else ranked[0]
         k = row_key(top)
         s = stats[k]
         rec = {kk: top.get(kk) for kk in ("method", "strategy", "variant", "head")}
@@ -333,11 +390,14 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                     "delta_test": s["delta_test"], "delta_test_std": s["delta_test_std"]})
         if top.get("reproduce"):
             rec["reproduce"] = top["reproduce"]
+        rec["rank"] = top["rank"]
         summary["recommended"] = rec
         sm = soft.get(top["head"])
         if (top["method"], top["strategy"]) == REFERENCE:
-            lines.append(f"Recommended by validation: softmax itself ({row_label(top)}): no other row beats the plain "
-                         f"backbone on validation (class-average {s['val_class_avg']:.1f}%; test {s['test_class_avg']:.1f}%).")
+            why = ("no other row beats the plain backbone on validation" if top["rank"] == 1 else
+                   "every row ranked above it is passed over (see below)")
+            lines.append(f"Recommended by validation: softmax itself ({row_label(top)}): {why} "
+                         f"(class-average {s['val_class_avg']:.1f}%; test {s['test_class_avg']:.1f}%).")
         else:
             lines.append(
                 f"Recommended by validation: {row_label(top)}: validation {s['val_class_avg']:.1f}% "
@@ -359,7 +419,7 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                 lines.append(text)
                 summary["uncertainty"] = {"delta_val": s["delta_val"], "delta_val_se": se, "val_size": val_size,
                                           "within_noise": bool(within), "text": text}
-                close = [r for r in rows if r["rank"] is not None and r["rank"] > 1 and r["val_class_avg"] is not None
+                close = [r for r in rows if r["rank"] is not None and r["rank"] > top["rank"] and r["val_class_avg"] is not None
                          and s["val_class_avg"] - r["val_class_avg"] < NOISE_SE * se]
                 summary["uncertainty"]["close_ranks"] = [r["rank"] for r in close]
                 if close and not within and se > 0:
@@ -369,6 +429,17 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                     lines.append(f"Rank{'s' if len(ranks) > 1 else ''} {span} {'are' if len(ranks) > 1 else 'is'} within "
                                  f"{NOISE_SE * se:.1f} points of it on validation ({NOISE_SE:g} of those standard errors): "
                                  "their order is not reliable, and any of them is a sound choice.")
+        if summary["passed_over"]:
+            lines.append("Passed over (ranked higher on validation): " + "; ".join(
+                f"rank {p['rank']} {p['label']}: {p['why']}" for p in summary["passed_over"])
+                + f". The recommendation is the best row (rank {top['rank']}) that can be deployed and keeps its "
+                "few-shot validation accuracy.")
+        if top.get("few_collapse"):
+            sm_few = test_few_soft.get(top["head"])
+            lines.append(f"Few-shot warning: the recommended row's few-shot test accuracy ({top['few']:.1f}%) collapses "
+                         f"against softmax's ({sm_few:.1f}%): more than {COLLAPSE_POINTS:g} points lower, or 0; "
+                         "validation did not show it (few validation images?).")
+            summary["warnings"].append(lines[-1])
         if top.get("reproduce"):
             cmd = str(top["reproduce"])
             lines.append(f"Reproduce the recommended row: {cmd if cmd.startswith('(') else '`' + cmd + '`'}")

@@ -142,7 +142,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.posthoc import posthoc_table
-    from ..bench.report import dumps_rows, format_table
+    from ..bench.report import POSTHOC_LEGEND, dumps_rows, posthoc_text_table
     from ..metrics import shot_thresholds
 
     src, recorded = load_logits_folder(args.folder) if args.folder else ({}, {})
@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(dumps_rows(rows), end="")
         return 0
-    print(format_table(rows))
+    print(posthoc_text_table(rows, details))
+    print(POSTHOC_LEGEND)
     if val_logits is not None:
         print("\ntemperature scaling fitted on validation (ECE on test, %):")
         for r, d in zip(rows, details):
