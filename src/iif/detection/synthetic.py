@@ -64,6 +64,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -194,8 +195,14 @@ def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict
         # torchvision's layout (DIR/FashionMNIST/raw, DIR/MNIST/raw): both datasets use the same idx file
         # names, so one flat folder could not say which is which.
         root = None if source_root is None else str(Path(source_root).expanduser() / sub)
+        where = f" under {root}" if root is not None else ""
         try:
             out[dataset] = load_mnist_arrays(which, root, download)
+        except (OSError, EOFError, ValueError, zlib.error) as exc:  # not gzip, cut short, header past the end
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise IIFError(f"the {dataset} source files{where} cannot be read ({detail}); they are corrupt or "
+                           "incomplete: re-download them (delete them and add --download) or point --source-root "
+                           "at intact copies.") from None
         except IIFError as exc:
             if "not found" not in str(exc):
                 raise
@@ -205,7 +212,27 @@ def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict
                 "torchvision stores them), or add --download (download=True) to fetch them with torchvision "
                 "when online."
             ) from None
+        problem = _source_problem(out[dataset])
+        if problem:
+            raise IIFError(f"the {dataset} source files{where} {problem}; re-download them (delete them and add "
+                           "--download) or point --source-root at intact copies.")
     return out
+
+
+def _source_problem(arrays: Any) -> str | None:
+    """What is wrong with ``(train_images, train_labels, test_images, test_labels)`` read from source files
+    (None when they are uint8 (N, 28, 28) images with one label each, covering the classes 0..9)."""
+    if not (isinstance(arrays, (tuple, list)) and len(arrays) == 4):
+        return "do not hold train and test images with their labels"
+    for split, (images, labels) in (("train", arrays[0:2]), ("test", arrays[2:4])):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+            return f"hold {split} images of shape {images.shape} ({images.dtype}), not 28x28 bytes"
+        if labels.shape != (images.shape[0],):
+            return f"hold {images.shape[0]} {split} images but {labels.size} labels"
+        if not set(range(10)) <= set(np.unique(labels).tolist()):
+            return f"hold {split} labels that do not cover the classes 0..9"
+    return None
 
 
 def _check_sources(sources: Any) -> None:
