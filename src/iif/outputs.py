@@ -548,7 +548,7 @@ def refuse_overlap(outputs: PathPairs, inputs: PathPairs, *, run_folders: PathPa
     outs = _real_pairs(outputs)
     ins = _real_pairs(inputs)
     runs = _real_pairs(run_folders)
-    for i, (opt, given, real) in enumerate(outs):
+    for opt, given, real in outs:
         for label, in_given, in_real in ins + runs:
             if real == in_real:
                 raise IIFError(f"{opt} {given}{_via(given, real)} is {label} {in_given}, an input of this command, "
@@ -560,6 +560,7 @@ def refuse_overlap(outputs: PathPairs, inputs: PathPairs, *, run_folders: PathPa
             if os.path.isdir(in_real) and _inside(real, in_real):
                 raise IIFError(f"{opt} {given}{_via(given, real)} lies inside {label} {in_given}, a folder this "
                                f"command reads; choose an {opt} outside it.")
+    for i, (opt, given, real) in enumerate(outs):
         for opt2, given2, real2 in outs[i + 1:]:
             if _inside(real, real2) or _inside(real2, real):
                 raise IIFError(f"{opt} {given} and {opt2} {given2} overlap; give each output its own path.")

@@ -59,6 +59,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     variant = canonical_variant(args.variant)  # bad names fail before the (possibly slow) counting
+    if args.output:  # outputs never touch inputs: not the source, nor inside a source folder
+        from ..outputs import refuse_overlap
+
+        refuse_overlap({"--output": args.output}, {"SOURCE": args.source})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         freq = ClassFrequency.from_source(args.source)
@@ -74,9 +78,6 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.is_dir():
             raise IIFError(f"--output {out} is a directory; give a file name such as {out / ('weights.' + args.format)}.")
-        from ..outputs import refuse_overlap
-
-        refuse_overlap({"--output": out}, {"SOURCE": args.source})  # never over (or inside) what was counted
         atomic_write_text(out, text)
         print(f"wrote {len(w)} weights ({variant}, by {args.by}, K={k:g}) to {out}", file=sys.stderr)
     else:
