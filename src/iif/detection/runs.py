@@ -100,8 +100,7 @@ def load_train_set(cfg: DetectionConfig, paths=None):
 
 def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None):
     """``(val dataset, val json dict)``, restricted to the first ``data.max_val_images`` images."""
-    from .data import restrict_annotations
-    from .data import load_detection_dataset
+    from .data import load_detection_dataset, restrict_annotations, validate_annotations
 
     _, _, val_json, val_images = paths or data_paths(cfg)
     masks = _masks(cfg) if masks is None else masks
@@ -111,14 +110,12 @@ def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None)
         raise IIFError(f"{val_json} is nested too deeply to be an annotation json.") from None
     if not isinstance(val_ann, dict) or not isinstance(val_ann.get("images"), list):
         raise IIFError(f"{val_json} is not a COCO/LVIS instances json (no 'images' list); give the val annotations.")
+    # The whole val json is checked as strictly as the training json (named by its path), once.
+    validate_annotations(val_ann, val_images, source=str(val_json), masks=masks)
     n = cfg.data.max_val_images
     if n is not None and n < len(val_ann["images"]):
-        val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
-        val_ann = restrict_annotations(val_ann, set(val.image_ids[:n]))
-        # A subset of the json validated just above: checking it again would double the start-up cost.
-        return load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False,
-                                      validate=False), val_ann
-    val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
+        val_ann = restrict_annotations(val_ann, {int(im["id"]) for im in val_ann["images"][:n]})
+    val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False, validate=False)
     return val, val_ann
 
 
