@@ -288,3 +288,48 @@ def test_bench_recommendation_passes_over_collapsed_and_undeployable_rows():
     assert "0.0 !" in la_line
     summary_json = json.loads(dumps_summary(ranked, summary))
     assert [r["few_collapse"] for r in summary_json["rows"]] == [False, False, True, False]
+
+
+# ------------------------------------------------------------ the tuned row's recorded command deploys it
+
+
+@pytest.mark.slow
+def test_tuned_post_process_row_records_a_command_that_gives_its_metrics(tmp_path, monkeypatch):
+    """A bench whose tuned row must pick an exponent (gamma 0.5 is the only one offered): the row's ``reproduce``
+    is ``iif train ... && iif eval RUN/last.pt --adjust iif:<variant>^0.5``, and running it gives the row's numbers."""
+    import functools
+    import shlex
+
+    from iif.bench import runner as R
+    from iif.train import build_splits
+
+    tiny = ["schedule.epochs=1", "model.backbone_kwargs.width=4", "decoupled.epochs=1"]
+    monkeypatch.setattr(R, "tuned_posthoc_candidate", functools.partial(R.tuned_posthoc_candidate, gammas=(0.5,)))
+    old = torch.get_num_threads()
+    try:
+        res = R.run_bench(dataset="digits-lt", out=tmp_path / "bench", heads=["linear"], overrides=tiny, quick=True,
+                          splits=build_splits(R.bench_config("digits-lt", overrides=tiny)), plots=False, threads=1,
+                          log=lambda *_: None)
+    finally:
+        torch.set_num_threads(old)
+    row = next(r for r in res["rows"] if (r["method"], r["strategy"]) == ("IIF tuned", "post-process"))
+    assert row["variant"].endswith("^0.5")
+    spec = f"iif:{row['variant']}"
+    assert row["reproduce"].startswith("iif train digits_lt_decoupled ") and row["reproduce"].endswith(
+        f"/last.pt --adjust {spec}")
+    saved = json.loads((tmp_path / "bench" / "summary.json").read_text())["rows"]
+    assert any(r.get("reproduce") == row["reproduce"] for r in saved)
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+    try:
+        for part in row["reproduce"].split(" && "):
+            argv = shlex.split(part)
+            assert main(argv[1:] + (["--quiet"] if argv[1] == "train" else [])) == 0, part
+    finally:
+        torch.set_num_threads(old)
+    run_dir = tmp_path / shlex.split(row["reproduce"].split(" && ")[1])[2]
+    metrics = json.loads((run_dir.parent / "eval_test.json").read_text())[spec]
+    assert metrics["top1"] == pytest.approx(row["top1"], abs=1e-9)
+    for k in ("many", "medium", "few"):
+        assert metrics[k] == pytest.approx(row[k], abs=1e-9), k
+    assert metrics["ece"] == pytest.approx(row["ece"], abs=1e-3)
