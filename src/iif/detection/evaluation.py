@@ -282,8 +282,12 @@ def _copy_gt(gt: Mapping[str, Any], lvis: bool) -> dict:
 
 def _results_dataset(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], iou_type: str) -> dict:
     """The results as the dataset ``COCO.loadRes`` builds (fresh dicts with ``id`` = position + 1,
-    ``iscrowd`` 0 and ``area`` = box w*h, the area the LVIS API and pycocotools give results that carry a
-    box), built directly: loadRes would also write a polygon into every box result, half our run time."""
+    ``iscrowd`` 0 and ``area`` = box w*h, the area pycocotools gives results that carry a box), built
+    directly: loadRes would also write a polygon into every box result, half our run time.
+
+    A mask-only result (``segmentation`` without ``bbox``) gets its box from the mask and ``area`` = the
+    mask's pixel count, as pycocotools' ``loadRes`` and the LVIS API do; that area decides its
+    small / medium / large range (APs / APm / APl)."""
     from pycocotools import mask as mask_utils
 
     segm = iou_type == "segm"
@@ -295,8 +299,11 @@ def _results_dataset(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], i
             if isinstance(rle["counts"], str):
                 rle["counts"] = rle["counts"].encode("ascii")
             box = [float(v) for v in mask_utils.toBbox(rle)]
+            area = float(mask_utils.area(rle))
+        else:
+            area = box[2] * box[3]
         a = {"id": i + 1, "image_id": d["image_id"], "category_id": d["category_id"], "score": d["score"],
-             "bbox": list(box), "area": box[2] * box[3], "iscrowd": 0}
+             "bbox": list(box), "area": area, "iscrowd": 0}
         if segm:
             a["segmentation"] = dict(d["segmentation"])
         anns.append(a)
@@ -304,18 +311,47 @@ def _results_dataset(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], i
             "categories": [dict(c) for c in gt["categories"]]}
 
 
+#: Upper bound on faster-coco-eval's mask-IoU worker threads (its own default is 8, capped by the CPUs).
+EVAL_THREADS = 4
+
+
+def _is_thread_start_failure(exc: BaseException) -> bool:
+    """``RuntimeError("can't start new thread")`` (CPython's message when the OS refuses a thread)."""
+    return isinstance(exc, RuntimeError) and "start new thread" in str(exc)
+
+
 def _run_cocoeval(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]], iou_type: str, *, lvis: bool,
                   max_dets: int):
-    """faster-coco-eval's evaluator after evaluate() + accumulate() (LVIS mode when ``lvis``)."""
+    """faster-coco-eval's evaluator after evaluate() + accumulate() (LVIS mode when ``lvis``).
+
+    faster-coco-eval computes mask IoUs in a thread pool. Its workers are bounded here by
+    :data:`EVAL_THREADS`, and if the pool cannot start a thread (``can't start new thread``: another
+    process holds the machine's thread limit) the evaluation is redone serially on a fresh evaluator (one
+    line on stderr) instead of losing the run: the serial and threaded paths give the same numbers.
+    """
     COCO, COCOeval_faster = _import_fce()
-    coco_gt = COCO(_copy_gt(gt, lvis))
-    coco_dt = COCO(_results_dataset(gt, dets, iou_type))
-    ev = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=lvis, print_function=lambda *a, **k: None)
-    if lvis:
-        ev.params.maxDets = [max_dets]
-    ev.evaluate()
-    ev.accumulate()
-    return ev
+
+    def run(workers: int):
+        coco_gt = COCO(_copy_gt(gt, lvis))
+        coco_dt = COCO(_results_dataset(gt, dets, iou_type))
+        ev = COCOeval_faster(coco_gt, coco_dt, iou_type, lvis_style=lvis, print_function=lambda *a, **k: None,
+                             rle_iou_max_workers=workers)
+        if lvis:
+            ev.params.maxDets = [max_dets]
+        ev.evaluate()
+        ev.accumulate()
+        return ev
+
+    try:
+        return run(EVAL_THREADS)
+    except RuntimeError as exc:
+        if not _is_thread_start_failure(exc):
+            raise
+        import sys
+
+        print(f"warning: the evaluation could not start a thread ({exc}); evaluating again on one thread.",
+              file=sys.stderr)
+        return run(1)
 
 
 def _mean_precision(precision: np.ndarray) -> float:
