@@ -280,7 +280,9 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
         "- post-hoc rows switch the softmax detector's box classifier at test time (`use_margin(..., when=\"test\")`); "
         "e2e rows train a detector with the margin in the loss (IIF: `when=\"train_and_test\"`, Balanced Softmax "
         "and LA loss: `when=\"train\"`). Background keeps weight 1 / offset 0 unless the variant says "
-        "`background_margin` (prior 0.75, the RoI sampler's background share).",
+        "`background_margin` (prior 0.75, the RoI sampler's background share). Logit adjustment (post-hoc and "
+        "loss) uses the Bayes offsets of a C + 1 softmax detector, -τ ln p_c - ln Σ_j p_j^(1-τ) "
+        "(`la_form=\"bayes\"`); its `background_margin` row the classification form -τ ln p over C + 1 priors.",
         f"- Mode: {'quick (post-hoc rows only)' if s.quick else 'full'}. Whole run {meta['wall_s']:.0f} s, peak RSS "
         f"{meta['peak_rss_mb']:.0f} MB, {meta['date']}.",
         "",
