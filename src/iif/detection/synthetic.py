@@ -197,12 +197,15 @@ def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict
         root = None if source_root is None else str(Path(source_root).expanduser() / sub)
         where = f" under {root}" if root is not None else ""
         try:
-            out[dataset] = load_mnist_arrays(which, root, download)
-        except (OSError, EOFError, ValueError, zlib.error) as exc:  # not gzip, cut short, header past the end
-            detail = " ".join(str(exc).split()) or type(exc).__name__
-            raise IIFError(f"the {dataset} source files{where} cannot be read ({detail}); they are corrupt or "
-                           "incomplete: re-download them (delete them and add --download) or point --source-root "
-                           "at intact copies.") from None
+            try:
+                out[dataset] = load_mnist_arrays(which, root, download)
+            except IIFError:
+                raise
+            except (OSError, EOFError, ValueError, zlib.error) as exc:  # not gzip, cut short, header past the end
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                raise IIFError(f"the {dataset} source files{where} cannot be read ({detail}); they are corrupt or "
+                               "incomplete: re-download them (delete them and add --download) or point "
+                               "--source-root at intact copies.") from None
         except IIFError as exc:
             if "not found" not in str(exc):
                 raise
@@ -212,8 +215,10 @@ def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict
                 "torchvision stores them), or add --download (download=True) to fetch them with torchvision "
                 "when online."
             ) from None
+    for dataset, sub in ((FASHION, "FashionMNIST"), (MNIST, "MNIST")):
         problem = _source_problem(out[dataset])
         if problem:
+            where = "" if source_root is None else f" under {Path(source_root).expanduser() / sub}"
             raise IIFError(f"the {dataset} source files{where} {problem}; re-download them (delete them and add "
                            "--download) or point --source-root at intact copies.")
     return out
