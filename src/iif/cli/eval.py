@@ -1,4 +1,4 @@
-"""iif eval CHECKPOINT [--adjust iif:smooth la:1.0 taunorm:1.0 ...] [--split test|val] [--save-logits DIR]
+"""iif eval CHECKPOINT [--adjust iif:smooth iif:normit^0.25 la:1.0 taunorm:1.0 ...] [--split test|val] [--save-logits DIR]
 
 Rebuilds the model and dataset a checkpoint was trained with and prints raw vs adjusted metrics (the
 loss's own rule, e.g. w * z for the IIF loss, plus each --adjust), then writes them as JSON.
@@ -19,7 +19,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint file (best.pt, last.pt) or a run folder (its best.pt; last.pt when eval.select=last)")
     p.add_argument("--adjust", nargs="*", default=[], metavar="SPEC",
-                   help="post-hoc adjusters: iif:<variant>, la:<tau>, taunorm:<tau>")
+                   help="post-hoc adjusters: iif:<variant>, iif:<variant>^<gamma> (weights to the power gamma), "
+                        "la:<tau>, taunorm:<tau>")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--batch-size", type=int, default=None)

@@ -4,7 +4,8 @@ Top-k classes for new images with a trained checkpoint, preprocessed the way the
 split was (image size, grey or RGB, normalisation) and named with its class names. Folders are searched
 recursively for image files.
 
---adjust takes what iif eval --adjust takes: iif:<variant> (post-process IIF), la:<tau>, taunorm:<tau>;
+--adjust takes what iif eval --adjust takes: iif:<variant> (post-process IIF; iif:<variant>^<gamma> for the
+weights to the power gamma, as iif bench's tuned row), la:<tau>, taunorm:<tau>;
 or loss for the rule of the loss the checkpoint was trained with (w * z for the IIF loss). score is the
 softmax of the logits the decision is made on.
 
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="a checkpoint file (best.pt, last.pt) or a run folder (its best.pt; last.pt when eval.select=last)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--adjust", metavar="SPEC", default=None,
-                   help="post-hoc adjuster: iif:<variant>, la:<tau>, taunorm:<tau>, or loss (default: raw logits)")
+                   help="post-hoc adjuster: iif:<variant>, iif:<variant>^<gamma>, la:<tau>, taunorm:<tau>, or loss "
+                        "(default: raw logits)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
     p.add_argument("--out", metavar="FILE", help="write the output to FILE instead of printing it")
