@@ -13,7 +13,7 @@ import torch
 from scipy.stats import norm
 
 from iif.bench.posthoc import Candidate, evaluate_candidates
-from iif.bench.report import aggregate_seeds, dumps_summary, ranked_table
+from iif.bench.report import aggregate_seeds, dumps_summary, plotted_rows, ranked_table
 from iif.bench.summary import COLLAPSE_POINTS, deployable, few_shot_collapse, summarize
 from iif.cli import main
 from iif.data import build_datasets
@@ -286,6 +286,10 @@ def test_bench_recommendation_passes_over_collapsed_and_undeployable_rows():
     la_line = next(ln for ln in table.splitlines() if "logit adjustment" in ln)
     # LA on test: [0,0,4] errors -> top-1 8/12 = 66.7, class-average (100+100+0)/3 = 66.7, few 0.0 flagged
     assert "0.0 !" in la_line
+    # the per-class plot marks the recommendation, not the passed-over rank 1
+    assert [lab for lab, _ in plotted_rows(ranked, "linear", rec["label"])] == [
+        "softmax", "logit adjustment / post-hoc / tau=1 (recommended)",
+        "IIF tuned / post-process / smooth^0.5 (best post-process, rank 1)", "cRT / decoupled (best decoupled, rank 2)"]
     summary_json = json.loads(dumps_summary(ranked, summary))
     assert [r["few_collapse"] for r in summary_json["rows"]] == [False, False, True, False]
 

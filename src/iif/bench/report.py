@@ -352,7 +352,7 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
         P.plot_weight_curves(folder / "iif_weights.png", total, [c / total for c in m["train_counts"]])
         lines += ["![IIF weight variants](iif_weights.png)", ""]
         for head, pdata in plot_data.items():
-            series = per_class_series(rows, details, head)
+            series = per_class_series(rows, details, head, (summary.get("recommended") or {}).get("label"))
             if series:
                 name = f"per_class_{head}.png"
                 seed = min(int(d.get("seed", 0)) for d in details)
@@ -378,20 +378,27 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
     atomic_write_text(folder / "report.md", "\n".join(lines))
 
 
-def plotted_rows(rows: Sequence[Mapping[str, Any]], head: str | None) -> list[tuple[str, Mapping[str, Any]]]:
-    """The rows the per-class plot of ``head`` shows, with their legend labels: softmax, then the best row
-    (by validation rank) of each strategy, the overall recommendation marked. Without a validation split:
-    softmax and the paper's default variant (smooth) of each IIF strategy."""
+def plotted_rows(rows: Sequence[Mapping[str, Any]], head: str | None,
+                 recommended: str | None = None) -> list[tuple[str, Mapping[str, Any]]]:
+    """The rows the per-class plot of ``head`` shows, with their legend labels: softmax, then the
+    recommendation (``recommended``: its :func:`row_label`, ``summary["recommended"]["label"]``; default the
+    rank-1 row) and the best row (by validation rank) of each strategy. Without a validation split: softmax
+    and the paper's default variant (smooth) of each IIF strategy."""
     mine = [r for r in rows if r.get("head") == head and not r.get("same_as")]
-    out = [("softmax" + (" (recommended)" if r.get("rank") == 1 else ""), r) for r in mine if (r["method"], r["strategy"]) == ("softmax", "end-to-end")]
+
+    def is_rec(r):
+        return row_label(r) == recommended if recommended is not None else r.get("rank") == 1
+
+    out = [("softmax" + (" (recommended)" if is_rec(r) else ""), r) for r in mine if (r["method"], r["strategy"]) == ("softmax", "end-to-end")]
     ranked = [r for r in mine if r.get("rank") is not None]
     if ranked:
         seen = set()
-        for r in sorted(ranked, key=lambda r: r["rank"]):
+        rec = [r for r in ranked if is_rec(r) and (r["method"], r["strategy"]) != ("softmax", "end-to-end")]
+        for r in rec + sorted(ranked, key=lambda r: r["rank"]):
             if (r["method"], r["strategy"]) == ("softmax", "end-to-end") or r["strategy"] in seen:
                 continue
             seen.add(r["strategy"])
-            tag = " (recommended)" if r["rank"] == 1 else f" (best {r['strategy']}, rank {r['rank']})"
+            tag = " (recommended)" if is_rec(r) else f" (best {r['strategy']}, rank {r['rank']})"
             out.append((row_label(r, head=False) + tag, r))
     else:
         out += [(row_label(r, head=False), r) for r in mine if r["method"] in ("IIF", "IIF loss") and r.get("variant") == "smooth"]
@@ -399,14 +406,14 @@ def plotted_rows(rows: Sequence[Mapping[str, Any]], head: str | None) -> list[tu
 
 
 def per_class_series(rows: Sequence[Mapping[str, Any]], details: Sequence[Mapping[str, Any]],
-                     head: str | None) -> dict[str, list]:
+                     head: str | None, recommended: str | None = None) -> dict[str, list]:
     """``{legend label: per-class test accuracy}`` of :func:`plotted_rows`, from the first seed's details."""
     if not details:
         return {}
     seed = min(int(d.get("seed", 0)) for d in details)
     by = {row_key(d): d for d in details if int(d.get("seed", 0)) == seed and d.get("per_class") is not None}
     out = {}
-    for label, r in plotted_rows(rows, head):
+    for label, r in plotted_rows(rows, head, recommended):
         d = by.get(row_key(r))
         if d is not None:
             if "tuned" in str(r["method"]) and d.get("variant"):
