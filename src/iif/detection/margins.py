@@ -124,13 +124,15 @@ class CosineBoxClassifier(nn.Module):
     logits ``(N, num_classes)``. Every row of ``W``, the background row included, and every feature vector
     are divided by their L2 norm (plus ``eps``) before the dot product, as mmdetection's ``NormedLinear``
     does (the classifier of the authors' LVIS configs, ``cls_predictor_cfg=dict(type='NormedLinear',
-    tempearture=20)``); so the logits lie in ``[-s, s]`` before the bias.
+    tempearture=...)``); so the logits lie in ``[-s, s]`` before the bias.
 
     Args:
         in_features: feature size ``D`` (``box_predictor.cls_score.in_features``).
         num_classes: number of logits, background included (``C + 1``), as torchvision's predictors count.
-        scale: the temperature ``s``. The paper does not print it; the authors' configs use 20 (mmdetection's
-            default), and ``s = 16`` for their classification cosine classifiers.
+        scale: the temperature ``s``. The paper does not print it; the authors' IIF / IOF + RFS + cosine configs
+            (``fasa_iof_base10_r50_rfs_cos_norm_4x4_2x.py`` and the other ``*iif*_cos_norm*`` files) use 8, their
+            softmax cosine configs 20 (mmdetection's default), and ``s = 16`` for their classification cosine
+            classifiers. The default here stays 20.
         bias: keep a learnable per-class bias (initialised to 0), as mmdetection's ``NormedLinear`` does;
             it lets the background logit move beyond ``[-s, s]`` and keeps a plain ``cls_score``
             checkpoint loadable. ``bias=False`` gives the pure ``s * cos``.
@@ -482,7 +484,8 @@ def use_margin(
             (0.75 for torchvision's R-CNN RoI sampler and SSD's 3:1 hard negatives).
         when: ``"train_and_test"``, ``"train"`` or ``"test"`` (:data:`WHEN`).
         cosine_scale: if given, replace the R-CNN ``cls_score`` by a :class:`CosineBoxClassifier` with this
-            temperature (the authors used 20), keeping the linear layer's rows and bias as its start;
+            temperature (the authors used 8 with IIF / IOF, 20 with softmax), keeping the linear layer's rows
+            and bias as its start;
             the margin acts on its logits. None keeps the current classifier (a cosine one set by an earlier
             call stays). Not available for SSD. The cosine layer has new parameters: switch before building
             the optimizer. (A margin alone adds no parameters, so switching it later is safe.)
