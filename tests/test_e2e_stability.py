@@ -101,5 +101,11 @@ def test_cosine_head_digits_run_does_not_collapse_with_unit_mean_weights():
     softmax = val_top1(["loss.name=ce"])
     unit = val_top1(["loss.name=iif", "loss.norm=mean"])
     paper = val_top1(["loss.name=iif", "loss.norm=null"])
+    # Measured (2026-12-06, 2-core CPU, torch 1 and 2 threads alike: the run is deterministic): seed 1 gives
+    # softmax 84.5, unit-mean 83.0, paper weights 64.0 (200 val images, 0.5 points each). Over seeds 0-19
+    # unit - softmax is -1.1 +- 2.7 (below -3 on 3 seeds of 20, -9 once) and paper - softmax -10.6 +- 6.8,
+    # so these bounds pin this seed's run (re-measure them if a change redraws its random stream): 3 points
+    # below softmax is twice the measured gap; weights divided by their minimum instead of their mean land
+    # 4 points below softmax here, inside the earlier 8-point margin.
     assert unit > paper + 5.0
-    assert unit > softmax - 8.0
+    assert unit >= softmax - 3.0 - 0.01  # 0.01: the top-1 is a float32 mean, off by ~1e-6
