@@ -76,21 +76,22 @@ def seesaw_logits(logits: torch.Tensor, target: torch.Tensor, counts: torch.Tens
     if counts.shape[0] != c:
         raise IIFError(f"seesaw counts have {counts.shape[0]} entries but the logits have {c} foreground columns; "
                        "keep one count per foreground class.")
-    onehot = F.one_hot(lab.long(), c).to(z.dtype)
-    log_s = torch.zeros_like(z)
+    cd = torch.float64 if z.dtype == torch.float64 else torch.float32  # factors in float32 under AMP
+    onehot = F.one_hot(lab.long(), c).to(cd)
+    log_s = torch.zeros(z.shape, dtype=cd, device=z.device)
     if p > 0:
-        n = counts.to(device=z.device, dtype=z.dtype).clamp(min=1)
+        n = counts.to(device=z.device, dtype=cd).clamp(min=1)
         ratio = n[None, :] / n[:, None]  # [i, j] = N_j / N_i
         log_m = torch.where(ratio < 1, p * torch.log(ratio), torch.zeros_like(ratio))
         log_s = log_s + log_m[lab.long()]
     if q > 0:
-        sigma = torch.softmax(z.detach(), dim=-1)
+        sigma = torch.softmax(z.detach().to(cd), dim=-1)
         own = sigma.gather(1, lab.long()[:, None]).clamp(min=eps)
         ratio = sigma / own
         log_s = log_s + torch.where(ratio > 1, q * torch.log(ratio), torch.zeros_like(ratio))
-    log_s = log_s * (1 - onehot) * is_fg[:, None].to(z.dtype)
+    log_s = log_s * (1 - onehot) * is_fg[:, None].to(cd)
     out = logits.clone()
-    out[:, cols] = z + log_s
+    out[:, cols] = z + log_s.to(z.dtype)
     return out
 
 
