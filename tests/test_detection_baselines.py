@@ -322,6 +322,17 @@ def test_paper_rfs_configs_use_ceil_and_the_cosine_temperature_8():
         load_detection_config("det_bench_softmax", ["margin.method=norcal", "margin.gamma=-2"])
 
 
+def test_det_eval_margin_spec_takes_norcal_gamma():
+    from iif.detection.config import load_detection_config, margin_kwargs
+    from iif.detection.runs import parse_margin_spec
+
+    items = parse_margin_spec("norcal:0.5:object")
+    assert items == ["margin.method=norcal", "margin.gamma=0.5", "margin.by=object", "margin.when=test"]
+    kw = margin_kwargs(load_detection_config("det_bench_softmax", items).margin)
+    assert (kw["gamma"], kw["by"], kw["when"]) == (0.5, "object", "test")
+    assert parse_margin_spec("logit_adjustment:0.7")[1] == "margin.tau=0.7"
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 
 

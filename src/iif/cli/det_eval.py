@@ -5,7 +5,7 @@ Rebuilds the detector of an ``iif det-train`` run from the ``config.yaml`` it sa
 ``--data DIR`` if given: a benchmark, LVIS v1 or COCO folder) and prints det-bench's row keys (AP, AP50, AP75,
 APr, APc, APf, APb, dAP_FP, false_positives). ``--margin iif:raw:image`` switches the trained detector to
 another margin after loading (post-hoc unless a 4th field says ``train_and_test``): METHOD[:VARIANT or
-TAU[:image|object[:WHEN]]], e.g. ``iif:base10:object``, ``logit_adjustment:1.0``, ``softmax``.
+TAU[:image|object[:WHEN]]], e.g. ``iif:base10:object``, ``logit_adjustment:1.0``, ``norcal:0.5`` (gamma), ``softmax``.
 """
 
 from __future__ import annotations

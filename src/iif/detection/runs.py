@@ -413,8 +413,8 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
 # ------------------------------------------------------------------------------------------------ evaluation
 def parse_margin_spec(spec: str) -> list[str]:
     """``METHOD[:VARIANT_OR_TAU[:BY[:WHEN]]]`` as config overrides: ``iif:raw:image`` (post-hoc raw IIF),
-    ``iif:base10:object``, ``logit_adjustment:1.0``, ``softmax``. Without WHEN it is ``test`` (post-hoc),
-    except for ``softmax``."""
+    ``iif:base10:object``, ``logit_adjustment:1.0`` (tau), ``norcal:0.5`` (gamma), ``softmax``. Without WHEN it is
+    ``test`` (post-hoc), except for ``softmax``."""
     parts = [p.strip() for p in spec.split(":")]
     if not parts[0] or len(parts) > 4:
         raise IIFError(f"--margin {spec!r} is not METHOD[:VARIANT[:BY[:WHEN]]]; e.g. iif:raw:image or "
@@ -422,7 +422,8 @@ def parse_margin_spec(spec: str) -> list[str]:
     method = parts[0]
     items = [f"margin.method={method}"]
     if len(parts) > 1 and parts[1]:
-        items.append(f"margin.tau={parts[1]}" if method == "logit_adjustment" else f"margin.variant={parts[1]}")
+        key = {"logit_adjustment": "tau", "norcal": "gamma"}.get(method, "variant")
+        items.append(f"margin.{key}={parts[1]}")
     if len(parts) > 2 and parts[2]:
         items.append(f"margin.by={parts[2]}")
     when = parts[3] if len(parts) > 3 and parts[3] else ("test" if method != "softmax" else "train_and_test")
