@@ -259,6 +259,12 @@ def test_seesaw_through_use_margin_reaches_fastrcnn_loss(monkeypatch):
         direct = _seesaw_direct(raw["z"].double().numpy(), labels.numpy(), total.numpy(), 0.8, 2.0, bg_first=True)
         assert losses["loss_classifier"].item() == pytest.approx(direct.mean(), rel=1e-5)
     torch.testing.assert_close(model.roi_heads.box_predictor.adjuster.cum_samples, total)
+    # a deep copy taps its own labels into its own adjuster
+    twin = copy.deepcopy(model)
+    torch.manual_seed(9)
+    twin(imgs, targets)
+    torch.testing.assert_close(model.roi_heads.box_predictor.adjuster.cum_samples, total)
+    assert twin.roi_heads.box_predictor.adjuster.cum_samples.sum() > total.sum()
     # inference sees the raw logits; switching back removes the label tap
     model.eval()
     x = torch.randn(2, 4)

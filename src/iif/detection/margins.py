@@ -79,6 +79,7 @@ model (before or after loading), it is not stored in the checkpoint.
 from __future__ import annotations
 
 import math
+import types
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -243,17 +244,21 @@ def _untap_labels(roi_heads: nn.Module) -> None:
     roi_heads.__dict__.pop("select_training_samples", None)
 
 
-def _tap_labels(roi_heads: nn.Module, adjuster: _SeesawOffset) -> None:
-    """Make ``roi_heads.select_training_samples`` hand its sampled labels (concatenated) to ``adjuster``."""
-    _untap_labels(roi_heads)
-    original = roi_heads.select_training_samples
-
-    def select_training_samples(proposals, targets):
-        out = original(proposals, targets)
+def _select_and_tap(roi_heads: nn.Module, proposals, targets):
+    """``RoIHeads.select_training_samples`` that also hands the sampled labels (concatenated, in the order of
+    the box features) to the seesaw adjuster of ``roi_heads.box_predictor``."""
+    out = type(roi_heads).select_training_samples(roi_heads, proposals, targets)
+    predictor = roi_heads.box_predictor
+    adjuster = getattr(predictor, "adjuster", None) if isinstance(predictor, MarginBoxPredictor) else None
+    if isinstance(adjuster, _SeesawOffset):
         adjuster.labels = torch.cat(list(out[2]))
-        return out
+    return out
 
-    roi_heads.__dict__["select_training_samples"] = select_training_samples
+
+def _tap_labels(roi_heads: nn.Module) -> None:
+    """Route ``roi_heads.select_training_samples`` through :func:`_select_and_tap` (an instance attribute: a
+    bound method, so ``copy.deepcopy`` of the model rebinds it to the copy)."""
+    roi_heads.__dict__["select_training_samples"] = types.MethodType(_select_and_tap, roi_heads)
 
 
 class MarginBoxPredictor(nn.Module):
@@ -657,5 +662,5 @@ def use_margin(
     wrapper.config = config
     setattr(parent, attr, wrapper)
     if isinstance(adjuster, _SeesawOffset):
-        _tap_labels(parent, adjuster)
+        _tap_labels(parent)
     return model
