@@ -120,9 +120,10 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
         if key not in valid:
             import difflib
 
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            every = valid + list(DATA_KEYS)  # the data keys are taken apart before this (split_data_overrides)
+            close = difflib.get_close_matches(key, every, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise IIFError(f"unknown det-bench override {key!r}.{hint} Valid keys: {', '.join(valid)}.")
+            raise IIFError(f"unknown det-bench override {key!r}.{hint} Valid keys: {', '.join(every)}.")
         if name:
             getattr(s, section)[name] = value
         else:
