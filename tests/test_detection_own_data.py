@@ -259,3 +259,4 @@ def test_det_bench_reads_explicit_paths_and_reports_ap_r(own_coco, tmp_path, cap
     details = json.loads((out / "details.json").read_text())
     assert details[0]["groups"] == n and details[0]["rules"] == "coco"
     assert "best IIF row by AP_r" in report
+    assert "COCO mask AP (100 detections per image" in report and "warm-up 100 iterations" in report

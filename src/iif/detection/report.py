@@ -271,10 +271,13 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
         f"images; {len(val_cats)} categories ({groups['r']} rare, {groups['c']} common, {groups['f']} frequent by "
         "training images: r 1-10, c 11-100, f > 100).",
         f"- Detector `{s.arch}` ({s.preset} preset), trained from scratch for {s.train['epochs']} epochs per model "
-        f"(batch {s.train.get('batch_size')}, lr {s.train.get('lr')}); device {meta['device']}, torch {meta['torch']}.",
+        f"(batch {s.train.get('batch_size')}, lr {s.train.get('lr')}, warm-up {s.train.get('warmup_iters')} iterations, "
+        f"milestones {list(s.train.get('milestones') or ())}); device {meta['device']}, torch {meta['torch']}.",
         f"- Seeds: {s.seeds}" + (" (mean ± sample std; `results_std.json` holds the stds)" if s.seeds > 1 else "") + ".",
-        "- AP, AP50, AP75, APr/c/f: LVIS-style mask AP (federated rules, 300 detections per image) on the "
-        "validation split, in percent; APb: box AP. dAP_FP: TIDE's false-positive error on boxes (AP50 lost to "
+        ("- AP, AP50, AP75, APr/c/f: LVIS-style mask AP (federated rules, 300 detections per image) on the "
+         if _rules(per_seed) == "lvis" else
+         "- AP, AP50, AP75, APr/c/f: COCO mask AP (100 detections per image; APr/c/f over the groups above) on the ")
+        + "validation split, in percent; APb: box AP. dAP_FP: TIDE's false-positive error on boxes (AP50 lost to "
         f"false positives, paper Fig. 1). FP: box detections with score >= {s.score_threshold:g} matching no ground "
         "truth of their category at IoU 0.5.",
         "- post-hoc rows switch the softmax detector's box classifier at test time (`use_margin(..., when=\"test\")`); "
@@ -331,6 +334,12 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
     from ..outputs import atomic_write_text
 
     atomic_write_text(folder / "report.md", "\n".join(lines))
+
+
+def _rules(per_seed) -> str:
+    """``"lvis"`` or ``"coco"``: the evaluation rules the rows were scored with (LVIS when unknown)."""
+    details = [d for p in per_seed for d in p.get("details", [])]
+    return details[0].get("rules", "lvis") if details else "lvis"
 
 
 def _short_label(d: Mapping[str, Any]) -> str:
