@@ -19,7 +19,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("det-eval", help="evaluate a det-train run (optionally with another margin)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="det-train run folder, or a checkpoint file inside one")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.masks=false data.max_val_images=100")
+    p.add_argument("overrides", nargs="*",
+                   help="dotted overrides, e.g. eval.masks=false data.max_val_images=100; of the model keys, the "
+                        "prediction-time ones (min_size, max_size, rpn_*_test, box_detections_per_img, "
+                        "box_score_thresh, cosine_scale) are applied, the others refused, as are schedule.* and the "
+                        "training-only data keys")
     p.add_argument("--data", help="evaluate on the val split of this data folder instead of the run's")
     p.add_argument("--margin", help="switch the margin before predicting, e.g. iif:raw:image (post-hoc)")
     p.add_argument("--out", help="write the metrics to this json file (atomically)")
