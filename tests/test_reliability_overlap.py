@@ -140,6 +140,9 @@ def _refused(argv: list[str], capsys, *roots: Path) -> str:
 
 # (command, input kind, argv builder, what the message must name). ``w`` is the workspace, ``b`` the
 # benchmark, ``r`` the det-train run (built only for the cases that need it).
+# The refusal of --force over another command's output, made before any work (the swap's re-check, made
+# after the work, says "now holds" instead).
+SAME = "only applies to an output of the same command"
 CASES = [
     # iif train
     ("train", "data root (equal)", lambda w, b, r: ["train", "folder", f"data.root={w['tree']}", *FOLDER, "--out", str(w["tree"])], "data.root"),
@@ -152,7 +155,7 @@ CASES = [
     ("train", "posthoc.checkpoint", lambda w, b, r: ["train", "folder", f"data.root={w['tree']}", *FOLDER, "strategy.name=posthoc", f"posthoc.checkpoint={w['ckpt']}", "--out", str(w["run"]), "--force"], "posthoc.checkpoint"),
     ("train", "decoupled.stage1_checkpoint", lambda w, b, r: ["train", "folder", f"data.root={w['tree']}", *FOLDER, "strategy.name=decoupled", f"decoupled.stage1_checkpoint={w['ckpt']}", "--out", str(w["d"] / "link_run"), "--force"], "decoupled.stage1_checkpoint"),
     ("train", "another command's output (--resume)", lambda w, b, r: ["train", "digits_lt_e2e", *TINY, "--out", str(w["logits"]), "--resume"], "eval-logits"),
-    ("train", "another command's output (--force)", lambda w, b, r: ["train", "digits_lt_e2e", *TINY, "--out", str(w["detdata"]), "--force"], "det-data"),
+    ("train", "another command's output (--force)", lambda w, b, r: ["train", "digits_lt_e2e", *TINY, "--out", str(w["detdata"]), "--force"], SAME),
     # iif eval
     ("eval", "checkpoint (--json equal)", lambda w, b, r: ["eval", str(w["ckpt"]), "--json", str(w["ckpt"])], "the checkpoint"),
     ("eval", "checkpoint (--json via symlink)", lambda w, b, r: ["eval", str(w["ckpt"]), "--json", str(w["d"] / "link_ckpt")], "the checkpoint"),
@@ -162,7 +165,7 @@ CASES = [
     ("eval", "run folder (--save-logits via symlink)", lambda w, b, r: ["eval", str(w["ckpt"]), "--save-logits", str(w["d"] / "link_run")], "would replace"),
     ("eval", "data root (--save-logits inside)", lambda w, b, r: ["eval", str(w["ckpt"]), "--save-logits", str(w["tree"] / "logits")], "data.root"),
     ("eval", "data root (--json inside)", lambda w, b, r: ["eval", str(w["ckpt"]), "--json", str(w["tree"] / "test" / "e.json")], "data.root"),
-    ("eval", "det-data output (--save-logits --force)", lambda w, b, r: ["eval", str(w["ckpt"]), "--save-logits", str(w["detdata"]), "--force"], "det-data"),
+    ("eval", "det-data output (--save-logits --force)", lambda w, b, r: ["eval", str(w["ckpt"]), "--save-logits", str(w["detdata"]), "--force"], SAME),
     ("eval", "--json inside --save-logits", lambda w, b, r: ["eval", str(w["ckpt"]), "--save-logits", str(w["d"] / "new_logits"), "--json", str(w["d"] / "new_logits" / "m.json")], "overlap"),
     # iif predict
     ("predict", "image (equal)", lambda w, b, r: ["predict", str(w["ckpt"]), str(w["img"]), "--out", str(w["img"])], "the image input"),
@@ -178,17 +181,17 @@ CASES = [
     # iif bench
     ("bench", "config file (contains)", lambda w, b, r: ["bench", "--config", str(w["cfg"]), "--quick", "--out", str(w["cfgdir"]), "--force"], "--config"),
     ("bench", "data root (inside)", lambda w, b, r: ["bench", "--config", "folder", f"data.root={w['tree']}", "--quick", "--out", str(w["tree"] / "b")], "data.root"),
-    ("bench", "another command's output (--force)", lambda w, b, r: ["bench", "--quick", "--out", str(w["logits"]), "--force"], "eval-logits"),
-    ("bench", "a training run (--force)", lambda w, b, r: ["bench", "--quick", "--out", str(w["run"]), "--force"], "train"),
+    ("bench", "another command's output (--force)", lambda w, b, r: ["bench", "--quick", "--out", str(w["logits"]), "--force"], SAME),
+    ("bench", "a training run (--force)", lambda w, b, r: ["bench", "--quick", "--out", str(w["run"]), "--force"], SAME),
     # iif det-data
     ("det-data", "--source-root (equal)", lambda w, b, r: ["det-data", "--out", str(w["src"]), "--source-root", str(w["src"])], "--source-root"),
     ("det-data", "--source-root (inside)", lambda w, b, r: ["det-data", "--out", str(w["src"] / "bench"), "--source-root", str(w["src"])], "lies inside"),
-    ("det-data", "a training run (--force)", lambda w, b, r: ["det-data", "--out", str(w["run"]), "--force"], "train"),
+    ("det-data", "a training run (--force)", lambda w, b, r: ["det-data", "--out", str(w["run"]), "--force"], SAME),
     # iif det-bench
     ("det-bench", "--data (equal)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(b), "--force"], "--data"),
     ("det-bench", "--data (inside)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(b / "out")], "lies inside"),
     ("det-bench", "--data (a/../b)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(b / "images" / ".." / "annotations")], "lies inside"),
-    ("det-bench", "another command's output (--force)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(w["detdata"]), "--force"], "det-data"),
+    ("det-bench", "another command's output (--force)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(w["detdata"]), "--force"], SAME),
     # iif det-train
     ("det-train", "data.root (equal, --force)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, "--out", str(b), "--force"], "data.root"),
     ("det-train", "data.root (inside)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, "--out", str(b / "run")], "lies inside"),
@@ -196,7 +199,7 @@ CASES = [
     ("det-train", "annotation jsons (contains)", lambda w, b, r: ["det-train", "det_bench_softmax", *_explicit(b), *DET_TINY, "--out", str(b / "annotations"), "--force"], "data.train_json"),
     ("det-train", "model.checkpoint (contains, --force)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, f"model.checkpoint={r / 'last.pt'}", "--out", str(r), "--force"], "model.checkpoint"),
     ("det-train", "another command's output (--resume)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, "--out", str(w["logits"]), "--resume"], "eval-logits"),
-    ("det-train", "another command's output (--force)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, "--out", str(w["detdata"]), "--force"], "det-data"),
+    ("det-train", "another command's output (--force)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, "--out", str(w["detdata"]), "--force"], SAME),
     # iif det-eval
     ("det-eval", "checkpoint (--out equal)", lambda w, b, r: ["det-eval", str(r), "--out", str(r / "last.pt")], "the checkpoint"),
     ("det-eval", "run's config (--detections equal)", lambda w, b, r: ["det-eval", str(r), "--detections", str(r / "config.yaml")], "config"),

@@ -13,9 +13,9 @@ Output folders (``iif train``, ``iif bench``, ``iif det-bench``, ``iif det-data`
       iif version, creation time);
     * a new run refuses an ``--out`` that is an existing file, or a non-empty folder (a finished run
       included), naming what is there and the flags (``--resume`` / ``--force`` / another ``--out``);
-    * ``--resume`` (train) continues only a folder with our marker (and its checkpoint);
-    * ``--force`` replaces only a folder that carries our marker; anything else is refused, since it may
-      hold the user's own files;
+    * ``--resume`` (train, det-train) continues only a folder with our marker of the same command;
+    * ``--force`` replaces only a folder that carries our marker naming the same command; anything else is
+      refused, since it may hold the user's own files or another command's output;
     * replacement is crash-safe: the new output is built in a staging folder beside the old one
       (``.<name>.iif-stage-<random>``) and swapped in with one ``renameat2(RENAME_EXCHANGE)`` system call,
       so the old output stays readable until the new one is complete and a kill at any instant leaves
@@ -634,7 +634,8 @@ class OutputFolder:
 
     Constructing the object checks the policy without touching anything (so a command can refuse before
     its expensive work): an existing file at ``path`` is refused; a non-empty folder is refused unless
-    ``force``; ``force`` is refused for a folder without our marker. Entering checks again, puts back an
+    ``force``; ``force`` is refused for a folder without our marker or with another command's; an output
+    over an input (``inputs``, ``run_folders``: see :func:`refuse_overlap`) is refused. Entering checks again, puts back an
     output left out by a cut fallback swap, and removes stale temporaries of ``path``.
     """
 
