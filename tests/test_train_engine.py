@@ -81,11 +81,47 @@ def test_training_recipe_detection(splits):
     assert batch_recipe(auto) is None  # AutoAugment is per-sample: DataLoader path
 
 
-def test_bf16_amp_mixup_label_smoothing_and_dataloader_path_run(splits):
+def test_bf16_amp_mixup_label_smoothing_and_dataloader_path_run(splits, monkeypatch):
+    """Each option takes effect in the loop: the forward runs under bf16 autocast (logits come out
+    bfloat16), mixup feeds soft targets (rows summing to 1, not one-hot), and every step's loss equals
+    the label-smoothed soft-target IIF cross-entropy computed by hand (which differs from the unsmoothed)."""
+    from iif.train import engine
+
+    seen = []
+    real = engine.train_one_epoch
+
+    def spy(forward, criterion, *args, **kwargs):
+        def spy_forward(x):
+            out = forward(x)
+            seen.append({"dtype": out.dtype})
+            return out
+
+        def spy_criterion(logits, target):
+            loss = criterion(logits, target)
+            seen[-1].update(z=logits.detach().double(), t=target.detach().double(), loss=float(loss.detach()),
+                            w=criterion.current_weights(logits.shape[1]).double())
+            return loss
+
+        return real(spy_forward, spy_criterion, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
     cfg = load_config("digits_lt_e2e", TINY + ["schedule.epochs=1", "runtime.amp=bf16", "data.mixup_alpha=0.2",
                                                "loss.label_smoothing=0.1", "data.resident=false"])
     res = fit(cfg, splits=splits)
     assert math.isfinite(res.history[-1]["train_loss"]) and 0 <= res.final_metrics["adjusted"]["top1"] <= 100
+    assert seen and {s["dtype"] for s in seen} == {torch.bfloat16}
+    mixed = 0
+    for s in seen:
+        z, t, w = s["z"], s["t"], s["w"]
+        assert t.shape == z.shape, "mixup feeds (N, C) soft targets, not class indices"
+        assert torch.allclose(t.sum(1), torch.ones(len(t), dtype=torch.float64))
+        mixed += int((t.max(1).values < 0.999).any())
+        logp = torch.log_softmax(w * z, dim=1)
+        smoothed = 0.9 * t + 0.1 / z.shape[1]
+        assert s["loss"] == pytest.approx(float(-(smoothed * logp).sum(1).mean()), rel=1e-5)
+        assert abs(s["loss"] - float(-(t * logp).sum(1).mean())) > 1e-3
+    # Beta(0.2, 0.2) puts about a quarter of its mass within 0.001 of 0 or 1: some batches stay one-hot
+    assert mixed >= 1, f"no mixed targets in {len(seen)} batches"
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_saves_a_checkpoint(tmp_path, splits):
