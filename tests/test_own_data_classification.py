@@ -92,6 +92,17 @@ def test_one_tree_split_counts_and_the_warning_naming_the_classes(tmp_path):
     assert "no test images: c5 (1 image)" in w0[0]  # c4's 2 images: train 1, test 1 when no validation is carved
 
 
+def test_train_tree_without_val_or_test_follows_the_same_minimums(tmp_path):
+    # train/ only: test is held out first (train 1, room for val 1, then test 1 at n >= 3), val is carved after.
+    # n=3: test 1, then val carved from 2 -> 1, train 1; n=2: test 0 (train 1 + val 1 come first), val 1, train 1
+    _png_tree(tmp_path / "train", [3, 2])
+    s = build_datasets("folder", root=str(tmp_path))
+    assert s.freq.image_counts.tolist() == [1, 1]
+    assert _bincount(s.val, 2) == [1, 1] and _bincount(s.test, 2) == [1, 0]
+    w = [n for n in s.train.notes if n.startswith("warning:")]
+    assert len(w) == 1 and "1 of 2 classes have no test images: c1 (2 images)" in w[0] and "validation images" not in w[0]
+
+
 # --------------------------------------------------------------------------------- a run on the tree (CLI)
 
 
