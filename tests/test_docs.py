@@ -127,7 +127,42 @@ def _run_iif(argv: list[str], capsys) -> tuple[int, str]:
     except SystemExit as exc:  # argparse: bad usage, --help, --version
         rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out = capsys.readouterr()
+    if not rc:  # exit 0 is not enough: the command must also have done something
+        missing = _took_no_effect(argv, out.out + out.err)
+        assert not missing, f"`iif {' '.join(argv)}` exited 0 but: {'; '.join(missing)}"
     return int(rc or 0), out.out[-3000:] + out.err[-3000:]
+
+
+#: Options naming a file or folder that the command writes.
+OUTPUT_OPTIONS = ("--out", "--save-logits", "--json")
+
+
+def _took_no_effect(argv: list[str], printed: str) -> list[str]:
+    """What a doc command that exited 0 failed to produce (empty: it took effect). Each output it names
+    (:data:`OUTPUT_OPTIONS`, relative to the walk-through's folder) exists, a folder holds files, every
+    ``.json`` in it parses and every ``.csv`` has a header and a row; a command naming no output printed
+    something (a table, a config list, the weights)."""
+    import json
+
+    named = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t in OUTPUT_OPTIONS]
+    named += [t.split("=", 1)[1] for t in argv if "=" in t and t.split("=", 1)[0] in OUTPUT_OPTIONS]
+    if not named:
+        return [] if printed.strip() else ["it printed nothing and names no output"]
+    problems = []
+    for name in named:
+        path = Path(name)
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        if not files:
+            problems.append(f"{name} was not written")
+        for f in files:
+            if f.suffix == ".json":
+                try:
+                    json.loads(f.read_text())
+                except ValueError as exc:
+                    problems.append(f"{f} is not JSON ({exc})")
+            elif f.suffix == ".csv" and len(f.read_text().splitlines()) < 2:
+                problems.append(f"{f} has no header and row")
+    return problems
 
 
 def test_shell_command_parsing():
