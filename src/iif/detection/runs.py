@@ -326,12 +326,12 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     info = init_distributed(torch.device(dev))
     if info.distributed and dev.startswith("cuda"):
         dev = f"cuda:{info.local_rank}"
+    paths = data_paths(cfg)  # the data paths exist (cheap), then:
     inputs = detection_inputs(cfg)
     if info.is_main:  # before any work: the folder policy, and no output over what the run reads
         refuse_overlap({"--out": out}, inputs)
         check_run_folder(out, "det-train", force=force and not resume, resume=resume)
     set_threads(check_threads(cfg.runtime.threads, "runtime.threads"))  # iif.resources: clamped to the CPUs
-    paths = data_paths(cfg)
     train, val, val_ann = load_train_and_val(cfg, paths)
     if list(val.category_ids) != list(train.category_ids):
         raise IIFError(f"{paths[2]} and {paths[0]} list different categories; train and val must share the "
