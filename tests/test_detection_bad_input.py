@@ -147,6 +147,18 @@ def test_det_train_refuses_bad_annotations_before_training(case, tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize("override, words", [
+    ("schedule.epohcs=1", "unknown config key 'schedule.epohcs'. Did you mean 'epochs'? Valid keys in 'schedule':"),
+    ("train.epochs=1", "unknown config section 'train'."),
+    ("model.min_size=0", "'model.min_size' must be a whole number >= 1"),
+])
+def test_det_train_keys_are_checked(override, words, tmp_path, capsys):
+    root = _write(tmp_path / "data")
+    line = _run(_det_train(root, tmp_path / "run", override), capsys, root)
+    assert words in line, line
+    assert not (tmp_path / "run").exists()
+
+
 def test_val_json_is_checked_as_strictly_and_with_train_in_one_line(tmp_path, capsys):
     bad_rle = {"size": [H, W], "counts": "garbage!!"}
     root = _write(tmp_path / "data", train=_edit(_split(1, 101), 101, iscrowd="no"),
@@ -264,7 +276,7 @@ def _fake_run(tmp_path: Path, root: Path) -> Path:
     ("schedule.lr=0.1", "det-eval cannot apply schedule.lr"),
     ("data.sampler=rfs", "det-eval cannot apply data.sampler"),
     ("model.bogus=3", "unknown config key 'model.bogus'"),
-    ("schedule.epohcs=1", "Did you mean 'epochs'?"),
+    ("schedule.epohcs=1", "Did you mean 'epochs'? Valid keys in 'schedule': epochs, batch_size"),
 ])
 def test_det_eval_overrides_are_applied_or_refused(override, words, tmp_path, capsys):
     root = _write(tmp_path / "data")
