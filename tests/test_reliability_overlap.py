@@ -191,6 +191,7 @@ CASES = [
     ("det-bench", "--data (equal)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(b), "--force"], "--data"),
     ("det-bench", "--data (inside)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(b / "out")], "lies inside"),
     ("det-bench", "--data (a/../b)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(b / "images" / ".." / "annotations")], "lies inside"),
+    ("det-bench", "data.val_images given as KEY=VALUE (inside)", lambda w, b, r: ["det-bench", "--quick", *_explicit(b), "--out", str(b / "images" / "val" / "o")], "data.val_images"),
     ("det-bench", "another command's output (--force)", lambda w, b, r: ["det-bench", "--data", str(b), "--out", str(w["detdata"]), "--force"], SAME),
     # iif det-train
     ("det-train", "data.root (equal, --force)", lambda w, b, r: ["det-train", "det_bench_softmax", f"data.root={b}", *DET_TINY, "--out", str(b), "--force"], "data.root"),

@@ -45,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import refuse_overlap
     from ..resources import check_threads
 
-    # outputs never touch inputs: --out is not the data folder read (the cached benchmark by default), nor in it
-    refuse_overlap({"--out": args.out}, {"--data": args.data if args.data is not None else default_benchmark_dir()})
+    # outputs never touch inputs: --out is not the data read (--data, the data.* paths given as KEY=VALUE, else the
+    # cached benchmark), nor inside one of its folders
+    keys = ("data.root=", "data.train_json=", "data.train_images=", "data.val_json=", "data.val_images=")
+    given = [(o.split("=", 1)[0], o.split("=", 1)[1]) for o in args.overrides if o.startswith(keys)]
+    default = default_benchmark_dir() if args.data is None and not given else None
+    refuse_overlap({"--out": args.out}, [("--data", args.data if args.data is not None else default)] + given)
 
     run_det_bench(args.data, quick=args.quick, out=args.out, seeds=args.seeds, force=args.force, device=args.device,
                   preset=args.preset, overrides=args.overrides, plots=not args.no_plots,
