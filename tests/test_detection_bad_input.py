@@ -129,6 +129,8 @@ ANNOTATION_CASES = {
     "RLE no counts": (102, {"segmentation": {"size": [H, W]}}, "neither polygons nor an RLE"),
     "box 1e39": (101, {"bbox": [2, 3, 1e39, 8]}, "do not fit in float32"),
     "box NaN": (101, {"bbox": [2, float("nan"), 10, 8]}, "not 4 finite numbers"),
+    "box 400-digit int": (101, {"bbox": [2, 3, 10 ** 400, 8]}, "not 4 finite numbers"),
+    "polygon 400-digit int": (101, {"segmentation": [[2, 3, 10 ** 400, 3, 12, 11, 2, 11]]}, "not finite"),
     "box far outside": (101, {"bbox": [500, 3, 10, 8]}, "reach outside their image"),
     "box negative corner": (101, {"bbox": [-5, 3, 10, 8]}, "reach outside their image"),
     "iscrowd no": (104, {"iscrowd": "no"}, "'iscrowd' other than 0 or 1"),

@@ -100,7 +100,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int of hundreds of digits (JSON allows it): no float holds it
+        return False
 
 
 def _is_size(v: Any) -> bool:
@@ -642,7 +647,7 @@ def _coco_source_class():
             path = self.paths[id]
             try:
                 image = Image.open(path).convert("RGB")
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 raise IIFError(f"image id {id}: cannot read {path} ({exc}); re-download it or remove it from the "
                                "json.") from None
             info = self.coco.imgs[id]
