@@ -189,7 +189,9 @@ def test_det_folder_as_a_det_bench_preset():
     sched = B._scale_schedule(s, 300, lines.append)
     # 38 iterations x 6 epochs = 228 -> warm-up 22; milestones round(0.67 * 6) = 4, round(0.92 * 6) = 6
     assert (sched["total_iters"], s.train["warmup_iters"], s.train["milestones"]) == (228, 22, (4, 6))
-    assert "warmup_fraction" not in s.train and lines == []  # train_detector gets resolved numbers only
+    assert "warmup_fraction" not in s.train  # train_detector gets resolved numbers only
+    assert lines == ["det-bench: schedule scaled to 300 training images (228 iterations): warm-up 22 iterations, "
+                     "milestones [4, 6]"]
     with pytest.raises(Exception, match="unknown det-bench preset 'det_nope'"):
         B.quick_settings("det_nope")
 

@@ -236,6 +236,7 @@ def _scale_schedule(s: DetBenchSettings, num_images: int, log) -> dict[str, Any]
     from .config import scaled_schedule
 
     t = s.train
+    scales = "warmup_fraction" in t or "milestone_fractions" in t
     sched = scaled_schedule(epochs=t["epochs"], batch_size=t.get("batch_size", 2), num_images=num_images,
                             warmup_iters=t.get("warmup_iters", 0), milestones=t.get("milestones", ()),
                             warmup_fraction=t.pop("warmup_fraction", None),
@@ -243,6 +244,9 @@ def _scale_schedule(s: DetBenchSettings, num_images: int, log) -> dict[str, Any]
     t["warmup_iters"], t["milestones"] = sched["warmup_iters"], tuple(sched["milestones"])
     if sched["warning"]:
         log(f"det-bench: {sched['warning']}")
+    if scales:
+        log(f"det-bench: schedule scaled to {num_images} training images ({sched['total_iters']} iterations): "
+            f"warm-up {sched['warmup_iters']} iterations, milestones {sched['milestones']}")
     return sched
 
 
