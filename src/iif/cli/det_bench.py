@@ -1,7 +1,8 @@
 """``iif det-bench``: IIF against the additive margins in a Mask R-CNN, with rare-class AP and false positives.
 
-    iif det-bench [--data DIR] [--quick] [--out DIR] [--seeds N] [--force] [--preset cpu-quick|gpu]
-                  [--device ...] [KEY=VALUE ...]
+    iif det-bench [--data DIR] [--quick] [--out DIR] [--seeds N] [--force] [--preset cpu-quick|gpu|DET_CONFIG]
+                  [--device ...] [data.train_json=... data.train_images=... data.val_json=... data.val_images=...]
+                  [KEY=VALUE ...]
 
 See docs/detection.md for the rows, the output folder and what was measured.
 """
@@ -30,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="det-bench-out", help="output folder (default det-bench-out)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1; numbers become mean ± std")
     p.add_argument("--force", action="store_true", help="replace an earlier iif output in --out")
-    p.add_argument("--preset", default=None, help="cpu-quick or gpu (default: gpu on CUDA, else cpu-quick)")
+    p.add_argument("--preset", default=None, help="cpu-quick or gpu (default: gpu on CUDA, else cpu-quick), or a "
+                   "det-train config for its model and schedule (e.g. det_folder)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")

@@ -295,11 +295,11 @@ def _build_ssd(num_classes: int, detections: int, score_thresh: float, norm: str
 
 
 def physical_memory_bytes() -> int | None:
-    """This machine's physical memory (``os.sysconf``: pages * page size), None where it cannot be read."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
+    """The memory this process can have: physical RAM (``os.sysconf``: pages * page size), or a lower cgroup
+    limit (:func:`iif.resources.memory_limit`, the rule ``iif train``'s check uses too); None where unreadable."""
+    from ..resources import memory_limit
+
+    return memory_limit()
 
 
 def input_memory_estimate(image_hw, *, min_size: int, max_size: int, batch_size: int, fpn_channels: int = 256,
@@ -339,7 +339,7 @@ def check_input_memory(image_hw, *, arch: str, min_size: int, max_size: int, bat
         return 0
     need = input_memory_estimate(image_hw, min_size=min_size, max_size=max_size, batch_size=batch_size,
                                  fpn_channels=fpn_channels, returned_layers=returned_layers)
-    have, where = physical_memory_bytes(), "this machine's memory"
+    have, where = physical_memory_bytes(), "the memory this machine gives it"
     if str(device).startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index
         have = torch.cuda.get_device_properties(index if index is not None else 0).total_memory
