@@ -61,8 +61,62 @@ def test_docs_have_examples():
 
 @pytest.mark.parametrize("code", list(_blocks()))
 def test_doc_example_runs(code, tmp_path, monkeypatch):
+    """The block runs, and each ``print(...)  # VALUE`` line prints what its comment says: the printed text
+    starts the comment (which may go on to explain it: ``# 30.0 = n_max / n_min``)."""
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "<doc example>", "exec"), {"__name__": "__doc_example__"})
+    printed: dict[int, list[str]] = {}
+
+    def doc_print(line, *args, **kwargs):
+        printed.setdefault(line, []).append(" ".join(str(a) for a in args))
+        print(*args, **kwargs)
+
+    source, expected = _checked_prints(code)
+    exec(compile(source, "<doc example>", "exec"), {"__name__": "__doc_example__", "__doc_print": doc_print})
+    for line, comment in expected.items():
+        got = printed.get(line, [])
+        assert got and all(_printed_as_commented(g, comment) for g in got), \
+            f"doc example line {line}: printed {got}, its comment says {comment!r}"
+
+
+PRINT_WITH_COMMENT = re.compile(r"^(\s*)print\((.*)\)\s+#\s*(\S.*)$")
+
+
+def _checked_prints(code: str) -> tuple[str, dict[int, str]]:
+    """``code`` with each ``print(...)  # VALUE`` line calling ``__doc_print(lineno, ...)``, and the
+    comments by line number."""
+    lines, expected = code.splitlines(), {}
+    for i, text in enumerate(lines, 1):
+        m = PRINT_WITH_COMMENT.match(text)
+        if m:
+            lines[i - 1] = f"{m.group(1)}__doc_print({i}, {m.group(2)})"
+            expected[i] = m.group(3).strip()
+    return "\n".join(lines) + "\n", expected
+
+
+def test_print_comment_rule():
+    source, expected = _checked_prints("x = 2\nprint(x, [1, 2])  # 2 [1, 2]: a note\nprint(x)\n  print(x)  # ln(2)\n")
+    assert expected == {2: "2 [1, 2]: a note", 4: "ln(2)"}
+    assert source.splitlines()[1] == "__doc_print(2, x, [1, 2])" and source.splitlines()[3] == "  __doc_print(4, x)"
+    assert _printed_as_commented("[500 50 5] 100.0", "[500  50   5] 100.0")
+    assert _printed_as_commented("2", "2 categories checked") and not _printed_as_commented("2", "20 categories")
+    assert not _printed_as_commented("[5 50 500]", "[500 50 5]") and not _printed_as_commented("30.5", "30.0 = n_max")
+    assert _printed_as_commented("tensor([0.51])", "ln(5/3)") and _printed_as_commented("x", "[1.0, w_a] (order)")
+
+
+def _printed_as_commented(printed: str, comment: str) -> bool:
+    """The comment starts with the printed text, then ends or goes on with a space, a colon or a comma.
+    A comment that does not open with a value (a number, a list, a tuple, a string, ``tensor(``...), or whose
+    opening value holds names (``# [1.0, w_apple, w_bus]``), is prose (``# ln(5/3), ln(5/1)``): not compared."""
+    printed = " ".join(printed.split())
+    comment = " ".join(comment.split())
+    if not re.match(r"[-\d\[('\"{]|tensor\(|True\b|False\b|None\b|inf\b|nan\b", comment):
+        return True
+    head = re.sub(r"'[^']*'|\"[^\"]*\"", "''", comment)
+    close = {"[": "]", "(": ")", "{": "}"}.get(head[0])
+    head = head[:head.find(close) + 1] if close and close in head else head.split()[0]
+    if re.search(r"\b(?!(?:tensor|True|False|None|inf|nan)\b)[A-Za-z_]\w*", head):
+        return True
+    return comment.startswith(printed) and comment[len(printed):len(printed) + 1] in ("", " ", ":", ",")
 
 
 # ---------------------------------------------------------------------------------------------- shell blocks
