@@ -262,3 +262,18 @@ def test_det_bench_reads_explicit_paths_and_reports_ap_r(own_coco, tmp_path, cap
     assert details[0]["groups"] == n and details[0]["rules"] == "coco"
     assert "best IIF row by AP_r" in report
     assert "COCO mask AP (100 detections per image" in report and "warm-up 100 iterations" in report
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["data.train_jsn=a.json"], "unknown det-bench override 'data.train_jsn'"),
+    (["data.train_json=a.json"], "data.train_images, data.val_json, data.val_images are not set"),
+    (["data.train_json=/nonexistent/a.json", "data.train_images=.", "data.val_json=/nonexistent/b.json",
+      "data.val_images=."], "data.train_json: /nonexistent/a.json is not a file"),
+])
+def test_det_bench_bad_data_keys_are_one_line(keys, message, tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    out = tmp_path / "o"
+    assert main(["det-bench", "--quick", "--out", str(out), *keys]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("iif det-bench: error:") and message in err[0], err
+    assert not out.exists()
