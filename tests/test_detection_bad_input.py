@@ -431,3 +431,26 @@ def test_data_masks_false_on_a_mask_arch_builds_it_without_the_mask_branch(tmp_p
     with_masks = build_from_config(load_detection_config("det_bench_softmax", [f"data.root={root}"]),
                                    train.num_classes, train.freq, log=lambda line: None)
     assert with_masks.roi_heads.has_mask()
+
+
+@pytest.mark.slow
+def test_a_json_without_masks_trains_a_mask_arch_with_data_masks_false(tmp_path, capsys):
+    # The decision for data.masks=false on a maskrcnn_* arch: train the same detector without its mask branch
+    # (a box model), end to end through det-train and det-eval, instead of the traceback it gave.
+    train, val = _split(1, 101), _split(11, 201)
+    for a in train["annotations"] + val["annotations"]:
+        a.pop("segmentation")
+    root = _write(tmp_path / "data", train=train, val=val)
+    run = tmp_path / "run"
+    argv = _det_train(root, run, "data.masks=false", "schedule.epochs=1", "schedule.batch_size=2",
+                      "schedule.warmup_iters=0", "schedule.milestones=[]")
+    assert main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((run / "final_metrics.json").read_text())
+    assert metrics["iou_type"] == "bbox" and metrics["segm"] is None
+    import torch
+
+    state = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert not any(k.startswith("roi_heads.mask_") for k in state) and "roi_heads.box_predictor.cls_score.weight" in state
+    capsys.readouterr()
+    assert main(["det-eval", str(run)]) == 0
+    assert capsys.readouterr().out.startswith("AP ")
