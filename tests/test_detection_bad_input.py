@@ -303,6 +303,16 @@ def test_det_eval_checks_the_json_it_scores(tmp_path, capsys):
     assert "instances_val2017.json" in line and "'iscrowd' other than 0 or 1 (annotation ids 203)" in line
 
 
+def test_det_eval_names_the_problems_of_both_jsons(tmp_path, capsys):
+    root = _write(tmp_path / "data")
+    run = _fake_run(tmp_path, root)
+    other = _write(tmp_path / "other", train=_edit(_split(1, 101), 101, bbox=[2, 3, 1e39, 8]),
+                   val=_edit(_split(11, 201), 203, iscrowd="no"))
+    line = _run(["det-eval", str(run), "--data", str(other)], capsys, root, run, other)
+    assert "'iscrowd' other than 0 or 1 (annotation ids 203)" in line
+    assert "instances_train2017.json" in line and "do not fit in float32" in line and "(annotation ids 101)" in line
+
+
 # ------------------------------------------------------------------------------------------------ det-data
 
 

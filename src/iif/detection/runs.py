@@ -516,8 +516,17 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
     dev = _device(cfg, device)
     set_threads(check_threads(cfg.runtime.threads, "runtime.threads"))  # iif.resources: clamped to the CPUs
     paths = data_paths(cfg)
-    val, val_ann = load_val_set(cfg, paths)
-    train = load_train_set(trained if data is None else cfg, paths)
+    problems = []  # the problems of both jsons in one message, as det-train
+    try:
+        val, val_ann = load_val_set(cfg, paths)
+    except IIFError as exc:
+        problems.append(str(exc).rstrip("."))
+    try:
+        train = load_train_set(trained if data is None else cfg, paths)
+    except IIFError as exc:
+        problems.append(str(exc).rstrip("."))
+    if problems:
+        raise IIFError(" || ".join(problems))
     if list(val.category_ids) != list(train.category_ids):
         raise IIFError(f"{paths[2]} and {paths[0]} list different categories; train and val must share them.")
     check_memory(built, val, cfg.eval.batch_size, dev, "evaluation", "eval.batch_size")
