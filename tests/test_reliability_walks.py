@@ -330,3 +330,19 @@ def test_memory_estimate_and_limit():
     with pytest.raises(IIFError, match=r"needs at least 2\.6 KiB \(2700 bytes.*2\.6 KiB of memory; lower"):
         check_image_memory(2, 10, 3, limit=2699)
     assert resources.memory_limit() is None or resources.memory_limit() > 2**20
+
+
+def test_predict_refuses_a_checkpoint_image_size_that_cannot_fit(trained, tmp_path):
+    """A checkpoint whose preprocess asks for 10^6 px images: one line with the estimate before any image is
+    decoded (it used to end in a torch allocator traceback)."""
+    import torch
+
+    base, root, before, _ = trained
+    ckpt = torch.load(base / "run" / "best.pt", map_location="cpu", weights_only=False)
+    ckpt["preprocess"]["image_size"] = 10**6
+    torch.save(ckpt, tmp_path / "big.pt")
+    proc = _iif("predict", str(tmp_path / "big.pt"), str(root / "a" / "00.png"), cwd=tmp_path)
+    need = 1 * 3 * 10**12 * 4 + 3 * 10**12  # one image (the batch is cut to the images given), by hand
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("iif predict: error: a prediction batch of 1 images") and f"({need} bytes" in proc.stderr
+    assert proc.stdout == "" and _snapshot(root) == before

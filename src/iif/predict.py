@@ -152,6 +152,13 @@ class Predictor:
             raise IIFError(f"batch size must be >= 1; got {batch_size}.")
         from PIL import Image
 
+        from .resources import check_image_memory
+
+        # one line with the estimate before a batch is built (a checkpoint's image size may be anything)
+        check_image_memory(min(int(batch_size), max(len(paths), 1)), int(self.preprocess["image_size"]),
+                           self.channels, what="a prediction batch",
+                           size_key="the checkpoint's preprocess image_size", batch_key="--batch-size")
+
         k = min(int(topk), len(self.class_names))
         results: list[dict] = []
         bad: list[tuple[str, str]] = []

@@ -329,6 +329,10 @@ def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (),
         adjusters[a] = build_adjuster(a, counts, r.model)
     e = r.cfg.eval
     bs = batch_size or e.batch_size
+    from ..resources import check_image_memory  # one line with the estimate before a batch is built
+
+    check_image_memory(int(bs), int(r.splits.image_size), int(r.splits.in_channels), what="an evaluation batch",
+                       size_key="data.options.image_size in the run's config", batch_key="--batch-size")
     wanted = [split]
     if save_logits_to is not None:
         wanted = ["test"] + (["val"] if r.splits.val is not None else [])
