@@ -346,3 +346,16 @@ def test_predict_refuses_a_checkpoint_image_size_that_cannot_fit(trained, tmp_pa
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("iif predict: error: a prediction batch of 1 images") and f"({need} bytes" in proc.stderr
     assert proc.stdout == "" and _snapshot(root) == before
+
+
+def test_list_file_naming_a_fifo_says_so_instead_of_missing(tmp_path):
+    from iif.data.lists import validate_list
+
+    _png(tmp_path / "img" / "ok.png", 0)
+    os.mkfifo(tmp_path / "img" / "pipe.png")
+    (tmp_path / "train.txt").write_text("ok.png 0\npipe.png 1\ngone.png 1\n")
+    with pytest.raises(IIFError) as e:
+        validate_list(str(tmp_path / "train.txt"), str(tmp_path / "img"), 2)
+    msg = str(e.value)
+    assert "2 bad line(s)" in msg
+    assert f"line 2: not a regular file {tmp_path / 'img' / 'pipe.png'}" in msg and "line 3: missing file" in msg

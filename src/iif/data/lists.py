@@ -102,7 +102,9 @@ def validate_list(list_path: str, root: str, num_classes: int | None = None, che
             continue
         full = os.path.join(root, path)
         if check_files and not os.path.isfile(full):
-            problems.append((n, f"line {n}: missing file {full}"))
+            # a FIFO, socket, device or folder is never opened (a FIFO would block the image check)
+            what = "not a regular file" if os.path.exists(full) else "missing file"
+            problems.append((n, f"line {n}: {what} {full}"))
             continue
         samples.append((full, y))
     if problems:
