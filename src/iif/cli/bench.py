@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, auto)")
     p.add_argument("--many", type=int, default=None, help="many-shot threshold (default: iif.metrics.shot_thresholds, 100; 50 when no class has > 100 images)")
     p.add_argument("--few", type=int, default=None, help="few-shot threshold (default: iif.metrics.shot_thresholds, 20; 15 when no class has > 100 images)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default 1 below 10k training images, else torch's default)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default 1 below 10k training images, else torch's default; "
+                   "more than the usable CPUs is clamped with a warning)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides of every row, e.g. schedule.epochs=5; decoupled.* ones (e.g. decoupled.epochs=2, a "

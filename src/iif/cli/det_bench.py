@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default=None, help="cpu-quick or gpu (default: gpu on CUDA, else cpu-quick), or a "
                    "det-train config for its model and schedule (e.g. det_folder)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; more than the usable CPUs "
+                   "is clamped with a warning)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="e.g. train.epochs=2 model.min_size=96 max_train_images=500 score_threshold=0.5 "
