@@ -359,3 +359,19 @@ def test_list_file_naming_a_fifo_says_so_instead_of_missing(tmp_path):
     msg = str(e.value)
     assert "2 bad line(s)" in msg
     assert f"line 2: not a regular file {tmp_path / 'img' / 'pipe.png'}" in msg and "line 3: missing file" in msg
+
+
+def test_fit_default_threads_only_for_runs_that_write_a_folder(tmp_path, monkeypatch):
+    """``iif train`` (a run with a folder) takes the default rule: 1 thread for a small CPU set. A call without
+    a folder (the bench's rows, run inside the bench's own ``--threads``) keeps the caller's count; an explicit
+    ``runtime.threads`` is applied either way."""
+    from iif.train import engine, load_config
+
+    seen = []
+    monkeypatch.setattr(engine, "set_threads", lambda n: seen.append(n) or 1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    over = ["schedule.epochs=1", "runtime.device=cpu", "runtime.progress=false", "runtime.tensorboard=false"]
+    engine.fit(load_config("digits_lt_e2e", over), out_dir=None)
+    engine.fit(load_config("digits_lt_e2e", over), out_dir=tmp_path / "run")
+    engine.fit(load_config("digits_lt_e2e", over + ["runtime.threads=1"]), out_dir=None)
+    assert seen == [None, 1, 1]

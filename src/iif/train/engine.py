@@ -36,7 +36,7 @@ from torch import nn
 from ..data.batches import make_train_batches
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
-from ..resources import check_image_memory, set_threads, training_threads
+from ..resources import check_image_memory, check_threads, set_threads, training_threads
 from .advice import check_backbone_advice, check_config_advice, loader_workers
 from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
@@ -142,8 +142,11 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
             splits = build_splits(cfg)
         _check_splits(splits)
         _check_memory(cfg, splits, world)  # one line with the estimate, before any model or batch is allocated
-        # iif.resources: runtime.threads (iif train --threads) clamped to the usable CPUs; 1 for small CPU sets
-        threads = training_threads(cfg.runtime.threads, len(splits.train.targets), dev.type, "runtime.threads")
+        # iif.resources: runtime.threads (iif train --threads) clamped to the usable CPUs; unset, a run writing its
+        # own folder (iif train) takes the default rule (1 thread for small CPU sets), while a call without one
+        # (the bench's rows, which set their threads around it) keeps the caller's count
+        threads = (training_threads(cfg.runtime.threads, len(splits.train.targets), dev.type, "runtime.threads")
+                   if out is not None else check_threads(cfg.runtime.threads, "runtime.threads"))
         set_threads(threads)
         check_config_advice(cfg, splits, recipe=out is not None)  # iif.train.advice: data notes; e2e IIF on few images
         strategy = cfg.strategy.name
