@@ -10,7 +10,9 @@ walk-through's later commands see what its earlier ones wrote), with ``HOME`` po
 through :func:`iif.cli.main` (so the whole file stays fast); file set-up commands (:data:`SHELL_SETUP`:
 ``mkdir``, ``printf``...) run in bash. Commands that need a download, a GPU, several processes or minutes of
 training are skipped, each by a rule in :data:`SKIP` that states why, and so is any other program (a
-benchmark script, an installer). To keep training commands to seconds, ``iif train`` and
+benchmark script, an installer), except the data-making scripts of :data:`DOC_SCRIPTS`. Detection commands
+run only in the own-COCO walk-through (they name ``my_coco``), and :data:`WROTE` checks what it wrote (AP_r a
+number). To keep training commands to seconds, ``iif train`` and
 ``iif bench`` get the overrides in :data:`FAST` appended (fewer epochs; the command is otherwise as
 written). A command that fails (non-zero exit) fails the test with its output.
 """
@@ -36,7 +38,7 @@ SKIP: list[tuple[str, str]] = [
     (r"--device cuda|runtime\.device=cuda|--preset gpu", "needs a GPU"),
     (r"data\.root=~/data\b|--data ~/data\b|\bdata/lvis/|\bdata/ImageNet_LT/", "needs a downloaded dataset"),
     (r"\bruns/c100_dec\b", "uses the checkpoint of the CIFAR-100-LT run above, which needs the download"),
-    (r"^iif det-(data|bench|train|eval)\b", "detection: builds the offline benchmark or trains Mask R-CNNs on it (minutes each)"),
+    (r"^iif det-(data|bench|train|eval)\b(?!.*\bmy_coco\b)", "detection: builds the offline benchmark or trains Mask R-CNNs on it (minutes each)"),
     (r"^iif weights train/ ", "train/ stands for the reader's own dataset folder"),
 ]
 
@@ -45,7 +47,14 @@ SKIP: list[tuple[str, str]] = [
 FAST: list[tuple[str, list[str], list[str]]] = [
     (r"^iif train (?!.*--list)(?!.*--print-config)\S", [], ["schedule.epochs=1", "schedule.warmup_epochs=0", "decoupled.epochs=1"]),
     (r"^iif bench\b", ["--quick", "--heads", "linear"], ["schedule.epochs=1", "decoupled.epochs=1"]),
+    # the own-COCO walk-through of detection-training.md: one epoch on a category-covering 48-image prefix
+    (r"^iif det-train .*\bmy_coco\b", [], ["schedule.epochs=1", "data.max_train_images=48", "data.max_val_images=16"]),
+    (r"^iif det-bench .*\bmy_coco\b", [], ["train.epochs=1", "max_train_images=48", "max_val_images=16"]),
 ]
+
+#: Scripts of this repository that a walk-through runs to make its data (``python SCRIPT ...``, run with this
+#: interpreter from the repository, in the walk-through's folder).
+DOC_SCRIPTS = ("benchmarks/make_det_json.py",)
 
 
 # --------------------------------------------------------------------------------------------- python blocks
@@ -138,9 +147,37 @@ SHELL_SETUP = ("mkdir", "touch", "printf", "echo", "cat", "ls", "cp", "head")
 
 def skip_reason(command: str) -> str | None:
     why = next((why for pattern, why in SKIP if re.search(pattern, command)), None)
+    if why is None and _doc_script(command) is not None:
+        return None
     if why is None and not command.startswith("iif ") and command.split()[0] not in SHELL_SETUP:
         why = "not an iif command or file set-up (e.g. a benchmark script whose numbers the text gives)"
     return why
+
+
+def _doc_script(command: str) -> list[str] | None:
+    """``[python, ROOT/script, args...]`` for ``python <one of DOC_SCRIPTS> args...``, else None."""
+    import sys
+
+    argv = shlex.split(command, comments=True)
+    if len(argv) >= 2 and argv[0] in ("python", "python3") and argv[1] in DOC_SCRIPTS:
+        return [sys.executable, str(ROOT / argv[1]), *argv[2:]]
+    return None
+
+
+def _own_coco_walkthrough_wrote_ap_r(home: Path) -> None:
+    """detection-training.md's own-COCO walk-through: det-bench's rows have a number for AP_r, and its
+    report counts rare categories (groups from the training json's image counts)."""
+    import json
+
+    rows = json.loads((home / "det-bench-my_coco" / "results.json").read_text())
+    assert rows and all(isinstance(r["APr"], float) for r in rows), rows
+    report = (home / "det-bench-my_coco" / "report.md").read_text()
+    assert re.search(r"\(([1-9]\d*) rare, \d+ common, \d+ frequent", report), report[:2000]
+    assert "best IIF row by AP_r" in report and (home / "det-bench-my_coco" / "fp_vs_rare_ap.png").is_file()
+
+
+#: What a document's walk-through must have written, checked after its commands ran.
+WROTE = {"detection-training.md": _own_coco_walkthrough_wrote_ap_r}
 
 
 def fast_argv(command: str, argv: list[str]) -> list[str]:
@@ -251,11 +288,15 @@ def test_doc_shell_commands_run(doc, tmp_path, monkeypatch, capsys):
                     for t in shlex.split(command, comments=True)[1:]]
             rc, output = _run_iif(fast_argv(command, argv), capsys)
         else:
-            p = subprocess.run(["bash", "-c", command], cwd=home, capture_output=True, text=True, timeout=60)
+            script = _doc_script(command)
+            p = subprocess.run(script or ["bash", "-c", command], cwd=home, capture_output=True, text=True,
+                               timeout=60)
             rc, output = p.returncode, p.stdout[-3000:] + p.stderr[-3000:]
         assert rc == 0, f"{doc.name}: `{command}` exited with {rc}:\n{output}"
         ran += 1
     assert ran or all(skip_reason(c) for c in shell_commands(doc.read_text()))
+    if doc.name in WROTE:
+        WROTE[doc.name](home)
 
 
 def test_skipped_commands_are_listed_with_their_reason():
@@ -264,5 +305,6 @@ def test_skipped_commands_are_listed_with_their_reason():
     skipped = [(doc.name, c, skip_reason(c)) for doc in DOCS for c in shell_commands(doc.read_text()) if skip_reason(c)]
     for name, command, why in skipped:
         print(f"skipped {name}: {command}  <- {why}")
-    offline = ("iif train folder data.root=~/my_images", "iif train digits_lt_e2e", "iif train --list")
+    offline = ("iif train folder data.root=~/my_images", "iif train digits_lt_e2e", "iif train --list",
+               "python benchmarks/make_det_json.py", "iif det-train det_folder", "iif det-bench --quick --preset det_folder")
     assert not [c for _, c, _ in skipped if c.startswith(offline)]
