@@ -185,6 +185,8 @@ def test_det_folder_as_a_det_bench_preset():
 
     s = B.quick_settings("det_folder", ["train.epochs=6"])
     assert s.arch == "maskrcnn_r10_fpn" and s.model["min_size"] == 128 and s.threads == 1
+    assert s.hflip is False  # det_folder's data.hflip, as det-train would train it
+    assert B.quick_settings("cpu-quick").hflip is None  # a built-in preset: the benchmark's recommendation
     lines = []
     sched = B._scale_schedule(s, 300, lines.append)
     # 38 iterations x 6 epochs = 228 -> warm-up 22; milestones round(0.67 * 6) = 4, round(0.92 * 6) = 6

@@ -108,7 +108,7 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
 
     p = DETECTION_PRESETS.get(preset) or config_preset(preset)
     s = DetBenchSettings(preset=preset, arch=p["arch"], model=copy.deepcopy(dict(p["model"])),
-                         train=copy.deepcopy(dict(p["train"])), threads=p.get("threads"),
+                         train=copy.deepcopy(dict(p["train"])), threads=p.get("threads"), hflip=p.get("hflip"),
                          batch_size_eval=int(p.get("predict", {}).get("batch_size", 8)))
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -209,7 +209,8 @@ _SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "war
 def config_preset(name: str) -> dict[str, Any]:
     """A det-train config (packaged short name such as ``det_folder``, or a YAML path) as a det-bench preset:
     its ``model`` section, its ``schedule`` (with ``warmup_fraction`` / ``milestone_fractions``, resolved on the
-    data by :func:`iif.detection.config.scaled_schedule`), ``runtime.threads``/``amp`` and ``eval.batch_size``.
+    data by :func:`iif.detection.config.scaled_schedule`), ``data.hflip``, ``runtime.threads``/``amp`` and
+    ``eval.batch_size``.
     Its margin and sampler are not used: det-bench trains its own rows with the random sampler."""
     from .config import load_detection_config, model_kwargs
     from .models import DETECTION_PRESETS
@@ -227,7 +228,7 @@ def config_preset(name: str) -> dict[str, Any]:
         if getattr(sc, key) is not None:
             train[key] = getattr(sc, key)
     return {"arch": cfg.model.arch, "threads": cfg.runtime.threads, "model": model_kwargs(cfg), "train": train,
-            "predict": {"batch_size": cfg.eval.batch_size}}
+            "hflip": cfg.data.hflip, "predict": {"batch_size": cfg.eval.batch_size}}
 
 
 def _scale_schedule(s: DetBenchSettings, num_images: int, log) -> dict[str, Any]:
