@@ -239,3 +239,22 @@ def test_det_train_reproduces_det_bench_training(bench, one_epoch_run):
     ours = torch.load(one_epoch_run / "last.pt", weights_only=True)["model"]
     theirs = model.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_runs_started_before_the_new_keys_still_resume():
+    """Keys added on 2026-12-06 (la_form, gamma, seesaw_*, allow_negative, rfs_rounding, warmup_fraction,
+    milestone_fractions) leave the fingerprint unchanged at their defaults: the values below were computed by the
+    code of commit 491d087, before those keys existed. A logit-adjustment run (its default form changed) and the
+    paper RFS configs (now ceil rounding) must not match their old fingerprints: they train differently now."""
+    from iif.detection.config import detection_config_hash, load_detection_config
+
+    old = {"det_bench_softmax": "f793ff80287c85a4", "det_bench_iif": "351368c952ff8eb0",
+           "det_bench_la_loss": "5b9b03b37abd6aac", "det_lvis_r50_1x_rfs_iif": "fe4b862f922cd590"}
+    now = {name: detection_config_hash(load_detection_config(name)) for name in old}
+    assert now["det_bench_softmax"] == old["det_bench_softmax"]
+    assert now["det_bench_iif"] == old["det_bench_iif"]
+    assert now["det_bench_la_loss"] != old["det_bench_la_loss"]
+    assert now["det_lvis_r50_1x_rfs_iif"] != old["det_lvis_r50_1x_rfs_iif"]
+    # A new key set away from its default does change the fingerprint.
+    changed = load_detection_config("det_bench_iif", ["margin.allow_negative=true"])
+    assert detection_config_hash(changed) != old["det_bench_iif"]
