@@ -8,7 +8,15 @@ Normalisation. torchvision's ``resnet_fpn_backbone`` defaults to ``FrozenBatchNo
 fine-tuning ImageNet weights but is an identity with random init: a from-scratch backbone would train with no
 normalisation at all. Here ``norm="bn"`` (trainable ``BatchNorm2d``, the default without a checkpoint) or
 ``norm="gn"`` (GroupNorm, 32 groups, for tiny per-GPU batches) is used for from-scratch training, and
-``norm="frozen_bn"`` (the default when a ``checkpoint`` is given) reproduces torchvision's fine-tuning setup.
+``norm="frozen_bn"`` (the default when a ``checkpoint`` or ``backbone_weights`` is given) reproduces
+torchvision's fine-tuning setup.
+
+Pretrained start. ``backbone_weights`` loads a ResNet state dict in torchvision's format (``conv1.weight``,
+``bn1.*``, ``layer1.0.conv1.weight``, ..., ``fc.*``; what ``torchvision.models.resnet50(...).state_dict()``
+and torchvision's weights files hold, and what :mod:`iif.detection.pretrain` writes) into the backbone's
+ResNet before the FPN is put on it (:func:`load_backbone_weights`); the ``fc`` head is ignored. A torchvision
+weights name (``ResNet50_Weights.IMAGENET1K_V1``) is fetched through torchvision (needs a network, or
+torch hub's cache).
 
 The RPN/RoI settings the CPU benchmark needs (input size, proposals, sampled RoIs, anchor sizes, FPN width)
 are explicit keyword arguments; :data:`DETECTION_PRESETS` holds the configurations used by ``iif det-bench``.
@@ -18,6 +26,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,7 +37,8 @@ from torch import nn
 from ..errors import IIFError
 
 __all__ = ["ARCHS", "DETECTION_PRESETS", "build_detector", "load_detector_checkpoint", "input_memory_estimate",
-           "check_input_memory", "physical_memory_bytes"]
+           "check_input_memory", "physical_memory_bytes", "load_backbone_weights", "backbone_weights_state",
+           "is_from_scratch"]
 
 # arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
 # depth), a small backbone for from-scratch CPU runs.
@@ -122,13 +133,18 @@ def _resnet(depth: str, norm: str) -> nn.Module:
     return fn(weights=None, norm_layer=layer)
 
 
-def _fpn_backbone(depth: str, norm: str, fpn_channels: int, returned_layers: Sequence[int], trainable_layers: int):
+def _fpn_backbone(depth: str, norm: str, fpn_channels: int, returned_layers: Sequence[int], trainable_layers: int,
+                  weights: Any = None, log=print):
     """ResNet + FPN (P_k for the returned stages, plus a max-pooled extra level), as torchvision's
-    ``resnet_fpn_backbone`` but with the chosen norm and FPN width."""
+    ``resnet_fpn_backbone`` but with the chosen norm and FPN width; ``weights`` (a ``backbone_weights``
+    value) is loaded into the whole ResNet first, as torchvision does, so stages the FPN does not use are
+    checked too."""
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     body = _resnet(depth, norm)
+    if not is_from_scratch(weights):
+        load_backbone_weights(body, weights, depth=depth, log=log)
     if not 0 <= trainable_layers <= 5:
         raise IIFError(f"trainable_layers must be 0..5; got {trainable_layers}.")
     trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
@@ -176,6 +192,7 @@ def build_detector(
     norm: str | None = None,
     trainable_layers: int | None = None,
     checkpoint: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None,
     log=print,
 ) -> nn.Module:
     """A torchvision detector for ``num_classes`` foreground categories, built without any download.
@@ -204,17 +221,34 @@ def build_detector(
         mask_roi_size: side of the RoI features fed to the mask head (torchvision: 14; masks come out at
             twice this).
         norm: ``"bn"`` (trainable BatchNorm2d), ``"gn"`` (GroupNorm) or ``"frozen_bn"``; default ``"bn"``
-            from scratch and ``"frozen_bn"`` with a checkpoint.
-        trainable_layers: ResNet stages that train (5 = all); default 5 from scratch, 3 with a checkpoint.
+            from scratch and ``"frozen_bn"`` with a checkpoint or backbone weights (torchvision's fine-tuning).
+        trainable_layers: ResNet stages that train (5 = all); default 5 from scratch, 3 with a checkpoint or
+            backbone weights.
         checkpoint: a local torchvision checkpoint (a state dict, or a dict with ``"model"``), read with
-            ``torch.load(weights_only=True)``; see :func:`load_detector_checkpoint`.
+            ``torch.load(weights_only=True)``; see :func:`load_detector_checkpoint`. Loaded after
+            ``backbone_weights``, so it wins where both set a tensor.
+        backbone_weights: the pretrained start of the ResNet backbone: a local file holding a torchvision-format
+            ResNet state dict (read with ``torch.load(weights_only=True)``; the ``fc`` head is ignored), or a
+            torchvision weights name such as ``"ResNet50_Weights.IMAGENET1K_V1"`` (downloaded by torchvision);
+            ``None``, ``"none"`` or ``"from_scratch"``: random init. ``"pretrained"`` (the cached pretraining of
+            an ``iif det-data`` benchmark) must be resolved to its file first
+            (:func:`iif.detection.pretrain.resolve_backbone_weights`; det-train and det-bench do it). ResNet-FPN
+            archs only.
         log: where the checkpoint report goes.
     """
     if arch not in ARCHS:
         raise IIFError(f"unknown detector arch {arch!r}; use one of {', '.join(ARCHS)}.")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise IIFError(f"num_classes must be a positive int (foreground categories); got {num_classes!r}.")
-    norm = norm or ("frozen_bn" if checkpoint is not None else "bn")
+    pretrained = not is_from_scratch(backbone_weights)
+    if pretrained and ARCHS[arch][0] == "ssd":
+        raise IIFError(f"backbone_weights is set ({backbone_weights}) but {arch} has a VGG16 backbone; backbone "
+                       "weights are for the ResNet-FPN archs (maskrcnn_*/fasterrcnn_*): set backbone_weights=null.")
+    if pretrained and str(backbone_weights).strip() == "pretrained" and not os.path.isfile(backbone_weights):
+        raise IIFError("backbone_weights 'pretrained' names the cached pretraining of an iif det-data benchmark and "
+                       "must be resolved to its file first: call iif.detection.pretrain.resolve_backbone_weights("
+                       "'pretrained', arch=..., data_root=BENCH), or use det-train / det-bench with that data.")
+    norm = norm or ("frozen_bn" if checkpoint is not None or pretrained else "bn")
     if norm not in NORMS:
         raise IIFError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
     if checkpoint is not None and not os.path.isfile(checkpoint):
@@ -226,19 +260,19 @@ def build_detector(
         if int(value) < 1:
             raise IIFError(f"{name} must be >= 1; got {value}.")
     if trainable_layers is None:
-        trainable_layers = 3 if checkpoint is not None else 5
+        trainable_layers = 3 if checkpoint is not None or pretrained else 5
     family, depth = ARCHS[arch]
     if family == "ssd":
         model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
     else:
-        model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals())
+        model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals(), log=log)
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint, log=log)
     return model
 
 
 def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: str, trainable_layers: int,
-                a: dict) -> nn.Module:
+                a: dict, log=print) -> nn.Module:
     from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -246,7 +280,8 @@ def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: st
     from torchvision.models.detection.rpn import RPNHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    backbone = _fpn_backbone(depth, norm, int(a["fpn_channels"]), a["returned_layers"], trainable_layers)
+    backbone = _fpn_backbone(depth, norm, int(a["fpn_channels"]), a["returned_layers"], trainable_layers,
+                             a.get("backbone_weights"), log=log)
     n_levels = len(tuple(a["returned_layers"])) + 1  # + the max-pooled extra level
     sizes = tuple(tuple(int(s) for s in level) for level in (a["anchor_sizes"] or _default_anchor_sizes(n_levels)))
     if len(sizes) != n_levels:
@@ -399,3 +434,118 @@ def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=p
         log(f"checkpoint {path}: loaded {len(report['loaded'])} tensors; kept fresh init for the class-specific "
             f"layers whose class count differs: {', '.join(s.split(' ')[0] for s in skipped)}")
     return report
+
+
+# ------------------------------------------------------------------------------------------- backbone weights
+
+#: The values of ``backbone_weights`` that mean "random init".
+FROM_SCRATCH = ("none", "from_scratch", "null", "")
+# torchvision's weights enum for each ResNet depth (r10 has none: use a local file or the cached pretraining).
+_TORCHVISION_ENUMS = {"r18": "ResNet18_Weights", "r34": "ResNet34_Weights", "r50": "ResNet50_Weights",
+                      "r101": "ResNet101_Weights"}
+_WEIGHTS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*_Weights\.[A-Za-z0-9_]+$")
+_FIX = ("pass a torchvision-format ResNet state dict file, a torchvision weights name (e.g. "
+        "ResNet50_Weights.IMAGENET1K_V1), 'pretrained' (the cached pretraining of an iif det-data benchmark) or "
+        "null (from scratch)")
+
+
+def is_from_scratch(weights: Any) -> bool:
+    """True for a ``backbone_weights`` value that means random init: None, ``"none"``, ``"from_scratch"``."""
+    return weights is None or (isinstance(weights, str) and weights.strip().lower() in FROM_SCRATCH)
+
+
+def _depth_name(depth: str) -> str:
+    return {"r10": "ResNet-10 (BasicBlock, one block per stage)", "r18": "ResNet-18", "r34": "ResNet-34",
+            "r50": "ResNet-50", "r101": "ResNet-101"}.get(depth, depth)
+
+
+def backbone_weights_state(weights: str | os.PathLike, *, depth: str | None = None) -> tuple[dict, str]:
+    """``(state dict, description)`` of a ``backbone_weights`` value: a local file read with
+    ``torch.load(weights_only=True)`` (a state dict of tensors; a dict holding one under ``"state_dict"`` or
+    ``"model"`` is accepted, ``module.`` prefixes are stripped), or a torchvision weights name, fetched with
+    torchvision's ``get_state_dict`` (a download unless torch hub's cache has it). ``depth`` (``"r50"``...) checks
+    that a weights name is for that ResNet. Every problem is an :class:`IIFError` naming the fix."""
+    spec = os.fspath(weights)
+    if os.path.isfile(spec):
+        from ..train.checkpoint import _safe_load
+
+        try:
+            obj = _safe_load(Path(spec), "cpu")
+        except IIFError as exc:
+            raise IIFError(f"backbone weights {spec} cannot be read as a weights file ({str(exc).rstrip('.')}); "
+                           f"{_FIX}.") from None
+        for key in ("state_dict", "model"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if (not isinstance(obj, dict) or not obj
+                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
+            raise IIFError(f"backbone weights {spec} is not a state dict of tensors (it holds "
+                           f"{type(obj).__name__}{' (empty)' if isinstance(obj, dict) and not obj else ''}); {_FIX}.")
+        return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}, spec
+    if os.path.isdir(spec):
+        raise IIFError(f"backbone weights {spec} is a folder; {_FIX}.")
+    if not _WEIGHTS_NAME.match(spec.strip()):
+        raise IIFError(f"backbone weights file {spec} does not exist; {_FIX}.")
+    name = spec.strip()
+    enum_name = name.split(".")[0]
+    from torchvision.models import get_weight
+
+    try:
+        w = get_weight(name)
+    except (ValueError, KeyError, AttributeError, TypeError):
+        known = _TORCHVISION_ENUMS.get(depth or "", "ResNet50_Weights")
+        raise IIFError(f"unknown torchvision weights name {name!r}; use e.g. {known}.IMAGENET1K_V1 (torchvision's "
+                       f"{known} lists them), a local weights file, 'pretrained' or null.") from None
+    if depth is not None and _TORCHVISION_ENUMS.get(depth) != enum_name:
+        want = _TORCHVISION_ENUMS.get(depth)
+        fix = (f"use {want}.IMAGENET1K_V1" if want else
+               "torchvision has no weights for it: use a local file or 'pretrained'")
+        raise IIFError(f"backbone weights {name} are for another network than the {_depth_name(depth)} backbone; "
+                       f"{fix}, or an arch whose backbone {enum_name} fits.")
+    try:
+        state = w.get_state_dict(progress=False)
+    except Exception as exc:  # no network (URLError, OSError, ...) or a corrupt download in torch hub's cache
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise IIFError(f"cannot fetch torchvision weights {name} ({detail}); download {w.url} on a machine with "
+                       "network access and pass the file as backbone_weights.") from None
+    return dict(state), name
+
+
+def load_backbone_weights(resnet: nn.Module, weights: Any, *, depth: str | None = None, log=print) -> dict[str, Any]:
+    """Load ``backbone_weights`` (file or torchvision name, :func:`backbone_weights_state`) into a torchvision
+    ``ResNet``; returns ``{"source", "loaded", "ignored"}``.
+
+    The classification head (``fc.*``) is ignored, present or not (the detector has none), and so is
+    ``num_batches_tracked`` (FrozenBatchNorm2d has no such buffer). Any other tensor must match by name and
+    shape both ways: a mis-shaped tensor (a ResNet-18 file for a ResNet-50 backbone), a tensor the backbone
+    lacks or a backbone tensor the file lacks is an :class:`IIFError` naming the first one and its shapes,
+    raised before anything is copied."""
+    state, source = backbone_weights_state(weights, depth=depth)
+    own = resnet.state_dict()
+
+    def ignored(k: str) -> bool:
+        return k.startswith("fc.") or k.endswith("num_batches_tracked")
+
+    mismatched = [k for k in own if k in state and not ignored(k) and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state and not ignored(k)]
+    unexpected = [k for k in state if k not in own and not ignored(k)]
+    what = f"the {_depth_name(depth)} backbone" if depth else "the backbone's ResNet"
+    if mismatched or missing or unexpected:
+        if mismatched:
+            k = mismatched[0]
+            first = f"{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model"
+        elif missing:
+            first = f"the file has no {missing[0]}"
+        else:
+            first = f"the file has {unexpected[0]}, which the model has not"
+        counts = ", ".join(f"{n} {w}" for n, w in ((len(mismatched), "mis-shaped"), (len(missing), "missing"),
+                                                   (len(unexpected), "unexpected")) if n)
+        raise IIFError(f"backbone weights {source} do not fit {what} ({first}; {counts} tensors); give weights "
+                       f"of a {_depth_name(depth) if depth else 'ResNet of that depth'} (torchvision's ResNet state "
+                       "dict format), or set model.arch to the ResNet depth the file holds.")
+    resnet.load_state_dict({k: v for k, v in state.items() if k in own and not ignored(k)}, strict=False)
+    loaded = sorted(k for k in own if k in state and not ignored(k))
+    dropped = sorted(k for k in state if k.startswith("fc."))
+    log(f"backbone weights {source}: loaded {len(loaded)} tensors into {what}"
+        + (f"; ignored {', '.join(dropped[:3])}{' ...' if len(dropped) > 3 else ''}" if dropped else ""))
+    return {"source": source, "loaded": loaded, "ignored": dropped}
