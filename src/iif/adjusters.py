@@ -29,7 +29,7 @@ compute dtype) is the one multiply behind post-hoc IIF, :class:`iif.IIFLoss` (Eq
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "PostHocIIF",
     "LogitAdjustment",
     "NorCal",
+    "norcal_gamma",
     "LA_FORMS",
     "bayes_la_offsets",
     "BalancedSoftmaxOffset",
@@ -364,6 +365,18 @@ class LogitAdjustment(_AdditiveAdjuster):
         return f"{super().extra_repr()}, tau={self.tau}, form={self.form!r}"
 
 
+def norcal_gamma(gamma: Any) -> float:
+    """``gamma`` as NorCal's exponent on the class counts: a finite number >= 0, else an :class:`IIFError`."""
+    try:
+        g = float(gamma)
+    except (TypeError, ValueError):
+        g = float("nan")
+    if isinstance(gamma, bool) or not (math.isfinite(g) and g >= 0):
+        raise IIFError(f"gamma (NorCal's exponent on the class counts) must be a finite number >= 0, e.g. 1.0 "
+                       f"(0 leaves the scores unchanged); got {gamma!r}.")
+    return g
+
+
 class NorCal(_AdditiveAdjuster):
     """NorCal (Pan et al., NeurIPS 2021), post-hoc: foreground scores divided by ``n_c^gamma``, renormalised.
 
@@ -378,13 +391,7 @@ class NorCal(_AdditiveAdjuster):
     _what = "counts"
 
     def __init__(self, counts: CountsLike, gamma: float = 1.0, background: Optional[str] = None) -> None:
-        try:
-            g = float(gamma)
-        except (TypeError, ValueError):
-            g = float("nan")
-        if isinstance(gamma, bool) or not (math.isfinite(g) and g >= 0):
-            raise IIFError(f"gamma (NorCal's exponent on the class counts) must be a finite number >= 0, e.g. 1.0 "
-                           f"(0 leaves the scores unchanged); got {gamma!r}.")
+        g = norcal_gamma(gamma)
         super().__init__(torch.as_tensor(-g * _log_counts(counts), dtype=torch.float32), background)
         self.gamma = g
 

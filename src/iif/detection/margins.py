@@ -87,7 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adjusters import LA_FORMS, BalancedSoftmaxOffset, LogitAdjustment, NorCal, PostHocIIF, bayes_la_offsets
+from ..adjusters import LA_FORMS, BalancedSoftmaxOffset, LogitAdjustment, NorCal, PostHocIIF, bayes_la_offsets, norcal_gamma
 from ..errors import IIFError
 from ..frequency import ClassFrequency
 from ..losses.seesaw import seesaw_logits
@@ -539,13 +539,7 @@ def use_margin(
     if allow_negative and method != "iif":
         raise IIFError(f"allow_negative applies to IIF weights; {method!r} has none. Drop allow_negative.")
     if method == "norcal":
-        try:
-            gamma_f = float(gamma)
-        except (TypeError, ValueError):
-            gamma_f = float("nan")
-        if isinstance(gamma, bool) or not (math.isfinite(gamma_f) and gamma_f >= 0):
-            raise IIFError(f"gamma (NorCal's exponent on the class counts) must be a finite number >= 0, e.g. 1.0; "
-                           f"got {gamma!r}.")
+        norcal_gamma(gamma)
     if method == "seesaw":
         if kind != "rcnn":
             raise IIFError("method='seesaw' needs the RoI labels of an R-CNN detector (roi_heads); SSD is not "
@@ -601,8 +595,8 @@ def use_margin(
             if allow_negative:
                 config["allow_negative"] = True
         elif method == "norcal":
-            adjuster = NorCal(counts, gamma=gamma_f, background="first")
-            config["gamma"] = gamma_f
+            adjuster = NorCal(counts, gamma=norcal_gamma(gamma), background="first")
+            config["gamma"] = norcal_gamma(gamma)
         elif method == "seesaw":
             adjuster = _SeesawOffset(counts.shape[0], float(seesaw_p), float(seesaw_q))
             config.update(p=float(seesaw_p), q=float(seesaw_q))
