@@ -552,14 +552,14 @@ def refuse_overlap(outputs: PathPairs, inputs: PathPairs, *, run_folders: PathPa
         for label, in_given, in_real in ins + runs:
             if real == in_real:
                 raise IIFError(f"{opt} {given}{_via(given, real)} is {label} {in_given}, an input of this command, "
-                               f"and writing it would destroy it; choose an {opt} outside every input.")
+                               f"and writing it would destroy it; choose a {opt} path outside every input.")
             if _inside(in_real, real):
                 raise IIFError(f"{opt} {given}{_via(given, real)} would replace a folder holding {label} {in_given}, "
-                               f"an input of this command; choose an {opt} outside every input.")
+                               f"an input of this command; choose a {opt} path outside every input.")
         for label, in_given, in_real in ins:
             if os.path.isdir(in_real) and _inside(real, in_real):
                 raise IIFError(f"{opt} {given}{_via(given, real)} lies inside {label} {in_given}, a folder this "
-                               f"command reads; choose an {opt} outside it.")
+                               f"command reads; choose a {opt} path outside it.")
     for i, (opt, given, real) in enumerate(outs):
         for opt2, given2, real2 in outs[i + 1:]:
             if _inside(real, real2) or _inside(real2, real):
