@@ -279,3 +279,28 @@ def test_det_bench_bad_data_keys_are_one_line(keys, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("iif det-bench: error:") and message in err[0], err
     assert not out.exists()
+
+
+def test_a_val_set_does_not_warn_about_training_images(tmp_path):
+    """The "classes have no training images" note is about training counts: a val dataset whose json lacks a
+    category stays silent, while the same json loaded as a training set still warns."""
+    import warnings
+
+    from PIL import Image
+
+    from iif.detection.data import DetectionDataset
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "img" / "a.png")
+    ann = {"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+           "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100,
+                            "iscrowd": 0}]}
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        DetectionDataset(ann, tmp_path / "img", train=False, masks=False)
+    assert not [w for w in seen if "no training images" in str(w.message)]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        DetectionDataset(ann, tmp_path / "img", train=True, masks=False)
+    assert [w for w in seen if "no training images" in str(w.message) and "dog" in str(w.message)]

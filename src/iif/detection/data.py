@@ -29,6 +29,7 @@ import contextlib
 import io
 import math
 import os
+import warnings
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -721,7 +722,10 @@ class DetectionDataset(torch.utils.data.Dataset):
                            "(for LVIS v1: the COCO root with train2017/ and val2017/).")
         if validate:
             validate_annotations(data, self.image_root, source=name, masks=masks)
-        self.freq = ClassFrequency.from_coco(data, name=name)
+        with warnings.catch_warnings():
+            if not train:  # a val json's own counts are not training counts: its "no training images" note is noise
+                warnings.filterwarnings("ignore", message=".*classes have no training images")
+            self.freq = ClassFrequency.from_coco(data, name=name)
         self.category_ids: list[int] = list(self.freq.class_ids)
         self.class_names: list[str] = list(self.freq.class_names)
         self.num_classes = len(self.category_ids)
