@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class DetBenchSettings:
     seeds: int = 1
     quick: bool = False
     device: str = "cpu"
+    bootstrap: int = 100  # paired-bootstrap resamples of the test images for the intervals (0: none)
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
@@ -134,7 +136,8 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
 
 # det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
 # schedule keys of a det-train config).
-_TOP_KEYS = ("arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads")
+_TOP_KEYS = ("arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
+             "bootstrap")
 _TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
 # build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
 # fasterrcnn_*), log is the bench's own.
@@ -272,6 +275,9 @@ def _check_settings(s: DetBenchSettings) -> None:
         raise IIFError(f"det-bench setting score_threshold must be in [0, 1]; got {s.score_threshold!r}.")
     if not isinstance(s.batch_size_eval, int) or s.batch_size_eval < 1:
         raise IIFError(f"det-bench setting batch_size_eval must be a whole number >= 1; got {s.batch_size_eval!r}.")
+    if not isinstance(s.bootstrap, int) or isinstance(s.bootstrap, bool) or s.bootstrap < 0:
+        raise IIFError(f"det-bench setting bootstrap (resamples for the intervals) must be a whole number >= 0 "
+                       f"(0: no intervals); got {s.bootstrap!r}.")
     if not isinstance(s.seeds, int) or s.seeds < 1:
         raise IIFError(f"--seeds must be >= 1; got {s.seeds!r}.")
     epochs = s.train.get("epochs")
@@ -415,7 +421,10 @@ class _SkipRow(Exception):
     """A row whose margin cannot be built from these counts (e.g. raw IIF with an empty category)."""
 
 
-def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, device: str, log) -> tuple[Any, dict]:
+def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, device: str, log,
+           store=None) -> tuple[Any, dict]:
+    """Build and train one detector; with a :class:`iif.detection.resume.ResumeStore`, a detector an
+    interrupted run of the same settings kept is loaded instead of trained, and a new one is kept."""
     from .engine import train_detector
     from .margins import use_margin
     from .models import build_detector
@@ -428,10 +437,17 @@ def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, de
         except IIFError as exc:  # checked before any training: the row cannot run on these counts
             raise _SkipRow(str(exc)) from None
     name = "softmax" if spec is None else f"{spec.method} {spec.table_variant() or ''} {spec.by or ''}".strip()
+    key = "softmax" if spec is None else _short(spec)
+    kept = store.load_model(model, seed, key) if store is not None else None
+    if kept is not None:
+        log(f"det-bench: seed {seed}: reusing the kept {name} detector (not retrained)")
+        return model, kept
     log(f"det-bench: seed {seed}: training {name} detector ({len(data.train)} images, {s.train['epochs']} epochs)")
     t0 = time.perf_counter()
     res = train_detector(model, data.train, device=device, seed=seed, log=log, **s.train)
     res["train_s"] = time.perf_counter() - t0
+    if store is not None:
+        store.save_model(model, seed, key, {"train_s": res["train_s"], "history": res.get("history", [])})
     return model, res
 
 
@@ -491,18 +507,26 @@ def _examples(model_rows: dict[str, Any], data: _Data, s: DetBenchSettings, devi
     return images, panels, [rare] * len(picks)
 
 
-def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, want_examples: bool) -> dict[str, Any]:
+def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, want_examples: bool,
+              store=None) -> dict[str, Any]:
     from .margins import use_margin
 
     masks = not s.arch.startswith("fasterrcnn")
     counts = _freq(data.train).image_counts
     t_start = time.perf_counter()
-    model, res = _train(s, data, None, seed, device, log)
+    model, res = _train(s, data, None, seed, device, log, store)
     timings = {"softmax_train_s": res["train_s"], "history": res.get("history", [])}
     t0 = time.perf_counter()
-    cache = _make_cache(model, data, device, s)
+    cache = store.load_cache(seed) if store is not None else None
+    if cache is not None:
+        log(f"det-bench: seed {seed}: reusing the kept RoI cache")
+    else:
+        cache = _make_cache(model, data, device, s)
+        if cache is not None and store is not None:
+            store.save_cache(seed, cache)
     timings["cache_s"] = time.perf_counter() - t0
     rows, details = [], []
+    dets: dict[str, list] = {}  # row label -> detections, for the bootstrap intervals
     norms = {"softmax": _classifier_norms(model).tolist()} if hasattr(model, "roi_heads") else {}
     drawn: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -518,6 +542,7 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
         ev = _evaluate(data.val_json, results, masks, s.score_threshold, counts)
         rows.append(_row(spec, ev))
         details.append({"seed": seed, **asdict(spec), **ev})
+        dets[_short(spec)] = results
         log(f"det-bench: seed {seed}: {spec.method} {spec.table_variant() or ''} {spec.by or ''}: "
             f"AP {rows[-1]['AP']:.1f} APr {_fmt(rows[-1]['APr'])} dAP_FP {_fmt(rows[-1]['dAP_FP'])}")
         if want_examples and spec in (POSTHOC_ROWS[0], POSTHOC_ROWS[1], POSTHOC_ROWS[-2]):
@@ -529,7 +554,7 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
     if not s.quick:
         for spec in E2E_ROWS:
             try:
-                m, r = _train(s, data, spec, seed, device, log)
+                m, r = _train(s, data, spec, seed, device, log, store)
             except _SkipRow as exc:
                 skipped[_short(spec)] = str(exc)
                 log(f"det-bench: skipping {_short(spec)}: {exc}")
@@ -539,6 +564,7 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
             ev = _evaluate(data.val_json, results, masks, s.score_threshold, counts)
             rows.append(_row(spec, ev))
             details.append({"seed": seed, **asdict(spec), **ev, "train_s": r["train_s"]})
+            dets[_short(spec)] = results
             if hasattr(m, "roi_heads"):
                 norms[_short(spec)] = _classifier_norms(m).tolist()
             if want_examples and spec.method == "iif" and spec.variant == "raw":
@@ -547,7 +573,7 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
     timings["seed_total_s"] = time.perf_counter() - t_start
     examples = _examples(drawn, data, s, device) if want_examples and drawn else None
     return {"rows": rows, "details": details, "timings": timings, "norms": norms, "examples": examples,
-            "skipped": skipped}
+            "skipped": skipped, "detections": dets}
 
 
 def _short(spec: RowSpec) -> str:
@@ -557,6 +583,29 @@ def _short(spec: RowSpec) -> str:
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.1f}"
+
+
+def _intervals(means: list[dict], per_seed: list[dict], d: _Data, s: DetBenchSettings, log) -> dict | None:
+    """The paired-bootstrap intervals of summary.json (:func:`iif.detection.uncertainty.row_intervals`) over
+    ``s.bootstrap`` resamples of the test images; None with ``bootstrap=0``."""
+    from .evaluation import category_groups
+    from .report import row_label
+    from .uncertainty import row_intervals
+
+    if not s.bootstrap:
+        return None
+    labels = set.intersection(*(set(p["detections"]) for p in per_seed))
+    rows = [r for r in means if row_label(r) in labels]
+    if not rows:
+        return None
+    groups = category_groups(d.val_json, _freq(d.train).image_counts)
+    log(f"det-bench: paired bootstrap, {s.bootstrap} resamples of the {len(d.val)} test images "
+        f"({len(rows)} rows x {s.seeds} seeds evaluations each)")
+    res = row_intervals(d.val_json, rows, [p["detections"] for p in per_seed],
+                        masks=not s.arch.startswith("fasterrcnn"), groups=groups, samples=s.bootstrap, seed=0,
+                        label=row_label)
+    log(f"det-bench: bootstrap took {res['cost_s']:.1f} s ({res['evaluations']} evaluations)")
+    return res
 
 
 def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False, out: str | os.PathLike = "det-bench-out",
@@ -585,10 +634,25 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     d = _load_data(data, s, log, paths)
     _check_memory(s, d, dev)
     sched = _scale_schedule(s, len(d.train), log)
-    per_seed = []
-    for seed in range(s.seeds):
-        per_seed.append(_one_seed(seed, s, d, dev, log, want_examples=plots and seed == 0))
-    means, stds = R.aggregate_seeds([p["rows"] for p in per_seed])
+    # The staging folder is entered now, not at the end: it keeps the trained detectors and RoI caches, so a
+    # rerun after a kill or a crash continues there (iif.detection.resume).
+    from .resume import ResumeStore, open_staging, settings_key
+
+    key = settings_key(asdict(s), d.paths)
+    staging, _adopted = open_staging(folder, key, log)
+    store = ResumeStore(staging, key, log)
+    try:
+        per_seed = []
+        for seed in range(s.seeds):
+            per_seed.append(_one_seed(seed, s, d, dev, log, want_examples=plots and seed == 0, store=store))
+        means, stds = R.aggregate_seeds([p["rows"] for p in per_seed])
+        intervals = _intervals(means, per_seed, d, s, log)
+    except BaseException:
+        if store.root.is_dir():  # trained work is kept for a rerun of the same command
+            log(f"det-bench: stopped; the trained detectors stay in {staging}: rerun the same command to continue")
+        else:
+            folder.__exit__(*sys.exc_info())
+        raise
     wall = time.perf_counter() - t_all
     table = R.format_table(means, stds if s.seeds > 1 else None)
     meta = {"version": __version__, "data": str(d.root), "data_paths": {k: str(v) for k, v in zip(DATA_KEYS, d.paths)},
@@ -596,14 +660,22 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
             "num_train_images": len(d.train), "num_val_images": len(d.val), "device": dev,
             "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
             "schedule": sched, "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    with folder as staging:
+    try:
         atomic_write_text(staging / "results.json", R.dumps_rows(means))
         if s.seeds > 1:
             atomic_write_text(staging / "results_std.json", R.dumps_rows(stds))
         atomic_write_json(staging / "details.json", json_safe([x for p in per_seed for x in p["details"]]))
         atomic_write_json(staging / "settings.json", json_safe({"settings": asdict(s), "meta": meta,
                                                                 "timings": [p["timings"] for p in per_seed]}))
-        R.write_report(staging, means, stds if s.seeds > 1 else None, per_seed, d, s, meta, plots=plots)
+        atomic_write_json(staging / "summary.json", json_safe({"rows": means, "std": stds if s.seeds > 1 else None,
+                                                               "intervals": intervals}))
+        R.write_report(staging, means, stds if s.seeds > 1 else None, per_seed, d, s, meta, plots=plots,
+                       intervals=intervals)
+    except BaseException:
+        log(f"det-bench: stopped while writing; the trained detectors stay in {staging}: rerun the same command")
+        raise
+    store.discard()
+    folder.__exit__(None, None, None)
     log(table)
     log(f"det-bench: {wall:.0f} s, peak RSS {meta['peak_rss_mb']:.0f} MB; wrote {out}")
     return means

@@ -33,6 +33,7 @@ __all__ = [
     "draw_detections",
     "dumps_rows",
     "summary_lines",
+    "interval_lines",
     "write_report",
 ]
 
@@ -245,7 +246,41 @@ def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: bool = True) -> None:
+def interval_lines(intervals: Mapping[str, Any] | None) -> list[str]:
+    """The report's "Differences with 95% intervals" section from :func:`iif.detection.uncertainty.row_intervals`'s
+    result: one table per reference (softmax, best additive row), each cell ``diff [low, high]``, marked
+    "within noise" where the interval contains 0."""
+    if not intervals:
+        return []
+    metrics = list(intervals["metrics"])
+    names = {"AP": "AP", "APr": "AP_r", "dAP_FP": "ΔAP_FP"}
+    out = ["## Differences with 95% intervals", "",
+           f"Paired bootstrap over the {intervals['num_images']} test images: {intervals['samples']} resamples (seed "
+           f"{intervals['seed']}), the same resampled images for every row"
+           + (f" and each of the {intervals['seeds']} seeds (a resample's difference is the mean over seeds)"
+              if intervals["seeds"] > 1 else "")
+           + f"; interval = the 2.5 and 97.5 percentiles of the resampled differences ({intervals['cost_s']:.0f} s, "
+           f"{intervals['evaluations']} evaluations). \"within noise\": the interval contains 0.", ""]
+
+    def fmt(r):
+        if r is None or r["diff"] != r["diff"]:
+            return "-"
+        text = f"{r['diff']:+.1f} [{r['low']:+.1f}, {r['high']:+.1f}]"
+        return text + (" within noise" if r["within_noise"] else "")
+
+    for ref_key, title in (("softmax", "the softmax row"), ("best_additive", "the best additive row (by AP_r)")):
+        ref = intervals["references"].get(ref_key)
+        if ref is None:
+            continue
+        body = [[r["row"], *[fmt(r.get(f"vs_{ref_key}", {}).get(m)) for m in metrics]]
+                for r in intervals["rows"] if r["row"] != ref]
+        out += [f"Against {title}: `{ref}`.", "",
+                markdown_table(["row", *[f"Δ{names.get(m, m)}" for m in metrics]], body), ""]
+    return out
+
+
+def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: bool = True,
+                 intervals: Mapping[str, Any] | None = None) -> None:
     """``report.md`` of ``iif det-bench`` (and its PNGs when ``plots``) in ``folder``."""
     folder = Path(folder)
     s = settings
@@ -292,6 +327,7 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
         "## Results", "",
         results_markdown(rows, stds),
         "",
+        *interval_lines(intervals),
     ]
     details = [d for p in per_seed for d in p["details"] if d["seed"] == 0]
     if details:

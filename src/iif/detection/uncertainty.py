@@ -13,8 +13,8 @@ images, easy images) cancels in the difference, as it does in the table itself.
   per-image data (``metric(row_data, picks) -> float``).
 * :func:`resample_images` — a COCO/LVIS ground truth and detections restricted to a resampled image list
   (an image drawn twice becomes two images), so AP, AP_r and TIDE's ΔAP_FP can be the metric.
-
-The det-bench report does not call this yet (docs/detection.md, "Uncertainty").
+* :func:`row_intervals` — what `iif det-bench` writes to summary.json and report.md: every row against the
+  softmax row and the best additive row, for AP, AP_r and ΔAP_FP (docs/detection.md, "Uncertainty").
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import IIFError
 
-__all__ = ["bootstrap_picks", "paired_bootstrap", "resample_images"]
+__all__ = ["bootstrap_picks", "paired_bootstrap", "resample_images", "resampled_metrics", "row_intervals",
+           "INTERVAL_METRICS", "ADDITIVE_METHODS"]
 
 
 def _positive_int(value: Any, what: str, example: str) -> int:
@@ -144,3 +145,93 @@ def resample_images(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any
     out = {key: value for key, value in gt.items() if key not in ("images", "annotations")}
     out.update(images=new_images, annotations=new_anns)
     return out, new_dets
+
+
+#: The metrics det-bench puts intervals on (its row keys): mask AP, rare-category mask AP, TIDE's ΔAP_FP.
+INTERVAL_METRICS: tuple[str, ...] = ("AP", "APr", "dAP_FP")
+#: The methods whose rows are "additive" (the best of them by AP_r is the second reference).
+ADDITIVE_METHODS: tuple[str, ...] = ("logit_adjustment", "balanced_softmax")
+
+
+def resampled_metrics(val_json: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], positions: Sequence[int],
+                      *, masks: bool, groups: Mapping[Any, str] | None = None) -> dict[str, float]:
+    """AP, AP_r (mask AP when ``masks``, else box AP) and TIDE's box ΔAP_FP of ``detections`` on the test images
+    at ``positions``, by the evaluation det-bench's table uses (:func:`iif.detection.evaluation.evaluate_lvis`
+    for an LVIS json, :func:`~iif.detection.evaluation.evaluate_coco` with ``groups`` otherwise, and
+    :func:`~iif.detection.evaluation.tide_errors`) on :func:`resample_images`'s set; nan where undefined."""
+    from .evaluation import evaluate_coco, evaluate_lvis, is_lvis, tide_errors
+
+    gt, dets = resample_images(val_json, detections, positions)
+    iou = "segm" if masks else "bbox"
+    ev = evaluate_lvis(gt, dets, iou_type=iou) if is_lvis(gt) else evaluate_coco(gt, dets, iou_type=iou, groups=groups)
+    tide = tide_errors(gt, dets, iou_type="bbox")
+
+    def num(x):
+        return float("nan") if x is None else float(x)
+
+    return {"AP": num(ev.get("AP")), "APr": num(ev.get("APr")), "dAP_FP": num(tide.get("dAP_FP"))}
+
+
+def row_intervals(val_json: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                  detections: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]], *, masks: bool,
+                  groups: Mapping[Any, str] | None = None, samples: int = 100, seed: int = 0, level: float = 0.95,
+                  label: Callable[[Mapping[str, Any]], str] = lambda r: str(r), picks: np.ndarray | None = None,
+                  log: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """det-bench's paired bootstrap: for every row, 95% intervals of its difference to the softmax row and to
+    the best additive row (highest AP_r among :data:`ADDITIVE_METHODS`), for :data:`INTERVAL_METRICS`.
+
+    Args:
+        val_json: the test ground truth (its ``images`` order is the position order).
+        rows: the table's (seed-mean) rows; ``label(row)`` names a row in ``detections``.
+        detections: per seed, ``{label: that row's detections}``.
+        samples, seed, level, picks: as :func:`paired_bootstrap`; one ``picks`` matrix serves every row, seed,
+            metric and reference (the same resampled images everywhere).
+
+    A row's metric on a resample is the mean over seeds of :func:`resampled_metrics`; on the full test set it
+    is the row's own table number, so ``diff`` is the table's difference. Every (row, seed, resample) is
+    evaluated once: the cost is ``rows x seeds x samples`` evaluations (``cost_s`` in the result).
+    """
+    import time
+
+    n = len(val_json["images"])
+    if picks is None:
+        picks = bootstrap_picks(n, samples, seed)
+    picks = np.asarray(picks)
+    names = [label(r) for r in rows]
+    table = {label(r): r for r in rows}
+    memo: dict[tuple[str, bytes], dict[str, float]] = {}
+    t0 = time.perf_counter()
+    everything = np.arange(n, dtype=np.int64).tobytes()
+
+    def values(name: str, positions: np.ndarray) -> dict[str, float]:
+        key = (name, np.asarray(positions, dtype=np.int64).tobytes())
+        if key not in memo:
+            if key[1] == everything:
+                memo[key] = {m: float("nan") if table[name][m] is None else float(table[name][m])
+                             for m in INTERVAL_METRICS}
+            else:
+                per_seed = [resampled_metrics(val_json, d[name], positions, masks=masks, groups=groups)
+                            for d in detections]
+                memo[key] = {m: float(np.mean([v[m] for v in per_seed])) for m in INTERVAL_METRICS}
+        return memo[key]
+
+    soft = [label(r) for r in rows if r["method"] == "softmax"]
+    additive = [r for r in rows if r["method"] in ADDITIVE_METHODS]
+    best = max(additive, key=lambda r: (-math.inf if r["APr"] is None else r["APr"],
+                                        -math.inf if r["AP"] is None else r["AP"])) if additive else None
+    refs = {"softmax": soft[0] if soft else None, "best_additive": label(best) if best is not None else None}
+    out_rows: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for ref_key, ref in refs.items():
+        if ref is None:
+            continue
+        for m in INTERVAL_METRICS:
+            res = paired_bootstrap({name: name for name in names}, lambda name, pos, m=m: values(name, pos)[m], n, ref,
+                                   picks=picks, level=level)
+            for name, r in res.items():
+                out_rows[name].setdefault(f"vs_{ref_key}", {})[m] = r
+        if log is not None:
+            log(f"det-bench: bootstrap against {ref}: {time.perf_counter() - t0:.0f} s so far")
+    return {"samples": int(picks.shape[0]), "seed": int(seed), "level": float(level), "num_images": n,
+            "seeds": len(detections), "metrics": list(INTERVAL_METRICS), "references": refs,
+            "cost_s": time.perf_counter() - t0, "evaluations": len(memo) - len(names),
+            "rows": [{"row": name, **out_rows[name]} for name in names]}

@@ -1,0 +1,183 @@
+"""Runs of ``iif det-bench`` that survive a crash or a kill: trained models and RoI caches kept in the staging folder.
+
+``iif det-bench`` writes its output folder through :class:`iif.outputs.OutputFolder`: everything is built in a
+staging folder beside ``--out`` (``.<out>.iif-stage-<random>``) and swapped into place at the end. A
+det-bench run enters that staging folder *before* it trains and keeps there, under ``resume/``, each trained
+detector (``seed<k>/<row>.pt``: the state dict, the settings key, the training time and history) and each
+seed's RoI cache (``seed<k>/roi_cache.pt``), every file written atomically. A run killed (SIGKILL, power) or
+stopped by an exception leaves that folder behind; the next run of the same command on the same ``--out``
+with the same settings (:func:`settings_key`: every setting but ``seeds`` and ``quick``, the data paths with
+their json files' sizes and modification times, and the iif version) adopts the newest such folder
+(:func:`open_staging`) and loads what is there instead of training again. A file is reused only when its
+recorded key, seed and row equal the run's and its state dict loads into the freshly built detector with
+``strict=True``; anything else is logged and recomputed. ``resume/`` is removed just before the finished
+output is swapped in, so the output folder holds what it always did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, read_marker,
+                       write_marker)
+
+__all__ = ["settings_key", "open_staging", "ResumeStore", "RESUME_DIR"]
+
+#: The sub-folder of the staging folder that holds the reusable work.
+RESUME_DIR = "resume"
+_COMMAND = "det-bench"
+
+
+def settings_key(settings: dict[str, Any], data_paths: Any) -> str:
+    """A sha256 of what a trained detector depends on: ``settings`` (``seeds`` and ``quick`` left out: seed k's
+    models are the same whatever the number of seeds or rows), the data paths and the size and modification
+    time of each json among them, and the iif version."""
+    from .. import __version__
+
+    s = {k: v for k, v in settings.items() if k not in ("seeds", "quick")}
+    files = []
+    for p in data_paths:
+        p = Path(p)
+        st = p.stat() if p.is_file() else None
+        files.append([str(p), None if st is None else [st.st_size, st.st_mtime_ns]])
+    blob = json.dumps(json_safe({"settings": s, "data": files, "version": __version__}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _alive(marker: dict) -> bool:
+    """Whether the process that wrote ``marker`` still runs on this machine (a zombie counts as dead)."""
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or marker.get("host") != socket.gethostname():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not Path("/proc").is_dir()
+
+
+def _staged(out: Path, key: str) -> list[tuple[int, Path]]:
+    """Unfinished det-bench staging folders of ``out`` with this settings ``key`` whose run is dead, oldest first."""
+    out = Path(os.path.abspath(out))
+    prefix = f".{out.name}.iif-stage-"  # OutputFolder's staging name for ``out``
+    found = []
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    for name in names:
+        p = out.parent / name
+        if not name.startswith(prefix) or p.is_symlink() or not p.is_dir():
+            continue
+        m = read_marker(p)
+        if (m is None or m.get("command") != _COMMAND or m.get("complete") or m.get("det_bench_key") != key
+                or _alive(m)):
+            continue
+        found.append((int(m.get("created_ns", 0)), p))
+    return sorted(found)
+
+
+def open_staging(folder: OutputFolder, key: str, log: Callable[[str], Any]) -> tuple[Path, bool]:
+    """``(staging, adopted)``: the newest staging folder a killed run of these settings left beside
+    ``folder.path`` (its marker rewritten to this process), or a new one from ``folder.__enter__()``.
+
+    Either way ``folder.staging`` is set, so ``folder.__exit__`` swaps it in at the end; stale staging folders
+    of other settings are removed as :class:`OutputFolder` always does."""
+    staged = _staged(folder.path, key)
+    if staged:
+        staging = staged[-1][1]
+        folder.check()
+        clean_stale_temporaries(folder.path, keep=staging)
+        old = read_marker(staging) or {}
+        write_marker(staging, _COMMAND, complete=False, det_bench_key=key,
+                     **{k: old[k] for k in ("created", "created_ns") if k in old})
+        folder.staging = staging
+        log(f"det-bench: continuing the interrupted run in {staging} (same command and settings)")
+        return staging, True
+    staging = folder.__enter__()
+    m = read_marker(staging) or {}
+    write_marker(staging, _COMMAND, complete=False, det_bench_key=key,
+                 **{k: m[k] for k in ("created", "created_ns") if k in m})
+    return staging, False
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+class ResumeStore:
+    """The reusable work of one det-bench run under ``staging/resume`` (see the module docstring)."""
+
+    def __init__(self, staging: Path, key: str, log: Callable[[str], Any]) -> None:
+        self.root = Path(staging) / RESUME_DIR
+        self.key = key
+        self.log = log
+        self.saved = 0
+
+    def _path(self, seed: int, name: str) -> Path:
+        return self.root / f"seed{int(seed)}" / f"{_slug(name)}.pt"
+
+    def _read(self, path: Path, seed: int, name: str) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is recomputed, never trusted
+            self.log(f"det-bench: not reusing {path} ({type(exc).__name__}: {exc}); recomputing it")
+            return None
+        if not isinstance(blob, dict) or (blob.get("key"), blob.get("seed"), blob.get("row")) != (self.key, seed, name):
+            self.log(f"det-bench: not reusing {path}: it was made with other settings; recomputing it")
+            return None
+        return blob
+
+    def load_model(self, model: torch.nn.Module, seed: int, name: str) -> dict | None:
+        """Load the kept detector of (``seed``, ``name``) into ``model``; its training record, or None."""
+        path = self._path(seed, name)
+        blob = self._read(path, seed, name)
+        if blob is None:
+            return None
+        try:
+            model.load_state_dict(blob["state_dict"], strict=True)
+        except (RuntimeError, KeyError) as exc:
+            self.log(f"det-bench: not reusing {path}: its weights do not fit this detector ({exc}); training again")
+            return None
+        return json.loads(blob["record"])
+
+    def save_model(self, model: torch.nn.Module, seed: int, name: str, record: dict) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_torch_save({"key": self.key, "seed": int(seed), "row": name, "state_dict": state,
+                           "record": json.dumps(json_safe(record))}, self._path(seed, name), mkdir=True)
+        self.saved += 1
+
+    def load_cache(self, seed: int):
+        """The kept RoI cache of ``seed`` (:class:`iif.detection.posthoc.RoICache`), or None."""
+        from .posthoc import RoICache
+
+        blob = self._read(self._path(seed, "roi_cache"), seed, "roi_cache")
+        if blob is None:
+            return None
+        return RoICache(blob["batches"], list(blob["image_ids"]))
+
+    def save_cache(self, seed: int, cache) -> None:
+        batches = [{k: v for k, v in b.items() if k != "masks"} for b in cache.batches]  # the mask memo is rebuilt
+        atomic_torch_save({"key": self.key, "seed": int(seed), "row": "roi_cache", "batches": batches,
+                           "image_ids": list(cache.image_ids)}, self._path(seed, "roi_cache"), mkdir=True)
+
+    def discard(self) -> None:
+        """Remove ``resume/`` (just before the finished output is swapped in)."""
+        shutil.rmtree(self.root, ignore_errors=True)
