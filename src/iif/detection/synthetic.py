@@ -74,10 +74,14 @@ import numpy as np
 from ..errors import IIFError
 
 __all__ = ["make_benchmark", "validate_benchmark", "generate", "CATEGORIES", "GENERATOR_VERSION", "BENCHMARK_FORMAT",
-           "DEFAULTS", "minimum_num_train"]
+           "DEFAULTS", "minimum_num_train", "DEFAULT_GENERATOR", "GENERATORS"]
 
 #: Bumped whenever the same seed and options would give different files.
 GENERATOR_VERSION = 1
+#: The generator ``iif det-data`` and :func:`make_benchmark` use when none is named: version 1 (this module)
+#: or 2 (:mod:`iif.detection.scenes_v2`). Version 2 becomes the default once its det-bench targets are measured.
+DEFAULT_GENERATOR = 1
+GENERATORS = (1, 2)
 #: ``format`` field of ``BENCHMARK.json``, the marker that identifies a benchmark folder.
 BENCHMARK_FORMAT = "iif-det-benchmark"
 #: Default options (chosen so a Mask R-CNN R18-FPN trained from scratch on 2 CPU cores learns in minutes).
@@ -707,14 +711,19 @@ def _summary(seed: int, options: dict[str, Any], results: dict[str, Any]) -> dic
     }
 
 
-def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 128, num_train: int = 2000,
-                   num_val: int = 400, neg_fraction: float = 1.0, clutter: float = 1.0,
-                   object_size: tuple[float, float] = (0.125, 0.375), source_root: str | os.PathLike | None = None,
-                   download: bool = False, force: bool = False,
-                   sources: dict[str, tuple[np.ndarray, ...]] | None = None) -> dict[str, Any]:
+def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int | None = None,
+                   num_train: int | None = None, num_val: int | None = None, neg_fraction: float | None = None,
+                   clutter: float | None = None, object_size: tuple[float, float] | None = None,
+                   source_root: str | os.PathLike | None = None, download: bool = False, force: bool = False,
+                   sources: dict[str, tuple[np.ndarray, ...]] | None = None, generator: int | None = None,
+                   num_test: int | None = None, distractors: float | None = None) -> dict[str, Any]:
     """Write the benchmark into the new folder ``out`` and return its summary (``BENCHMARK.json``'s content).
 
     Args:
+        generator: 1 (this module) or 2 (:mod:`iif.detection.scenes_v2`: object-like distractors, federated
+            labels, train/val/test); None: :data:`DEFAULT_GENERATOR`. An option left None takes the chosen
+            version's default (:data:`DEFAULTS` here, ``scenes_v2.DEFAULTS``); ``num_test`` and
+            ``distractors`` exist only in version 2.
         out: a new or empty folder (``force=True`` replaces only an earlier ``iif`` output there).
         seed: everything (category placement, source images, layout, colours) follows from it.
         image_size: side of the square images in pixels.
@@ -734,6 +743,23 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
     """
     from ..outputs import OutputFolder
 
+    generator = DEFAULT_GENERATOR if generator is None else generator
+    given = {"image_size": image_size, "num_train": num_train, "num_val": num_val, "neg_fraction": neg_fraction,
+             "clutter": clutter, "object_size": object_size, "num_test": num_test, "distractors": distractors}
+    if generator == 2:
+        from . import scenes_v2
+
+        return scenes_v2.make_benchmark(out, seed=seed, source_root=source_root, download=download, force=force,
+                                        sources=sources, **{**scenes_v2.DEFAULTS, **{k: v for k, v in given.items()
+                                                                                     if v is not None}})
+    if generator != 1 or isinstance(generator, bool):
+        raise IIFError(f"generator must be one of {GENERATORS} (the benchmark generator version); got {generator!r}.")
+    for key in ("num_test", "distractors"):
+        if given.pop(key) is not None:
+            raise IIFError(f"{key} exists only in generator 2 (three splits, held-out distractors); add "
+                           "generator=2 (--generator 2) or leave it out.")
+    image_size, num_train, num_val, neg_fraction, clutter, object_size = (
+        DEFAULTS[k] if given[k] is None else given[k] for k in given)
     _check_options(seed, image_size, num_train, num_val, neg_fraction, clutter, object_size)
     folder = OutputFolder(out, command="det-data", force=force)  # refuses a used --out before any work
     if sources is None:
@@ -850,8 +876,11 @@ def _check_split(name: str, ann: dict, image_dir: Path) -> list[str]:
     return problems
 
 
-def validate_benchmark(root: str | os.PathLike) -> None:
+def validate_benchmark(root: str | os.PathLike, generator: int | None = None) -> None:
     """Check a benchmark folder written by :func:`make_benchmark`; raise :class:`IIFError` listing problems.
+
+    ``generator``: the version the caller needs (None: any); a folder of another version is refused with the
+    command that writes the right one. A version-2 folder is checked by ``scenes_v2.validate_benchmark``.
 
     Checks ``BENCHMARK.json``; each split's json against the LVIS v1 rules (unique ids, known image and
     category ids, boxes positive and inside the image, compressed-RLE masks of the image size whose area is
@@ -875,6 +904,14 @@ def validate_benchmark(root: str | os.PathLike) -> None:
     if not isinstance(summary, dict) or summary.get("format") != BENCHMARK_FORMAT:
         raise IIFError(f"{marker} is not an iif benchmark marker (format != {BENCHMARK_FORMAT!r}); "
                        "regenerate the benchmark with `iif det-data`.")
+    version = summary.get("generator_version")
+    if generator is not None and version != generator:
+        raise IIFError(f"{root} was written by benchmark generator version {version}, version {generator} is needed "
+                       f"here; write one with `iif det-data --generator {generator} --out NEW_DIR`.")
+    if version == 2:
+        from . import scenes_v2
+
+        return scenes_v2.validate_benchmark(root, summary)
     problems: list[str] = []
     anns = {}
     for split in ("train", "val"):
