@@ -870,13 +870,15 @@ _LAYOUTS = ("benchmark layout (BENCHMARK.json, annotations/train.json, annotatio
             "val2017/ beside them)")
 
 
-def resolve_detection_data(root: PathLike) -> tuple[Path, Path, Path, Path]:
+def resolve_detection_data(root: PathLike, eval_split: str = "val") -> tuple[Path, Path, Path, Path]:
     """``(train_json, train_images, val_json, val_images)`` of a ``--data`` folder.
 
     Accepted layouts, tried in this order:
 
     * benchmark (``iif det-data``): ``BENCHMARK.json``, ``annotations/{train,val}.json``,
-      ``images/{train,val}/`` (images given as ``images/train``, ``images/val``);
+      ``images/{train,val}/`` (images given as ``images/train``, ``images/val``); a generator-2 folder also
+      has ``annotations/test.json`` and ``images/test/``: ``eval_split="test"`` returns those in place of val
+      (val is for choosing hyper-parameters, test is reported). ``"test"`` on any other folder is refused;
     * LVIS v1: ``lvis_v1_{train,val}.json`` in ``root`` or ``root/annotations``, COCO's ``train2017/`` and
       ``val2017/`` in ``root`` (both image roots are ``root``: LVIS images name their COCO folder);
     * COCO: ``annotations/instances_{train,val}2017.json``, ``train2017/``, ``val2017/``.
@@ -895,9 +897,14 @@ def resolve_detection_data(root: PathLike) -> tuple[Path, Path, Path, Path]:
         return not miss
 
     ann = base / "annotations"
-    if check("benchmark", [base / "BENCHMARK.json", ann / "train.json", ann / "val.json"],
-             [base / "images" / "train", base / "images" / "val"]):
-        return ann / "train.json", base / "images" / "train", ann / "val.json", base / "images" / "val"
+    if eval_split not in ("val", "test"):
+        raise IIFError(f"eval_split must be 'val' or 'test'; got {eval_split!r}.")
+    if check("benchmark", [base / "BENCHMARK.json", ann / "train.json", ann / f"{eval_split}.json"],
+             [base / "images" / "train", base / "images" / eval_split]):
+        return ann / "train.json", base / "images" / "train", ann / f"{eval_split}.json", base / "images" / eval_split
+    if eval_split == "test":
+        raise IIFError(f"--data {base}: no test split (annotations/test.json and images/test/); only a benchmark "
+                       "written by `iif det-data --generator 2` has one: write one, or evaluate on val.")
     for folder in (base, ann):
         if check("LVIS v1", [folder / "lvis_v1_train.json", folder / "lvis_v1_val.json"],
                  [base / "train2017", base / "val2017"]):
