@@ -100,7 +100,8 @@ class DetBenchSettings:
     seeds: int = 1
     quick: bool = False
     device: str = "cpu"
-    bootstrap: int = 100  # paired-bootstrap resamples of the test images for the intervals (0: none)
+    bootstrap: int = 20  # paired-bootstrap resamples of the test images for the intervals (0: none; cost: rows x seeds x
+    # bootstrap evaluations of AP and TIDE, docs/detection.md "Uncertainty")
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
