@@ -1,5 +1,5 @@
 """``iif det-bench``'s paired-bootstrap intervals (summary.json, report.md) and runs that survive a kill
-(iif.detection.uncertainty.row_intervals, iif.detection.resume)."""
+(iif.detection.uncertainty.row_intervals, iif.resume)."""
 
 import importlib.util
 import json
@@ -23,7 +23,7 @@ from iif.cli import main  # noqa: E402
 from iif.detection import bench as B  # noqa: E402
 from iif.detection import uncertainty as U  # noqa: E402
 from iif.detection.report import ROW_KEYS, row_label  # noqa: E402
-from iif.detection.resume import RESUME_DIR, ResumeStore  # noqa: E402
+from iif.resume import RESUME_DIR, ResumeStore  # noqa: E402
 
 TINY = ["arch=maskrcnn_r10_fpn", "model.min_size=64", "model.max_size=64", "model.fpn_channels=32",
         "model.representation_size=64", "model.mask_layers=[16]", "model.box_detections_per_img=40",
@@ -234,3 +234,49 @@ def test_sigkill_after_the_first_model_then_rerun_continues(tiny_data, tmp_path)
                 x["intervals"].pop("cost_s")
         assert a == b, name
     assert not (out / RESUME_DIR).exists() and not list(tmp_path.glob(".o.iif-stage-*"))
+
+
+@pytest.mark.slow
+def test_bench_sigkill_after_the_first_block_then_rerun_continues(tmp_path):
+    """`iif bench` (quick, one head, two seeds) SIGKILLed in a forked child once seed 0's block (backbone,
+    post-hoc and decoupled rows) is kept: the rerun reuses that block instead of training the backbone again,
+    trains seed 1, and writes the results an uninterrupted run writes."""
+    from iif.bench import runner as R
+    from iif.train import build_splits, load_config
+
+    splits = build_splits(load_config("digits_lt_e2e"))
+    kw = dict(seeds=2, quick=True, heads=["linear"], splits=splits, plots=False,
+              overrides=["schedule.epochs=1", "model.backbone_kwargs.width=4", "decoupled.epochs=1"])
+    out = tmp_path / "bench"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 97
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, 1), os.dup2(fd, 2)
+            R.run_bench(out=out, log=lambda *_: None, **kw)
+            code = 0
+        finally:
+            os._exit(code)
+    kept = None
+    deadline = time.time() + 300
+    while time.time() < deadline and kept is None:
+        found = list(tmp_path.glob(f".bench.iif-stage-*/{RESUME_DIR}/seed0/linear.json"))
+        kept = found[0] if found else None
+        if kept is None and os.waitpid(pid, os.WNOHANG) != (0, 0):
+            pytest.fail("the first bench run ended before it kept seed 0's block")
+        time.sleep(0.01)
+    assert kept is not None
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and not out.exists()
+    logs = []
+    R.run_bench(out=out, log=logs.append, **kw)
+    text = "\n".join(map(str, logs))
+    assert "[seed 0, linear] reusing the kept backbone" in text and "[seed 0, linear] backbone:" not in text
+    assert "[seed 1, linear] backbone:" in text
+    reference = tmp_path / "ref"
+    R.run_bench(out=reference, log=lambda *_: None, **kw)
+    for name in ("results.json", "results_std.json", "summary.json"):
+        assert json.loads((out / name).read_text()) == json.loads((reference / name).read_text()), name
+    assert not (out / RESUME_DIR).exists() and not list(tmp_path.glob(".bench.iif-stage-*"))

@@ -356,6 +356,125 @@ def _e2e_rows(base: BenchBase, bb: _Row, splits, device, head: str, seed: int, l
     return out, seconds
 
 
+def _seed_loop(seeds, heads, base, splits, dev, threads, counts, total, variants, skipped_variants, stage2, quick,
+               y_te, y_va, many, few, store, log):
+    """Every (seed, head) block of :func:`run_bench`: the backbone, its post-hoc and decoupled rows, the
+    end-to-end rows; blocks kept by an interrupted run of the same settings (``store``) are reused."""
+    from ..train import extract_features
+
+    per_seed_rows: list[list[dict]] = []
+    all_details: list[dict] = []
+    timings: list[dict] = []
+    plot_data: dict[str, dict] = {}
+    for seed in range(int(seeds)):
+        seed_rows: list[dict] = []
+        for h in heads:
+            bb = _Row(base, [*_head_overrides(base, h), f"runtime.seed={seed}"], run_name=f"runs/softmax-{h}-s{seed}",
+                      via_eval=True)
+            c = base.config(*bb.extra, device=str(dev))
+            kept = _load_block(store, seed, h)
+            if kept is not None:
+                log(f"  [seed {seed}, {h}] reusing the kept backbone and rows of an interrupted run (not retrained)")
+                cands, extras, (epoch_s, train_s, post_s, dec_s) = kept
+            else:
+                log(f"  [seed {seed}, {h}] backbone: {c.model.arch}, softmax CE, {c.schedule.epochs} epochs ...")
+                with _threads(threads):
+                    res, epoch_s, train_s = _train(c, splits, dev)
+                    state = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
+                    f_te, z_te, _ = (t.to(dev) for t in extract_features(res.model, splits.test, dev, c.eval.batch_size))
+                    f_va = z_va = None
+                    if splits.val is not None:
+                        f_va, z_va, _ = (t.to(dev) for t in extract_features(res.model, splits.val, dev, c.eval.batch_size))
+                    t0 = time.perf_counter()
+                    cands, _ = _posthoc_rows(res.model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb)
+                    post_s = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    dec, extras = _decoupled_rows(base, bb, state, splits, dev, h, seed, variants, stage2, log)
+                    dec_s = time.perf_counter() - t0
+                extras["norms_before"] = res.model.classifier.weight.detach().norm(dim=1).cpu().double().tolist()
+                extras["skipped_variants"] = skipped_variants
+                cands += dec
+                _save_block(store, seed, h, res.model, cands, extras, (epoch_s, train_s, post_s, dec_s))
+            e2e, e2e_s = None, 0.0
+            if not quick:
+                kept = _load_block(store, seed, f"{h}-e2e")
+                if kept is not None:
+                    log(f"  [seed {seed}, {h}] reusing the kept end-to-end rows of an interrupted run (not retrained)")
+                    e2e, _, (e2e_s,) = kept
+                else:
+                    with _threads(threads):
+                        e2e, e2e_s = _e2e_rows(base, bb, splits, dev, h, seed, log)
+                    _save_block(store, seed, f"{h}-e2e", None, e2e, {}, (e2e_s,))
+            rows, details = evaluate_candidates(cands, y_te, counts, val_labels=y_va, many=many, few=few)
+            if e2e is not None:
+                r2, d2 = evaluate_candidates(e2e, y_te, counts, val_labels=y_va, many=many, few=few, reference=cands)
+                rows += r2
+                details += d2
+            timings.append({"seed": seed, "head": h, "backbone_epoch_s": epoch_s, "backbone_train_s": train_s,
+                            "epochs": c.schedule.epochs, "post_backbone_s": post_s + dec_s, "post_hoc_s": post_s,
+                            "decoupled_s": dec_s,
+                            "e2e_baselines_s": e2e_s})
+            log(f"  [seed {seed}, {h}] backbone {train_s:.1f}s ({epoch_s:.2f}s/epoch); post-hoc rows {post_s:.2f}s; "
+                f"decoupled rows {dec_s:.1f}s")
+            for r, d in zip(rows, details):
+                all_details.append({"seed": seed, **r, **d})
+            if seed == 0:
+                plot_data[h] = _plot_material(cands, rows, details, extras, y_te, y_va, stage2)
+            seed_rows += rows
+        per_seed_rows.append(seed_rows)
+
+    means, stds = aggregate_seeds(per_seed_rows)
+    return means, stds, all_details, timings, plot_data
+
+
+def _save_block(store, seed: int, name: str, model, cands: list[Candidate], extras: dict, times: tuple) -> None:
+    """Keep a finished (seed, head) block in the staging folder (:class:`iif.resume.ResumeStore`): the
+    candidates' logits and fields, ``extras`` and the block's timings, and the trained ``model``'s weights."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    for i, c in enumerate(cands):
+        arrays[f"test{i}"] = np.asarray(c.test_logits)
+        if c.val_logits is not None:
+            arrays[f"val{i}"] = np.asarray(c.val_logits)
+        meta.append({"method": c.method, "strategy": c.strategy, "variant": c.variant, "head": c.head, "info": c.info})
+    if model is not None:
+        from ..outputs import atomic_torch_save
+
+        atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                          store.root / f"seed{seed}" / f"{name}-model.pt", mkdir=True)
+    store.save_arrays(seed, name, {"candidates": meta, "extras": extras, "times": list(times)}, arrays)
+
+
+def _load_block(store, seed: int, name: str) -> tuple[list[Candidate], dict, tuple] | None:
+    """``(candidates, extras, timings)`` of a block :func:`_save_block` kept with these settings, or None."""
+    kept = store.load_arrays(seed, name)
+    if kept is None:
+        return None
+    record, arrays = kept
+    cands = [Candidate(m["method"], m["strategy"], m["variant"], m["head"], arrays[f"test{i}"],
+                       arrays.get(f"val{i}"), m["info"]) for i, m in enumerate(record["candidates"])]
+    return cands, record["extras"], tuple(record["times"])
+
+
+def _config_dict(cfg) -> Any:
+    """The base config as plain data (for the settings key of a kept block)."""
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else repr(cfg)
+
+
+def _splits_print(splits) -> list:
+    """What identifies the data of a run: per split, its size and a sha256 of its labels."""
+    import hashlib
+
+    out = []
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name, None)
+        y = None if part is None else np.asarray(part.targets, dtype=np.int64)
+        out.append(None if y is None else [name, int(y.size), hashlib.sha256(y.tobytes()).hexdigest()])
+    return out
+
+
 def _has_own_rule(criterion) -> bool:
     """Whether ``iif train`` reports this loss's logits under ``adjusted`` (its ``adjust_logits`` is not the identity)."""
     from ..losses import LossBase
@@ -462,56 +581,18 @@ def run_bench(
     y_te = np.asarray(splits.test.targets, dtype=np.int64)
     y_va = np.asarray(splits.val.targets, dtype=np.int64) if splits.val is not None else None
 
-    per_seed_rows: list[list[dict]] = []
-    all_details: list[dict] = []
-    timings: list[dict] = []
-    plot_data: dict[str, dict] = {}
-    for seed in range(int(seeds)):
-        seed_rows: list[dict] = []
-        for h in heads:
-            bb = _Row(base, [*_head_overrides(base, h), f"runtime.seed={seed}"], run_name=f"runs/softmax-{h}-s{seed}",
-                      via_eval=True)
-            c = base.config(*bb.extra, device=str(dev))
-            log(f"  [seed {seed}, {h}] backbone: {c.model.arch}, softmax CE, {c.schedule.epochs} epochs ...")
-            with _threads(threads):
-                res, epoch_s, train_s = _train(c, splits, dev)
-                state = {k: v.detach().cpu().clone() for k, v in res.model.state_dict().items()}
-                f_te, z_te, _ = (t.to(dev) for t in extract_features(res.model, splits.test, dev, c.eval.batch_size))
-                f_va = z_va = None
-                if splits.val is not None:
-                    f_va, z_va, _ = (t.to(dev) for t in extract_features(res.model, splits.val, dev, c.eval.batch_size))
-                t0 = time.perf_counter()
-                cands, _ = _posthoc_rows(res.model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb)
-                post_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                dec, extras = _decoupled_rows(base, bb, state, splits, dev, h, seed, variants, stage2, log)
-                dec_s = time.perf_counter() - t0
-            extras["norms_before"] = res.model.classifier.weight.detach().norm(dim=1).cpu().double().tolist()
-            extras["skipped_variants"] = skipped_variants
-            cands += dec
-            rows, details = evaluate_candidates(cands, y_te, counts, val_labels=y_va, many=many, few=few)
-            e2e_s = 0.0
-            if not quick:
-                with _threads(threads):
-                    e2e, e2e_s = _e2e_rows(base, bb, splits, dev, h, seed, log)
-                r2, d2 = evaluate_candidates(e2e, y_te, counts, val_labels=y_va, many=many, few=few, reference=cands)
-                rows += r2
-                details += d2
-            timings.append({"seed": seed, "head": h, "backbone_epoch_s": epoch_s, "backbone_train_s": train_s,
-                            "epochs": c.schedule.epochs, "post_backbone_s": post_s + dec_s, "post_hoc_s": post_s,
-                            "decoupled_s": dec_s,
-                            "e2e_baselines_s": e2e_s})
-            log(f"  [seed {seed}, {h}] backbone {train_s:.1f}s ({epoch_s:.2f}s/epoch); post-hoc rows {post_s:.2f}s; "
-                f"decoupled rows {dec_s:.1f}s")
-            for r, d in zip(rows, details):
-                all_details.append({"seed": seed, **r, **d})
-            if seed == 0:
-                plot_data[h] = _plot_material(cands, rows, details, extras, y_te, y_va, stage2)
-            seed_rows += rows
-        per_seed_rows.append(seed_rows)
+    # Enter the staging folder now: each finished (seed, head) block is kept there, so a rerun of the same
+    # command after a kill or a crash continues where it stopped (iif.resume).
+    from ..resume import ResumeStore, keep_on_failure, open_staging, settings_key
 
-    means, stds = aggregate_seeds(per_seed_rows)
-    _attach_commands(means, all_details)
+    key = settings_key({"config": json_safe(_config_dict(cfg)), "threads": threads, "splits": _splits_print(splits)}, ())
+    open_staging(folder, key, log)
+    store = ResumeStore(folder.staging, key, log)
+    with keep_on_failure(folder, store, log):
+        means, stds, all_details, timings, plot_data = _seed_loop(
+            seeds, heads, base, splits, dev, threads, counts, total, variants, skipped_variants, stage2, quick, y_te,
+            y_va, many, few, store, log)
+        _attach_commands(means, all_details)
     meta = {
         "dataset": cfg.data.name, "num_classes": int(splits.num_classes), "train_counts": [int(x) for x in counts],
         "imbalance_ratio": float(counts.max() / max(counts.min(), 1)), "seeds": int(seeds), "heads": list(heads),
@@ -527,7 +608,7 @@ def run_bench(
     meta["wall_s"] = time.perf_counter() - t_start
     meta["peak_rss_mb"] = _rss_peak_mb()
     _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots, summary,
-                   base.saved_as is not None)
+                   base.saved_as is not None, store=store)
     log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {_rss_peak_mb():.0f} MiB)")  # after the plots, as /usr/bin/time -v
     return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out,
             "summary": summary}
@@ -575,12 +656,15 @@ def _plot_material(cands, rows, details, extras, y_te, y_va, stage2: str = "deco
 
 
 def _write_outputs(folder: OutputFolder, rows, stds, details, meta, plot_data, plots: bool, summary,
-                   write_base: bool = False) -> None:
+                   write_base: bool = False, store=None) -> None:
     """Write everything into a staging folder beside the output folder, then swap it into place atomically."""
     from ..train import load_config, save_config
     from .report import write_report
 
-    with folder as tmp:
+    from ..resume import keep_on_failure
+
+    # With a store, the staging folder was entered before training (run_bench) and holds the kept blocks.
+    with (keep_on_failure(folder, store, print, finish=True) if store is not None else folder) as tmp:
         if write_base:
             save_config(load_config(None), tmp / BASE_CONFIG)
         atomic_write_text(tmp / "results.json", dumps_results(rows))  # the published 9-key rows

@@ -424,7 +424,7 @@ class _SkipRow(Exception):
 
 def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, device: str, log,
            store=None) -> tuple[Any, dict]:
-    """Build and train one detector; with a :class:`iif.detection.resume.ResumeStore`, a detector an
+    """Build and train one detector; with a :class:`iif.resume.ResumeStore`, a detector an
     interrupted run of the same settings kept is loaded instead of trained, and a new one is kept."""
     from .engine import train_detector
     from .margins import use_margin
@@ -636,8 +636,8 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     _check_memory(s, d, dev)
     sched = _scale_schedule(s, len(d.train), log)
     # The staging folder is entered now, not at the end: it keeps the trained detectors and RoI caches, so a
-    # rerun after a kill or a crash continues there (iif.detection.resume).
-    from .resume import ResumeStore, open_staging, settings_key
+    # rerun after a kill or a crash continues there (iif.resume).
+    from ..resume import ResumeStore, open_staging, settings_key
 
     key = settings_key(asdict(s), d.paths)
     staging, _adopted = open_staging(folder, key, log)

@@ -1,4 +1,4 @@
-"""Runs of ``iif det-bench`` that survive a crash or a kill: trained models and RoI caches kept in the staging folder.
+"""Runs that survive a crash or a kill (`iif det-bench`, `iif bench`): finished work kept in the staging folder.
 
 ``iif det-bench`` writes its output folder through :class:`iif.outputs.OutputFolder`: everything is built in a
 staging folder beside ``--out`` (``.<out>.iif-stage-<random>``) and swapped into place at the end. A
@@ -22,15 +22,17 @@ import os
 import re
 import shutil
 import socket
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, read_marker,
+from .outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, read_marker,
                        write_marker)
 
-__all__ = ["settings_key", "open_staging", "ResumeStore", "RESUME_DIR"]
+__all__ = ["settings_key", "open_staging", "keep_on_failure", "ResumeStore", "RESUME_DIR"]
 
 #: The sub-folder of the staging folder that holds the reusable work.
 RESUME_DIR = "resume"
@@ -41,7 +43,7 @@ def settings_key(settings: dict[str, Any], data_paths: Any) -> str:
     """A sha256 of what a trained detector depends on: ``settings`` (``seeds`` and ``quick`` left out: seed k's
     models are the same whatever the number of seeds or rows), the data paths and the size and modification
     time of each json among them, and the iif version."""
-    from .. import __version__
+    from . import __version__
 
     s = {k: v for k, v in settings.items() if k not in ("seeds", "quick")}
     files = []
@@ -71,8 +73,8 @@ def _alive(marker: dict) -> bool:
         return not Path("/proc").is_dir()
 
 
-def _staged(out: Path, key: str) -> list[tuple[int, Path]]:
-    """Unfinished det-bench staging folders of ``out`` with this settings ``key`` whose run is dead, oldest first."""
+def _staged(out: Path, key: str, command: str = _COMMAND) -> list[tuple[int, Path]]:
+    """Unfinished ``command`` staging folders of ``out`` with this settings ``key`` whose run is dead, oldest first."""
     out = Path(os.path.abspath(out))
     prefix = f".{out.name}.iif-stage-"  # OutputFolder's staging name for ``out``
     found = []
@@ -85,7 +87,7 @@ def _staged(out: Path, key: str) -> list[tuple[int, Path]]:
         if not name.startswith(prefix) or p.is_symlink() or not p.is_dir():
             continue
         m = read_marker(p)
-        if (m is None or m.get("command") != _COMMAND or m.get("complete") or m.get("det_bench_key") != key
+        if (m is None or m.get("command") != command or m.get("complete") or m.get("det_bench_key") != key
                 or _alive(m)):
             continue
         found.append((int(m.get("created_ns", 0)), p))
@@ -93,27 +95,50 @@ def _staged(out: Path, key: str) -> list[tuple[int, Path]]:
 
 
 def open_staging(folder: OutputFolder, key: str, log: Callable[[str], Any]) -> tuple[Path, bool]:
+    # ``folder.command`` (det-bench, bench) names the staging folders that may be adopted.
     """``(staging, adopted)``: the newest staging folder a killed run of these settings left beside
     ``folder.path`` (its marker rewritten to this process), or a new one from ``folder.__enter__()``.
 
     Either way ``folder.staging`` is set, so ``folder.__exit__`` swaps it in at the end; stale staging folders
     of other settings are removed as :class:`OutputFolder` always does."""
-    staged = _staged(folder.path, key)
+    command = folder.command
+    staged = _staged(folder.path, key, command)
     if staged:
         staging = staged[-1][1]
         folder.check()
         clean_stale_temporaries(folder.path, keep=staging)
         old = read_marker(staging) or {}
-        write_marker(staging, _COMMAND, complete=False, det_bench_key=key,
+        write_marker(staging, command, complete=False, det_bench_key=key,
                      **{k: old[k] for k in ("created", "created_ns") if k in old})
         folder.staging = staging
-        log(f"det-bench: continuing the interrupted run in {staging} (same command and settings)")
+        log(f"{command}: continuing the interrupted run in {staging} (same command and settings)")
         return staging, True
     staging = folder.__enter__()
     m = read_marker(staging) or {}
-    write_marker(staging, _COMMAND, complete=False, det_bench_key=key,
+    write_marker(staging, command, complete=False, det_bench_key=key,
                  **{k: m[k] for k in ("created", "created_ns") if k in m})
     return staging, False
+
+
+@contextmanager
+def keep_on_failure(folder: OutputFolder, store: "ResumeStore", log: Callable[[str], Any], *, finish: bool = False):
+    """Run a block inside ``folder``'s staging folder (opened by :func:`open_staging`).
+
+    On an exception (or KeyboardInterrupt) the staging folder stays when ``store`` has kept work (logged:
+    rerun the same command), else it is removed as :class:`OutputFolder` does. With ``finish``, a block that
+    ends normally removes ``resume/`` and swaps the staging folder into place (``folder.__exit__``)."""
+    try:
+        yield folder.staging
+    except BaseException:
+        if store.root.is_dir():
+            log(f"{folder.command}: stopped; the work done so far stays in {folder.staging}: rerun the same "
+                "command to continue")
+        else:
+            folder.__exit__(*sys.exc_info())
+        raise
+    if finish:
+        store.discard()
+        folder.__exit__(None, None, None)
 
 
 def _slug(name: str) -> str:
@@ -166,7 +191,7 @@ class ResumeStore:
 
     def load_cache(self, seed: int):
         """The kept RoI cache of ``seed`` (:class:`iif.detection.posthoc.RoICache`), or None."""
-        from .posthoc import RoICache
+        from .detection.posthoc import RoICache
 
         blob = self._read(self._path(seed, "roi_cache"), seed, "roi_cache")
         if blob is None:
@@ -177,6 +202,45 @@ class ResumeStore:
         batches = [{k: v for k, v in b.items() if k != "masks"} for b in cache.batches]  # the mask memo is rebuilt
         atomic_torch_save({"key": self.key, "seed": int(seed), "row": "roi_cache", "batches": batches,
                            "image_ids": list(cache.image_ids)}, self._path(seed, "roi_cache"), mkdir=True)
+
+    def save_arrays(self, seed: int, name: str, record: dict, arrays: dict[str, Any]) -> None:
+        """Keep a finished block of work: ``arrays`` (name -> numpy array) in ``<name>.npz``, then ``record``
+        (JSON) in ``<name>.json``; the json is written last, so its presence means the block is complete."""
+        import io
+
+        import numpy as np
+
+        from .outputs import atomic_write_bytes, atomic_write_text
+
+        base = self._path(seed, name).with_suffix("")
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(base.with_suffix(".npz"), buf.getvalue(), mkdir=True)
+        # Plain json (NaN kept as NaN, unlike json_safe): the record must read back to the same numbers.
+        text = json.dumps({"key": self.key, "seed": int(seed), "row": name, "record": record},
+                          default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        atomic_write_text(base.with_suffix(".json"), text + "\n", mkdir=True)
+        self.saved += 1
+
+    def load_arrays(self, seed: int, name: str) -> tuple[dict, dict] | None:
+        """``(record, arrays)`` of a block kept by :meth:`save_arrays` with this key, seed and name, or None."""
+        import numpy as np
+
+        base = self._path(seed, name).with_suffix("")
+        js, npz = base.with_suffix(".json"), base.with_suffix(".npz")
+        if not js.is_file() or not npz.is_file():
+            return None
+        try:
+            blob = json.loads(js.read_text())
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            self.log(f"not reusing {base}: {type(exc).__name__}: {exc}; recomputing it")
+            return None
+        if not isinstance(blob, dict) or (blob.get("key"), blob.get("seed"), blob.get("row")) != (self.key, seed, name):
+            self.log(f"not reusing {base}: it was made with other settings; recomputing it")
+            return None
+        return blob["record"], arrays
 
     def discard(self) -> None:
         """Remove ``resume/`` (just before the finished output is swapped in)."""
