@@ -422,6 +422,18 @@ class _SkipRow(Exception):
     """A row whose margin cannot be built from these counts (e.g. raw IIF with an empty category)."""
 
 
+def _model_kwargs(s: DetBenchSettings, data: _Data, log) -> dict[str, Any]:
+    """``s.model`` for build_detector, with ``backbone_weights: pretrained`` resolved to the cached pretraining
+    of the benchmark being run (:func:`iif.detection.pretrain.resolve_backbone_weights`; built on first use)."""
+    kw = dict(s.model)
+    if kw.get("backbone_weights") is not None:
+        from .pretrain import resolve_backbone_weights
+
+        root = Path(data.paths[0]).parent.parent if data.benchmark is not None and data.paths else None
+        kw["backbone_weights"] = resolve_backbone_weights(kw["backbone_weights"], arch=s.arch, data_root=root, log=log)
+    return kw
+
+
 def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, device: str, log,
            store=None) -> tuple[Any, dict]:
     """Build and train one detector; with a :class:`iif.resume.ResumeStore`, a detector an
@@ -431,7 +443,7 @@ def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, de
     from .models import build_detector
 
     torch.manual_seed(seed)
-    model = build_detector(s.arch, len(data.val.category_ids), **s.model)
+    model = build_detector(s.arch, len(data.val.category_ids), **_model_kwargs(s, data, log))
     if spec is not None and spec.method != "softmax":
         try:
             use_margin(model, spec.method, _freq(data.train), **spec.margin_kwargs())

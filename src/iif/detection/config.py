@@ -81,6 +81,11 @@ class DetectionModelConfig:
     mask_roi_size: int = 14
     # A local torchvision / iif checkpoint to start from (weights_only load); null: from scratch.
     checkpoint: str | None = None
+    # The backbone's pretrained start (build_detector's backbone_weights): a torchvision-format ResNet state dict
+    # file, a torchvision weights name (ResNet50_Weights.IMAGENET1K_V1; downloaded), "pretrained" (the cached
+    # balanced pretraining of the data.root iif det-data benchmark, iif.detection.pretrain) or null / "none" /
+    # "from_scratch" (random init). With weights, norm and trainable_layers default to frozen_bn and 3.
+    backbone_weights: str | None = None
     # Cosine box classifier with this temperature (paper's "Cos. Cls."; the authors' IIF/IOF configs use 8,
     # their softmax ones 20); null: linear.
     cosine_scale: float | None = None
@@ -190,7 +195,8 @@ _HASH_EXCLUDE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "thr
 # such a run is refused rather than continued with another offset.
 _ADDED_KEYS = {("data", "rfs_rounding"): "stochastic", ("margin", "la_form"): None, ("margin", "gamma"): 1.0,
                ("margin", "seesaw_p"): 0.8, ("margin", "seesaw_q"): 2.0, ("margin", "allow_negative"): False,
-               ("schedule", "warmup_fraction"): None, ("schedule", "milestone_fractions"): None}
+               ("schedule", "warmup_fraction"): None, ("schedule", "milestone_fractions"): None,
+               ("model", "backbone_weights"): None}
 
 
 def scaled_schedule(*, epochs: int, batch_size: int, num_images: int, warmup_iters: int, milestones: Sequence[int],
@@ -269,6 +275,8 @@ def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
     m = dataclasses.asdict(cfg.model)
     for key in ("arch", "cosine_scale", "classifier_only", "checkpoint"):
         m.pop(key)
+    if m["backbone_weights"] is None:  # absent unless set, so det-bench's recorded settings stay as they were
+        m.pop("backbone_weights")
     if m["anchor_sizes"] is not None:
         m["anchor_sizes"] = tuple(tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in m["anchor_sizes"])
     for key in ("aspect_ratios", "returned_layers", "mask_layers"):
@@ -353,6 +361,15 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
         _check(bool(m.mask_layers) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
                                            for x in m.mask_layers), "model.mask_layers", m.mask_layers,
                "a list of channel counts >= 1", "[256,256,256,256]")
+    if m.backbone_weights is not None:
+        from .models import is_from_scratch
+
+        _check(isinstance(m.backbone_weights, str) and bool(m.backbone_weights.strip()), "model.backbone_weights",
+               m.backbone_weights, "a weights file, a torchvision weights name, pretrained or null",
+               "pretrained")
+        if ARCHS[m.arch][0] == "ssd" and not is_from_scratch(m.backbone_weights):
+            raise IIFError("config key 'model.backbone_weights' is set but model.arch is ssd300_vgg16 (a VGG16 "
+                           "backbone); backbone weights are for the ResNet-FPN archs: set model.backbone_weights=null.")
     if m.cosine_scale is not None:
         _pos("model.cosine_scale", m.cosine_scale, "20")
         if ARCHS[m.arch][0] == "ssd":

@@ -202,6 +202,7 @@ def build_from_config(cfg: DetectionConfig, num_classes: int, freq, *, log: Call
         kw["norm"] = "frozen_bn"  # the norm the trained model was built with
         if kw.get("trainable_layers") is None:
             kw["trainable_layers"] = 3
+    kw.update(_backbone_weights(cfg, load_checkpoint, log))
     model = build_detector(cfg.model.arch, num_classes, checkpoint=ckpt, log=log, **kw)
     mk = margin_kwargs(cfg.margin, cfg.model.cosine_scale)
     if cfg.margin.method != "softmax" or mk["cosine_scale"] is not None:
@@ -221,6 +222,27 @@ def build_from_config(cfg: DetectionConfig, num_classes: int, freq, *, log: Call
     return model
 
 
+def _backbone_weights(cfg: DetectionConfig, load: bool, log) -> dict[str, Any]:
+    """build_detector keywords for ``model.backbone_weights``: the weights to load (``"pretrained"`` resolved
+    to the cached pretraining of the data.root benchmark, built on first use) when ``load``; when rebuilding
+    a trained model (det-eval: its checkpoint replaces every tensor) nothing is loaded, but the norm and
+    trainable stages default as they did in training."""
+    from .models import is_from_scratch
+    from .pretrain import resolve_backbone_weights
+
+    bw = cfg.model.backbone_weights
+    if is_from_scratch(bw):
+        return {}
+    if not load:
+        return {"backbone_weights": None, "norm": cfg.model.norm or "frozen_bn",
+                "trainable_layers": 3 if cfg.model.trainable_layers is None else cfg.model.trainable_layers}
+    root = None
+    if str(bw).strip() == "pretrained":  # the benchmark folder of the training json (ROOT/annotations/train.json)
+        train_json = data_paths(cfg)[0]
+        root = train_json.parent.parent if _benchmark_marker(train_json) is not None else None
+    return {"backbone_weights": resolve_backbone_weights(bw, arch=cfg.model.arch, data_root=root, log=log)}
+
+
 def _device(cfg: DetectionConfig, override: str | None = None) -> str:
     dev = override or cfg.runtime.device
     if dev == "auto":
@@ -238,6 +260,8 @@ def detection_inputs(cfg: DetectionConfig) -> list[tuple[str, str]]:
     items = [("data.root", d.root), ("data.train_json", d.train_json), ("data.train_images", d.train_images),
              ("data.val_json", d.val_json), ("data.val_images", d.val_images),
              ("model.checkpoint", cfg.model.checkpoint)]
+    if cfg.model.backbone_weights is not None and os.path.isfile(str(cfg.model.backbone_weights)):
+        items.append(("model.backbone_weights", cfg.model.backbone_weights))
     return [(k, str(v)) for k, v in items if v is not None and str(v).strip()]
 
 
