@@ -12,6 +12,10 @@ their json files' sizes and modification times, and the iif version) adopts the 
 recorded key, seed and row equal the run's and its state dict loads into the freshly built detector with
 ``strict=True``; anything else is logged and recomputed. ``resume/`` is removed just before the finished
 output is swapped in, so the output folder holds what it always did.
+
+``iif bench`` does the same per (seed, head) block (:meth:`ResumeStore.save_arrays`: the backbone's weights,
+the post-hoc and decoupled rows' logits, the timings) and per block of end-to-end rows; its settings key is the
+base config, the thread count and a fingerprint of the splits' labels.
 """
 
 from __future__ import annotations
@@ -189,14 +193,13 @@ class ResumeStore:
                            "record": json.dumps(json_safe(record))}, self._path(seed, name), mkdir=True)
         self.saved += 1
 
-    def load_cache(self, seed: int):
-        """The kept RoI cache of ``seed`` (:class:`iif.detection.posthoc.RoICache`), or None."""
-        from .detection.posthoc import RoICache
-
+    def load_cache(self, seed: int) -> tuple[list[dict], list[int]] | None:
+        """``(batches, image_ids)`` of the RoI cache kept for ``seed`` (the fields of
+        :class:`iif.detection.posthoc.RoICache`), or None."""
         blob = self._read(self._path(seed, "roi_cache"), seed, "roi_cache")
         if blob is None:
             return None
-        return RoICache(blob["batches"], list(blob["image_ids"]))
+        return blob["batches"], list(blob["image_ids"])
 
     def save_cache(self, seed: int, cache) -> None:
         batches = [{k: v for k, v in b.items() if k != "masks"} for b in cache.batches]  # the mask memo is rebuilt

@@ -530,7 +530,10 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
     model, res = _train(s, data, None, seed, device, log, store)
     timings = {"softmax_train_s": res["train_s"], "history": res.get("history", [])}
     t0 = time.perf_counter()
-    cache = store.load_cache(seed) if store is not None else None
+    from .posthoc import RoICache
+
+    kept = store.load_cache(seed) if store is not None else None
+    cache = None if kept is None else RoICache(*kept)
     if cache is not None:
         log(f"det-bench: seed {seed}: reusing the kept RoI cache")
     else:
