@@ -5,7 +5,8 @@
                  [--object-size 0.125 0.375] [--source-root DIR] [--download] [--force]
 
 Scenes of Fashion-MNIST and MNIST objects, 20 categories with an LVIS-like r/c/f tail in train and a
-balanced val, LVIS v1 json + PNG images (see :mod:`iif.detection.synthetic`). A controlled benchmark, not LVIS.
+balanced val, LVIS v1 json + PNG images (see :mod:`iif.detection.synthetic`); ``--generator 2``: distractors,
+federated labels and train/val/test (:mod:`iif.detection.scenes_v2`). A controlled benchmark, not LVIS.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ def register(subparsers) -> None:
         "5 rare by train image count, as LVIS's r/c/f groups) and write LVIS v1 annotations "
         "(annotations/train.json, annotations/val.json), PNG images (images/train, images/val) and BENCHMARK.json "
         "into a new folder. The same seed gives byte-identical files. Train objects come from the source train "
-        "splits, val objects from the source test splits.",
+        "splits, val objects from the source test splits. --generator 2 writes version 2: 16 categories (6 "
+        "frequent, 5 common, 5 rare with 1-10 train images), unannotated held-out objects (pullover, coat, 6, 9) "
+        "as distractors, objects cut by the border, LVIS federated labels (a subset of absent categories "
+        "verified negative, some categories not exhaustively annotated), and train / val (for choosing "
+        "hyper-parameters) / test (reported) splits, val and test from disjoint parts of the source test splits.",
     )
     from ..detection.synthetic import DEFAULT_GENERATOR, GENERATORS
 
