@@ -382,6 +382,8 @@ def _split_json(split: str, size: int, scenes: list, categories: list[dict], neg
     src_split = "train" if split == "train" else "test"
     for i, drawn in enumerate(scenes):
         image_id = _FIRST_IMAGE_ID[split] + i
+        # an unannotated item that a later forced placement covered entirely is not in the image
+        drawn = [d for d in drawn if d[0] == _ANNOTATED or d[4].any()]
         shown = sorted({CATEGORIES[d[1]].id for d in drawn if d[0] != _DISTRACTOR})
         annotated = {CATEGORIES[d[1]].id for d in drawn if d[0] == _ANNOTATED}
         not_exhaustive = sorted({CATEGORIES[d[1]].id for d in drawn if d[0] == _LEFT_OUT} & annotated)
@@ -398,7 +400,7 @@ def _split_json(split: str, size: int, scenes: list, categories: list[dict], neg
                                     "bbox": bbox, "area": area, "segmentation": rle, "iscrowd": 0,
                                     "source": [dataset, src_split, int(src_index)]})
                 ann_id += 1
-            elif area > 0:
+            else:
                 name = HELD_OUT[k][0] if role == _DISTRACTOR else CATEGORIES[k].name
                 hidden.append({"image_id": image_id, "kind": "distractor" if role == _DISTRACTOR else "not_exhaustive",
                                "name": name, "category_id": None if role == _DISTRACTOR else CATEGORIES[k].id,
