@@ -134,9 +134,14 @@ def test_federated_fields(bench):
 
 
 def _official_lvis_ap(gt_json: dict, dets: list, tmp_path) -> float:
+    """Box AP (0-1) of the official lvis API; iif's evaluate_lvis (faster-coco-eval) must agree."""
     lvis = pytest.importorskip("lvis")
+    pytest.importorskip("faster_coco_eval")
+    from iif.detection import evaluate_lvis
+
     path = tmp_path / f"gt{len(list(tmp_path.iterdir()))}.json"
     path.write_text(json.dumps(gt_json))
+    ours = evaluate_lvis(str(path), copy.deepcopy(dets), iou_type="bbox")["AP"] / 100
     had = hasattr(np, "float")
     np.float = float  # lvis 0.5.3 still uses np.float, removed in numpy 2
     try:
@@ -144,6 +149,7 @@ def _official_lvis_ap(gt_json: dict, dets: list, tmp_path) -> float:
             gt = lvis.LVIS(str(path))
             ev = lvis.LVISEval(gt, lvis.LVISResults(gt, copy.deepcopy(dets)), "bbox")
             ev.run()
+        assert ours == pytest.approx(float(ev.results["AP"]), abs=1e-6)
         return float(ev.results["AP"])
     finally:
         if not had:
