@@ -6,7 +6,7 @@ det-bench run enters that staging folder *before* it trains and keeps there, und
 detector (``seed<k>/<row>.pt``: the state dict, the settings key, the training time and history) and each
 seed's RoI cache (``seed<k>/roi_cache.pt``), every file written atomically. A run killed (SIGKILL, power) or
 stopped by an exception leaves that folder behind; the next run of the same command on the same ``--out``
-with the same settings (:func:`settings_key`: every setting but ``seeds`` and ``quick``, the data paths with
+with the same settings (:func:`settings_key`: every setting but ``seeds``, ``quick`` and ``bootstrap``, the data paths with
 their json files' sizes and modification times, and the iif version) adopts the newest such folder
 (:func:`open_staging`) and loads what is there instead of training again. A file is reused only when its
 recorded key, seed and row equal the run's and its state dict loads into the freshly built detector with
@@ -44,12 +44,12 @@ _COMMAND = "det-bench"
 
 
 def settings_key(settings: dict[str, Any], data_paths: Any) -> str:
-    """A sha256 of what a trained detector depends on: ``settings`` (``seeds`` and ``quick`` left out: seed k's
-    models are the same whatever the number of seeds or rows), the data paths and the size and modification
-    time of each json among them, and the iif version."""
+    """A sha256 of what a trained detector depends on: ``settings`` (``seeds``, ``quick`` and ``bootstrap`` left
+    out: seed k's models are the same whatever the number of seeds or rows, and the bootstrap only scores them),
+    the data paths with the size and modification time of each json among them, and the iif version."""
     from . import __version__
 
-    s = {k: v for k, v in settings.items() if k not in ("seeds", "quick")}
+    s = {k: v for k, v in settings.items() if k not in ("seeds", "quick", "bootstrap")}
     files = []
     for p in data_paths:
         p = Path(p)

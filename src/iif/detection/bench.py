@@ -100,8 +100,9 @@ class DetBenchSettings:
     seeds: int = 1
     quick: bool = False
     device: str = "cpu"
-    bootstrap: int = 20  # paired-bootstrap resamples of the test images for the intervals (0: none; cost: rows x seeds x
-    # bootstrap evaluations of AP and TIDE, docs/detection.md "Uncertainty")
+    # Paired-bootstrap resamples of the test images for the intervals (0: none). None: 20, or 0 with --quick (its
+    # time budget: each resample costs rows x seeds evaluations of AP and TIDE, docs/detection.md "Uncertainty").
+    bootstrap: int | None = None
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
@@ -276,7 +277,7 @@ def _check_settings(s: DetBenchSettings) -> None:
         raise IIFError(f"det-bench setting score_threshold must be in [0, 1]; got {s.score_threshold!r}.")
     if not isinstance(s.batch_size_eval, int) or s.batch_size_eval < 1:
         raise IIFError(f"det-bench setting batch_size_eval must be a whole number >= 1; got {s.batch_size_eval!r}.")
-    if not isinstance(s.bootstrap, int) or isinstance(s.bootstrap, bool) or s.bootstrap < 0:
+    if s.bootstrap is not None and (not isinstance(s.bootstrap, int) or isinstance(s.bootstrap, bool) or s.bootstrap < 0):
         raise IIFError(f"det-bench setting bootstrap (resamples for the intervals) must be a whole number >= 0 "
                        f"(0: no intervals); got {s.bootstrap!r}.")
     if not isinstance(s.seeds, int) or s.seeds < 1:
@@ -285,6 +286,10 @@ def _check_settings(s: DetBenchSettings) -> None:
     if not isinstance(epochs, int) or epochs < 1:
         raise IIFError(f"det-bench setting train.epochs must be a whole number >= 1; got {epochs!r}.")
     _check_values(s)
+
+
+#: Bootstrap resamples of a full det-bench run when ``bootstrap`` is not given (``--quick``: none).
+DEFAULT_BOOTSTRAP = 20
 
 
 def default_benchmark_dir(seed: int = 0) -> Path:
@@ -640,6 +645,8 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     s = quick_settings(preset, overrides)
     s.seeds, s.quick, s.device = int(seeds), bool(quick), dev
     _check_settings(s)
+    if s.bootstrap is None:
+        s.bootstrap = 0 if s.quick else DEFAULT_BOOTSTRAP
     if threads is not None:
         s.threads = threads
     if s.threads is not None:
