@@ -288,3 +288,23 @@ def test_det_train_resolves_the_keyword_to_the_cached_pretraining(fake_detection
     torch.manual_seed(0)
     scratch = build_from_config(load_detection_config(cfg, ["model.backbone_weights=null"]), 20, None)
     assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, scratch.roi_heads.box_predictor.cls_score.weight)
+
+
+def test_det_bench_resolves_the_keyword_for_the_benchmark_it_runs(fake_detection_sources, bench, monkeypatch):
+    """iif det-bench model.backbone_weights=pretrained: the detector of each row gets the cached pretraining of the
+    benchmark being run (its settings keep the keyword); other data has none."""
+    from iif.detection import bench as det_bench
+    from iif.detection import synthetic
+
+    monkeypatch.setattr(pretrain, "PRETRAIN_DEFAULTS", {**pretrain.PRETRAIN_DEFAULTS, **TINY})
+    monkeypatch.setattr(synthetic, "_load_sources", lambda root, download: fake_detection_sources)
+    s = det_bench.quick_settings("cpu-quick", ["model.backbone_weights=pretrained"])
+    assert s.model["backbone_weights"] == "pretrained"
+    paths = (bench / "annotations" / "train.json", bench / "images" / "train", bench / "annotations" / "val.json",
+             bench / "images" / "val")
+    data = det_bench._Data(bench, None, None, {}, {"format": "iif-det-benchmark"}, paths)
+    kw = det_bench._model_kwargs(s, data, lambda line: None)
+    assert kw["backbone_weights"] == str(pretrain.pretrained_backbone(bench, "r10"))
+    assert s.model["backbone_weights"] == "pretrained"
+    with pytest.raises(IIFError, match="needs an iif det-data benchmark"):
+        det_bench._model_kwargs(s, det_bench._Data(bench, None, None, {}, None, paths), lambda line: None)
