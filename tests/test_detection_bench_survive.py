@@ -280,3 +280,33 @@ def test_bench_sigkill_after_the_first_block_then_rerun_continues(tmp_path):
     for name in ("results.json", "results_std.json", "summary.json"):
         assert json.loads((out / name).read_text()) == json.loads((reference / name).read_text()), name
     assert not (out / RESUME_DIR).exists() and not list(tmp_path.glob(".bench.iif-stage-*"))
+
+
+@pytest.mark.slow
+def test_a_crash_at_evaluation_keeps_the_trained_detector_for_the_rerun(tiny_data, tmp_path, monkeypatch):
+    """The issue's failure: the evaluation raised ("can't start new thread") after training. The exception
+    reaches the caller, the staging folder with the kept detector stays, nothing appears under --out, and
+    the rerun of the same call loads the detector instead of training it."""
+    calls = {"n": 0}
+    real = B._evaluate
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(B, "_evaluate", failing)
+    out = tmp_path / "o"
+    args = dict(quick=True, out=out, overrides=TINY + ["max_val_images=5"], plots=False)
+    logs = []
+    with pytest.raises(RuntimeError, match="new thread"):
+        B.run_det_bench(tiny_data, log=logs.append, **args)
+    assert calls["n"] == 1 and not out.exists()
+    assert any("rerun the same command" in line for line in logs)
+    assert len(list(tmp_path.glob(f".o.iif-stage-*/{RESUME_DIR}/seed0/softmax.pt"))) == 1
+    monkeypatch.setattr(B, "_evaluate", real)
+    logs.clear()
+    rows = B.run_det_bench(tiny_data, log=logs.append, **args)
+    assert any("seed 0: reusing the kept softmax detector" in line for line in logs)
+    assert not any("seed 0: training" in line for line in logs)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(rows))
+    assert not list(tmp_path.glob(".o.iif-stage-*"))
