@@ -275,7 +275,7 @@ def interval_lines(intervals: Mapping[str, Any] | None) -> list[str]:
         body = [[r["row"], *[fmt(r.get(f"vs_{ref_key}", {}).get(m)) for m in metrics]]
                 for r in intervals["rows"] if r["row"] != ref]
         out += [f"Against {title}: `{ref}`.", "",
-                markdown_table(["row", *[f"Δ{names.get(m, m)}" for m in metrics]], body), ""]
+                markdown_table(["row minus reference", *[names.get(m, m) for m in metrics]], body), ""]
     return out
 
 
