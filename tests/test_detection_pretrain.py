@@ -132,7 +132,7 @@ def _det_train(bench: Path, out: Path, weights: str, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["r18_for_r50", "r18_for_r10", "text_file", "list_file", "missing", "unknown_name",
-                                  "name_for_another_depth", "ssd"])
+                                  "name_for_another_depth", "groupnorm", "ssd"])
 def test_bad_backbone_weights_are_one_line_before_training(case, bench, tmp_path, capsys):
     out = tmp_path / "run"
     extra: list[str] = []
@@ -160,6 +160,9 @@ def test_bad_backbone_weights_are_one_line_before_training(case, bench, tmp_path
         weights, extra = "ResNet18_Weights.IMAGENET1K_V1", ["model.arch=maskrcnn_r50_fpn"]
         want = ["ResNet18_Weights.IMAGENET1K_V1 are for another network than the ResNet-50",
                 "use ResNet50_Weights.IMAGENET1K_V1"]
+    elif case == "groupnorm":  # the right depth, but BatchNorm statistics for a GroupNorm backbone
+        weights, extra = str(r18), ["model.arch=maskrcnn_r18_fpn", "model.norm=gn"]
+        want = ["BatchNorm statistics (bn1.running_mean, ...)", "norm bn or frozen_bn"]
     else:
         weights, extra = str(r18), ["model.arch=ssd300_vgg16"]
         want = ["model.backbone_weights", "ssd300_vgg16", "model.backbone_weights=null"]

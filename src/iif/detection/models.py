@@ -539,6 +539,11 @@ def load_backbone_weights(resnet: nn.Module, weights: Any, *, depth: str | None 
     missing = [k for k in own if k not in state and not ignored(k)]
     unexpected = [k for k in state if k not in own and not ignored(k)]
     what = f"the {_depth_name(depth)} backbone" if depth else "the backbone's ResNet"
+    if (unexpected and not mismatched and not missing and all(k.endswith(("running_mean", "running_var"))
+                                                                for k in unexpected)
+            and any(isinstance(m, nn.GroupNorm) for m in resnet.modules())):
+        raise IIFError(f"backbone weights {source} hold BatchNorm statistics ({unexpected[0]}, ...) that a GroupNorm "
+                       "backbone has no place for; build it with norm bn or frozen_bn (model.norm=frozen_bn).")
     if mismatched or missing or unexpected:
         if mismatched:
             k = mismatched[0]
