@@ -88,6 +88,7 @@ __all__ = [
     "clean_stale_temporaries",
     "refuse_overlap",
     "checkpoint_inputs",
+    "staged_outputs",
 ]
 
 PathLike = str | os.PathLike
@@ -707,21 +708,27 @@ def _has_checkpoint(folder: Path) -> bool:
     return any((folder / rel).is_file() for rel in ("last.pt", "stage1/last.pt"))
 
 
+def staged_outputs(path: PathLike, command: str, match: Callable[[dict], bool] | None = None) -> list[tuple[int, Path]]:
+    """``(created_ns, folder)`` of the staging folders beside ``path`` that a ``command`` run left and whose
+    process is gone (a killed ``--force`` train run, an interrupted det-bench), oldest first; ``match(marker)``
+    narrows them further (det-bench: same settings, unfinished)."""
+    path = Path(path)
+    found = []
+    for tmp in _temporaries(path):
+        if not tmp.name.startswith(_temp_name(path, "stage")) or tmp.is_symlink() or not tmp.is_dir():
+            continue
+        m = read_marker(tmp)
+        if m is None or m.get("command") != command or _is_live(m) or (match is not None and not match(m)):
+            continue
+        found.append((int(m.get("created_ns", 0)), tmp))
+    return sorted(found)
+
+
 def _staged_runs(path: Path, command: str) -> list[tuple[int, Path]]:
     """Staging folders of ``path`` holding a ``command`` run started after the output under ``path``."""
     current = read_marker(path) if path.is_dir() else None
     floor = int(current.get("created_ns", 0)) if current else -1
-    found = []
-    for tmp in _temporaries(path):
-        if not tmp.name.startswith(_temp_name(path, "stage")):
-            continue
-        m = read_marker(tmp)
-        if m is None or m.get("command") != command or _is_live(m):
-            continue
-        created = int(m.get("created_ns", 0))
-        if created > floor:
-            found.append((created, tmp))
-    return sorted(found)
+    return [(created, tmp) for created, tmp in staged_outputs(path, command) if created > floor]
 
 
 def _plan(path: Path, command: str, force: bool, resume: bool) -> tuple[str, Path | None]:

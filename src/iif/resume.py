@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from .outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, read_marker,
-                       write_marker)
+                       staged_outputs, write_marker)
 
 __all__ = ["settings_key", "open_staging", "keep_on_failure", "ResumeStore", "RESUME_DIR"]
 
@@ -59,43 +57,9 @@ def settings_key(settings: dict[str, Any], data_paths: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _alive(marker: dict) -> bool:
-    """Whether the process that wrote ``marker`` still runs on this machine (a zombie counts as dead)."""
-    pid = marker.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid() or marker.get("host") != socket.gethostname():
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return not Path("/proc").is_dir()
-
-
 def _staged(out: Path, key: str, command: str = _COMMAND) -> list[tuple[int, Path]]:
     """Unfinished ``command`` staging folders of ``out`` with this settings ``key`` whose run is dead, oldest first."""
-    out = Path(os.path.abspath(out))
-    prefix = f".{out.name}.iif-stage-"  # OutputFolder's staging name for ``out``
-    found = []
-    try:
-        names = os.listdir(out.parent)
-    except OSError:
-        return []
-    for name in names:
-        p = out.parent / name
-        if not name.startswith(prefix) or p.is_symlink() or not p.is_dir():
-            continue
-        m = read_marker(p)
-        if (m is None or m.get("command") != command or m.get("complete") or m.get("det_bench_key") != key
-                or _alive(m)):
-            continue
-        found.append((int(m.get("created_ns", 0)), p))
-    return sorted(found)
+    return staged_outputs(out, command, match=lambda m: not m.get("complete") and m.get("det_bench_key") == key)
 
 
 def open_staging(folder: OutputFolder, key: str, log: Callable[[str], Any]) -> tuple[Path, bool]:
