@@ -311,3 +311,20 @@ def test_det_bench_resolves_the_keyword_for_the_benchmark_it_runs(fake_detection
     assert s.model["backbone_weights"] == "pretrained"
     with pytest.raises(IIFError, match="needs an iif det-data benchmark"):
         det_bench._model_kwargs(s, det_bench._Data(bench, None, None, {}, None, paths), lambda line: None)
+
+
+def test_det_eval_rebuilds_a_pretrained_run_without_the_weights_file(bench, tmp_path):
+    """det-eval's rebuild (load_checkpoint=False) loads no backbone weights (last.pt replaces every tensor; the
+    file may be gone) but keeps the norm the weights gave in training: frozen BN unless model.norm says."""
+    from iif.detection.config import load_detection_config
+    from iif.detection.runs import build_from_config
+
+    small = [f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in SMALL.items()]
+    gone = str(tmp_path / "deleted.pth")
+    for norm, cls in (("null", "FrozenBatchNorm2d"), ("bn", "BatchNorm2d")):
+        cfg = load_detection_config("det_bench_softmax", [f"data.root={bench}", f"model.backbone_weights={gone}",
+                                                          f"model.norm={norm}", *small])
+        model = build_from_config(cfg, 20, None, log=lambda s: None, load_checkpoint=False)
+        assert type(model.backbone.body.bn1).__name__ == cls
+        with pytest.raises(IIFError, match="deleted.pth does not exist"):  # training would load it
+            build_from_config(cfg, 20, None, log=lambda s: None)
