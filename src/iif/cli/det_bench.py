@@ -38,7 +38,8 @@ def register(subparsers) -> None:
                    "is clamped with a warning)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="e.g. train.epochs=2 model.min_size=96 max_train_images=500 score_threshold=0.5 "
+                   help="e.g. generator=2 (the v2 offline benchmark: scored on its test split, pretrained "
+                   "backbone) train.epochs=2 model.min_size=96 max_train_images=500 score_threshold=0.5 "
                    "data.train_json=train.json data.train_images=images ...")
     p.set_defaults(func=run)
 
@@ -52,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     # cached benchmark), nor inside one of its folders
     keys = ("data.root=", "data.train_json=", "data.train_images=", "data.val_json=", "data.val_images=")
     given = [(o.split("=", 1)[0], o.split("=", 1)[1]) for o in args.overrides if o.startswith(keys)]
-    default = default_benchmark_dir() if args.data is None and not given else None
+    gen = [o.split("=", 1)[1] for o in args.overrides if o.startswith("generator=")]
+    version = int(gen[-1]) if gen and gen[-1].strip().isdigit() else None  # a bad value is refused by run_det_bench
+    default = default_benchmark_dir(generator=version) if args.data is None and not given else None
     refuse_overlap({"--out": args.out}, [("--data", args.data if args.data is not None else default)] + given)
 
     run_det_bench(args.data, quick=args.quick, out=args.out, seeds=args.seeds, force=args.force, device=args.device,

@@ -103,6 +103,11 @@ class DetBenchSettings:
     # Paired-bootstrap resamples of the test images for the intervals (0: none). None: 20, or 0 with --quick (its
     # time budget: each resample costs rows x seeds evaluations of AP and TIDE, docs/detection.md "Uncertainty").
     bootstrap: int | None = None
+    # The offline benchmark's generator version (1 or 2; issue 15). None: DEFAULT_GENERATOR for the cached
+    # benchmark, the folder's own version for --data; resolved (and recorded) before any training. With 2 the
+    # reported rows are scored on the test split (val is kept for choosing) and model.backbone_weights
+    # defaults to "pretrained".
+    generator: int | None = None
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
@@ -138,7 +143,7 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
 
 # det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
 # schedule keys of a det-train config).
-_TOP_KEYS = ("arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
+_TOP_KEYS = ("generator", "arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
              "bootstrap")
 _TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
 # build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
@@ -282,6 +287,11 @@ def _check_settings(s: DetBenchSettings) -> None:
                        f"(0: no intervals); got {s.bootstrap!r}.")
     if not isinstance(s.seeds, int) or s.seeds < 1:
         raise IIFError(f"--seeds must be >= 1; got {s.seeds!r}.")
+    from .synthetic import GENERATORS
+
+    if s.generator is not None and (isinstance(s.generator, bool) or s.generator not in GENERATORS):
+        raise IIFError(f"det-bench setting generator (the offline benchmark's version) must be one of "
+                       f"{', '.join(map(str, GENERATORS))}; got {s.generator!r}. Write e.g. generator=2.")
     epochs = s.train.get("epochs")
     if not isinstance(epochs, int) or epochs < 1:
         raise IIFError(f"det-bench setting train.epochs must be a whole number >= 1; got {epochs!r}.")
@@ -292,27 +302,32 @@ def _check_settings(s: DetBenchSettings) -> None:
 DEFAULT_BOOTSTRAP = 20
 
 
-def default_benchmark_dir(seed: int = 0) -> Path:
-    """Where the default offline benchmark is generated once and reused."""
-    from .synthetic import GENERATOR_VERSION
+def default_benchmark_dir(seed: int = 0, generator: int | None = None) -> Path:
+    """Where the default offline benchmark of generator version ``generator`` (None:
+    :data:`iif.detection.synthetic.DEFAULT_GENERATOR`) is generated once and reused: ``det-data/v1-seed0``,
+    ``det-data/v2-seed0`` under the cache (the v1 path is the one every recorded run used)."""
+    from .synthetic import DEFAULT_GENERATOR
 
+    version = DEFAULT_GENERATOR if generator is None else int(generator)
     root = Path(os.environ.get("IIF_CACHE_DIR") or Path.home() / ".cache" / "iif")
-    return root / "det-data" / f"v{GENERATOR_VERSION}-seed{seed}"
+    return root / "det-data" / f"v{version}-seed{seed}"
 
 
-def _default_data(log: Callable[[str], Any]) -> Path:
-    from .synthetic import make_benchmark, validate_benchmark
+def _default_data(log: Callable[[str], Any], generator: int | None = None) -> Path:
+    from .synthetic import DEFAULT_GENERATOR, make_benchmark, validate_benchmark
 
-    path = default_benchmark_dir()
+    generator = DEFAULT_GENERATOR if generator is None else generator
+    path = default_benchmark_dir(generator=generator)
     if (path / "BENCHMARK.json").is_file():
         try:
-            validate_benchmark(path)
+            validate_benchmark(path, generator=generator)
             return path
         except IIFError as exc:
             log(f"det-bench: regenerating the cached benchmark at {path} ({exc})")
-    log(f"det-bench: generating the offline benchmark into {path} (once; about 15 s)")
+    log(f"det-bench: generating the offline benchmark (generator {generator}) into {path} (once; about 15 s for "
+        "version 1, longer for version 2)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_benchmark(path, seed=0, force=path.exists())
+    make_benchmark(path, seed=0, force=path.exists(), generator=generator)
     return path
 
 
@@ -324,6 +339,11 @@ class _Data:
     val_json: dict
     benchmark: dict | None
     paths: tuple = ()  # (train_json, train_images, val_json, val_images) as read
+    # The split ``val``/``val_json`` hold, which the rows are scored on: "test" for a generator-2 benchmark
+    # (its val split is for choosing), else "val". ``tune_paths``: (val_json, val_images) of a generator-2
+    # benchmark, kept for rows tuned on val and reported on test; () otherwise.
+    eval_split: str = "val"
+    tune_paths: tuple = ()
 
 
 DATA_KEYS = ("data.train_json", "data.train_images", "data.val_json", "data.val_images")
@@ -346,27 +366,63 @@ def split_data_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list
     return paths, rest
 
 
-def _data_paths(data: str | os.PathLike | None, paths: dict[str, str], log) -> tuple[Path | None, tuple[Path, ...]]:
+def _data_paths(data: str | os.PathLike | None, paths: dict[str, str], log,
+                generator: int | None = None) -> tuple[Path | None, tuple[Path, ...]]:
     """``(root, (train_json, train_images, val_json, val_images))``: det-train's rules
     (:func:`iif.detection.runs.data_paths`): the explicit ``data.*`` paths, any missing one from the ``--data``
-    folder's layout; without either, the offline benchmark."""
+    folder's layout; without either, the offline benchmark of generator version ``generator``."""
     from .config import load_detection_config
     from .runs import data_paths
 
     if data is None and not paths:
-        root = _default_data(log)
+        root = _default_data(log, generator)
     else:
         root = Path(data) if data is not None else None
     cfg = load_detection_config({"data": {"root": None if root is None else str(root), **paths}})
     return root, data_paths(cfg)
 
 
+def _benchmark_version(bench: dict | None, train_json: Path, generator: int | None) -> int | None:
+    """The generator version of the benchmark the data belongs to (None: not an ``iif det-data`` folder).
+    ``generator`` given and different (or given for data that is no benchmark) is refused in one line naming
+    the fix (:func:`iif.detection.synthetic.validate_benchmark`'s message), before anything is trained."""
+    from .synthetic import validate_benchmark
+
+    root = Path(train_json).parent.parent
+    if bench is None:
+        if generator is not None:
+            raise IIFError(f"det-bench setting generator={generator} names a version of the offline benchmark, but "
+                           f"the data ({train_json}) is not an `iif det-data` folder; leave generator out for "
+                           "other data, or write one with `iif det-data --generator "
+                           f"{generator} --out DIR` and pass --data DIR.")
+        return None
+    version = bench.get("generator_version")
+    if generator is not None and version != generator:
+        validate_benchmark(root, generator=generator)  # raises: the version check comes before any other
+        raise IIFError(f"{root} was written by benchmark generator version {version}, version {generator} is "
+                       f"needed here; write one with `iif det-data --generator {generator} --out NEW_DIR`.")
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
 def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log, paths: dict[str, str] | None = None) -> _Data:
     from .data import covering_subset, load_detection_dataset, restrict_annotations
     from .runs import _benchmark_marker
 
-    root, (train_json, train_images, val_json, val_images) = _data_paths(data, dict(paths or {}), log)
+    paths = dict(paths or {})
+    root, (train_json, train_images, val_json, val_images) = _data_paths(data, paths, log, s.generator)
     bench = _benchmark_marker(train_json)  # ROOT/BENCHMARK.json of an `iif det-data` folder
+    version = _benchmark_version(bench, train_json, s.generator)
+    if s.generator is None:
+        s.generator = version  # recorded in settings.json (None: not a benchmark)
+    eval_split, tune_paths = "val", ()
+    if version == 2 and not ({"val_json", "val_images"} & set(paths)):
+        # A v2 benchmark is reported on its test split; val stays available for choosing (tuned rows).
+        from .data import resolve_detection_data
+
+        tune_paths = (val_json, val_images)
+        _, _, val_json, val_images = resolve_detection_data(Path(train_json).parent.parent, eval_split="test")
+        eval_split = "test"
+        log(f"det-bench: generator-2 benchmark: rows scored on the test split ({val_json}); val kept for choosing")
     if root is None:
         root = Path(train_json)  # what settings.json and report.md name as the data
     hflip = s.hflip
@@ -382,7 +438,8 @@ def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log, paths: 
         keep = set(val.image_ids[: s.max_val_images])
         val_ann = restrict_annotations(val_ann, keep)
         val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
-    return _Data(root, train, val, val_ann, bench, (train_json, train_images, val_json, val_images))
+    return _Data(root, train, val, val_ann, bench, (train_json, train_images, val_json, val_images), eval_split,
+                 tune_paths)
 
 
 def _freq(train):
@@ -643,6 +700,8 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
         preset = "gpu" if dev.startswith("cuda") else "cpu-quick"
     paths, overrides = split_data_overrides(overrides)  # data.* keys: det-train's, read by _load_data
     s = quick_settings(preset, overrides)
+    weights_given = (s.model.get("backbone_weights") is not None
+                     or any(str(o).partition("=")[0] == "model.backbone_weights" for o in overrides))
     s.seeds, s.quick, s.device = int(seeds), bool(quick), dev
     _check_settings(s)
     if s.bootstrap is None:
@@ -655,6 +714,12 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
         torch.set_num_threads(s.threads)
     t_all = time.perf_counter()
     d = _load_data(data, s, log, paths)
+    if s.generator == 2 and not weights_given:
+        # v2 benchmarks start from the cached balanced pretraining (issue 15); model.backbone_weights=none trains
+        # from scratch. v1 keeps from scratch, so its recorded numbers reproduce.
+        s.model["backbone_weights"] = "pretrained"
+        log("det-bench: generator-2 benchmark: model.backbone_weights=pretrained (the cached balanced pretraining; "
+            "model.backbone_weights=none trains from scratch)")
     _check_memory(s, d, dev)
     sched = _scale_schedule(s, len(d.train), log)
     # The staging folder is entered now, not at the end: it keeps the trained detectors and RoI caches, so a
@@ -679,7 +744,8 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     wall = time.perf_counter() - t_all
     table = R.format_table(means, stds if s.seeds > 1 else None)
     meta = {"version": __version__, "data": str(d.root), "data_paths": {k: str(v) for k, v in zip(DATA_KEYS, d.paths)},
-            "benchmark": d.benchmark is not None,
+            "benchmark": d.benchmark is not None, "eval_split": d.eval_split,
+            "tune_paths": [str(p) for p in d.tune_paths],
             "num_train_images": len(d.train), "num_val_images": len(d.val), "device": dev,
             "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
             "schedule": sched, "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
