@@ -1,0 +1,160 @@
+"""``iif det-bench`` on a version-2 benchmark (setting ``generator``): the rows are scored on the test split (val
+kept for choosing), the detector starts from the cached pretraining unless ``model.backbone_weights`` is given,
+settings.json records both, and a folder of another generator version is refused in one line before any work."""
+
+import importlib.util
+import json
+import warnings
+
+import pytest
+
+pytest.importorskip("torchvision")
+pytest.importorskip("faster_coco_eval")
+if importlib.util.find_spec("tidecv") is None:
+    pytest.skip("tidecv is not installed", allow_module_level=True)
+
+from iif.cli import main  # noqa: E402
+from iif.detection import bench as B  # noqa: E402
+from iif.detection import pretrain, synthetic  # noqa: E402
+from iif.errors import IIFError  # noqa: E402
+
+# test_detection_bench.TINY without max_val_images (set per test) and the backbone choice (the point here).
+TINY = ["arch=maskrcnn_r10_fpn", "model.min_size=64", "model.max_size=64", "model.fpn_channels=32",
+        "model.representation_size=64", "model.mask_layers=[16]", "model.box_detections_per_img=40",
+        "model.rpn_pre_nms_top_n_test=100", "model.rpn_post_nms_top_n_test=40", "train.epochs=1",
+        "train.batch_size=4", "train.warmup_iters=1", "train.milestones=[]", "max_train_images=20", "threads=1"]
+# A pretraining of ~1 CPU-second (tests/test_detection_pretrain.py's TINY).
+TINY_PRETRAIN = dict(per_class=12, epochs=1, size=16, batch_size=32, warmup_iters=2, test_per_class=3)
+
+
+@pytest.fixture(scope="module")
+def v2(detection_sources, tmp_path_factory):
+    """A tiny generator-2 benchmark (train/val/test) for this module; read-only here."""
+    out = tmp_path_factory.mktemp("bench-v2") / "bench"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        synthetic.make_benchmark(out, seed=5, generator=2, sources=detection_sources, image_size=64, num_train=171,
+                                 num_val=40, num_test=80)
+    return out
+
+
+def _ids(path) -> list[int]:
+    return [im["id"] for im in json.loads(path.read_text())["images"]]
+
+
+@pytest.mark.slow
+def test_a_v2_run_is_scored_on_test_and_records_generator_and_pretrained_start(v2, tmp_path, monkeypatch,
+                                                                               detection_sources):
+    monkeypatch.setattr(pretrain, "PRETRAIN_DEFAULTS", {**pretrain.PRETRAIN_DEFAULTS, **TINY_PRETRAIN})
+    monkeypatch.setattr(synthetic, "_load_sources", lambda root, download: detection_sources)
+    scored = []  # the image ids of the ground truth each row was evaluated against
+    evaluate = B._evaluate
+
+    def spy(val_json, results, *args, **kwargs):
+        scored.append(([im["id"] for im in val_json["images"]], {r["image_id"] for r in results}))
+        return evaluate(val_json, results, *args, **kwargs)
+
+    monkeypatch.setattr(B, "_evaluate", spy)
+    out = tmp_path / "o"
+    B.run_det_bench(v2, quick=True, out=out, overrides=TINY + ["max_val_images=6"], plots=False, log=lambda m: None)
+
+    test_ids, val_ids = _ids(v2 / "annotations" / "test.json"), _ids(v2 / "annotations" / "val.json")
+    assert len(scored) == len(B.POSTHOC_ROWS)
+    for gt_ids, det_ids in scored:
+        assert len(gt_ids) == 6 and set(gt_ids) <= set(test_ids) and not set(gt_ids) & set(val_ids)
+        assert det_ids <= set(gt_ids)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["generator"] == 2
+    assert settings["settings"]["model"]["backbone_weights"] == "pretrained"
+    meta = settings["meta"]
+    assert meta["eval_split"] == "test" and meta["num_val_images"] == 6
+    assert meta["data_paths"]["data.val_json"] == str(v2 / "annotations" / "test.json")
+    assert meta["tune_paths"] == [str(v2 / "annotations" / "val.json"), str(v2 / "images" / "val")]
+    # the pretraining the detector started from is the one of this benchmark, built into the cache
+    built = list(pretrain.pretrain_cache_root().glob("v2-seed5-r10-*/backbone.pth"))
+    assert len(built) == 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def _settings_before_training(data, overrides, monkeypatch, out):
+    """The settings and data det-bench has resolved when it is about to train (stopped at the memory check)."""
+    seen = {}
+
+    def stop(s, d, device):
+        seen.update(s=s, d=d)
+        raise _Stop
+
+    monkeypatch.setattr(B, "_check_memory", stop)
+    with pytest.raises(_Stop):  # stopped before the staging folder: nothing is written
+        B.run_det_bench(data, quick=True, out=out, overrides=overrides, log=lambda m: None)
+    return seen["s"], seen["d"]
+
+
+def test_backbone_default_follows_the_generator_and_an_explicit_value_wins(v2, detection_benchmark, monkeypatch,
+                                                                            tmp_path):
+    s, d = _settings_before_training(v2, TINY, monkeypatch, tmp_path / "o")
+    assert (s.generator, s.model["backbone_weights"], d.eval_split) == (2, "pretrained", "test")
+    assert [str(p) for p in d.tune_paths] == [str(v2 / "annotations" / "val.json"), str(v2 / "images" / "val")]
+    s, _ = _settings_before_training(v2, TINY + ["model.backbone_weights=none"], monkeypatch, tmp_path / "o")
+    assert s.model["backbone_weights"] == "none"  # from scratch on v2 when asked
+    s, d = _settings_before_training(detection_benchmark[0], TINY, monkeypatch, tmp_path / "o")  # v1: scratch, val
+    assert s.generator == 1 and s.model.get("backbone_weights") is None
+    assert d.eval_split == "val" and d.tune_paths == ()
+    assert str(d.paths[2]) == str(detection_benchmark[0] / "annotations" / "val.json")
+    # explicit val paths on a v2 folder are taken as given (the caller chose the split)
+    s, d = _settings_before_training(None, TINY + [f"data.train_json={v2}/annotations/train.json",
+                                                   f"data.train_images={v2}/images/train",
+                                                   f"data.val_json={v2}/annotations/val.json",
+                                                   f"data.val_images={v2}/images/val"], monkeypatch, tmp_path / "o")
+    assert s.generator == 2 and d.eval_split == "val" and str(d.paths[2]).endswith("val.json")
+
+
+@pytest.mark.parametrize("which, setting, fix", [
+    ("v1", "generator=2", "iif det-data --generator 2"),
+    ("v2", "generator=1", "iif det-data --generator 1"),
+])
+def test_a_folder_of_another_generator_version_is_refused_in_one_line(which, setting, fix, v2, detection_benchmark,
+                                                                      tmp_path, capsys):
+    data = v2 if which == "v2" else detection_benchmark[0]
+    out = tmp_path / "o"
+    code = main(["det-bench", "--data", str(data), "--out", str(out), *TINY, setting])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("iif det-bench: error:") and "generator version" in err[0] and fix in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["3", "0", "true", "two"])
+def test_generator_values_outside_1_2_are_refused(value, detection_benchmark, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["det-bench", "--data", str(detection_benchmark[0]), "--out", str(out), f"generator={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "generator" in err[0] and "generator=2" in err[0], err
+    assert not out.exists()
+
+
+def test_generator_on_data_that_is_no_benchmark_is_refused(detection_benchmark, tmp_path):
+    root = detection_benchmark[0]
+    paths = [f"data.train_json={root}/annotations/train.json", f"data.train_images={root}/images/train",
+             f"data.val_json={root}/annotations/val.json", f"data.val_images={root}/images/val"]
+    import shutil
+
+    copy = tmp_path / "plain"  # the same files without BENCHMARK.json above them: a plain COCO-style json pair
+    (copy / "a").mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copy(root / "annotations" / f"{split}.json", copy / "a" / f"{split}.json")
+    paths = [p.replace(f"{root}/annotations", str(copy / "a")) for p in paths]
+    with pytest.raises(IIFError, match="not an `iif det-data` folder.*leave generator out"):
+        B.run_det_bench(None, quick=True, out=tmp_path / "o", overrides=TINY + paths + ["generator=1"],
+                        log=lambda m: None)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_cache_folder_is_per_version_and_v1_keeps_its_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("IIF_CACHE_DIR", str(tmp_path))
+    assert B.default_benchmark_dir() == tmp_path / "det-data" / f"v{synthetic.DEFAULT_GENERATOR}-seed0"
+    assert B.default_benchmark_dir(generator=1) == tmp_path / "det-data" / "v1-seed0"  # every recorded run's
+    assert B.default_benchmark_dir(3, generator=2) == tmp_path / "det-data" / "v2-seed3"
