@@ -476,10 +476,10 @@ def backbone_weights_state(weights: str | os.PathLike, *, depth: str | None = No
     that a weights name is for that ResNet. Every problem is an :class:`IIFError` naming the fix."""
     spec = os.fspath(weights)
     if os.path.isfile(spec):
-        from ..train.checkpoint import _safe_load
+        from ..train.checkpoint import safe_load
 
         try:
-            obj = _safe_load(Path(spec), "cpu")
+            obj = safe_load(Path(spec), "cpu")
         except IIFError as exc:
             raise IIFError(f"backbone weights {spec} cannot be read as a weights file ({str(exc).rstrip('.')}); "
                            f"{_FIX}.") from None

@@ -35,6 +35,7 @@ __all__ = [
     "atomic_torch_save",
     "save_checkpoint",
     "load_checkpoint",
+    "safe_load",
     "capture_rng",
     "restore_rng",
     "restore_training_state",
@@ -125,7 +126,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def _safe_load(path: Path, map_location) -> Any:
+def safe_load(path: Path, map_location) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors; nothing in the file can run code."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -165,7 +166,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise IIFError(f"{path} is a folder without last.pt or final.pt; pass the checkpoint file itself.")
     if not path.is_file():
         raise IIFError(f"checkpoint {path} does not exist; check the path (runs write <out>/last.pt).")
-    obj = _safe_load(path, map_location)
+    obj = safe_load(path, map_location)
     if not isinstance(obj, dict):
         raise IIFError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict.")
     if "model" not in obj:  # a bare state dict
