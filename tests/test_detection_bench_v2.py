@@ -70,6 +70,10 @@ def test_a_v2_run_is_scored_on_test_and_records_generator_and_pretrained_start(v
     assert meta["eval_split"] == "test" and meta["num_val_images"] == 6
     assert meta["data_paths"]["data.val_json"] == str(v2 / "annotations" / "test.json")
     assert meta["tune_paths"] == [str(v2 / "annotations" / "val.json"), str(v2 / "images" / "val")]
+    report = (out / "report.md").read_text()
+    assert "6 test images" in report and "on the test split" in report and "validation" not in report.split(
+        "## Results")[0]
+    assert "backbone started from `pretrained`" in report and "from scratch" not in report
     # the pretraining the detector started from is the one of this benchmark, built into the cache
     built = list(pretrain.pretrain_cache_root().glob("v2-seed5-r10-*/backbone.pth"))
     assert len(built) == 1

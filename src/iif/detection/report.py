@@ -300,19 +300,25 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
     if soft and soft[0]["APb"] is not None and soft[0]["APb"] < 10:
         lines += [f"**Warning:** the softmax detector reached only {soft[0]['APb']:.1f} box AP; differences between "
                   "rows at this level are mostly noise. Train longer (`train.epochs=...`) or on a GPU.", ""]
+    # The split the rows are scored on (a generator-2 benchmark: test) and the backbone's start.
+    split = "test" if meta.get("eval_split") == "test" else "validation"
+    from .models import is_from_scratch
+
+    weights = s.model.get("backbone_weights")
+    start = "trained from scratch" if is_from_scratch(weights) else f"backbone started from `{weights}`, trained"
     lines += [
         "## Set-up", "",
-        f"- Data: `{meta['data']}`; {meta['num_train_images']} training images, {meta['num_val_images']} validation "
+        f"- Data: `{meta['data']}`; {meta['num_train_images']} training images, {meta['num_val_images']} {split} "
         f"images; {len(val_cats)} categories ({groups['r']} rare, {groups['c']} common, {groups['f']} frequent by "
         "training images: r 1-10, c 11-100, f > 100).",
-        f"- Detector `{s.arch}` ({s.preset} preset), trained from scratch for {s.train['epochs']} epochs per model "
+        f"- Detector `{s.arch}` ({s.preset} preset), {start} for {s.train['epochs']} epochs per model "
         f"(batch {s.train.get('batch_size')}, lr {s.train.get('lr')}, warm-up {s.train.get('warmup_iters')} iterations, "
         f"milestones {list(s.train.get('milestones') or ())}); device {meta['device']}, torch {meta['torch']}.",
         f"- Seeds: {s.seeds}" + (" (mean ± sample std; `results_std.json` holds the stds)" if s.seeds > 1 else "") + ".",
         ("- AP, AP50, AP75, APr/c/f: LVIS-style mask AP (federated rules, 300 detections per image) on the "
          if _rules(per_seed) == "lvis" else
          "- AP, AP50, AP75, APr/c/f: COCO mask AP (100 detections per image; APr/c/f over the groups above) on the ")
-        + "validation split, in percent; APb: box AP. dAP_FP: TIDE's false-positive error on boxes (AP50 lost to "
+        + f"{split} split, in percent; APb: box AP. dAP_FP: TIDE's false-positive error on boxes (AP50 lost to "
         f"false positives, paper Fig. 1). FP: box detections with score >= {s.score_threshold:g} matching no ground "
         "truth of their category at IoU 0.5.",
         "- post-hoc rows switch the softmax detector's box classifier at test time (`use_margin(..., when=\"test\")`); "
