@@ -2,8 +2,9 @@
 
     iif det-bench [--data DIR] [--quick] [--out DIR] [--seeds N] [--force] [--preset cpu-quick|gpu|DET_CONFIG]
                   [--device ...] [data.train_json=... data.train_images=... data.val_json=... data.val_images=...]
-                  [KEY=VALUE ...]
+                  [generator=1|2] [KEY=VALUE ...]
 
+``generator=2``: the v2 offline benchmark (scored on its test split, pretrained backbone by default).
 See docs/detection.md for the rows, the output folder and what was measured.
 """
 
