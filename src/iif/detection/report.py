@@ -154,7 +154,8 @@ def plot_classifier_norms(counts: Sequence[float], norms: Mapping[str, Sequence[
 
 
 def draw_detections(images: Sequence[Any], panels: Mapping[str, Sequence[Mapping[str, Any]]], class_names: Sequence[str],
-                    path, *, score_threshold: float = 0.3, highlight: Sequence[set[int]] | None = None) -> Path:
+                    path, *, score_threshold: float = 0.3, highlight: Sequence[set[int]] | None = None,
+                    split: str = "validation") -> Path:
     """A grid of example images (rows) by detector (columns): boxes, masks and ``name score`` captions.
 
     ``images``: float (3, H, W) tensors in [0, 1]. ``panels``: column title -> one target/output dict per image
@@ -196,7 +197,7 @@ def draw_detections(images: Sequence[Any], panels: Mapping[str, Sequence[Mapping
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=8)
-    fig.suptitle(f"Detections with score >= {score_threshold:g} on validation images with rare categories "
+    fig.suptitle(f"Detections with score >= {score_threshold:g} on {split} images with rare categories "
                  "(red: rare categories)", fontsize=9)
     return save_figure(fig, path)
 
@@ -371,8 +372,8 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
         if ex is not None:
             images, panels, highlight = ex
             draw_detections(images, panels, data.val.class_names, folder / "examples.png",
-                            score_threshold=s.score_threshold, highlight=highlight)
-            lines += ["![example detections on validation images with rare categories](examples.png)", ""]
+                            score_threshold=s.score_threshold, highlight=highlight, split=split)
+            lines += [f"![example detections on {split} images with rare categories](examples.png)", ""]
     from ..outputs import atomic_write_text
 
     atomic_write_text(folder / "report.md", "\n".join(lines))
