@@ -5,30 +5,61 @@ numpy and scipy. Training, datasets, models and the bench live in the sub-packag
 ``iif.models``, ``iif.train`` and ``iif.bench`` (they need the ``train`` extra: torchvision, pyyaml, ...).
 """
 
-from .adjusters import (
-    BalancedSoftmaxOffset,
-    LearnableWeightScaling,
-    LogitAdjustment,
-    PostHocIIF,
-    detection_scores,
-    tau_normalize,
-)
+from typing import TYPE_CHECKING
+
 from .errors import IIFError
-from .frequency import ClassFrequency
-from .losses import (
-    BalancedSoftmaxLoss,
-    ClassBalancedLoss,
-    CrossEntropyLoss,
-    FocalLoss,
-    IIFCostSensitiveLoss,
-    IIFLoss,
-    LDAMLoss,
-    LogitAdjustedLoss,
-    build_loss,
-    iif_cross_entropy,
-)
-from .metrics import evaluate_logits
-from .weights import VARIANTS, iif_weights
+
+# Public name -> the sub-module that defines it. The names are resolved on first use (PEP 562 module
+# ``__getattr__``) so that ``import iif`` -- and with it ``iif --version`` / ``iif --help`` -- does not pay
+# for importing torch (about 2 s on a 2-core machine); ``from iif import X`` and ``iif.X`` work as before.
+_LAZY = {
+    "BalancedSoftmaxOffset": "adjusters",
+    "LearnableWeightScaling": "adjusters",
+    "LogitAdjustment": "adjusters",
+    "PostHocIIF": "adjusters",
+    "detection_scores": "adjusters",
+    "tau_normalize": "adjusters",
+    "ClassFrequency": "frequency",
+    "BalancedSoftmaxLoss": "losses",
+    "ClassBalancedLoss": "losses",
+    "CrossEntropyLoss": "losses",
+    "FocalLoss": "losses",
+    "IIFCostSensitiveLoss": "losses",
+    "IIFLoss": "losses",
+    "LDAMLoss": "losses",
+    "LogitAdjustedLoss": "losses",
+    "build_loss": "losses",
+    "iif_cross_entropy": "losses",
+    "evaluate_logits": "metrics",
+    "VARIANTS": "weights",
+    "iif_weights": "weights",
+}
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .adjusters import (BalancedSoftmaxOffset, LearnableWeightScaling, LogitAdjustment, PostHocIIF,
+                            detection_scores, tau_normalize)
+    from .frequency import ClassFrequency
+    from .losses import (BalancedSoftmaxLoss, ClassBalancedLoss, CrossEntropyLoss, FocalLoss, IIFCostSensitiveLoss,
+                         IIFLoss, LDAMLoss, LogitAdjustedLoss, build_loss, iif_cross_entropy)
+    from .metrics import evaluate_logits
+    from .weights import VARIANTS, iif_weights
+
+
+def __getattr__(name: str):
+    """Import the sub-module that defines public ``name`` on first access and cache the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

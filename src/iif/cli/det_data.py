@@ -14,6 +14,12 @@ from __future__ import annotations
 import argparse
 import time
 
+# The generator versions as iif.detection.synthetic defines them (DEFAULT_GENERATOR, GENERATORS), restated here
+# so that building the parser (``iif --help``) does not import the detection package and torch with it;
+# tests/test_startup.py checks that the two agree.
+DEFAULT_GENERATOR = 1
+GENERATORS = (1, 2)
+
 __all__ = ["register", "run"]
 
 
@@ -31,8 +37,6 @@ def register(subparsers) -> None:
         "verified negative, some categories not exhaustively annotated), and train / val (for choosing "
         "hyper-parameters) / test (reported) splits, val and test from disjoint parts of the source test splits.",
     )
-    from ..detection.synthetic import DEFAULT_GENERATOR, GENERATORS
-
     p.add_argument("--out", required=True, help="new or empty output folder")
     p.add_argument("--generator", type=int, default=DEFAULT_GENERATOR, choices=GENERATORS,
                    help=f"benchmark generator version (default {DEFAULT_GENERATOR}): 1 = train/val, clutter of "

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IIFError
-from ..frequency import ClassFrequency
 
 __all__ = ["register", "run", "load_array", "load_counts", "load_logits_folder"]
 
@@ -93,6 +92,8 @@ def load_counts(path: str) -> tuple[np.ndarray, float]:
     """Training counts from any source :meth:`iif.ClassFrequency.from_source` reads (what ``iif weights``
     reads: a JSON list of counts, a saved ClassFrequency, a folder, a list file...); returns
     ``(counts, K)`` with ``K`` the IIF normaliser of that source's task (docs/method.md, "Frequencies and K")."""
+    from ..frequency import ClassFrequency
+
     freq = ClassFrequency.from_source(Path(path))
     return freq.image_counts.astype(np.float64), freq.default_total("image")
 

@@ -20,8 +20,6 @@ import warnings
 from pathlib import Path
 
 from ..errors import IIFError
-from ..frequency import ClassFrequency
-from ..readers import SPLIT_NAMES, train_split_of
 
 __all__ = ["register", "run", "format_report"]
 
@@ -48,6 +46,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..frequency import ClassFrequency
+    from ..readers import SPLIT_NAMES, train_split_of
+
     if (args.many or 0) < 0 or (args.few or 0) < 0:
         raise IIFError(f"--many and --few must be >= 0; got --many {args.many} --few {args.few}.")
     if args.top < 0:

@@ -20,12 +20,16 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import IIFError
-from ..frequency import ClassFrequency
-from ..outputs import atomic_write_text
-from ..readers import train_split_of
-from ..weights import VARIANTS, canonical_variant
+
+if TYPE_CHECKING:
+    from ..frequency import ClassFrequency
+
+# The variant names of iif.weights.VARIANTS, in its order, restated for --help so that building the parser does
+# not import torch (iif.weights needs it); tests/test_startup.py checks that the two agree.
+VARIANT_NAMES = ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
 
 __all__ = ["register", "run", "render"]
 
@@ -41,7 +45,7 @@ def register(subparsers) -> None:
                    help="image folder (or a root holding train/), COCO/LVIS json, list file, labels .txt/.npy, "
                    "weight-table .csv, saved counts .json or a JSON list of counts such as [500, 50, 5]")
     p.add_argument("--variant", default="smooth",
-                   help=f"one of {', '.join(VARIANTS)} (aliases rel, prob); default smooth")
+                   help=f"one of {', '.join(VARIANT_NAMES)} (aliases rel, prob); default smooth")
     p.add_argument("--by", choices=("image", "object"), default="image",
                    help="image frequency (IIF) or object frequency (IOF); default image")
     p.add_argument("--total", default=None, metavar="K",
@@ -58,6 +62,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..frequency import ClassFrequency
+    from ..outputs import atomic_write_text
+    from ..readers import train_split_of
+    from ..weights import canonical_variant
+
     variant = canonical_variant(args.variant)  # bad names fail before the (possibly slow) counting
     if args.output:  # outputs never touch inputs: not the source, nor inside a source folder
         from ..outputs import refuse_overlap
