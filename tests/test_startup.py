@@ -77,3 +77,13 @@ def test_names_restated_for_the_parser_match_their_source():
     assert cli_weights.VARIANT_NAMES == tuple(VARIANTS)
     assert det_data.DEFAULT_GENERATOR == synthetic.DEFAULT_GENERATOR
     assert det_data.GENERATORS == tuple(synthetic.GENERATORS)
+
+
+def test_stats_counts_without_torch(tmp_path):
+    """``iif stats`` only counts: it reads the source and prints the report with numpy alone."""
+    source = tmp_path / "counts.json"
+    source.write_text("[500, 50, 5]")
+    got = _modules_after(f"import iif.cli\nassert iif.cli.main(['stats', {str(source)!r}, '--format', 'json']) == 0")
+    assert got["heavy"] == []
+    report = json.loads(got["out"])
+    assert (report["num_classes"], report["num_images"], report["imbalance_factor"]) == (3, 555, 500 / 5)

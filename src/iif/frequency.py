@@ -28,18 +28,20 @@ import io
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
-import torch
 
 from . import readers
 from .errors import IIFError
 from .metrics import shot_thresholds
 from .outputs import atomic_write_text
 from .readers import IMG_EXTENSIONS, LVIS_GROUP_BOUNDS, MAX_CLASSES, MAX_COUNT, Counts, lvis_group_letters
-from .weights import VARIANTS, iif_weights, weights_from_counts
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ClassFrequency", "IMG_EXTENSIONS", "LVIS_GROUP_BOUNDS", "MAX_CLASSES", "MAX_COUNT", "lvis_group_letters"]
 
@@ -50,7 +52,8 @@ _TASKS = ("classification", "detection")
 
 def _whole_counts(values: Any, what: str) -> np.ndarray:
     """Validate a 1-D array of non-negative whole numbers and return it as int64."""
-    if isinstance(values, torch.Tensor):
+    torch = sys.modules.get("torch")  # not imported here (about 2 s); a tensor exists only once it is
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     try:
         arr = np.asarray(values)
@@ -193,6 +196,8 @@ class ClassFrequency:
         ``total`` is K: a number, ``"sum"`` (paper Eq. 11), ``"images"`` or ``"instances"``; by default
         the convention of the task (paper Eq. 11; docs/method.md, "Frequencies and K").
         """
+        from .weights import iif_weights  # imports torch: only here, so that counting (iif stats) needs none
+
         counts = self.counts(by)
         try:
             return iif_weights(counts, variant, total=self.resolve_total(total, by), **kwargs)
@@ -333,6 +338,8 @@ class ClassFrequency:
         tables; use :meth:`weights` to get validated weights. ``total`` as in :meth:`weights`, resolved
         separately for image and object counts (default: the task's K for each).
         """
+        from .weights import VARIANTS, weights_from_counts  # torch: imported where weights are computed
+
         table: dict[str, np.ndarray] = {}
         for by, suffix in (("image", ""), ("object", "_obj")):
             n, k = self.counts(by), self.resolve_total(total, by)

@@ -23,13 +23,16 @@ Conventions (docs/method.md, "Metrics"):
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+import sys
 
 import numpy as np
-import torch
-from scipy.special import log_softmax
 
 from .errors import IIFError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SHOT_GROUPS",
@@ -53,11 +56,14 @@ SHOT_THRESHOLDS: tuple[int, int] = (100, 20)
 #: ``(many, few)`` when no class has more than 100 training images (otherwise the many-shot group is empty).
 SMALL_SHOT_THRESHOLDS: tuple[int, int] = (50, 15)
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence]
 
 
 def _to_numpy(x: ArrayLike, dtype=None) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    # torch is not imported here (``iif stats`` needs only numpy; importing torch costs about 2 s): a tensor
+    # can only exist once torch is imported, so sys.modules tells whether ``x`` may be one.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
@@ -177,6 +183,8 @@ def shot_group_accuracy(per_class: ArrayLike, train_counts: ArrayLike, many: int
 
 
 def _confidence_correct(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.special import log_softmax
+
     logp = log_softmax(logits, axis=1)
     conf = np.exp(logp.max(axis=1))
     correct = (logits.argmax(axis=1) == labels).astype(np.float64)
@@ -215,6 +223,8 @@ def calibration_errors(logits: ArrayLike, labels: ArrayLike, bins: int = 10) -> 
 def nll(logits: ArrayLike, labels: ArrayLike) -> float:
     """Mean negative log-likelihood (cross-entropy of the softmax) in nats."""
     z, y = check_logits_labels(logits, labels)
+    from scipy.special import log_softmax
+
     return float(-np.mean(log_softmax(z, axis=1)[np.arange(y.size), y]))
 
 
