@@ -387,4 +387,6 @@ def _rules(per_seed) -> str:
 
 def _short_label(d: Mapping[str, Any]) -> str:
     variant = d.get("variant") if d.get("method") == "iif" else ("background_margin" if d.get("background_margin") else None)
+    if d.get("strategy") == "posthoc_tuned" and d.get("method") != "iif":  # the chosen value, as in the row
+        variant = next((f"{k}={d[k]:g}" for k in ("tau", "gamma") if d.get(k) is not None), variant)
     return row_label({"method": d["method"], "strategy": d["strategy"], "variant": variant, "by": d.get("by")})
