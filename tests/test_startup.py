@@ -87,3 +87,12 @@ def test_stats_counts_without_torch(tmp_path):
     assert got["heavy"] == []
     report = json.loads(got["out"])
     assert (report["num_classes"], report["num_images"], report["imbalance_factor"]) == (3, 555, 500 / 5)
+
+
+def test_submodules_import_iif_used_to_load_stay_attributes():
+    """``import iif`` once imported these sub-modules eagerly; ``iif.losses.build_loss`` and the like still work."""
+    code = ("import iif, types\nfor name in iif._SUBMODULES:\n    assert isinstance(getattr(iif, name), types.ModuleType)\n"
+            "print(iif.losses.build_loss.__module__, iif.readers.read_json.__name__)")
+    got = _modules_after(code)
+    assert got["out"] == "iif.losses.registry read_json\n"
+    assert "torch" in got["heavy"]  # the eager import again, on use: adjusters, losses, weights need torch

@@ -35,6 +35,9 @@ _LAZY = {
     "iif_weights": "weights",
 }
 
+# Sub-modules that ``import iif`` used to import eagerly, so ``import iif; iif.losses.build_loss`` keeps working.
+_SUBMODULES = ("adjusters", "frequency", "losses", "metrics", "outputs", "readers", "weights")
+
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .adjusters import (BalancedSoftmaxOffset, LearnableWeightScaling, LogitAdjustment, PostHocIIF,
                             detection_scores, tau_normalize)
@@ -46,19 +49,22 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
 
 
 def __getattr__(name: str):
-    """Import the sub-module that defines public ``name`` on first access and cache the name here."""
+    """Import the sub-module that defines public ``name`` (or the sub-module ``name`` of
+    :data:`_SUBMODULES`) on first access and cache it here."""
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # the import sets the attribute too
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __version__ = "0.1.0"
