@@ -338,7 +338,7 @@ def test_predict_refuses_a_checkpoint_image_size_that_cannot_fit(trained, tmp_pa
     import torch
 
     base, root, before, _ = trained
-    ckpt = torch.load(base / "run" / "best.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(base / "run" / "best.pt", map_location="cpu", weights_only=True)
     ckpt["preprocess"]["image_size"] = 10**6
     torch.save(ckpt, tmp_path / "big.pt")
     proc = _iif("predict", str(tmp_path / "big.pt"), str(root / "a" / "00.png"), cwd=tmp_path)
