@@ -684,7 +684,7 @@ class OutputFolder:
         if staging is None:
             return False
         if exc_type is not None:
-            shutil.rmtree(staging, ignore_errors=True)  # our own staging folder, made by __enter__
+            _remove_ours(staging)  # our own staging folder (it carries our marker since __enter__)
             return False
         try:
             marker = read_marker(staging) or {}
@@ -694,8 +694,7 @@ class OutputFolder:
             _recheck_destination(_abs(self.path), self.command, self.inputs, self.run_folders)
             _swap_into_place(staging, _abs(self.path))
         except BaseException:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            _remove_ours(staging)  # only a folder with our marker (after an exchange: our replaced output)
             raise
         return False
 

@@ -210,5 +210,7 @@ class ResumeStore:
         return blob["record"], arrays
 
     def discard(self) -> None:
-        """Remove ``resume/`` (just before the finished output is swapped in)."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Remove ``resume/`` (just before the finished output is swapped in): only a real folder inside a
+        staging folder that carries our marker, never through a link."""
+        if self.root.is_dir() and not self.root.is_symlink() and read_marker(self.root.parent) is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
