@@ -61,7 +61,6 @@ SPLITS = ("train", "val", "test")
 DEFAULTS = {"image_size": 128, "num_train": 2000, "num_val": 500, "num_test": 1000, "neg_fraction": 0.5,
             "clutter": 1.0, "distractors": 1.5, "object_size": (0.125, 0.375)}
 
-_REFERENCE_TRAIN = 2000
 _EVAL_IMAGES_PER_CATEGORY = 0.15  # x num_val / num_test
 _MIN_EVAL_IMAGES_PER_CATEGORY = 10
 _MAX_DISTRACTORS = 3
@@ -104,19 +103,8 @@ _ANNOTATED, _LEFT_OUT, _DISTRACTOR = 0, 1, 2
 
 
 def _train_image_counts(num_train: int) -> np.ndarray:
-    """Designed train image count per category (order of :data:`CATEGORIES`): f >= 101, c in 11-100 (both
-    scaled from the counts at 2000 images), r as designed (1-10, not scaled)."""
-    out = []
-    for cat in CATEGORIES:
-        scaled = cat.base_images * num_train / _REFERENCE_TRAIN
-        if cat.group == "f":
-            n = max(101, int(round(scaled)))
-        elif cat.group == "c":
-            n = min(100, max(11, int(round(scaled))))
-        else:
-            n = cat.base_images
-        out.append(min(n, num_train))
-    return np.asarray(out, dtype=np.int64)
+    """Designed train image count per category (order of :data:`CATEGORIES`): v1's rule on v2's categories."""
+    return v1._train_image_counts(num_train, CATEGORIES)
 
 
 def _eval_images_per_category(num_images: int) -> int:

@@ -67,7 +67,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -153,10 +153,12 @@ _DEFS = {
 # ----------------------------------------------------------------------------------------------- counts
 
 
-def _train_image_counts(num_train: int) -> np.ndarray:
-    """Designed train image count per category (order of :data:`CATEGORIES`) for ``num_train`` images."""
+def _train_image_counts(num_train: int, categories: Sequence[_Category] | None = None) -> np.ndarray:
+    """Designed train image count per category (order of ``categories``, default :data:`CATEGORIES`; generator 2
+    passes its own) for ``num_train`` images: f >= 101, c in 11-100 (both scaled from the counts at 2000
+    images), r as designed (1-10, not scaled)."""
     out = []
-    for cat in CATEGORIES:
+    for cat in CATEGORIES if categories is None else categories:
         scaled = cat.base_images * num_train / _REFERENCE_TRAIN
         if cat.group == "f":
             n = max(101, int(round(scaled)))
