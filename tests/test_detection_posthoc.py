@@ -91,3 +91,35 @@ def test_masks_reused_across_margins_stay_exact():
             # the mask head run on a different set of boxes rounds differently (float32 convolution order)
             torch.testing.assert_close(g["masks"], w["masks"], rtol=0, atol=1e-6)
     assert sum(len(m) for m in cache.batches[0]["masks"]) > 0
+
+
+@pytest.mark.parametrize("cls", [MaskRCNN, FasterRCNN])
+def test_iter_results_equals_detections_to_results_across_rows(cls):
+    """The memoised json results (det-bench's rows) equal encoding each row's full detections afresh
+    (detections_to_results on detect_from_cache), row after row, while the RLE memo fills up."""
+    from iif.detection import use_margin
+    from iif.detection.data import detections_to_results
+    from iif.detection.posthoc import iter_results
+
+    model = _model(cls)
+    batches, _ = _batches()
+    small = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(3))  # resized 4/3x: boxes scaled back
+    batches = batches + [([small], [{"image_id": 4}])]
+    cache = cache_roi_inputs(model, batches)
+    fresh = cache_roi_inputs(model, batches)  # its own memo, so the reference never sees iter_results' strings
+    cats = [3, 7, 11, 12, 40]
+    masks = cls is MaskRCNN
+    for method, kw in (("softmax", {}), ("iif", {"variant": "raw"}), ("logit_adjustment", {"when": "test"}),
+                       ("softmax", {})):
+        use_margin(model, method, [50, 20, 9, 4, 1] if method != "softmax" else None, **kw)
+        got = [r for batch in iter_results(model, cache, cats, masks=masks) for r in batch]
+        want = detections_to_results(detect_from_cache(model, fresh), cache.image_ids, cats, masks=masks)
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want):
+            assert g["image_id"] == w["image_id"] and g["category_id"] == w["category_id"]
+            assert g["bbox"] == w["bbox"] and g["score"] == w["score"]
+            assert g.get("segmentation") == w.get("segmentation")
+    if masks:
+        assert sum(len(m) for m in cache.batches[0]["rles"]) > 0
+    else:
+        assert "rles" not in cache.batches[0]

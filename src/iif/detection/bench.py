@@ -565,17 +565,12 @@ def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, de
 
 
 def _detections(model, data: _Data, cache, device: str, s: DetBenchSettings) -> list[dict]:
-    from .data import detections_to_results
     from .engine import predict
-    from .posthoc import iter_detections
+    from .posthoc import iter_results
 
     masks = not s.arch.startswith("fasterrcnn")
-    if cache is not None:  # a batch at a time: full-size masks of every image at once take gigabytes
-        results: list[dict] = []
-        for ids, outputs in iter_detections(model, cache):
-            outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]
-            results += detections_to_results(outputs, ids, _category_ids(data.val), masks=masks)
-        return results
+    if cache is not None:  # a batch at a time, each kept mask pasted and encoded once for all rows
+        return [r for batch in iter_results(model, cache, _category_ids(data.val), masks=masks) for r in batch]
     return predict(model, data.val, device=device, batch_size=s.batch_size_eval)
 
 

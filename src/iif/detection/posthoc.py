@@ -7,7 +7,10 @@ runs the box predictor (through whatever margin is switched on), torchvision's o
 ``postprocess_detections``, the mask branch on the new boxes, and the resize back to the image size — the
 same code path as ``model(images)`` in eval mode, so boxes, labels and scores are identical and masks equal
 to float32 rounding (tested), at a fraction of the cost. Masks are memoised per (box, label): a margin
-changes which detections survive, not a surviving detection's box or mask.
+changes which detections survive, not a surviving detection's box or mask. :func:`iter_results` goes one
+step further for ``iif det-bench``'s rows: it yields json-ready results and memoises each detection's
+pasted, RLE-encoded mask, so a row pays the mask head, the full-image paste and the encoding only for the
+(box, label) pairs no earlier row kept.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["RoICache", "cache_roi_inputs", "detect_from_cache", "iter_detections"]
+__all__ = ["RoICache", "cache_roi_inputs", "detect_from_cache", "iter_detections", "iter_results"]
 
 
 @dataclass
@@ -122,3 +125,64 @@ def _masks(rh, b: dict, i: int, boxes: torch.Tensor, labels: torch.Tensor, memo:
         for j, pr in zip(todo, probs):
             memo[keys[j]] = pr
     return torch.stack([memo[k] for k in keys])
+
+
+@torch.no_grad()
+def iter_results(model: nn.Module, cache: RoICache, category_ids, *, masks: bool = True) -> Iterator[list[dict]]:
+    """LVIS/COCO result dicts of every cached image, a batch at a time: the same dicts as
+    ``detections_to_results(detect_from_cache(model, cache), ...)`` (tested), faster for repeated rows.
+
+    Each detection's ``segmentation`` (mask > 0.5, pasted at the original image size, pycocotools RLE) is
+    memoised in the cache per (image, decoded box, label): the first row that keeps a pair pays its mask head
+    pass, paste and encoding; later rows that keep it reuse the string. ``masks=False`` gives box results.
+    """
+    from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+    from torchvision.models.detection.transform import resize_boxes
+
+    _check_two_stage(model)
+    model.eval()
+    rh = model.roi_heads
+    cat = [int(c) for c in category_ids]
+    want_masks = masks and rh.has_mask()
+    start = 0
+    for b in cache.batches:
+        class_logits, box_regression = rh.box_predictor(b["box_features"])
+        boxes, scores, labels = rh.postprocess_detections(class_logits, box_regression, b["proposals"], b["image_sizes"])
+        memo = b.setdefault("rles", [{} for _ in boxes]) if want_masks else None
+        out: list[dict] = []
+        for i, (bx, sc, lb) in enumerate(zip(boxes, scores, labels)):
+            image_id = cache.image_ids[start + i]
+            if lb.numel() and (int(lb.min()) < 1 or int(lb.max()) > len(cat)):
+                raise IIFError(f"image {image_id}: labels outside 1..{len(cat)}; the detector's number of classes "
+                               "does not match the dataset's categories.")
+            orig = resize_boxes(bx, b["image_sizes"][i], b["original_sizes"][i])
+            if want_masks:
+                keys = [(tuple(k), int(c)) for k, c in zip(bx.tolist(), lb.tolist())]
+                todo = [j for j, k in enumerate(keys) if k not in memo[i]]
+                if todo:
+                    idx = torch.tensor(todo, dtype=torch.long)
+                    feats = {k: v[i : i + 1] for k, v in b["features"].items()}
+                    mf = rh.mask_head(rh.mask_roi_pool(feats, [bx[idx]], [b["image_sizes"][i]]))
+                    probs = maskrcnn_inference(rh.mask_predictor(mf), [lb[idx]])[0]
+                    pasted = paste_masks_in_image(probs, orig[idx], b["original_sizes"][i])
+                    for j, rle in zip(todo, _encode(pasted)):
+                        memo[i][keys[j]] = rle
+            xywh = orig.to(torch.float64)
+            xywh[:, 2:] -= xywh[:, :2]
+            for j, (box, score, label) in enumerate(zip(xywh.tolist(), sc.to(torch.float64).tolist(), lb.tolist())):
+                r = {"image_id": int(image_id), "category_id": cat[label - 1], "bbox": box, "score": score}
+                if want_masks:
+                    r["segmentation"] = memo[i][keys[j]]
+                out.append(r)
+        start += len(boxes)
+        yield out
+
+
+def _encode(pasted: torch.Tensor) -> list[dict]:
+    """(N, 1, H, W) mask probabilities -> json-ready RLEs of ``mask > 0.5`` (as detections_to_results)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    binary = (pasted[:, 0] > 0.5).numpy().astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
