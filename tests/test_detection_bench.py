@@ -85,10 +85,13 @@ def test_post_hoc_softmax_row_is_the_margin_free_detector(quick_run):
 def test_end_to_end_rows_train_their_own_detector(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(B, "POSTHOC_ROWS", B.POSTHOC_ROWS[:1])  # the post-hoc rows are checked above
     monkeypatch.setattr(B, "E2E_ROWS", (B.RowSpec("iif", "e2e", "raw", "image", when="train_and_test"),
-                                         B.RowSpec("balanced_softmax", "e2e", when="train")))
+                                         B.RowSpec("balanced_softmax", "e2e", when="train"),
+                                         B.RowSpec("seesaw", "e2e", when="train")))
     rows = B.run_det_bench(tiny_data, quick=False, out=tmp_path / "o", overrides=TINY, plots=False)
-    assert [(r["method"], r["strategy"]) for r in rows[-2:]] == [("iif", "e2e"), ("balanced_softmax", "e2e")]
-    assert len(rows) == len(B.POSTHOC_ROWS) + 2
+    assert [(r["method"], r["strategy"]) for r in rows[-3:]] == [("iif", "e2e"), ("balanced_softmax", "e2e"),
+                                                                  ("seesaw", "e2e")]
+    assert len(rows) == len(B.POSTHOC_ROWS) + 3
+
 
 
 @pytest.mark.slow
@@ -184,3 +187,11 @@ def test_coco_layout_is_scored_with_coco_rules(tiny_data, tmp_path):
     assert {d["rules"] for d in details} == {"coco"}
     assert all(d["groups"] is not None and sum(d["groups"].values()) == 20 for d in details)
     assert any(r[k] is not None for r in rows for k in ("APr", "APc", "APf"))
+
+
+def test_end_to_end_rows_are_the_issue_list():
+    """Issue 15's end-to-end rows: IIF raw (IIF), base10 (IOF), Balanced Softmax, the LA loss and Seesaw."""
+    got = [(r.method, r.variant, r.by, r.when) for r in B.E2E_ROWS]
+    assert got == [("iif", "raw", "image", "train_and_test"), ("iif", "base10", "object", "train_and_test"),
+                   ("balanced_softmax", None, None, "train"), ("logit_adjustment", None, None, "train"),
+                   ("seesaw", None, None, "train")]

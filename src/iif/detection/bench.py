@@ -109,6 +109,7 @@ E2E_ROWS: tuple[RowSpec, ...] = (
     RowSpec("iif", "e2e", "base10", "object", when="train_and_test"),
     RowSpec("balanced_softmax", "e2e", when="train"),
     RowSpec("logit_adjustment", "e2e", when="train"),
+    RowSpec("seesaw", "e2e", when="train"),  # Table XVI's strongest peer (Wang et al. 2021), a training loss
 )
 
 
