@@ -195,3 +195,18 @@ def test_end_to_end_rows_are_the_issue_list():
     assert got == [("iif", "raw", "image", "train_and_test"), ("iif", "base10", "object", "train_and_test"),
                    ("balanced_softmax", None, None, "train"), ("logit_adjustment", None, None, "train"),
                    ("seesaw", None, None, "train")]
+
+
+@pytest.mark.slow
+def test_workers_run_seeds_side_by_side_with_the_same_results(tiny_data, tmp_path):
+    """workers=2 trains the two seeds in two spawned processes; every number equals the serial run's."""
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    B.run_det_bench(tiny_data, quick=True, out=serial, seeds=2, overrides=TINY, plots=False)
+    lines = []
+    B.run_det_bench(tiny_data, quick=True, out=parallel, seeds=2, overrides=TINY + ["workers=2"], plots=False,
+                    log=lines.append)
+    assert any("in 2 processes side by side" in line for line in lines)
+    for name in ("results.json", "results_std.json", "details.json"):
+        assert json.loads((parallel / name).read_text()) == json.loads((serial / name).read_text()), name
+    with pytest.raises(IIFError, match="workers"):
+        B.quick_settings("cpu-quick", ["workers=0"])

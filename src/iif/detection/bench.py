@@ -138,6 +138,9 @@ class DetBenchSettings:
     # reported rows are scored on the test split (val is kept for choosing) and model.backbone_weights
     # defaults to "pretrained".
     generator: int | None = None
+    # Seeds trained side by side in this many processes (each with ``threads`` torch threads); 1: one after
+    # the other in this process. Results do not depend on it (tested), so it is left out of the resume key.
+    workers: int = 1
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
@@ -174,7 +177,7 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
 # det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
 # schedule keys of a det-train config).
 _TOP_KEYS = ("generator", "arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
-             "bootstrap")
+             "bootstrap", "workers")
 _TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
 # build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
 # fasterrcnn_*), log is the bench's own.
@@ -317,6 +320,9 @@ def _check_settings(s: DetBenchSettings) -> None:
                        f"(0: no intervals); got {s.bootstrap!r}.")
     if not isinstance(s.seeds, int) or s.seeds < 1:
         raise IIFError(f"--seeds must be >= 1; got {s.seeds!r}.")
+    if not isinstance(s.workers, int) or isinstance(s.workers, bool) or s.workers < 1:
+        raise IIFError(f"det-bench setting workers (seeds run side by side) must be a whole number >= 1; "
+                       f"got {s.workers!r}. Write e.g. workers=2 with threads=1.")
     from .synthetic import GENERATORS
 
     if s.generator is not None and (isinstance(s.generator, bool) or s.generator not in GENERATORS):
@@ -757,6 +763,35 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
             "skipped": skipped, "detections": dets}
 
 
+def _run_seeds(s: DetBenchSettings, d: _Data, dev: str, log, plots: bool, store) -> list[dict[str, Any]]:
+    """:func:`_one_seed` for seeds 0..seeds-1, in order; with ``workers > 1`` in that many spawned processes
+    (each sets its own torch threads; the detectors and RoI caches go to the same resume store, one file per
+    seed and row, so a killed parallel run continues like a serial one)."""
+    workers = min(int(s.workers), s.seeds)
+    if workers <= 1:
+        return [_one_seed(seed, s, d, dev, log, want_examples=plots and seed == 0, store=store)
+                for seed in range(s.seeds)]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    log(f"det-bench: seeds 0..{s.seeds - 1} in {workers} processes side by side "
+        f"({s.threads or torch.get_num_threads()} torch thread(s) each)")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        jobs = [pool.submit(_seed_in_worker, seed, s, d, dev, plots and seed == 0, store) for seed in range(s.seeds)]
+        return [job.result() for job in jobs]
+
+
+def _seed_in_worker(seed: int, s: DetBenchSettings, d: _Data, dev: str, want_examples: bool, store) -> dict:
+    """One seed in a worker process: its log lines go to stdout prefixed with the seed."""
+    if s.threads is not None:
+        torch.set_num_threads(s.threads)
+
+    def log(msg: str) -> None:
+        print(f"[seed {seed}] {msg}", flush=True)
+
+    return _one_seed(seed, s, d, dev, log, want_examples=want_examples, store=store)
+
+
 def _short(spec: RowSpec) -> str:
     parts = [spec.method] + [p for p in (spec.table_variant(), {"image": "IIF", "object": "IOF"}.get(spec.by or "")) if p]
     return " ".join(parts) + f" ({spec.strategy})"
@@ -829,13 +864,11 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     # rerun after a kill or a crash continues there (iif.resume).
     from ..resume import ResumeStore, open_staging, settings_key
 
-    key = settings_key(asdict(s), d.paths)
+    key = settings_key({k: v for k, v in asdict(s).items() if k != "workers"}, d.paths)
     staging, _adopted = open_staging(folder, key, log)
     store = ResumeStore(staging, key, log)
     try:
-        per_seed = []
-        for seed in range(s.seeds):
-            per_seed.append(_one_seed(seed, s, d, dev, log, want_examples=plots and seed == 0, store=store))
+        per_seed = _run_seeds(s, d, dev, log, plots, store)
         means, stds = R.aggregate_seeds([p["rows"] for p in per_seed])
         intervals = _intervals(means, per_seed, d, s, log)
     except BaseException:
