@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import IIFError
+from ..validation import MAX_SEED, at_least, check, is_finite, momentum, nonnegative, one_of, positive
 
 __all__ = ["DetectionDataConfig", "DetectionModelConfig", "MarginConfig", "DetectionScheduleConfig",
            "DetectionEvalConfig", "DetectionRuntimeConfig", "DetectionConfig", "load_detection_config",
@@ -310,7 +311,6 @@ def margin_kwargs(mc: MarginConfig, cosine_scale: float | None = None) -> dict[s
 
 def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     """Range-check every value; :class:`IIFError` names the first bad dotted key, what it must be and a fix."""
-    from ..train.config import _MAX_SEED, _at_least, _check, _finite, _momentum, _nonneg, _one_of, _pos
     from ..weights import VARIANTS, canonical_variant
     from .margins import METHODS, WHEN
     from .models import ARCHS, NORMS
@@ -319,59 +319,59 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     # data
     for key in ("root", "train_json", "train_images", "val_json", "val_images"):
         v = getattr(d, key)
-        _check(v is None or (isinstance(v, str) and bool(v.strip())), f"data.{key}", v, "a path or null", "/data/lvis")
+        check(v is None or (isinstance(v, str) and bool(v.strip())), f"data.{key}", v, "a path or null", "/data/lvis")
     explicit = [d.train_json, d.train_images, d.val_json, d.val_images]
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit) and d.root is None:
         miss = [k for k, v in zip(("train_json", "train_images", "val_json", "val_images"), explicit) if v is None]
         raise IIFError(f"config keys data.{', data.'.join(miss)} are not set; give all four of data.train_json, "
                        "data.train_images, data.val_json, data.val_images, or data.root=FOLDER.")
-    _one_of("data.sampler", d.sampler, ("random", "rfs"))
-    _check(_finite(d.rfs_threshold) and 0 < d.rfs_threshold <= 1, "data.rfs_threshold", d.rfs_threshold,
-           "in (0, 1] (fraction of training images; LVIS uses 0.001)", "0.001")
-    _one_of("data.rfs_rounding", d.rfs_rounding, ("stochastic", "ceil"))
+    one_of("data.sampler", d.sampler, ("random", "rfs"))
+    check(is_finite(d.rfs_threshold) and 0 < d.rfs_threshold <= 1, "data.rfs_threshold", d.rfs_threshold,
+          "in (0, 1] (fraction of training images; LVIS uses 0.001)", "0.001")
+    one_of("data.rfs_rounding", d.rfs_rounding, ("stochastic", "ceil"))
     for key in ("max_train_images", "max_val_images"):
         if getattr(d, key) is not None:
-            _at_least(f"data.{key}", getattr(d, key), 1, "500")
+            at_least(f"data.{key}", getattr(d, key), 1, "500")
     # model
-    _one_of("model.arch", m.arch, ARCHS)
+    one_of("model.arch", m.arch, ARCHS)
     if m.norm is not None:
-        _one_of("model.norm", m.norm, NORMS)
+        one_of("model.norm", m.norm, NORMS)
     if m.trainable_layers is not None:
-        _at_least("model.trainable_layers", m.trainable_layers, 0, "5", 5)
+        at_least("model.trainable_layers", m.trainable_layers, 0, "5", 5)
     for key in ("min_size", "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
                 "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
                 "box_detections_per_img", "fpn_channels", "representation_size", "mask_roi_size"):
-        _at_least(f"model.{key}", getattr(m, key), 1, "100", 100_000)
+        at_least(f"model.{key}", getattr(m, key), 1, "100", 100_000)
     if m.min_size > m.max_size:
         raise IIFError(f"config key 'model.min_size' ({m.min_size}) exceeds model.max_size ({m.max_size}); the short "
                        "side cannot be longer than the long side limit (e.g. model.min_size=800 model.max_size=1333).")
-    _check(_finite(m.box_score_thresh) and 0 <= m.box_score_thresh < 1, "model.box_score_thresh", m.box_score_thresh,
-           "in [0, 1)", "0.0001")
+    check(is_finite(m.box_score_thresh) and 0 <= m.box_score_thresh < 1, "model.box_score_thresh", m.box_score_thresh,
+          "in [0, 1)", "0.0001")
     if m.anchor_sizes is not None:
         flat = [a for level in m.anchor_sizes for a in (level if isinstance(level, (list, tuple)) else [level])]
-        _check(bool(flat) and all(_finite(a) and a > 0 for a in flat), "model.anchor_sizes", m.anchor_sizes,
-               "a list of positive sizes per FPN level", "[[32],[64],[128],[256],[512]]")
-    _check(bool(m.aspect_ratios) and all(_finite(a) and a > 0 for a in m.aspect_ratios), "model.aspect_ratios",
-           m.aspect_ratios, "a list of positive ratios", "[0.5,1.0,2.0]")
-    _check(bool(m.returned_layers) and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4
-                                           for x in m.returned_layers)
-           and len(set(m.returned_layers)) == len(m.returned_layers), "model.returned_layers", m.returned_layers,
-           "distinct ResNet stages in 1..4", "[1,2,3,4]")
+        check(bool(flat) and all(is_finite(a) and a > 0 for a in flat), "model.anchor_sizes", m.anchor_sizes,
+              "a list of positive sizes per FPN level", "[[32],[64],[128],[256],[512]]")
+    check(bool(m.aspect_ratios) and all(is_finite(a) and a > 0 for a in m.aspect_ratios), "model.aspect_ratios",
+          m.aspect_ratios, "a list of positive ratios", "[0.5,1.0,2.0]")
+    check(bool(m.returned_layers) and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4
+                                          for x in m.returned_layers)
+          and len(set(m.returned_layers)) == len(m.returned_layers), "model.returned_layers", m.returned_layers,
+          "distinct ResNet stages in 1..4", "[1,2,3,4]")
     if m.mask_layers is not None:
-        _check(bool(m.mask_layers) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
-                                           for x in m.mask_layers), "model.mask_layers", m.mask_layers,
-               "a list of channel counts >= 1", "[256,256,256,256]")
+        check(bool(m.mask_layers) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                          for x in m.mask_layers), "model.mask_layers", m.mask_layers,
+              "a list of channel counts >= 1", "[256,256,256,256]")
     if m.backbone_weights is not None:
         from .models import is_from_scratch
 
-        _check(isinstance(m.backbone_weights, str) and bool(m.backbone_weights.strip()), "model.backbone_weights",
-               m.backbone_weights, "a weights file, a torchvision weights name, pretrained or null",
-               "pretrained")
+        check(isinstance(m.backbone_weights, str) and bool(m.backbone_weights.strip()), "model.backbone_weights",
+              m.backbone_weights, "a weights file, a torchvision weights name, pretrained or null",
+              "pretrained")
         if ARCHS[m.arch][0] == "ssd" and not is_from_scratch(m.backbone_weights):
             raise IIFError("config key 'model.backbone_weights' is set but model.arch is ssd300_vgg16 (a VGG16 "
                            "backbone); backbone weights are for the ResNet-FPN archs: set model.backbone_weights=null.")
     if m.cosine_scale is not None:
-        _pos("model.cosine_scale", m.cosine_scale, "20")
+        positive("model.cosine_scale", m.cosine_scale, "20")
         if ARCHS[m.arch][0] == "ssd":
             raise IIFError("config key 'model.cosine_scale' is set but model.arch is ssd300_vgg16, whose head is "
                            "convolutional; the cosine classifier is for R-CNN archs (set model.cosine_scale=null).")
@@ -383,14 +383,14 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
             raise IIFError("config key 'model.classifier_only' needs an R-CNN arch (roi_heads.box_predictor.cls_score); "
                            "model.arch is ssd300_vgg16.")
     # margin
-    _one_of("margin.method", mg.method, METHODS)
+    one_of("margin.method", mg.method, METHODS)
     try:
         canonical_variant(mg.variant)
     except (IIFError, TypeError, AttributeError):
-        _one_of("margin.variant", mg.variant, VARIANTS)
-    _one_of("margin.by", mg.by, ("image", "object"))
+        one_of("margin.variant", mg.variant, VARIANTS)
+    one_of("margin.by", mg.by, ("image", "object"))
     if mg.when is not None:
-        _one_of("margin.when", mg.when, WHEN)
+        one_of("margin.when", mg.when, WHEN)
     when = mg.when or default_when(mg.method)
     if mg.method == "balanced_softmax" and when != "train":
         raise IIFError(f"config key 'margin.when' is {when!r} but balanced_softmax is a training loss; set "
@@ -398,61 +398,61 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     if mg.method == "logit_adjustment" and when == "train_and_test":
         raise IIFError("config key 'margin.when' is 'train_and_test', which logit_adjustment does not support (the "
                        "margin would cancel its own effect); set margin.when=train (LA loss) or test (post-hoc).")
-    _check(_finite(mg.tau) and mg.tau > 0, "margin.tau", mg.tau, "a positive finite number", "1.0")
+    check(is_finite(mg.tau) and mg.tau > 0, "margin.tau", mg.tau, "a positive finite number", "1.0")
     if mg.method == "norcal" and when != "test":
         raise IIFError(f"config key 'margin.when' is {when!r} but norcal is post-hoc; set margin.when=test (or null).")
     if mg.method == "seesaw" and when != "train":
         raise IIFError(f"config key 'margin.when' is {when!r} but seesaw is a training loss; set margin.when=train "
                        "(or null).")
     if mg.la_form is not None:
-        _one_of("margin.la_form", mg.la_form, ("bayes", "prior"))
-    _check(_finite(mg.gamma) and mg.gamma >= 0, "margin.gamma", mg.gamma, "a finite number >= 0", "1.0")
+        one_of("margin.la_form", mg.la_form, ("bayes", "prior"))
+    check(is_finite(mg.gamma) and mg.gamma >= 0, "margin.gamma", mg.gamma, "a finite number >= 0", "1.0")
     for key in ("seesaw_p", "seesaw_q"):
-        _check(_finite(getattr(mg, key)) and getattr(mg, key) >= 0, f"margin.{key}", getattr(mg, key),
-               "a finite number >= 0", "0.8" if key == "seesaw_p" else "2.0")
+        check(is_finite(getattr(mg, key)) and getattr(mg, key) >= 0, f"margin.{key}", getattr(mg, key),
+              "a finite number >= 0", "0.8" if key == "seesaw_p" else "2.0")
     if mg.background_fraction is not None:
-        _check(_finite(mg.background_fraction) and 0 < mg.background_fraction < 1, "margin.background_fraction",
-               mg.background_fraction, "in (0, 1)", "0.75")
-    if mg.total is not None and not (mg.total in ("images", "instances", "sum") or (_finite(mg.total) and mg.total > 0)):
+        check(is_finite(mg.background_fraction) and 0 < mg.background_fraction < 1, "margin.background_fraction",
+              mg.background_fraction, "in (0, 1)", "0.75")
+    if mg.total is not None and not (mg.total in ("images", "instances", "sum") or (is_finite(mg.total) and mg.total > 0)):
         raise IIFError(f"config key 'margin.total' is {mg.total!r}; use a positive number, images, instances, sum or "
                        "null (the detection convention).")
     # schedule
-    _at_least("schedule.epochs", s.epochs, 1, "12", 100_000)
-    _at_least("schedule.batch_size", s.batch_size, 1, "16", 1_000_000)
-    _pos("schedule.lr", s.lr, "0.02")
-    _momentum("schedule.momentum", s.momentum)
-    _nonneg("schedule.weight_decay", s.weight_decay, "1e-4")
-    _at_least("schedule.warmup_iters", s.warmup_iters, 0, "500")
-    _check(_finite(s.warmup_factor) and 0 < s.warmup_factor <= 1, "schedule.warmup_factor", s.warmup_factor,
-           "in (0, 1]", "0.001")
+    at_least("schedule.epochs", s.epochs, 1, "12", 100_000)
+    at_least("schedule.batch_size", s.batch_size, 1, "16", 1_000_000)
+    positive("schedule.lr", s.lr, "0.02")
+    momentum("schedule.momentum", s.momentum)
+    nonnegative("schedule.weight_decay", s.weight_decay, "1e-4")
+    at_least("schedule.warmup_iters", s.warmup_iters, 0, "500")
+    check(is_finite(s.warmup_factor) and 0 < s.warmup_factor <= 1, "schedule.warmup_factor", s.warmup_factor,
+          "in (0, 1]", "0.001")
     for i, ms in enumerate(s.milestones if s.milestone_fractions is None else []):  # fractions replace them
         if not (isinstance(ms, int) and not isinstance(ms, bool) and 1 <= ms <= s.epochs):
             raise IIFError(f"config key 'schedule.milestones' must list epochs in 1..schedule.epochs={s.epochs}; "
                            f"entry {i} is {ms!r}. Set e.g. schedule.milestones=[8,11].")
-    _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number", "0.1")
+    check(is_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number", "0.1")
     if s.warmup_fraction is not None:
-        _check(_finite(s.warmup_fraction) and 0 < s.warmup_fraction <= 1, "schedule.warmup_fraction",
+        check(is_finite(s.warmup_fraction) and 0 < s.warmup_fraction <= 1, "schedule.warmup_fraction",
                s.warmup_fraction, "in (0, 1] (a fraction of the run's iterations) or null", "0.1")
     if s.milestone_fractions is not None:
-        _check(all(_finite(f) and 0 < f <= 1 for f in s.milestone_fractions), "schedule.milestone_fractions",
+        check(all(is_finite(f) and 0 < f <= 1 for f in s.milestone_fractions), "schedule.milestone_fractions",
                s.milestone_fractions, "a list of fractions of schedule.epochs in (0, 1] or null", "[0.67,0.92]")
     if s.clip_grad_norm is not None:
-        _pos("schedule.clip_grad_norm", s.clip_grad_norm, "10.0")
+        positive("schedule.clip_grad_norm", s.clip_grad_norm, "10.0")
     # eval
-    _at_least("eval.batch_size", ev.batch_size, 1, "4")
-    _check(_finite(ev.score_threshold) and 0 <= ev.score_threshold < 1, "eval.score_threshold", ev.score_threshold,
-           "in [0, 1)", "0.3")
+    at_least("eval.batch_size", ev.batch_size, 1, "4")
+    check(is_finite(ev.score_threshold) and 0 <= ev.score_threshold < 1, "eval.score_threshold", ev.score_threshold,
+          "in [0, 1)", "0.3")
     # runtime
     dev = str(rt.device)
     base, _, index = dev.partition(":")
     if base not in ("auto", "cpu", "cuda") or (index and (base != "cuda" or not index.isdigit())):
         raise IIFError(f"config key 'runtime.device' is {rt.device!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:1).")
-    _one_of("runtime.amp", rt.amp, ("none", "bf16", "fp16"))
-    _at_least("runtime.seed", rt.seed, 0, "0", _MAX_SEED)
-    _at_least("runtime.workers", rt.workers, 0, "2")
+    one_of("runtime.amp", rt.amp, ("none", "bf16", "fp16"))
+    at_least("runtime.seed", rt.seed, 0, "0", MAX_SEED)
+    at_least("runtime.workers", rt.workers, 0, "2")
     if rt.threads is not None:
-        _at_least("runtime.threads", rt.threads, 1, "1")  # above the usable CPUs: clamped (iif.resources)
-    _at_least("runtime.log_every", rt.log_every, 0, "20")
+        at_least("runtime.threads", rt.threads, 1, "1")  # above the usable CPUs: clamped (iif.resources)
+    at_least("runtime.log_every", rt.log_every, 0, "20")
     if rt.stop_after_epoch is not None:
-        _at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
+        at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
     return cfg

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import IIFError
+from ..validation import MAX_SEED, at_least, check, is_finite, momentum, nonnegative, one_of, suggest
 
 __all__ = [
     "DataConfig",
@@ -276,11 +276,6 @@ def config_hash(cfg: Any, exclude: Iterable[tuple[str, str]] | None = None) -> s
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -345,7 +340,7 @@ def _set_section(section_obj: Any, values: Mapping, prefix: str) -> None:
     for key, value in values.items():
         where = f"{prefix}.{key}"
         if key not in names:
-            raise IIFError(f"unknown config key {where!r}.{_suggest(key, names)} Valid keys in {prefix!r}: {', '.join(names)}.")
+            raise IIFError(f"unknown config key {where!r}.{suggest(key, names)} Valid keys in {prefix!r}: {', '.join(names)}.")
         setattr(section_obj, key, _coerce(value, hints[key], where))
 
 
@@ -353,7 +348,7 @@ def _merge(cfg: TrainConfig, data: Mapping) -> None:
     sections = [f.name for f in dataclasses.fields(cfg)]
     for name, values in data.items():
         if name not in sections:
-            raise IIFError(f"unknown config section {name!r}.{_suggest(name, sections)} Valid sections: {', '.join(sections)}.")
+            raise IIFError(f"unknown config section {name!r}.{suggest(name, sections)} Valid sections: {', '.join(sections)}.")
         if values is None:
             continue
         if not isinstance(values, Mapping):
@@ -395,11 +390,11 @@ def merge_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
         else:
             sections = [f.name for f in dataclasses.fields(cfg)]
             if parts[0] not in sections:
-                raise IIFError(f"unknown config section {parts[0]!r}.{_suggest(parts[0], sections)}")
+                raise IIFError(f"unknown config section {parts[0]!r}.{suggest(parts[0], sections)}")
             section = getattr(cfg, parts[0])
             names = [f.name for f in dataclasses.fields(section)]
             if parts[1] not in names:
-                raise IIFError(f"unknown config key {parts[0] + '.' + parts[1]!r}.{_suggest(parts[1], names)}")
+                raise IIFError(f"unknown config key {parts[0] + '.' + parts[1]!r}.{suggest(parts[1], names)}")
             current = getattr(section, parts[1])
             if not isinstance(current, dict):
                 raise IIFError(f"override {key!r}: {parts[0]}.{parts[1]} is not a mapping, so it has no sub-keys.")
@@ -437,7 +432,7 @@ def resolve_config_path(name_or_path: str | os.PathLike, kind: str = "classifica
     if candidate.is_file():
         return Path(str(candidate))
     names = packaged_configs(kind)
-    raise IIFError(f"config {str(name_or_path)!r} is neither a file nor a packaged config.{_suggest(short, names)} "
+    raise IIFError(f"config {str(name_or_path)!r} is neither a file nor a packaged config.{suggest(short, names)} "
                    f"Packaged configs: {', '.join(names) or '(none)'}.")
 
 
@@ -517,45 +512,10 @@ def save_config(cfg: Any, path: str | os.PathLike) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ validation
-_MAX_SEED = 2**32 - 1  # numpy / torch seeds
 #: ``eval.select``: which checkpoint the final evaluation uses.
 SELECT_CHOICES = ("best", "last")
 #: ``eval.metric``: the validation score that picks ``best.pt`` (higher is better).
 SELECT_METRICS = ("class_avg", "top1")
-
-
-def _check(ok: bool, key: str, value: Any, need: str, example: str) -> None:
-    if not ok:
-        raise IIFError(f"config key {key!r} must be {need}; got {value!r}. Set e.g. {key}={example}.")
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _pos(key: str, v: Any, example: str) -> None:
-    _check(_finite(v) and v > 0, key, v, "a positive finite number", example)
-
-
-def _nonneg(key: str, v: Any, example: str) -> None:
-    _check(_finite(v) and v >= 0, key, v, "a finite number >= 0", example)
-
-
-def _at_least(key: str, v: Any, low: int, example: str, high: int | None = None) -> None:
-    ok = isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
-    need = f"a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
-    _check(ok, key, v, need, example)
-
-
-def _one_of(key: str, v: Any, choices: Iterable[str], example: str | None = None) -> None:
-    choices = list(choices)
-    if v not in choices:
-        raise IIFError(f"config key {key!r} is {v!r}; use one of {', '.join(choices)}.{_suggest(str(v), choices)}")
-
-
-def _momentum(key: str, v: Any) -> None:
-    # 0 <= m < 1: with m >= 1 SGD's velocity never forgets a gradient and training diverges.
-    _check(_finite(v) and 0 <= v < 1, key, v, "in [0, 1) (SGD momentum; 0.9 is usual)", "0.9")
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
@@ -577,69 +537,69 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         try:
             canonical_variant(v)
         except (IIFError, TypeError, AttributeError):
-            raise IIFError(f"config key {key!r} is {v!r}; use one of {', '.join(VARIANTS)}.{_suggest(str(v), VARIANTS)}") from None
+            raise IIFError(f"config key {key!r} is {v!r}; use one of {', '.join(VARIANTS)}.{suggest(str(v), VARIANTS)}") from None
 
     d, m, lo, o, s, dc, ph, ev, rt = (cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.schedule, cfg.decoupled,
                                       cfg.posthoc, cfg.eval, cfg.runtime)
     # data
-    _one_of("data.name", d.name, DATASETS)
+    one_of("data.name", d.name, DATASETS)
     if d.imbalance_ratio is not None:
-        _check(_finite(d.imbalance_ratio) and d.imbalance_ratio >= 1, "data.imbalance_ratio", d.imbalance_ratio,
-               "a number >= 1 (n_max / n_min) or null for the dataset's default", "100")
-    _one_of("data.profile", d.profile, PROFILES)
-    _at_least("data.seed", d.seed, 0, "0", _MAX_SEED)
-    _one_of("data.augment", d.augment, AUGMENTS)
+        check(is_finite(d.imbalance_ratio) and d.imbalance_ratio >= 1, "data.imbalance_ratio", d.imbalance_ratio,
+              "a number >= 1 (n_max / n_min) or null for the dataset's default", "100")
+    one_of("data.profile", d.profile, PROFILES)
+    at_least("data.seed", d.seed, 0, "0", MAX_SEED)
+    one_of("data.augment", d.augment, AUGMENTS)
     if d.val_per_class is not None:
-        _at_least("data.val_per_class", d.val_per_class, 0, "20")
-    _one_of("data.sampler", d.sampler, SAMPLERS)
-    _nonneg("data.mixup_alpha", d.mixup_alpha, "0.2")
-    _at_least("data.num_workers", d.num_workers, 0, "4")
+        at_least("data.val_per_class", d.val_per_class, 0, "20")
+    one_of("data.sampler", d.sampler, SAMPLERS)
+    nonnegative("data.mixup_alpha", d.mixup_alpha, "0.2")
+    at_least("data.num_workers", d.num_workers, 0, "4")
     # model
-    _check(isinstance(m.arch, str) and bool(m.arch.strip()), "model.arch", m.arch, "an architecture name", "resnet32")
-    _check(isinstance(m.head, str) and bool(m.head.strip()), "model.head", m.head, "a head name", "linear")
+    check(isinstance(m.arch, str) and bool(m.arch.strip()), "model.arch", m.arch, "an architecture name", "resnet32")
+    check(isinstance(m.head, str) and bool(m.head.strip()), "model.head", m.head, "a head name", "linear")
     # loss
-    _one_of("loss.name", str(lo.name).lower(), LOSSES)
+    one_of("loss.name", str(lo.name).lower(), LOSSES)
     variant("loss.variant", lo.variant)
-    _check(lo.norm is None or lo.norm == "mean" or (not isinstance(lo.norm, (bool, str)) and _finite(lo.norm) and lo.norm > 0),
-           "loss.norm", lo.norm, "mean, a positive number p (p-norm) or null", "mean")
-    _check(_finite(lo.label_smoothing) and 0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing,
-           "in [0, 1)", "0.1")
+    check(lo.norm is None or lo.norm == "mean" or (not isinstance(lo.norm, (bool, str)) and is_finite(lo.norm) and lo.norm > 0),
+          "loss.norm", lo.norm, "mean, a positive number p (p-norm) or null", "mean")
+    check(is_finite(lo.label_smoothing) and 0 <= lo.label_smoothing < 1, "loss.label_smoothing", lo.label_smoothing,
+          "in [0, 1)", "0.1")
     # optim
     # lr = 0 is allowed: it freezes the weights while BatchNorm statistics still update (a diagnostic).
-    _nonneg("optim.lr", o.lr, "0.1")
-    _momentum("optim.momentum", o.momentum)
-    _nonneg("optim.weight_decay", o.weight_decay, "5e-4")
+    nonnegative("optim.lr", o.lr, "0.1")
+    momentum("optim.momentum", o.momentum)
+    nonnegative("optim.weight_decay", o.weight_decay, "5e-4")
     if o.nesterov and o.momentum == 0:
         raise IIFError("config key 'optim.nesterov' is true but optim.momentum is 0; Nesterov needs momentum > 0 "
                        "(set optim.momentum=0.9 or optim.nesterov=false).")
-    _at_least("optim.batch_size", o.batch_size, 1, "128")
+    at_least("optim.batch_size", o.batch_size, 1, "128")
     # schedule
-    _at_least("schedule.epochs", s.epochs, 1, "10")
-    _one_of("schedule.name", s.name, ("multistep", "cosine", "constant"))
+    at_least("schedule.epochs", s.epochs, 1, "10")
+    one_of("schedule.name", s.name, ("multistep", "cosine", "constant"))
     for i, ms in enumerate(s.milestones):
         if not (isinstance(ms, int) and not isinstance(ms, bool) and 0 < ms < 2**31):
             raise IIFError(f"config key 'schedule.milestones' must list whole epoch numbers >= 1; entry {i} is {ms!r}. "
                            "Set e.g. schedule.milestones=[30,40].")
-    _check(_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number (lr factor at each milestone)", "0.1")
-    _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", s.warmup_epochs,
-           f"in [0, schedule.epochs={s.epochs}]", "5")
-    _check(_finite(s.warmup_start_factor) and 0 < s.warmup_start_factor <= 1, "schedule.warmup_start_factor",
-           s.warmup_start_factor, "in (0, 1]", "0.1")
+    check(is_finite(s.gamma) and s.gamma > 0, "schedule.gamma", s.gamma, "a positive finite number (lr factor at each milestone)", "0.1")
+    check(is_finite(s.warmup_epochs) and 0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", s.warmup_epochs,
+          f"in [0, schedule.epochs={s.epochs}]", "5")
+    check(is_finite(s.warmup_start_factor) and 0 < s.warmup_start_factor <= 1, "schedule.warmup_start_factor",
+          s.warmup_start_factor, "in (0, 1]", "0.1")
     # strategy
-    _one_of("strategy.name", cfg.strategy.name, ("e2e", "decoupled", "posthoc"))
+    one_of("strategy.name", cfg.strategy.name, ("e2e", "decoupled", "posthoc"))
     # decoupled (stage 2)
-    _one_of("decoupled.method", dc.method, ("retrain", "lws"))
-    _at_least("decoupled.epochs", dc.epochs, 1, "10")
-    _nonneg("decoupled.lr", dc.lr, "1e-4")
-    _momentum("decoupled.momentum", dc.momentum)
-    _nonneg("decoupled.weight_decay", dc.weight_decay, "1e-4")
+    one_of("decoupled.method", dc.method, ("retrain", "lws"))
+    at_least("decoupled.epochs", dc.epochs, 1, "10")
+    nonnegative("decoupled.lr", dc.lr, "1e-4")
+    momentum("decoupled.momentum", dc.momentum)
+    nonnegative("decoupled.weight_decay", dc.weight_decay, "1e-4")
     if dc.batch_size is not None:
-        _at_least("decoupled.batch_size", dc.batch_size, 1, "128")
-    _one_of("decoupled.schedule", dc.schedule, ("multistep", "cosine", "constant"))
-    _one_of("decoupled.loss", str(dc.loss).lower(), LOSSES)
+        at_least("decoupled.batch_size", dc.batch_size, 1, "128")
+    one_of("decoupled.schedule", dc.schedule, ("multistep", "cosine", "constant"))
+    one_of("decoupled.loss", str(dc.loss).lower(), LOSSES)
     variant("decoupled.variant", dc.variant)
-    _one_of("decoupled.sampler", dc.sampler, SAMPLERS)
-    _nonneg("decoupled.mixup_alpha", dc.mixup_alpha, "0")
+    one_of("decoupled.sampler", dc.sampler, SAMPLERS)
+    nonnegative("decoupled.mixup_alpha", dc.mixup_alpha, "0")
     # posthoc
     for spec in ph.adjusters:
         if not isinstance(spec, str):
@@ -648,31 +608,31 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         if kind == "iif":
             variant("posthoc.adjusters", arg)
         elif kind in ("la", "taunorm"):
-            _check(math.isfinite(float(arg)), "posthoc.adjusters", spec, "a finite tau", "[la:1.0]")
+            check(math.isfinite(float(arg)), "posthoc.adjusters", spec, "a finite tau", "[la:1.0]")
     # eval
-    _one_of("eval.split", ev.split, ("test", "val"))
-    _one_of("eval.select", ev.select, SELECT_CHOICES)
-    _one_of("eval.metric", ev.metric, SELECT_METRICS)
-    _at_least("eval.batch_size", ev.batch_size, 1, "256")
-    _at_least("eval.every", ev.every, 0, "1")  # 0: evaluate only after the last epoch
+    one_of("eval.split", ev.split, ("test", "val"))
+    one_of("eval.select", ev.select, SELECT_CHOICES)
+    one_of("eval.metric", ev.metric, SELECT_METRICS)
+    at_least("eval.batch_size", ev.batch_size, 1, "256")
+    at_least("eval.every", ev.every, 0, "1")  # 0: evaluate only after the last epoch
     if ev.many is not None:
-        _at_least("eval.many", ev.many, 0, "100")
+        at_least("eval.many", ev.many, 0, "100")
     if ev.few is not None:
-        _at_least("eval.few", ev.few, 0, "20")
+        at_least("eval.few", ev.few, 0, "20")
     if ev.many is not None and ev.few is not None and ev.few > ev.many:
         raise IIFError(f"config key 'eval.few' ({ev.few}) must not exceed eval.many ({ev.many}); leave both null "
                        "for the default rule (100 and 20, or 50 and 15 when no class has more than 100 images).")
-    _at_least("eval.bins", ev.bins, 1, "15")
+    at_least("eval.bins", ev.bins, 1, "15")
     # runtime
-    _at_least("runtime.seed", rt.seed, 0, "0", _MAX_SEED)
+    at_least("runtime.seed", rt.seed, 0, "0", MAX_SEED)
     dev = str(rt.device)
     base, _, index = dev.partition(":")
     if base not in ("auto", "cpu", "cuda") or (index and (base != "cuda" or not index.isdigit())):
         raise IIFError(f"config key 'runtime.device' is {rt.device!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:1).")
-    _one_of("runtime.amp", rt.amp, ("none", "bf16", "fp16"))
-    _at_least("runtime.log_every", rt.log_every, 1, "20")
+    one_of("runtime.amp", rt.amp, ("none", "bf16", "fp16"))
+    at_least("runtime.log_every", rt.log_every, 1, "20")
     if rt.stop_after_epoch is not None:
-        _at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
+        at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
     if rt.threads is not None:  # the upper end is clamped to the usable CPUs when training starts (iif.resources)
-        _at_least("runtime.threads", rt.threads, 1, "1")
+        at_least("runtime.threads", rt.threads, 1, "1")
     return cfg
