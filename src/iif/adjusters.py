@@ -55,6 +55,8 @@ __all__ = [
     "weighted_logits",
     "expand_class_vector",
     "check_background",
+    "log_counts",
+    "log_prior",
 ]
 
 _BACKGROUNDS = (None, "first", "last")
@@ -121,7 +123,7 @@ def _vector(values, what: str) -> torch.Tensor:
     return as_weight_vector(values, what)
 
 
-def _log_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
+def log_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
     """``ln n`` of validated counts; zero counts would give ``-inf`` offsets, so they are refused."""
     n = as_counts(counts, what)
     refuse_zero_counts(n, f"{what}: ln(n) is -inf, which would make those logits infinite,")
@@ -142,9 +144,9 @@ def weighted_logits(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return logits.to(cd) * weights.to(device=logits.device, dtype=cd)
 
 
-def _log_prior(counts: CountsLike) -> np.ndarray:
+def log_prior(counts: CountsLike) -> np.ndarray:
     """``ln p_c`` with ``p_c = n_c / sum n`` (the training label prior of logit adjustment)."""
-    logn = _log_counts(counts)
+    logn = log_counts(counts)
     return logn - math.log(float(np.exp(logn).sum()))
 
 
@@ -177,7 +179,7 @@ def bayes_la_offsets(counts: CountsLike, tau: float = 1.0) -> np.ndarray:
     tau = float(tau)
     if not math.isfinite(tau):
         raise IIFError(f"tau must be a finite number (1.0 is the Bayes-optimal choice); got {tau!r}.")
-    lp = _log_prior(counts)
+    lp = log_prior(counts)
     a = (1.0 - tau) * lp
     log_norm = float(a.max() + np.log(np.exp(a - a.max()).sum()))
     return -tau * lp - log_norm
@@ -209,7 +211,7 @@ def logit_adjustment(
     a background both forms give the same softmax, they differ by a constant).
     """
     z = _as_logits(logits)
-    off = bayes_la_offsets(counts, tau) if _check_la_form(form) == "bayes" else -float(tau) * _log_prior(counts)
+    off = bayes_la_offsets(counts, tau) if _check_la_form(form) == "bayes" else -float(tau) * log_prior(counts)
     offset = torch.as_tensor(off, dtype=torch.float64)
     offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
     return _shifted(z, offset)
@@ -218,7 +220,7 @@ def logit_adjustment(
 def balanced_softmax_offset(logits: torch.Tensor, counts: CountsLike, background: Optional[str] = None) -> torch.Tensor:
     """Balanced Softmax's training-time offset (Ren et al., Table IV): ``z'_c = z_c + ln n_c``."""
     z = _as_logits(logits)
-    offset = torch.as_tensor(_log_counts(counts), dtype=torch.float64)
+    offset = torch.as_tensor(log_counts(counts), dtype=torch.float64)
     offset = expand_class_vector(offset, z.shape[-1], check_background(background), 0.0, "counts")
     return _shifted(z, offset)
 
@@ -356,7 +358,7 @@ class LogitAdjustment(_AdditiveAdjuster):
         tau = float(tau)
         if not math.isfinite(tau):
             raise IIFError(f"tau must be a finite number (1.0 is the Bayes-optimal choice); got {tau!r}.")
-        off = bayes_la_offsets(counts, tau) if _check_la_form(form) == "bayes" else -tau * _log_prior(counts)
+        off = bayes_la_offsets(counts, tau) if _check_la_form(form) == "bayes" else -tau * log_prior(counts)
         super().__init__(torch.as_tensor(off, dtype=torch.float32), background)
         self.tau = tau
         self.form = form
@@ -392,7 +394,7 @@ class NorCal(_AdditiveAdjuster):
 
     def __init__(self, counts: CountsLike, gamma: float = 1.0, background: Optional[str] = None) -> None:
         g = norcal_gamma(gamma)
-        super().__init__(torch.as_tensor(-g * _log_counts(counts), dtype=torch.float32), background)
+        super().__init__(torch.as_tensor(-g * log_counts(counts), dtype=torch.float32), background)
         self.gamma = g
 
     def extra_repr(self) -> str:
@@ -405,7 +407,7 @@ class BalancedSoftmaxOffset(_AdditiveAdjuster):
     _what = "counts"
 
     def __init__(self, counts: CountsLike, background: Optional[str] = None) -> None:
-        super().__init__(torch.as_tensor(_log_counts(counts), dtype=torch.float32), background)
+        super().__init__(torch.as_tensor(log_counts(counts), dtype=torch.float32), background)
 
 
 class LearnableWeightScaling(nn.Module):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adjusters import _log_counts, _log_prior
+from ..adjusters import log_counts, log_prior
 from ..errors import IIFError
 from ..weights import CountsLike, as_counts, refuse_zero_counts
 from ._common import finite_number, is_soft
@@ -52,7 +52,7 @@ class BalancedSoftmaxLoss(_OffsetLoss):
     """Balanced Softmax (Ren et al. 2020, Table IV): ``CE(z + ln n, y)``; predict with ``z``."""
 
     def __init__(self, counts: CountsLike, **kwargs) -> None:
-        super().__init__(_log_counts(counts), **kwargs)
+        super().__init__(log_counts(counts), **kwargs)
 
 
 class LogitAdjustedLoss(_OffsetLoss):
@@ -60,7 +60,7 @@ class LogitAdjustedLoss(_OffsetLoss):
 
     def __init__(self, counts: CountsLike, tau: float = 1.0, **kwargs) -> None:
         tau = finite_number(tau, "tau")
-        super().__init__(tau * _log_prior(counts), **kwargs)
+        super().__init__(tau * log_prior(counts), **kwargs)
         self.tau = tau
 
 
