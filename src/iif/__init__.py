@@ -7,6 +7,7 @@ numpy and scipy. Training, datasets, models and the bench live in the sub-packag
 
 from typing import TYPE_CHECKING
 
+from ._version import __version__
 from .errors import IIFError
 
 # Public name -> the sub-module that defines it. The names are resolved on first use (PEP 562 module
@@ -66,8 +67,6 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "IIFError",

@@ -65,6 +65,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
+from ._version import __version__
 from .errors import IIFError
 
 __all__ = [
@@ -253,12 +254,7 @@ def _make_temp_folder(parent: Path, prefix: str) -> Path:
 
 
 def _version() -> str:
-    try:
-        from . import __version__
-
-        return str(__version__)
-    except Exception:  # noqa: BLE001 - a partially imported package still writes a marker
-        return "unknown"
+    return str(__version__)
 
 
 def read_marker(folder: PathLike) -> dict | None:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from ._version import __version__
 from .outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, read_marker,
                        staged_outputs, write_marker)
 
@@ -45,8 +46,6 @@ def settings_key(settings: dict[str, Any], data_paths: Any) -> str:
     """A sha256 of what a trained detector depends on: ``settings`` (``seeds``, ``quick`` and ``bootstrap`` left
     out: seed k's models are the same whatever the number of seeds or rows, and the bootstrap only scores them),
     the data paths with the size and modification time of each json among them, and the iif version."""
-    from . import __version__
-
     s = {k: v for k, v in settings.items() if k not in ("seeds", "quick", "bootstrap")}
     files = []
     for p in data_paths:
