@@ -41,6 +41,8 @@ __all__ = [
     "evaluate_coco",
     "tail_k_ap",
     "tide_errors",
+    "cocoeval_matches",
+    "tide_matches",
     "count_false_positives",
     "false_positives_by_group",
     "category_groups",
@@ -452,6 +454,108 @@ def evaluate_coco(gt_json: PathOrDict, detections: Detections, iou_type: str = "
     return _summary(ev, _COCO_KEYS + (("APr", "APc", "APf") if groups is not None else ()), lvis=False, groups=groups)
 
 
+def _match_image(ious, gts: Sequence[Mapping[str, Any]], dts: Sequence[Mapping[str, Any]], iou_thrs: np.ndarray,
+                 area_rng: Sequence[float], lvis: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """COCO's per-image matching (pycocotools ``COCOeval.evaluateImg`` at area range ``area_rng``) of one
+    (image, category): ground truth ordered non-ignored first, detections in score order, each detection
+    greedily takes the free ground truth of highest IoU >= the threshold (a crowd region may be taken again;
+    a non-ignored match is never given up for an ignored one); a detection matched to an ignored ground
+    truth, or unmatched with an area outside the range, or (LVIS rule) unmatched in a not-exhaustive
+    category (``lvis_mark``), is ignored. Returns ``(tp, fp)`` (thresholds x detections, bool) and the
+    number of non-ignored ground truths."""
+    gt_ig = np.array([bool(g.get("ignore", 0)) or not area_rng[0] <= g["area"] <= area_rng[1] for g in gts], dtype=bool)
+    gind = np.argsort(gt_ig, kind="mergesort")
+    gt_ig = gt_ig[gind]
+    crowd = np.array([bool(gts[i].get("iscrowd", 0)) for i in gind], dtype=bool)
+    T, D, G = len(iou_thrs), len(dts), len(gts)
+    dtm = np.zeros((T, D), dtype=bool)
+    dt_ig = np.zeros((T, D), dtype=bool)
+    if D and G:
+        iou_mat = np.asarray(ious, dtype=float)[:, gind]
+        best = iou_mat.max(axis=1)
+        for ti, thr in enumerate(iou_thrs):
+            gtm = np.zeros(G, dtype=bool)
+            floor = min(float(thr), 1 - 1e-10)
+            for di in np.flatnonzero(best >= floor):
+                iou, m = floor, -1
+                row = iou_mat[di]
+                for gi in range(G):
+                    if gtm[gi] and not crowd[gi]:
+                        continue
+                    if m > -1 and not gt_ig[m] and gt_ig[gi]:
+                        break
+                    if row[gi] < iou:
+                        continue
+                    iou, m = row[gi], gi
+                if m == -1:
+                    continue
+                dt_ig[ti, di] = gt_ig[m]
+                dtm[ti, di] = True
+                gtm[m] = True
+    outside = np.array([not area_rng[0] <= d["area"] <= area_rng[1] or (lvis and bool(d.get("lvis_mark")))
+                        for d in dts], dtype=bool)
+    dt_ig |= ~dtm & outside[None, :]
+    return dtm & ~dt_ig, ~dtm & ~dt_ig, int((~gt_ig).sum())
+
+
+def cocoeval_matches(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox") -> dict[str, Any]:
+    """Per-image match data of the AP evaluation det-bench's table uses, for reweighting images (the paired
+    bootstrap of :mod:`iif.detection.uncertainty`).
+
+    The evaluation is :func:`evaluate_lvis`'s (top 300 per image, federated filter, LVIS mode) for LVIS json
+    and :func:`evaluate_coco`'s (100 per image and category) otherwise, run once by :func:`_run_cocoeval`.
+    faster-coco-eval keeps its per-image results (``evalImgs``) in C++ where Python cannot read them, so
+    the IoU matrices of that same run (``ev.ious``, detections in its score order) are matched again here
+    by COCO's rule (:func:`_match_image`, area range "all", which AP and AP_r use).
+
+    Returns ``{"lvis", "image_ids" (json order: positions index this), "cat_ids", "iou_thrs", "rec_thrs",
+    "per_category", "summary"}``: ``per_category[k]`` (category ``cat_ids[k]``) holds ``score``, ``image``
+    (positions), ``rank`` (order of the detection among its image's detections of that category),
+    ``tp`` / ``fp`` (thresholds x detections, ignored detections neither) and ``gt_image`` (the position of
+    every non-ignored ground truth); ``summary`` is the evaluation's own AP numbers (``_summary``).
+    """
+    gt, dets = _prepare(gt_json, detections, iou_type)
+    lvis = is_lvis(gt)
+    if lvis:
+        _require_lvis(gt)
+        dets = _federated_filter(gt, _top_per_image(dets, 300))
+    ev = _run_cocoeval(gt, dets, iou_type, lvis=lvis, max_dets=300 if lvis else 100)
+    p = ev.params
+    iou_thrs, rec_thrs = np.asarray(p.iouThrs, dtype=float), np.asarray(p.recThrs, dtype=float)
+    area_all = p.areaRng[p.areaRngLbl.index("all")]
+    max_det = p.maxDets[-1]
+    cat_ids = [int(c) for c in p.catIds]
+    pos_of = {im["id"]: i for i, im in enumerate(gt["images"])}
+    pairs = sorted({(a["image_id"], a["category_id"]) for a in gt["annotations"]}
+                   | {(d["image_id"], d["category_id"]) for d in dets}, key=lambda t: (pos_of[t[0]], t[1]))
+    parts: dict[int, list] = {c: [] for c in cat_ids}
+    for img, cat in pairs:
+        gts = ev.gt_dataset.get_instances([img], [cat], True)[0][0]
+        dts = ev.dt_dataset.get_instances([img], [cat], True)[0][0]
+        inds = np.argsort([-d["score"] for d in dts], kind="mergesort")[:max_det]
+        dts = [dts[i] for i in inds]
+        tp, fp, npos = _match_image(ev.ious.get((img, cat), []), gts, dts, iou_thrs, area_all, lvis)
+        parts[int(cat)].append((pos_of[img], np.array([d["score"] for d in dts], dtype=float), tp, fp, npos))
+    per_category = []
+    T = len(iou_thrs)
+    for c in cat_ids:
+        rows = parts[c]
+        per_category.append({
+            "score": np.concatenate([r[1] for r in rows]) if rows else np.zeros(0),
+            "image": np.concatenate([np.full(len(r[1]), r[0], dtype=np.int64) for r in rows]) if rows
+            else np.zeros(0, dtype=np.int64),
+            "rank": np.concatenate([np.arange(len(r[1]), dtype=np.int64) for r in rows]) if rows
+            else np.zeros(0, dtype=np.int64),
+            "tp": np.concatenate([r[2] for r in rows], axis=1) if rows else np.zeros((T, 0), dtype=bool),
+            "fp": np.concatenate([r[3] for r in rows], axis=1) if rows else np.zeros((T, 0), dtype=bool),
+            "gt_image": np.repeat(np.array([r[0] for r in rows], dtype=np.int64),
+                                  [r[4] for r in rows]) if rows else np.zeros(0, dtype=np.int64),
+        })
+    return {"lvis": lvis, "image_ids": list(pos_of), "cat_ids": cat_ids, "iou_thrs": iou_thrs,
+            "rec_thrs": rec_thrs, "per_category": per_category,
+            "summary": _summary(ev, _LVIS_KEYS if lvis else _COCO_KEYS, lvis=lvis)}
+
+
 def _per_category_ap(ev) -> dict[int, float]:
     """AP (percent, IoU 0.50:0.95, all areas, largest maxDets) of each category with ground truth."""
     prec = np.asarray(ev.eval["precision"])[:, :, :, 0, -1]
@@ -526,27 +630,10 @@ def _federated_filter(gt: Mapping[str, Any], dets: Sequence[Mapping[str, Any]]) 
     return [d for d in dets if d["category_id"] in verified[d["image_id"]]]
 
 
-def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox", *,
-                max_dets: int | None = None) -> dict[str, float]:
-    """TIDE's error breakdown at IoU 0.5 (background threshold 0.1), in AP50 points (percent).
-
-    Returns the main errors ``dAP_Cls`` (right box, wrong class), ``dAP_Loc`` (right class, IoU in
-    [0.1, 0.5)), ``dAP_Both`` (both), ``dAP_Dupe`` (duplicate), ``dAP_Bkg`` (fired on background),
-    ``dAP_Miss`` (missed ground truth), the special errors ``dAP_FP`` (AP50 gained if every false positive
-    were scored 0: the paper's ΔAP_FP, Fig. 1) and ``dAP_FN`` (gained with perfect recall), and
-    ``AP50_tide``, TIDE's own AP50. TIDE's AP50 is not COCO/LVIS AP50 (its matching and AP code differ):
-    compare ΔAP values to ``AP50_tide`` only, never to :func:`evaluate_lvis`'s ``AP50``.
-
-    LVIS-format json: TIDE knows no federated rules, so they are applied around it. The top ``max_dets``
-    detections per image are kept (300 for LVIS, 100 for COCO by default), then detections of a category
-    that is neither annotated nor in ``neg_category_ids`` on their image are dropped (the LVIS API never
-    evaluates them; left in, TIDE would count them as background or class errors, and as false positives
-    in ΔAP_FP, for categories nobody checked), and each ``not_exhaustive_category_ids`` category gets a
-    whole-image TIDE ignore region, so its unmatched detections are ignored and its matched ones count,
-    as in the LVIS API. COCO ``iscrowd`` annotations become TIDE ignore regions (TIDE's COCO loader does
-    the same); a missing ``iscrowd`` counts as 0. With no detections ``AP50_tide`` is 0 and the errors are
-    ``nan``; an error whose fix leaves TIDE nothing to average (degenerate, tiny results) is ``nan`` too.
-    """
+def _tide_inputs(gt_json: PathOrDict, detections: Detections, iou_type: str, max_dets: int | None):
+    """tidecv's ground-truth and detection ``Data`` under :func:`tide_errors`' rules (top ``max_dets`` per
+    image, LVIS federated filter and not-exhaustive ignore regions, COCO crowd regions); returns
+    ``(tidecv, truth, preds, kept detections, masks)``."""
     gt, dets = _prepare(gt_json, detections, iou_type)
     tidecv, tide_functions = _import_tide()
     lvis = is_lvis(gt)
@@ -584,6 +671,31 @@ def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bb
             if isinstance(seg["counts"], str):
                 seg["counts"] = seg["counts"].encode("ascii")
         preds.add_detection(d["image_id"], d["category_id"], float(d["score"]), list(d["bbox"]), seg)
+    return tidecv, truth, preds, dets, masks
+
+
+def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bbox", *,
+                max_dets: int | None = None) -> dict[str, float]:
+    """TIDE's error breakdown at IoU 0.5 (background threshold 0.1), in AP50 points (percent).
+
+    Returns the main errors ``dAP_Cls`` (right box, wrong class), ``dAP_Loc`` (right class, IoU in
+    [0.1, 0.5)), ``dAP_Both`` (both), ``dAP_Dupe`` (duplicate), ``dAP_Bkg`` (fired on background),
+    ``dAP_Miss`` (missed ground truth), the special errors ``dAP_FP`` (AP50 gained if every false positive
+    were scored 0: the paper's ΔAP_FP, Fig. 1) and ``dAP_FN`` (gained with perfect recall), and
+    ``AP50_tide``, TIDE's own AP50. TIDE's AP50 is not COCO/LVIS AP50 (its matching and AP code differ):
+    compare ΔAP values to ``AP50_tide`` only, never to :func:`evaluate_lvis`'s ``AP50``.
+
+    LVIS-format json: TIDE knows no federated rules, so they are applied around it. The top ``max_dets``
+    detections per image are kept (300 for LVIS, 100 for COCO by default), then detections of a category
+    that is neither annotated nor in ``neg_category_ids`` on their image are dropped (the LVIS API never
+    evaluates them; left in, TIDE would count them as background or class errors, and as false positives
+    in ΔAP_FP, for categories nobody checked), and each ``not_exhaustive_category_ids`` category gets a
+    whole-image TIDE ignore region, so its unmatched detections are ignored and its matched ones count,
+    as in the LVIS API. COCO ``iscrowd`` annotations become TIDE ignore regions (TIDE's COCO loader does
+    the same); a missing ``iscrowd`` counts as 0. With no detections ``AP50_tide`` is 0 and the errors are
+    ``nan``; an error whose fix leaves TIDE nothing to average (degenerate, tiny results) is ``nan`` too.
+    """
+    tidecv, truth, preds, dets, masks = _tide_inputs(gt_json, detections, iou_type, max_dets)
 
     main_names = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
     nan = float("nan")
@@ -606,6 +718,36 @@ def tide_errors(gt_json: PathOrDict, detections: Detections, iou_type: str = "bb
     out["dAP_FN"] = float(special["FalseNeg"])
     out["AP50_tide"] = float(run.ap)
     return out
+
+
+def tide_matches(gt_json: PathOrDict, detections: Detections, *, max_dets: int | None = None) -> dict[str, Any]:
+    """Per-detection data of :func:`tide_errors`' box TIDE run (IoU 0.5), for reweighting images.
+
+    Runs tidecv once under :func:`tide_errors`' rules and reads back what its matching decided for every
+    kept detection. Returns ``{"image_ids" (json order), "image", "class", "score", "rank" (the detection's
+    place in its image's score order, TIDE's tie order), "used" (1 true positive, 0 false positive, -1
+    ignored), "gt_image", "gt_class" (every non-ignored ground truth), "dAP_FP" (the run's own)}``, with
+    images as positions in ``image_ids``.
+    """
+    tidecv, truth, preds, dets, _ = _tide_inputs(gt_json, detections, "bbox", max_dets)
+    pos_of = {im: i for i, im in enumerate(truth.images)}
+    dap_fp = float("nan")
+    if dets:
+        tide = tidecv.TIDE(mode=tidecv.TIDE.BOX)
+        tide.evaluate(truth, preds, name="detections")
+        try:
+            dap_fp = float(tide.get_special_errors()["detections"]["FalsePos"])
+        except ZeroDivisionError:
+            pass
+    kept = [p for p in preds.annotations if "_idx" in p]  # those TIDE evaluated (all, after the top-k cut)
+    used = [-1 if p["used"] is None else int(bool(p["used"])) for p in kept]
+    gts = [a for a in truth.annotations if not a["ignore"]]
+    return {"image_ids": list(truth.images), "image": np.array([pos_of[p["image"]] for p in kept], dtype=np.int64),
+            "class": np.array([p["class"] for p in kept], dtype=np.int64),
+            "score": np.array([p["score"] for p in kept], dtype=float),
+            "rank": np.array([p["_idx"] for p in kept], dtype=np.int64), "used": np.array(used, dtype=np.int64),
+            "gt_image": np.array([pos_of[a["image"]] for a in gts], dtype=np.int64),
+            "gt_class": np.array([a["class"] for a in gts], dtype=np.int64), "dAP_FP": dap_fp}
 
 
 # --------------------------------------------------------------------------------------- false positives

@@ -13,8 +13,11 @@ images, easy images) cancels in the difference, as it does in the table itself.
   per-image data (``metric(row_data, picks) -> float``).
 * :func:`resample_images` — a COCO/LVIS ground truth and detections restricted to a resampled image list
   (an image drawn twice becomes two images), so AP, AP_r and TIDE's ΔAP_FP can be the metric.
+* :class:`ImageWeightedMetrics` — the same three numbers on any resample without re-evaluating: one
+  evaluation of the full test set, then images weighted by how often they are drawn (the fast route).
 * :func:`row_intervals` — what `iif det-bench` writes to summary.json and report.md: every row against the
-  softmax row and the best additive row, for AP, AP_r and ΔAP_FP (docs/detection.md, "Uncertainty").
+  softmax row and the best additive row, for AP, AP_r and ΔAP_FP (docs/detection.md, "Uncertainty"), by
+  the fast route; :func:`resampled_metrics` stays as the reference it is tested against.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from ..errors import IIFError
 
 __all__ = ["bootstrap_picks", "paired_bootstrap", "resample_images", "resampled_metrics", "row_intervals",
-           "INTERVAL_METRICS", "ADDITIVE_METHODS"]
+           "INTERVAL_METRICS", "ADDITIVE_METHODS", "ImageWeightedMetrics"]
 
 
 def _positive_int(value: Any, what: str, example: str) -> int:
@@ -172,6 +175,191 @@ def resampled_metrics(val_json: Mapping[str, Any], detections: Sequence[Mapping[
     return {"AP": num(ev.get("AP")), "APr": num(ev.get("APr")), "dAP_FP": num(tide.get("dAP_FP"))}
 
 
+# ------------------------------------------------------------------------------------- the per-image route
+
+
+def _tie_runs(scores: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of every run of two or more equal scores in a score-sorted array."""
+    if scores.size < 2:
+        return []
+    edge = np.flatnonzero(scores[1:] != scores[:-1]) + 1
+    bounds = np.concatenate([[0], edge, [scores.size]])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b - a > 1]
+
+
+class _Sorted:
+    """One category's detections in the order the evaluators rank a test set holding every image once:
+    score descending, then image position, then the detection's place in its image (``rank``)."""
+
+    def __init__(self, score: np.ndarray, image: np.ndarray, rank: np.ndarray):
+        self.order = np.lexsort((rank, image, -score))
+        self.image = image[self.order]
+        self.rank = rank[self.order]
+        self.ties = _tie_runs(score[self.order])
+
+    def sequence(self, w: np.ndarray, draws: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The ranked list of the resampled set as ``(index into the sorted detections, multiplicity)``.
+
+        A detection of an image drawn ``k`` times stands for its ``k`` copies, which the slow route ranks
+        next to each other (equal score, nothing between them unless another detection has that very score):
+        one entry of multiplicity ``k``. Their running TP/FP counts pass through the intermediate points
+        the slow route also visits, but those never change COCO's or TIDE's interpolated precision: along
+        ``k`` true positives precision rises, so the envelope at each of them is the one at the last; along
+        ``k`` false positives recall is flat (no recall threshold lands on them) and precision falls below
+        the point before the run. Where scores tie between different detections the order inside the tie
+        (draw position, then ``rank``) does matter, so tied runs are expanded copy by copy in that order.
+        """
+        ww = w[self.image]
+        if not self.ties:
+            keep = np.flatnonzero(ww)
+            return keep, ww[keep]
+        idx, mult, prev = [], [], 0
+        for a, b in self.ties + [(len(ww), len(ww))]:
+            keep = prev + np.flatnonzero(ww[prev:a])
+            idx.append(keep)
+            mult.append(ww[keep])
+            if b > a:
+                entries = sorted((int(k), int(self.rank[j]), j) for j in range(a, b) for k in draws(int(self.image[j])))
+                idx.append(np.array([e[2] for e in entries], dtype=np.int64))
+                mult.append(np.ones(len(entries), dtype=np.int64))
+            prev = b
+        return np.concatenate(idx), np.concatenate(mult)
+
+
+def _draws(positions: np.ndarray, w: np.ndarray) -> Callable[[int], np.ndarray]:
+    """image position -> the draw indices (ascending) at which ``positions`` holds it."""
+    by = np.argsort(positions, kind="stable")
+    start = np.concatenate([[0], np.cumsum(w)])
+    return lambda i: by[start[i]:start[i + 1]]
+
+
+def _interpolated(tp_sum: np.ndarray, fp_sum: np.ndarray, npos: float, thresholds: np.ndarray,
+                  eps: float) -> np.ndarray:
+    """COCO's interpolated precision at recall ``thresholds`` for each row of running TP/FP counts
+    (``(rows, L)``): precision ``tp / (tp + fp + eps)``, made non-increasing from the right, read at the
+    first point whose recall ``tp / npos`` reaches the threshold; 0 where recall never does."""
+    rows, L = tp_sum.shape
+    out = np.zeros((rows, len(thresholds)))
+    if L == 0:
+        return out
+    rc = tp_sum / npos
+    pr = tp_sum / (fp_sum + tp_sum + eps)
+    env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    for t in range(rows):
+        inds = np.searchsorted(rc[t], thresholds, side="left")
+        ok = inds < L
+        out[t, ok] = env[t, inds[ok]]
+    return out
+
+
+class ImageWeightedMetrics:
+    """AP, AP_r and TIDE's box ΔAP_FP of one detector on any resample of the test images, from one
+    evaluation of the full test set (the fast route of :func:`row_intervals`).
+
+    Built once per (row, seed): :func:`iif.detection.evaluation.cocoeval_matches` (the table's AP
+    evaluation, LVIS or COCO rules, mask AP when ``masks``) and :func:`iif.detection.evaluation.tide_matches`
+    (the box TIDE run of :func:`~iif.detection.evaluation.tide_errors`) give every detection's per-image
+    outcome; matching is per image, so a copy of an image matches exactly as the original does. Calling it
+    with ``positions`` weights image ``i`` by ``w_i``, the number of times it is drawn, and recomputes
+
+    * AP / AP_r: per category, ``npos = sum_i w_i * (non-ignored ground truth in i)``; the ranked list
+      carries each detection with multiplicity ``w_i`` (:meth:`_Sorted.sequence`), so the running counts are
+      ``TP(j) = sum w * tp`` and ``FP(j) = sum w * fp``; precision ``TP / (TP + FP + eps)``, recall
+      ``TP / npos``, COCO's envelope and 101 recall thresholds (Lin et al. 2014; LVIS, Gupta et al. 2019,
+      uses the same accumulation); ``-1`` for a category with ``npos = 0`` (undefined, left out), AP the
+      mean of the precision entries > -1 over IoU 0.50:0.95, AP_r over the rare categories (nan if none
+      has a drawn ground truth), exactly as :func:`~iif.detection.evaluation._summary` reads the array;
+    * ΔAP_FP (Bolya et al., TIDE, ECCV 2020): tidecv's class AP50 (its precision ``TP / (TP + FP)`` without
+      eps, the same envelope, recall points ``x / 100``, 0 for a class without ground truth), averaged
+      over the classes that have a drawn ground truth or a drawn non-ignored detection, minus the same
+      with every false positive scored 0 (then a class's AP50 is ``#{x : x <= TP_total / npos} / 101``,
+      0 without a true positive); nan when no detection is drawn.
+
+    Equal to :func:`resampled_metrics` (the slow route that builds the resampled json and evaluates it),
+    tested to 1e-9 (tests/test_detection_uncertainty.py).
+    """
+
+    def __init__(self, val_json: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], *, masks: bool,
+                 groups: Mapping[Any, str] | None = None):
+        from .evaluation import cocoeval_matches, tide_matches
+
+        m = cocoeval_matches(val_json, list(detections), iou_type="segm" if masks else "bbox")
+        self.num_images = len(m["image_ids"])
+        self.summary = m["summary"]
+        self.iou_thrs, self.rec_thrs = m["iou_thrs"], m["rec_thrs"]
+        if m["lvis"]:
+            letters = {c["id"]: c["frequency"] for c in val_json["categories"]}
+        else:
+            letters = dict(groups) if groups is not None else None
+        self.rare = None if letters is None else np.array([letters[c] == "r" for c in m["cat_ids"]])
+        self.cats = []
+        for pc in m["per_category"]:
+            s = _Sorted(pc["score"], pc["image"], pc["rank"])
+            self.cats.append((s, pc["tp"][:, s.order], pc["fp"][:, s.order], pc["gt_image"]))
+        t = tide_matches(val_json, list(detections))
+        self.tide_full = t["dAP_FP"]
+        self.tide_any = t["image"]
+        self.tide_x = np.array([x / 100 for x in range(101)])
+        counted = t["used"] >= 0
+        self.tide_classes = []
+        for c in dict.fromkeys(list(t["gt_class"]) + list(t["class"][counted])):
+            sel = counted & (t["class"] == c)
+            s = _Sorted(t["score"][sel], t["image"][sel], t["rank"][sel])
+            self.tide_classes.append((s, (t["used"][sel] == 1)[s.order], t["gt_image"][t["gt_class"] == c]))
+
+    def weights(self, positions: Sequence[int]) -> np.ndarray:
+        return np.bincount(np.asarray(positions, dtype=np.int64), minlength=self.num_images)
+
+    def precision(self, positions: Sequence[int]) -> np.ndarray:
+        """The ``(IoU thresholds, 101, categories)`` precision array of the resampled set (-1: no ground truth)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        w = self.weights(positions)
+        draws = _draws(positions, w)
+        P = -np.ones((len(self.iou_thrs), len(self.rec_thrs), len(self.cats)))
+        for k, (s, tp, fp, gt_image) in enumerate(self.cats):
+            npos = int(w[gt_image].sum())
+            if npos == 0:
+                continue
+            idx, mult = s.sequence(w, draws)
+            tp_sum = np.cumsum(tp[:, idx] * mult, axis=1).astype(float)
+            fp_sum = np.cumsum(fp[:, idx] * mult, axis=1).astype(float)
+            P[:, :, k] = _interpolated(tp_sum, fp_sum, npos, self.rec_thrs, np.spacing(1))
+        return P
+
+    def dap_fp(self, positions: Sequence[int]) -> float:
+        positions = np.asarray(positions, dtype=np.int64)
+        w = self.weights(positions)
+        if not w[self.tide_any].any():
+            return float("nan")
+        draws = _draws(positions, w)
+        aps, fixed = [], []
+        for s, tp, gt_image in self.tide_classes:
+            npos = int(w[gt_image].sum())
+            idx, mult = s.sequence(w, draws)
+            if npos == 0:
+                if idx.size:  # detections but no ground truth: AP 0 in both
+                    aps.append(0.0)
+                    fixed.append(0.0)
+                continue
+            t_sum = np.cumsum(tp[idx] * mult).astype(float)[None, :]
+            f_sum = np.cumsum(~tp[idx] * mult).astype(float)[None, :]
+            y = _interpolated(t_sum, f_sum, npos, self.tide_x, 0.0)[0]
+            aps.append(sum(y.tolist()) / len(y) * 100)
+            found = int(t_sum[0, -1]) if idx.size else 0
+            fixed.append(0.0 if found == 0 else float((self.tide_x <= found / npos).sum()) / len(y) * 100)
+        if not aps:
+            return float("nan")
+        return sum(fixed) / len(fixed) - sum(aps) / len(aps)
+
+    def __call__(self, positions: Sequence[int]) -> dict[str, float]:
+        """``{"AP", "APr", "dAP_FP"}`` on the images at ``positions`` (as :func:`resampled_metrics`)."""
+        from .evaluation import _mean_precision
+
+        P = self.precision(positions)
+        apr = float("nan") if self.rare is None else _mean_precision(P[:, :, self.rare])
+        return {"AP": _mean_precision(P), "APr": apr, "dAP_FP": self.dap_fp(positions)}
+
+
 def row_intervals(val_json: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                   detections: Sequence[Mapping[str, Sequence[Mapping[str, Any]]]], *, masks: bool,
                   groups: Mapping[Any, str] | None = None, samples: int = 100, seed: int = 0, level: float = 0.95,
@@ -187,9 +375,12 @@ def row_intervals(val_json: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
         samples, seed, level, picks: as :func:`paired_bootstrap`; one ``picks`` matrix serves every row, seed,
             metric and reference (the same resampled images everywhere).
 
-    A row's metric on a resample is the mean over seeds of :func:`resampled_metrics`; on the full test set it
-    is the row's own table number, so ``diff`` is the table's difference. Every (row, seed, resample) is
-    evaluated once: the cost is ``rows x seeds x samples`` evaluations (``cost_s`` in the result).
+    A row's metric on a resample is the mean over seeds of :func:`resampled_metrics`' numbers, computed by
+    :class:`ImageWeightedMetrics`: each (row, seed) is evaluated once on the full test set (one AP
+    evaluation and one TIDE run) and every resample reweights its per-image match data, equal to
+    re-evaluating the resampled json (tested to 1e-9). On the full test set a row's metric is its own table
+    number, so ``diff`` is the table's difference. ``evaluations`` counts the (row, resample) metric
+    computations (each over all seeds), ``cost_s`` the seconds the whole bootstrap took.
     """
     import time
 
@@ -200,6 +391,7 @@ def row_intervals(val_json: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     names = [label(r) for r in rows]
     table = {label(r): r for r in rows}
     memo: dict[tuple[str, bytes], dict[str, float]] = {}
+    fast: dict[str, list[ImageWeightedMetrics]] = {}
     t0 = time.perf_counter()
     everything = np.arange(n, dtype=np.int64).tobytes()
 
@@ -210,8 +402,10 @@ def row_intervals(val_json: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
                 memo[key] = {m: float("nan") if table[name][m] is None else float(table[name][m])
                              for m in INTERVAL_METRICS}
             else:
-                per_seed = [resampled_metrics(val_json, d[name], positions, masks=masks, groups=groups)
-                            for d in detections]
+                if name not in fast:
+                    fast[name] = [ImageWeightedMetrics(val_json, d[name], masks=masks, groups=groups)
+                                  for d in detections]
+                per_seed = [f(positions) for f in fast[name]]
                 memo[key] = {m: float(np.mean([v[m] for v in per_seed])) for m in INTERVAL_METRICS}
         return memo[key]
 
