@@ -72,7 +72,7 @@ def _refuse_overlap(args: argparse.Namespace) -> None:
     inputs: list = []
     if args.config:
         from ..train import load_config
-        from ..train.engine import config_inputs
+        from ..train.build import config_inputs
 
         if Path(args.config).is_file():
             inputs.append(("--config", args.config))

@@ -26,8 +26,8 @@ mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_hash, load_config, packaged_configs, save_config
-from .decoupled import method_overrides, retrain_classifier
-from .engine import StageSpec, TrainResult, build_model_for, build_splits, fit, resolve_device
+from .decoupled import method_overrides
+from .engine import StageSpec, TrainResult, build_model_for, build_splits, fit, resolve_device, retrain_classifier
 from .epoch import train_one_epoch
 from .evaluation import evaluate, evaluate_checkpoint, extract_features, predict
 from .strategies import build_adjuster, parse_adjuster, tau_norm_head

@@ -1,6 +1,6 @@
 """Building blocks of a training stage, from a config: the stage spec, device, datasets, model, loss and
-learning-rate schedule. :mod:`iif.train.engine` runs stages from them; :mod:`iif.train.evaluation`
-rebuilds a checkpoint's model and data with them.
+learning-rate schedule, and the files a config reads (:func:`config_inputs`). :mod:`iif.train.engine` runs
+stages from them; :mod:`iif.train.evaluation` rebuilds a checkpoint's model and data with them.
 
     from iif.train.build import StageSpec, build_splits, build_model_for, build_criterion, resolve_device
     cfg = load_config("digits_lt_e2e")
@@ -12,6 +12,7 @@ rebuilds a checkpoint's model and data with them.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from ..losses.registry import VARIANT_LOSSES  # the losses that take an IIF weig
 from .config import TrainConfig
 
 __all__ = ["StageSpec", "VARIANT_LOSSES", "resolve_device", "build_splits", "build_model_for", "build_criterion",
-           "WarmupSchedule"]
+           "WarmupSchedule", "config_inputs"]
 
 
 @dataclass
@@ -135,6 +136,31 @@ def build_criterion(spec: StageSpec, freq) -> nn.Module:
     kw.setdefault("check_finite", False)
     kw.setdefault("check_labels", False)
     return build_loss(spec.loss, freq, variant=spec.variant, **kw)
+
+
+def config_inputs(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """``(config key, path)`` of everything a training config reads from disk: ``data.root``, path-valued
+    ``data.options`` (list files, found beside ``list_root`` / ``root`` as the list datasets do),
+    ``decoupled.stage1_checkpoint`` and ``posthoc.checkpoint``; for :func:`iif.outputs.refuse_overlap`."""
+    d = cfg.data
+    found: list[tuple[str, str]] = []
+    if d.root:
+        found.append(("data.root", str(d.root)))
+    opts = d.options if isinstance(d.options, dict) else {}
+    base = opts.get("list_root") or d.root
+    for key, value in sorted(opts.items()):
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            continue
+        value = os.path.expanduser(os.fspath(value))
+        candidates = [value] + ([os.path.join(os.path.expanduser(str(base)), value)] if base else [])
+        hit = next((c for c in candidates if os.path.exists(c)), None)
+        if hit is not None:
+            found.append((f"data.options.{key}", hit))
+    for key, value in (("decoupled.stage1_checkpoint", cfg.decoupled.stage1_checkpoint),
+                       ("posthoc.checkpoint", cfg.posthoc.checkpoint)):
+        if value:
+            found.append((key, str(value)))
+    return found
 
 
 class WarmupSchedule:

@@ -15,10 +15,11 @@ LWS        ``decoupled.method=lws decoupled.loss=ce decoupled.sampler=class_bala
 
 tau-norm trains nothing: it is :func:`iif.train.strategies.tau_norm_head` (``iif eval --adjust taunorm:tau``).
 
-:func:`retrain_classifier` is the one implementation: ``iif train <dataset>_decoupled`` runs it after stage 1
-(or on ``decoupled.stage1_checkpoint``), and ``iif bench`` runs it on its softmax backbone, so every
+:func:`iif.train.retrain_classifier` (defined in :mod:`iif.train.engine`, with the stage loop it runs; this
+module holds the pieces it uses) is the one implementation: ``iif train <dataset>_decoupled`` runs it after
+stage 1 (or on ``decoupled.stage1_checkpoint``), and ``iif bench`` runs it on its softmax backbone, so every
 decoupled row of the bench is what ``iif train`` trains with the same settings. It trains with the same
-loop as every stage (:mod:`iif.train.engine`): per-epoch checkpoints, exact resume, DDP. When the frozen
+loop as every stage: per-epoch checkpoints, exact resume, DDP. When the frozen
 backbone sees no augmentation, the training features are computed once (:func:`cached_feature_batches`):
 the same inputs in the same order, so the same classifier to float rounding, without a backbone pass per step.
 
@@ -36,14 +37,13 @@ Freezing (docs/method.md, "Decoupled training"):
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import IIFError
+from .inference import predict
 
 __all__ = [
     "DECOUPLED_METHODS",
@@ -56,7 +56,6 @@ __all__ = [
     "set_stage_train_mode",
     "FeatureBatches",
     "cached_feature_batches",
-    "retrain_classifier",
 ]
 
 #: Compute the frozen backbone's training features once when that is exact (:func:`cached_feature_batches`).
@@ -214,27 +213,5 @@ def cached_feature_batches(model: nn.Module, dataset, sampler, batch_size: int, 
     recipe = batch_recipe(dataset)
     if recipe is None or recipe["crop"] or recipe["flip"] or recipe["cutout"]:
         return None
-    from .evaluation import predict
-
     features, _, targets = predict(model, dataset, device, eval_batch_size, resident=True)
     return FeatureBatches(features.to(device), targets.to(device), sampler, batch_size)
-
-
-def retrain_classifier(cfg, splits, stage1_state: dict, *, out_dir: str | os.PathLike | None = None,
-                       device: str | torch.device | None = None, resume: bool = False, force: bool = False,
-                       info=None):
-    """Stage 2: ``stage1_state`` (a model state dict) with its classifier retrained per ``cfg.decoupled``.
-
-    Returns the :class:`iif.train.TrainResult` of the stage: the model (with the retrained classifier), its
-    history and final metrics (``adjusted`` holds ``w * z`` for the IIF loss), and the checkpoint when
-    ``out_dir`` is given (``stage: stage2``; ``iif eval`` reads it). ``info`` is the process group of a
-    distributed run (set by :func:`iif.train.fit`).
-    """
-    from . import engine  # the one stage loop; engine imports this module, so not at import time
-    from .build import StageSpec, resolve_device
-    from .distributed import DistInfo
-
-    dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.runtime.device)
-    out = Path(out_dir) if out_dir is not None else None
-    return engine._run_stage(cfg, splits, StageSpec.decoupled(cfg), out, dev, info or DistInfo(), resume, force,
-                             init_state=stage1_state)

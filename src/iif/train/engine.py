@@ -38,21 +38,24 @@ from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
 from ..resources import check_image_memory, check_threads, set_threads, training_threads
 from .advice import check_backbone_advice, check_config_advice, loader_workers
-from .build import StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, resolve_device
+from .build import (StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, config_inputs,
+                    resolve_device)
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import DistInfo, barrier, cleanup_distributed, gather_rng_states, init_distributed, per_rank_batch
 from .epoch import NonFiniteLoss, train_one_epoch
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
-from .decoupled import cached_feature_batches, prepare_decoupled_model, retrain_classifier, set_stage_train_mode
+from .decoupled import cached_feature_batches, prepare_decoupled_model, set_stage_train_mode
 from .strategies import build_adjuster, trainable_parameters
-from .evaluation import (_eval_split, checkpoint_preprocess, evaluate, evaluate_checkpoint, extract_features,
-                         loss_adjuster, metrics_document, predict)
+from .evaluation import (checkpoint_preprocess, evaluate, evaluate_checkpoint, extract_features, loss_adjuster,
+                         metrics_document, predict)
+from .inference import eval_split
 
 __all__ = [
     "TrainResult",
     "StageSpec",
     "fit",
+    "retrain_classifier",
     "train_one_epoch",
     "evaluate",
     "predict",
@@ -177,31 +180,6 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
 START_FILES = ("config.yaml", "metrics.csv")
 
 
-def config_inputs(cfg: TrainConfig) -> list[tuple[str, str]]:
-    """``(config key, path)`` of everything a training config reads from disk: ``data.root``, path-valued
-    ``data.options`` (list files, found beside ``list_root`` / ``root`` as the list datasets do),
-    ``decoupled.stage1_checkpoint`` and ``posthoc.checkpoint``; for :func:`iif.outputs.refuse_overlap`."""
-    d = cfg.data
-    found: list[tuple[str, str]] = []
-    if d.root:
-        found.append(("data.root", str(d.root)))
-    opts = d.options if isinstance(d.options, dict) else {}
-    base = opts.get("list_root") or d.root
-    for key, value in sorted(opts.items()):
-        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-            continue
-        value = os.path.expanduser(os.fspath(value))
-        candidates = [value] + ([os.path.join(os.path.expanduser(str(base)), value)] if base else [])
-        hit = next((c for c in candidates if os.path.exists(c)), None)
-        if hit is not None:
-            found.append((f"data.options.{key}", hit))
-    for key, value in (("decoupled.stage1_checkpoint", cfg.decoupled.stage1_checkpoint),
-                       ("posthoc.checkpoint", cfg.posthoc.checkpoint)):
-        if value:
-            found.append((key, str(value)))
-    return found
-
-
 def _prepare_out(out: Path, force: bool, resume: bool, info: DistInfo) -> Path:
     """The folder this run writes into (rank 0 decides, every rank learns it): ``out`` itself, or a
     staging folder beside it when ``force`` replaces an earlier output (see :func:`iif.outputs.prepare_run_folder`)."""
@@ -265,6 +243,23 @@ def _run_decoupled(cfg, splits, out, dev, info, resume, force) -> TrainResult:
                               info=info)
 
 
+def retrain_classifier(cfg, splits, stage1_state: dict, *, out_dir: str | os.PathLike | None = None,
+                       device: str | torch.device | None = None, resume: bool = False, force: bool = False,
+                       info=None) -> TrainResult:
+    """Stage 2 of the decoupled strategy: ``stage1_state`` (a model state dict) with its classifier retrained
+    per ``cfg.decoupled`` (:mod:`iif.train.decoupled` prepares the model; this runs the one stage loop).
+
+    Returns the :class:`TrainResult` of the stage: the model (with the retrained classifier), its
+    history and final metrics (``adjusted`` holds ``w * z`` for the IIF loss), and the checkpoint when
+    ``out_dir`` is given (``stage: stage2``; ``iif eval`` reads it). ``info`` is the process group of a
+    distributed run (set by :func:`fit`).
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.runtime.device)
+    out = Path(out_dir) if out_dir is not None else None
+    return _run_stage(cfg, splits, StageSpec.decoupled(cfg), out, dev, info or DistInfo(), resume, force,
+                      init_state=stage1_state)
+
+
 def _run_posthoc(cfg, splits, out, dev, info, resume, force) -> TrainResult:
     p = cfg.posthoc
     if p.checkpoint:
@@ -279,7 +274,7 @@ def _run_posthoc(cfg, splits, out, dev, info, resume, force) -> TrainResult:
         return _run_stage(cfg, splits, StageSpec.main(cfg), out, dev, info, resume, force, posthoc=p.adjusters)
     counts = splits.freq.image_counts
     adjusters = {spec: build_adjuster(spec, counts, result.model) for spec in p.adjusters}
-    ds = _eval_split(splits, cfg.eval.split)
+    ds = eval_split(splits, cfg.eval.split)
     e = cfg.eval
     metrics = evaluate(result.model, ds, counts, dev, adjusters=adjusters, batch_size=e.batch_size, many=e.many,
                        few=e.few, bins=e.bins, amp=cfg.runtime.amp, info=info, resident=cfg.data.resident)
@@ -566,7 +561,7 @@ def _final_evaluation(run: _StageRun, posthoc: list | tuple = ()) -> tuple[dict[
     selection["split"] = e.split
     counts = run.splits.freq.image_counts
     adjusters = {**run.adjusters, **{a: build_adjuster(a, counts, run.model) for a in posthoc}}
-    metrics = evaluate(run.model, _eval_split(run.splits, e.split), counts, run.dev,
+    metrics = evaluate(run.model, eval_split(run.splits, e.split), counts, run.dev,
                        adjusters=adjusters, batch_size=e.batch_size, many=e.many, few=e.few, bins=e.bins,
                        amp=run.cfg.runtime.amp, channels_last=run.channels_last, info=run.info,
                        resident=run.cfg.data.resident)

@@ -1,7 +1,8 @@
 """Scoring a trained model: logits and features of a split, metrics with post-hoc adjusters, a checkpoint.
 
-Moved out of :mod:`iif.train.engine` (which keeps the training loop). Public names are re-exported by
-:mod:`iif.train`::
+Moved out of :mod:`iif.train.engine` (which keeps the training loop). The forward pass itself
+(:func:`predict`, :func:`extract_features`) is :mod:`iif.train.inference`, re-exported here. Public names are
+re-exported by :mod:`iif.train`::
 
     from iif.train import predict, extract_features, evaluate, evaluate_checkpoint
     feats, logits, labels = extract_features(model, splits.test, "cpu", batch_size=256)
@@ -20,12 +21,12 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
-from .build import StageSpec, build_criterion, build_model_for, build_splits, resolve_device
+from .build import StageSpec, build_criterion, build_model_for, build_splits, config_inputs, resolve_device
 from .checkpoint import load_checkpoint
 from .config import load_config
-from ..data.batches import make_eval_batches
-from .distributed import DistInfo, all_gather_cat
-from .epoch import autocast
+from .decoupled import shape_stage2_model
+from .distributed import DistInfo
+from .inference import eval_split, extract_features, predict
 from .strategies import build_adjuster
 
 __all__ = ["predict", "extract_features", "evaluate", "loss_adjuster", "evaluate_checkpoint", "restore_checkpoint",
@@ -51,57 +52,6 @@ def metrics_document(metrics: dict, splits) -> dict:
     """What ``final_metrics.json`` holds: ``metrics`` (``raw``, ``adjusted``, one entry per adjuster) plus
     ``val_counts`` (:func:`val_counts`). The in-memory ``TrainResult.final_metrics`` stays metrics only."""
     return {**metrics, "val_counts": val_counts(splits)}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, dataset, device: str | torch.device, batch_size: int = 256, *, amp: str = "none",
-            channels_last: bool = False, info: DistInfo | None = None, num_workers: int = 0,
-            resident: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features, logits, labels)`` of ``dataset`` in its order (float32, on CPU), model in eval mode.
-
-    With DDP every rank scores ``rank::world`` and the results are gathered and put back in order.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    batches, indices = make_eval_batches(dataset, batch_size, device, info, num_workers, resident)
-    feats, outs, labels = [], [], []
-    for x, y in batches:
-        x = x.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            f = model.features(x)
-            z = model.classifier(f)
-        feats.append(f.float())
-        outs.append(z.float())
-        labels.append(torch.as_tensor(y, device=device).long())
-    model.train(was_training)
-    d = getattr(model, "feature_dim", None)
-    c = None
-    f = torch.cat(feats) if feats else torch.zeros(0, d or 0, device=device)
-    z = torch.cat(outs) if outs else torch.zeros(0, c or 0, device=device)
-    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
-    if indices is not None and info is not None and info.distributed:
-        pos = torch.as_tensor(indices, dtype=torch.long, device=device)
-        f, z, y, pos = (all_gather_cat(t, info) for t in (f, z, y, pos))
-        order = torch.argsort(pos)
-        f, z, y = f[order], z[order], y[order]
-    return f.cpu(), z.cpu(), y.cpu()
-
-
-def extract_features(model: nn.Module, dataset, device: str | torch.device | None = None,
-                     batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features (N, D), logits (N, C), labels (N,))`` of ``dataset`` on CPU: eval mode, no augmentation.
-
-    ``device`` (default: where the model's parameters are) is where the forward passes run; the model is
-    moved there if it is elsewhere.
-    """
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    model.to(device)
-    return predict(model, dataset, device, batch_size)
 
 
 def evaluate(model: nn.Module, dataset, train_counts, device: torch.device, *, adjusters: dict[str, Callable] | None = None,
@@ -147,13 +97,6 @@ def loss_adjuster(criterion: nn.Module | None) -> Callable | None:
         return fn(logits)
 
     return apply
-
-
-def _eval_split(splits, name: str):
-    ds = getattr(splits, name, None)
-    if ds is None:
-        raise IIFError(f"this dataset has no {name!r} split; set eval.split to 'test' (or give val_per_class).")
-    return ds
 
 
 def checkpoint_preprocess(splits) -> dict:
@@ -242,7 +185,7 @@ def restore_checkpoint(path: str | os.PathLike, device: str | None = None, split
     from ..models import load_state
 
     if ckpt.get("stage") == "stage2":  # a stage-2 LWS checkpoint holds a wrapped classifier (iif.train.decoupled)
-        from .decoupled import shape_stage2_model; shape_stage2_model(model, cfg.decoupled)  # noqa: E702
+        shape_stage2_model(model, cfg.decoupled)
     load_state(model, ckpt["model"])
     model.to(dev).eval()
     if splits is not None:
@@ -315,8 +258,6 @@ def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (),
     if save_logits_to is not None:
         OutputFolder(save_logits_to, command="eval-logits", force=force)  # refuse before the long part
     r = restore_checkpoint(path, device, splits)
-    from .engine import config_inputs
-
     inputs, runs = checkpoint_inputs(path)
     inputs = inputs + config_inputs(r.cfg)
     refuse_overlap({**(protect or {}), "--save-logits": save_logits_to}, inputs, run_folders=runs)
@@ -338,7 +279,7 @@ def evaluate_checkpoint(path: str | os.PathLike, adjust: list[str] | tuple = (),
         wanted = ["test"] + (["val"] if r.splits.val is not None else [])
         if split not in wanted:
             wanted.append(split)
-    outputs = {name: predict(r.model, _eval_split(r.splits, name), r.device, bs, resident=r.cfg.data.resident)
+    outputs = {name: predict(r.model, eval_split(r.splits, name), r.device, bs, resident=r.cfg.data.resident)
                for name in wanted}
     if save_logits_to is not None:
         save_logits(r, save_logits_to, {k: outputs[k] for k in ("test", "val") if k in outputs}, force=force,
