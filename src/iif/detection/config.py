@@ -80,6 +80,8 @@ class DetectionModelConfig:
     representation_size: int = 1024
     mask_layers: list | None = None
     mask_roi_size: int = 14
+    # One mask channel for every category (build_detector's class_agnostic_mask; the v2 benchmark's setting).
+    class_agnostic_mask: bool = False
     # A local torchvision / iif checkpoint to start from (weights_only load); null: from scratch.
     checkpoint: str | None = None
     # The backbone's pretrained start (build_detector's backbone_weights): a torchvision-format ResNet state dict
@@ -197,7 +199,7 @@ _HASH_EXCLUDE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "thr
 _ADDED_KEYS = {("data", "rfs_rounding"): "stochastic", ("margin", "la_form"): None, ("margin", "gamma"): 1.0,
                ("margin", "seesaw_p"): 0.8, ("margin", "seesaw_q"): 2.0, ("margin", "allow_negative"): False,
                ("schedule", "warmup_fraction"): None, ("schedule", "milestone_fractions"): None,
-               ("model", "backbone_weights"): None}
+               ("model", "backbone_weights"): None, ("model", "class_agnostic_mask"): False}
 
 
 def scaled_schedule(*, epochs: int, batch_size: int, num_images: int, warmup_iters: int, milestones: Sequence[int],
@@ -278,6 +280,8 @@ def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
         m.pop(key)
     if m["backbone_weights"] is None:  # absent unless set, so det-bench's recorded settings stay as they were
         m.pop("backbone_weights")
+    if not m["class_agnostic_mask"]:  # likewise
+        m.pop("class_agnostic_mask")
     if m["anchor_sizes"] is not None:
         m["anchor_sizes"] = tuple(tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in m["anchor_sizes"])
     for key in ("aspect_ratios", "returned_layers", "mask_layers"):
@@ -375,6 +379,11 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
         if ARCHS[m.arch][0] == "ssd":
             raise IIFError("config key 'model.cosine_scale' is set but model.arch is ssd300_vgg16, whose head is "
                            "convolutional; the cosine classifier is for R-CNN archs (set model.cosine_scale=null).")
+    if not isinstance(m.class_agnostic_mask, bool):
+        raise IIFError(f"config key 'model.class_agnostic_mask' must be true or false; got {m.class_agnostic_mask!r}.")
+    if m.class_agnostic_mask and not m.arch.startswith("maskrcnn"):
+        raise IIFError(f"config key 'model.class_agnostic_mask' is true but model.arch {m.arch} has no mask head; "
+                       "use a maskrcnn_* arch or set model.class_agnostic_mask=false.")
     if m.classifier_only:
         if m.checkpoint is None:
             raise IIFError("config key 'model.classifier_only' is true but model.checkpoint is not set; decoupled "

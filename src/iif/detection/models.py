@@ -198,6 +198,7 @@ def build_detector(
     representation_size: int = 1024,
     mask_layers: Sequence[int] | None = None,
     mask_roi_size: int = 14,
+    class_agnostic_mask: bool = False,
     norm: str | None = None,
     trainable_layers: int | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -229,6 +230,11 @@ def build_detector(
             inference cost on small images.
         mask_roi_size: side of the RoI features fed to the mask head (torchvision: 14; masks come out at
             twice this).
+        class_agnostic_mask: one mask channel shared by every category (detectron2's ``CLS_AGNOSTIC_MASK``,
+            mmdetection's ``class_agnostic``) instead of torchvision's one per category. A category with a
+            handful of training images otherwise gets a mask channel that is barely trained, so its mask AP
+            stays near 0 whatever its classification: the offline v2 benchmark uses it so that AP_r measures
+            what a margin changes (docs/detection.md). :class:`ClassAgnosticMaskPredictor`.
         norm: ``"bn"`` (trainable BatchNorm2d), ``"gn"`` (GroupNorm) or ``"frozen_bn"``; default ``"bn"``
             from scratch and ``"frozen_bn"`` with a checkpoint or backbone weights (torchvision's fine-tuning).
         trainable_layers: ResNet stages that train (5 = all); default 5 from scratch, 3 with a checkpoint or
@@ -322,9 +328,32 @@ def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: st
         return MaskRCNN(backbone, num_classes=None,
                         mask_roi_pool=MultiScaleRoIAlign(featmap_names=names, output_size=int(a["mask_roi_size"]),
                                                          sampling_ratio=2),
-                        mask_head=mask_head, mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1),
+                        mask_head=mask_head,
+                        mask_predictor=(ClassAgnosticMaskPredictor(layers[-1], layers[-1], num_classes + 1)
+                                        if a["class_agnostic_mask"] else
+                                        MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1)),
                         **kwargs)
     return FasterRCNN(backbone, num_classes=None, **kwargs)
+
+
+class ClassAgnosticMaskPredictor(nn.Module):
+    """torchvision's mask predictor (2x transposed conv, ReLU, 1x1 conv) with ONE output channel, returned
+    expanded (a view, no copy) to the ``num_classes`` (C+1) channels torchvision's ``maskrcnn_loss`` and
+    ``maskrcnn_inference`` index by label: every category reads, and trains, the same mask logits."""
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, 2, 0)
+        self.relu = nn.ReLU(inplace=True)
+        self.mask_fcn_logits = nn.Conv2d(dim_reduced, 1, 1, 1, 0)
+        for name, param in self.named_parameters():  # torchvision's MaskRCNNPredictor initialisation
+            if "weight" in name:
+                nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.mask_fcn_logits(self.relu(self.conv5_mask(x)))
+        return logits.expand(-1, self.num_classes, -1, -1)
 
 
 def _build_ssd(num_classes: int, detections: int, score_thresh: float, norm: str) -> nn.Module:
