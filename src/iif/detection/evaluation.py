@@ -726,19 +726,12 @@ def tide_matches(gt_json: PathOrDict, detections: Detections, *, max_dets: int |
     Runs tidecv once under :func:`tide_errors`' rules and reads back what its matching decided for every
     kept detection. Returns ``{"image_ids" (json order), "image", "class", "score", "rank" (the detection's
     place in its image's score order, TIDE's tie order), "used" (1 true positive, 0 false positive, -1
-    ignored), "gt_image", "gt_class" (every non-ignored ground truth), "dAP_FP" (the run's own)}``, with
-    images as positions in ``image_ids``.
-    """
+    ignored), "gt_image", "gt_class" (every non-ignored ground truth)}``, with images as positions in
+    ``image_ids``."""
     tidecv, truth, preds, dets, _ = _tide_inputs(gt_json, detections, "bbox", max_dets)
     pos_of = {im: i for i, im in enumerate(truth.images)}
-    dap_fp = float("nan")
     if dets:
-        tide = tidecv.TIDE(mode=tidecv.TIDE.BOX)
-        tide.evaluate(truth, preds, name="detections")
-        try:
-            dap_fp = float(tide.get_special_errors()["detections"]["FalsePos"])
-        except ZeroDivisionError:
-            pass
+        tidecv.TIDE(mode=tidecv.TIDE.BOX).evaluate(truth, preds, name="detections")
     kept = [p for p in preds.annotations if "_idx" in p]  # those TIDE evaluated (all, after the top-k cut)
     used = [-1 if p["used"] is None else int(bool(p["used"])) for p in kept]
     gts = [a for a in truth.annotations if not a["ignore"]]
@@ -747,7 +740,7 @@ def tide_matches(gt_json: PathOrDict, detections: Detections, *, max_dets: int |
             "score": np.array([p["score"] for p in kept], dtype=float),
             "rank": np.array([p["_idx"] for p in kept], dtype=np.int64), "used": np.array(used, dtype=np.int64),
             "gt_image": np.array([pos_of[a["image"]] for a in gts], dtype=np.int64),
-            "gt_class": np.array([a["class"] for a in gts], dtype=np.int64), "dAP_FP": dap_fp}
+            "gt_class": np.array([a["class"] for a in gts], dtype=np.int64)}
 
 
 # --------------------------------------------------------------------------------------- false positives

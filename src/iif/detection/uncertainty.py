@@ -297,7 +297,6 @@ class ImageWeightedMetrics:
             s = _Sorted(pc["score"], pc["image"], pc["rank"])
             self.cats.append((s, pc["tp"][:, s.order], pc["fp"][:, s.order], pc["gt_image"]))
         t = tide_matches(val_json, list(detections))
-        self.tide_full = t["dAP_FP"]
         self.tide_any = t["image"]
         self.tide_x = np.array([x / 100 for x in range(101)])
         counted = t["used"] >= 0
