@@ -153,3 +153,12 @@ def test_row_intervals_equal_the_slow_route(monkeypatch):
                 assert ra["samples"] == rb["samples"] and ra["within_noise"] == rb["within_noise"]
                 for q in ("diff", "low", "high", "std"):
                     assert ra[q] == pytest.approx(rb[q], abs=TOL, nan_ok=True)
+
+
+def test_groups_without_a_letter_for_every_category_are_refused():
+    from iif.errors import IIFError
+
+    gt, dets, groups = _data("coco")
+    groups.pop(gt["categories"][0]["id"])
+    with pytest.raises(IIFError, match="groups gives no r/c/f letter"):
+        U.ImageWeightedMetrics(gt, dets, masks=False, groups=groups)

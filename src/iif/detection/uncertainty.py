@@ -161,7 +161,10 @@ def resampled_metrics(val_json: Mapping[str, Any], detections: Sequence[Mapping[
     """AP, AP_r (mask AP when ``masks``, else box AP) and TIDE's box ΔAP_FP of ``detections`` on the test images
     at ``positions``, by the evaluation det-bench's table uses (:func:`iif.detection.evaluation.evaluate_lvis`
     for an LVIS json, :func:`~iif.detection.evaluation.evaluate_coco` with ``groups`` otherwise, and
-    :func:`~iif.detection.evaluation.tide_errors`) on :func:`resample_images`'s set; nan where undefined."""
+    :func:`~iif.detection.evaluation.tide_errors`) on :func:`resample_images`'s set; nan where undefined.
+
+    The slow reference route (a full evaluation per resample); :func:`row_intervals` uses
+    :class:`ImageWeightedMetrics`, which is tested equal to it."""
     from .evaluation import evaluate_coco, evaluate_lvis, is_lvis, tide_errors
 
     gt, dets = resample_images(val_json, detections, positions)
@@ -291,6 +294,10 @@ class ImageWeightedMetrics:
             letters = {c["id"]: c["frequency"] for c in val_json["categories"]}
         else:
             letters = dict(groups) if groups is not None else None
+            missing = [] if letters is None else [c for c in m["cat_ids"] if letters.get(c) not in ("r", "c", "f")]
+            if missing:
+                raise IIFError(f"groups gives no r/c/f letter for categories {missing[:5]}; give one per category "
+                               "(category_groups(gt_json, train_counts)).")
         self.rare = None if letters is None else np.array([letters[c] == "r" for c in m["cat_ids"]])
         self.cats = []
         for pc in m["per_category"]:
