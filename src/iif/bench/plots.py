@@ -1,41 +1,21 @@
 """The bench report's figures (matplotlib, Agg backend: no display needed).
 
-Each function writes one PNG atomically and returns its path. Titles, axis labels and legends say what
-is plotted so every figure reads without the table.
+Each function writes one PNG atomically (:func:`iif.reporting.save_figure`, shared with ``iif det-bench``)
+and returns its path. Titles, axis labels and legends say what is plotted so every figure reads without the
+table.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..reporting import pyplot, save_figure
 from ..weights import VARIANTS, weights_from_counts
 
-__all__ = ["pyplot", "save_figure", "plot_deltas", "plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG atomically (:func:`iif.outputs.atomic_write_stream`) and close it."""
-    from ..outputs import atomic_write_stream
-
-    path = Path(path)
-    try:
-        atomic_write_stream(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
-    finally:
-        pyplot().close(fig)
-    return path
+__all__ = ["plot_deltas", "plot_per_class_accuracy", "plot_weight_curves", "plot_weight_norms", "plot_reliability"]
 
 
 def plot_per_class_accuracy(counts: Sequence[float], series: Mapping[str, Sequence[float | None]], path, title: str = "") -> Path:

@@ -5,23 +5,24 @@ the bench's published format). ``summary.json`` (:func:`dumps_summary`) holds th
 :func:`iif.bench.summary.summarize` and the same rows with :data:`RANK_KEYS` and the command that
 reproduces each (``reproduce``). With several seeds each number is the mean over seeds, and
 ``results_std.json`` holds the same rows (same order, :data:`ROW_KEYS`) with the standard deviation over
-seeds (ddof = 1, see :func:`aggregate_seeds`) in place of each number.
+seeds (ddof = 1, see :func:`aggregate_seeds`) in place of each number. Cells and the plain-text and Markdown
+table layouts are :mod:`iif.reporting`'s, shared with ``iif det-bench``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..outputs import json_safe
+from ..reporting import aligned_table, cell, markdown_table
 from .posthoc import ROW_KEYS
 from .summary import COLLAPSE_POINTS, row_key, row_label, summarize
 
-__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "dumps_summary", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "aligned_table", "format_table", "posthoc_text_table", "POSTHOC_LEGEND", "cell", "markdown_table", "results_markdown", "dumps_rows", "write_report"]
+__all__ = ["RANK_KEYS", "RESULT_KEYS", "ranked_table", "printed_report", "dumps_results", "dumps_summary", "plotted_rows", "per_class_series", "NUMERIC_KEYS", "TEXT_KEYS", "row_id", "aggregate_seeds", "format_table", "posthoc_text_table", "POSTHOC_LEGEND", "results_markdown", "dumps_rows", "write_report"]
 
 TEXT_KEYS: tuple[str, ...] = ("method", "strategy", "variant", "head")
 NUMERIC_KEYS: tuple[str, ...] = ("top1", "many", "medium", "few", "ece")
@@ -67,34 +68,12 @@ def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[li
     return means, stds
 
 
-def cell(value, std=None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, (int, float)):
-        text = f"{value:.{digits}f}"
-        if std is not None:
-            text += f" ± {std:.{digits}f}"
-        return text
-    return str(value)
-
-
 def _cells(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None) -> list[list[str]]:
     out = []
     for i, r in enumerate(rows):
         s = stds[i] if stds is not None else None
         out.append([cell(r[k], None if s is None or k in TEXT_KEYS else s[k]) for k in ROW_KEYS])
     return out
-
-
-def aligned_table(header: Sequence[str], body: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
-    """Plain-text table: numeric columns right-aligned, text columns left-aligned, a dashed rule under the header."""
-    widths = [max(len(header[j]), *(len(b[j]) for b in body)) if body else len(header[j]) for j in range(len(header))]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *(line(b) for b in body)])
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None) -> str:
@@ -126,14 +105,6 @@ def posthoc_text_table(rows: Sequence[Mapping[str, Any]], details: Sequence[Mapp
     numeric = [k in NUMERIC_KEYS for k in keys]
     numeric[at:at] = [True, True]
     return aligned_table(header, body, numeric)
-
-
-def markdown_table(header: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for b in body:
-        lines.append("| " + " | ".join(cell(x) if not isinstance(x, str) else x for x in b) + " |")
-    return "\n".join(lines)
 
 
 def results_markdown(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None) -> str:

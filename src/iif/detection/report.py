@@ -17,8 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..bench.plots import pyplot, save_figure
-from ..bench.report import aligned_table, cell, markdown_table
+from ..reporting import aligned_table, cell, markdown_table, pyplot, save_figure
 
 __all__ = [
     "ROW_KEYS",
