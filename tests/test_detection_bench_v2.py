@@ -106,10 +106,16 @@ def test_backbone_default_follows_the_generator_and_an_explicit_value_wins(v2, d
     s, d = _settings_before_training(v2, TINY, monkeypatch, tmp_path / "o")
     assert (s.generator, s.model["backbone_weights"], d.eval_split) == (2, "pretrained", "test")
     assert [str(p) for p in d.tune_paths] == [str(v2 / "annotations" / "val.json"), str(v2 / "images" / "val")]
-    s, _ = _settings_before_training(v2, TINY + ["model.backbone_weights=none"], monkeypatch, tmp_path / "o")
-    assert s.model["backbone_weights"] == "none"  # from scratch on v2 when asked
-    s, d = _settings_before_training(detection_benchmark[0], TINY, monkeypatch, tmp_path / "o")  # v1: scratch, val
+    assert (s.model["class_agnostic_mask"], s.rfs_threshold, s.rfs_rounding) == (True, 0.05, "stochastic")
+    assert {k: v for k, v in B.V2_DEFAULTS.items()} == {"model.backbone_weights": "pretrained",
+                                                       "model.class_agnostic_mask": True, "rfs_threshold": 0.05}
+    s, _ = _settings_before_training(v2, TINY + ["model.backbone_weights=none", "model.class_agnostic_mask=false",
+                                                 "rfs_threshold=null"], monkeypatch, tmp_path / "o")
+    # from scratch, per-category masks and plain sampling on v2 when asked
+    assert (s.model["backbone_weights"], s.model["class_agnostic_mask"], s.rfs_threshold) == ("none", False, None)
+    s, d = _settings_before_training(detection_benchmark[0], TINY, monkeypatch, tmp_path / "o")  # v1: as recorded
     assert s.generator == 1 and s.model.get("backbone_weights") is None
+    assert s.model.get("class_agnostic_mask") is None and s.rfs_threshold is None
     assert d.eval_split == "val" and d.tune_paths == ()
     assert str(d.paths[2]) == str(detection_benchmark[0] / "annotations" / "val.json")
     # explicit val paths on a v2 folder are taken as given (the caller chose the split)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import IIFError
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
 
@@ -141,6 +141,11 @@ class DetBenchSettings:
     # Seeds trained side by side in this many processes (each with ``threads`` torch threads); 1: one after
     # the other in this process. Results do not depend on it (tested), so it is left out of the resume key.
     workers: int = 1
+    # Repeat-factor sampling of the training images (LVIS's RFS, iif.detection.sampling) for every detector of
+    # the run: the threshold t (None: plain sampling) and the rounding ("stochastic": detectron2, r copies on
+    # average; "ceil": mmdetection / the paper's authors). None: the benchmark's default (V2_DEFAULTS).
+    rfs_threshold: float | None = None
+    rfs_rounding: str = "stochastic"
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
@@ -177,7 +182,7 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
 # det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
 # schedule keys of a det-train config).
 _TOP_KEYS = ("generator", "arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
-             "bootstrap", "workers")
+             "bootstrap", "workers", "rfs_threshold", "rfs_rounding")
 _TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
 # build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
 # fasterrcnn_*), log is the bench's own.
@@ -320,6 +325,13 @@ def _check_settings(s: DetBenchSettings) -> None:
                        f"(0: no intervals); got {s.bootstrap!r}.")
     if not isinstance(s.seeds, int) or s.seeds < 1:
         raise IIFError(f"--seeds must be >= 1; got {s.seeds!r}.")
+    if s.rfs_threshold is not None and (isinstance(s.rfs_threshold, bool) or not isinstance(s.rfs_threshold, (int, float))
+                                        or not 0 < s.rfs_threshold <= 1):
+        raise IIFError(f"det-bench setting rfs_threshold must be in (0, 1] (LVIS uses 0.001) or null for plain "
+                       f"sampling; got {s.rfs_threshold!r}.")
+    if s.rfs_rounding not in ("stochastic", "ceil"):
+        raise IIFError(f"det-bench setting rfs_rounding must be stochastic (detectron2) or ceil (the paper's "
+                       f"authors); got {s.rfs_rounding!r}.")
     if not isinstance(s.workers, int) or isinstance(s.workers, bool) or s.workers < 1:
         raise IIFError(f"det-bench setting workers (seeds run side by side) must be a whole number >= 1; "
                        f"got {s.workers!r}. Write e.g. workers=2 with threads=1.")
@@ -562,9 +574,15 @@ def _train(s: DetBenchSettings, data: _Data, spec: RowSpec | None, seed: int, de
     if kept is not None:
         log(f"det-bench: seed {seed}: reusing the kept {name} detector (not retrained)")
         return model, kept
-    log(f"det-bench: seed {seed}: training {name} detector ({len(data.train)} images, {s.train['epochs']} epochs)")
+    sampler = None
+    if s.rfs_threshold is not None:
+        from .runs import rfs_sampler
+
+        sampler = rfs_sampler(data.train, threshold=s.rfs_threshold, rounding=s.rfs_rounding, seed=seed)
+    log(f"det-bench: seed {seed}: training {name} detector ({len(data.train)} images, {s.train['epochs']} epochs"
+        + (f", RFS t={s.rfs_threshold:g} {s.rfs_rounding})" if sampler is not None else ")"))
     t0 = time.perf_counter()
-    res = train_detector(model, data.train, device=device, seed=seed, log=log, **s.train)
+    res = train_detector(model, data.train, device=device, seed=seed, log=log, sampler=sampler, **s.train)
     res["train_s"] = time.perf_counter() - t0
     if store is not None:
         store.save_model(model, seed, key, {"train_s": res["train_s"], "history": res.get("history", [])})
@@ -763,6 +781,30 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
             "skipped": skipped, "detections": dets}
 
 
+# What a generator-2 benchmark changes in the preset unless the command sets the key itself (issue 15; v1 keeps
+# the preset as it is, so every number recorded on v1 reproduces). Why each one: docs/detection.md, "The v2
+# benchmark in det-bench".
+V2_DEFAULTS: dict[str, Any] = {
+    "model.backbone_weights": "pretrained",  # the cached balanced pretraining (iif.detection.pretrain)
+    "model.class_agnostic_mask": True,  # a rare category's own mask channel would be barely trained
+    "rfs_threshold": 0.05,  # repeat-factor sampling: rare images 3-10x per epoch
+}
+
+
+def _apply_v2_defaults(s: DetBenchSettings, given: set[str], log) -> None:
+    for key, value in V2_DEFAULTS.items():
+        if key in given:
+            continue
+        section, _, name = key.partition(".")
+        if name:
+            if getattr(s, section).get(name) is not None:
+                continue
+            getattr(s, section)[name] = value
+        else:
+            setattr(s, key, value)
+        log(f"det-bench: generator-2 benchmark: {key}={value} (the v2 default; set {key}=... to change it)")
+
+
 def _run_seeds(s: DetBenchSettings, d: _Data, dev: str, log, plots: bool, store) -> list[dict[str, Any]]:
     """:func:`_one_seed` for seeds 0..seeds-1, in order; with ``workers > 1`` in that many spawned processes
     (each sets its own torch threads; the detectors and RoI caches go to the same resume store, one file per
@@ -838,8 +880,7 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
         preset = "gpu" if dev.startswith("cuda") else "cpu-quick"
     paths, overrides = split_data_overrides(overrides)  # data.* keys: det-train's, read by _load_data
     s = quick_settings(preset, overrides)
-    weights_given = (s.model.get("backbone_weights") is not None
-                     or any(str(o).partition("=")[0] == "model.backbone_weights" for o in overrides))
+    given = {str(o).partition("=")[0] for o in overrides}
     s.seeds, s.quick, s.device = int(seeds), bool(quick), dev
     _check_settings(s)
     if s.bootstrap is None:
@@ -852,12 +893,8 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
         torch.set_num_threads(s.threads)
     t_all = time.perf_counter()
     d = _load_data(data, s, log, paths)
-    if s.generator == 2 and not weights_given:
-        # v2 benchmarks start from the cached balanced pretraining (issue 15); model.backbone_weights=none trains
-        # from scratch. v1 keeps from scratch, so its recorded numbers reproduce.
-        s.model["backbone_weights"] = "pretrained"
-        log("det-bench: generator-2 benchmark: model.backbone_weights=pretrained (the cached balanced pretraining; "
-            "model.backbone_weights=none trains from scratch)")
+    if s.generator == 2:
+        _apply_v2_defaults(s, given, log)
     _check_memory(s, d, dev)
     sched = _scale_schedule(s, len(d.train), log)
     # The staging folder is entered now, not at the end: it keeps the trained detectors and RoI caches, so a

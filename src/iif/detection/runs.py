@@ -157,6 +157,12 @@ def check_memory(cfg: DetectionConfig, ds, batch_size: int, device: str, what: s
 def _sampler(cfg: DetectionConfig, train):
     if cfg.data.sampler != "rfs":
         return None
+    return rfs_sampler(train, threshold=cfg.data.rfs_threshold, rounding=cfg.data.rfs_rounding, seed=cfg.runtime.seed)
+
+
+def rfs_sampler(train, *, threshold: float, rounding: str, seed: int):
+    """The repeat-factor sampler of a training :class:`DetectionDataset` or a ``Subset`` of one (its factors
+    from the subset's own images, as if its json held only them); det-train and det-bench both use it."""
     from .data import restrict_annotations
     from .sampling import RepeatFactorSampler, repeat_factors
 
@@ -164,8 +170,7 @@ def _sampler(cfg: DetectionConfig, train):
     ann = base.coco.dataset
     if isinstance(train, torch.utils.data.Subset):
         ann = restrict_annotations(ann, {base.image_ids[i] for i in train.indices})
-    return RepeatFactorSampler(repeat_factors(ann, threshold=cfg.data.rfs_threshold), seed=cfg.runtime.seed,
-                               rounding=cfg.data.rfs_rounding)
+    return RepeatFactorSampler(repeat_factors(ann, threshold=threshold), seed=seed, rounding=rounding)
 
 
 def _schedule(cfg: DetectionConfig, train, sampler, log) -> dict[str, Any]:
