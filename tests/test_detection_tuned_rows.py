@@ -99,18 +99,22 @@ def test_tuned_rows_choose_on_val_by_argmax_and_report_the_choice_on_test(traine
     assert any(np.ptp(v) > 0 for _, _, v in expected.values())
 
     # selection sees only val: any evaluation on a test image raises
-    evaluate = B._evaluate
+    evaluate, score = B._evaluate, B._tune_score
 
-    def val_only(gt, results, *a, **k):
-        ids = {im["id"] for im in gt["images"]} | {r["image_id"] for r in results}
-        if ids & test_ids:
-            raise AssertionError("a test-split evaluation during selection")
-        return evaluate(gt, results, *a, **k)
+    def val_only(fn):
+        def check(gt, results, *a, **k):
+            ids = {im["id"] for im in gt["images"]} | {r["image_id"] for r in results}
+            if ids & test_ids:
+                raise AssertionError("a test-split evaluation during selection")
+            return fn(gt, results, *a, **k)
+        return check
 
-    monkeypatch.setattr(B, "_evaluate", val_only)
+    monkeypatch.setattr(B, "_evaluate", val_only(evaluate))
+    monkeypatch.setattr(B, "_tune_score", val_only(score))
     tune_cache = B._make_cache(model, d, "cpu", s, dataset=tune_ds)
     chosen = B._choose_tuned(model, d, tune_cache, "cpu", s, lambda m: None)
     monkeypatch.setattr(B, "_evaluate", evaluate)
+    monkeypatch.setattr(B, "_tune_score", score)
     assert set(chosen) == set(B.TUNE_GRIDS)
     for method, (spec, ap, _) in expected.items():
         assert chosen[method]["spec"] == spec

@@ -642,6 +642,17 @@ def _examples(model_rows: dict[str, Any], data: _Data, s: DetBenchSettings, devi
     return images, panels, [rare] * len(picks)
 
 
+def _tune_score(val_json: dict, results: list[dict], masks: bool) -> float | None:
+    """The AP the tuned rows choose by (mask AP; box AP without masks), by the table's own evaluation
+    (LVIS rules for an LVIS json, else COCO's) but without its TIDE, tail-k and false-positive passes."""
+    from .evaluation import evaluate_coco, evaluate_lvis, is_lvis
+
+    iou = "segm" if masks else "bbox"
+    ev = evaluate_lvis(val_json, results, iou_type=iou) if is_lvis(val_json) else evaluate_coco(val_json, results, iou_type=iou)
+    ap = ev.get("AP")
+    return None if ap is None or not np.isfinite(ap) else float(ap)
+
+
 def _choose_tuned(model, data: _Data, tune_cache, device: str, s: DetBenchSettings, log) -> dict[str, dict]:
     """For each method of :data:`TUNE_GRIDS`: the candidate with the highest AP on the val split (ties: the
     first in grid order), from ``tune_cache`` (the val split's RoI cache). Only val detections and val
@@ -662,8 +673,7 @@ def _choose_tuned(model, data: _Data, tune_cache, device: str, s: DetBenchSettin
                 log(f"det-bench: tuning {method}: leaving out {spec.table_variant()} {spec.by or ''}: {exc}")
                 continue
             results = _detections(model, data, tune_cache, device, s)
-            ev = _evaluate(tune_json, results, masks, s.score_threshold, counts)
-            scored.append((spec, ev["AP"]))
+            scored.append((spec, _tune_score(tune_json, results, masks)))
         if not scored:
             continue
         aps = np.array([np.nan if ap is None else ap for _, ap in scored], dtype=float)
