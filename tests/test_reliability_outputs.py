@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from iif import outputs as O
+from iif.outputs import atomic as OA, marker as OM, swap as OS
 from iif.cli import main
 from iif.errors import IIFError
 from iif.outputs import (MARKER, OutputFolder, atomic_torch_save, atomic_write_json, atomic_write_text, exchange_paths,
@@ -194,7 +195,7 @@ def test_fallback_swap_and_recovery_of_a_cut_fallback(tmp_path, monkeypatch):
     def no_exchange(a, b):
         raise OSError(errno.EINVAL, "file system cannot exchange")
 
-    monkeypatch.setattr(O, "exchange_paths", no_exchange)
+    monkeypatch.setattr(OS, "exchange_paths", no_exchange)  # looked up by swap._swap_into_place
     with OutputFolder(out, command="bench", force=True) as staging:
         (staging / "r.txt").write_text("new")
     assert (out / "r.txt").read_text() == "new" and _temporaries(tmp_path) == []
@@ -277,7 +278,7 @@ def _in_child(fn, kill_at: int | None = None, trace: Path | None = None) -> int:
         try:
             fd = os.open(os.devnull, os.O_WRONLY)
             os.dup2(fd, 1), os.dup2(fd, 2)
-            O._fault_steps = 0
+            OA._fault_steps = 0
             os.environ.pop("IIF_FAULT_KILL_AT", None)
             os.environ.pop("IIF_FAULT_TRACE", None)
             if kill_at is not None:
@@ -350,7 +351,7 @@ def test_sigkill_during_train_then_resume(tmp_path, splits):
         assert _killed(_in_child(lambda: main(argv), kill_at=k)), k
         # a fresh run has no old result: whatever is there is ours and resumable
         # (cut while writing its marker: only the marker's temporary file, which counts as empty)
-        assert not out.exists() or read_marker(out) is not None or O._contents(out) == [], k
+        assert not out.exists() or read_marker(out) is not None or OM._contents(out) == [], k
         assert os.WEXITSTATUS(_in_child(lambda: main(argv + ["--resume"]))) == 0, k
         got = torch.load(out / "last.pt", weights_only=True)["model"]
         assert all(torch.equal(got[key], ref[key]) for key in ref), k  # bit-exact after the kill

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from iif import outputs as O
+from iif.outputs import atomic as OA, run_folder as OR
 from iif.cli import main
 from iif.errors import IIFError
 from iif.outputs import MARKER, read_marker, refuse_overlap, write_marker
@@ -309,14 +310,14 @@ def test_train_force_swap_rechecks_the_destination(tmp_path, monkeypatch):
     out = tmp_path / "run"
     cfg = load_config("digits_lt_e2e", TINY)
     fit(cfg, out_dir=out)
-    real = O._swap_into_place
+    real = OR._swap_into_place
     seen = {}
 
     def swap(staging, path):  # the moment between the re-check and the swap must never be reached
         seen["swapped"] = True
         return real(staging, path)
 
-    orig_marker = O.write_marker
+    orig_marker = OR.write_marker
 
     def marker(folder, command, **extra):
         m = orig_marker(folder, command, **extra)
@@ -324,8 +325,8 @@ def test_train_force_swap_rechecks_the_destination(tmp_path, monkeypatch):
             seen["user"] = _user_folder(out)  # the user's folder appears as the run finishes
         return m
 
-    monkeypatch.setattr(O, "_swap_into_place", swap)
-    monkeypatch.setattr(O, "write_marker", marker)
+    monkeypatch.setattr(OR, "_swap_into_place", swap)  # both looked up by run_folder.finish_run_folder
+    monkeypatch.setattr(OR, "write_marker", marker)
     with pytest.raises(IIFError, match="iif did not write.*nothing was replaced.*finished output stays in"):
         fit(load_config("digits_lt_e2e", TINY), out_dir=out, force=True)
     assert "swapped" not in seen and _state(out) == seen["user"]
@@ -341,7 +342,7 @@ def _in_child(fn, kill_at: int | None = None, trace: Path | None = None) -> int:
         try:
             fd = os.open(os.devnull, os.O_WRONLY)
             os.dup2(fd, 1), os.dup2(fd, 2)
-            O._fault_steps = 0
+            OA._fault_steps = 0
             for key, value in (("IIF_FAULT_KILL_AT", kill_at), ("IIF_FAULT_TRACE", trace)):
                 os.environ.pop(key, None)
                 if value is not None:
