@@ -18,7 +18,8 @@ from iif.frequency import ClassFrequency
 from iif.metrics import evaluate_logits
 from iif.train import extract_features, fit, load_config
 from iif.data.batches import ResidentBatches, batch_recipe
-from iif.train.engine import WarmupSchedule, build_splits
+from iif.runtime import WarmupSchedule
+from iif.train.engine import build_splits
 
 TINY = ["runtime.progress=false", "runtime.tensorboard=false", "schedule.epochs=2", "eval.every=1",
         "model.backbone_kwargs.width=4"]

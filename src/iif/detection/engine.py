@@ -17,12 +17,13 @@ process group is joined (gloo on CPU, nccl on GPU) and left open for :func:`pred
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,8 +31,9 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from ..runtime import AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finite_loss, optimizer_step, resolve_device
 from ..train.checkpoint import load_checkpoint, restore_training_state
-from ..train.distributed import all_reduce_sum, gather_rng_states, init_distributed
+from ..train.distributed import DistInfo, all_reduce_sum, gather_rng_states, init_distributed
 from .data import collate
 
 try:  # the one home of atomic writes
@@ -39,42 +41,12 @@ try:  # the one home of atomic writes
 except ImportError:  # pragma: no cover - older trees
     from ..train.checkpoint import atomic_torch_save  # type: ignore[no-redef]
 
-__all__ = ["DetectionSchedule", "train_detector", "predict"]
+__all__ = ["DetectionSchedule", "train_detector", "train_one_epoch", "predict"]
 
-AMP = ("none", "bf16", "fp16")
-
-
-class DetectionSchedule:
-    """Learning-rate factor per iteration: linear warm-up, then step decay at epoch milestones.
-
-    ``factor(step) = w(step) * gamma ** #{m in milestones : epoch(step) >= m}`` with
-    ``w(step) = warmup_factor + (1 - warmup_factor) * step / warmup_iters`` for ``step < warmup_iters``
-    (torchvision references: warmup_factor 1e-3, warm-up within the first epoch) and 1 afterwards.
-    A plain object, so ``LambdaLR.state_dict()`` stores its numbers and resume needs nothing else.
-    """
-
-    def __init__(self, iters_per_epoch: int, warmup_iters: int, milestones: Sequence[int] = (), gamma: float = 0.1,
-                 warmup_factor: float = 1e-3) -> None:
-        self.iters_per_epoch = max(int(iters_per_epoch), 1)
-        self.warmup_iters = max(int(warmup_iters), 0)
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.warmup_factor = float(warmup_factor)
-
-    def __call__(self, step: int) -> float:
-        factor = 1.0
-        if step < self.warmup_iters:
-            factor = self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_iters
-        epoch = step // self.iters_per_epoch
-        return factor * self.gamma ** sum(epoch >= m for m in self.milestones)
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise IIFError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU or amp='none'.")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+#: The detection configuration of the one schedule (:class:`iif.runtime.WarmupSchedule`): warm-up in iterations
+#: from ``warmup_factor``, multiplied by the step decay at epoch ``milestones``; called with the old keywords
+#: ``(iters_per_epoch, warmup_iters, milestones, gamma, warmup_factor)``.
+DetectionSchedule = WarmupSchedule.detection
 
 
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
@@ -108,6 +80,35 @@ def _check_args(dataset, epochs: int, batch_size: int, lr: float, warmup_iters: 
         raise IIFError(f"unknown amp {amp!r}; use one of {', '.join(AMP)}.")
     if clip_grad_norm is not None and not (clip_grad_norm > 0):
         raise IIFError(f"clip_grad_norm must be positive or None; got {clip_grad_norm!r}.")
+
+
+@dataclass
+class _DetRun:
+    """What the steps of one :func:`train_detector` call share (built by :func:`_build_run`)."""
+
+    model: nn.Module
+    net: nn.Module  # the model, DDP-wrapped under torchrun
+    loader: Any
+    sampler: Any
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    dev: torch.device
+    info: DistInfo
+    settings: dict
+    settings_hash: str
+    epochs: int
+    amp: str
+    clip_grad_norm: float | None
+    log: Callable[[str], Any]
+    log_every: int
+    out: Path | None
+    history: list = field(default_factory=list)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.out / "last.pt" if self.out is not None else None
 
 
 def train_detector(
@@ -148,7 +149,8 @@ def train_detector(
         clip_grad_norm: clip the global gradient norm to this value (None: no clipping).
         sampler: an epoch-aware sampler (``set_epoch``), e.g. ``RepeatFactorSampler``, already sharded by rank
             under DDP; default: every image once per epoch in a (seed, epoch)-seeded random order, sharded.
-        device, amp: where to train, and ``"none"``, ``"bf16"`` or ``"fp16"`` (CUDA) autocast.
+        device, amp: where to train (``auto``, ``cpu``, ``cuda``, ``cuda:N``; :func:`iif.runtime.resolve_device`),
+            and ``"none"``, ``"bf16"`` or ``"fp16"`` (CUDA) autocast.
         out_dir: where ``last.pt`` is written after every epoch (atomically); None writes nothing.
         resume: continue from ``out_dir/last.pt`` if it exists (same settings required), else start fresh.
         log, log_every: a callable for progress lines, every ``log_every`` iterations (0: per epoch only).
@@ -161,26 +163,61 @@ def train_detector(
     """
     milestones = tuple(int(m) for m in milestones)
     _check_args(dataset, epochs, batch_size, lr, warmup_iters, milestones, amp, clip_grad_norm, num_workers)
-    dev = torch.device(device)
+    dev, info = _join(device, batch_size)
+    settings = {"epochs_planned": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
+                "weight_decay": weight_decay, "warmup_iters": warmup_iters, "warmup_factor": warmup_factor,
+                "milestones": list(milestones), "gamma": gamma, "clip_grad_norm": clip_grad_norm, "amp": amp,
+                "seed": seed, "world_size": info.world_size, "images": len(dataset),
+                "sampler": type(sampler).__name__ if sampler is not None else "default"}
+    run = _build_run(model, dataset, settings, sampler, dev, info, num_workers, log, log_every, out_dir)
+    start_epoch = _restore(run, resume, out_dir, seed)
+    if run.out is not None and run.info.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+
+    import resource
+
+    finished = True
+    for epoch in range(start_epoch, epochs):
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            finished = False
+            break
+        run.history.append(train_one_epoch(run, epoch))
+        if run.out is not None:
+            state = _checkpoint_state(run, epoch + 1)  # every rank joins the RNG gather
+            if run.info.is_main:
+                atomic_torch_save(state, run.checkpoint)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    history = run.history
+    return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
+            "finished": finished, "checkpoint": str(run.checkpoint) if run.checkpoint is not None else None,
+            "peak_rss_mb": peak}
+
+
+def _join(device, batch_size: int) -> tuple[torch.device, DistInfo]:
+    """The device (:func:`iif.runtime.resolve_device`; this rank's GPU under torchrun) and the process group
+    (joined when ``RANK``/``WORLD_SIZE`` are set), after checking the global batch divides over the ranks."""
+    dev = resolve_device(device)
     info = init_distributed(dev)
     if dev.type == "cuda" and info.distributed:
         dev = torch.device("cuda", info.local_rank)
     if batch_size % info.world_size:
         raise IIFError(f"batch_size {batch_size} is not divisible by the world size {info.world_size}; use a multiple "
                        f"of {info.world_size}.")
-    per_rank = batch_size // info.world_size
-    settings = {"epochs_planned": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
-                "weight_decay": weight_decay, "warmup_iters": warmup_iters, "warmup_factor": warmup_factor,
-                "milestones": list(milestones), "gamma": gamma, "clip_grad_norm": clip_grad_norm, "amp": amp,
-                "seed": seed, "world_size": info.world_size, "images": len(dataset),
-                "sampler": type(sampler).__name__ if sampler is not None else "default"}
+    return dev, info
+
+
+def _build_run(model: nn.Module, dataset, settings: dict, sampler, dev: torch.device, info: DistInfo,
+               num_workers: int, log, log_every: int, out_dir) -> _DetRun:
+    """Data loader, SGD, the schedule (:class:`iif.runtime.WarmupSchedule`), the fp16 scaler and the DDP
+    wrapper, from ``settings`` (also hashed here: resume requires the same hash)."""
+    per_rank = settings["batch_size"] // info.world_size
     check_hash = _settings_hash({k: v for k, v in settings.items() if k != "epochs_planned"})
 
     from torch.utils.data import DataLoader, DistributedSampler
 
     if sampler is None:
-        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
-                                     drop_last=False)
+        sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=settings["seed"], drop_last=False)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate, drop_last=False, persistent_workers=False)
     iters = len(loader)
@@ -191,118 +228,112 @@ def train_detector(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise IIFError("the detector has no trainable parameters; check trainable_layers.")
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, DetectionSchedule(iters, warmup_iters, milestones, gamma, warmup_factor))
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    optimizer = torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"],
+                                weight_decay=settings["weight_decay"])
+    schedule = WarmupSchedule.detection(iters, settings["warmup_iters"], settings["milestones"], settings["gamma"],
+                                        settings["warmup_factor"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None
     net: nn.Module = model
     if info.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return _DetRun(model, net, loader, sampler, params, optimizer, scheduler, scaler, dev, info, settings, check_hash,
+                   settings["epochs_planned"], settings["amp"], settings["clip_grad_norm"], log, log_every,
+                   Path(out_dir) if out_dir is not None else None)
 
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out / "last.pt" if out is not None else None
-    start_epoch, history = 0, []
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        if ckpt.get("settings_hash") != check_hash:
-            raise IIFError(f"cannot resume from {ckpt_path}: it was trained with other settings "
-                           f"({ckpt.get('settings')}); use the same batch size, lr, schedule, seed, world size and "
-                           "dataset, or start in a new out_dir.")
-        start_epoch, history = restore_training_state(ckpt, model, optimizer, scheduler, scaler, info.rank)
-        if info.is_main:
-            log(f"resumed from {ckpt_path} after epoch {start_epoch}")
-    else:
-        if resume and info.is_main:
-            log(f"no checkpoint in {out_dir}; starting from scratch")
-        torch.manual_seed(seed + 1000 * info.rank + 1)  # per-rank streams (augmentation, RoI sampling)
-    if out is not None and info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
 
-    def checkpoint_state(epoch_done: int, extra: dict | None = None) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch_done, "rng_per_rank": gather_rng_states(info), "history": history,
-                "settings": settings, "settings_hash": check_hash, **(extra or {})}
+def _restore(run: _DetRun, resume: bool, out_dir, seed: int) -> int:
+    """``resume``: continue from ``last.pt`` (same settings hash required); otherwise seed this rank's stream.
+    Returns the first epoch to train."""
+    path = run.checkpoint
+    if not (resume and path is not None and path.is_file()):
+        if resume and run.info.is_main:
+            run.log(f"no checkpoint in {out_dir}; starting from scratch")
+        torch.manual_seed(seed + 1000 * run.info.rank + 1)  # per-rank streams (augmentation, RoI sampling)
+        return 0
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if ckpt.get("settings_hash") != run.settings_hash:
+        raise IIFError(f"cannot resume from {path}: it was trained with other settings "
+                       f"({ckpt.get('settings')}); use the same batch size, lr, schedule, seed, world size and "
+                       "dataset, or start in a new out_dir.")
+    start_epoch, run.history = restore_training_state(ckpt, run.model, run.optimizer, run.scheduler, run.scaler,
+                                                      run.info.rank)
+    if run.info.is_main:
+        run.log(f"resumed from {path} after epoch {start_epoch}")
+    return start_epoch
 
-    import resource
 
-    finished = True
-    for epoch in range(start_epoch, epochs):
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            finished = False
-            break
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        net.train()
-        sums: dict[str, torch.Tensor] = {}
-        seen = 0
-        start = time.perf_counter()
-        for step, (images, targets) in enumerate(loader):
-            images = [im.to(dev, non_blocking=True) for im in images]
-            targets = _to_device(targets, dev)
-            with _autocast(dev, amp):
-                losses = net(images, targets)
-            losses = {k: v.float() for k, v in losses.items()}
-            loss = sum(losses.values())
-            bad = (~torch.isfinite(loss.detach())).float()
-            if info.distributed:  # every rank stops together, or the others hang in the all-reduce
-                bad = all_reduce_sum(bad, info)
-            if bool(bad > 0):
-                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                where = None
-                if out is not None:
-                    where = out / "nan.pt"
-                    state = checkpoint_state(epoch, {"nan_step": step})
-                    if info.is_main:
-                        atomic_torch_save(state, where)
-                raise IIFError(
-                    f"training stopped: the loss is not finite at epoch {epoch + 1}, iteration {step + 1} ({terms}). "
-                    + (f"Saved the weights before that step to {where}. " if where else "")
-                    + "Lower lr, lengthen warmup_iters, set clip_grad_norm, use amp='none', or check the boxes.")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if clip_grad_norm is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                optimizer.step()
-            scheduler.step()
-            n = len(images)
-            seen += n
-            for k, v in (("loss", loss), *losses.items()):
-                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=dev)) + v.detach().double() * n
-            if log_every and info.is_main and step % log_every == 0:
-                log(f"epoch {epoch + 1}/{epochs} iter {step + 1}/{iters} loss {float(loss.detach()):.4f} "
-                    f"lr {optimizer.param_groups[0]['lr']:.3g}")
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - start
-        keys = sorted(sums)
-        totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), dtype=torch.float64,
-                                                                                     device=dev)]), info)
-        images_total = max(float(totals[-1]), 1.0)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               **{k: float(totals[i]) / images_total for i, k in enumerate(keys)},
-               "images": int(totals[-1]), "seconds": seconds, "images_per_s": images_total / max(seconds, 1e-9)}
-        history.append(row)
-        if info.is_main:
-            log(f"epoch {epoch + 1}/{epochs} loss {row['loss']:.4f} "
+def _checkpoint_state(run: _DetRun, epoch_done: int, extra: dict | None = None) -> dict:
+    """``last.pt`` (and ``nan.pt``): weights, optimizer, schedule, scaler, every rank's RNG, history, settings."""
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "epoch": epoch_done, "rng_per_rank": gather_rng_states(run.info), "history": run.history,
+            "settings": run.settings, "settings_hash": run.settings_hash, **(extra or {})}
+
+
+def train_one_epoch(run: _DetRun, epoch: int) -> dict:
+    """One pass over the loader (torchvision references' ``train_one_epoch``): forward under autocast, the
+    loss terms in float32 and summed, the non-finite stop, the update (:func:`iif.runtime.optimizer_step`:
+    clipping, SGD, per-iteration LR); returns the epoch's row (mean of each term over every rank's images)."""
+    info, dev = run.info, run.dev
+    if hasattr(run.sampler, "set_epoch"):
+        run.sampler.set_epoch(epoch)
+    run.net.train()
+    reduce = functools.partial(all_reduce_sum, info=info) if info.distributed else None  # every rank stops together
+    sums: dict[str, torch.Tensor] = {}
+    seen = 0
+    start = time.perf_counter()
+    for step, (images, targets) in enumerate(run.loader):
+        images = [im.to(dev, non_blocking=True) for im in images]
+        targets = _to_device(targets, dev)
+        with autocast(dev, run.amp, key="amp"):
+            losses = run.net(images, targets)
+        losses = {k: v.float() for k, v in losses.items()}
+        loss = sum(losses.values())
+        try:
+            check_finite_loss(loss, epoch, step, reduce=reduce, terms=losses)
+        except NonFiniteLoss as exc:
+            _stop_on_nan(run, exc)
+        optimizer_step(loss, run.optimizer, run.scheduler, scaler=run.scaler, clip_grad_norm=run.clip_grad_norm,
+                       params=run.params)
+        n = len(images)
+        seen += n
+        for k, v in (("loss", loss), *losses.items()):
+            sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=dev)) + v.detach().double() * n
+        if run.log_every and info.is_main and step % run.log_every == 0:
+            run.log(f"epoch {epoch + 1}/{run.epochs} iter {step + 1}/{len(run.loader)} loss "
+                    f"{float(loss.detach()):.4f} lr {run.optimizer.param_groups[0]['lr']:.3g}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    keys = sorted(sums)
+    totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), dtype=torch.float64,
+                                                                                 device=dev)]), info)
+    images_total = max(float(totals[-1]), 1.0)
+    row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
+           **{k: float(totals[i]) / images_total for i, k in enumerate(keys)},
+           "images": int(totals[-1]), "seconds": seconds, "images_per_s": images_total / max(seconds, 1e-9)}
+    if info.is_main:
+        run.log(f"epoch {epoch + 1}/{run.epochs} loss {row['loss']:.4f} "
                 + " ".join(f"{k[5:] if k.startswith('loss_') else k} {row[k]:.3f}" for k in keys if k != "loss")
                 + f" | {row['images_per_s']:.2f} img/s, {seconds:.0f} s")
-        if out is not None:
-            state = checkpoint_state(epoch + 1)  # every rank joins the RNG gather
-            if info.is_main:
-                atomic_torch_save(state, ckpt_path)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
-            "finished": finished, "checkpoint": str(ckpt_path) if ckpt_path is not None else None,
-            "peak_rss_mb": peak}
+    return row
+
+
+def _stop_on_nan(run: _DetRun, exc: NonFiniteLoss) -> None:
+    """Save the weights before the bad step to ``nan.pt`` (when there is an out_dir) and stop with one line."""
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in exc.terms.items())
+    where = None
+    if run.out is not None:
+        where = run.out / "nan.pt"
+        state = _checkpoint_state(run, exc.epoch, {"nan_step": exc.step})  # every rank joins the RNG gather
+        if run.info.is_main:
+            atomic_torch_save(state, where)
+    raise IIFError(
+        f"training stopped: the loss is not finite at epoch {exc.epoch + 1}, iteration {exc.step + 1} ({terms}). "
+        + (f"Saved the weights before that step to {where}. " if where else "")
+        + "Lower lr, lengthen warmup_iters, set clip_grad_norm, use amp='none', or check the boxes.") from None
 
 
 @torch.no_grad()
@@ -331,7 +362,7 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
     if category_ids is None:
         raise IIFError(f"{type(dataset).__name__} has no category_ids (label k -> json id); use "
                        "iif.detection.load_detection_dataset.")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -354,7 +385,7 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
     try:
         for images, targets in loader:
             images = [im.to(dev) for im in images]
-            with _autocast(dev, amp):
+            with autocast(dev, amp, key="amp"):
                 outputs = model(images)
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
                        for o in outputs]

@@ -24,10 +24,11 @@ methods on one dataset) and ``resolve_device("auto")`` picks cuda when available
 mode without augmentation. ``train(cfg)`` is an alias of ``fit``.
 """
 
+from ..runtime import resolve_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_hash, load_config, packaged_configs, save_config
 from .decoupled import method_overrides
-from .engine import StageSpec, TrainResult, build_model_for, build_splits, fit, resolve_device, retrain_classifier
+from .engine import StageSpec, TrainResult, build_model_for, build_splits, fit, retrain_classifier
 from .epoch import train_one_epoch
 from .evaluation import evaluate, evaluate_checkpoint, extract_features, predict
 from .strategies import build_adjuster, parse_adjuster, tau_norm_head

@@ -1,8 +1,9 @@
-"""Building blocks of a training stage, from a config: the stage spec, device, datasets, model, loss and
-learning-rate schedule, and the files a config reads (:func:`config_inputs`). :mod:`iif.train.engine` runs
-stages from them; :mod:`iif.train.evaluation` rebuilds a checkpoint's model and data with them.
+"""Building blocks of a training stage, from a config: the stage spec, datasets, model and loss, and the files
+a config reads (:func:`config_inputs`); the device and the learning-rate schedule are :mod:`iif.runtime`'s.
+:mod:`iif.train.engine` runs stages from them; :mod:`iif.train.evaluation` rebuilds a checkpoint's model and
+data with them.
 
-    from iif.train.build import StageSpec, build_splits, build_model_for, build_criterion, resolve_device
+    from iif.train.build import StageSpec, build_splits, build_model_for, build_criterion
     cfg = load_config("digits_lt_e2e")
     splits = build_splits(cfg)
     model = build_model_for(cfg, splits)
@@ -11,19 +12,17 @@ stages from them; :mod:`iif.train.evaluation` rebuilds a checkpoint's model and 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from ..errors import IIFError
 from ..losses.registry import VARIANT_LOSSES  # the losses that take an IIF weight variant (paper Table III)
+from ..runtime import resolve_device  # the one device resolution (iif.runtime); named here for old imports
 from .config import TrainConfig
 
 __all__ = ["StageSpec", "VARIANT_LOSSES", "resolve_device", "build_splits", "build_model_for", "build_criterion",
-           "WarmupSchedule", "config_inputs"]
+           "config_inputs"]
 
 
 @dataclass
@@ -81,20 +80,6 @@ def _variant_for(loss: str, kwargs: dict, variant: str) -> str | None:
     if str(loss).lower() not in VARIANT_LOSSES:
         return None
     return kwargs.pop("variant", variant)
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is an IIFError."""
-    name = "auto" if name is None else str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise IIFError(f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N (e.g. cuda:1).") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IIFError("runtime.device is cuda but no CUDA device is available; use --device cpu.")
-    return dev
 
 
 def build_splits(cfg: TrainConfig):
@@ -161,34 +146,3 @@ def config_inputs(cfg: TrainConfig) -> list[tuple[str, str]]:
         if value:
             found.append((key, str(value)))
     return found
-
-
-class WarmupSchedule:
-    """Learning-rate factor per iteration: linear warm-up, then multistep / cosine / constant.
-
-    ``milestones`` are epochs (paper §V-B1: 360 and 380 of 400 for CIFAR-LT). A plain callable object, so
-    ``LambdaLR.state_dict`` stores it and resume needs nothing else.
-    """
-
-    def __init__(self, iters_per_epoch: int, epochs: int, name: str = "multistep", milestones=(), gamma: float = 0.1,
-                 warmup_epochs: float = 0.0, warmup_start_factor: float = 0.1) -> None:
-        if name not in ("multistep", "cosine", "constant"):
-            raise IIFError(f"unknown schedule {name!r}; use multistep, cosine or constant.")
-        self.iters_per_epoch = max(int(iters_per_epoch), 1)
-        self.total = self.iters_per_epoch * max(int(epochs), 1)
-        self.name = name
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.warmup = int(round(float(warmup_epochs) * self.iters_per_epoch))
-        self.start = float(warmup_start_factor)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return self.start + (1.0 - self.start) * step / self.warmup
-        if self.name == "multistep":
-            epoch = step // self.iters_per_epoch
-            return self.gamma ** sum(epoch >= m for m in self.milestones)
-        if self.name == "cosine":
-            t = (step - self.warmup) / max(self.total - self.warmup, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-        return 1.0

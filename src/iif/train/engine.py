@@ -37,13 +37,13 @@ from ..data.batches import make_train_batches
 from ..errors import IIFError
 from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
 from ..resources import check_image_memory, check_threads, set_threads, training_threads
+from ..runtime import NonFiniteLoss, WarmupSchedule, resolve_device  # the one runtime of both tasks
 from .advice import check_backbone_advice, check_config_advice, loader_workers
-from .build import (StageSpec, WarmupSchedule, build_criterion, build_model_for, build_splits, config_inputs,
-                    resolve_device)
+from .build import StageSpec, build_criterion, build_model_for, build_splits, config_inputs
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
 from .distributed import DistInfo, barrier, cleanup_distributed, gather_rng_states, init_distributed, per_rank_batch
-from .epoch import NonFiniteLoss, train_one_epoch
+from .epoch import train_one_epoch
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .decoupled import cached_feature_batches, prepare_decoupled_model, set_stage_train_mode
 from .strategies import build_adjuster, trainable_parameters

@@ -1,5 +1,8 @@
 """One training epoch: forward under autocast, loss in float32, backward, SGD and LR steps; progress output.
 
+The step's pieces (autocast, the non-finite-loss stop, the update) are :mod:`iif.runtime`'s, shared with
+detection.
+
 ``train_one_epoch`` is the torchvision-reference loop the stage orchestration (:mod:`iif.train.engine`)
 calls once per epoch. Progress: on a terminal a tqdm bar (removed when the epoch ends); when stderr is
 not a terminal (a log file, a CI job) no bar at all, so logs get only the one line per epoch the
@@ -8,40 +11,19 @@ engine writes (``iif.train`` logger).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import sys
 import time
-import warnings
 from typing import Callable, TextIO
 
 import torch
 from torch import nn
 
-from ..errors import IIFError
+from ..runtime import NonFiniteLoss, autocast, check_finite_loss, optimizer_step
 from .distributed import DistInfo, all_reduce_sum
 
+# NonFiniteLoss and autocast live in iif.runtime (one of each for both tasks); named here for old imports.
 __all__ = ["NonFiniteLoss", "train_one_epoch", "autocast", "progress_bar"]
-
-
-class NonFiniteLoss(Exception):
-    """The loss became NaN or inf at ``epoch`` / ``step`` (raised before the optimizer step)."""
-
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"loss is {value} at epoch {epoch + 1}, step {step + 1}")
-        self.epoch, self.step, self.value = epoch, step, value
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context of ``runtime.amp``: none, bf16 (any device) or fp16 (cuda only)."""
-    if amp in ("none", "", None, False):
-        return contextlib.nullcontext()
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise IIFError("runtime.amp=fp16 needs a CUDA device; use runtime.amp=bf16 on CPU.")
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    raise IIFError(f"unknown runtime.amp {amp!r}; use none, bf16 or fp16.")
 
 
 def train_one_epoch(
@@ -73,6 +55,8 @@ def train_one_epoch(
     from ..data import mixup_batch
 
     info = info or DistInfo()
+    # every rank must stop together on a NaN/inf loss, or the others hang in the next all-reduce
+    reduce = functools.partial(all_reduce_sum, info=info) if info.distributed else None
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
@@ -90,26 +74,8 @@ def train_one_epoch(
         with autocast(device, amp):
             logits = forward(x)
         loss = criterion(logits.float(), target)
-        bad = ~torch.isfinite(loss.detach())
-        if info.distributed:  # every rank must stop together, or the others hang in all-reduce
-            bad = all_reduce_sum(bad.to(torch.float32), info) > 0
-        if bool(bad):
-            raise NonFiniteLoss(epoch, step, float(loss.detach()))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scaler is not None:
-            with warnings.catch_warnings():
-                # fp16: the scaler skips the optimizer step while it calibrates; the schedule still advances.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-                scheduler.step()
-        else:
-            scheduler.step()
+        check_finite_loss(loss, epoch, step, reduce=reduce)  # iif.runtime: NonFiniteLoss before the update
+        optimizer_step(loss, optimizer, scheduler, scaler=scaler)
         n = y.shape[0]
         seen += n
         loss_sum += loss.detach().double() * n

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..data.batches import make_eval_batches
 from ..errors import IIFError
+from ..runtime import autocast
 from .distributed import DistInfo, all_gather_cat
-from .epoch import autocast
 
 __all__ = ["predict", "extract_features", "eval_split"]
 
