@@ -116,6 +116,37 @@ def test_bad_selection_settings(override, match):
         load_config("digits_lt_e2e", ["eval.many=10", "eval.few=20"])
 
 
+#: One value out of range per section, in the order validate_config checks the sections (issue 16 split the
+#: check into one function per section; each must still run).
+ONE_BAD_PER_SECTION = [
+    ("data.mixup_alpha=-1", "data.mixup_alpha"),
+    ("model.head=' '", "model.head"),
+    ("loss.label_smoothing=1", "loss.label_smoothing"),
+    ("optim.batch_size=0", "optim.batch_size"),
+    ("schedule.gamma=0", "schedule.gamma"),
+    ("strategy.name=joint", "strategy.name"),
+    ("decoupled.mixup_alpha=-1", "decoupled.mixup_alpha"),
+    ("posthoc.adjusters=[la:inf]", "posthoc.adjusters"),
+    ("eval.bins=0", "eval.bins"),
+    ("runtime.threads=0", "runtime.threads"),
+]
+
+
+@pytest.mark.parametrize("override, key", ONE_BAD_PER_SECTION)
+def test_every_section_is_range_checked(override, key):
+    with pytest.raises(IIFError, match=f"'{key}'"):
+        load_config("digits_lt_e2e", [override])
+
+
+def test_the_first_bad_section_is_named():
+    """With a bad value in every section, the message names the data one; drop sections from the front and
+    the next section in the order is named."""
+    overrides = [o for o, _ in ONE_BAD_PER_SECTION]
+    for i, (_, key) in enumerate(ONE_BAD_PER_SECTION):
+        with pytest.raises(IIFError, match=f"'{key}'"):
+            load_config("digits_lt_e2e", list(reversed(overrides[i:])))
+
+
 @pytest.mark.parametrize("name", ["cifar10_lt_e2e", "cifar10_lt_decoupled", "cifar10_lt_posthoc",
                                   "cifar100_lt_e2e", "cifar100_lt_decoupled", "cifar100_lt_posthoc"])
 def test_cifar_paper_configs_train_on_the_published_split_and_report_test(name):
