@@ -110,13 +110,12 @@ def test_non_finite_stop_and_its_message():
     check_finite_loss(torch.tensor(1.0), 0, 0, reduce=lambda t: t)
 
 
-def _toy(clip):
-    torch.manual_seed(0)
+def _toy(clip, scaler=None):
     w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = torch.optim.SGD([w], lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
     loss = (w * torch.tensor([1.0, 1.0])).sum() * 10  # gradient (10, 10), norm 10 * sqrt(2)
-    optimizer_step(loss, opt, sched, clip_grad_norm=clip, params=[w] if clip else None)
+    optimizer_step(loss, opt, sched, scaler=scaler, clip_grad_norm=clip, params=[w] if clip else None)
     return w.detach(), opt.param_groups[0]["lr"]
 
 
@@ -125,6 +124,26 @@ def test_optimizer_step_clips_steps_and_advances_the_schedule():
     assert w.tolist() == pytest.approx([3.0 - 0.1 * 10, 4.0 - 0.1 * 10]) and lr == pytest.approx(0.05)
     w, lr = _toy(2.0)  # the gradient scaled to norm 2: each entry 2 / sqrt(2)
     assert w.tolist() == pytest.approx([3.0 - 0.1 * math.sqrt(2), 4.0 - 0.1 * math.sqrt(2)], rel=1e-5)
+    # with a gradient scaler (fp16's path; a CPU scaler here) the gradients are unscaled before clipping:
+    # a power-of-two scale cancels exactly, so the weights equal the unscaled step's bit for bit
+    scaled, lr_scaled = _toy(2.0, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10))
+    assert torch.equal(scaled, w) and lr_scaled == lr
+
+
+def test_runtime_imports_nothing_of_iif_but_errors():
+    """The layer ARCHITECTURE.md gives iif.runtime: under both tasks, above errors only."""
+    import ast
+    from pathlib import Path
+
+    above = set()
+    for path in Path(runtime.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 1:
+                above.add((node.module or "").split(".")[0])
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            assert not any(n == "iif" or n.startswith("iif.") for n in names), path.name
+    assert above == {"errors"}
 
 
 def test_resolve_device():
