@@ -193,7 +193,9 @@ def test_bad_bench_options(tmp_path, capsys, argv, match):
 
 
 def test_dataset_without_packaged_config_writes_the_defaults_its_commands_name(tmp_path, splits, monkeypatch):
-    monkeypatch.setattr(R, "_packaged_base", lambda name, packaged: None)
+    from iif.bench import base as B
+
+    monkeypatch.setattr(B, "_packaged_base", lambda name, packaged: None)  # looked up by base.bench_base
     out = tmp_path / "o"
     tiny = ["model.arch=small_cnn", "model.backbone_kwargs={width: 4}", "data.augment=none", "schedule.epochs=1",
             "decoupled.epochs=1", "optim.batch_size=32"]

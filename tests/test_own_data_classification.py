@@ -315,11 +315,13 @@ def test_tuned_post_process_row_records_a_command_that_gives_its_metrics(tmp_pat
     import functools
     import shlex
 
-    from iif.bench import runner as R
+    from iif.bench import rows as bench_rows, runner as R
     from iif.train import build_splits
 
     tiny = ["schedule.epochs=1", "model.backbone_kwargs.width=4", "decoupled.epochs=1"]
-    monkeypatch.setattr(R, "tuned_posthoc_candidate", functools.partial(R.tuned_posthoc_candidate, gammas=(0.5,)))
+    # looked up by rows._posthoc_rows
+    monkeypatch.setattr(bench_rows, "tuned_posthoc_candidate",
+                        functools.partial(bench_rows.tuned_posthoc_candidate, gammas=(0.5,)))
     old = torch.get_num_threads()
     try:
         res = R.run_bench(dataset="digits-lt", out=tmp_path / "bench", heads=["linear"], overrides=tiny, quick=True,

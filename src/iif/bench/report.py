@@ -245,12 +245,14 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
     """``report.md`` (and its PNG plots when ``plot_data`` is given) in ``folder``.
 
     ``rows``/``stds``/``summary`` as returned by :func:`iif.bench.summary.summarize`; without ``summary``
-    the rows are the plain means of :func:`aggregate_seeds` and are summarised here.
+    the rows are the plain means of :func:`aggregate_seeds` and are summarised here. The sections, in order:
+    summary, ranked results, folded rows, setup (:func:`_setup_lines`), commands and validation choices
+    (:func:`_reproduce_lines`), calibration, timings (:func:`_timing_lines`), plots (:func:`_plot_lines`),
+    skipped variants.
     """
     from pathlib import Path
 
     from ..outputs import atomic_write_text
-    from . import plots as P
 
     if summary is None:
         rows, stds, summary = summarize(rows, stds, details, meta)
@@ -263,7 +265,26 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
     notes = _fold_notes(summary)
     if notes:
         lines += ["### Folded rows", "", *notes, ""]
-    lines += [
+    lines += _setup_lines(m)
+    lines += _reproduce_lines(rows, details)
+    skipped = m.get("skipped_variants") or {}
+    cal = _calibration_rows([r for r in rows if not r.get("same_as")], details)
+    if cal:
+        lines += ["## Calibration: temperature scaling fitted on validation (L-BFGS on NLL)", "",
+                  markdown_table(["method", "strategy", "variant", "head", "ECE before", "ECE after", "T"], cal), ""]
+    lines += _timing_lines(m)
+    if plot_data:
+        lines += _plot_lines(folder, rows, stds, details, m, plot_data, summary)
+    if skipped:
+        lines += ["## Skipped variants", ""]
+        lines += [f"- `{v}`: {why}" for v, why in skipped.items()]
+        lines.append("")
+    atomic_write_text(folder / "report.md", "\n".join(lines))
+
+
+def _setup_lines(m: Mapping[str, Any]) -> list[str]:
+    """The report's "Setup" section: data, backbone, seeds, shot groups, mode, the decoupled recipe, row kinds."""
+    lines = [
         "## Setup", "",
         f"- {m['num_classes']} classes, {sum(m['train_counts'])} training images, imbalance ratio "
         f"{m['imbalance_ratio']:.0f} (largest class {max(m['train_counts'])}, smallest {min(m['train_counts'])}); "
@@ -289,6 +310,12 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
         "`variant^gamma`) on the validation split only; tau-norm picks tau on validation.",
         "",
     ]
+    return lines
+
+
+def _reproduce_lines(rows: Sequence[Mapping[str, Any]], details: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each kept row's ``iif train`` / ``iif eval`` command, then the choices made on validation."""
+    lines: list[str] = []
     commands = [(r, r.get("reproduce")) for r in rows if not r.get("same_as") and r.get("reproduce")]
     if commands:
         lines += ["### Reproduce a row", "", "Each row with `iif train` / `iif eval` (first seed; `runtime.seed=N` for seed N):", ""]
@@ -299,54 +326,57 @@ def write_report(folder, rows, stds, details, meta, plot_data=None, summary=None
         lines += ["### Choices made on validation", ""]
         lines += [f"- seed {d['seed']}, {d['head']} head, {d['strategy']}: `{d['variant']}`" for d in tuned]
         lines.append("")
-    skipped = m.get("skipped_variants") or {}
-    cal = _calibration_rows([r for r in rows if not r.get("same_as")], details)
-    if cal:
-        lines += ["## Calibration: temperature scaling fitted on validation (L-BFGS on NLL)", "",
-                  markdown_table(["method", "strategy", "variant", "head", "ECE before", "ECE after", "T"], cal), ""]
+    return lines
+
+
+def _timing_lines(m: Mapping[str, Any]) -> list[str]:
+    """The "Timings" section: per (seed, head) backbone and post-backbone seconds, then the whole bench."""
     t = m.get("timings", [])
-    if t:
-        lines += ["## Timings", "",
-                  markdown_table(["seed", "head", "backbone s/epoch", "backbone total s", "post-backbone s (all cached rows)",
-                                  "post-backbone / epoch", "end-to-end baselines s"],
-                                 [[str(x["seed"]), x["head"], f"{x['backbone_epoch_s']:.2f}", f"{x['backbone_train_s']:.1f}",
-                                   f"{x['post_backbone_s']:.2f}", f"{x['post_backbone_s'] / x['backbone_epoch_s']:.2f}",
-                                   f"{x['e2e_baselines_s']:.1f}"] for x in t]),
-                  "", f"Whole bench: {m.get('wall_s', float('nan')):.1f} s wall, peak RSS {m.get('peak_rss_mb', float('nan')):.0f} MB.", ""]
-    if plot_data:
-        lines += ["## Plots", ""]
-        total = float(m["k_total"])
-        if any(r.get("rank") is not None for r in rows):
-            P.plot_deltas(rows, folder / "deltas.png", stds=stds if m.get("seeds", 1) > 1 else None,
-                          title=f"Change against softmax, ranked on validation ({m['dataset']})")
-            lines += ["![change against softmax, validation and test](deltas.png)", ""]
-        P.plot_weight_curves(folder / "iif_weights.png", total, [c / total for c in m["train_counts"]])
-        lines += ["![IIF weight variants](iif_weights.png)", ""]
-        for head, pdata in plot_data.items():
-            series = per_class_series(rows, details, head, (summary.get("recommended") or {}).get("label"))
-            if series:
-                name = f"per_class_{head}.png"
-                seed = min(int(d.get("seed", 0)) for d in details)
-                P.plot_per_class_accuracy(m["train_counts"], series, folder / name,
-                                          title=f"Per-class test accuracy vs training frequency ({head} head, seed {seed})")
-                lines += [f"![per-class accuracy, {head} head]({name})", ""]
-            if pdata.get("norms_before") is not None and pdata.get("norms_after") is not None:
-                name = f"weight_norms_{head}.png"
-                P.plot_weight_norms(m["train_counts"], pdata["norms_before"], pdata["norms_after"], folder / name,
-                                    title=f"Classifier weight norm per class, {head} head (paper Fig. 5)")
-                lines += [f"![weight norms, {head} head]({name})", ""]
-            rel = pdata.get("reliability")
-            if rel:
-                name = f"reliability_{head}.png"
-                P.plot_reliability(rel["before"], rel["after"], folder / name, rel["ece_before"], rel["ece_after"],
-                                   rel["temperature"], title=f"Softmax backbone, {head} head: reliability on test, "
-                                   "temperature fitted on validation")
-                lines += [f"![reliability, {head} head]({name})", ""]
-    if skipped:
-        lines += ["## Skipped variants", ""]
-        lines += [f"- `{v}`: {why}" for v, why in skipped.items()]
-        lines.append("")
-    atomic_write_text(folder / "report.md", "\n".join(lines))
+    if not t:
+        return []
+    return ["## Timings", "",
+            markdown_table(["seed", "head", "backbone s/epoch", "backbone total s", "post-backbone s (all cached rows)",
+                            "post-backbone / epoch", "end-to-end baselines s"],
+                           [[str(x["seed"]), x["head"], f"{x['backbone_epoch_s']:.2f}", f"{x['backbone_train_s']:.1f}",
+                             f"{x['post_backbone_s']:.2f}", f"{x['post_backbone_s'] / x['backbone_epoch_s']:.2f}",
+                             f"{x['e2e_baselines_s']:.1f}"] for x in t]),
+            "", f"Whole bench: {m.get('wall_s', float('nan')):.1f} s wall, peak RSS {m.get('peak_rss_mb', float('nan')):.0f} MB.", ""]
+
+
+def _plot_lines(folder, rows, stds, details, m: Mapping[str, Any], plot_data: Mapping[str, Any], summary) -> list[str]:
+    """Draw the PNG plots into ``folder`` (deltas, weight curves, per head: per-class accuracy, weight norms,
+    reliability) and return the "Plots" section that shows them."""
+    from . import plots as P
+
+    lines = ["## Plots", ""]
+    total = float(m["k_total"])
+    if any(r.get("rank") is not None for r in rows):
+        P.plot_deltas(rows, folder / "deltas.png", stds=stds if m.get("seeds", 1) > 1 else None,
+                      title=f"Change against softmax, ranked on validation ({m['dataset']})")
+        lines += ["![change against softmax, validation and test](deltas.png)", ""]
+    P.plot_weight_curves(folder / "iif_weights.png", total, [c / total for c in m["train_counts"]])
+    lines += ["![IIF weight variants](iif_weights.png)", ""]
+    for head, pdata in plot_data.items():
+        series = per_class_series(rows, details, head, (summary.get("recommended") or {}).get("label"))
+        if series:
+            name = f"per_class_{head}.png"
+            seed = min(int(d.get("seed", 0)) for d in details)
+            P.plot_per_class_accuracy(m["train_counts"], series, folder / name,
+                                      title=f"Per-class test accuracy vs training frequency ({head} head, seed {seed})")
+            lines += [f"![per-class accuracy, {head} head]({name})", ""]
+        if pdata.get("norms_before") is not None and pdata.get("norms_after") is not None:
+            name = f"weight_norms_{head}.png"
+            P.plot_weight_norms(m["train_counts"], pdata["norms_before"], pdata["norms_after"], folder / name,
+                                title=f"Classifier weight norm per class, {head} head (paper Fig. 5)")
+            lines += [f"![weight norms, {head} head]({name})", ""]
+        rel = pdata.get("reliability")
+        if rel:
+            name = f"reliability_{head}.png"
+            P.plot_reliability(rel["before"], rel["after"], folder / name, rel["ece_before"], rel["ece_after"],
+                               rel["temperature"], title=f"Softmax backbone, {head} head: reliability on test, "
+                               "temperature fitted on validation")
+            lines += [f"![reliability, {head} head]({name})", ""]
+    return lines
 
 
 def plotted_rows(rows: Sequence[Mapping[str, Any]], head: str | None,

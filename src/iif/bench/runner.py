@@ -24,18 +24,17 @@ deltas and commands, see :mod:`iif.bench.report`), ``results_std.json`` (with se
 output folder and swapped into place at the end (:class:`iif.outputs.OutputFolder`), so an interrupted
 run never leaves a half-written one, and ``--force`` never leaves the name empty nor removes files
 that iif did not write.
+
+The config every row starts from is :mod:`iif.bench.base`; the rows of one (seed, head) block are built in
+:mod:`iif.bench.rows`. This module runs the blocks, keeps them for a resumed run and writes the outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shlex
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -46,314 +45,22 @@ from ..errors import IIFError
 from ..metrics import reliability_bins, shot_thresholds
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
 from ..weights import VARIANTS
-from .posthoc import (
-    Candidate,
-    evaluate_candidates,
-    posthoc_candidates,
-    select_by_validation,
-    tuned_posthoc_candidate,
-    valid_variants,
-)
-from .posthoc import ROW_KEYS
+from .base import BASE_CONFIG, BenchBase, _head_overrides, _last_wins, _stage2_label, bench_base, bench_config
+from .posthoc import ROW_KEYS, Candidate, evaluate_candidates, valid_variants
 from .report import aggregate_seeds, dumps_results, dumps_rows, dumps_summary, printed_report, row_id, summarize
+from .rows import E2E_METHODS, _decoupled_rows, _e2e_rows, _posthoc_rows, _Row, _train
 
 __all__ = ["HEADS", "E2E_METHODS", "BenchBase", "bench_base", "bench_config", "check_out_dir", "run_bench"]
 
 HEADS: tuple[str, ...] = ("cosine", "linear")
-#: End-to-end rows: (method name in the table, loss name for build_loss, variant shown).
-E2E_METHODS: tuple[tuple[str, str, str | None], ...] = (
-    ("IIF loss", "iif", "smooth"),
-    ("IIF_CSL", "iif_csl", "smooth"),
-    ("Balanced Softmax", "balanced_softmax", None),
-    ("LA loss", "logit_adjusted", "tau=1"),
-    ("LDAM-DRW", "ldam", None),
-)
-#: tau values tried by tau-norm on validation (Kang et al. 2020 pick tau on a validation set).
-TAUS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 #: Files the bench writes; an output folder holding any of them is refused unless ``force``.
 RESULT_FILES = ("results.json", "report.md")
-#: The library's default config, written to --out when no packaged config trains the dataset (rows' commands name it).
-BASE_CONFIG = "base_config.yaml"
-#: What the bench sets on every row's config: a softmax backbone trained end to end, scored once at the end.
-BACKBONE_OVERRIDES: tuple[str, ...] = ("strategy.name=e2e", "loss.name=ce", "loss.kwargs={}", "eval.every=0")
-
-
-def _override(key: str, value: Any) -> str:
-    """``key=value`` with the value written so that the config loader (YAML) reads it back unchanged."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (dict, list)):
-        text = json.dumps(value)  # JSON is YAML
-    else:
-        text = str(value)
-    return f"{key}={text}"
-
-
-def _last_wins(overrides: Sequence[str]) -> list[str]:
-    """``overrides`` without the earlier settings of a key set again later (the same config, a shorter command:
-    overrides apply in order, so a later ``key=...`` replaces an earlier one of the same key)."""
-    keys = [o.split("=", 1)[0].strip() for o in overrides]
-    return [o for i, o in enumerate(overrides) if keys[i] not in keys[i + 1:]]
-
-
-@dataclass
-class BenchBase:
-    """The config every row starts from: ``source`` (packaged name or YAML path; None for the library's
-    defaults) and the overrides the bench and the user add. ``config(*extra)`` is the row's config and
-    ``command(*extra)`` the ``iif train`` command that trains exactly it."""
-
-    source: str | None
-    overrides: list[str] = field(default_factory=list)
-    #: Without a packaged config: where the bench writes the library's defaults (``base_config.yaml`` in --out).
-    saved_as: str | None = None
-
-    def config(self, *extra: str, device: str | None = None):
-        from ..train import load_config
-
-        cfg = load_config(self.source, _last_wins([*self.overrides, *extra]))
-        # Not part of the result: nothing written, no progress bars; the device the bench was given.
-        cfg.runtime.out_dir = None
-        cfg.runtime.progress = False
-        cfg.runtime.tensorboard = False
-        if device is not None:
-            cfg.runtime.device = device
-        return cfg
-
-    def train_argv(self, *extra: str) -> list[str]:
-        return [self.source or self.saved_as or "<config>", *_last_wins([*self.overrides, *extra])]
-
-    def command(self, *extra: str, out: str = "RUN") -> str:
-        return "iif train " + " ".join(shlex.quote(a) for a in self.train_argv(*extra)) + f" --out {out}"
-
-
-def bench_base(dataset: str | None = None, config: str | None = None, overrides: Sequence[str] = ()) -> BenchBase:
-    """The bench's base: ``config`` if given, else the packaged ``<dataset>_decoupled`` config (stage 1 is its
-    end-to-end recipe, stage 2 its ``decoupled:`` section), else ``<dataset>_e2e``, else the defaults with
-    ``data.name = dataset``; plus :data:`BACKBONE_OVERRIDES` and then the user's ``overrides``."""
-    from ..data import DATASETS
-    from ..train import load_config, packaged_configs
-
-    fixed = list(BACKBONE_OVERRIDES)
-    if config is not None:
-        cfg = load_config(config)
-        if dataset is not None and dataset != cfg.data.name:
-            raise IIFError(f"--dataset {dataset!r} and --config (data.name={cfg.data.name!r}) disagree; pass one of them.")
-        source = str(config)
-    else:
-        name = dataset or "digits-lt"
-        if name not in DATASETS:
-            raise IIFError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
-        source = _packaged_base(name, packaged_configs())
-        if source is None:
-            fixed = [f"data.name={name}", *fixed]
-    base = BenchBase(source, [*fixed, *overrides])
-    base.config()  # refuses a bad override before any work
-    return base
-
-
-def _packaged_base(name: str, packaged: Sequence[str]) -> str | None:
-    """The packaged config the bench starts from for dataset ``name``: ``<name>_decoupled`` if there is one, else
-    another packaged decoupled config of that dataset (e.g. ``imagenet_lt_r50_decoupled``), else any of its
-    configs (``<name>_e2e``...); None when no packaged config trains it."""
-    from ..train import load_config
-
-    stem = name.replace("-", "_")
-    mine = sorted((c for c in packaged if c == stem or c.startswith(stem + "_")),
-                  key=lambda c: (c != f"{stem}_decoupled", c != f"{stem}_e2e", c))
-    found = []
-    for c in mine:
-        try:
-            cfg = load_config(c)
-        except IIFError:
-            continue
-        if cfg.data.name == name:
-            found.append((cfg.strategy.name != "decoupled", len(found), c))
-    return min(found)[2] if found else None
-
-
-def bench_config(dataset: str | None = None, config: str | None = None, overrides: Sequence[str] = ()):
-    """The backbone recipe (:func:`bench_base`'s config): trained with plain CE, end to end, writing nothing."""
-    return bench_base(dataset, config, overrides).config()
 
 
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse an ``--out`` the bench may not write (see :class:`iif.outputs.OutputFolder`): an existing file,
     a non-empty folder unless ``force``, and with ``force`` any folder iif did not write."""
     OutputFolder(out, command="bench", force=force)
-
-
-def _np(t) -> np.ndarray:
-    if isinstance(t, torch.Tensor):
-        return t.detach().cpu().double().numpy()
-    return np.asarray(t)
-
-
-def _head_overrides(base: BenchBase, head: str) -> list[str]:
-    """The classifier head of a row: cosine with scale 16 (the paper's) unless the config sets its own."""
-    kwargs = base.config().model.kwargs
-    if head == "cosine":
-        kw = {"scale": 16.0, **{k: v for k, v in kwargs.items() if k in ("scale", "learnable_scale")}}
-    else:
-        kw = {k: v for k, v in kwargs.items() if k == "bias"}
-    return [f"model.head={head}", _override("model.kwargs", kw)]
-
-
-def _stage2_label(overrides: Sequence[str]) -> str:
-    """The decoupled rows' strategy: ``decoupled``, or with the ``decoupled.*`` overrides the user gave (a
-    stage 2 that departs from the config's recipe, e.g. a shorter schedule)."""
-    own = [o for o in overrides if o.startswith("decoupled.")]
-    return "decoupled" + (f" [{' '.join(own)}]" if own else "")
-
-
-@dataclass
-class _Row:
-    """How one row is reproduced: ``iif train`` with the base's overrides plus ``extra`` into ``run_name``; then
-    either ``iif eval run_name/last.pt`` (``via_eval``, with ``--adjust adjust`` when set) or nothing more.
-    ``metrics`` is the key of the row's numbers in that command's output (``final_metrics.json`` of the
-    training run, or what ``iif eval`` prints): ``raw``, ``adjusted`` (the loss's ``w * z``) or the spec."""
-
-    base: BenchBase
-    extra: list[str]
-    metrics: str = "raw"
-    adjust: str | None = None
-    run_name: str = "RUN"
-    via_eval: bool = False
-
-    def record(self) -> dict[str, Any]:
-        command = self.base.command(*self.extra, out=self.run_name)
-        if self.via_eval:
-            command += f" && iif eval {self.run_name}/last.pt" + (f" --adjust {self.adjust}" if self.adjust else "")
-        return {"command": command, "config": self.base.source, "overrides": _last_wins([*self.base.overrides, *self.extra]),
-                "eval_adjust": self.adjust, "metrics": self.metrics}
-
-
-def _with_reproduce(c: Candidate, row: _Row | None, note: str | None = None) -> Candidate:
-    c.info["reproduce"] = row.record() if row is not None else {"command": None, "note": note}
-    return c
-
-
-def _posthoc_rows(model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb: _Row) -> tuple[list[Candidate], dict]:
-    """Softmax, post-process IIF (every valid variant, and tuned on validation), logit adjustment and tau-norm
-    from the backbone's logits. Test labels are never used: every choice is made on validation."""
-    from ..train import build_adjuster
-
-    has_val = z_va is not None
-    cands, skipped = posthoc_candidates(_np(z_te), counts, head=h, val_logits=_np(z_va) if has_val else None, total=total)
-    for c in cands:
-        if c.method == "softmax":
-            _with_reproduce(c, bb)
-        elif c.method == "IIF":
-            _with_reproduce(c, _Row(bb.base, bb.extra, f"iif:{c.variant}", f"iif:{c.variant}", bb.run_name, True))
-        elif c.method == "logit adjustment":
-            tau = c.variant.split("=", 1)[1]
-            _with_reproduce(c, _Row(bb.base, bb.extra, f"la:{tau}", f"la:{tau}", bb.run_name, True))
-    if has_val:
-        tuned = tuned_posthoc_candidate(_np(z_te), _np(z_va), _np(y_va), counts, head=h, total=total)
-        sel = tuned.info["selection"]
-        # iif eval / iif predict --adjust iif:<variant>^<gamma>: the weights to the power chosen on validation
-        spec = f"iif:{sel['variant']}" if float(sel["gamma"]) == 1.0 else f"iif:{sel['variant']}^{sel['gamma']:g}"
-        _with_reproduce(tuned, _Row(bb.base, bb.extra, spec, spec, bb.run_name, True))
-        cands.insert(1 + len(valid_variants(counts, VARIANTS, total)[0]), tuned)
-
-    # tau-norm (Kang et al. 2020): the one implementation, iif eval's --adjust taunorm:tau; tau picked on validation.
-    def taunorm(tau: float, f, z):
-        return build_adjuster(f"taunorm:{tau:g}", counts, model)(f.to(z.device), z)
-
-    if has_val:
-        tau = float(select_by_validation({str(t): _np(taunorm(t, f_va, z_va)) for t in TAUS}, _np(y_va)))
-    else:
-        tau = 1.0
-    c = Candidate("tau-norm", "post-hoc", f"tau={tau:g}", h, _np(taunorm(tau, f_te, z_te)),
-                  _np(taunorm(tau, f_va, z_va)) if has_val else None)
-    cands.append(_with_reproduce(c, _Row(bb.base, bb.extra, f"taunorm:{tau:g}", f"taunorm:{tau:g}", bb.run_name, True)))
-    return cands, skipped
-
-
-def _logits(result, splits, device, batch_size: int, split: str) -> torch.Tensor | None:
-    """A trained run's logits on ``split`` as it predicts: with its loss's ``adjust_logits`` (``w * z`` for IIF)."""
-    from ..train import extract_features
-
-    ds = getattr(splits, split, None)
-    if ds is None:
-        return None
-    z = extract_features(result.model, ds, device, batch_size)[1].to(device)
-    adjust = getattr(result.criterion, "adjust_logits", None)
-    with torch.no_grad():
-        return adjust(z) if adjust is not None else z
-
-
-def _decoupled_rows(base: BenchBase, bb: _Row, state: dict, splits, dev, h: str, seed: int, variants, label: str,
-                    log) -> tuple[list[Candidate], dict]:
-    """Decoupled IIF (every valid variant, and the one validation picks), cRT and LWS: the backbone's
-    classifier retrained by :func:`iif.train.retrain_classifier` with the config's ``decoupled:`` recipe."""
-    from ..train import method_overrides, retrain_classifier
-
-    plan = [("IIF", v) for v in variants] + [("cRT", None), ("LWS", None)]
-    cands: list[Candidate] = []
-    extras: dict[str, Any] = {}
-    by_variant: dict[str, Candidate] = {}
-    for method, variant in plan:
-        extra = [*bb.extra, "strategy.name=decoupled", *method_overrides(method, variant)]
-        cfg = base.config(*extra, device=str(dev))
-        res = retrain_classifier(cfg, splits, state, device=dev)
-        zt = _logits(res, splits, dev, cfg.eval.batch_size, "test")
-        zv = _logits(res, splits, dev, cfg.eval.batch_size, "val")
-        c = Candidate(method, label, variant, h, _np(zt), None if zv is None else _np(zv))
-        run = f"runs/{method.lower()}{'-' + variant if variant else ''}-{h}-s{seed}"
-        cands.append(_with_reproduce(c, _Row(base, extra, "adjusted" if method == "IIF" else "raw", None, run)))
-        if method == "IIF":
-            by_variant[variant] = c
-            if variant == "smooth":
-                extras["norms_after"] = res.model.classifier.weight.detach().norm(dim=1).cpu().double().tolist()
-    if splits.val is not None and by_variant:
-        best = select_by_validation({v: c.val_logits for v, c in by_variant.items()}, _np(_val_labels(splits)))
-        b = by_variant[best]
-        t = Candidate("IIF tuned", label, best, h, b.test_logits, b.val_logits,
-                      info={"selection": {"variant": best, "gamma": 1.0}})
-        t.info["reproduce"] = dict(b.info["reproduce"])
-        cands.insert(len(by_variant), t)
-    return cands, extras
-
-
-def _val_labels(splits) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(splits.val.targets), dtype=torch.long)
-
-
-def _train(cfg, splits, device) -> tuple[Any, float, float]:
-    from ..train import fit
-
-    t0 = time.perf_counter()
-    res = fit(cfg, out_dir=None, device=device, splits=splits)
-    total = time.perf_counter() - t0
-    secs = [float(r["seconds"]) for r in res.history if "seconds" in r]
-    return res, (statistics.median(secs) if secs else float("nan")), total
-
-
-def _e2e_rows(base: BenchBase, bb: _Row, splits, device, head: str, seed: int, log) -> tuple[list[Candidate], float]:
-    """End-to-end baselines; each predicts with its loss's ``adjust_logits`` (paper Eq. 13 for the IIF loss)."""
-    out, seconds = [], 0.0
-    for method, loss, variant in E2E_METHODS:
-        extra = [*bb.extra, f"loss.name={loss}"]
-        if loss in ("iif", "iif_csl"):
-            extra.append("loss.variant=smooth")
-        if loss == "ldam":
-            # Margins live on the cosine scale: with the cosine head (s = 16) the logits are s * cos, so
-            # max_margin 0.5 on cosines is 0.5 * s on logits and the loss adds no scale of its own.
-            c0 = base.config(*extra)
-            s = float(c0.model.kwargs.get("scale", 16.0)) if head == "cosine" else 1.0
-            extra.append(_override("loss.kwargs", {"scale": 1.0, "max_margin": 0.5 * s,
-                                                   "drw_epoch": max(1, int(0.8 * c0.schedule.epochs))}))
-        cfg = base.config(*extra, device=str(device))
-        log(f"  [seed {seed}, {head}] end-to-end {method} ...")
-        res, _, secs = _train(cfg, splits, device)
-        seconds += secs
-        zt = _logits(res, splits, device, cfg.eval.batch_size, "test")
-        zv = _logits(res, splits, device, cfg.eval.batch_size, "val")
-        own = getattr(res.criterion, "adjust_logits", None) is not None and _has_own_rule(res.criterion)
-        c = Candidate(method, "end-to-end", variant, head, _np(zt), None if zv is None else _np(zv))
-        run = f"runs/{loss}-{head}-s{seed}"
-        out.append(_with_reproduce(c, _Row(base, extra, "adjusted" if own else "raw", None, run)))
-    return out, seconds
 
 
 def _seed_loop(seeds, heads, base, splits, dev, threads, counts, total, variants, skipped_variants, stage2, quick,
@@ -475,13 +182,6 @@ def _splits_print(splits) -> list:
     return out
 
 
-def _has_own_rule(criterion) -> bool:
-    """Whether ``iif train`` reports this loss's logits under ``adjusted`` (its ``adjust_logits`` is not the identity)."""
-    from ..losses import LossBase
-
-    return not (isinstance(criterion, LossBase) and type(criterion).adjust_logits is LossBase.adjust_logits)
-
-
 def _rss_peak_mb() -> float:
     """This process's peak resident set size so far in MiB (``ru_maxrss``, what ``/usr/bin/time -v`` reports)."""
     try:
@@ -549,17 +249,12 @@ def run_bench(
     under 10k images, else torch's default).
     """
     from ..resources import training_threads
-    from ..train import build_splits, extract_features, resolve_device
+    from ..train import build_splits, resolve_device
 
     t_start = time.perf_counter()
     out = Path(out)
     folder = OutputFolder(out, command="bench", force=force)  # refuses a bad --out before any training
-    if int(seeds) < 1:
-        raise IIFError(f"--seeds must be >= 1; got {seeds}.")
-    heads = [h.strip() for h in heads if h.strip()]
-    bad = [h for h in heads if h not in ("cosine", "linear")]
-    if not heads or bad:
-        raise IIFError(f"--heads must list cosine and/or linear (comma separated); got {','.join(heads) or 'nothing'}.")
+    heads = _checked_heads(seeds, heads)
     base = bench_base(dataset, config, overrides)
     if base.source is None:  # no packaged config trains this dataset: the commands name the defaults, written out
         base.saved_as = str(out / BASE_CONFIG)
@@ -593,15 +288,8 @@ def run_bench(
             seeds, heads, base, splits, dev, threads, counts, total, variants, skipped_variants, stage2, quick, y_te,
             y_va, many, few, store, log)
         _attach_commands(means, all_details)
-    meta = {
-        "dataset": cfg.data.name, "num_classes": int(splits.num_classes), "train_counts": [int(x) for x in counts],
-        "imbalance_ratio": float(counts.max() / max(counts.min(), 1)), "seeds": int(seeds), "heads": list(heads),
-        "quick": bool(quick), "device": str(dev), "arch": cfg.model.arch, "epochs": cfg.schedule.epochs,
-        "many": many, "few": few, "val_size": None if splits.val is None else len(splits.val.targets),
-        "test_size": len(splits.test.targets), "timings": timings, "base_config": base.source,
-        "overrides": _last_wins(base.overrides), "head_retraining": _stage2_recipe(cfg),
-        "k_total": total, "threads": threads, "skipped_variants": skipped_variants,
-    }
+    meta = _bench_meta(cfg, splits, counts, seeds=seeds, heads=heads, quick=quick, dev=dev, many=many, few=few,
+                       timings=timings, base=base, total=total, threads=threads, skipped_variants=skipped_variants)
     means, stds, summary = summarize(means, stds, all_details, meta)  # ranked on validation, identical rows folded
     text = printed_report(means, stds if seeds > 1 else None, summary)
     log("\n" + text)
@@ -612,6 +300,31 @@ def run_bench(
     log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {_rss_peak_mb():.0f} MiB)")  # after the plots, as /usr/bin/time -v
     return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out,
             "summary": summary}
+
+
+def _checked_heads(seeds: int, heads: Sequence[str]) -> list[str]:
+    """``heads`` without blanks, after refusing ``seeds`` < 1 and any head that is not cosine or linear."""
+    if int(seeds) < 1:
+        raise IIFError(f"--seeds must be >= 1; got {seeds}.")
+    heads = [h.strip() for h in heads if h.strip()]
+    bad = [h for h in heads if h not in ("cosine", "linear")]
+    if not heads or bad:
+        raise IIFError(f"--heads must list cosine and/or linear (comma separated); got {','.join(heads) or 'nothing'}.")
+    return heads
+
+
+def _bench_meta(cfg, splits, counts, *, seeds, heads, quick, dev, many, few, timings, base: BenchBase, total,
+                threads, skipped_variants) -> dict[str, Any]:
+    """The run's record (``meta`` of ``details.json``): data, settings, timings, the base config and overrides."""
+    return {
+        "dataset": cfg.data.name, "num_classes": int(splits.num_classes), "train_counts": [int(x) for x in counts],
+        "imbalance_ratio": float(counts.max() / max(counts.min(), 1)), "seeds": int(seeds), "heads": list(heads),
+        "quick": bool(quick), "device": str(dev), "arch": cfg.model.arch, "epochs": cfg.schedule.epochs,
+        "many": many, "few": few, "val_size": None if splits.val is None else len(splits.val.targets),
+        "test_size": len(splits.test.targets), "timings": timings, "base_config": base.source,
+        "overrides": _last_wins(base.overrides), "head_retraining": _stage2_recipe(cfg),
+        "k_total": total, "threads": threads, "skipped_variants": skipped_variants,
+    }
 
 
 def _stage2_recipe(cfg) -> dict[str, Any]:

@@ -344,6 +344,9 @@ def _pm(mean: float | None, std: float | None, seeds: int, signed: bool = True) 
 
 
 def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> dict[str, Any]:
+    """The summary dict of :func:`summarize` and its ``lines``, in this order: the recommendation and its
+    uncertainty, passed-over rows, warnings and commands (:func:`_recommend`, with a validation split only),
+    underfit warnings (:func:`_underfit_warnings`), notes on identical rows and the folded rows."""
     seeds = int(meta.get("seeds", 1) or 1)
     num_classes = int(meta["num_classes"])
     val_size = meta.get("val_size")
@@ -359,8 +362,6 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
         "recommended": None, "uncertainty": None, "best_per_strategy": [], "warnings": [], "folded": [],
     }
     lines: list[str] = []
-    val_few_soft = {h: stats[row_key(r)].get("val_few") for h, r in soft.items()}
-    test_few_soft = {h: r.get("few") for h, r in soft.items()}
     summary["collapse"] = {
         "rule": f"few-shot accuracy more than {COLLAPSE_POINTS:g} points below the softmax row's of the same head, "
                 "or 0 where softmax's is above 0; judged on validation to choose, flagged on test",
@@ -368,116 +369,11 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
         "flagged_on_test": [row_label(r) for r in rows if r.get("few_collapse")]}
     summary["passed_over"] = []
     if has_val:
-        ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
-        top = None
-        for r in ranked:
-            why = []
-            if not deployable(r):
-                why.append(f"no command deploys it {r['reproduce']}")
-            vf, sf = stats[row_key(r)].get("val_few"), val_few_soft.get(r["head"])
-            if few_shot_collapse(vf, sf):
-                why.append(f"its few-shot validation accuracy collapses ({vf:.1f}% against softmax's {sf:.1f}%)")
-            if not why:
-                top = r
-                break
-            summary["passed_over"].append({"label": row_label(r), "rank": r["rank"], "why": "; ".join(why)})
-        top = top if top is not None else ranked[0]
-        k = row_key(top)
-        s = stats[k]
-        rec = {kk: top.get(kk) for kk in ("method", "strategy", "variant", "head")}
-        rec.update({"label": row_label(top), "val_class_avg": s["val_class_avg"], "test_class_avg": s["test_class_avg"],
-                    "delta_val": s["delta_val"], "delta_val_std": s["delta_val_std"],
-                    "delta_test": s["delta_test"], "delta_test_std": s["delta_test_std"]})
-        if top.get("reproduce"):
-            rec["reproduce"] = top["reproduce"]
-        rec["rank"] = top["rank"]
-        summary["recommended"] = rec
-        sm = soft.get(top["head"])
-        if (top["method"], top["strategy"]) == REFERENCE:
-            why = ("no other row beats the plain backbone on validation" if top["rank"] == 1 else
-                   "every row ranked above it is passed over (see below)")
-            lines.append(f"Recommended by validation: softmax itself ({row_label(top)}): {why} "
-                         f"(class-average {s['val_class_avg']:.1f}%; test {s['test_class_avg']:.1f}%).")
-        else:
-            lines.append(
-                f"Recommended by validation: {row_label(top)}: validation {s['val_class_avg']:.1f}% "
-                f"({_pm(s['delta_val'], s['delta_val_std'], seeds)} vs softmax), test {s['test_class_avg']:.1f}% "
-                f"({_pm(s['delta_test'], s['delta_test_std'], seeds)} vs softmax"
-                + (f" at {sm['test_class_avg']:.1f}%" if sm is not None and sm.get("test_class_avg") is not None else "")
-                + "), class-average accuracy.")
-            se = s["delta_val_se"]
-            if se is not None and s["delta_val"] is not None:
-                within = abs(s["delta_val"]) < NOISE_SE * se or se == 0.0 and s["delta_val"] == 0.0
-                n = f"{val_size} images" if val_size is not None else "its images"
-                if within:
-                    text = (f"Validation has only {n}: the difference {s['delta_val']:+.1f} ± {se:.1f} is within noise "
-                            f"(under {NOISE_SE:g} standard errors); this choice is not distinguishable from softmax on "
-                            "this validation split.")
-                else:
-                    text = (f"Uncertainty: the validation difference {s['delta_val']:+.1f} ± {se:.1f} (paired standard error "
-                            f"over {n}) is {abs(s['delta_val']) / se:.1f} standard errors from zero.")
-                lines.append(text)
-                summary["uncertainty"] = {"delta_val": s["delta_val"], "delta_val_se": se, "val_size": val_size,
-                                          "within_noise": bool(within), "text": text}
-                close = [r for r in rows if r["rank"] is not None and r["rank"] > top["rank"] and r["val_class_avg"] is not None
-                         and s["val_class_avg"] - r["val_class_avg"] < NOISE_SE * se]
-                summary["uncertainty"]["close_ranks"] = [r["rank"] for r in close]
-                if close and not within and se > 0:
-                    ranks = [r["rank"] for r in close]
-                    consecutive = len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1))
-                    span = f"{ranks[0]}-{ranks[-1]}" if consecutive else ", ".join(map(str, ranks))
-                    lines.append(f"Rank{'s' if len(ranks) > 1 else ''} {span} {'are' if len(ranks) > 1 else 'is'} within "
-                                 f"{NOISE_SE * se:.1f} points of it on validation ({NOISE_SE:g} of those standard errors): "
-                                 "their order is not reliable, and any of them is a sound choice.")
-        if summary["passed_over"]:
-            lines.append("Passed over (ranked higher on validation): " + "; ".join(
-                f"rank {p['rank']} {p['label']}: {p['why']}" for p in summary["passed_over"])
-                + f". The recommendation is the best row (rank {top['rank']}) that can be deployed and keeps its "
-                "few-shot validation accuracy.")
-        if top.get("few_collapse"):
-            sm_few = test_few_soft.get(top["head"])
-            lines.append(f"Few-shot warning: the recommended row's few-shot test accuracy ({top['few']:.1f}%) collapses "
-                         f"against softmax's ({sm_few:.1f}%): more than {COLLAPSE_POINTS:g} points lower, or 0; "
-                         "validation did not show it (few validation images?).")
-            summary["warnings"].append(lines[-1])
-        if top.get("reproduce"):
-            cmd = str(top["reproduce"])
-            lines.append(f"Reproduce the recommended row: {cmd if cmd.startswith('(') else '`' + cmd + '`'}")
-            if cmd.startswith("("):  # no command reproduces it: name the best row that has one
-                alt = next((r for r in rows if r["rank"] is not None and r.get("reproduce")
-                            and not str(r["reproduce"]).startswith("(")), None)
-                if alt is not None:
-                    summary["best_reproducible"] = {"label": row_label(alt), "rank": alt["rank"],
-                                                    "val_class_avg": alt["val_class_avg"], "test_class_avg": alt["test_class_avg"],
-                                                    "delta_val": alt["delta_val"], "delta_test": alt["delta_test"],
-                                                    "reproduce": alt["reproduce"]}
-                    lines.append(f"Best row with a command: {row_label(alt)} (rank {alt['rank']}): validation "
-                                 f"{alt['val_class_avg']:.1f}%, test {alt['test_class_avg']:.1f}%: `{alt['reproduce']}`")
-        best: dict[tuple, Mapping[str, Any]] = {}
-        for r in rows:
-            if r["rank"] is not None and (r["head"], r["strategy"]) not in best and (r["method"], r["strategy"]) != REFERENCE:
-                best[(r["head"], r["strategy"])] = r
-        summary["best_per_strategy"] = [
-            {"head": h, "strategy": st, "label": row_label(r), "rank": r["rank"], "val_class_avg": r["val_class_avg"],
-             "test_class_avg": r["test_class_avg"], "delta_val": r["delta_val"], "delta_test": r["delta_test"]}
-            for (h, st), r in best.items()]
-        lines.append("Selection used the validation split only; test numbers are reported, never used to choose. "
-                     "Rows are ranked by validation class-average accuracy.")
+        _recommend(summary, lines, rows, stats, soft, seeds, val_size)
     else:
         lines.append("No validation split: nothing is ranked or recommended (choosing on the test split would "
                      "overstate the winner). Rows are in bench order with their test change against softmax.")
-    for h, r in soft.items():
-        acc, split = (r.get("val_class_avg"), "validation") if has_val else (r.get("test_class_avg"), "test")
-        if acc is None:
-            continue
-        skill = chance_corrected(acc, num_classes)
-        if skill < UNDERFIT_SKILL:
-            w = (f"Underfit warning: the softmax backbone ({h} head) reaches {acc:.1f}% class-average {split} accuracy, "
-                 f"chance is {chance:.1f}% ({num_classes} classes): it covers {100 * skill:.0f}% of the way from chance "
-                 f"to perfect (warning below {100 * UNDERFIT_SKILL:.0f}%). Train it longer or check the image size before "
-                 "trusting this ranking.")
-            summary["warnings"].append(w)
-            lines.append(w)
+    _underfit_warnings(summary, lines, soft, has_val, num_classes, chance)
     for k, f in folds.items():
         d0 = per_key[k][0]
         target = per_key[f["into"]][0]
@@ -491,6 +387,148 @@ def _summary(rows, stats, keys_in, folds, label_of, per_key, meta, has_val) -> d
                      "validation and test image) and are folded into it; see the notes under the table.")
     summary["lines"] = lines
     return summary
+
+
+def _pick_top(summary: dict[str, Any], rows, stats, val_few_soft: Mapping[Any, Any]) -> Mapping[str, Any]:
+    """The best-ranked row that a command deploys and whose few-shot validation accuracy does not collapse
+    (the rank-1 row when none qualifies); the rows passed over on the way go to ``summary["passed_over"]``."""
+    ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
+    for r in ranked:
+        why = []
+        if not deployable(r):
+            why.append(f"no command deploys it {r['reproduce']}")
+        vf, sf = stats[row_key(r)].get("val_few"), val_few_soft.get(r["head"])
+        if few_shot_collapse(vf, sf):
+            why.append(f"its few-shot validation accuracy collapses ({vf:.1f}% against softmax's {sf:.1f}%)")
+        if not why:
+            return r
+        summary["passed_over"].append({"label": row_label(r), "rank": r["rank"], "why": "; ".join(why)})
+    return ranked[0]
+
+
+def _recommend(summary: dict[str, Any], lines: list[str], rows, stats, soft, seeds: int, val_size) -> None:
+    """With a validation split: the recommended row (``summary["recommended"]``), its uncertainty, the rows
+    passed over, a few-shot warning, its command, the best row per (head, strategy)."""
+    val_few_soft = {h: stats[row_key(r)].get("val_few") for h, r in soft.items()}
+    test_few_soft = {h: r.get("few") for h, r in soft.items()}
+    top = _pick_top(summary, rows, stats, val_few_soft)
+    s = stats[row_key(top)]
+    rec = {kk: top.get(kk) for kk in ("method", "strategy", "variant", "head")}
+    rec.update({"label": row_label(top), "val_class_avg": s["val_class_avg"], "test_class_avg": s["test_class_avg"],
+                "delta_val": s["delta_val"], "delta_val_std": s["delta_val_std"],
+                "delta_test": s["delta_test"], "delta_test_std": s["delta_test_std"]})
+    if top.get("reproduce"):
+        rec["reproduce"] = top["reproduce"]
+    rec["rank"] = top["rank"]
+    summary["recommended"] = rec
+    sm = soft.get(top["head"])
+    if (top["method"], top["strategy"]) == REFERENCE:
+        why = ("no other row beats the plain backbone on validation" if top["rank"] == 1 else
+               "every row ranked above it is passed over (see below)")
+        lines.append(f"Recommended by validation: softmax itself ({row_label(top)}): {why} "
+                     f"(class-average {s['val_class_avg']:.1f}%; test {s['test_class_avg']:.1f}%).")
+    else:
+        lines.append(
+            f"Recommended by validation: {row_label(top)}: validation {s['val_class_avg']:.1f}% "
+            f"({_pm(s['delta_val'], s['delta_val_std'], seeds)} vs softmax), test {s['test_class_avg']:.1f}% "
+            f"({_pm(s['delta_test'], s['delta_test_std'], seeds)} vs softmax"
+            + (f" at {sm['test_class_avg']:.1f}%" if sm is not None and sm.get("test_class_avg") is not None else "")
+            + "), class-average accuracy.")
+        _uncertainty(summary, lines, rows, top, s, val_size)
+    if summary["passed_over"]:
+        lines.append("Passed over (ranked higher on validation): " + "; ".join(
+            f"rank {p['rank']} {p['label']}: {p['why']}" for p in summary["passed_over"])
+            + f". The recommendation is the best row (rank {top['rank']}) that can be deployed and keeps its "
+            "few-shot validation accuracy.")
+    if top.get("few_collapse"):
+        sm_few = test_few_soft.get(top["head"])
+        lines.append(f"Few-shot warning: the recommended row's few-shot test accuracy ({top['few']:.1f}%) collapses "
+                     f"against softmax's ({sm_few:.1f}%): more than {COLLAPSE_POINTS:g} points lower, or 0; "
+                     "validation did not show it (few validation images?).")
+        summary["warnings"].append(lines[-1])
+    if top.get("reproduce"):
+        _reproduce(summary, lines, rows, top)
+    summary["best_per_strategy"] = _best_per_strategy(rows)
+    lines.append("Selection used the validation split only; test numbers are reported, never used to choose. "
+                 "Rows are ranked by validation class-average accuracy.")
+
+
+def _uncertainty(summary: dict[str, Any], lines: list[str], rows, top, s: Mapping[str, Any], val_size) -> None:
+    """The paired standard error of the recommended row's validation difference: within noise or not
+    (``summary["uncertainty"]``), and the ranks below it that validation cannot tell apart from it."""
+    se = s["delta_val_se"]
+    if se is None or s["delta_val"] is None:
+        return
+    within = abs(s["delta_val"]) < NOISE_SE * se or se == 0.0 and s["delta_val"] == 0.0
+    n = f"{val_size} images" if val_size is not None else "its images"
+    if within:
+        text = (f"Validation has only {n}: the difference {s['delta_val']:+.1f} ± {se:.1f} is within noise "
+                f"(under {NOISE_SE:g} standard errors); this choice is not distinguishable from softmax on "
+                "this validation split.")
+    else:
+        text = (f"Uncertainty: the validation difference {s['delta_val']:+.1f} ± {se:.1f} (paired standard error "
+                f"over {n}) is {abs(s['delta_val']) / se:.1f} standard errors from zero.")
+    lines.append(text)
+    summary["uncertainty"] = {"delta_val": s["delta_val"], "delta_val_se": se, "val_size": val_size,
+                              "within_noise": bool(within), "text": text}
+    close = [r for r in rows if r["rank"] is not None and r["rank"] > top["rank"] and r["val_class_avg"] is not None
+             and s["val_class_avg"] - r["val_class_avg"] < NOISE_SE * se]
+    summary["uncertainty"]["close_ranks"] = [r["rank"] for r in close]
+    if close and not within and se > 0:
+        ranks = [r["rank"] for r in close]
+        consecutive = len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1))
+        span = f"{ranks[0]}-{ranks[-1]}" if consecutive else ", ".join(map(str, ranks))
+        lines.append(f"Rank{'s' if len(ranks) > 1 else ''} {span} {'are' if len(ranks) > 1 else 'is'} within "
+                     f"{NOISE_SE * se:.1f} points of it on validation ({NOISE_SE:g} of those standard errors): "
+                     "their order is not reliable, and any of them is a sound choice.")
+
+
+def _reproduce(summary: dict[str, Any], lines: list[str], rows, top) -> None:
+    """The recommended row's command; when it has none, the best ranked row that has one."""
+    cmd = str(top["reproduce"])
+    lines.append(f"Reproduce the recommended row: {cmd if cmd.startswith('(') else '`' + cmd + '`'}")
+    if not cmd.startswith("("):
+        return
+    # no command reproduces it: name the best row that has one
+    alt = next((r for r in rows if r["rank"] is not None and r.get("reproduce")
+                and not str(r["reproduce"]).startswith("(")), None)
+    if alt is not None:
+        summary["best_reproducible"] = {"label": row_label(alt), "rank": alt["rank"],
+                                        "val_class_avg": alt["val_class_avg"], "test_class_avg": alt["test_class_avg"],
+                                        "delta_val": alt["delta_val"], "delta_test": alt["delta_test"],
+                                        "reproduce": alt["reproduce"]}
+        lines.append(f"Best row with a command: {row_label(alt)} (rank {alt['rank']}): validation "
+                     f"{alt['val_class_avg']:.1f}%, test {alt['test_class_avg']:.1f}%: `{alt['reproduce']}`")
+
+
+def _best_per_strategy(rows) -> list[dict[str, Any]]:
+    """The best-ranked row of each (head, strategy), softmax itself left out."""
+    best: dict[tuple, Mapping[str, Any]] = {}
+    for r in rows:
+        if r["rank"] is not None and (r["head"], r["strategy"]) not in best and (r["method"], r["strategy"]) != REFERENCE:
+            best[(r["head"], r["strategy"])] = r
+    return [
+        {"head": h, "strategy": st, "label": row_label(r), "rank": r["rank"], "val_class_avg": r["val_class_avg"],
+         "test_class_avg": r["test_class_avg"], "delta_val": r["delta_val"], "delta_test": r["delta_test"]}
+        for (h, st), r in best.items()]
+
+
+def _underfit_warnings(summary: dict[str, Any], lines: list[str], soft, has_val: bool, num_classes: int,
+                       chance: float) -> None:
+    """A warning per head whose softmax backbone covers less than :data:`UNDERFIT_SKILL` of the way from
+    chance to perfect (on validation when there is one, else on test)."""
+    for h, r in soft.items():
+        acc, split = (r.get("val_class_avg"), "validation") if has_val else (r.get("test_class_avg"), "test")
+        if acc is None:
+            continue
+        skill = chance_corrected(acc, num_classes)
+        if skill < UNDERFIT_SKILL:
+            w = (f"Underfit warning: the softmax backbone ({h} head) reaches {acc:.1f}% class-average {split} accuracy, "
+                 f"chance is {chance:.1f}% ({num_classes} classes): it covers {100 * skill:.0f}% of the way from chance "
+                 f"to perfect (warning below {100 * UNDERFIT_SKILL:.0f}%). Train it longer or check the image size before "
+                 "trusting this ranking.")
+            summary["warnings"].append(w)
+            lines.append(w)
 
 
 def _unfolded_identities(rows: Sequence[Mapping[str, Any]]) -> list[str]:
