@@ -110,7 +110,55 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
     when there are such images, else carved from the training images (:func:`carve_counts`).
     ``val_per_class=0``: no validation split. ``image_size`` None: read from the images
     (:func:`native_image_size`). Splits use numpy seed ``seed``.
+
+    Steps: check the arguments (:func:`_folder_options`), scan the train tree, hold out test (and validation)
+    per layout (:func:`_split_tree_layout` / :func:`_one_tree_layout`), draw the long tail, carve validation
+    from train in the split-tree layout (:func:`_carve_validation`), then build the datasets
+    (:func:`_folder_datasets`). One ``RandomState(seed)`` is drawn from in that order.
     """
+    root, extra = _folder_options(root, tf_kw, val_fraction, test_fraction, image_size)
+    split_tree = os.path.isdir(os.path.join(root, "train"))
+    train_root = os.path.join(root, "train") if split_tree else root
+    try:
+        names, class_to_idx = find_classes(train_root)
+    except FileNotFoundError as e:
+        raise IIFError(f"{train_root} has no class sub-folders ({e}); lay it out as <class>/<image>.") from None
+    c = len(names)
+    special: list = []  # FIFOs, sockets, devices named like images: skipped with one warning
+    samples = _scan(train_root, class_to_idx, special)
+    targets = np.array([y for _, y in samples], dtype=np.int64)
+    rng = np.random.RandomState(int(seed))
+    has_val_tree = split_tree and os.path.isdir(os.path.join(root, "val"))
+    if split_tree:
+        train_idx, val_s, test_s = _split_tree_layout(root, samples, targets, c, class_to_idx, special, rng,
+                                                      has_val_tree, val_per_class, test_fraction)
+    else:
+        train_idx, val_s, test_s = _one_tree_layout(samples, targets, c, rng, val_per_class, val_fraction,
+                                                    test_fraction)
+    pool = train_idx
+    if imbalance_ratio is not None:
+        n_per = np.bincount(targets[pool], minlength=c)
+        counts = longtail_counts(int(n_per.max()) if n_per.size else 1, c, imbalance_ratio, profile)
+        chosen = select_longtail(targets[pool], counts, seed)
+        train_idx = pool[chosen]
+    if split_tree and not has_val_tree and val_per_class != 0:
+        train_idx, val_s = _carve_validation(samples, targets, c, rng, pool, train_idx, val_per_class, val_fraction)
+    notes = []
+    skipped = special_files_message(special, f"folder {root}")
+    if skipped:
+        notes.append(f"warning: {skipped}")
+    # a split that is absent altogether (not asked for, or no val/ tree and val_per_class=0) is not a gap
+    gap = missing_split_classes(names, [y for _, y in val_s] if val_s else None,
+                                [y for _, y in test_s] if test_s else None,
+                                np.bincount(targets, minlength=c) if c else None)
+    if gap:
+        notes.append(f"warning: folder {root}: {gap}")
+    return _folder_datasets(root, samples, train_idx, val_s, test_s, names, image_size, augment, extra, notes)
+
+
+def _folder_options(root, tf_kw: dict, val_fraction: float, test_fraction: float, image_size) -> tuple[str, dict]:
+    """``root`` (``~`` expanded) and the augment options of ``tf_kw``; refuses a missing root, an unknown
+    option, fractions outside [0, 1) or summing to 1 or more, and a non-positive ``image_size``."""
     if root is None or not os.path.isdir(os.path.expanduser(str(root))):
         raise IIFError(f"dataset 'folder' needs data.root= (root= in Python) an existing image folder of "
                        f"<class>/<image> or train/<class>/<image>; got {root!r}.")
@@ -125,83 +173,79 @@ def build_folder(root=None, imbalance_ratio=None, profile="exp", seed=0, augment
     if image_size is not None and int(image_size) < 1:
         raise IIFError(f"folder image_size must be a positive number of pixels or null (read from the images); "
                        f"got {image_size}.")
-    split_tree = os.path.isdir(os.path.join(root, "train"))
-    train_root = os.path.join(root, "train") if split_tree else root
-    try:
-        names, class_to_idx = find_classes(train_root)
-    except FileNotFoundError as e:
-        raise IIFError(f"{train_root} has no class sub-folders ({e}); lay it out as <class>/<image>.") from None
-    c = len(names)
-    special: list = []  # FIFOs, sockets, devices named like images: skipped with one warning
-    samples = _scan(train_root, class_to_idx, special)
-    targets = np.array([y for _, y in samples], dtype=np.int64)
-    rng = np.random.RandomState(int(seed))
+    return root, extra
+
+
+def _split_tree_layout(root: str, samples, targets, c: int, class_to_idx, special: list, rng, has_val_tree: bool,
+                       val_per_class, test_fraction: float):
+    """``(train_idx, val_s, test_s)`` of a ``train/`` (``val/``, ``test/``) tree: ``val/`` and ``test/`` scanned
+    when present; without ``test/``, ``test_fraction`` of each class's train images held out."""
     val_s = test_s = None
-    has_val_tree = split_tree and os.path.isdir(os.path.join(root, "val"))
-    if split_tree:
-        if has_val_tree:
-            val_s = _scan(os.path.join(root, "val"), class_to_idx, special)
-        train_idx = np.arange(len(samples))
-        if os.path.isdir(os.path.join(root, "test")):
-            test_s = _scan(os.path.join(root, "test"), class_to_idx, special)
-        elif c:  # no test/: test_fraction of each class's images, as in the one-tree layout
-            keep, te = [], []
-            carve = not has_val_tree and val_per_class != 0  # validation carved from train later: leave it room
-            for k in range(c):
-                idx = np.where(targets == k)[0]
-                rng.shuffle(idx)
-                n_te = held_out_counts(len(idx), 0, int(len(idx) * test_fraction), val=carve,
-                                       test=test_fraction > 0)[2]
-                te.append(idx[:n_te]), keep.append(idx[n_te:])
-            train_idx = np.sort(np.concatenate(keep))
-            test_s = [samples[i] for i in np.concatenate(te)]
-    else:
-        train_idx, va, te = [], [], []
+    if has_val_tree:
+        val_s = _scan(os.path.join(root, "val"), class_to_idx, special)
+    train_idx = np.arange(len(samples))
+    if os.path.isdir(os.path.join(root, "test")):
+        test_s = _scan(os.path.join(root, "test"), class_to_idx, special)
+    elif c:  # no test/: test_fraction of each class's images, as in the one-tree layout
+        keep, te = [], []
+        carve = not has_val_tree and val_per_class != 0  # validation carved from train later: leave it room
         for k in range(c):
             idx = np.where(targets == k)[0]
             rng.shuffle(idx)
-            want_va = int(val_per_class) if val_per_class is not None else int(len(idx) * val_fraction)
-            # train keeps 1, then validation gets 1, then test 1, then the fractions (docs/datasets.md)
-            _, n_va, n_te = held_out_counts(len(idx), want_va, int(len(idx) * test_fraction),
-                                            val=want_va > 0 or (val_per_class is None and val_fraction > 0),
-                                            test=test_fraction > 0)
-            te.append(idx[:n_te]), va.append(idx[n_te:n_te + n_va]), train_idx.append(idx[n_te + n_va:])
-        train_idx = np.concatenate(train_idx) if c else np.zeros(0, np.int64)
+            n_te = held_out_counts(len(idx), 0, int(len(idx) * test_fraction), val=carve,
+                                   test=test_fraction > 0)[2]
+            te.append(idx[:n_te]), keep.append(idx[n_te:])
+        train_idx = np.sort(np.concatenate(keep))
         test_s = [samples[i] for i in np.concatenate(te)]
-        val_s = [samples[i] for i in np.concatenate(va)]
-    pool = train_idx
-    if imbalance_ratio is not None:
-        n_per = np.bincount(targets[pool], minlength=c)
-        counts = longtail_counts(int(n_per.max()) if n_per.size else 1, c, imbalance_ratio, profile)
-        chosen = select_longtail(targets[pool], counts, seed)
-        train_idx = pool[chosen]
-    if split_tree and not has_val_tree and val_per_class != 0:
-        left = np.setdiff1d(pool, train_idx)
-        if val_per_class is not None and left.size:  # the long tail left images out: validate on those
-            va = []
-            for k in range(c):
-                idx = left[targets[left] == k]
-                rng.shuffle(idx)
-                va.append(idx[: int(val_per_class)])
-        else:  # carve a per-class validation split out of the training images
-            take = carve_counts(np.bincount(targets[train_idx], minlength=c), val_per_class, val_fraction)
-            va, keep = [], []
-            for k in range(c):
-                idx = np.sort(train_idx[targets[train_idx] == k])
-                rng.shuffle(idx)
-                va.append(idx[: take[k]]), keep.append(idx[take[k]:])
-            train_idx = np.sort(np.concatenate(keep)) if c else train_idx
-        val_s = [samples[i] for i in np.concatenate(va)] if c else []
-    notes = []
-    skipped = special_files_message(special, f"folder {root}")
-    if skipped:
-        notes.append(f"warning: {skipped}")
-    # a split that is absent altogether (not asked for, or no val/ tree and val_per_class=0) is not a gap
-    gap = missing_split_classes(names, [y for _, y in val_s] if val_s else None,
-                                [y for _, y in test_s] if test_s else None,
-                                np.bincount(targets, minlength=c) if c else None)
-    if gap:
-        notes.append(f"warning: folder {root}: {gap}")
+    return train_idx, val_s, test_s
+
+
+def _one_tree_layout(samples, targets, c: int, rng, val_per_class, val_fraction: float, test_fraction: float):
+    """``(train_idx, val_s, test_s)`` of a single ``<class>/<image>`` tree: per class, test then validation held
+    out (train keeps 1, then validation gets 1, then test 1, then the fractions; docs/datasets.md)."""
+    train_idx, va, te = [], [], []
+    for k in range(c):
+        idx = np.where(targets == k)[0]
+        rng.shuffle(idx)
+        want_va = int(val_per_class) if val_per_class is not None else int(len(idx) * val_fraction)
+        # train keeps 1, then validation gets 1, then test 1, then the fractions (docs/datasets.md)
+        _, n_va, n_te = held_out_counts(len(idx), want_va, int(len(idx) * test_fraction),
+                                        val=want_va > 0 or (val_per_class is None and val_fraction > 0),
+                                        test=test_fraction > 0)
+        te.append(idx[:n_te]), va.append(idx[n_te:n_te + n_va]), train_idx.append(idx[n_te + n_va:])
+    train_idx = np.concatenate(train_idx) if c else np.zeros(0, np.int64)
+    test_s = [samples[i] for i in np.concatenate(te)]
+    val_s = [samples[i] for i in np.concatenate(va)]
+    return train_idx, val_s, test_s
+
+
+def _carve_validation(samples, targets, c: int, rng, pool, train_idx, val_per_class, val_fraction: float):
+    """``(train_idx, val_s)`` of a ``train/`` tree without ``val/``: ``val_per_class`` per class from the images
+    the long tail left out of ``pool`` when there are such, else carved out of the training images."""
+    left = np.setdiff1d(pool, train_idx)
+    if val_per_class is not None and left.size:  # the long tail left images out: validate on those
+        va = []
+        for k in range(c):
+            idx = left[targets[left] == k]
+            rng.shuffle(idx)
+            va.append(idx[: int(val_per_class)])
+    else:  # carve a per-class validation split out of the training images
+        take = carve_counts(np.bincount(targets[train_idx], minlength=c), val_per_class, val_fraction)
+        va, keep = [], []
+        for k in range(c):
+            idx = np.sort(train_idx[targets[train_idx] == k])
+            rng.shuffle(idx)
+            va.append(idx[: take[k]]), keep.append(idx[take[k]:])
+        train_idx = np.sort(np.concatenate(keep)) if c else train_idx
+    val_s = [samples[i] for i in np.concatenate(va)] if c else []
+    return train_idx, val_s
+
+
+def _folder_datasets(root: str, samples, train_idx, val_s, test_s, names, image_size, augment: str, extra: dict,
+                     notes: list[str]) -> DatasetSplits:
+    """The splits' datasets: decoded once into memory when small enough, else files decoded per batch;
+    ``image_size`` None is read from the training images (:func:`native_image_size`)."""
+    c = len(names)
     note = None
     if image_size is None:
         image_size, seen = native_image_size([samples[i][0] for i in train_idx])
