@@ -172,3 +172,18 @@ def test_the_cache_folder_is_per_version_and_v1_keeps_its_path(monkeypatch, tmp_
     assert B.default_benchmark_dir() == tmp_path / "det-data" / f"v{synthetic.DEFAULT_GENERATOR}-seed0"
     assert B.default_benchmark_dir(generator=1) == tmp_path / "det-data" / "v1-seed0"  # every recorded run's
     assert B.default_benchmark_dir(3, generator=2) == tmp_path / "det-data" / "v2-seed3"
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("rfs_threshold=2", "rfs_threshold must be in (0, 1]"),
+    ("rfs_threshold=0", "rfs_threshold must be in (0, 1]"),
+    ("rfs_rounding=round", "rfs_rounding must be stochastic"),
+    ("workers=0", "workers (seeds run side by side)"),
+    ("model.class_agnostic_mask=maybe", "class_agnostic_mask' must be true or false"),
+])
+def test_new_v2_settings_out_of_range_are_one_line_before_any_work(setting, words, v2, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["det-bench", "--data", str(v2), "--out", str(out), *TINY, setting])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not out.exists()
