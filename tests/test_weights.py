@@ -202,6 +202,13 @@ def test_allow_negative_warns_and_returns_the_formula(variant, counts):
     assert w[0] < 0 < w[1]
 
 
+def test_allow_negative_warning_points_at_the_caller():
+    """The warning names the line that called iif_weights (not a line inside iif), so a user sees their own call."""
+    with pytest.warns(UserWarning, match="allow_negative=True") as rec:
+        iif_weights([8, 2], "relative", allow_negative=True)
+    assert rec[0].filename == __file__
+
+
 def test_zero_weight_is_refused_too():
     # raw for a class equal to K is ln(1) = 0, which would zero its logit.
     with pytest.raises(IIFError, match="non-positive"):

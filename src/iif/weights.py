@@ -210,6 +210,22 @@ def iif_weights(
     """
     name = canonical_variant(variant)
     n = as_counts(counts)
+    k = _checked_total(n, total)
+    if not VARIANT_TABLE[name].finite_at_zero:
+        refuse_zero_counts(
+            n, f"Variant {name!r} is infinite", "use variant='smooth', which is finite for unseen classes, or drop those classes"
+        )
+    w = weights_from_counts(n, name, k)
+    _check_weights(w, name, k, allow_negative)
+    w = _normalised(w, norm)
+    if background is not None:
+        w = _with_background(w, background, background_weight)
+    return torch.as_tensor(w, dtype=dtype)
+
+
+def _checked_total(n: np.ndarray, total: float | None) -> float:
+    """The normaliser K of :func:`iif_weights` (paper Eq. 11): ``total``, or ``sum(n)``; refused when it is not
+    a positive finite number or is below a class count."""
     if total is None:
         k = float(n.sum())
     else:
@@ -227,11 +243,12 @@ def iif_weights(
             f"total K={k:g} is smaller than the count of classes {_fmt_idx(over)}; "
             "K must be at least the largest class count (e.g. the number of training images)."
         )
-    if not VARIANT_TABLE[name].finite_at_zero:
-        refuse_zero_counts(
-            n, f"Variant {name!r} is infinite", "use variant='smooth', which is finite for unseen classes, or drop those classes"
-        )
-    w = weights_from_counts(n, name, k)
+    return k
+
+
+def _check_weights(w: np.ndarray, name: str, k: float, allow_negative: bool) -> None:
+    """Refuse non-finite weights, and non-positive ones (which flip a logit's sign) unless ``allow_negative``,
+    which warns instead (the warning points at the caller of :func:`iif_weights`)."""
     bad = np.flatnonzero(~np.isfinite(w))
     if bad.size:
         raise IIFError(
@@ -246,30 +263,37 @@ def iif_weights(
         )
         if not allow_negative:
             raise IIFError(msg + "use 'smooth' or 'raw', or pass allow_negative=True if you mean it.")
-        warnings.warn(msg + "using them because allow_negative=True.", stacklevel=2)
+        warnings.warn(msg + "using them because allow_negative=True.", stacklevel=3)
+
+
+def _normalised(w: np.ndarray, norm: float | str | None) -> np.ndarray:
+    """``w`` with unit mean (``norm="mean"``), unit p-norm (a number ``p``) or as it is (None)."""
     if isinstance(norm, str) and norm == "mean":
         # Unit mean: the loss keeps the model's logit scale and Eq. 16's gradient scale on average
         # (docs/method.md#iif-loss); the ratios w_c / w_c', all that IIF's argmax depends on, are unchanged.
-        w = w / w.mean()
-    elif norm is not None:
+        return w / w.mean()
+    if norm is not None:
         try:
             p = float(norm)
         except (TypeError, ValueError):
             p = float("nan")
         if not p > 0:
             raise IIFError(f"norm must be 'mean' (unit-mean weights) or a positive number (the p of the p-norm); got {norm!r}.")
-        w = w / np.linalg.norm(w, ord=p)
-    if background is not None:
-        try:
-            bw = np.array([float(background_weight)])
-        except (TypeError, ValueError):
-            bw = np.array([np.nan])
-        if not np.isfinite(bw[0]):
-            raise IIFError(f"background_weight must be a finite number (1.0 keeps the background logit); got {background_weight!r}.")
-        if background == "first":
-            w = np.concatenate([bw, w])
-        elif background == "last":
-            w = np.concatenate([w, bw])
-        else:
-            raise IIFError(f"background must be None, 'first' or 'last'; got {background!r}.")
-    return torch.as_tensor(w, dtype=dtype)
+        return w / np.linalg.norm(w, ord=p)
+    return w
+
+
+def _with_background(w: np.ndarray, background: str, background_weight: float) -> np.ndarray:
+    """``w`` with the background class's weight inserted first (torchvision) or last (mmdetection)
+    (paper section IV-A.3: 1.0 keeps the background logit unaltered)."""
+    try:
+        bw = np.array([float(background_weight)])
+    except (TypeError, ValueError):
+        bw = np.array([np.nan])
+    if not np.isfinite(bw[0]):
+        raise IIFError(f"background_weight must be a finite number (1.0 keeps the background logit); got {background_weight!r}.")
+    if background == "first":
+        return np.concatenate([bw, w])
+    if background == "last":
+        return np.concatenate([w, bw])
+    raise IIFError(f"background must be None, 'first' or 'last'; got {background!r}.")
