@@ -106,9 +106,14 @@ def test_backbone_default_follows_the_generator_and_an_explicit_value_wins(v2, d
     s, d = _settings_before_training(v2, TINY, monkeypatch, tmp_path / "o")
     assert (s.generator, s.model["backbone_weights"], d.eval_split) == (2, "pretrained", "test")
     assert [str(p) for p in d.tune_paths] == [str(v2 / "annotations" / "val.json"), str(v2 / "images" / "val")]
-    assert (s.model["class_agnostic_mask"], s.rfs_threshold, s.rfs_rounding) == (True, 0.05, "stochastic")
-    assert {k: v for k, v in B.V2_DEFAULTS.items()} == {"model.backbone_weights": "pretrained",
-                                                       "model.class_agnostic_mask": True, "rfs_threshold": 0.05}
+    # TINY names a Mask R-CNN: kept, with class-agnostic masks
+    assert (s.arch, s.model["class_agnostic_mask"], s.rfs_threshold, s.rfs_rounding) == (
+        "maskrcnn_r10_fpn", True, 0.2, "stochastic")
+    assert B.V2_DEFAULTS == {"arch": "fasterrcnn_r10_fpn", "model.backbone_weights": "pretrained",
+                             "model.class_agnostic_mask": True, "rfs_threshold": 0.2}
+    no_arch = [o for o in TINY if not o.startswith("arch=")]
+    s, _ = _settings_before_training(v2, no_arch, monkeypatch, tmp_path / "o")  # the v2 default detector: boxes
+    assert (s.arch, s.model.get("class_agnostic_mask"), s.rfs_threshold) == ("fasterrcnn_r10_fpn", None, 0.2)
     s, _ = _settings_before_training(v2, TINY + ["model.backbone_weights=none", "model.class_agnostic_mask=false",
                                                  "rfs_threshold=null"], monkeypatch, tmp_path / "o")
     # from scratch, per-category masks and plain sampling on v2 when asked
