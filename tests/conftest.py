@@ -34,7 +34,7 @@ def private_cache_dir(tmp_path_factory):
 # The tiny offline detection benchmark (iif.detection.synthetic) takes a few CPU-seconds to generate; the
 # detection test modules share one copy per session (per worker under pytest-xdist, in that worker's own
 # tmp folder). Tests must treat it as read-only: a test that edits it copies it first.
-DETECTION_BENCHMARK = {"seed": 3, "image_size": 64, "num_train": 231, "num_val": 50}
+DETECTION_BENCHMARK = {"seed": 3, "image_size": 64, "num_train": 231, "num_val": 50, "generator": 1}
 
 
 def _fake_detection_sources() -> dict:

@@ -323,7 +323,7 @@ def test_validate_benchmark_rejects_other_folders(tmp_path):
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, kwargs, message):
     with pytest.raises(IIFError, match=message):
-        make_benchmark(tmp_path / "b", sources={}, **kwargs)
+        make_benchmark(tmp_path / "b", sources={}, generator=1, **kwargs)
     assert not (tmp_path / "b").exists()
 
 
@@ -363,7 +363,7 @@ def test_cli_writes_and_refuses_a_used_folder(monkeypatch, sources, tmp_path, ca
     monkeypatch.setattr(synthetic, "_load_sources", lambda root, download: sources)
     out = tmp_path / "bench"
     args = ["det-data", "--out", str(out), "--seed", "1", "--image-size", "64", "--num-train", "231",
-            "--num-val", "50"]
+            "--num-val", "50", "--generator", "1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "5 rare, 7 common, 8 frequent" in printed and "digit_8" in printed

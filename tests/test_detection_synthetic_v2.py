@@ -271,11 +271,11 @@ V1_SHA = {"train": ("f25340ae34b40eca0786e0a60889fdeb604b50f6a6e6390bc1f2cf8cd13
                   "17d00b7f89d481a8e2eefc312b9fe3ea8f88c612c33927865aa35e17f4cc3dcf")}
 
 
-def test_version_1_is_unchanged_and_the_default(sources, detection_benchmark, tmp_path):
-    assert synthetic.DEFAULT_GENERATOR == 1
+def test_version_1_is_unchanged_and_version_2_the_default(sources, detection_benchmark, tmp_path):
+    assert synthetic.DEFAULT_GENERATOR == 2
     assert json.loads((detection_benchmark[0] / "BENCHMARK.json").read_text())["generator_version"] == 1
     with pytest.raises(IIFError, match="num_test exists only in generator 2"):
-        make_benchmark(tmp_path / "x", sources=sources, num_test=100)
+        make_benchmark(tmp_path / "x", sources=sources, num_test=100, generator=1)
     with pytest.raises(IIFError, match=r"generator must be one of \(1, 2\)"):
         make_benchmark(tmp_path / "x", sources=sources, generator=3)
     assert not (tmp_path / "x").exists()
@@ -357,7 +357,7 @@ def test_cli_generator_2(monkeypatch, sources, tmp_path, capsys):
     assert "(generator 2)" in printed and "test 40 images" in printed and "5 rare, 5 common, 6 frequent" in printed
     assert "test img" in printed and "digit_8" in printed and "pullover" not in printed
     validate_benchmark(out, generator=2)
-    assert main(["det-data", "--out", str(tmp_path / "x"), "--num-test", "50"]) == 2
+    assert main(["det-data", "--generator", "1", "--out", str(tmp_path / "x"), "--num-test", "50"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("iif det-data: error:") and "--generator 2" in err and "\n" not in err
     assert main(["det-data", "--generator", "2", "--out", str(tmp_path / "x"), "--num-test", "5"]) == 2

@@ -17,7 +17,7 @@ import time
 # The generator versions as iif.detection.synthetic defines them (DEFAULT_GENERATOR, GENERATORS), restated here
 # so that building the parser (``iif --help``) does not import the detection package and torch with it;
 # tests/test_startup.py checks that the two agree.
-DEFAULT_GENERATOR = 1
+DEFAULT_GENERATOR = 2
 GENERATORS = (1, 2)
 
 __all__ = ["register", "run"]

@@ -78,9 +78,10 @@ __all__ = ["make_benchmark", "validate_benchmark", "generate", "CATEGORIES", "GE
 
 #: Bumped whenever the same seed and options would give different files.
 GENERATOR_VERSION = 1
-#: The generator ``iif det-data`` and :func:`make_benchmark` use when none is named: version 1 (this module)
-#: or 2 (:mod:`iif.detection.scenes_v2`). Version 2 becomes the default once its det-bench targets are measured.
-DEFAULT_GENERATOR = 1
+#: The generator ``iif det-data``, :func:`make_benchmark` and ``iif det-bench`` use when none is named:
+#: version 2 (:mod:`iif.detection.scenes_v2`, issue 15) since 2026-12-06; version 1 (this module) stays
+#: available (``--generator 1`` / ``generator=1``) and reproduces every number recorded on it.
+DEFAULT_GENERATOR = 2
 GENERATORS = (1, 2)
 #: ``format`` field of ``BENCHMARK.json``, the marker that identifies a benchmark folder.
 BENCHMARK_FORMAT = "iif-det-benchmark"
