@@ -210,3 +210,21 @@ def test_workers_run_seeds_side_by_side_with_the_same_results(tiny_data, tmp_pat
         assert json.loads((parallel / name).read_text()) == json.loads((serial / name).read_text()), name
     with pytest.raises(IIFError, match="workers"):
         B.quick_settings("cpu-quick", ["workers=0"])
+
+
+def test_overrides_may_follow_options_on_the_command_line(tiny_data, tmp_path, monkeypatch):
+    """`iif det-bench --seeds 2 KEY=VALUE --out o KEY=VALUE`: every KEY=VALUE reaches the run, in order
+    (argparse alone keeps only the first run of positionals and refuses the rest)."""
+    seen = {}
+
+    def fake(data, **kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(B, "run_det_bench", fake)
+    argv = ["det-bench", "--data", str(tiny_data), "train.epochs=1", "--seeds", "2", "--out", str(tmp_path / "o"),
+            "threads=1", "train.epochs=2"]
+    assert main(argv) == 0
+    assert list(seen["overrides"]) == ["train.epochs=1", "threads=1", "train.epochs=2"] and seen["seeds"] == 2
+    with pytest.raises(SystemExit):  # an unknown option is still refused
+        main(["det-bench", "--data", str(tiny_data), "--bogus", "x=1"])
