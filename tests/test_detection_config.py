@@ -258,3 +258,33 @@ def test_runs_started_before_the_new_keys_still_resume():
     # A new key set away from its default does change the fingerprint.
     changed = load_detection_config("det_bench_iif", ["margin.allow_negative=true"])
     assert detection_config_hash(changed) != old["det_bench_iif"]
+
+
+def test_v2_bench_configs_equal_det_bench_v2_settings():
+    """det_bench_v2_* reproduce the detectors of `iif det-bench` on a generator-2 benchmark: the cpu-quick
+    preset with det-bench's V2_DEFAULTS (arch, pretrained start, RFS), one config per end-to-end row."""
+    from iif.detection import bench as B
+
+    s = B.quick_settings("cpu-quick")
+    s.generator = 2
+    B._apply_v2_defaults(s, set(), lambda m: None)
+    cfg = load_detection_config("det_bench_v2_softmax")
+    assert cfg.model.arch == s.arch == "fasterrcnn_r10_fpn" and cfg.runtime.threads == s.threads
+    kw = model_kwargs(cfg)
+    for key, value in s.model.items():
+        assert kw[key] == value, key
+    assert "class_agnostic_mask" not in s.model and "class_agnostic_mask" not in kw
+    for key, value in s.train.items():
+        got = getattr(cfg.schedule, key)
+        assert (list(got) if isinstance(value, tuple) else got) == (list(value) if isinstance(value, tuple) else value), key
+    assert (cfg.data.sampler, cfg.data.rfs_threshold, cfg.data.rfs_rounding) == ("rfs", s.rfs_threshold, s.rfs_rounding)
+    rows = {(r.method, r.variant, r.by, r.when) for r in B.E2E_ROWS}
+    configs = {}
+    for name in ("det_bench_v2_iif", "det_bench_v2_iof_base10", "det_bench_v2_balanced_softmax",
+                 "det_bench_v2_la_loss", "det_bench_v2_seesaw"):
+        c = load_detection_config(name)
+        assert model_kwargs(c) == kw and c.data == cfg.data and c.schedule == cfg.schedule, name
+        m = margin_kwargs(c.margin)
+        configs[name] = (c.margin.method, m.get("variant") if c.margin.method == "iif" else None,
+                         m.get("by") if c.margin.method == "iif" else None, m["when"])
+    assert set(configs.values()) == rows
