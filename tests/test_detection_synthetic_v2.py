@@ -223,10 +223,10 @@ def test_distractors_are_in_the_pixels_not_in_the_annotations(bench, sources, mo
             assert (dataset, int(labels[index])) not in held
     # on a black background without clutter, the lit pixels are exactly the annotated objects, the left-out
     # instances and the distractors; the distractors' pixels are outside every annotation
-    monkeypatch.setattr(synthetic, "_background", lambda size, rng, noise=1.0: np.zeros((size, size, 3), np.float32))
+    monkeypatch.setattr(scenes_v2, "_background", lambda size, rng, noise=1.0: np.zeros((size, size, 3), np.float32))
     # one bright colour for every item (the drawn colour contrasts with what lies under it, black over a bright
     # object): every painted pixel is then lit
-    monkeypatch.setattr(synthetic, "_contrasting_colour", lambda lum, rng: np.array([0.8, 0.7, 0.6]))
+    monkeypatch.setattr(scenes_v2, "_contrasting_colour", lambda lum, rng: np.array([0.8, 0.7, 0.6]))
     pool = scenes_v2._Pool(sources, "train", None, np.random.default_rng(0))
     seen_dis, cut = 0, 0
     for seed in range(10):
@@ -348,7 +348,7 @@ def test_validate_v2_reports_problems(bench, tmp_path, split, edit, message):
 
 
 def test_cli_generator_2(monkeypatch, sources, tmp_path, capsys):
-    monkeypatch.setattr(synthetic, "_load_sources", lambda root, download: sources)
+    monkeypatch.setattr(scenes_v2, "_load_sources", lambda root, download: sources)  # v2 loads its sources itself
     out = tmp_path / "b"
     args = ["det-data", "--generator", "2", "--out", str(out), "--seed", "1", "--image-size", "64",
             "--num-train", "171", "--num-val", "40", "--num-test", "40"]

@@ -3,7 +3,8 @@
 Version 1 (:mod:`iif.detection.synthetic`) has almost no background confusion (its clutter is strokes and
 blobs no detector takes for an object), lists every absent category as verified negative and annotates every
 instance, so neither LVIS rule acts, and it has two splits. Version 2 keeps v1's drawing (backgrounds,
-clutter, glyph cut-out, colouring; imported from :mod:`iif.detection.synthetic`) and changes four things:
+clutter, glyph cut-out, colouring: :mod:`iif.detection.scenes_draw`, shared with v1 as are the sources, counts,
+category assignment, json and split checks of :mod:`iif.detection.scenes_common`) and changes four things:
 
 * **Object-like background.** Four source classes are held out of the vocabulary (Fashion-MNIST ``pullover``
   and ``coat``, digits 6 and 9: :data:`HELD_OUT`). Each scene gets on average ``distractors`` (default 1.5,
@@ -49,8 +50,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import IIFError
-from . import synthetic as v1
-from .synthetic import FASHION, MNIST, _Category
+from .scenes_common import (_EXTRA_INSTANCE_P, _MASK_THRESHOLD, _MAX_CATEGORIES_PER_IMAGE, _MAX_OBJECTS_PER_IMAGE,
+                            _MIN_SOURCE_PIXELS, _NOISY_SCENES, BENCHMARK_FORMAT, FASHION, MNIST, _assign_categories,
+                            _Category, _category_rows, _category_summaries, _check_scene_options, _check_seed_and_size,
+                            _check_sources, _designed_train_counts, _dump, _feasible, _fmt, _load_sources, _read_splits,
+                            _rle, _summary_count_problems, _train_count_problems)
+from .scenes_draw import _background, _clutter, _contrasting_colour, _glyph, _luminance, _png_bytes
 
 __all__ = ["GENERATOR_VERSION", "DEFAULTS", "CATEGORIES", "HELD_OUT", "SPLITS", "generate", "make_benchmark",
            "validate_benchmark", "minimum_num_train"]
@@ -104,7 +109,7 @@ _ANNOTATED, _LEFT_OUT, _DISTRACTOR = 0, 1, 2
 
 def _train_image_counts(num_train: int) -> np.ndarray:
     """Designed train image count per category (order of :data:`CATEGORIES`): v1's rule on v2's categories."""
-    return v1._train_image_counts(num_train, CATEGORIES)
+    return _designed_train_counts(num_train, CATEGORIES)
 
 
 def _eval_images_per_category(num_images: int) -> int:
@@ -115,14 +120,14 @@ def _eval_images_per_category(num_images: int) -> int:
 def minimum_num_train() -> int:
     """Smallest ``num_train`` whose designed counts keep 6 frequent, 5 common and 5 rare categories."""
     n = 1
-    while not v1._feasible(_train_image_counts(n), n):
+    while not _feasible(_train_image_counts(n), n):
         n += 1
     return n
 
 
 def minimum_num_eval() -> int:
     """Smallest val/test size: every category in >= 10 images, at most 4 categories per image."""
-    return -(-_MIN_EVAL_IMAGES_PER_CATEGORY * len(CATEGORIES) // v1._MAX_CATEGORIES_PER_IMAGE)
+    return -(-_MIN_EVAL_IMAGES_PER_CATEGORY * len(CATEGORIES) // _MAX_CATEGORIES_PER_IMAGE)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -138,7 +143,7 @@ def _partition_test_sources(sources: dict, seed: int, num_val: int, num_test: in
     parts: dict[str, dict] = {"val": {}, "test": {}}
     for dataset in (FASHION, MNIST):
         imgs, labels = sources[dataset][2:4]
-        usable = (imgs > v1._MASK_THRESHOLD).sum(axis=(1, 2)) >= v1._MIN_SOURCE_PIXELS
+        usable = (imgs > _MASK_THRESHOLD).sum(axis=(1, 2)) >= _MIN_SOURCE_PIXELS
         for label in range(10):
             idx = rng.permutation(np.flatnonzero((np.asarray(labels) == label) & usable))
             if idx.size < 2:
@@ -163,7 +168,7 @@ class _Pool:
         for dataset in (FASHION, MNIST):
             imgs, labels = sources[dataset][0:2] if split == "train" else sources[dataset][2:4]
             self.images[dataset] = imgs
-            usable = (imgs > v1._MASK_THRESHOLD).sum(axis=(1, 2)) >= v1._MIN_SOURCE_PIXELS
+            usable = (imgs > _MASK_THRESHOLD).sum(axis=(1, 2)) >= _MIN_SOURCE_PIXELS
             for label in range(10):
                 key = (dataset, label)
                 idx = np.flatnonzero((np.asarray(labels) == label) & usable) if allowed is None else allowed[key]
@@ -198,13 +203,13 @@ def _plan_split(counts: np.ndarray, num_images: int, pool: _Pool, rng: np.random
     source index)``. Per category occurrence the first instance is annotated; extra instances (v1's 25% / 8%)
     are annotated too, except in a not-exhaustive occurrence, where 1..n-1 of them are left out."""
     plan = []
-    for cats in v1._assign_categories(counts, num_images, rng):
+    for cats in _assign_categories(counts, num_images, rng):
         instances = {c: 1 for c in cats}
         total = len(cats)
         for c in cats:
             u = rng.random()
-            for _ in range(int(u < v1._EXTRA_INSTANCE_P[0]) + int(u < v1._EXTRA_INSTANCE_P[1])):
-                if total < v1._MAX_OBJECTS_PER_IMAGE:
+            for _ in range(int(u < _EXTRA_INSTANCE_P[0]) + int(u < _EXTRA_INSTANCE_P[1])):
+                if total < _MAX_OBJECTS_PER_IMAGE:
                     instances[c] += 1
                     total += 1
         items: list[tuple[int, int]] = []
@@ -276,8 +281,8 @@ def _render(items: list[tuple[int, int, str, int]], size: int, pool: _Pool, rng:
     is the first annotated instance of its category in the image (the design's image counts are exact): that
     one takes the best place found.
     """
-    img = v1._background(size, rng, noise=clutter)
-    img = v1._clutter(img, size, pool.fragments, rng, amount=clutter)
+    img = _background(size, rng, noise=clutter)
+    img = _clutter(img, size, pool.fragments, rng, amount=clutter)
     lo, hi = size * object_size[0], size * object_size[1]
     visible: list[np.ndarray] = []
     areas: list[int] = []
@@ -290,10 +295,10 @@ def _render(items: list[tuple[int, int, str, int]], size: int, pool: _Pool, rng:
         flip = dataset == FASHION and bool(rng.random() < 0.5)
         cut = bool(rng.random() < _BORDER_P)
         for attempt in range(6):
-            glyph = v1._glyph(src, long_side, flip, fill=dataset == FASHION)
+            glyph = _glyph(src, long_side, flip, fill=dataset == FASHION)
             if glyph is None:
                 long_side = int(hi)
-                glyph = v1._glyph(src, long_side, flip, fill=dataset == FASHION)
+                glyph = _glyph(src, long_side, flip, fill=dataset == FASHION)
                 if glyph is None:
                     raise RuntimeError(f"source image {src_index} of {dataset} has no object pixels")
             intensity, mask = glyph
@@ -307,9 +312,9 @@ def _render(items: list[tuple[int, int, str, int]], size: int, pool: _Pool, rng:
         ys, xs, gy, gx = _window(y, x, *mask.shape, size)
         part = mask[gy, gx]
         region = img[ys, xs]
-        bg_lum = float(v1._luminance(region[part].mean(axis=0)))
-        colour = v1._contrasting_colour(bg_lum, rng)
-        away = 1.0 if float(v1._luminance(colour)) > bg_lum else -1.0
+        bg_lum = float(_luminance(region[part].mean(axis=0)))
+        colour = _contrasting_colour(bg_lum, rng)
+        away = 1.0 if float(_luminance(colour)) > bg_lum else -1.0
         shade = colour + away * 0.3 * (intensity[gy, gx][..., None] - 0.5)
         region[part] = np.clip(shade, 0, 1)[part]
         full = np.zeros((size, size), dtype=bool)
@@ -321,7 +326,7 @@ def _render(items: list[tuple[int, int, str, int]], size: int, pool: _Pool, rng:
         drawn.append((role, k, dataset, src_index))
         if role == _ANNOTATED:
             seen.add(k)
-    if rng.random() < v1._NOISY_SCENES * clutter:
+    if rng.random() < _NOISY_SCENES * clutter:
         img = img + np.float32(rng.uniform(0.005, 0.03)) * rng.standard_normal(img.shape, dtype=np.float32)
     out = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     return out, [d + (v,) for d, v in zip(drawn, visible)], areas
@@ -342,23 +347,7 @@ def _render_scene(items, size, pool, seed, code, i, clutter, object_size):
 
 
 def _category_entries(train_images: np.ndarray, train_instances: np.ndarray) -> list[dict[str, Any]]:
-    from ..frequency import lvis_group_letters
-
-    letters = lvis_group_letters(train_images)
-    out = []
-    for cat, n_img, n_inst, letter in zip(CATEGORIES, train_images.tolist(), train_instances.tolist(), letters):
-        definition = v1._DEFS.get(cat.name, f"a handwritten digit {cat.label} (MNIST class {cat.label})")
-        out.append({"id": cat.id, "name": cat.name, "synonyms": [cat.name], "def": definition,
-                    "image_count": int(n_img), "instance_count": int(n_inst), "frequency": letter})
-    return out
-
-
-def _rle(vis: np.ndarray) -> tuple[dict, list[float], int]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
-    bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}, bbox, int(vis.sum())
+    return _category_rows(CATEGORIES, train_images, train_instances)
 
 
 def _split_json(split: str, size: int, scenes: list, categories: list[dict], neg_fraction: float,
@@ -413,10 +402,11 @@ def _split_json(split: str, size: int, scenes: list, categories: list[dict], neg
 
 def _check_options(seed, image_size, num_train, num_val, num_test, neg_fraction, clutter, distractors,
                    object_size) -> None:
-    v1._check_options(seed, image_size, v1.minimum_num_train(), 50, neg_fraction, clutter, object_size)
+    _check_seed_and_size(seed, image_size)
+    _check_scene_options(image_size, neg_fraction, clutter, object_size)
     low = minimum_num_train()
     if (not isinstance(num_train, (int, np.integer)) or isinstance(num_train, bool)
-            or not low <= num_train <= 200_000 or not v1._feasible(_train_image_counts(int(num_train)),
+            or not low <= num_train <= 200_000 or not _feasible(_train_image_counts(int(num_train)),
                                                                     int(num_train))):
         raise IIFError(f"num_train must be a whole number in {low}..200000 for generator 2 (fewer images cannot "
                        f"hold its 6 frequent categories of > 100 images each); got {num_train!r} (default 2000).")
@@ -445,8 +435,8 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
     object_size = (float(object_size[0]), float(object_size[1]))
     seed, size = int(seed), int(image_size)
     if sources is None:
-        sources = v1._load_sources(source_root, download)
-    v1._check_sources(sources)
+        sources = _load_sources(source_root, download)
+    _check_sources(sources)
     sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
     counts = {"train": _train_image_counts(sizes["train"])}
     for split in ("val", "test"):
@@ -461,7 +451,7 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
         files, scenes = [], []
         for i, items in enumerate(plan):
             img, drawn, _ = _render_scene(items, size, pool, seed, code, i, float(clutter), object_size)
-            name, data = f"{_FIRST_IMAGE_ID[split] + i:012d}.png", v1._png_bytes(img)
+            name, data = f"{_FIRST_IMAGE_ID[split] + i:012d}.png", _png_bytes(img)
             if sink is None:
                 files.append((name, data))
             else:
@@ -489,15 +479,7 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
 def _summary(seed: int, options: dict, results: dict) -> dict[str, Any]:
     cats = results["train"][0]["categories"]
     letter = {c["id"]: c["frequency"] for c in cats}
-    per_cat = []
-    for cat in cats:
-        src = next(c for c in CATEGORIES if c.id == cat["id"])
-        row = {"id": cat["id"], "name": cat["name"], "frequency": cat["frequency"], "source": [src.dataset, src.label]}
-        for split in SPLITS:
-            anns = [a for a in results[split][0]["annotations"] if a["category_id"] == cat["id"]]
-            row[f"{split}_images"] = len({a["image_id"] for a in anns})
-            row[f"{split}_instances"] = len(anns)
-        per_cat.append(row)
+    per_cat = _category_summaries(CATEGORIES, results, SPLITS)
     splits = {}
     for split in SPLITS:
         ann, _, hidden = results[split]
@@ -514,10 +496,10 @@ def _summary(seed: int, options: dict, results: dict) -> dict[str, Any]:
             "neg_pairs": sum(len(im["neg_category_ids"]) for im in ann["images"]),
             "annotations": f"annotations/{split}.json", "images_dir": f"images/{split}",
             "unannotated_file": f"unannotated/{split}.json",
-            "sha256": hashlib.sha256(v1._dump(ann)).hexdigest(),
+            "sha256": hashlib.sha256(_dump(ann)).hexdigest(),
         }
     return {
-        "format": v1.BENCHMARK_FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed), "options": options,
+        "format": BENCHMARK_FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed), "options": options,
         "sources": {"train": "train split of Fashion-MNIST and MNIST",
                     "val": "test split of Fashion-MNIST and MNIST (a part disjoint from test's)",
                     "test": "test split of Fashion-MNIST and MNIST (a part disjoint from val's)"},
@@ -546,8 +528,8 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
     _check_options(seed, image_size, num_train, num_val, num_test, neg_fraction, clutter, distractors, object_size)
     folder = OutputFolder(out, command="det-data", force=force)
     if sources is None:
-        sources = v1._load_sources(source_root, download)
-    v1._check_sources(sources)
+        sources = _load_sources(source_root, download)
+    _check_sources(sources)
     with folder as staging:
         for split in SPLITS:
             (staging / "images" / split).mkdir(parents=True)
@@ -562,8 +544,8 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
         (staging / "annotations").mkdir()
         (staging / "unannotated").mkdir()
         for split in SPLITS:
-            (staging / "annotations" / f"{split}.json").write_bytes(v1._dump(results[split][0]))
-            (staging / "unannotated" / f"{split}.json").write_bytes(v1._dump(results[split][2]))
+            (staging / "annotations" / f"{split}.json").write_bytes(_dump(results[split][0]))
+            (staging / "unannotated" / f"{split}.json").write_bytes(_dump(results[split][2]))
         (staging / "BENCHMARK.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="ascii")
     return summary
 
@@ -574,34 +556,17 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int = 1
 def validate_benchmark(root: str | os.PathLike, summary: dict) -> None:
     """Check a v2 folder (``summary`` is its parsed ``BENCHMARK.json``); raise :class:`IIFError` listing problems.
 
-    v1's per-split checks (:func:`iif.detection.synthetic._check_split`: LVIS v1 fields, masks, boxes, images
+    v1's per-split checks (:func:`iif.detection.scenes_common._check_split`: LVIS v1 fields, masks, boxes, images
     on disk) on train, val and test; the train categories' counts (``ClassFrequency.from_coco(...,
     check_lvis=True)``); val and test carrying the train categories; ``not_exhaustive_category_ids`` only
     among each image's annotated categories; ``BENCHMARK.json``'s per-category counts equal to the
     annotations'; and no source image in two splits (train from the sources' train split, val and test from
     disjoint parts of their test split).
     """
-    from ..frequency import ClassFrequency
-
     root = Path(root)
-    problems: list[str] = []
-    anns = {}
-    for split in SPLITS:
-        path = root / "annotations" / f"{split}.json"
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-            continue
-        try:
-            anns[split] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{path} cannot be read ({exc})")
-            continue
-        problems += v1._check_split(f"{split}.json", anns[split], root / "images" / split)
+    anns, problems = _read_splits(root, SPLITS)
     if not problems:
-        try:
-            ClassFrequency.from_coco(anns["train"], check_lvis=True, name="train.json")
-        except IIFError as exc:
-            problems.append(str(exc))
+        problems += _train_count_problems(anns)
         sources: dict[str, set] = {}
         for split in SPLITS:
             ann = anns[split]
@@ -613,7 +578,7 @@ def validate_benchmark(root: str | os.PathLike, summary: dict) -> None:
             bad = [im["id"] for im in ann["images"]
                    if not set(im["not_exhaustive_category_ids"]) <= positive.get(im["id"], set())]
             if bad:
-                problems.append(f"{split}.json: images {v1._fmt(bad)} list not_exhaustive_category_ids that are "
+                problems.append(f"{split}.json: images {_fmt(bad)} list not_exhaustive_category_ids that are "
                                 "not annotated there")
             want = "train" if split == "train" else "test"
             used = {tuple(a.get("source", ())) for a in ann["annotations"]}
@@ -622,13 +587,7 @@ def validate_benchmark(root: str | os.PathLike, summary: dict) -> None:
             sources[split] = used
         if sources["val"] & sources["test"]:
             problems.append(f"{len(sources['val'] & sources['test'])} source images are in both val and test")
-        for row in summary.get("categories", []):
-            for split in SPLITS:
-                mine = [a for a in anns[split]["annotations"] if a["category_id"] == row.get("id")]
-                if (row.get(f"{split}_images"), row.get(f"{split}_instances")) != (
-                        len({a["image_id"] for a in mine}), len(mine)):
-                    problems.append(f"BENCHMARK.json counts of category {row.get('id')} in {split} do not match "
-                                    "the annotations")
+        problems += _summary_count_problems(summary, anns, SPLITS)
     if problems:
-        raise IIFError(f"{root}: invalid benchmark: {v1._fmt(problems, 4)}; regenerate it with "
+        raise IIFError(f"{root}: invalid benchmark: {_fmt(problems, 4)}; regenerate it with "
                        "`iif det-data --generator 2`.")

