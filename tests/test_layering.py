@@ -13,7 +13,9 @@ Rules, over every ``src/iif/**/*.py`` (a package is its ``__init__.py``; ``from 
       train.evaluation``).
    A circle is a strongly connected set of modules holding at least two modules that are not a package's
    ``__init__`` (a package importing its own sub-modules, which import a sibling through the package, is
-   not one). ``KNOWN_CIRCLES`` lists the one accepted exception.
+   not one). No circle is accepted: the last exception (generator v1 ``detection.synthetic`` and v2
+   ``detection.scenes_v2`` of the offline benchmark importing each other) ended when issue 16 moved what both
+   share into ``detection.scenes_common`` and ``detection.scenes_draw``, which import neither.
 2. ``iif.detection.*`` imports nothing of ``iif.bench*``: what both reports need is :mod:`iif.reporting`.
 3. No module imports a name starting with ``_`` (dunder names such as ``__version__`` aside) from a module of
    another ``iif`` package, where a module's package is the first two parts of its dotted name (``iif.train``
@@ -28,13 +30,6 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "iif"
-
-#: Accepted circles (over all imports), each a set of modules a found circle must lie within.
-#: Known exception of issue 16, still open: generator v2 (scenes_v2) builds on v1's drawing helpers at
-#: module level, and v1 (synthetic) dispatches to v2 inside two functions. Both files are being edited under
-#: another part of the issue; remove this entry when that circle is gone.
-KNOWN_CIRCLES = (frozenset({"iif.detection.scenes_v2", "iif.detection.synthetic"}),)
-
 
 def _modules(root: Path) -> dict[str, Path]:
     """Dotted module name -> file, for the package folder ``root`` (its name is the top-level package)."""
@@ -126,7 +121,7 @@ def _circles(mods: dict[str, Path], edges: dict[str, set[str]]) -> list[frozense
     return found
 
 
-def layering_problems(root: Path, known_circles=KNOWN_CIRCLES) -> list[str]:
+def layering_problems(root: Path) -> list[str]:
     """Every break of the rules of this file's docstring in the package folder ``root``, one line each."""
     root = Path(root)
     top = root.name
@@ -150,8 +145,7 @@ def layering_problems(root: Path, known_circles=KNOWN_CIRCLES) -> list[str]:
     for comp in _circles(mods, module_edges):
         problems.append("import circle (module-level imports): " + " <-> ".join(sorted(comp)))
     for comp in _circles(mods, all_edges):
-        if not any(comp <= allowed for allowed in known_circles):
-            problems.append("import circle (all imports): " + " <-> ".join(sorted(comp)))
+        problems.append("import circle (all imports): " + " <-> ".join(sorted(comp)))
     return sorted(set(problems))
 
 
@@ -163,10 +157,19 @@ def test_the_package_keeps_the_layering_rules():
     assert problems == [], "\n".join(problems)
 
 
-def test_the_known_circle_is_the_only_exception_and_is_narrow():
-    # the allow-list names one circle of two modules; it cannot hide a circle through any other module
-    assert KNOWN_CIRCLES == (frozenset({"iif.detection.scenes_v2", "iif.detection.synthetic"}),)
-    assert all((SRC / "detection" / f"{m}.py").exists() for m in ("scenes_v2", "synthetic"))
+def test_the_benchmark_generators_share_modules_that_import_neither():
+    # v1 (synthetic) chooses the version and imports v2 (scenes_v2); both build on scenes_common/scenes_draw,
+    # which import no generator, and v2 imports nothing of v1 (issue 16 removed that circle)
+    mods = _modules(SRC)
+    edges = {}
+    for name in ("synthetic", "scenes_v2", "scenes_common", "scenes_draw"):
+        full = f"iif.detection.{name}"
+        tree = ast.parse(mods[full].read_text(encoding="utf-8"))
+        edges[name] = {t.rsplit(".", 1)[-1] for node, _ in _imports(tree) for t, _ in _targets(mods, full, node)
+                       if t.startswith("iif.detection.")}
+    assert edges["synthetic"] >= {"scenes_v2", "scenes_common", "scenes_draw"}
+    assert edges["scenes_v2"] >= {"scenes_common", "scenes_draw"} and "synthetic" not in edges["scenes_v2"]
+    assert edges["scenes_common"] == set() and edges["scenes_draw"] == {"scenes_common"}
 
 
 # ----------------------------------------------------------------------- each rule fails where it should
@@ -256,14 +259,14 @@ def test_a_private_name_from_another_package_is_found(tmp_path):
         "private name across packages: iif.losses.margin imports iif.adjusters._log_prior (line 1)"]
 
 
-def test_the_allow_list_covers_only_its_own_circle(tmp_path):
+def test_the_former_generator_circle_is_reported(tmp_path):
+    # the shape issue 16 removed last, no longer allowed: v2 imports v1's helpers at module level, v1 reaches
+    # v2 inside a function; and the same through a third module
     files = {"detection/synthetic.py": "def make():\n    from . import scenes_v2\n",
              "detection/scenes_v2.py": "from . import synthetic as v1\n"}
-    assert layering_problems(_package(tmp_path / "one", files)) == []
-    assert layering_problems(_package(tmp_path / "two", files), known_circles=()) == [
+    assert layering_problems(_package(tmp_path / "two", files)) == [
         "import circle (all imports): iif.detection.scenes_v2 <-> iif.detection.synthetic"]
-    # a third module joining the circle is not covered by the entry
-    files["detection/scenes_v2.py"] = "from . import synthetic as v1\nfrom .data import load\n"
+    files["detection/scenes_v2.py"] = "from .data import load\n"
     files["detection/data.py"] = "def load():\n    from .synthetic import make\n"
     assert layering_problems(_package(tmp_path / "three", files)) == [
         "import circle (all imports): iif.detection.data <-> iif.detection.scenes_v2 <-> iif.detection.synthetic"]
