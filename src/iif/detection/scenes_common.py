@@ -8,8 +8,9 @@ checked), the category record and the designed long-tail counts (LVIS's groups r
 categories to images with exact per-category image counts, the LVIS v1 category entries, the canonical json
 bytes, the option checks both versions apply, and the per-split LVIS v1 checks of :func:`_check_split`.
 
-Every function here is moved unchanged from generator 1 (issue 16), so both versions keep writing
-byte-identical files for the same seed and options.
+The code here was moved out of the two generators (issue 16): version 1's helpers, some taking the
+category list as an argument, and the steps both versions' summary and validation repeated; their behaviour
+is unchanged, so both versions keep writing byte-identical files for the same seed and options.
 """
 
 from __future__ import annotations
