@@ -362,3 +362,17 @@ def test_cli_generator_2(monkeypatch, sources, tmp_path, capsys):
     assert err.startswith("iif det-data: error:") and "--generator 2" in err and "\n" not in err
     assert main(["det-data", "--generator", "2", "--out", str(tmp_path / "x"), "--num-test", "5"]) == 2
     assert "num_test must be" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("generator", [1, 2])
+def test_a_source_glyph_that_vanishes_is_one_line_and_nothing_is_written(generator, sources, tmp_path, monkeypatch):
+    """A source image with no object pixels left at the drawn size (thin glyphs at a small --image-size) is an
+    IIFError naming the fix, not a RuntimeError, and leaves no folder behind."""
+    from iif.detection import scenes_v2
+
+    monkeypatch.setattr(scenes_v2 if generator == 2 else synthetic, "_glyph", lambda *a, **k: None)
+    out = tmp_path / "b"
+    kw = dict(num_train=171, num_val=40, num_test=40) if generator == 2 else dict(num_train=231, num_val=50)
+    with pytest.raises(IIFError, match=r"leaves no object pixels .* use a larger --image-size"):
+        make_benchmark(out, seed=5, generator=generator, sources=sources, image_size=64, **kw)
+    assert not out.exists()

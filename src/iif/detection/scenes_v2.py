@@ -300,7 +300,9 @@ def _render(items: list[tuple[int, int, str, int]], size: int, pool: _Pool, rng:
                 long_side = int(hi)
                 glyph = _glyph(src, long_side, flip, fill=dataset == FASHION)
                 if glyph is None:
-                    raise RuntimeError(f"source image {src_index} of {dataset} has no object pixels")
+                    raise IIFError(f"source image {src_index} of {dataset} leaves no object pixels at objects of "
+                                   f"{long_side} px (image_size {size}); use a larger --image-size (128 is the "
+                                   "default) or a larger object_size.")
             intensity, mask = glyph
             y, x, ok = _place(visible, areas, mask, size, rng, cut)
             if ok:

@@ -256,7 +256,9 @@ def _render(objects: list[tuple[int, int]], size: int, pool: _SourcePool, rng: n
                 long_side = int(hi)
                 glyph = _glyph(src, long_side, flip, fill=cat.dataset == FASHION)
                 if glyph is None:
-                    raise RuntimeError(f"source image {src_index} of {cat.dataset} has no object pixels")
+                    raise IIFError(f"source image {src_index} of {cat.dataset} leaves no object pixels at objects of "
+                                   f"{long_side} px (image_size {size}); use a larger --image-size (128 is the "
+                                   "default) or a larger object_size.")
             intensity, mask = glyph
             y, x, ok = _place(masks_full, visible, areas, mask, size, rng)
             if ok or attempt == 5:
