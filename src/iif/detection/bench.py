@@ -16,13 +16,12 @@ or, by default, the offline benchmark of
 from __future__ import annotations
 
 import copy
-import json
 import os
 import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,9 +31,13 @@ import torch
 from .._version import __version__
 from ..errors import IIFError
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
+from .bench_data import DATA_KEYS, _Data, _load_data, default_benchmark_dir, split_data_overrides
+from .bench_settings import (DEFAULT_BOOTSTRAP, V2_DEFAULTS, DetBenchSettings, _apply_v2_defaults, _check_settings,
+                             _scale_schedule, quick_settings)
 
+# Settings and data live in bench_settings / bench_data; their public names are re-exported here.
 __all__ = ["RowSpec", "POSTHOC_ROWS", "E2E_ROWS", "DetBenchSettings", "run_det_bench", "default_benchmark_dir",
-           "quick_settings"]
+           "quick_settings", "V2_DEFAULTS", "DATA_KEYS", "split_data_overrides", "DEFAULT_BOOTSTRAP"]
 
 
 @dataclass(frozen=True)
@@ -113,96 +116,6 @@ E2E_ROWS: tuple[RowSpec, ...] = (
 )
 
 
-@dataclass
-class DetBenchSettings:
-    """Everything a det-bench run depends on (written to ``settings.json``)."""
-
-    preset: str = "cpu-quick"
-    arch: str = ""
-    model: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    max_train_images: int | None = None  # a prefix (json order) of the training set, None: all
-    max_val_images: int | None = None
-    score_threshold: float = 0.3  # for the false-positive count and the drawn examples
-    hflip: bool | None = None  # None: the benchmark's recommendation (off: mirrored digits are other glyphs)
-    batch_size_eval: int = 8
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    seeds: int = 1
-    quick: bool = False
-    device: str = "cpu"
-    # Paired-bootstrap resamples of the test images for the intervals (0: none). None: 20, or 0 with --quick (its
-    # time budget: each resample costs rows x seeds evaluations of AP and TIDE, docs/detection.md "Uncertainty").
-    bootstrap: int | None = None
-    # The offline benchmark's generator version (1 or 2; issue 15). None: DEFAULT_GENERATOR for the cached
-    # benchmark, the folder's own version for --data; resolved (and recorded) before any training. With 2 the
-    # reported rows are scored on the test split (val is kept for choosing) and model.backbone_weights
-    # defaults to "pretrained".
-    generator: int | None = None
-    # Seeds trained side by side in this many processes (each with ``threads`` torch threads); 1: one after
-    # the other in this process. Results do not depend on it (tested), so it is left out of the resume key.
-    workers: int = 1
-    # Repeat-factor sampling of the training images (LVIS's RFS, iif.detection.sampling) for every detector of
-    # the run: the threshold t (None: plain sampling) and the rounding ("stochastic": detectron2, r copies on
-    # average; "ceil": mmdetection / the paper's authors). None: the benchmark's default (V2_DEFAULTS).
-    rfs_threshold: float | None = None
-    rfs_rounding: str = "stochastic"
-
-
-def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
-    """The settings of a preset (:data:`iif.detection.DETECTION_PRESETS`) with ``key=value`` overrides
-    (``train.epochs=2``, ``model.min_size=96``, ``max_train_images=500``, ``score_threshold=0.5``)."""
-    from .models import DETECTION_PRESETS
-
-    p = DETECTION_PRESETS.get(preset) or config_preset(preset)
-    s = DetBenchSettings(preset=preset, arch=p["arch"], model=copy.deepcopy(dict(p["model"])),
-                         train=copy.deepcopy(dict(p["train"])), threads=p.get("threads"), hflip=p.get("hflip"),
-                         batch_size_eval=int(p.get("predict", {}).get("batch_size", 8)))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise IIFError(f"override {item!r} is not KEY=VALUE; write e.g. train.epochs=2.")
-        value = _parse_value(raw)
-        section, _, name = key.partition(".")
-        valid = bench_override_keys()
-        if key not in valid:
-            import difflib
-
-            every = valid + list(DATA_KEYS)  # the data keys are taken apart before this (split_data_overrides)
-            close = difflib.get_close_matches(key, every, n=1, cutoff=0.6)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise IIFError(f"unknown det-bench override {key!r}.{hint} Valid keys: {', '.join(every)}.")
-        if name:
-            getattr(s, section)[name] = value
-        else:
-            setattr(s, key, value)
-    _check_settings(s)
-    return s
-
-
-# det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
-# schedule keys of a det-train config).
-_TOP_KEYS = ("generator", "arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
-             "bootstrap", "workers", "rfs_threshold", "rfs_rounding")
-_TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
-# build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
-# fasterrcnn_*), log is the bench's own.
-_MODEL_NOT_KEYS = ("masks", "log")
-
-
-def bench_override_keys() -> list[str]:
-    """Every KEY of ``iif det-bench KEY=VALUE``: ``model.<build_detector keyword>``, ``train.<schedule key>``
-    (the train_detector keywords of a det-train schedule, plus amp, num_workers, log_every) and the top-level
-    settings."""
-    import inspect
-
-    from .models import build_detector
-
-    model = [n for n, prm in inspect.signature(build_detector).parameters.items()
-             if prm.kind is inspect.Parameter.KEYWORD_ONLY and n not in _MODEL_NOT_KEYS]
-    return ([f"model.{n}" for n in model] + [f"train.{n}" for n in _SCHEDULE_KEYS + _TRAIN_EXTRA]
-            + list(_TOP_KEYS))
-
-
 def _check_memory(s: DetBenchSettings, d, device: str) -> None:
     """Refuse model sizes whose batch cannot fit in memory (:func:`iif.detection.models.check_input_memory`),
     for training and evaluation, before any detector is built."""
@@ -216,287 +129,6 @@ def _check_memory(s: DetBenchSettings, d, device: str) -> None:
         check_input_memory(_image_sizes(ds), arch=s.arch, min_size=m.get("min_size", 800),
                            max_size=m.get("max_size", 1333), batch_size=int(batch), device=device, what=what,
                            batch_key=key, **kw)
-
-
-def _check_values(s: DetBenchSettings) -> None:
-    """The model and train values range-checked by det-train's rules (:func:`validate_detection_config`), with
-    the message naming det-bench's key (``train.lr``, not ``schedule.lr``)."""
-    import dataclasses
-
-    from .config import DetectionConfig, validate_detection_config
-
-    cfg = DetectionConfig()
-    t = dict(s.train)
-    runtime = {"amp": t.pop("amp", cfg.runtime.amp), "workers": t.pop("num_workers", cfg.runtime.workers),
-               "log_every": t.pop("log_every", cfg.runtime.log_every)}
-    milestones = t.pop("milestones", ())
-    try:
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, arch=s.arch, **s.model),
-            schedule=dataclasses.replace(cfg.schedule, milestones=[], **t),
-            runtime=dataclasses.replace(cfg.runtime, **runtime))
-        validate_detection_config(cfg)
-        if not isinstance(milestones, (list, tuple)) or not all(
-                isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in milestones):
-            raise IIFError(f"config key 'schedule.milestones' must list epochs >= 1; got {milestones!r}. Set e.g. "
-                           "schedule.milestones=[2].")
-    except IIFError as exc:
-        text = str(exc).replace("model.arch", "arch").replace("schedule.", "train.").replace(
-            "runtime.amp", "train.amp").replace("runtime.workers", "train.num_workers").replace(
-            "runtime.log_every", "train.log_every").replace("config key", "det-bench setting")
-        raise IIFError(text) from None
-    if s.hflip is not None and not isinstance(s.hflip, bool):
-        raise IIFError(f"det-bench setting hflip must be true, false or null; got {s.hflip!r}.")
-
-
-# A det-train config's schedule keys that train_detector takes as they are.
-_SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_iters", "warmup_factor",
-                  "milestones", "gamma", "clip_grad_norm")
-
-
-def config_preset(name: str) -> dict[str, Any]:
-    """A det-train config (packaged short name such as ``det_folder``, or a YAML path) as a det-bench preset:
-    its ``model`` section, its ``schedule`` (with ``warmup_fraction`` / ``milestone_fractions``, resolved on the
-    data by :func:`iif.detection.config.scaled_schedule`), ``data.hflip``, ``runtime.threads``/``amp`` and
-    ``eval.batch_size``.
-    Its margin and sampler are not used: det-bench trains its own rows with the random sampler."""
-    from .config import load_detection_config, model_kwargs
-    from .models import DETECTION_PRESETS
-
-    try:
-        cfg = load_detection_config(name)
-    except IIFError as exc:
-        raise IIFError(f"unknown det-bench preset {name!r} ({exc}); choose one of {sorted(DETECTION_PRESETS)} or a "
-                       "det-train config such as det_folder (`iif det-train --list`).") from None
-    sc = cfg.schedule
-    train = {k: getattr(sc, k) for k in _SCHEDULE_KEYS}
-    train["milestones"] = tuple(train["milestones"])
-    train["amp"] = cfg.runtime.amp
-    for key in ("warmup_fraction", "milestone_fractions"):
-        if getattr(sc, key) is not None:
-            train[key] = getattr(sc, key)
-    return {"arch": cfg.model.arch, "threads": cfg.runtime.threads, "model": model_kwargs(cfg), "train": train,
-            "hflip": cfg.data.hflip, "predict": {"batch_size": cfg.eval.batch_size}}
-
-
-def _scale_schedule(s: DetBenchSettings, num_images: int, log) -> dict[str, Any]:
-    """Resolve the preset's schedule on ``num_images`` training images (det-train's rule,
-    :func:`iif.detection.config.scaled_schedule`) into ``s.train``; logs the warm-up warning."""
-    from .config import scaled_schedule
-
-    t = s.train
-    scales = "warmup_fraction" in t or "milestone_fractions" in t
-    sched = scaled_schedule(epochs=t["epochs"], batch_size=t.get("batch_size", 2), num_images=num_images,
-                            warmup_iters=t.get("warmup_iters", 0), milestones=t.get("milestones", ()),
-                            warmup_fraction=t.pop("warmup_fraction", None),
-                            milestone_fractions=t.pop("milestone_fractions", None))
-    t["warmup_iters"], t["milestones"] = sched["warmup_iters"], tuple(sched["milestones"])
-    if sched["warning"]:
-        log(f"det-bench: {sched['warning']}")
-    if scales:
-        log(f"det-bench: schedule scaled to {num_images} training images ({sched['total_iters']} iterations): "
-            f"warm-up {sched['warmup_iters']} iterations, milestones {sched['milestones']}")
-    return sched
-
-
-def _parse_value(raw: str) -> Any:
-    import yaml
-
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, list):
-        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return value
-
-
-def _check_settings(s: DetBenchSettings) -> None:
-    for key in ("max_train_images", "max_val_images"):
-        v = getattr(s, key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise IIFError(f"det-bench setting {key} must be a whole number >= 1 or null; got {v!r}.")
-    if not isinstance(s.score_threshold, (int, float)) or not 0 <= s.score_threshold <= 1:
-        raise IIFError(f"det-bench setting score_threshold must be in [0, 1]; got {s.score_threshold!r}.")
-    if not isinstance(s.batch_size_eval, int) or s.batch_size_eval < 1:
-        raise IIFError(f"det-bench setting batch_size_eval must be a whole number >= 1; got {s.batch_size_eval!r}.")
-    if s.bootstrap is not None and (not isinstance(s.bootstrap, int) or isinstance(s.bootstrap, bool) or s.bootstrap < 0):
-        raise IIFError(f"det-bench setting bootstrap (resamples for the intervals) must be a whole number >= 0 "
-                       f"(0: no intervals); got {s.bootstrap!r}.")
-    if not isinstance(s.seeds, int) or s.seeds < 1:
-        raise IIFError(f"--seeds must be >= 1; got {s.seeds!r}.")
-    if s.rfs_threshold is not None and (isinstance(s.rfs_threshold, bool) or not isinstance(s.rfs_threshold, (int, float))
-                                        or not 0 < s.rfs_threshold <= 1):
-        raise IIFError(f"det-bench setting rfs_threshold must be in (0, 1] (LVIS uses 0.001) or null for plain "
-                       f"sampling; got {s.rfs_threshold!r}.")
-    if s.rfs_rounding not in ("stochastic", "ceil"):
-        raise IIFError(f"det-bench setting rfs_rounding must be stochastic (detectron2) or ceil (the paper's "
-                       f"authors); got {s.rfs_rounding!r}.")
-    if not isinstance(s.workers, int) or isinstance(s.workers, bool) or s.workers < 1:
-        raise IIFError(f"det-bench setting workers (seeds run side by side) must be a whole number >= 1; "
-                       f"got {s.workers!r}. Write e.g. workers=2 with threads=1.")
-    from .synthetic import GENERATORS
-
-    if s.generator is not None and (isinstance(s.generator, bool) or s.generator not in GENERATORS):
-        raise IIFError(f"det-bench setting generator (the offline benchmark's version) must be one of "
-                       f"{', '.join(map(str, GENERATORS))}; got {s.generator!r}. Write e.g. generator=2.")
-    epochs = s.train.get("epochs")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise IIFError(f"det-bench setting train.epochs must be a whole number >= 1; got {epochs!r}.")
-    _check_values(s)
-
-
-#: Bootstrap resamples of a full det-bench run when ``bootstrap`` is not given (``--quick``: none).
-DEFAULT_BOOTSTRAP = 20
-
-
-def default_benchmark_dir(seed: int = 0, generator: int | None = None) -> Path:
-    """Where the default offline benchmark of generator version ``generator`` (None:
-    :data:`iif.detection.synthetic.DEFAULT_GENERATOR`) is generated once and reused: ``det-data/v1-seed0``,
-    ``det-data/v2-seed0`` under the cache (the v1 path is the one every recorded run used)."""
-    from .synthetic import DEFAULT_GENERATOR
-
-    version = DEFAULT_GENERATOR if generator is None else int(generator)
-    root = Path(os.environ.get("IIF_CACHE_DIR") or Path.home() / ".cache" / "iif")
-    return root / "det-data" / f"v{version}-seed{seed}"
-
-
-def _default_data(log: Callable[[str], Any], generator: int | None = None) -> Path:
-    from .synthetic import DEFAULT_GENERATOR, make_benchmark, validate_benchmark
-
-    generator = DEFAULT_GENERATOR if generator is None else generator
-    path = default_benchmark_dir(generator=generator)
-    if (path / "BENCHMARK.json").is_file():
-        try:
-            validate_benchmark(path, generator=generator)
-            return path
-        except IIFError as exc:
-            log(f"det-bench: regenerating the cached benchmark at {path} ({exc})")
-    log(f"det-bench: generating the offline benchmark (generator {generator}) into {path} (once; about 15 s for "
-        "version 1, longer for version 2)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_benchmark(path, seed=0, force=path.exists(), generator=generator)
-    return path
-
-
-@dataclass
-class _Data:
-    root: Path
-    train: Any
-    val: Any
-    val_json: dict
-    benchmark: dict | None
-    paths: tuple = ()  # (train_json, train_images, val_json, val_images) as read
-    # The split ``val``/``val_json`` hold, which the rows are scored on: "test" for a generator-2 benchmark
-    # (its val split is for choosing), else "val". ``tune_paths``: (val_json, val_images) of a generator-2
-    # benchmark, kept for rows tuned on val and reported on test; () otherwise.
-    eval_split: str = "val"
-    tune_paths: tuple = ()
-    # The val split of ``tune_paths`` as (dataset, annotation json), for the tuned rows; None without one.
-    tune: Any = None
-
-
-DATA_KEYS = ("data.train_json", "data.train_images", "data.val_json", "data.val_images")
-
-
-def split_data_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """``(paths, rest)``: the ``data.train_json=...``-style overrides (det-train's config keys, so one set of
-    paths serves both commands) as ``{"train_json": ...}``, and every other override in its order."""
-    paths: dict[str, str] = {}
-    rest: list[str] = []
-    for item in overrides:
-        key, sep, value = str(item).partition("=")
-        if sep and key.startswith("data."):
-            if key not in DATA_KEYS:
-                raise IIFError(f"unknown det-bench override {key!r}; the data keys are {', '.join(DATA_KEYS)} "
-                               "(or --data FOLDER).")
-            paths[key[len("data."):]] = value
-        else:
-            rest.append(item)
-    return paths, rest
-
-
-def _data_paths(data: str | os.PathLike | None, paths: dict[str, str], log,
-                generator: int | None = None) -> tuple[Path | None, tuple[Path, ...]]:
-    """``(root, (train_json, train_images, val_json, val_images))``: det-train's rules
-    (:func:`iif.detection.runs.data_paths`): the explicit ``data.*`` paths, any missing one from the ``--data``
-    folder's layout; without either, the offline benchmark of generator version ``generator``."""
-    from .config import load_detection_config
-    from .runs import data_paths
-
-    if data is None and not paths:
-        root = _default_data(log, generator)
-    else:
-        root = Path(data) if data is not None else None
-    cfg = load_detection_config({"data": {"root": None if root is None else str(root), **paths}})
-    return root, data_paths(cfg)
-
-
-def _benchmark_version(bench: dict | None, train_json: Path, generator: int | None) -> int | None:
-    """The generator version of the benchmark the data belongs to (None: not an ``iif det-data`` folder).
-    ``generator`` given and different (or given for data that is no benchmark) is refused in one line naming
-    the fix (:func:`iif.detection.synthetic.validate_benchmark`'s message), before anything is trained."""
-    from .synthetic import validate_benchmark
-
-    root = Path(train_json).parent.parent
-    if bench is None:
-        if generator is not None:
-            raise IIFError(f"det-bench setting generator={generator} names a version of the offline benchmark, but "
-                           f"the data ({train_json}) is not an `iif det-data` folder; leave generator out for "
-                           "other data, or write one with `iif det-data --generator "
-                           f"{generator} --out DIR` and pass --data DIR.")
-        return None
-    version = bench.get("generator_version")
-    if generator is not None and version != generator:
-        validate_benchmark(root, generator=generator)  # raises: the version check comes before any other
-        raise IIFError(f"{root} was written by benchmark generator version {version}, version {generator} is "
-                       f"needed here; write one with `iif det-data --generator {generator} --out NEW_DIR`.")
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
-
-
-def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log, paths: dict[str, str] | None = None) -> _Data:
-    from .data import covering_subset, load_detection_dataset, restrict_annotations
-    from .runs import _benchmark_marker
-
-    paths = dict(paths or {})
-    root, (train_json, train_images, val_json, val_images) = _data_paths(data, paths, log, s.generator)
-    bench = _benchmark_marker(train_json)  # ROOT/BENCHMARK.json of an `iif det-data` folder
-    version = _benchmark_version(bench, train_json, s.generator)
-    if s.generator is None:
-        s.generator = version  # recorded in settings.json (None: not a benchmark)
-    eval_split, tune_paths = "val", ()
-    if version == 2 and not ({"val_json", "val_images"} & set(paths)):
-        # A v2 benchmark is reported on its test split; val stays available for choosing (tuned rows).
-        from .data import resolve_detection_data
-
-        tune_paths = (val_json, val_images)
-        _, _, val_json, val_images = resolve_detection_data(Path(train_json).parent.parent, eval_split="test")
-        eval_split = "test"
-        log(f"det-bench: generator-2 benchmark: rows scored on the test split ({val_json}); val kept for choosing")
-    if root is None:
-        root = Path(train_json)  # what settings.json and report.md name as the data
-    hflip = s.hflip
-    if hflip is None:
-        hflip = bool((bench or {}).get("recommended", {}).get("hflip", True))
-    masks = not s.arch.startswith("fasterrcnn")
-    train = load_detection_dataset(train_json, train_images, train=True, masks=masks, hflip=hflip)
-    val = load_detection_dataset(val_json, val_images, train=False, masks=masks, hflip=False)
-    val_ann = json.loads(Path(val_json).read_text())
-    if s.max_train_images is not None and s.max_train_images < len(train):
-        train = covering_subset(train, s.max_train_images)
-    if s.max_val_images is not None and s.max_val_images < len(val):
-        keep = set(val.image_ids[: s.max_val_images])
-        val_ann = restrict_annotations(val_ann, keep)
-        val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
-    tune = None
-    if tune_paths:  # the val split the tuned rows choose on (max_val_images caps it too)
-        tune_ann = json.loads(Path(tune_paths[0]).read_text())
-        if s.max_val_images is not None:
-            keep = {im["id"] for im in tune_ann["images"][: s.max_val_images]}
-            tune_ann = restrict_annotations(tune_ann, keep)
-        tune = (load_detection_dataset(tune_ann, tune_paths[1], train=False, masks=masks, hflip=False), tune_ann)
-    return _Data(root, train, val, val_ann, bench, (train_json, train_images, val_json, val_images), eval_split,
-                 tune_paths, tune)
 
 
 def _freq(train):
@@ -661,7 +293,6 @@ def _choose_tuned(model, data: _Data, tune_cache, device: str, s: DetBenchSettin
     from .margins import use_margin
 
     masks = not s.arch.startswith("fasterrcnn")
-    counts = _freq(data.train).image_counts
     tune_ds, tune_json = data.tune
     chosen: dict[str, dict] = {}
     for method, grid in TUNE_GRIDS.items():
@@ -789,37 +420,6 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
     examples = _examples(drawn, data, s, device) if want_examples and drawn else None
     return {"rows": rows, "details": details, "timings": timings, "norms": norms, "examples": examples,
             "skipped": skipped, "detections": dets}
-
-
-# What a generator-2 benchmark changes in the preset unless the command sets the key itself (issue 15; v1 keeps
-# the preset as it is, so every number recorded on v1 reproduces). Why each one: docs/detection.md, "The v2
-# benchmark in det-bench".
-V2_DEFAULTS: dict[str, Any] = {
-    # Boxes: the margins act on the box classifier, and the masks of thin digit glyphs at 128 px are too coarse
-    # for mask AP to show it (mask AP_r 2.3 vs box AP_r 5.5 on val); no mask head also makes each row cheap.
-    "arch": "fasterrcnn_r10_fpn",
-    "model.backbone_weights": "pretrained",  # the cached balanced pretraining (iif.detection.pretrain)
-    "model.class_agnostic_mask": True,  # only with a maskrcnn_* arch: a rare category's own mask channel is untrained
-    "rfs_threshold": 0.2,  # repeat-factor sampling: images of the 1-10-image categories 3-20x per epoch
-}
-
-
-def _apply_v2_defaults(s: DetBenchSettings, given: set[str], log) -> None:
-    for key, value in V2_DEFAULTS.items():
-        if key in given:
-            continue
-        if key == "arch" and s.preset != "cpu-quick":  # a preset naming its own detector keeps it
-            continue
-        if key == "model.class_agnostic_mask" and not s.arch.startswith("maskrcnn"):
-            continue
-        section, _, name = key.partition(".")
-        if name:
-            if getattr(s, section).get(name) is not None:
-                continue
-            getattr(s, section)[name] = value
-        else:
-            setattr(s, key, value)
-        log(f"det-bench: generator-2 benchmark: {key}={value} (the v2 default; set {key}=... to change it)")
 
 
 def _run_seeds(s: DetBenchSettings, d: _Data, dev: str, log, plots: bool, store) -> list[dict[str, Any]]:
