@@ -314,13 +314,20 @@ def margin_kwargs(mc: MarginConfig, cosine_scale: float | None = None) -> dict[s
 
 
 def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
-    """Range-check every value; :class:`IIFError` names the first bad dotted key, what it must be and a fix."""
-    from ..weights import VARIANTS, canonical_variant
-    from .margins import METHODS, WHEN
-    from .models import ARCHS, NORMS
+    """Range-check every value; :class:`IIFError` names the first bad dotted key, what it must be and a fix.
 
-    d, m, mg, s, ev, rt = cfg.data, cfg.model, cfg.margin, cfg.schedule, cfg.eval, cfg.runtime
-    # data
+    The sections are checked in the order data, model, margin, schedule, eval, runtime (one function each),
+    so the first bad key reported is the same whatever else is wrong."""
+    _check_data(cfg.data)
+    _check_model(cfg.model)
+    _check_margin(cfg.margin)
+    _check_schedule(cfg.schedule)
+    _check_eval_and_runtime(cfg.eval, cfg.runtime)
+    return cfg
+
+
+def _check_data(d: DetectionDataConfig) -> None:
+    """``data.*``: paths (all four explicit ones, or a root), the sampler and the image caps."""
     for key in ("root", "train_json", "train_images", "val_json", "val_images"):
         v = getattr(d, key)
         check(v is None or (isinstance(v, str) and bool(v.strip())), f"data.{key}", v, "a path or null", "/data/lvis")
@@ -336,7 +343,12 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     for key in ("max_train_images", "max_val_images"):
         if getattr(d, key) is not None:
             at_least(f"data.{key}", getattr(d, key), 1, "500")
-    # model
+
+
+def _check_model(m: DetectionModelConfig) -> None:
+    """``model.*``: arch and norm, sizes and RPN/RoI numbers, anchors, layers, weights, cosine and mask options."""
+    from .models import ARCHS, NORMS
+
     one_of("model.arch", m.arch, ARCHS)
     if m.norm is not None:
         one_of("model.norm", m.norm, NORMS)
@@ -391,7 +403,14 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
         if ARCHS[m.arch][0] == "ssd":
             raise IIFError("config key 'model.classifier_only' needs an R-CNN arch (roi_heads.box_predictor.cls_score); "
                            "model.arch is ssd300_vgg16.")
-    # margin
+
+
+def _check_margin(mg: MarginConfig) -> None:
+    """``margin.*``: method, variant, by, when (and the methods' allowed phases), tau, la_form, gamma, Seesaw's
+    exponents, background fraction and IIF's K."""
+    from ..weights import VARIANTS, canonical_variant
+    from .margins import METHODS, WHEN
+
     one_of("margin.method", mg.method, METHODS)
     try:
         canonical_variant(mg.variant)
@@ -425,7 +444,10 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     if mg.total is not None and not (mg.total in ("images", "instances", "sum") or (is_finite(mg.total) and mg.total > 0)):
         raise IIFError(f"config key 'margin.total' is {mg.total!r}; use a positive number, images, instances, sum or "
                        "null (the detection convention).")
-    # schedule
+
+
+def _check_schedule(s: DetectionScheduleConfig) -> None:
+    """``schedule.*``: epochs, batch, SGD numbers, warm-up, milestones (or their fractions), gamma, clipping."""
     at_least("schedule.epochs", s.epochs, 1, "12", 100_000)
     at_least("schedule.batch_size", s.batch_size, 1, "16", 1_000_000)
     positive("schedule.lr", s.lr, "0.02")
@@ -447,7 +469,10 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
                s.milestone_fractions, "a list of fractions of schedule.epochs in (0, 1] or null", "[0.67,0.92]")
     if s.clip_grad_norm is not None:
         positive("schedule.clip_grad_norm", s.clip_grad_norm, "10.0")
-    # eval
+
+
+def _check_eval_and_runtime(ev: DetectionEvalConfig, rt: DetectionRuntimeConfig) -> None:
+    """``eval.*`` (batch size, FP score threshold), then ``runtime.*`` (device, amp, seed, workers, threads, logs)."""
     at_least("eval.batch_size", ev.batch_size, 1, "4")
     check(is_finite(ev.score_threshold) and 0 <= ev.score_threshold < 1, "eval.score_threshold", ev.score_threshold,
           "in [0, 1)", "0.3")
@@ -464,4 +489,3 @@ def validate_detection_config(cfg: DetectionConfig) -> DetectionConfig:
     at_least("runtime.log_every", rt.log_every, 0, "20")
     if rt.stop_after_epoch is not None:
         at_least("runtime.stop_after_epoch", rt.stop_after_epoch, 1, "1")
-    return cfg
