@@ -300,16 +300,33 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
     if soft and soft[0]["APb"] is not None and soft[0]["APb"] < 10:
         lines += [f"**Warning:** the softmax detector reached only {soft[0]['APb']:.1f} box AP; differences between "
                   "rows at this level are mostly noise. Train longer (`train.epochs=...`) or on a GPU.", ""]
-    # The split the rows are scored on (a generator-2 benchmark: test) and the backbone's start.
+    # The split the rows are scored on (a generator-2 benchmark: test).
     split = "test" if meta.get("eval_split") == "test" else "validation"
+    lines += _setup_lines(s, meta, per_seed, len(val_cats), groups, split)
+    lines += ["## Results", "", results_markdown(rows, stds), "", *interval_lines(intervals)]
+    lines += _detail_lines(per_seed)
+    skipped = {k: v for p in per_seed for k, v in (p.get("skipped") or {}).items()}
+    if skipped:
+        lines += ["## Skipped rows", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
+    lines += _timing_lines(per_seed)
+    if plots:
+        lines += _plot_lines(folder, rows, stds, per_seed, counts, data.val.class_names, s, split)
+    from ..outputs import atomic_write_text
+
+    atomic_write_text(folder / "report.md", "\n".join(lines))
+
+
+def _setup_lines(s, meta, per_seed, num_categories: int, groups: Mapping[str, int], split: str) -> list[str]:
+    """The report's "Set-up" section: data, detector and its start, seeds, metrics, row kinds, mode (the
+    section's last line is its last bullet; "## Results" follows)."""
     from .models import is_from_scratch
 
     weights = s.model.get("backbone_weights")
     start = "trained from scratch" if is_from_scratch(weights) else f"backbone started from `{weights}`, trained"
-    lines += [
+    return [
         "## Set-up", "",
         f"- Data: `{meta['data']}`; {meta['num_train_images']} training images, {meta['num_val_images']} {split} "
-        f"images; {len(val_cats)} categories ({groups['r']} rare, {groups['c']} common, {groups['f']} frequent by "
+        f"images; {num_categories} categories ({groups['r']} rare, {groups['c']} common, {groups['f']} frequent by "
         "training images: r 1-10, c 11-100, f > 100).",
         f"- Detector `{s.arch}` ({s.preset} preset), {start} for {s.train['epochs']} epochs per model "
         f"(batch {s.train.get('batch_size')}, lr {s.train.get('lr')}, warm-up {s.train.get('warmup_iters')} iterations, "
@@ -330,11 +347,12 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
         f"- Mode: {'quick (post-hoc rows only)' if s.quick else 'full'}. Whole run {meta['wall_s']:.0f} s, peak RSS "
         f"{meta['peak_rss_mb']:.0f} MB, {meta['date']}.",
         "",
-        "## Results", "",
-        results_markdown(rows, stds),
-        "",
-        *interval_lines(intervals),
     ]
+
+
+def _detail_lines(per_seed) -> list[str]:
+    """"More numbers (seed 0)": box APr/c/f, TIDE's errors, tail-k AP and false positives by group per row."""
+    lines: list[str] = []
     details = [d for p in per_seed for d in p["details"] if d["seed"] == 0]
     if details:
         tail_keys = sorted({k for d in details for k in d.get("tail", {})}, key=lambda k: int(k[4:]))
@@ -351,31 +369,35 @@ def write_report(folder, rows, stds, per_seed, data, settings, meta, *, plots: b
                   "training images, paper Tables XVII-XVIII); false positives by group.", "",
                   markdown_table(["row", "box APr", "box APc", "box APf", "AP50 (TIDE)", "dAP_Cls", "dAP_Bkg",
                                   "dAP_Miss", *tail_keys, "FP r/c/f"], body), ""]
-    skipped = {k: v for p in per_seed for k, v in (p.get("skipped") or {}).items()}
-    if skipped:
-        lines += ["## Skipped rows", ""] + [f"- {k}: {v}" for k, v in skipped.items()] + [""]
-    t = [p["timings"] for p in per_seed]
-    lines += ["## Timings", "",
-              markdown_table(["seed", "softmax training s", "RoI cache s", "post-hoc rows s", "end-to-end rows s", "seed total s"],
-                             [[str(i), cell(x["softmax_train_s"]), cell(x["cache_s"]), cell(x["posthoc_rows_s"]),
-                               cell(x["e2e_s"]), cell(x["seed_total_s"])] for i, x in enumerate(t)]), ""]
-    if plots:
-        lines += ["## Plots", ""]
-        plot_fp_vs_rare_ap(rows, folder / "fp_vs_rare_ap.png", stds)
-        lines += ["![AP_r against ΔAP_FP](fp_vs_rare_ap.png)", ""]
-        norms = per_seed[0].get("norms") or {}
-        if norms:
-            plot_classifier_norms(counts, norms, folder / "classifier_norms.png")
-            lines += ["![classifier weight norms](classifier_norms.png)", ""]
-        ex = per_seed[0].get("examples")
-        if ex is not None:
-            images, panels, highlight = ex
-            draw_detections(images, panels, data.val.class_names, folder / "examples.png",
-                            score_threshold=s.score_threshold, highlight=highlight, split=split)
-            lines += [f"![example detections on {split} images with rare categories](examples.png)", ""]
-    from ..outputs import atomic_write_text
+    return lines
 
-    atomic_write_text(folder / "report.md", "\n".join(lines))
+
+def _timing_lines(per_seed) -> list[str]:
+    """"Timings": the stages of each seed in seconds."""
+    t = [p["timings"] for p in per_seed]
+    return ["## Timings", "",
+            markdown_table(["seed", "softmax training s", "RoI cache s", "post-hoc rows s", "end-to-end rows s", "seed total s"],
+                           [[str(i), cell(x["softmax_train_s"]), cell(x["cache_s"]), cell(x["posthoc_rows_s"]),
+                             cell(x["e2e_s"]), cell(x["seed_total_s"])] for i, x in enumerate(t)]), ""]
+
+
+def _plot_lines(folder: Path, rows, stds, per_seed, counts, class_names, s, split: str) -> list[str]:
+    """"Plots": draws the PNGs into ``folder`` (AP_r against ΔAP_FP, classifier norms, example detections)
+    and returns the lines that show them."""
+    lines = ["## Plots", ""]
+    plot_fp_vs_rare_ap(rows, folder / "fp_vs_rare_ap.png", stds)
+    lines += ["![AP_r against ΔAP_FP](fp_vs_rare_ap.png)", ""]
+    norms = per_seed[0].get("norms") or {}
+    if norms:
+        plot_classifier_norms(counts, norms, folder / "classifier_norms.png")
+        lines += ["![classifier weight norms](classifier_norms.png)", ""]
+    ex = per_seed[0].get("examples")
+    if ex is not None:
+        images, panels, highlight = ex
+        draw_detections(images, panels, class_names, folder / "examples.png",
+                        score_threshold=s.score_threshold, highlight=highlight, split=split)
+        lines += [f"![example detections on {split} images with rare categories](examples.png)", ""]
+    return lines
 
 
 def _rules(per_seed) -> str:

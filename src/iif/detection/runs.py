@@ -28,11 +28,11 @@ from ..outputs import atomic_write_json, json_safe
 from ..resources import check_threads, set_threads
 from .config import (DetectionConfig, detection_config_hash, load_detection_config, margin_kwargs, model_kwargs,
                      scaled_schedule)
+from .runs_folder import CONFIG_FILE, _fit, _open_run_folder
 
 __all__ = ["train_from_config", "evaluate_run", "evaluate_detections", "parse_margin_spec", "RESULT_KEYS"]
 
 RESULT_KEYS = ("AP", "AP50", "AP75", "APr", "APc", "APf", "APb", "dAP_FP", "false_positives")
-CONFIG_FILE = "config.yaml"
 METRICS_FILE = "final_metrics.json"
 
 
@@ -344,10 +344,8 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     counts, the output folder) is checked before the first training step. Under ``torchrun`` rank 0 owns the
     folder; every rank trains (``train_detector``'s DDP) and predicts a share of the val images.
     """
-    from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
-    from ..train.config import save_config
+    from ..outputs import check_run_folder, finish_run_folder, refuse_overlap
     from ..train.distributed import init_distributed
-    from .engine import train_detector
 
     cfg = load_detection_config(cfg)  # validated copy
     out = Path(out)
@@ -375,51 +373,8 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     sched = _schedule(cfg, train, sampler, log if info.is_main else (lambda line: None))
     h = detection_config_hash(cfg)
 
-    work: Path | None = None
-    problem = None
-    existed = out.is_dir()
-    if info.is_main:
-        try:
-            work = prepare_run_folder(out, "det-train", force=force and not resume, resume=resume)
-            saved = work / CONFIG_FILE
-            if resume and saved.is_file() and not force:
-                old = load_detection_config(saved)
-                if detection_config_hash(old) != h:
-                    raise IIFError(f"--resume: {out} was trained with another config ({saved}); run with the same "
-                                   "config and overrides, add --force to resume anyway, or choose another --out.")
-        except IIFError as exc:
-            if not info.distributed:
-                raise
-            problem = str(exc)
-    if info.distributed:  # every rank learns the folder rank 0 chose (a staging folder under --force), or its error
-        import torch.distributed as dist
-
-        box = [problem if problem is not None else (str(work) if work is not None else None)]
-        dist.broadcast_object_list(box, src=0)
-        if problem is not None or (not info.is_main and box[0] is not None and not Path(box[0]).is_dir()):
-            raise IIFError(box[0])
-        work = Path(box[0])
-    assert work is not None
-    created = not existed or os.path.abspath(work) != os.path.abspath(out)
-    try:
-        if info.is_main:
-            save_config(cfg, work / CONFIG_FILE)
-    except BaseException:
-        if info.is_main:
-            abandon_run_folder(work, created=created, written=(CONFIG_FILE,))
-        raise
-    s = cfg.schedule
-    try:
-        res = train_detector(model, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, momentum=s.momentum,
-                             weight_decay=s.weight_decay, warmup_iters=sched["warmup_iters"], warmup_factor=s.warmup_factor,
-                             milestones=sched["milestones"], gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
-                             device=dev, amp=cfg.runtime.amp, out_dir=work, resume=resume, log=log,
-                             log_every=cfg.runtime.log_every, num_workers=cfg.runtime.workers, seed=cfg.runtime.seed,
-                             stop_after_epoch=cfg.runtime.stop_after_epoch)
-    except BaseException:
-        if info.is_main:  # failed before its first checkpoint (last.pt): leave nothing a rerun must --force
-            abandon_run_folder(work, created=created, written=(CONFIG_FILE, "history.json"))
-        raise
+    work, created = _open_run_folder(cfg, out, info, h, resume=resume, force=force)
+    res = _fit(model, train, cfg, sched, sampler, dev, work, created, resume=resume, log=log, info=info)
     if info.is_main:
         atomic_write_json(work / "history.json", json_safe(res["history"]))
     if not res["finished"]:
