@@ -176,35 +176,17 @@ def _default_anchor_sizes(n_levels: int) -> tuple[tuple[int, ...], ...]:
     return tuple((32 * 2 ** i,) for i in range(n_levels))
 
 
-def build_detector(
-    arch: str,
-    num_classes: int,
-    *,
-    masks: bool = True,
-    min_size: int = 800,
-    max_size: int = 1333,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_batch_size_per_image: int = 256,
-    box_batch_size_per_image: int = 512,
-    box_detections_per_img: int = 300,
-    box_score_thresh: float = 1e-4,
-    anchor_sizes: Sequence[Sequence[int]] | None = None,
-    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-    returned_layers: Sequence[int] = (1, 2, 3, 4),
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_layers: Sequence[int] | None = None,
-    mask_roi_size: int = 14,
-    class_agnostic_mask: bool = False,
-    norm: str | None = None,
-    trainable_layers: int | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    backbone_weights: str | os.PathLike | None = None,
-    log=print,
-) -> nn.Module:
+def build_detector(arch: str, num_classes: int, *, masks: bool = True, min_size: int = 800, max_size: int = 1333,
+                   rpn_pre_nms_top_n_train: int = 2000, rpn_post_nms_top_n_train: int = 2000,
+                   rpn_pre_nms_top_n_test: int = 1000, rpn_post_nms_top_n_test: int = 1000,
+                   rpn_batch_size_per_image: int = 256, box_batch_size_per_image: int = 512,
+                   box_detections_per_img: int = 300, box_score_thresh: float = 1e-4,
+                   anchor_sizes: Sequence[Sequence[int]] | None = None, aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                   returned_layers: Sequence[int] = (1, 2, 3, 4), fpn_channels: int = 256,
+                   representation_size: int = 1024, mask_layers: Sequence[int] | None = None, mask_roi_size: int = 14,
+                   class_agnostic_mask: bool = False, norm: str | None = None, trainable_layers: int | None = None,
+                   checkpoint: str | os.PathLike | None = None, backbone_weights: str | os.PathLike | None = None,
+                   log=print) -> nn.Module:
     """A torchvision detector for ``num_classes`` foreground categories, built without any download.
 
     Args:
@@ -251,6 +233,29 @@ def build_detector(
             archs only.
         log: where the checkpoint report goes.
     """
+    norm, trainable_layers = _checked_build_args(
+        arch, num_classes, norm=norm, trainable_layers=trainable_layers, checkpoint=checkpoint,
+        backbone_weights=backbone_weights, sizes=(("min_size", min_size), ("max_size", max_size),
+                                                  ("fpn_channels", fpn_channels),
+                                                  ("representation_size", representation_size),
+                                                  ("box_detections_per_img", box_detections_per_img),
+                                                  ("box_batch_size_per_image", box_batch_size_per_image)))
+    family, depth = ARCHS[arch]
+    if family == "ssd":
+        model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
+    else:
+        model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals(), log=log)
+    if checkpoint is not None:
+        load_detector_checkpoint(model, checkpoint, log=log)
+    return model
+
+
+def _checked_build_args(arch: str, num_classes: Any, *, norm: str | None, trainable_layers: int | None,
+                        checkpoint: str | os.PathLike | None, backbone_weights: str | os.PathLike | None,
+                        sizes: Sequence[tuple[str, Any]]) -> tuple[str, int]:
+    """:func:`build_detector`'s argument checks, in its order (arch, classes, backbone weights, norm, checkpoint,
+    the ``(name, value)`` ``sizes`` >= 1); returns the ``norm`` and ``trainable_layers`` to build with (their
+    defaults depend on whether training starts from a checkpoint or backbone weights)."""
     if arch not in ARCHS:
         raise IIFError(f"unknown detector arch {arch!r}; use one of {', '.join(ARCHS)}.")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -268,22 +273,12 @@ def build_detector(
         raise IIFError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise IIFError(f"detector checkpoint {checkpoint} does not exist; pass a local .pth/.pt file.")
-    for name, value in (("min_size", min_size), ("max_size", max_size), ("fpn_channels", fpn_channels),
-                        ("representation_size", representation_size),
-                        ("box_detections_per_img", box_detections_per_img),
-                        ("box_batch_size_per_image", box_batch_size_per_image)):
+    for name, value in sizes:
         if int(value) < 1:
             raise IIFError(f"{name} must be >= 1; got {value}.")
     if trainable_layers is None:
         trainable_layers = 3 if checkpoint is not None or pretrained else 5
-    family, depth = ARCHS[arch]
-    if family == "ssd":
-        model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
-    else:
-        model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals(), log=log)
-    if checkpoint is not None:
-        load_detector_checkpoint(model, checkpoint, log=log)
-    return model
+    return norm, trainable_layers
 
 
 def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: str, trainable_layers: int,

@@ -202,39 +202,7 @@ def pretrain_backbone(*, depth: str = "r10", seed: int = 0, sources: Mapping[str
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         net = _network(depth, n_classes)
-        decay = [p for n, p in net.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"], momentum=0.9, nesterov=True)
-        bs = int(cfg["batch_size"])
-        per_epoch = (len(x) + bs - 1) // bs
-        total = per_epoch * int(cfg["epochs"])
-        warm = min(int(cfg["warmup_iters"]), max(total - 1, 0))
-
-        def lr_at(it: int) -> float:
-            if it < warm:
-                return cfg["lr"] * (it + 1) / warm
-            return cfg["lr"] * 0.5 * (1 + np.cos(np.pi * (it - warm) / max(total - warm, 1)))
-
-        gen = torch.Generator().manual_seed(int(seed))
-        it, losses = 0, []
-        net.train()
-        for epoch in range(int(cfg["epochs"])):
-            order = torch.randperm(len(x), generator=gen)
-            running = 0.0
-            for b in range(per_epoch):
-                idx = order[b * bs:(b + 1) * bs]
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(it)
-                loss = F.cross_entropy(net(_normalise(x[idx])), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += float(loss.detach())
-                it += 1
-            losses.append(running / per_epoch)
-            log(f"pretrain {depth}: epoch {epoch + 1}/{cfg['epochs']}: loss {losses[-1]:.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+        losses = _train(net, x, y, cfg, int(seed), depth, log, t0)
         correct = _accuracy(net, tx, ty, 256)
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     fashion = np.asarray([_classes()[int(c)][0] == "fashion-mnist" for c in ty])
@@ -253,6 +221,46 @@ def pretrain_backbone(*, depth: str = "r10", seed: int = 0, sources: Mapping[str
         f"images (Fashion-MNIST {100 * meta['test_accuracy_fashion']:.1f}%, MNIST "
         f"{100 * meta['test_accuracy_mnist']:.1f}%); {meta['wall_s']:.0f} s wall, {meta['cpu_s']:.0f} CPU-s")
     return state, meta
+
+
+def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Mapping[str, Any], seed: int, depth: str,
+           log: Callable[[str], Any], t0: float) -> list[float]:
+    """:func:`pretrain_backbone`'s training: SGD (Nesterov, no weight decay on biases and norms) with a linear
+    warm-up then cosine learning rate, batches in a seeded random order; returns each epoch's mean loss."""
+    decay = [p for n, p in net.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=cfg["lr"], momentum=0.9, nesterov=True)
+    bs = int(cfg["batch_size"])
+    per_epoch = (len(x) + bs - 1) // bs
+    total = per_epoch * int(cfg["epochs"])
+    warm = min(int(cfg["warmup_iters"]), max(total - 1, 0))
+
+    def lr_at(it: int) -> float:
+        if it < warm:
+            return cfg["lr"] * (it + 1) / warm
+        return cfg["lr"] * 0.5 * (1 + np.cos(np.pi * (it - warm) / max(total - warm, 1)))
+
+    gen = torch.Generator().manual_seed(int(seed))
+    it, losses = 0, []
+    net.train()
+    for epoch in range(int(cfg["epochs"])):
+        order = torch.randperm(len(x), generator=gen)
+        running = 0.0
+        for b in range(per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(it)
+            loss = F.cross_entropy(net(_normalise(x[idx])), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach())
+            it += 1
+        losses.append(running / per_epoch)
+        log(f"pretrain {depth}: epoch {epoch + 1}/{cfg['epochs']}: loss {losses[-1]:.3f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    return losses
 
 
 def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
