@@ -93,7 +93,7 @@ from .margins_predictor import (  # noqa: F401  (re-exported: the public path of
     _tap_labels,
     _untap_labels,
 )
-from .margins_table import _BY, METHODS, WHEN, FreqLike, _check_choice  # noqa: F401
+from .margins_table import _BY, METHODS, WHEN, FreqLike, _check_choice, _check_method  # noqa: F401
 
 __all__ = ["use_margin", "MarginBoxPredictor", "CosineBoxClassifier", "METHODS", "WHEN"]
 
@@ -114,7 +114,8 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
         model: a torchvision ``FasterRCNN`` / ``MaskRCNN`` (box predictor with an ``nn.Linear`` ``cls_score``)
             or ``SSD`` (e.g. ``ssd300_vgg16``), built for ``C + 1`` classes.
         method: ``"softmax"``, ``"iif"``, ``"balanced_softmax"``, ``"logit_adjustment"``, ``"norcal"`` or
-            ``"seesaw"`` (:data:`METHODS`).
+            ``"seesaw"`` (:data:`METHODS`); the aliases of :mod:`iif.methods` are accepted too (``"la"`` and
+            ``"logit_adjusted"`` for ``"logit_adjustment"``, ``"ce"`` for ``"softmax"``).
         freq: the training set's counts: a :class:`~iif.ClassFrequency` (``ClassFrequency.from_coco`` has
             ``task="detection"``, so IIF's K is the number of training images for ``by="image"`` and of
             instances for ``by="object"``, as in the official detection tables), or a 1-D array of ``C``
@@ -151,7 +152,7 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
             method / when / variant / by, a combination the table does not list, counts the variant cannot
             use (zero counts with raw IIF, ...), or a ``background_fraction`` outside (0, 1).
     """
-    method = _check_choice(method, METHODS, "method")
+    method = _check_method(method)  # an alias (la, logit_adjusted) resolves to its canonical name
     when = _check_choice(when, WHEN, "when")
     by = _check_choice(by, _BY, "by ('image' for IIF, 'object' for IOF)")
     variant = canonical_variant(variant)

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import IIFError
 from ..frequency import ClassFrequency
+from ..methods import canonical_method, spelling
 from ..weights import canonical_variant, iif_weights
 from .base import CrossEntropyLoss, LossBase
 from .iif_loss import IIFLoss
@@ -134,7 +135,8 @@ def build_loss(name: str, freq: FreqLike = None, *, variant: Optional[str] = Non
     """Build a loss by name.
 
     Args:
-        name: one of ``ce``, ``iif``, ``iif_csl``, ``balanced_softmax``, ``logit_adjusted``, ``ldam``,
+        name: a name of :data:`LOSSES` or any alias of it in :mod:`iif.methods` (``softmax`` for ``ce``,
+            ``logit_adjustment`` and ``la`` for ``logit_adjusted``); one of ``ce``, ``iif``, ``iif_csl``, ``balanced_softmax``, ``logit_adjusted``, ``ldam``,
             ``cb_softmax``, ``cb_sigmoid``, ``cb_focal`` (Cui et al.'s sigmoid focal loss),
             ``cb_softmax_focal``, ``focal`` (softmax focal), ``seesaw`` (Wang et al.; ``p``, ``q``, ``eps``,
             ``background``; ``freq`` or ``num_classes`` gives C).
@@ -150,8 +152,8 @@ def build_loss(name: str, freq: FreqLike = None, *, variant: Optional[str] = Non
             count-based losses take ``by="image"|"object"``.
     """
     key = str(name).lower()
-    if key not in LOSSES:
-        raise IIFError(f"Unknown loss {name!r}; known losses: {', '.join(LOSSES)}.")
+    if key not in LOSSES:  # an alias of the one method vocabulary (iif.methods), e.g. softmax, la, logit_adjustment
+        key = spelling(canonical_method(key, "loss", what="loss"), "loss")
     if variant is not None:
         if key not in VARIANT_LOSSES:
             raise IIFError(f"loss {name!r} has no IIF variant (variant={variant!r}); only {', '.join(VARIANT_LOSSES)} take one.")

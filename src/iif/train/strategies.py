@@ -7,7 +7,8 @@
   authors' code trains).
 * ``posthoc``: a softmax model evaluated with an adjuster: ``iif:<variant>`` (``w * z``, Eq. 13-14;
   ``iif:<variant>^<gamma>`` multiplies by ``w ** gamma``, the exponent ``iif bench``'s tuned row picks),
-  ``la:<tau>`` (logit adjustment ``z - tau ln p``), ``taunorm:<tau>`` (rows ``w_i / ||w_i||^tau``, bias dropped).
+  ``la:<tau>`` or ``logit_adjustment:<tau>`` (logit adjustment ``z - tau ln p``), ``taunorm:<tau>`` (rows
+  ``w_i / ||w_i||^tau``, bias dropped). The kinds are post-hoc methods of :mod:`iif.methods`.
 
 This module holds the adjuster parsing and tau-norm; the decoupled stage is :mod:`iif.train.decoupled`, the
 loops live in :mod:`iif.train.engine`.
@@ -22,9 +23,12 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from ..methods import canonical_method, spelling
 
 __all__ = ["ADJUSTER_KINDS", "parse_adjuster", "iif_power", "build_adjuster", "tau_norm_head", "trainable_parameters"]
 
+#: The adjuster kinds as specs spell them; each is a post-hoc method of :mod:`iif.methods` (``la`` is
+#: ``logit_adjustment``, ``none`` is ``softmax``), whose names and aliases are accepted as well.
 ADJUSTER_KINDS = ("iif", "la", "taunorm", "none")
 
 # (features, logits) -> adjusted logits
@@ -39,9 +43,13 @@ def parse_adjuster(spec: str) -> tuple[str, str]:
     ``gamma > 0`` (:func:`iif_power`)."""
     kind, _, arg = str(spec).partition(":")
     kind = kind.strip().lower()
-    if kind not in ADJUSTER_KINDS:
-        raise IIFError(f"unknown adjuster {spec!r}; use iif:<variant> (e.g. iif:smooth, or iif:normit^0.25 for the "
-                       "weights to a power), la:<tau> (e.g. la:1.0), taunorm:<tau> (e.g. taunorm:1.0) or none.")
+    if kind not in ADJUSTER_KINDS:  # an alias of the one method vocabulary (iif.methods): logit_adjustment -> la
+        try:
+            kind = spelling(canonical_method(kind, "posthoc"), "posthoc")
+        except IIFError:
+            raise IIFError(f"unknown adjuster {spec!r}; use iif:<variant> (e.g. iif:smooth, or iif:normit^0.25 for "
+                           "the weights to a power), la:<tau> or logit_adjustment:<tau> (e.g. la:1.0), taunorm:<tau> "
+                           f"(e.g. taunorm:1.0) or none.{_suggest(kind)}") from None
     if kind == "iif":
         arg = arg.strip() or "smooth"
         iif_power(arg, spec)
@@ -52,6 +60,17 @@ def parse_adjuster(spec: str) -> tuple[str, str]:
         except ValueError:
             raise IIFError(f"adjuster {spec!r}: {arg!r} is not a number; write e.g. {kind}:1.0.") from None
     return kind, arg
+
+
+def _suggest(kind: str) -> str:
+    """`` Did you mean 'x'?`` for a misspelt adjuster kind, from the kinds and the post-hoc method names."""
+    import difflib
+
+    from ..methods import METHODS
+
+    names = [*ADJUSTER_KINDS, *(s for m in METHODS if "posthoc" in m.tasks for s in m.accepts("posthoc"))]
+    close = difflib.get_close_matches(kind, list(dict.fromkeys(names)), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def iif_power(arg: str, spec: str | None = None) -> tuple[str, float]:
