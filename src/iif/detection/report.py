@@ -323,6 +323,7 @@ def _setup_lines(s, meta, per_seed, num_categories: int, groups: Mapping[str, in
 
     weights = s.model.get("backbone_weights")
     start = "trained from scratch" if is_from_scratch(weights) else f"backbone started from `{weights}`, trained"
+    kind = "box" if s.arch.startswith("fasterrcnn") else "mask"  # AP is box AP for a detector without masks
     return [
         "## Set-up", "",
         f"- Data: `{meta['data']}`; {meta['num_train_images']} training images, {meta['num_val_images']} {split} "
@@ -332,15 +333,15 @@ def _setup_lines(s, meta, per_seed, num_categories: int, groups: Mapping[str, in
         f"(batch {s.train.get('batch_size')}, lr {s.train.get('lr')}, warm-up {s.train.get('warmup_iters')} iterations, "
         f"milestones {list(s.train.get('milestones') or ())}); device {meta['device']}, torch {meta['torch']}.",
         f"- Seeds: {s.seeds}" + (" (mean ± sample std; `results_std.json` holds the stds)" if s.seeds > 1 else "") + ".",
-        ("- AP, AP50, AP75, APr/c/f: LVIS-style mask AP (federated rules, 300 detections per image) on the "
+        (f"- AP, AP50, AP75, APr/c/f: LVIS-style {kind} AP (federated rules, 300 detections per image) on the "
          if _rules(per_seed) == "lvis" else
-         "- AP, AP50, AP75, APr/c/f: COCO mask AP (100 detections per image; APr/c/f over the groups above) on the ")
+         f"- AP, AP50, AP75, APr/c/f: COCO {kind} AP (100 detections per image; APr/c/f over the groups above) on the ")
         + f"{split} split, in percent; APb: box AP. dAP_FP: TIDE's false-positive error on boxes (AP50 lost to "
         f"false positives, paper Fig. 1). FP: box detections with score >= {s.score_threshold:g} matching no ground "
         "truth of their category at IoU 0.5.",
         "- post-hoc rows switch the softmax detector's box classifier at test time (`use_margin(..., when=\"test\")`); "
-        "e2e rows train a detector with the margin in the loss (IIF: `when=\"train_and_test\"`, Balanced Softmax "
-        "and LA loss: `when=\"train\"`). Background keeps weight 1 / offset 0 unless the variant says "
+        "e2e rows train a detector with the margin in the loss (IIF: `when=\"train_and_test\"`, Balanced Softmax, "
+        "LA loss and Seesaw: `when=\"train\"`). Background keeps weight 1 / offset 0 unless the variant says "
         "`background_margin` (prior 0.75, the RoI sampler's background share). Logit adjustment (post-hoc and "
         "loss) uses the Bayes offsets of a C + 1 softmax detector, -τ ln p_c - ln Σ_j p_j^(1-τ) "
         "(`la_form=\"bayes\"`); its `background_margin` row the classification form -τ ln p over C + 1 priors.",
