@@ -192,3 +192,16 @@ def test_new_v2_settings_out_of_range_are_one_line_before_any_work(setting, word
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("arch, kind", [("fasterrcnn_r10_fpn", "box"), ("maskrcnn_r10_fpn", "mask")])
+def test_report_names_box_ap_for_a_box_detector(arch, kind):
+    """v2's default detector has no mask head, so the report's metric line must say box AP, not mask AP."""
+    from iif.detection import report as R
+
+    s = B.quick_settings("cpu-quick", [f"arch={arch}"])
+    meta = {"data": "d", "num_train_images": 10, "num_val_images": 5, "device": "cpu", "torch": "x", "wall_s": 1.0,
+            "peak_rss_mb": 1.0, "date": "2026-12-06"}
+    lines = R._setup_lines(s, meta, [{"details": [{"rules": "lvis"}]}], 16, {"r": 5, "c": 5, "f": 6}, "test")
+    metric = next(line for line in lines if line.startswith("- AP, AP50"))
+    assert f"LVIS-style {kind} AP" in metric and ("mask AP" in metric) == (kind == "mask")
