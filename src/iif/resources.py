@@ -34,7 +34,8 @@ from typing import Iterator
 from .errors import IIFError
 
 __all__ = ["SMALL_TRAIN_SET", "usable_cpus", "check_threads", "default_threads", "training_threads",
-           "set_threads", "thread_limit", "memory_limit", "image_batch_bytes", "check_image_memory", "format_bytes"]
+           "set_threads", "thread_limit", "memory_limit", "image_batch_bytes", "check_image_memory", "format_bytes",
+           "peak_rss_mb"]
 
 #: Training sets (images) below this size train with one CPU thread unless told otherwise.
 SMALL_TRAIN_SET = 10_000
@@ -172,3 +173,16 @@ def check_image_memory(batch_size: int, image_size: int, channels: int = 3, *, w
                        f"{format_bytes(need)} ({need} bytes, the input tensors alone) but this machine has "
                        f"{format_bytes(have)} of memory; lower {size_key} (e.g. 224) or {batch_key}.")
     return need
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far in MiB (``ru_maxrss``, what ``/usr/bin/time -v`` reports;
+    bytes on macOS, KiB elsewhere); nan where the platform has no ``resource`` module. The one reading that
+    ``iif bench``, ``iif det-bench`` and ``train_detector`` record."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+    except Exception:  # pragma: no cover - platform without resource
+        return float("nan")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,6 +43,7 @@ import torch
 from ..errors import IIFError
 from ..metrics import reliability_bins, shot_thresholds
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
+from ..resources import peak_rss_mb
 from ..weights import VARIANTS
 from .base import BASE_CONFIG, BenchBase, _head_overrides, _last_wins, _stage2_label, bench_base, bench_config
 from .posthoc import ROW_KEYS, Candidate, evaluate_candidates, valid_variants
@@ -182,17 +182,6 @@ def _splits_print(splits) -> list:
     return out
 
 
-def _rss_peak_mb() -> float:
-    """This process's peak resident set size so far in MiB (``ru_maxrss``, what ``/usr/bin/time -v`` reports)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
-    except Exception:  # pragma: no cover - platform without resource
-        return float("nan")
-
-
 @contextlib.contextmanager
 def _threads(n: int | None):
     """Temporarily run torch (and numpy's BLAS) with ``n`` intra-op threads.
@@ -294,10 +283,10 @@ def run_bench(
     text = printed_report(means, stds if seeds > 1 else None, summary)
     log("\n" + text)
     meta["wall_s"] = time.perf_counter() - t_start
-    meta["peak_rss_mb"] = _rss_peak_mb()
+    meta["peak_rss_mb"] = peak_rss_mb()
     _write_outputs(folder, means, stds if seeds > 1 else None, all_details, meta, plot_data, plots, summary,
                    base.saved_as is not None, store=store)
-    log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {_rss_peak_mb():.0f} MiB)")  # after the plots, as /usr/bin/time -v
+    log(f"\nwrote {out}/results.json and {out}/report.md ({meta['wall_s']:.1f}s, peak RSS {peak_rss_mb():.0f} MiB)")  # after the plots, as /usr/bin/time -v
     return {"rows": means, "stds": stds if seeds > 1 else None, "details": all_details, "meta": meta, "out": out,
             "summary": summary}
 

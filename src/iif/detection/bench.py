@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import platform
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ import torch
 from .._version import __version__
 from ..errors import IIFError
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
+from ..resources import peak_rss_mb
 from .bench_data import DATA_KEYS, _Data, _load_data, default_benchmark_dir, split_data_overrides
 from .bench_settings import (DEFAULT_BOOTSTRAP, V2_DEFAULTS, DetBenchSettings, _apply_v2_defaults, _check_settings,
                              _scale_schedule, quick_settings)
@@ -137,10 +137,6 @@ def _freq(train):
 
 def _category_ids(val) -> list[int]:
     return list(val.category_ids)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _evaluate(val_json: dict, results: list[dict], masks: bool, score_threshold: float,
@@ -539,7 +535,7 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
             "tune_paths": [str(p) for p in d.tune_paths],
             "num_train_images": len(d.train), "num_val_images": len(d.val), "device": dev,
             "torch": torch.__version__, "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-            "schedule": sched, "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "schedule": sched, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         atomic_write_text(staging / "results.json", R.dumps_rows(means))
         if s.seeds > 1:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from ..resources import peak_rss_mb
 from ..runtime import AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finite_loss, optimizer_step, resolve_device
 from ..train.checkpoint import load_checkpoint, restore_training_state
 from ..train.distributed import DistInfo, all_reduce_sum, gather_rng_states, init_distributed
@@ -174,8 +175,6 @@ def train_detector(
     if run.out is not None and run.info.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
 
-    import resource
-
     finished = True
     for epoch in range(start_epoch, epochs):
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -186,7 +185,7 @@ def train_detector(
             state = _checkpoint_state(run, epoch + 1)  # every rank joins the RNG gather
             if run.info.is_main:
                 atomic_torch_save(state, run.checkpoint)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = peak_rss_mb()
     history = run.history
     return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
             "finished": finished, "checkpoint": str(run.checkpoint) if run.checkpoint is not None else None,
