@@ -168,12 +168,18 @@ def test_existing_results_refused_without_force_then_replaced(quick_run, tmp_pat
     assert (out / "results.json").read_text() == before
     with pytest.raises(IIFError, match="already holds"):
         R.run_bench(out=out, quick=True, overrides=FAST, splits=splits)
-    # --force: written beside, then renamed into place; a stale file from the old run is gone
+    # --force replaces only what iif wrote: a file added to the old output since is refused and kept
     (out / "stale.txt").write_text("old")
+    with pytest.raises(IIFError, match=r"also holds files iif did not write there \(stale.txt\)"):
+        R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST_STAGE2, splits=splits, force=True,
+                    plots=False, log=lambda *_: None)
+    assert (out / "stale.txt").read_text() == "old" and (out / "results.json").read_text() == before
+    (out / "stale.txt").unlink()
+    # --force: written beside, then renamed into place
     R.run_bench(out=out, quick=True, heads=["linear"], overrides=FAST_STAGE2, splits=splits, force=True,
                 plots=False, log=lambda *_: None)
     rows = json.loads((out / "results.json").read_text())
-    assert {r["head"] for r in rows} == {"linear"} and not (out / "stale.txt").exists()
+    assert {r["head"] for r in rows} == {"linear"}
     assert not [p for p in os.listdir(out.parent) if p.startswith(".out.")]
 
 

@@ -486,3 +486,40 @@ def test_eval_json_naming_a_folder_is_refused_before_evaluating(tmp_path, capsys
     assert main(["eval", str(evil), "--json", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert len(_error_lines(err)) == 1 and "is a folder" in err and not sentinel.exists()
+
+
+def test_force_keeps_a_file_the_user_added_to_an_old_output(tmp_path):
+    """The marker of a finished output lists what iif wrote; --force refuses an old output that holds
+    anything else (it would be removed whole after the swap), and the user's file stays."""
+    from iif.errors import IIFError
+    from iif.outputs import OutputFolder, read_marker
+
+    out = tmp_path / "out"
+    with OutputFolder(out, command="bench") as staging:
+        (staging / "results.json").write_text("[]")
+        (staging / "plots").mkdir()
+        (staging / "plots" / "a.png").write_bytes(b"png")
+    assert read_marker(out)["files"] == ["plots", "plots/a.png", "results.json"]
+    (out / "plots" / "my_notes.txt").write_text("mine")
+    with pytest.raises(IIFError, match=r"--force: .* also holds files iif did not write there \(plots/my_notes.txt\)"):
+        OutputFolder(out, command="bench", force=True)
+    assert (out / "plots" / "my_notes.txt").read_text() == "mine"
+    (out / "plots" / "my_notes.txt").unlink()
+    with OutputFolder(out, command="bench", force=True) as staging:  # only what iif wrote: replaced
+        (staging / "results.json").write_text("[1]")
+    assert (out / "results.json").read_text() == "[1]" and not (out / "plots").exists()
+
+
+def test_force_rechecks_files_added_while_the_run_worked(tmp_path):
+    from iif.errors import IIFError
+    from iif.outputs import OutputFolder
+
+    out = tmp_path / "out"
+    with OutputFolder(out, command="bench") as staging:
+        (staging / "results.json").write_text("[]")
+    folder = OutputFolder(out, command="bench", force=True)
+    with pytest.raises(IIFError, match="also holds files iif did not write"):
+        with folder as staging:
+            (staging / "results.json").write_text("[2]")
+            (out / "data.csv").write_text("user data")  # appears during the run
+    assert (out / "data.csv").read_text() == "user data" and (out / "results.json").read_text() == "[]"

@@ -8,7 +8,7 @@ from typing import Mapping
 
 from ..errors import IIFError
 from .atomic import PathLike, _make_temp_folder, make_folder
-from .marker import MARKER, _contents, _describe, _listing, read_marker, write_marker
+from .marker import MARKER, _contents, _describe, _listing, manifest, read_marker, unlisted, write_marker
 from .overlap import PathPairs, refuse_overlap
 from .swap import _abs, _recover, _remove_ours, _swap_into_place, _temp_name, clean_stale_temporaries
 
@@ -35,6 +35,12 @@ def _refuse_force(path: Path, names: list[str]) -> IIFError:
                     f"files ({_listing(names)}) that may be yours; nothing was removed. Choose another --out.")
 
 
+def _refuse_added(path: Path, names: list[str], keep: str = "") -> IIFError:
+    return IIFError(f"--force: {path} is an iif output but now also holds files iif did not write there "
+                    f"({_listing(names)}) that may be yours; nothing was replaced{keep}. Move them out or choose "
+                    "another --out.")
+
+
 def _refuse_other_command(path: Path, marker: dict, command: str, flag: str = "--force") -> IIFError:
     return IIFError(f"{flag}: {path} holds an iif {marker.get('command')} output, not an iif {command} one, and "
                     f"{flag} only applies to an output of the same command; nothing was changed. Choose another --out.")
@@ -58,6 +64,9 @@ def _recheck_destination(path: Path, command: str, inputs: PathPairs | None = No
         if marker is not None and names and marker.get("command") != command:
             raise IIFError(f"{path} now holds an iif {marker.get('command')} output, not an iif {command} one; nothing "
                            f"was replaced{keep}. Choose another --out.")
+        added = unlisted(path, marker)
+        if added:
+            raise _refuse_added(path, added, keep)
     refuse_overlap({"--out": path}, inputs, run_folders=run_folders)
 
 
@@ -104,6 +113,9 @@ class OutputFolder:
             raise _refuse_force(p, names)
         if marker.get("command") != self.command:
             raise _refuse_other_command(p, marker, self.command)
+        added = unlisted(p, marker)  # the old output is removed whole after the swap: only what iif wrote
+        if added:
+            raise _refuse_added(p, added)
 
     def __enter__(self) -> Path:
         _recover(self.path)
@@ -124,7 +136,7 @@ class OutputFolder:
             return False
         try:
             marker = read_marker(staging) or {}
-            write_marker(staging, self.command, complete=True,
+            write_marker(staging, self.command, complete=True, files=manifest(staging),
                          **{k: marker[k] for k in ("created", "created_ns") if k in marker})
             self.check()  # the folder may have changed while we worked
             _recheck_destination(_abs(self.path), self.command, self.inputs, self.run_folders)

@@ -66,3 +66,27 @@ def _describe(path: Path, marker: dict | None, names: list[str]) -> str:
         return f"files that iif did not write ({_listing(names)})"
     finished = marker.get("complete") or "final_metrics.json" in names or "results.json" in names
     return f"a {'finished' if finished else 'unfinished'} iif {marker['command']} output ({_listing(names)})"
+
+
+def manifest(folder: PathLike) -> list[str]:
+    """Every entry under ``folder`` (files, links and folders, relative POSIX paths, sorted; links are not
+    followed), our marker and its temporaries excepted: what a finished output records as written by iif."""
+    root = Path(folder)
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        for name in dirnames + filenames:
+            if rel == Path(".") and (name == MARKER or _is_marker_temp(name)):
+                continue
+            out.append((rel / name).as_posix())
+    return sorted(out)
+
+
+def unlisted(folder: PathLike, marker: dict | None) -> list[str]:
+    """Entries of ``folder`` that its marker's ``files`` list does not name (added after iif wrote it: files
+    that may be the user's). ``[]`` for a marker without that list (outputs of iif before 2026-12-06)."""
+    listed = (marker or {}).get("files")
+    if not isinstance(listed, list):
+        return []
+    known = set(listed)
+    return [name for name in manifest(folder) if name not in known]
