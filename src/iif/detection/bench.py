@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,88 +32,26 @@ from ..errors import IIFError
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
 from ..resources import peak_rss_mb
 from .bench_data import DATA_KEYS, _Data, _load_data, default_benchmark_dir, split_data_overrides
+from .bench_presets import RowSpec, bench_rows
 from .bench_settings import (DEFAULT_BOOTSTRAP, V2_DEFAULTS, DetBenchSettings, _apply_v2_defaults, _check_settings,
                              _scale_schedule, quick_settings)
 
-# Settings and data live in bench_settings / bench_data; their public names are re-exported here.
-__all__ = ["RowSpec", "POSTHOC_ROWS", "E2E_ROWS", "DetBenchSettings", "run_det_bench", "default_benchmark_dir",
+# Settings, data and rows live in bench_settings / bench_data / bench_presets; their public names are
+# re-exported here.
+__all__ = ["RowSpec", "POSTHOC_ROWS", "E2E_ROWS", "TUNE_GRIDS", "DetBenchSettings", "run_det_bench", "default_benchmark_dir",
            "quick_settings", "V2_DEFAULTS", "DATA_KEYS", "split_data_overrides", "DEFAULT_BOOTSTRAP"]
 
 
-@dataclass(frozen=True)
-class RowSpec:
-    """One table row: a margin method, how it is applied, and with which weights."""
-
-    method: str
-    strategy: str  # "posthoc" (switched on the softmax detector at test time) or "e2e" (trained with it)
-    variant: str | None = None
-    by: str | None = None
-    when: str = "test"
-    background_margin: bool = False
-    tau: float | None = None  # logit adjustment's temperature (tuned rows; None: use_margin's default)
-    gamma: float | None = None  # NorCal's exponent (tuned rows; None: use_margin's default)
-
-    def margin_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"when": self.when}
-        if self.tau is not None:
-            kw["tau"] = self.tau
-        if self.gamma is not None:
-            kw["gamma"] = self.gamma
-        if self.variant is not None and self.method == "iif":
-            kw["variant"] = self.variant
-        if self.by is not None:
-            kw["by"] = self.by
-        if self.background_margin:
-            kw["background_margin"] = True
-        return kw
-
-    def table_variant(self) -> str | None:
-        """``variant`` as it appears in ``results.json``: the IIF variant, or for the additive methods
-        whether they got a background prior."""
-        if self.method == "iif":
-            return self.variant
-        if self.strategy == "posthoc_tuned":  # the value chosen on val, so the table shows it
-            if self.tau is not None:
-                return f"tau={self.tau:g}"
-            if self.gamma is not None:
-                return f"gamma={self.gamma:g}"
-        if self.method in ("logit_adjustment", "balanced_softmax"):
-            return "background_margin" if self.background_margin else None
-        return None
-
-
-POSTHOC_ROWS: tuple[RowSpec, ...] = (
-    RowSpec("softmax", "posthoc"),
-    *(RowSpec("iif", "posthoc", v, by) for by in ("image", "object") for v in ("raw", "smooth", "base10")),
-    RowSpec("logit_adjustment", "posthoc"),
-    RowSpec("logit_adjustment", "posthoc", background_margin=True),
-)
-
-def _tune_grids() -> dict[str, tuple[RowSpec, ...]]:
-    from ..weights import VARIANTS
-
-    return {
-        "logit_adjustment": tuple(RowSpec("logit_adjustment", "posthoc_tuned", tau=t)
-                                  for t in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)),
-        "norcal": tuple(RowSpec("norcal", "posthoc_tuned", gamma=g) for g in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)),
-        "iif": tuple(RowSpec("iif", "posthoc_tuned", v, by) for by in ("image", "object") for v in VARIANTS),
-    }
-
-
-# Tuned rows (issue 15): per method, the candidates the val split chooses among by AP (mask AP; box AP when the
-# detector has no mask head), the chosen one then scored once on the reported (test) split. Only on data with a
-# val split distinct from the reported one (a generator-2 benchmark). use_margin has no IIF exponent, so IIF's
-# grid is its variant (Table III) and count (image / object); a candidate use_margin refuses is left out.
-TUNE_GRIDS: dict[str, tuple[RowSpec, ...]] = _tune_grids()
-
-
-E2E_ROWS: tuple[RowSpec, ...] = (
-    RowSpec("iif", "e2e", "raw", "image", when="train_and_test"),
-    RowSpec("iif", "e2e", "base10", "object", when="train_and_test"),
-    RowSpec("balanced_softmax", "e2e", when="train"),
-    RowSpec("logit_adjustment", "e2e", when="train"),
-    RowSpec("seesaw", "e2e", when="train"),  # Table XVI's strongest peer (Wang et al. 2021), a training loss
-)
+# The rows, in table order, from the packaged bench_detection.yaml (iif.detection.bench_presets; each margin spec
+# checked by det-train's validator): post-hoc rows switched on each seed's softmax detector; tuned rows (issue
+# 15), per method the candidates the val split chooses among by AP (mask AP; box AP when the detector has no
+# mask head), the chosen one then scored once on the reported (test) split, only on data with a val split
+# distinct from the reported one (a generator-2 benchmark); a candidate use_margin refuses is left out; end-to-
+# end rows, each a det-train config's margin section (det_bench_iif ...), trained with the preset's settings.
+POSTHOC_ROWS: tuple[RowSpec, ...]
+TUNE_GRIDS: dict[str, tuple[RowSpec, ...]]
+E2E_ROWS: tuple[RowSpec, ...]
+POSTHOC_ROWS, TUNE_GRIDS, E2E_ROWS = bench_rows()
 
 
 def _check_memory(s: DetBenchSettings, d, device: str) -> None:

@@ -1,6 +1,7 @@
-"""``iif det-bench``'s settings: the preset (a :data:`iif.detection.DETECTION_PRESETS` entry or a det-train
-config) with ``KEY=VALUE`` overrides, their checks (one line before any work), the schedule scaled to the data,
-and what a generator-2 benchmark changes (:data:`V2_DEFAULTS`). Runs: :mod:`iif.detection.bench`."""
+"""``iif det-bench``'s settings: the preset (a :data:`iif.detection.DETECTION_PRESETS` entry, read from the
+packaged ``bench_detection.yaml`` by :mod:`iif.detection.bench_presets`, or a det-train config) with
+``KEY=VALUE`` overrides, their checks (one line before any work), the schedule scaled to the data, and what a
+generator-2 benchmark changes (:data:`V2_DEFAULTS`). Runs: :mod:`iif.detection.bench`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import IIFError
+from .bench_presets import SCHEDULE_KEYS as _SCHEDULE_KEYS
+from .bench_presets import config_preset
 
 __all__ = ["DetBenchSettings", "quick_settings", "bench_override_keys", "config_preset", "V2_DEFAULTS",
            "DEFAULT_BOOTSTRAP", "DATA_KEYS"]
@@ -136,36 +139,6 @@ def _check_values(s: DetBenchSettings) -> None:
         raise IIFError(text) from None
     if s.hflip is not None and not isinstance(s.hflip, bool):
         raise IIFError(f"det-bench setting hflip must be true, false or null; got {s.hflip!r}.")
-
-
-# A det-train config's schedule keys that train_detector takes as they are.
-_SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_iters", "warmup_factor",
-                  "milestones", "gamma", "clip_grad_norm")
-
-
-def config_preset(name: str) -> dict[str, Any]:
-    """A det-train config (packaged short name such as ``det_folder``, or a YAML path) as a det-bench preset:
-    its ``model`` section, its ``schedule`` (with ``warmup_fraction`` / ``milestone_fractions``, resolved on the
-    data by :func:`iif.detection.config.scaled_schedule`), ``data.hflip``, ``runtime.threads``/``amp`` and
-    ``eval.batch_size``.
-    Its margin and sampler are not used: det-bench trains its own rows with the random sampler."""
-    from .config import load_detection_config, model_kwargs
-    from .models import DETECTION_PRESETS
-
-    try:
-        cfg = load_detection_config(name)
-    except IIFError as exc:
-        raise IIFError(f"unknown det-bench preset {name!r} ({exc}); choose one of {sorted(DETECTION_PRESETS)} or a "
-                       "det-train config such as det_folder (`iif det-train --list`).") from None
-    sc = cfg.schedule
-    train = {k: getattr(sc, k) for k in _SCHEDULE_KEYS}
-    train["milestones"] = tuple(train["milestones"])
-    train["amp"] = cfg.runtime.amp
-    for key in ("warmup_fraction", "milestone_fractions"):
-        if getattr(sc, key) is not None:
-            train[key] = getattr(sc, key)
-    return {"arch": cfg.model.arch, "threads": cfg.runtime.threads, "model": model_kwargs(cfg), "train": train,
-            "hflip": cfg.data.hflip, "predict": {"batch_size": cfg.eval.batch_size}}
 
 
 def _scale_schedule(s: DetBenchSettings, num_images: int, log) -> dict[str, Any]:

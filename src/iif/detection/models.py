@@ -19,7 +19,8 @@ weights name (``ResNet50_Weights.IMAGENET1K_V1``) is fetched through torchvision
 torch hub's cache).
 
 The RPN/RoI settings the CPU benchmark needs (input size, proposals, sampled RoIs, anchor sizes, FPN width)
-are explicit keyword arguments; :data:`DETECTION_PRESETS` holds the configurations used by ``iif det-bench``.
+are explicit keyword arguments; :data:`DETECTION_PRESETS` holds the configurations used by ``iif det-bench``
+(read from YAML, :mod:`iif.detection.bench_presets`).
 """
 
 from __future__ import annotations
@@ -58,68 +59,32 @@ ARCHS: dict[str, tuple[str, str]] = {
 
 NORMS = ("bn", "gn", "frozen_bn")
 
-# Configurations of iif det-bench. Keys: build_detector keyword arguments under "model", train_detector ones
-# under "train", torch threads under "threads". "gpu" is a reasonable guess for a 10-minute H100 run and has
-# NOT been measured.
+# Configurations of iif det-bench (``DETECTION_PRESETS``): read from the packaged bench_detection.yaml, which names
+# each preset's det-train config (cpu-quick: det_bench_softmax.yaml, gpu: det_bench_gpu.yaml; what was measured
+# and why these settings: the comments there and docs/detection.md, "Presets"). Keys: build_detector keyword
+# arguments under "model", train_detector ones under "train", torch threads under "threads", the eval batch
+# size under "predict", and "measured". Built on first use (iif.detection.bench_presets.detection_presets).
 #
-# "cpu-quick" was measured on the 2-core CPU dev machine (shared with other jobs, load 1-5) on
-# `iif det-data` seed 0 (2000 train / 400 val images of 128 px), one thread, one seed (spread not measured):
-# - as below (3 epochs, 750 iterations): training 593 CPU-s (754 s wall under load, 6.5-9.5 img/s); LVIS
-#   box AP 11.9 (AP50 22.8, APr 1.6, APc 6.8, APf 22.8), mask AP 8.0 (APr 0.5, APc 5.1, APf 15.2) with 300
-#   detections per image; box-only predict of the 400 val images 8.8 s, with masks 128 s and 1.9 GB peak.
-# - 4 epochs at lr 0.02 (milestone 3), mask head (128, 128): box AP 18.9 (APr 2.3, APc 13.1, APf 34.4),
-#   mask AP 12.9 (100 detections), box AP 2.2 after epoch 1 and 13.7 after epoch 3; but ~1,000 iterations
-#   (~12 min of one core), over the 8-9 minute training budget of `det-bench --quick`.
-# Both keep rare/common/frequent far apart (APf/APc/APr ~ 14:4:1); AP_r is small, so compare methods on it
-# with several seeds. Why these settings:
-# - one thread: with other jobs on the two cores, two OpenMP threads per process made steps 3-6x slower;
-# - r10 (BasicBlock ResNet, one block per stage) with a 128-wide FPN on P3-P5 (+ pool), anchors 16-128 px:
-#   objects are 16-48 px; 12 img/s single-thread vs 10 img/s for R18 and 3.3 img/s for R18 with
-#   torchvision's heads (FPN 256, 1024-wide box head, 4x256 mask head) at 300/100 proposals and 64 RoIs;
-# - a one-layer, 64-wide mask head: at test time the mask head runs on every kept detection; with two
-#   128-wide layers and 300 detections it cost 0.8-1.1 s per image (~20x the box-only forward) and 6.8 GB
-#   at batch 16. Evaluate boxes with predict(..., masks=False) (9-19 s for 400 images) and masks once.
-# cpu-quick keeps 100 detections per image (COCO's limit; LVIS uses 300): the scenes hold at most 6 objects,
-# and every kept detection costs a mask-head pass, a full-image mask paste and an RLE encoding per post-hoc
-# row (with 300, `iif det-bench --quick` took 17.6 min and its post-hoc rows 424 s on the 2-core machine).
-#
-# THE SWITCH to a pretrained start for det-bench (issue 15): the backbone_weights of the cpu-quick preset. None
-# (from scratch) keeps every recorded v1 number reproducible; "pretrained" (iif.detection.pretrain: the cached
-# balanced pretraining of the benchmark) is meant to become the default with generator 2. Set here, it enters
-# the preset's model settings, and tests/test_detection_config.py then requires det_bench_softmax.yaml (the base
-# of every det_bench_* config) to carry the same model.backbone_weights.
-BENCH_BACKBONE_WEIGHTS: str | None = None
+# THE SWITCH to a pretrained start for det-bench (issue 15) is model.backbone_weights in det_bench_softmax.yaml
+# (the cpu-quick preset and the base of every det_bench_* config): None (from scratch) keeps every recorded v1
+# number reproducible. BENCH_BACKBONE_WEIGHTS reads it back.
 
-DETECTION_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu-quick": {
-        "arch": "maskrcnn_r10_fpn",
-        "threads": 1,
-        "model": {"min_size": 128, "max_size": 128, "returned_layers": (2, 3, 4),
-                  "anchor_sizes": ((16,), (32,), (64,), (128,)), "fpn_channels": 128, "representation_size": 256,
-                  "mask_layers": (64,), "rpn_pre_nms_top_n_train": 300, "rpn_post_nms_top_n_train": 100,
-                  "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100, "rpn_batch_size_per_image": 256,
-                  "box_batch_size_per_image": 64, "box_detections_per_img": 100, "box_score_thresh": 1e-4,
-                  "norm": "bn",
-                  **({"backbone_weights": BENCH_BACKBONE_WEIGHTS} if BENCH_BACKBONE_WEIGHTS is not None else {})},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
-                  "warmup_iters": 100, "milestones": (2,), "clip_grad_norm": 10.0},
-        "predict": {"batch_size": 4},
-        "measured": True,
-    },
-    "gpu": {
-        "arch": "maskrcnn_r50_fpn",
-        "threads": None,
-        "model": {"min_size": 256, "max_size": 256, "anchor_sizes": ((16,), (32,), (64,), (128,), (256,)),
-                  "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
-                  "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 500,
-                  "box_batch_size_per_image": 256, "box_detections_per_img": 300, "box_score_thresh": 1e-4,
-                  "norm": "bn"},
-        "train": {"epochs": 24, "batch_size": 16, "lr": 0.04, "momentum": 0.9, "weight_decay": 1e-4,
-                  "warmup_iters": 300, "milestones": (16, 22), "clip_grad_norm": 10.0, "amp": "bf16"},
-        "predict": {"batch_size": 16},
-        "measured": False,
-    },
-}
+
+DETECTION_PRESETS: dict[str, dict[str, Any]]  # declared only: module __getattr__ below builds it on first use
+BENCH_BACKBONE_WEIGHTS: str | None
+
+
+def __getattr__(name: str) -> Any:
+    """``DETECTION_PRESETS`` and ``BENCH_BACKBONE_WEIGHTS``, built from the YAML once, on first use."""
+    if name in ("DETECTION_PRESETS", "BENCH_BACKBONE_WEIGHTS") and "DETECTION_PRESETS" not in globals():
+        from .bench_presets import detection_presets
+
+        globals()["DETECTION_PRESETS"] = detection_presets()
+    if name == "DETECTION_PRESETS":
+        return globals()[name]
+    if name == "BENCH_BACKBONE_WEIGHTS":
+        return globals()["DETECTION_PRESETS"]["cpu-quick"]["model"].get("backbone_weights")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _norm_layer(norm: str):

@@ -139,11 +139,15 @@ def merge_overrides(cfg: Any, overrides: Iterable[str]) -> Any:
 
 # Packaged detection configs carry this prefix (``iif det-train``); the classification commands skip them.
 DETECTION_PREFIX = "det_"
+# Packaged benchmark suites (what a benchmark command iterates: ``bench_detection``, det-bench's presets and
+# rows); neither ``iif train`` nor ``iif det-train`` lists them.
+BENCH_PREFIX = "bench_"
 
 
 def packaged_configs(kind: str = "classification") -> list[str]:
     """Short names of the configs shipped in ``iif/configs``: ``kind="classification"`` (``iif train``),
-    ``"detection"`` (``iif det-train``, names starting ``det_``) or ``"all"``."""
+    ``"detection"`` (``iif det-train``, names starting ``det_``), ``"bench"`` (benchmark suites, names starting
+    ``bench_``) or ``"all"``."""
     root = resources.files("iif").joinpath("configs")
     try:
         names = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
@@ -151,7 +155,10 @@ def packaged_configs(kind: str = "classification") -> list[str]:
         return []
     if kind == "all":
         return names
-    return [n for n in names if n.startswith(DETECTION_PREFIX) == (kind == "detection")]
+    prefix = {"detection": DETECTION_PREFIX, "bench": BENCH_PREFIX}.get(kind)
+    if prefix is not None:
+        return [n for n in names if n.startswith(prefix)]
+    return [n for n in names if not n.startswith((DETECTION_PREFIX, BENCH_PREFIX))]
 
 
 def resolve_config_path(name_or_path: str | os.PathLike, kind: str = "classification") -> Path:
