@@ -3,6 +3,7 @@
 The core (weights, frequencies, adjusters, losses, metrics) is re-exported here and needs only torch,
 numpy and scipy. Training, datasets, models and the bench live in the sub-packages ``iif.data``,
 ``iif.models``, ``iif.train`` and ``iif.bench`` (they need the ``train`` extra: torchvision, pyyaml, ...).
+:func:`register_method` defines a new method once (its logit transforms, :mod:`iif.methods`) for every task.
 """
 
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ _LAZY = {
     "build_loss": "losses",
     "iif_cross_entropy": "losses",
     "evaluate_logits": "metrics",
+    "register_method": "methods",
+    "unregister_method": "methods",
     "VARIANTS": "weights",
     "iif_weights": "weights",
 }
@@ -45,6 +48,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .frequency import ClassFrequency
     from .losses import (BalancedSoftmaxLoss, ClassBalancedLoss, CrossEntropyLoss, FocalLoss, IIFCostSensitiveLoss,
                          IIFLoss, LDAMLoss, LogitAdjustedLoss, build_loss, iif_cross_entropy)
+    from .methods import register_method, unregister_method
     from .metrics import evaluate_logits
     from .weights import VARIANTS, iif_weights
 
@@ -90,5 +94,7 @@ __all__ = [
     "FocalLoss",
     "build_loss",
     "evaluate_logits",
+    "register_method",
+    "unregister_method",
     "__version__",
 ]

@@ -28,6 +28,11 @@ Methods (``z`` the raw logits, ``n_c`` the per-class counts, ``p_c = n_c / sum_k
 | ``"norcal"`` | ``"test"`` (NorCal, Pan et al. 2021) | ``z`` | ``z - gamma ln n`` |
 | ``"seesaw"`` | ``"train"`` (Seesaw loss, Wang et al. 2021) | ``z_j + ln S_yj`` (``j != y``) | ``z`` |
 
+A method defined by its transforms (:mod:`iif.methods`; e.g. added with :func:`iif.register_method`) has no
+special adjuster: its ``train`` transform is the loss's logits and its ``infer`` transform the inference
+softmax's, on the ``C`` foreground columns (background untouched), in the phases ``when`` picks among those its
+definition allows; its parameters come as ``params={...}``.
+
 Logit adjustment's offset ``a`` (background 0) has two forms, ``la_form``:
 
 * ``"bayes"`` (the default): ``a_c = -tau ln p_c - ln sum_j p_j^(1 - tau)`` (``-ln(C p_c)`` at ``tau = 1``),
@@ -78,12 +83,15 @@ model (before or after loading), it is not stored in the checkpoint.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from torch import nn
 
+from ..errors import IIFError
+from ..logit_transforms import resolve
+from ..methods import get_method
 from ..weights import canonical_variant
-from .margins_adjusters import _build_adjuster
+from .margins_adjusters import _transform_adjuster
 from .margins_checks import _check_arguments, _locate
 from .margins_predictor import (  # noqa: F401  (re-exported: the public path of these names stays here)
     CosineBoxClassifier,
@@ -103,7 +111,7 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
                background_margin: bool = False, background_fraction: Optional[float] = None,
                when: str = "train_and_test", cosine_scale: Optional[float] = None, la_form: Optional[str] = None,
                gamma: float = 1.0, seesaw_p: float = 0.8, seesaw_q: float = 2.0,
-               allow_negative: bool = False) -> nn.Module:
+               allow_negative: bool = False, params: Optional[Mapping[str, Any]] = None) -> nn.Module:
     """Switch ``model``'s box classifier to a margin method, in place; returns ``model``.
 
     See the module docstring for the table of what the loss and the inference softmax see for each
@@ -114,7 +122,7 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
         model: a torchvision ``FasterRCNN`` / ``MaskRCNN`` (box predictor with an ``nn.Linear`` ``cls_score``)
             or ``SSD`` (e.g. ``ssd300_vgg16``), built for ``C + 1`` classes.
         method: ``"softmax"``, ``"iif"``, ``"balanced_softmax"``, ``"logit_adjustment"``, ``"norcal"`` or
-            ``"seesaw"`` (:data:`METHODS`); the aliases of :mod:`iif.methods` are accepted too (``"la"`` and
+            ``"seesaw"`` (:data:`METHODS`), or a method added with :func:`iif.register_method`; the aliases of :mod:`iif.methods` are accepted too (``"la"`` and
             ``"logit_adjusted"`` for ``"logit_adjustment"``, ``"ce"`` for ``"softmax"``).
         freq: the training set's counts: a :class:`~iif.ClassFrequency` (``ClassFrequency.from_coco`` has
             ``task="detection"``, so IIF's K is the number of training images for ``by="image"`` and of
@@ -146,6 +154,9 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
         seesaw_p, seesaw_q: Seesaw's mitigation / compensation exponents (paper: 0.8, 2.0), >= 0.
         allow_negative: let IIF use negative weights (the authors' COCO ``relative`` / ``normit`` weights are
             negative for ``person``, Table XVII); a negative weight flips that logit's sign.
+        params: the parameters of a method defined by its transforms (:mod:`iif.methods`, e.g. added with
+            :func:`iif.register_method`), which acts on the ``C`` foreground logits (background untouched):
+            its ``train`` transform in the loss, its ``infer`` transform at inference, as ``when`` picks.
 
     Raises:
         IIFError: an unsupported model, a head whose number of logits is not ``len(counts) + 1``, an unknown
@@ -161,10 +172,15 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
         method, when, kind, background_margin=background_margin, background_fraction=background_fraction,
         la_form=la_form, allow_negative=allow_negative, gamma=gamma, seesaw_p=seesaw_p, seesaw_q=seesaw_q,
         total=total, cosine_scale=cosine_scale, tau=tau)
-    adjuster, config = _build_adjuster(
-        model, kind, num_logits, method, freq, by=by, variant=variant, total=total, allow_negative=allow_negative,
-        gamma=gamma, seesaw_p=seesaw_p, seesaw_q=seesaw_q, background_margin=background_margin,
-        background_fraction=background_fraction, la_form=la_form, tau=tau_f, when=when)
+    impl = get_method(method, "detection").implementation("detection")  # the definition picks the builder
+    if impl is not None and params:
+        raise IIFError(f"params= sets the parameters of a method defined by its transforms; {method!r} takes its "
+                       "own keywords (variant, tau, gamma, seesaw_p, ...). Drop params.")
+    adjuster, config = _transform_adjuster(model, kind, num_logits, method, freq, by=by, params=params) \
+        if impl is None else resolve(impl)(
+            model, kind, num_logits, method, freq, by=by, variant=variant, total=total, allow_negative=allow_negative,
+            gamma=gamma, seesaw_p=seesaw_p, seesaw_q=seesaw_q, background_margin=background_margin,
+            background_fraction=background_fraction, la_form=la_form, tau=tau_f, when=when)
     # Everything is validated: now change the model.
     _install(kind, parent, attr, base, num_logits, adjuster, config, method=method, when=when,
              cosine_scale=cosine_scale)

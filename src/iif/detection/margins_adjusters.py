@@ -1,6 +1,8 @@
-"""The adjuster :func:`iif.detection.use_margin` puts on the class logits, one builder per kind of method: IIF's
+"""The adjuster :func:`iif.detection.use_margin` puts on the class logits. :func:`_build_adjuster` is the detection
+implementation the built-in method definitions of :mod:`iif.methods` name, one builder per kind of method: IIF's
 weights (paper Eq. 12-15, Table III), NorCal, Seesaw, and the additive offsets (Balanced Softmax, logit
 adjustment, with the optional background prior of the module docstring of :mod:`iif.detection.margins`).
+:func:`_transform_adjuster` is the generic one of a method defined only by its transforms.
 
 Moved out of :mod:`iif.detection.margins` (issue 16).
 """
@@ -38,12 +40,7 @@ def _build_adjuster(model: nn.Module, kind: str, num_logits: int, method: str, f
         raise IIFError(f"method={method!r} needs the training counts: pass freq=ClassFrequency.from_coco("
                        "train_json) or a 1-D array of per-class counts.")
     counts = _counts(freq, by)
-    if counts.shape[0] + 1 != num_logits:
-        raise IIFError(
-            f"The detector predicts {num_logits} logits ({num_logits - 1} foreground classes + background) but "
-            f"the counts cover {counts.shape[0]} classes; build the detector with num_classes="
-            f"{counts.shape[0] + 1} in torchvision (C + 1, background included) or pass the counts of its "
-            f"{num_logits - 1} categories.")
+    _check_counts_fit(counts, num_logits)
     config["by"] = by
     if method == "iif":
         adjuster = _iif_adjuster(freq, counts, by, variant, total, allow_negative, config)
@@ -120,3 +117,29 @@ def _additive_adjuster(method: str, counts: np.ndarray, num_logits: int, p_bg: O
         term[0] = -t * math.log(p_bg)
         adjuster = nn.Sequential(adjuster, _AddOffset(term))
     return adjuster
+
+
+def _transform_adjuster(model: nn.Module, kind: str, num_logits: int, method: str, freq: Optional[FreqLike], *,
+                        by: str, params: Optional[dict]) -> tuple[nn.Module, dict[str, Any]]:
+    """The generic margin of a method defined by its transforms (:mod:`iif.methods`, e.g. one added with
+    :func:`iif.register_method`): :class:`~iif.logit_transforms.TransformAdjuster` on the ``C`` foreground logits,
+    the background logit (index 0) untouched; its ``train`` transform in training mode, ``infer`` in eval mode
+    (the wrapper calls it in the phases ``when`` picks)."""
+    from ..logit_transforms import TransformAdjuster
+
+    if freq is None:
+        raise IIFError(f"method={method!r} needs the training counts: pass freq=ClassFrequency.from_coco("
+                       "train_json) or a 1-D array of per-class counts.")
+    counts = _counts(freq, by)
+    _check_counts_fit(counts, num_logits)
+    adjuster = TransformAdjuster(method, counts, params, background="first")
+    return adjuster, {"by": by, **adjuster.params}
+
+
+def _check_counts_fit(counts: np.ndarray, num_logits: int) -> None:
+    if counts.shape[0] + 1 != num_logits:
+        raise IIFError(
+            f"The detector predicts {num_logits} logits ({num_logits - 1} foreground classes + background) but "
+            f"the counts cover {counts.shape[0]} classes; build the detector with num_classes="
+            f"{counts.shape[0] + 1} in torchvision (C + 1, background included) or pass the counts of its "
+            f"{num_logits - 1} categories.")

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..adjusters import LA_FORMS, norcal_gamma
 from ..errors import IIFError
+from ..methods import get_method
 from .margins_predictor import CosineBoxClassifier, MarginBoxPredictor, _positive_scale
 from .margins_table import _ADDITIVE, _ALLOWED_WHEN, _check_choice
 
@@ -62,8 +63,12 @@ def _check_arguments(method: str, when: str, kind: str, *, background_margin: bo
     from :func:`_locate`) are known. Returns ``(la_form, cosine_scale, tau)``: the logit-adjustment form
     (default ``"prior"`` with ``background_margin``, else ``"bayes"``), the cosine temperature as a float (or
     None) and ``tau`` as a float (None unless ``method == "logit_adjustment"``)."""
-    if when not in _ALLOWED_WHEN[method]:
-        if method == "balanced_softmax":
+    allowed = get_method(method, "detection").when
+    if when not in allowed:
+        if method not in _ALLOWED_WHEN:  # a method defined by its transforms (iif.methods)
+            fix = (f"its definition allows when in {allowed} (train_and_test needs train and infer transforms, "
+                   "train a train transform, test an infer transform).")
+        elif method == "balanced_softmax":
             fix = ("Balanced Softmax is a training loss: use when='train' (loss on z + ln n, inference on z); "
                    "for a post-hoc correction use method='logit_adjustment', when='test'.")
         else:

@@ -9,6 +9,7 @@ from .iif_loss import IIFLoss, iif_cross_entropy, online_smooth_weights
 from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss, ldam_margins
 from .registry import LOSSES, VARIANT_LOSSES, build_loss
 from .seesaw import SeesawLoss, seesaw_logits
+from .transform import InferTransformLoss, TransformLoss, transform_loss
 from .reweighting import (
     CB_LOSSES,
     ClassBalancedLoss,
@@ -38,6 +39,9 @@ __all__ = [
     "focal_loss",
     "SeesawLoss",
     "seesaw_logits",
+    "TransformLoss",
+    "InferTransformLoss",
+    "transform_loss",
     "LOSSES",
     "VARIANT_LOSSES",
     "build_loss",

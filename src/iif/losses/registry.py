@@ -8,20 +8,22 @@ untyped dict.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from ..errors import IIFError
 from ..frequency import ClassFrequency
-from ..methods import canonical_method, spelling
+from ..logit_transforms import resolve
+from ..methods import Method, all_methods, canonical_method, spelling
 from ..weights import canonical_variant, iif_weights
 from .base import CrossEntropyLoss, LossBase
 from .iif_loss import IIFLoss
 from .margin import BalancedSoftmaxLoss, LDAMLoss, LogitAdjustedLoss
 from .reweighting import ClassBalancedLoss, FocalLoss, IIFCostSensitiveLoss
 from .seesaw import SeesawLoss
+from .transform import transform_loss
 
 __all__ = ["LOSSES", "VARIANT_LOSSES", "build_loss"]
 
@@ -115,20 +117,54 @@ def _build_focal(freq, **kw) -> LossBase:
     return FocalLoss(**kw)
 
 
-LOSSES: dict[str, Callable[..., LossBase]] = {
-    "ce": _build_ce,
-    "iif": _build_iif,
-    "iif_csl": _build_iif_csl,
-    "balanced_softmax": _counts_builder(BalancedSoftmaxLoss, "balanced_softmax"),
-    "logit_adjusted": _counts_builder(LogitAdjustedLoss, "logit_adjusted"),
-    "ldam": _counts_builder(LDAMLoss, "ldam"),
-    "cb_softmax": _counts_builder(ClassBalancedLoss, "cb_softmax", loss="softmax"),
-    "cb_sigmoid": _counts_builder(ClassBalancedLoss, "cb_sigmoid", loss="sigmoid"),
-    "cb_focal": _counts_builder(ClassBalancedLoss, "cb_focal", loss="focal"),
-    "cb_softmax_focal": _counts_builder(ClassBalancedLoss, "cb_softmax_focal", loss="softmax_focal"),
-    "focal": _build_focal,
-    "seesaw": _build_seesaw,
-}
+_build_balanced_softmax = _counts_builder(BalancedSoftmaxLoss, "balanced_softmax")
+_build_logit_adjusted = _counts_builder(LogitAdjustedLoss, "logit_adjusted")
+_build_ldam = _counts_builder(LDAMLoss, "ldam")
+_build_cb_softmax = _counts_builder(ClassBalancedLoss, "cb_softmax", loss="softmax")
+_build_cb_sigmoid = _counts_builder(ClassBalancedLoss, "cb_sigmoid", loss="sigmoid")
+_build_cb_focal = _counts_builder(ClassBalancedLoss, "cb_focal", loss="focal")
+_build_cb_softmax_focal = _counts_builder(ClassBalancedLoss, "cb_softmax_focal", loss="softmax_focal")
+
+
+def _transform_builder(method: Method) -> Callable[..., LossBase]:
+    """The generic loss of a method with a ``train`` transform and no loss ``impl``: :class:`TransformLoss`; the
+    options named like the method's parameters (or a ``params`` dict) go to its transform, the rest to the loss."""
+    names = {p.name for p in method.params}
+
+    def build(freq, *, by: str = "image", params: Optional[dict] = None, **options) -> LossBase:
+        mine = {k: options.pop(k) for k in list(options) if k in names}
+        mine.update(params or {})
+        return transform_loss(method, _counts(freq, method.name, by), mine, **options)
+
+    build.__name__ = f"build_{method.name}"
+    return build
+
+
+class _LossTable(Mapping[str, Callable[..., LossBase]]):
+    """The losses by the loss task's own spelling (``ce``, ``logit_adjusted``, ...), read from the method
+    definitions (:mod:`iif.methods`) on every use: a method's loss ``impl`` when it has one, else the
+    :class:`TransformLoss` of its ``train`` transform. A method added with :func:`iif.register_method` appears here."""
+
+    def _methods(self) -> dict[str, Method]:
+        return {m.spelling("loss"): m for m in all_methods() if "loss" in m.tasks}
+
+    def __getitem__(self, key: str) -> Callable[..., LossBase]:
+        method = self._methods()[key]
+        impl = method.implementation("loss")
+        return resolve(impl) if impl is not None else _transform_builder(method)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._methods())
+
+    def __len__(self) -> int:
+        return len(self._methods())
+
+    def __repr__(self) -> str:
+        return f"LOSSES({', '.join(self)})"
+
+
+#: Every loss by name (a live view of the method definitions, :class:`_LossTable`).
+LOSSES: Mapping[str, Callable[..., LossBase]] = _LossTable()
 
 
 def build_loss(name: str, freq: FreqLike = None, *, variant: Optional[str] = None, **options: Any) -> LossBase:
@@ -139,7 +175,10 @@ def build_loss(name: str, freq: FreqLike = None, *, variant: Optional[str] = Non
             ``logit_adjustment`` and ``la`` for ``logit_adjusted``); one of ``ce``, ``iif``, ``iif_csl``, ``balanced_softmax``, ``logit_adjusted``, ``ldam``,
             ``cb_softmax``, ``cb_sigmoid``, ``cb_focal`` (Cui et al.'s sigmoid focal loss),
             ``cb_softmax_focal``, ``focal`` (softmax focal), ``seesaw`` (Wang et al.; ``p``, ``q``, ``eps``,
-            ``background``; ``freq`` or ``num_classes`` gives C).
+            ``background``; ``freq`` or ``num_classes`` gives C), or a method added with
+            :func:`iif.register_method` (its ``train`` transform inside the cross-entropy, :class:`TransformLoss`;
+            its parameters as options or ``params={...}``). Dispatch follows :mod:`iif.methods`: a method's loss
+            ``impl`` when it has one, else its ``train`` transform.
         freq: the training set's :class:`iif.ClassFrequency` or a per-class counts array (not needed for
             ``ce`` and ``focal``).
         variant: the IIF weight variant (Table III) of :data:`VARIANT_LOSSES`; default ``"smooth"``;
