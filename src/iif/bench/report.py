@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..outputs import json_safe
+from .. import reporting
 from ..reporting import aligned_table, cell, markdown_table
 from .posthoc import ROW_KEYS
 from .summary import COLLAPSE_POINTS, row_key, row_label, summarize
@@ -35,45 +36,32 @@ _HEADERS = {"method": "method", "strategy": "strategy", "variant": "variant", "h
             "top1": "top-1", "many": "many", "medium": "medium", "few": "few", "ece": "ECE"}
 
 
-def row_id(row: Mapping[str, Any]) -> tuple:
-    """What makes a row the same row across seeds (:func:`iif.bench.summary.row_key`): a tuned row may
-    pick a different variant per seed, so its variant is not part of its identity."""
-    return row_key(row)
+#: What makes a row the same row across seeds (:func:`iif.bench.summary.row_key`): a tuned row may pick a
+#: different variant per seed, so its variant is not part of its identity.
+row_id = row_key
+
+
+def _merged_text(rs: Sequence[Mapping[str, Any]]) -> dict:
+    """The text keys of one row over seeds: for a tuned row whose choice differs between seeds, ``variant``
+    lists the choices, e.g. ``"smooth/raw^0.5"``."""
+    variants = list(dict.fromkeys(str(r["variant"]) if r["variant"] is not None else None for r in rs))
+    variant = variants[0] if len(variants) == 1 else "/".join(v for v in variants if v is not None)
+    return {"method": rs[0]["method"], "strategy": rs[0]["strategy"], "variant": variant, "head": rs[0]["head"]}
 
 
 def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[dict], list[dict]]:
-    """Mean and standard deviation of every number over seeds.
+    """Mean and standard deviation of every number over seeds (:func:`iif.reporting.aggregate_seeds`).
 
     Returns ``(mean_rows, std_rows)``, both with exactly :data:`ROW_KEYS`. The std is the sample
     standard deviation (ddof = 1; 0.0 for a single seed). A number that is None in some seed (an empty
-    shot group) is averaged over the seeds where it exists. For tuned rows whose choice differs between
-    seeds, ``variant`` lists the choices, e.g. ``"smooth/raw^0.5"``.
+    shot group) is averaged over the seeds where it exists. Rows are matched by :func:`row_id`; for tuned rows
+    whose choice differs between seeds, ``variant`` lists the choices, e.g. ``"smooth/raw^0.5"``.
     """
-    groups: "OrderedDict[tuple, list[Mapping[str, Any]]]" = OrderedDict()
-    for rows in per_seed:
-        for r in rows:
-            groups.setdefault(row_id(r), []).append(r)
-    means, stds = [], []
-    for rs in groups.values():
-        variants = list(dict.fromkeys(str(r["variant"]) if r["variant"] is not None else None for r in rs))
-        variant = variants[0] if len(variants) == 1 else "/".join(v for v in variants if v is not None)
-        m = {"method": rs[0]["method"], "strategy": rs[0]["strategy"], "variant": variant, "head": rs[0]["head"]}
-        s = dict(m)
-        for k in NUMERIC_KEYS:
-            vals = np.array([r[k] for r in rs if r[k] is not None], dtype=float)
-            m[k] = float(vals.mean()) if vals.size else None
-            s[k] = (float(vals.std(ddof=1)) if vals.size > 1 else 0.0) if vals.size else None
-        means.append({k: m[k] for k in ROW_KEYS})
-        stds.append({k: s[k] for k in ROW_KEYS})
-    return means, stds
+    return reporting.aggregate_seeds(per_seed, ROW_KEYS, NUMERIC_KEYS, key=row_id, text=_merged_text)
 
 
 def _cells(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None) -> list[list[str]]:
-    out = []
-    for i, r in enumerate(rows):
-        s = stds[i] if stds is not None else None
-        out.append([cell(r[k], None if s is None or k in TEXT_KEYS else s[k]) for k in ROW_KEYS])
-    return out
+    return reporting.table_cells(rows, stds, ROW_KEYS, TEXT_KEYS)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None) -> str:
@@ -114,7 +102,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[s
 
 def dumps_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ROW_KEYS) -> str:
     """JSON text of rows with exactly ``keys`` (default :data:`ROW_KEYS`), in that order."""
-    return json.dumps([{k: r.get(k) for k in keys} for r in rows], indent=2) + "\n"
+    return reporting.dumps_rows(rows, keys)
 
 
 def dumps_results(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -10,13 +10,12 @@ rows.
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .. import reporting
 from ..reporting import aligned_table, cell, markdown_table, pyplot, save_figure
 
 __all__ = [
@@ -54,46 +53,19 @@ def row_label(row: Mapping[str, Any]) -> str:
     return " ".join(parts) + f" ({row['strategy']})"
 
 
-def _row_id(row: Mapping[str, Any]) -> tuple:
-    return tuple(row[k] for k in TEXT_KEYS)
-
-
 def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[dict], list[dict]]:
-    """Mean and sample standard deviation (ddof = 1; 0.0 for one seed) of every number over seeds.
+    """Mean and sample standard deviation (ddof = 1; 0.0 for one seed) of every number over seeds
+    (:func:`iif.reporting.aggregate_seeds`).
 
-    Rows are matched by their text keys; a number that is None in one seed is averaged over the others.
+    Rows are matched by their text keys; a number that is None in one seed is averaged over the others; a row
+    seen in one seed only gets std 0.0. ``false_positives`` stays a count where one seed has it.
     Returns ``(mean_rows, std_rows)`` with exactly :data:`ROW_KEYS`, in first-seen order.
     """
-    groups: "OrderedDict[tuple, list[Mapping[str, Any]]]" = OrderedDict()
-    for rows in per_seed:
-        for r in rows:
-            groups.setdefault(_row_id(r), []).append(r)
-    means, stds = [], []
-    for rs in groups.values():
-        m = {k: rs[0][k] for k in TEXT_KEYS}
-        s = dict(m)
-        for k in NUMERIC_KEYS:
-            vals = np.array([r[k] for r in rs if r[k] is not None], dtype=float)
-            m[k] = float(vals.mean()) if vals.size else None
-            if k == "false_positives" and vals.size == 1:
-                m[k] = int(vals[0])  # a count stays a count; a mean over seeds may be fractional
-            s[k] = (float(vals.std(ddof=1)) if vals.size > 1 else 0.0) if vals.size else None
-        means.append({k: m[k] for k in ROW_KEYS})
-        stds.append({k: s[k] for k in ROW_KEYS})
-    return means, stds
+    return reporting.aggregate_seeds(per_seed, ROW_KEYS, NUMERIC_KEYS, counts=("false_positives",))
 
 
 def _cells(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None) -> list[list[str]]:
-    out = []
-    for i, r in enumerate(rows):
-        s = stds[i] if stds is not None else None
-        line = []
-        for k in ROW_KEYS:
-            digits = 0 if k == "false_positives" else 1
-            line.append(cell(r[k], None if s is None or k in TEXT_KEYS else s[k], digits=digits)
-                        if r[k] is not None else "-")
-        out.append(line)
-    return out
+    return reporting.table_cells(rows, stds, ROW_KEYS, TEXT_KEYS, digits={"false_positives": 0})
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None = None) -> str:
@@ -203,8 +175,8 @@ def draw_detections(images: Sequence[Any], panels: Mapping[str, Sequence[Mapping
 
 
 def dumps_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    """JSON text of rows with exactly :data:`ROW_KEYS`, in that order."""
-    return json.dumps([{k: r[k] for k in ROW_KEYS} for r in rows], indent=2) + "\n"
+    """JSON text of rows with exactly :data:`ROW_KEYS`, in that order (:func:`iif.reporting.dumps_rows`)."""
+    return reporting.dumps_rows(rows, ROW_KEYS)
 
 
 def _find(rows, **match):
