@@ -298,3 +298,46 @@ def test_dispatch_reads_the_definitions():
         m = get_method(name)
         for task in m.tasks:
             assert m.implementation(task) is not None or m.transform("train" if task == "loss" else "infer"), (name, task)
+
+
+def test_new_method_in_iif_bench(defined, tmp_path, monkeypatch):
+    """``run_bench(methods=...)``: a post-hoc row (the backbone's logits through the infer transform, checked
+    against softmax's logits times the weights by hand) and an end-to-end row (trained with the method's loss)."""
+    from iif.bench import runner as R
+    from iif.train import build_splits
+
+    tiny = ["schedule.epochs=1", "model.backbone_kwargs.width=4", "decoupled.epochs=1"]
+    splits = build_splits(R.bench_config("digits-lt", overrides=tiny))
+    seen: list = []
+    real = R.evaluate_candidates
+
+    def capture(cands, *args, **kwargs):
+        seen.extend(cands)
+        return real(cands, *args, **kwargs)
+
+    monkeypatch.setattr(R, "evaluate_candidates", capture)
+    old = torch.get_num_threads()
+    try:
+        res = R.run_bench(dataset="digits-lt", out=tmp_path / "out", quick=True, heads=["linear"], overrides=tiny,
+                          splits=splits, plots=False, threads=1, log=lambda *_: None, methods=["power", "PLUS"])
+    finally:
+        torch.set_num_threads(old)
+    by = {(c.method, c.strategy): c for c in seen}
+    counts = np.asarray(splits.freq.image_counts, dtype=np.float64)
+    w = (counts.max() / counts) ** 0.5
+    np.testing.assert_allclose(by["power", "post-hoc"].test_logits, by["softmax", "end-to-end"].test_logits * w,
+                               rtol=1e-5, atol=1e-5)
+    ln_n = np.log(counts)
+    np.testing.assert_allclose(by["plus", "post-hoc"].val_logits, by["softmax", "end-to-end"].val_logits - 0.3 * ln_n,
+                               rtol=1e-5, atol=1e-5)
+    e2e = by["power", "end-to-end"].info["reproduce"]
+    assert "loss.name=power" in e2e["command"] and e2e["metrics"] == "adjusted"  # w * z at inference
+    assert by["plus", "end-to-end"].info["reproduce"]["metrics"] == "raw"  # a prior correction predicts with z
+    assert by["power", "post-hoc"].info["reproduce"]["eval_adjust"] == "power"
+    assert {("power", "post-hoc"), ("power", "end-to-end"), ("plus", "post-hoc"), ("plus", "end-to-end")} <= {
+        (r["method"], r["strategy"]) for r in res["rows"]}
+    assert res["meta"]["methods"] == ["power", "plus"]
+    with pytest.raises(IIFError, match="--methods 'softmax'"):
+        R.run_bench(dataset="digits-lt", out=tmp_path / "o2", quick=True, splits=splits, methods=["softmax"])
+    with pytest.raises(IIFError, match="Unknown method 'nope'"):
+        R.run_bench(dataset="digits-lt", out=tmp_path / "o3", quick=True, splits=splits, methods=["nope"])

@@ -1,5 +1,6 @@
 """The rows of one (seed, head) block of ``iif bench``: post-hoc rows from the backbone's logits, decoupled rows
-(stage 2 retrained), end-to-end baselines; each row carries the command that reproduces it (:class:`_Row`)."""
+(stage 2 retrained), end-to-end baselines, and the rows of the methods ``--methods`` names (built from their
+definitions in :mod:`iif.methods`); each row carries the command that reproduces it (:class:`_Row`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import IIFError
 from ..weights import VARIANTS
 from .base import BenchBase, _last_wins, _override
 from .posthoc import Candidate, posthoc_candidates, select_by_validation, tuned_posthoc_candidate, valid_variants
@@ -172,16 +174,75 @@ def _e2e_rows(base: BenchBase, bb: _Row, splits, device, head: str, seed: int, l
             s = float(c0.model.kwargs.get("scale", 16.0)) if head == "cosine" else 1.0
             extra.append(_override("loss.kwargs", {"scale": 1.0, "max_margin": 0.5 * s,
                                                    "drw_epoch": max(1, int(0.8 * c0.schedule.epochs))}))
-        cfg = base.config(*extra, device=str(device))
-        log(f"  [seed {seed}, {head}] end-to-end {method} ...")
-        res, _, secs = _train(cfg, splits, device)
+        c, secs = _e2e_row(base, extra, method, loss, variant, splits, device, head, seed, log)
         seconds += secs
-        zt = _logits(res, splits, device, cfg.eval.batch_size, "test")
-        zv = _logits(res, splits, device, cfg.eval.batch_size, "val")
-        own = getattr(res.criterion, "adjust_logits", None) is not None and _has_own_rule(res.criterion)
-        c = Candidate(method, "end-to-end", variant, head, _np(zt), None if zv is None else _np(zv))
-        run = f"runs/{loss}-{head}-s{seed}"
-        out.append(_with_reproduce(c, _Row(base, extra, "adjusted" if own else "raw", None, run)))
+        out.append(c)
+    return out, seconds
+
+
+def _e2e_row(base: BenchBase, extra: list[str], method: str, loss: str, variant: str | None, splits, device,
+             head: str, seed: int, log) -> tuple[Candidate, float]:
+    """One end-to-end row: train with ``extra`` overrides, predict with the loss's ``adjust_logits``."""
+    cfg = base.config(*extra, device=str(device))
+    log(f"  [seed {seed}, {head}] end-to-end {method} ...")
+    res, _, secs = _train(cfg, splits, device)
+    zt = _logits(res, splits, device, cfg.eval.batch_size, "test")
+    zv = _logits(res, splits, device, cfg.eval.batch_size, "val")
+    own = getattr(res.criterion, "adjust_logits", None) is not None and _has_own_rule(res.criterion)
+    c = Candidate(method, "end-to-end", variant, head, _np(zt), None if zv is None else _np(zv))
+    run = f"runs/{loss}-{head}-s{seed}"
+    return _with_reproduce(c, _Row(base, extra, "adjusted" if own else "raw", None, run)), secs
+
+
+def checked_methods(methods) -> tuple[str, ...]:
+    """The canonical names of ``iif bench --methods`` (any spelling of :mod:`iif.methods`, registered methods
+    included), each a loss or a post-hoc method other than softmax (the backbone's own row), without repeats.
+    Each gets a post-hoc row on every backbone's logits (``--adjust NAME``) if it is a post-hoc method and an
+    end-to-end row (``loss.name=NAME``) if it is a loss, with or without ``quick``."""
+    from ..methods import get_method
+
+    out: list[str] = []
+    for name in methods:
+        m = get_method(str(name).strip().lower())
+        if m.name == "softmax" or not {"loss", "posthoc"} & set(m.tasks):
+            raise IIFError(f"--methods {name!r}: the bench adds rows for loss or post-hoc methods other than softmax "
+                           "(the backbone's row); detection margins belong to iif det-bench.")
+        if m.name not in out:
+            out.append(m.name)
+    return tuple(out)
+
+
+def method_posthoc_rows(model, f_te, z_te, f_va, z_va, counts, h: str, bb: _Row, methods) -> list[Candidate]:
+    """A post-hoc row per named method of the post-hoc task: the backbone's logits through ``--adjust NAME``
+    (its definition's post-hoc implementation or ``infer`` transform, :func:`iif.train.build_adjuster`)."""
+    from ..methods import get_method
+    from ..train import build_adjuster
+
+    out = []
+    for name in methods:
+        if "posthoc" not in get_method(name).tasks:
+            continue
+        adjust = build_adjuster(name, counts, model)
+        c = Candidate(name, "post-hoc", None, h, _np(adjust(f_te, z_te)),
+                      None if z_va is None else _np(adjust(f_va, z_va)))
+        out.append(_with_reproduce(c, _Row(bb.base, bb.extra, name, name, bb.run_name, True)))
+    return out
+
+
+def method_e2e_rows(base: BenchBase, bb: _Row, splits, device, head: str, seed: int, methods,
+                    log) -> tuple[list[Candidate], float]:
+    """An end-to-end row per named method of the loss task, trained with ``loss.name=NAME`` (its definition's
+    loss implementation or ``train`` transform, :func:`iif.losses.build_loss`)."""
+    from ..methods import get_method
+
+    out, seconds = [], 0.0
+    for name in methods:
+        m = get_method(name)
+        if "loss" in m.tasks:
+            loss = m.spelling("loss")
+            c, secs = _e2e_row(base, [*bb.extra, f"loss.name={loss}"], name, loss, None, splits, device, head, seed, log)
+            out.append(c)
+            seconds += secs
     return out, seconds
 
 

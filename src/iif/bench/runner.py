@@ -48,7 +48,8 @@ from ..weights import VARIANTS
 from .base import BASE_CONFIG, BenchBase, _head_overrides, _last_wins, _stage2_label, bench_base, bench_config
 from .posthoc import ROW_KEYS, Candidate, evaluate_candidates, valid_variants
 from .report import aggregate_seeds, dumps_results, dumps_rows, dumps_summary, printed_report, row_id, summarize
-from .rows import E2E_METHODS, _decoupled_rows, _e2e_rows, _posthoc_rows, _Row, _train
+from .rows import (E2E_METHODS, _decoupled_rows, _e2e_rows, _posthoc_rows, _Row, _train, checked_methods,
+                   method_e2e_rows, method_posthoc_rows)
 
 __all__ = ["HEADS", "E2E_METHODS", "BenchBase", "bench_base", "bench_config", "check_out_dir", "run_bench"]
 
@@ -64,9 +65,10 @@ def check_out_dir(out: Path, force: bool) -> None:
 
 
 def _seed_loop(seeds, heads, base, splits, dev, threads, counts, total, variants, skipped_variants, stage2, quick,
-               y_te, y_va, many, few, store, log):
+               y_te, y_va, many, few, store, log, methods=()):
     """Every (seed, head) block of :func:`run_bench`: the backbone, its post-hoc and decoupled rows, the
-    end-to-end rows; blocks kept by an interrupted run of the same settings (``store``) are reused."""
+    end-to-end rows, the rows of ``methods``; blocks kept by an interrupted run of the same settings (``store``)
+    are reused."""
     from ..train import extract_features
 
     per_seed_rows: list[list[dict]] = []
@@ -94,6 +96,7 @@ def _seed_loop(seeds, heads, base, splits, dev, threads, counts, total, variants
                         f_va, z_va, _ = (t.to(dev) for t in extract_features(res.model, splits.val, dev, c.eval.batch_size))
                     t0 = time.perf_counter()
                     cands, _ = _posthoc_rows(res.model, f_te, z_te, f_va, z_va, y_va, counts, total, h, bb)
+                    cands += method_posthoc_rows(res.model, f_te, z_te, f_va, z_va, counts, h, bb, methods)
                     post_s = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     dec, extras = _decoupled_rows(base, bb, state, splits, dev, h, seed, variants, stage2, log)
@@ -102,25 +105,16 @@ def _seed_loop(seeds, heads, base, splits, dev, threads, counts, total, variants
                 extras["skipped_variants"] = skipped_variants
                 cands += dec
                 _save_block(store, seed, h, res.model, cands, extras, (epoch_s, train_s, post_s, dec_s))
-            e2e, e2e_s = None, 0.0
-            if not quick:
-                kept = _load_block(store, seed, f"{h}-e2e")
-                if kept is not None:
-                    log(f"  [seed {seed}, {h}] reusing the kept end-to-end rows of an interrupted run (not retrained)")
-                    e2e, _, (e2e_s,) = kept
-                else:
-                    with _threads(threads):
-                        e2e, e2e_s = _e2e_rows(base, bb, splits, dev, h, seed, log)
-                    _save_block(store, seed, f"{h}-e2e", None, e2e, {}, (e2e_s,))
+            e2e, e2e_s, methods_s = _e2e_blocks(store, seed, h, quick, methods, base, bb, splits, dev, threads, log)
             rows, details = evaluate_candidates(cands, y_te, counts, val_labels=y_va, many=many, few=few)
-            if e2e is not None:
+            if e2e:
                 r2, d2 = evaluate_candidates(e2e, y_te, counts, val_labels=y_va, many=many, few=few, reference=cands)
                 rows += r2
                 details += d2
             timings.append({"seed": seed, "head": h, "backbone_epoch_s": epoch_s, "backbone_train_s": train_s,
                             "epochs": c.schedule.epochs, "post_backbone_s": post_s + dec_s, "post_hoc_s": post_s,
                             "decoupled_s": dec_s,
-                            "e2e_baselines_s": e2e_s})
+                            "e2e_baselines_s": e2e_s, **({"methods_e2e_s": methods_s} if methods else {})})
             log(f"  [seed {seed}, {h}] backbone {train_s:.1f}s ({epoch_s:.2f}s/epoch); post-hoc rows {post_s:.2f}s; "
                 f"decoupled rows {dec_s:.1f}s")
             for r, d in zip(rows, details):
@@ -132,6 +126,28 @@ def _seed_loop(seeds, heads, base, splits, dev, threads, counts, total, variants
 
     means, stds = aggregate_seeds(per_seed_rows)
     return means, stds, all_details, timings, plot_data
+
+
+def _e2e_blocks(store, seed: int, h: str, quick: bool, methods, base, bb, splits, dev, threads,
+                log) -> tuple[list[Candidate], float, float]:
+    """The end-to-end rows of one (seed, head): the baselines unless ``quick``, then those of ``methods``
+    (each kept in ``store`` as its own block); returns ``(rows, baselines' seconds, methods' seconds)``."""
+    out: list[Candidate] = []
+    seconds = [0.0, 0.0]
+    for i, (name, active) in enumerate(((f"{h}-e2e", not quick), (f"{h}-methods", bool(methods)))):
+        if not active:
+            continue
+        kept = _load_block(store, seed, name)
+        if kept is not None:
+            log(f"  [seed {seed}, {h}] reusing the kept end-to-end rows of an interrupted run (not retrained)")
+            rows, _, (seconds[i],) = kept
+        else:
+            with _threads(threads):
+                rows, seconds[i] = (_e2e_rows(base, bb, splits, dev, h, seed, log) if i == 0 else
+                                    method_e2e_rows(base, bb, splits, dev, h, seed, methods, log))
+            _save_block(store, seed, name, None, rows, {}, (seconds[i],))
+        out += rows
+    return out, seconds[0], seconds[1]
 
 
 def _save_block(store, seed: int, name: str, model, cands: list[Candidate], extras: dict, times: tuple) -> None:
@@ -228,6 +244,7 @@ def run_bench(
     plots: bool = True,
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    methods: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the bench and write its outputs to ``out``; returns ``{"rows", "stds", "details", "meta", "out", "summary"}``.
 
@@ -235,7 +252,7 @@ def run_bench(
     ``dotted.key=value`` config overrides of every row (e.g. ``schedule.epochs=2``; ``decoupled.epochs=2``
     shortens stage 2 and is shown in the decoupled rows). ``many``/``few``: shot-group thresholds (default
     :func:`iif.metrics.shot_thresholds`). ``threads``: CPU threads for training (default: 1 for training sets
-    under 10k images, else torch's default).
+    under 10k images, else torch's default). ``methods``: rows of named methods (:func:`.rows.checked_methods`).
     """
     from ..resources import training_threads
     from ..train import build_splits, resolve_device
@@ -244,6 +261,7 @@ def run_bench(
     out = Path(out)
     folder = OutputFolder(out, command="bench", force=force)  # refuses a bad --out before any training
     heads = _checked_heads(seeds, heads)
+    methods = checked_methods(methods)
     base = bench_base(dataset, config, overrides)
     if base.source is None:  # no packaged config trains this dataset: the commands name the defaults, written out
         base.saved_as = str(out / BASE_CONFIG)
@@ -269,16 +287,18 @@ def run_bench(
     # command after a kill or a crash continues where it stopped (iif.resume).
     from ..resume import ResumeStore, keep_on_failure, open_staging, settings_key
 
-    key = settings_key({"config": json_safe(_config_dict(cfg)), "threads": threads, "splits": _splits_print(splits)}, ())
+    key = settings_key({"config": json_safe(_config_dict(cfg)), "threads": threads, "splits": _splits_print(splits),
+                        **({"methods": list(methods)} if methods else {})}, ())
     open_staging(folder, key, log)
     store = ResumeStore(folder.staging, key, log)
     with keep_on_failure(folder, store, log):
         means, stds, all_details, timings, plot_data = _seed_loop(
             seeds, heads, base, splits, dev, threads, counts, total, variants, skipped_variants, stage2, quick, y_te,
-            y_va, many, few, store, log)
+            y_va, many, few, store, log, methods)
         _attach_commands(means, all_details)
     meta = _bench_meta(cfg, splits, counts, seeds=seeds, heads=heads, quick=quick, dev=dev, many=many, few=few,
                        timings=timings, base=base, total=total, threads=threads, skipped_variants=skipped_variants)
+    meta.update({"methods": list(methods)} if methods else {})
     means, stds, summary = summarize(means, stds, all_details, meta)  # ranked on validation, identical rows folded
     text = printed_report(means, stds if seeds > 1 else None, summary)
     log("\n" + text)

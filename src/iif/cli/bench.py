@@ -1,7 +1,7 @@
 """``iif bench``: one softmax backbone per head, every IIF strategy and baseline, one table.
 
     iif bench [--dataset NAME | --config FILE] [--seeds N] [--out DIR] [--quick] [--heads cosine,linear]
-              [--force] [--device ...]
+              [--force] [--device ...] [--methods NAME,...]
 
 See docs/bench.md for what each row means and what the output folder holds.
 """
@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default 1 below 10k training images, else torch's default; "
                    "more than the usable CPUs is clamped with a warning)")
     p.add_argument("--no-plots", action="store_true", help="write report.md without PNG plots")
+    p.add_argument("--methods", default="",
+                   help="comma-separated methods of iif.methods to add rows for (e.g. focal,cb_softmax): a post-hoc row "
+                        "(--adjust NAME) for a post-hoc method, an end-to-end row (loss.name=NAME) for a loss; run "
+                        "with or without --quick")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides of every row, e.g. schedule.epochs=5; decoupled.* ones (e.g. decoupled.epochs=2, a "
                         "shorter stage 2 than the config's recipe) are shown in the decoupled rows' strategy")
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     _refuse_overlap(args)
     run_bench(dataset=args.dataset, config=args.config, seeds=args.seeds, out=args.out, quick=args.quick,
               heads=args.heads.split(","), force=args.force, device=args.device, overrides=args.overrides,
-              many=args.many, few=args.few, plots=not args.no_plots, threads=threads)
+              many=args.many, few=args.few, plots=not args.no_plots, threads=threads,
+              methods=[m for m in args.methods.split(",") if m.strip()])
     return 0
 
 
