@@ -29,7 +29,8 @@ one, else the generic implementation built from the transforms: :func:`iif.losse
 :class:`iif.logit_transforms.TransformAdjuster` (``train`` in the training loss, ``infer`` at inference, as
 ``when`` picks). So a method defined only through :func:`register_method` works in ``iif train`` (its
 ``loss.kwargs`` are its parameters), ``--adjust`` / ``posthoc.adjusters`` and ``use_margin(model, NAME,
-freq, params={...})``. ``iif bench`` has a fixed set of rows and takes no method names.
+freq, params={...})``, and ``iif bench --methods NAME`` (``run_bench(methods=...)``) adds its post-hoc and
+end-to-end rows.
 
 Tasks (:data:`TASKS`): ``"loss"`` a classification training loss (needs ``train`` or a loss ``impl``);
 ``"posthoc"`` a classification post-hoc adjuster (needs ``infer`` or an ``impl``); ``"detection"`` a
