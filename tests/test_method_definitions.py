@@ -161,6 +161,7 @@ def test_new_method_in_use_margin(defined):
         got = model.roi_heads.box_predictor(x)[0].detach().double()
         assert torch.allclose(got, fg_power, atol=1e-5), mode
         assert torch.equal(got[:, 0], z[:, 0])  # background untouched
+    assert list(model.state_dict()) == list(_rcnn().state_dict())  # the margin is configuration, not state
     # the class scores the detector's postprocess takes: softmax over C + 1, background dropped
     scores = torch.softmax(use_margin(_rcnn(), "power", COUNTS, params={"a": 1.0}).eval().roi_heads.box_predictor(x)[0],
                            -1)[:, 1:].double()
