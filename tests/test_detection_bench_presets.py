@@ -200,3 +200,17 @@ def test_a_preset_is_read_as_written_and_measured_names_a_preset(tmp_path):
                                 "measured": True}}
     with pytest.raises(IIFError, match="presets.measured names 'gpu', which is not in presets.configs"):
         detection_presets({"presets": {"configs": {"mine": str(cfg)}, "measured": ["gpu"]}})
+
+
+def test_iif_train_print_config_prints_a_detection_config_as_det_train_does(capsys):
+    import yaml
+
+    assert main(["det-train", "det_bench_gpu", "schedule.epochs=23", "--print-config"]) == 0
+    det = capsys.readouterr().out
+    assert main(["train", "det_bench_gpu", "schedule.epochs=23", "--print-config"]) == 0
+    assert capsys.readouterr().out == det
+    printed = yaml.safe_load(det)
+    assert (printed["schedule"]["epochs"], printed["runtime"]["amp"], printed["model"]["arch"]) == (
+        23, "bf16", "maskrcnn_r50_fpn")
+    assert main(["train", "det_bench_gpu"]) == 2  # training a detection config is still det-train's
+    assert "is a detection config" in capsys.readouterr().err

@@ -32,8 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="det-bench-out", help="output folder (default det-bench-out)")
     p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1; numbers become mean ± std")
     p.add_argument("--force", action="store_true", help="replace an earlier iif output in --out")
-    p.add_argument("--preset", default=None, help="cpu-quick or gpu (default: gpu on CUDA, else cpu-quick), or a "
-                   "det-train config for its model and schedule (e.g. det_folder)")
+    p.add_argument("--preset", default=None, help="a preset of the packaged bench_detection.yaml: cpu-quick or gpu "
+                   "(default: gpu on CUDA, else cpu-quick), or any det-train config or YAML path for its model and "
+                   "schedule (e.g. det_folder)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's; more than the usable CPUs "
                    "is clamped with a warning)")

@@ -35,6 +35,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def detection_config_yaml(cfg) -> str:
+    """A resolved detection config as YAML (``--print-config`` of ``iif det-train`` and ``iif train``)."""
+    import dataclasses
+
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -52,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"runtime.device={args.device}"] if args.device else [])
     cfg = load_detection_config(args.config, overrides)
     if args.print_config:
-        import dataclasses
-
-        import yaml
-
-        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), end="")
+        print(detection_config_yaml(cfg), end="")
         return 0
     from ..detection.runs import format_metrics, train_from_config
 

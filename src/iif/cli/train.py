@@ -1,7 +1,8 @@
 """iif train CONFIG [section.key=value ...] [--out DIR] [--resume] [--force] [--device cpu|cuda] [--threads N]
 
 CONFIG is a packaged config's short name (cifar100_lt_decoupled; iif train --list shows them with one line
-each) or a YAML path. --print-config prints the resolved config (overrides applied) as YAML and exits.
+each) or a YAML path. --print-config prints the resolved config (overrides applied) as YAML and exits; it
+prints a detection config (det_*, one with a margin section) too, as `iif det-train --print-config` does.
 OUT must be new or empty; --resume continues a run iif started there, --force replaces an earlier iif
 output (the old one stays readable until the new run finishes). Under torchrun --nproc_per_node N it
 trains with DDP (the global batch is split).
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..train import fit, load_config, packaged_configs
+    from ..train.config_loading import is_detection_config
     from ..train.run_log import format_metrics_table
 
     if args.list:
@@ -69,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise IIFError("give a config name or path, e.g. iif train digits_lt_e2e (see iif train --list).")
+    if args.print_config and is_detection_config(args.config):  # printed like det-train's (training is refused)
+        from ..detection.config import load_detection_config
+        from .det_train import detection_config_yaml
+
+        sys.stdout.write(detection_config_yaml(load_detection_config(args.config, args.overrides)))
+        return 0
     cfg = load_config(args.config, args.overrides)
     if args.threads is not None:  # iif.resources: < 1 refused, above the usable CPUs clamped with one warning
         from ..resources import check_threads

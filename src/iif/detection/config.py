@@ -347,7 +347,7 @@ def _check_data(d: DetectionDataConfig) -> None:
 
 def _check_model(m: DetectionModelConfig) -> None:
     """``model.*``: arch and norm, sizes and RPN/RoI numbers, anchors, layers, weights, cosine and mask options."""
-    from .models import ARCHS, NORMS
+    from .archs import ARCHS, NORMS
 
     one_of("model.arch", m.arch, ARCHS)
     if m.norm is not None:
@@ -378,7 +378,7 @@ def _check_model(m: DetectionModelConfig) -> None:
                                           for x in m.mask_layers), "model.mask_layers", m.mask_layers,
               "a list of channel counts >= 1", "[256,256,256,256]")
     if m.backbone_weights is not None:
-        from .models import is_from_scratch
+        from .archs import is_from_scratch
 
         check(isinstance(m.backbone_weights, str) and bool(m.backbone_weights.strip()), "model.backbone_weights",
               m.backbone_weights, "a weights file, a torchvision weights name, pretrained or null",

@@ -36,28 +36,14 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from .archs import ARCHS, NORMS, is_from_scratch
 
 __all__ = ["ARCHS", "DETECTION_PRESETS", "build_detector", "load_detector_checkpoint", "input_memory_estimate",
            "check_input_memory", "physical_memory_bytes", "load_backbone_weights", "backbone_weights_state",
            "is_from_scratch"]
 
-# arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
-# depth), a small backbone for from-scratch CPU runs.
-ARCHS: dict[str, tuple[str, str]] = {
-    "maskrcnn_r10_fpn": ("maskrcnn", "r10"),
-    "maskrcnn_r18_fpn": ("maskrcnn", "r18"),
-    "maskrcnn_r34_fpn": ("maskrcnn", "r34"),
-    "maskrcnn_r50_fpn": ("maskrcnn", "r50"),
-    "maskrcnn_r101_fpn": ("maskrcnn", "r101"),
-    "fasterrcnn_r10_fpn": ("fasterrcnn", "r10"),
-    "fasterrcnn_r18_fpn": ("fasterrcnn", "r18"),
-    "fasterrcnn_r34_fpn": ("fasterrcnn", "r34"),
-    "fasterrcnn_r50_fpn": ("fasterrcnn", "r50"),
-    "fasterrcnn_r101_fpn": ("fasterrcnn", "r101"),
-    "ssd300_vgg16": ("ssd", "vgg16"),
-}
-
-NORMS = ("bn", "gn", "frozen_bn")
+# ARCHS, NORMS, FROM_SCRATCH and is_from_scratch are plain data in archs.py (the config validator reads them
+# without torch); re-exported here.
 
 # Configurations of iif det-bench (``DETECTION_PRESETS``): read from the packaged bench_detection.yaml, which names
 # each preset's det-train config (cpu-quick: det_bench_softmax.yaml, gpu: det_bench_gpu.yaml; what was measured
@@ -436,8 +422,6 @@ def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=p
 
 # ------------------------------------------------------------------------------------------- backbone weights
 
-#: The values of ``backbone_weights`` that mean "random init".
-FROM_SCRATCH = ("none", "from_scratch", "null", "")
 # torchvision's weights enum for each ResNet depth (r10 has none: use a local file or the cached pretraining).
 _TORCHVISION_ENUMS = {"r18": "ResNet18_Weights", "r34": "ResNet34_Weights", "r50": "ResNet50_Weights",
                       "r101": "ResNet101_Weights"}
@@ -445,11 +429,6 @@ _WEIGHTS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*_Weights\.[A-Za-z0-9_]+$")
 _FIX = ("pass a torchvision-format ResNet state dict file, a torchvision weights name (e.g. "
         "ResNet50_Weights.IMAGENET1K_V1), 'pretrained' (the cached pretraining of an iif det-data benchmark) or "
         "null (from scratch)")
-
-
-def is_from_scratch(weights: Any) -> bool:
-    """True for a ``backbone_weights`` value that means random init: None, ``"none"``, ``"from_scratch"``."""
-    return weights is None or (isinstance(weights, str) and weights.strip().lower() in FROM_SCRATCH)
 
 
 def _depth_name(depth: str) -> str:

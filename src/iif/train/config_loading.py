@@ -188,12 +188,23 @@ def load_sections(schema: type, source: Any = None, overrides: Iterable[str] = (
         _merge(cfg, dict(source))
     elif source is not None:
         data = read_config_yaml(resolve_config_path(source, kind))
-        if kind == "classification" and "margin" in data:
+        if kind == "classification" and _is_detection(data):
             raise IIFError(f"config {str(source)!r} is a detection config (it has a 'margin' section); run it with "
                            "`iif det-train`.")
         _merge(cfg, data)
     merge_overrides(cfg, overrides)
     return validate(cfg) if validate is not None else cfg
+
+
+def _is_detection(data: Mapping) -> bool:
+    """A config's sections are a detection config's when they have a ``margin`` section (detection's own)."""
+    return "margin" in data
+
+
+def is_detection_config(source: str | os.PathLike, kind: str = "classification") -> bool:
+    """Whether a YAML path / packaged short name is a detection config (``iif det-train``'s), not a classifier's
+    (``kind``: which packaged configs an unknown name's error lists)."""
+    return _is_detection(read_config_yaml(resolve_config_path(source, kind)))
 
 
 def read_config_yaml(path: str | os.PathLike) -> dict:

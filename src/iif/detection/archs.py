@@ -1,0 +1,35 @@
+"""The detector names and backbone choices of :func:`iif.detection.build_detector`, as plain data (no torch):
+the detection config's validator (:mod:`iif.detection.config`) checks against them without importing the
+model code, and :mod:`iif.detection.models` (which re-exports them) builds from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ARCHS", "NORMS", "FROM_SCRATCH", "is_from_scratch"]
+
+# arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
+# depth), a small backbone for from-scratch CPU runs.
+ARCHS: dict[str, tuple[str, str]] = {
+    "maskrcnn_r10_fpn": ("maskrcnn", "r10"),
+    "maskrcnn_r18_fpn": ("maskrcnn", "r18"),
+    "maskrcnn_r34_fpn": ("maskrcnn", "r34"),
+    "maskrcnn_r50_fpn": ("maskrcnn", "r50"),
+    "maskrcnn_r101_fpn": ("maskrcnn", "r101"),
+    "fasterrcnn_r10_fpn": ("fasterrcnn", "r10"),
+    "fasterrcnn_r18_fpn": ("fasterrcnn", "r18"),
+    "fasterrcnn_r34_fpn": ("fasterrcnn", "r34"),
+    "fasterrcnn_r50_fpn": ("fasterrcnn", "r50"),
+    "fasterrcnn_r101_fpn": ("fasterrcnn", "r101"),
+    "ssd300_vgg16": ("ssd", "vgg16"),
+}
+
+NORMS = ("bn", "gn", "frozen_bn")
+
+#: The values of ``backbone_weights`` that mean "random init".
+FROM_SCRATCH = ("none", "from_scratch", "null", "")
+
+
+def is_from_scratch(weights: Any) -> bool:
+    """True for a ``backbone_weights`` value that means random init: None, ``"none"``, ``"from_scratch"``."""
+    return weights is None or (isinstance(weights, str) and weights.strip().lower() in FROM_SCRATCH)
