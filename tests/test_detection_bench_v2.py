@@ -185,6 +185,8 @@ def test_the_cache_folder_is_per_version_and_v1_keeps_its_path(monkeypatch, tmp_
     ("rfs_rounding=round", "rfs_rounding must be stochastic"),
     ("workers=0", "workers (seeds run side by side)"),
     ("model.class_agnostic_mask=maybe", "class_agnostic_mask' must be true or false"),
+    ("pretrain_epochs=0", "pretrain_epochs must be a whole number >= 1"),
+    ("pretrain_epochs=2.5", "pretrain_epochs must be a whole number >= 1"),
 ])
 def test_new_v2_settings_out_of_range_are_one_line_before_any_work(setting, words, v2, tmp_path, capsys):
     out = tmp_path / "o"
@@ -205,3 +207,17 @@ def test_report_names_box_ap_for_a_box_detector(arch, kind):
     lines = R._setup_lines(s, meta, [{"details": [{"rules": "lvis"}]}], 16, {"r": 5, "c": 5, "f": 6}, "test")
     metric = next(line for line in lines if line.startswith("- AP, AP50"))
     assert f"LVIS-style {kind} AP" in metric and ("mask AP" in metric) == (kind == "mask")
+
+
+def test_pretrain_epochs_reaches_the_cached_pretraining_and_the_default_is_four(v2, monkeypatch):
+    """det-bench's pretrain_epochs goes to resolve_backbone_weights as the recipe's epochs (the recorded v2 rows of
+    before 2026-12-06 09:30 UTC used 2); unset, the recipe's default (4 epochs) applies."""
+    calls = []
+    monkeypatch.setattr(pretrain, "resolve_backbone_weights",
+                        lambda weights, **kw: calls.append(kw) or "/weights.pth")
+    data = type("D", (), {"benchmark": {"generator_version": 2}, "paths": [v2 / "annotations" / "train.json"]})()
+    for extra, want in (([], None), (["pretrain_epochs=2"], 2)):
+        s = B.quick_settings("cpu-quick", ["model.backbone_weights=pretrained", *extra])
+        assert B._model_kwargs(s, data, lambda m: None)["backbone_weights"] == "/weights.pth"
+        assert calls[-1].get("epochs") == want and str(calls[-1]["data_root"]) == str(v2)
+    assert pretrain.PRETRAIN_DEFAULTS["epochs"] == 4

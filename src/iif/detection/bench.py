@@ -115,7 +115,9 @@ def _model_kwargs(s: DetBenchSettings, data: _Data, log) -> dict[str, Any]:
         from .pretrain import resolve_backbone_weights
 
         root = Path(data.paths[0]).parent.parent if data.benchmark is not None and data.paths else None
-        kw["backbone_weights"] = resolve_backbone_weights(kw["backbone_weights"], arch=s.arch, data_root=root, log=log)
+        extra = {} if s.pretrain_epochs is None else {"epochs": int(s.pretrain_epochs)}
+        kw["backbone_weights"] = resolve_backbone_weights(kw["backbone_weights"], arch=s.arch, data_root=root, log=log,
+                                                          **extra)
     return kw
 
 

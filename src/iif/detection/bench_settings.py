@@ -53,6 +53,10 @@ class DetBenchSettings:
     # average; "ceil": mmdetection / the paper's authors). None: the benchmark's default (V2_DEFAULTS).
     rfs_threshold: float | None = None
     rfs_rounding: str = "stochastic"
+    # Epochs of the cached balanced pretraining that ``model.backbone_weights=pretrained`` builds
+    # (iif.detection.pretrain); None: PRETRAIN_DEFAULTS (4). The v2 numbers recorded before 2026-12-06 09:30 UTC
+    # used 2 (pretrain_epochs=2 reproduces them).
+    pretrain_epochs: int | None = None
 
 
 def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> DetBenchSettings:
@@ -89,7 +93,7 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
 # det-bench's own top-level settings, and the train_detector keywords its ``train.`` keys may set (besides the
 # schedule keys of a det-train config).
 _TOP_KEYS = ("generator", "arch", "max_train_images", "max_val_images", "score_threshold", "hflip", "batch_size_eval", "threads",
-             "bootstrap", "workers", "rfs_threshold", "rfs_rounding")
+             "bootstrap", "workers", "rfs_threshold", "rfs_rounding", "pretrain_epochs")
 _TRAIN_EXTRA = ("amp", "num_workers", "log_every", "warmup_fraction", "milestone_fractions")
 # build_detector keywords det-bench does not take as model.KEY: masks follows the arch (maskrcnn_* vs
 # fasterrcnn_*), log is the bench's own.
@@ -174,6 +178,10 @@ def _parse_value(raw: str) -> Any:
 
 
 def _check_settings(s: DetBenchSettings) -> None:
+    pe = s.pretrain_epochs
+    if pe is not None and (not isinstance(pe, int) or isinstance(pe, bool) or pe < 1):
+        raise IIFError(f"pretrain_epochs must be a whole number >= 1 (epochs of the cached balanced pretraining) or "
+                       f"null for the default; got {pe!r}.")
     for key in ("max_train_images", "max_val_images"):
         v = getattr(s, key)
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
