@@ -1,7 +1,8 @@
 """Epoch-seeded, rank-sharded samplers for long-tailed training (Kang et al., 2020, "Decoupling").
 
 Every rank builds the same global index list from ``seed + epoch`` and takes the slice
-``[rank::num_replicas]``; the global list has ``ceil(N / num_replicas) * num_replicas`` entries, so each
+``[rank::num_replicas]`` (:func:`iif.runtime.distributed.rank_share`, the share detection's
+``RepeatFactorSampler`` takes too); the global list has ``ceil(N / num_replicas) * num_replicas`` entries, so each
 rank yields the same number of samples. ``random`` is a permutation padded by wrapping around to its start
 (like ``torch.utils.data.DistributedSampler``): every index appears once per epoch across ranks, plus at
 most ``num_replicas - 1`` repeats. The others draw with replacement from per-image probabilities
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import IIFError
+from ..runtime.distributed import padded_to_multiple, rank_share
 
 __all__ = ["SAMPLERS", "EpochSampler", "RandomShardSampler", "ClassAwareSampler", "build_sampler"]
 
@@ -53,8 +55,7 @@ class EpochSampler(Sampler[int]):
         raise NotImplementedError
 
     def __iter__(self):
-        idx = self.global_indices()
-        return iter(idx[self.rank:self.total_size:self.num_replicas].tolist())
+        return iter(rank_share(self.global_indices(), self.rank, self.num_replicas).tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -64,11 +65,8 @@ class RandomShardSampler(EpochSampler):
     """Instance-balanced: a fresh permutation each epoch, padded by wrapping to a multiple of the ranks."""
 
     def global_indices(self) -> torch.Tensor:
-        perm = torch.randperm(len(self.targets), generator=self._generator())
-        pad = self.total_size - len(perm)
-        if pad:
-            perm = torch.cat([perm, perm.repeat(math.ceil(pad / len(perm)))[:pad]])
-        return perm
+        """This epoch's permutation, padded by wrapping around to ``total_size`` (a multiple of the ranks)."""
+        return padded_to_multiple(torch.randperm(len(self.targets), generator=self._generator()), self.num_replicas)
 
 
 class ClassAwareSampler(EpochSampler):

@@ -18,8 +18,6 @@ process group is joined (gloo on CPU, nccl on GPU) and left open for :func:`pred
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
 import time
@@ -32,15 +30,13 @@ from torch import nn
 
 from ..errors import IIFError
 from ..resources import peak_rss_mb
-from ..runtime import AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finite_loss, optimizer_step, resolve_device
-from ..train.checkpoint import load_checkpoint, restore_training_state
-from ..train.distributed import DistInfo, all_reduce_sum, gather_rng_states, init_distributed
+# the one runtime of both tasks: schedule, step, device, DDP set-up, checkpoint state and the resume rule
+from ..runtime import (AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finite_loss, check_same_settings,
+                       load_checkpoint, optimizer_step, resolve_device, restore_training_state, settings_hash,
+                       training_state)
+from ..runtime.distributed import DistInfo, all_reduce_sum, gather_rng_states, join_process_group
+from ..outputs import atomic_torch_save  # the one home of atomic writes
 from .data import collate
-
-try:  # the one home of atomic writes
-    from ..outputs import atomic_torch_save
-except ImportError:  # pragma: no cover - older trees
-    from ..train.checkpoint import atomic_torch_save  # type: ignore[no-redef]
 
 __all__ = ["DetectionSchedule", "train_detector", "train_one_epoch", "predict"]
 
@@ -57,10 +53,6 @@ def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _check_args(dataset, epochs: int, batch_size: int, lr: float, warmup_iters: int, milestones, amp: str,
@@ -193,12 +185,9 @@ def train_detector(
 
 
 def _join(device, batch_size: int) -> tuple[torch.device, DistInfo]:
-    """The device (:func:`iif.runtime.resolve_device`; this rank's GPU under torchrun) and the process group
-    (joined when ``RANK``/``WORLD_SIZE`` are set), after checking the global batch divides over the ranks."""
-    dev = resolve_device(device)
-    info = init_distributed(dev)
-    if dev.type == "cuda" and info.distributed:
-        dev = torch.device("cuda", info.local_rank)
+    """The device and the process group (:func:`iif.runtime.distributed.join_process_group`: this rank's GPU
+    under torchrun), then the check that the global batch divides over the ranks."""
+    dev, info = join_process_group(device)
     if batch_size % info.world_size:
         raise IIFError(f"batch_size {batch_size} is not divisible by the world size {info.world_size}; use a multiple "
                        f"of {info.world_size}.")
@@ -210,7 +199,7 @@ def _build_run(model: nn.Module, dataset, settings: dict, sampler, dev: torch.de
     """Data loader, SGD, the schedule (:class:`iif.runtime.WarmupSchedule`), the fp16 scaler and the DDP
     wrapper, from ``settings`` (also hashed here: resume requires the same hash)."""
     per_rank = settings["batch_size"] // info.world_size
-    check_hash = _settings_hash({k: v for k, v in settings.items() if k != "epochs_planned"})
+    check_hash = settings_hash({k: v for k, v in settings.items() if k != "epochs_planned"})
 
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -251,10 +240,9 @@ def _restore(run: _DetRun, resume: bool, out_dir, seed: int) -> int:
         torch.manual_seed(seed + 1000 * run.info.rank + 1)  # per-rank streams (augmentation, RoI sampling)
         return 0
     ckpt = load_checkpoint(path, map_location="cpu")
-    if ckpt.get("settings_hash") != run.settings_hash:
-        raise IIFError(f"cannot resume from {path}: it was trained with other settings "
-                       f"({ckpt.get('settings')}); use the same batch size, lr, schedule, seed, world size and "
-                       "dataset, or start in a new out_dir.")
+    check_same_settings(ckpt.get("settings_hash"), run.settings_hash, missing_ok=False, message=(
+        f"cannot resume from {path}: it was trained with other settings ({ckpt.get('settings')}); use the same "
+        "batch size, lr, schedule, seed, world size and dataset, or start in a new out_dir."))
     start_epoch, run.history = restore_training_state(ckpt, run.model, run.optimizer, run.scheduler, run.scaler,
                                                       run.info.rank)
     if run.info.is_main:
@@ -264,11 +252,9 @@ def _restore(run: _DetRun, resume: bool, out_dir, seed: int) -> int:
 
 def _checkpoint_state(run: _DetRun, epoch_done: int, extra: dict | None = None) -> dict:
     """``last.pt`` (and ``nan.pt``): weights, optimizer, schedule, scaler, every rank's RNG, history, settings."""
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-            "epoch": epoch_done, "rng_per_rank": gather_rng_states(run.info), "history": run.history,
-            "settings": run.settings, "settings_hash": run.settings_hash, **(extra or {})}
+    return {**training_state(run.model, run.optimizer, run.scheduler, run.scaler, epoch_done,
+                             gather_rng_states(run.info)),  # iif.runtime, classification's too
+            "history": run.history, "settings": run.settings, "settings_hash": run.settings_hash, **(extra or {})}
 
 
 def train_one_epoch(run: _DetRun, epoch: int) -> dict:

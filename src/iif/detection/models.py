@@ -387,7 +387,7 @@ def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=p
     (another class count) keep their fresh initialisation and are reported as skipped; any other missing,
     unexpected or mis-shaped tensor is an error, because the checkpoint is then for another architecture.
     """
-    from ..train.checkpoint import load_checkpoint
+    from ..runtime.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -444,7 +444,7 @@ def backbone_weights_state(weights: str | os.PathLike, *, depth: str | None = No
     that a weights name is for that ResNet. Every problem is an :class:`IIFError` naming the fix."""
     spec = os.fspath(weights)
     if os.path.isfile(spec):
-        from ..train.checkpoint import safe_load
+        from ..runtime.checkpoint import safe_load
 
         try:
             obj = safe_load(Path(spec), "cpu")

@@ -345,14 +345,13 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     folder; every rank trains (``train_detector``'s DDP) and predicts a share of the val images.
     """
     from ..outputs import check_run_folder, finish_run_folder, refuse_overlap
-    from ..train.distributed import init_distributed
+    from ..runtime.distributed import join_process_group
 
     cfg = load_detection_config(cfg)  # validated copy
     out = Path(out)
     dev = _device(cfg, device)
-    info = init_distributed(torch.device(dev))
-    if info.distributed and dev.startswith("cuda"):
-        dev = f"cuda:{info.local_rank}"
+    dev_t, info = join_process_group(torch.device(dev))  # iif.runtime: under torchrun, this rank's GPU
+    dev = dev if dev_t == torch.device(dev) else str(dev_t)
     paths = data_paths(cfg)  # the data paths exist (cheap), then:
     inputs = detection_inputs(cfg)
     if info.is_main:  # before any work: the folder policy, and no output over what the run reads
@@ -387,7 +386,7 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
         atomic_write_json(work / METRICS_FILE, metrics)
         finish_run_folder(work, out, inputs=inputs)  # re-checks ``out`` at the moment of the swap
     if info.distributed:
-        from ..train.distributed import barrier, cleanup_distributed
+        from ..runtime.distributed import barrier, cleanup_distributed
 
         barrier(info)
         cleanup_distributed(info)

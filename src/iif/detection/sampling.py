@@ -32,6 +32,7 @@ from torch.utils.data import Sampler
 from ..errors import IIFError
 from ..frequency import ClassFrequency
 from ..readers import index_of as _index_of, int_column as _int_column, read_json as _read_json
+from ..runtime.distributed import rank_share
 
 __all__ = ["repeat_factors", "RepeatFactorSampler", "ROUNDINGS"]
 
@@ -180,13 +181,7 @@ class RepeatFactorSampler(Sampler[int]):
     def _rank_indices(self) -> np.ndarray:
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
-        indices = self.epoch_indices()
-        n = indices.size
-        if n:
-            total = -(-n // self.num_replicas) * self.num_replicas
-            if total > n:
-                indices = np.concatenate([indices, np.resize(indices, total - n)])
-        mine = indices[self.rank::self.num_replicas]
+        mine = rank_share(self.epoch_indices(), self.rank, self.num_replicas)  # iif.runtime, as the classification samplers
         self._cache = (self.epoch, mine)
         return mine
 

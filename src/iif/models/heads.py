@@ -30,6 +30,7 @@ __all__ = [
     "NormedLinearHead",
     "TauNormHead",
     "LWSHead",
+    "LWSClassifier",
     "build_head",
 ]
 
@@ -196,31 +197,60 @@ class TauNormHead(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}, tau={self.tau}, bias={self.bias is not None}"
 
 
-class LWSHead(nn.Module):
-    """Linear head followed by learnable weight scaling ``alpha_c * z_c`` (LWS, Kang et al. 2020).
+class LWSClassifier(nn.Module):
+    """A classifier followed by one learned scale per class, ``alpha_c * z_c`` (LWS, Kang et al. 2020, paper
+    Table IV): the one LWS classifier of the package (``iif.adjusters.LearnableWeightScaling`` on a head's
+    logits).
 
-    The scaling is ``iif.adjusters.LearnableWeightScaling``. For the decoupled recipe use
-    :meth:`from_linear`, which copies a trained linear head and freezes it so only ``alpha`` learns.
+    Wraps any head (linear, cosine...) because it scales the head's logits; ``weight`` is the head's, so
+    weight-norm plots and tau-norm still see the classifier rows. The scales start at 1, on the head's device
+    and dtype. With ``freeze`` (the decoupled recipe, :mod:`iif.train.decoupled`) only the scales learn.
+    The head is the sub-module ``head`` (state-dict keys ``head.*``, ``lws.scale``); :class:`LWSHead` names
+    its linear head ``linear``.
     """
 
-    def __init__(self, in_features: int, num_classes: int, bias: bool = True) -> None:
+    #: the attribute (and state-dict prefix) of the wrapped head
+    inner = "head"
+
+    def __init__(self, head: nn.Module, *, freeze: bool = True) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.num_classes = num_classes
-        self.linear = nn.Linear(in_features, num_classes, bias=bias)
-        self.lws = LearnableWeightScaling(num_classes)
+        weight = getattr(head, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise IIFError(f"LWS needs a classifier with a (classes, features) weight; {type(head).__name__} has none.")
+        setattr(self, self.inner, head.requires_grad_(False) if freeze else head)
+        self.lws = LearnableWeightScaling(int(weight.shape[0])).to(device=weight.device, dtype=weight.dtype)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.linear.weight
+        return getattr(self, self.inner).weight
 
     def reset_parameters(self) -> None:
-        self.linear.reset_parameters()
+        """The scales back to 1 (the wrapped head keeps its weights)."""
         with torch.no_grad():
             self.lws.scale.fill_(1.0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.lws(self.linear(features))
+        return self.lws(getattr(self, self.inner)(features))
+
+
+class LWSHead(LWSClassifier):
+    """Linear head followed by learnable weight scaling ``alpha_c * z_c`` (LWS, Kang et al. 2020): the head
+    ``lws`` of :func:`build_head`, an :class:`LWSClassifier` around its own ``nn.Linear`` (named ``linear``).
+
+    For the decoupled recipe use :meth:`from_linear`, which copies a trained linear head and freezes it so
+    only ``alpha`` learns.
+    """
+
+    inner = "linear"
+
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True) -> None:
+        super().__init__(nn.Linear(in_features, num_classes, bias=bias), freeze=False)
+        self.in_features = in_features
+        self.num_classes = num_classes
+
+    def reset_parameters(self) -> None:
+        self.linear.reset_parameters()
+        super().reset_parameters()
 
     @classmethod
     def from_linear(cls, linear: nn.Module, freeze_linear: bool = True) -> "LWSHead":

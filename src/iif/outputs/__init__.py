@@ -58,8 +58,8 @@ from .atomic import (TMP_SUFFIX, PathLike, atomic_torch_save, atomic_write_bytes
 from .folder import OutputFolder
 from .marker import MARKER, read_marker, write_marker
 from .overlap import RUN_FILES, PathPairs, checkpoint_inputs, refuse_overlap
-from .run_folder import (RESUMABLE, abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder,
-                         staged_outputs)
+from .run_folder import (RESUMABLE, abandon_run_folder, abandoned_on_failure, check_run_folder, finish_run_folder,
+                         made_by_run, prepare_run_folder, staged_outputs)
 from .swap import RENAME_EXCHANGE, RENAME_NOREPLACE, clean_stale_temporaries, exchange_paths
 
 __all__ = [
@@ -80,6 +80,8 @@ __all__ = [
     "prepare_run_folder",
     "finish_run_folder",
     "abandon_run_folder",
+    "abandoned_on_failure",
+    "made_by_run",
     "clean_stale_temporaries",
     "refuse_overlap",
     "checkpoint_inputs",

@@ -3,9 +3,10 @@ the old output (``--force``) and swapped in when the run finishes (see :mod:`iif
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..errors import IIFError
 from .atomic import PathLike, _make_temp_folder, make_folder
@@ -159,3 +160,24 @@ def abandon_run_folder(work: PathLike, created: bool, written: Iterable[str] = (
     except OSError:
         return False
     return True
+
+
+def made_by_run(work: PathLike, out: PathLike, existed: bool) -> bool:
+    """Whether a run created its folder ``work``: ``out`` did not exist before it (``existed``), or ``work`` is
+    the staging folder :func:`prepare_run_folder` made beside ``out``."""
+    return not existed or _abs(work) != _abs(out)
+
+
+@contextlib.contextmanager
+def abandoned_on_failure(work: PathLike, *, created: bool, written: Iterable[str] = (),
+                         owner: bool = True) -> Iterator[None]:
+    """Run the body; if it raises, :func:`abandon_run_folder` the run folder ``work`` (only when ``owner``: rank
+    0 of a DDP run; ``created``: :func:`made_by_run`) and re-raise. ``iif train`` and ``iif det-train`` wrap
+    what they do before their first checkpoint in it, so a failed start leaves nothing a rerun must
+    ``--force``."""
+    try:
+        yield
+    except BaseException:
+        if owner:
+            abandon_run_folder(work, created=created, written=written)
+        raise

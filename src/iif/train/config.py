@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..runtime.checkpoint import settings_hash
 from .config_checks import SELECT_CHOICES, SELECT_METRICS, validate_config
 from .config_loading import (DETECTION_PREFIX, load_sections, merge_overrides, packaged_configs, read_config_yaml,
                              resolve_config_path)
@@ -89,8 +88,7 @@ def config_hash(cfg: Any, exclude: Iterable[tuple[str, str]] | None = None) -> s
     for section, key in (_HASH_EXCLUDE if exclude is None else exclude):
         if isinstance(d.get(section), dict):
             d[section].pop(key, None)
-    blob = json.dumps(d, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return settings_hash(d)  # iif.runtime: the one fingerprint a resume must match (detection's too)
 
 
 def apply_overrides(cfg: TrainConfig, overrides: Iterable[str]) -> TrainConfig:

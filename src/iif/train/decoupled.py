@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import IIFError
+from ..models.heads import LWSClassifier  # the one LWS classifier (LWSHead is the same module around a linear head)
 from .inference import predict
 
 __all__ = [
@@ -83,35 +84,6 @@ def method_overrides(method: str, variant: str | None = None) -> list[str]:
         return ["decoupled.method=lws", "decoupled.loss=ce", "decoupled.sampler=class_balanced",
                 "decoupled.reinit=false"]
     raise IIFError(f"unknown decoupled method {method!r}; use one of {', '.join(RETRAIN_METHODS)}.")
-
-
-class LWSClassifier(nn.Module):
-    """A frozen classifier followed by one learned scale per class, ``alpha_c * z_c`` (LWS, Kang et al. 2020).
-
-    Works on any head (linear, cosine...) because it scales the head's logits; ``weight`` is the head's, so
-    weight-norm plots and tau-norm still see the classifier rows. The scales start at 1.
-    """
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        from ..adjusters import LearnableWeightScaling
-
-        weight = getattr(head, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise IIFError(f"LWS needs a classifier with a (classes, features) weight; {type(head).__name__} has none.")
-        self.head = head.requires_grad_(False)
-        self.lws = LearnableWeightScaling(int(weight.shape[0])).to(device=weight.device, dtype=weight.dtype)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.head.weight
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.lws.scale.fill_(1.0)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.lws(self.head(features))
 
 
 def reinit_classifier(model: nn.Module) -> None:

@@ -35,14 +35,17 @@ from torch import nn
 
 from ..data.batches import make_train_batches
 from ..errors import IIFError
-from ..outputs import abandon_run_folder, check_run_folder, finish_run_folder, prepare_run_folder, refuse_overlap
+from ..outputs import (abandoned_on_failure, check_run_folder, finish_run_folder, made_by_run, prepare_run_folder,
+                       refuse_overlap)
 from ..resources import check_image_memory, check_threads, set_threads, training_threads
-from ..runtime import NonFiniteLoss, WarmupSchedule, resolve_device  # the one runtime of both tasks
+# the one runtime of both tasks: schedule, device, DDP set-up, checkpoint state and the resume rule
+from ..runtime import NonFiniteLoss, WarmupSchedule, resolve_device, training_state
+from ..runtime.distributed import (DistInfo, barrier, cleanup_distributed, gather_rng_states, join_process_group,
+                                   on_main_rank, per_rank_batch)
 from .advice import check_backbone_advice, check_config_advice, loader_workers
 from .build import StageSpec, build_criterion, build_model_for, build_splits, config_inputs
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
 from .config import TrainConfig, config_hash, config_to_dict, load_config, save_config, validate_config
-from .distributed import DistInfo, barrier, cleanup_distributed, gather_rng_states, init_distributed, per_rank_batch
 from .epoch import train_one_epoch
 from .run_log import TensorBoardLogger, scalar_metrics, write_history_csv, write_json
 from .decoupled import cached_feature_batches, prepare_decoupled_model, set_stage_train_mode
@@ -136,9 +139,7 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
     per_rank_batch(cfg.optim.batch_size, world)
     if cfg.strategy.name == "decoupled":
         per_rank_batch(StageSpec.decoupled(cfg).batch_size, world)
-    info = init_distributed(dev)
-    if dev.type == "cuda" and info.distributed:
-        dev = torch.device("cuda", info.local_rank)
+    dev, info = join_process_group(dev)  # iif.runtime: the process group and this rank's GPU
     old_threads, threads = torch.get_num_threads(), None
     try:
         if splits is None:
@@ -162,13 +163,10 @@ def fit(cfg: TrainConfig | str | dict, out_dir: str | os.PathLike | None = None,
             return runners[strategy](None)
         existed = out.exists()
         work = _prepare_out(out, force, resume, info)
-        try:
+        # failed before its first checkpoint (e.g. a refused checkpoint): rank 0 leaves nothing behind
+        with abandoned_on_failure(work, created=made_by_run(work, out, existed), written=START_FILES,
+                                  owner=info.is_main):
             result = runners[strategy](work)
-        except BaseException:
-            if info.is_main:  # failed before its first checkpoint (e.g. a refused checkpoint): leave nothing behind
-                abandon_run_folder(work, created=not existed or os.path.abspath(work) != os.path.abspath(out),
-                                   written=START_FILES)
-            raise
         return _finish_out(result, work, out, info)
     finally:
         if threads is not None:  # a library call leaves the caller's thread count as it found it
@@ -183,15 +181,8 @@ START_FILES = ("config.yaml", "metrics.csv")
 def _prepare_out(out: Path, force: bool, resume: bool, info: DistInfo) -> Path:
     """The folder this run writes into (rank 0 decides, every rank learns it): ``out`` itself, or a
     staging folder beside it when ``force`` replaces an earlier output (see :func:`iif.outputs.prepare_run_folder`)."""
-    work = prepare_run_folder(out, "train", force=force and not resume, resume=resume) if info.is_main else None
-    if info.distributed:
-        import torch.distributed as dist
-
-        box = [None if work is None else str(work)]
-        dist.broadcast_object_list(box, src=0)
-        work = Path(box[0])
-    assert work is not None
-    return work
+    return Path(on_main_rank(info, lambda: str(prepare_run_folder(out, "train", force=force and not resume,
+                                                                   resume=resume))))
 
 
 def _finish_out(result: TrainResult, work: Path, out: Path, info: DistInfo) -> TrainResult:
@@ -530,11 +521,9 @@ def _save_epoch(run: _StageRun, epochs_done: int, improved: bool, row: dict, tb)
 def _checkpoint_state(run: _StageRun, epochs_done: int, extra: dict | None = None) -> dict:
     """Everything ``--resume``, ``iif eval`` and ``iif predict`` need (see :mod:`iif.train.checkpoint`)."""
     cfg, splits = run.cfg, run.splits
-    rngs = gather_rng_states(run.info)
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler is not None else None, "epoch": epochs_done,
-            "rng": rngs[0], "rng_per_rank": rngs, "config": config_to_dict(cfg), "config_hash": run.config_hash,
+    return {**training_state(run.model, run.optimizer, run.scheduler, run.scaler, epochs_done,
+                             gather_rng_states(run.info), rank0_rng=True),  # iif.runtime, detection's too
+            "config": config_to_dict(cfg), "config_hash": run.config_hash,
             "class_counts": [int(c) for c in splits.freq.image_counts], "history": run.history,
             "stage": run.spec.name, "best": run.best,
             "arch": {"arch": cfg.model.arch, "head": cfg.model.head, "num_classes": splits.num_classes},

@@ -1,0 +1,200 @@
+"""iif.runtime's checkpoint, resume, DDP and run-folder pieces (issue 16 part 1, "one runtime") and the one LWS
+classifier / sampler share (part 4): each against values worked out by hand or by an independent route, and
+that classification and detection call the very same objects."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import iif.data.samplers as samplers
+import iif.detection.engine as det_engine
+import iif.detection.sampling as det_sampling
+import iif.runtime as runtime
+import iif.runtime.distributed as rdist
+import iif.train.checkpoint as train_checkpoint
+import iif.train.config as train_config
+import iif.train.distributed as train_distributed
+import iif.train.engine as train_engine
+from iif.errors import IIFError
+from iif.outputs import abandoned_on_failure, made_by_run, prepare_run_folder
+
+# --------------------------------------------------------------------------------- one object, both tasks
+
+
+def test_both_tasks_use_the_same_runtime_objects():
+    assert train_checkpoint.load_checkpoint is det_engine.load_checkpoint is runtime.load_checkpoint
+    assert train_checkpoint.restore_training_state is det_engine.restore_training_state
+    assert train_engine.training_state is det_engine.training_state is runtime.training_state
+    assert train_config.settings_hash is det_engine.settings_hash is runtime.settings_hash
+    assert det_engine.check_same_settings is runtime.check_same_settings
+    assert train_engine.join_process_group is det_engine.join_process_group is rdist.join_process_group
+    assert train_distributed.init_distributed is rdist.init_distributed
+    assert train_distributed.per_rank_batch is rdist.per_rank_batch
+    assert samplers.rank_share is det_sampling.rank_share is runtime.rank_share
+    import iif.models as models
+    import iif.train.decoupled as decoupled
+
+    assert decoupled.LWSClassifier is models.LWSClassifier
+    assert issubclass(models.LWSHead, models.LWSClassifier)
+
+
+# ----------------------------------------------------------------------------------- resume fingerprint
+
+
+def test_settings_hash_is_sha256_of_sorted_json_by_hand():
+    # the string json.dumps(sort_keys=True, default=str) writes, typed out by hand
+    text = '{"a": [1, 2], "b": 0.5, "p": "x/y"}'
+    want = hashlib.sha256(text.encode()).hexdigest()[:16]
+    from pathlib import PurePosixPath
+
+    assert runtime.settings_hash({"p": PurePosixPath("x/y"), "b": 0.5, "a": [1, 2]}) == want
+    assert len(want) == 16 and runtime.settings_hash({"a": [1, 2], "b": 0.5, "p": "x/y"}) == want
+
+
+def test_classification_config_hash_is_the_shared_fingerprint_of_its_dict():
+    cfg = {"optim": {"lr": 0.1}, "runtime": {"out_dir": "runs/x", "seed": 3}}
+    # runtime.out_dir is not hashed (it changes nothing the run computes)
+    text = '{"optim": {"lr": 0.1}, "runtime": {"seed": 3}}'
+    assert train_config.config_hash(cfg) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_check_same_settings_rule():
+    check = runtime.check_same_settings
+    check("abc", "abc", "never")
+    check("abc", "def", "never", force=True)             # --force resumes anyway
+    check(None, "def", "never")                           # a checkpoint without a fingerprint (older runs)
+    with pytest.raises(IIFError, match="^changed$"):
+        check("abc", "def", "changed")
+    with pytest.raises(IIFError, match="^missing$"):      # detection's checkpoints must carry one
+        check(None, "def", "missing", missing_ok=False)
+
+
+def test_classification_resume_message_is_unchanged():
+    ckpt = {"config_hash": "1111", "path": "run/last.pt"}
+    with pytest.raises(IIFError) as err:
+        train_checkpoint.check_resume_compatible(ckpt, "2222")
+    assert str(err.value) == (
+        "cannot resume from run/last.pt: it was written with config hash 1111, the current config hashes to 2222. "
+        "Use the same config and overrides, or pass --force to resume anyway (results will not match an "
+        "uninterrupted run).")
+    train_checkpoint.check_resume_compatible(ckpt, "2222", force=True)
+    train_checkpoint.check_resume_compatible({"path": "p"}, "2222")
+
+
+def test_training_state_keys_in_order():
+    model = nn.Linear(2, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    rngs = [{"r": 0}, {"r": 1}]
+    st = runtime.training_state(model, opt, sched, None, 4, rngs)
+    assert list(st) == ["model", "optimizer", "scheduler", "scaler", "epoch", "rng_per_rank"]
+    assert st["scaler"] is None and st["epoch"] == 4 and st["rng_per_rank"] is rngs
+    assert torch.equal(st["model"]["weight"], model.weight)
+    st = runtime.training_state(model, opt, sched, None, 4, rngs, rank0_rng=True)
+    assert list(st) == ["model", "optimizer", "scheduler", "scaler", "epoch", "rng", "rng_per_rank"]
+    assert st["rng"] == {"r": 0}
+
+
+# ------------------------------------------------------------------------------------------------- DDP
+
+
+def test_rank_share_pads_by_wrapping_and_strides_by_hand():
+    idx = np.array([7, 8, 9, 10, 11])
+    # 5 indices over 2 ranks: padded with the first one -> [7, 8, 9, 10, 11, 7]
+    assert rdist.padded_to_multiple(idx, 2).tolist() == [7, 8, 9, 10, 11, 7]
+    assert runtime.rank_share(idx, 0, 2).tolist() == [7, 9, 11]
+    assert runtime.rank_share(idx, 1, 2).tolist() == [8, 10, 7]
+    # 5 over 4 ranks: three padded -> [7, 8, 9, 10, 11, 7, 8, 9]
+    assert [runtime.rank_share(idx, r, 4).tolist() for r in range(4)] == [[7, 11], [8, 7], [9, 8], [10, 9]]
+    # a tensor the same way; 2 over 7 ranks wraps more than once
+    t = torch.tensor([3, 4])
+    assert rdist.padded_to_multiple(t, 7).tolist() == [3, 4, 3, 4, 3, 4, 3]
+    assert runtime.rank_share(t, 6, 7).tolist() == [3]
+    assert runtime.rank_share(np.array([], dtype=np.int64), 1, 3).tolist() == []
+    assert runtime.rank_share(idx, 0, 1).tolist() == idx.tolist()
+
+
+def test_samplers_shards_are_the_epoch_list_split_by_rank():
+    # classification's and detection's samplers, two ranks: the union of the shards is the padded epoch list
+    targets = [0, 0, 0, 1, 1, 2, 2]
+    for r in range(2):
+        s = samplers.build_sampler("random", targets, num_replicas=2, rank=r, seed=5)
+        g = s.global_indices()
+        assert len(g) == 8 and g[7] == g[0] and sorted(g[:7].tolist()) == list(range(7))
+        assert list(s) == g[r::2].tolist()
+    rfs = [det_sampling.RepeatFactorSampler([1.0, 2.0, 1.0], num_replicas=2, rank=r, seed=1, rounding="ceil")
+           for r in range(2)]
+    epoch = rfs[0].epoch_indices()  # 4 copies: image 1 twice
+    assert sorted(epoch.tolist()) == [0, 1, 1, 2]
+    assert list(rfs[0]) == epoch[0::2].tolist() and list(rfs[1]) == epoch[1::2].tolist()
+
+
+def test_join_process_group_and_on_main_rank_single_process(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dev, info = runtime.join_process_group("cpu")
+    assert dev == torch.device("cpu") and (info.rank, info.world_size, info.distributed) == (0, 1, False)
+    assert runtime.on_main_rank(info, lambda: "folder") == "folder"
+    with pytest.raises(IIFError, match="^refused$"):
+        runtime.on_main_rank(info, lambda: (_ for _ in ()).throw(IIFError("refused")))
+    with pytest.raises(IIFError, match="is not a device name"):
+        runtime.join_process_group("gpu0")
+
+
+# -------------------------------------------------------------------------------------------- run folder
+
+
+def test_made_by_run(tmp_path):
+    out = tmp_path / "run"
+    assert made_by_run(out, out, existed=False)
+    assert not made_by_run(out, out, existed=True)
+    assert made_by_run(tmp_path / ".run.stage", out, existed=True)
+    assert not made_by_run(tmp_path / "x" / ".." / "run", out, existed=True)  # the same folder, spelled otherwise
+
+
+def test_abandoned_on_failure_removes_only_a_fresh_start(tmp_path):
+    out = tmp_path / "run"
+    work = prepare_run_folder(out, "train")
+    (work / "config.yaml").write_text("x")
+    with pytest.raises(RuntimeError):
+        with abandoned_on_failure(work, created=made_by_run(work, out, False), written=("config.yaml",)):
+            raise RuntimeError("boom")
+    assert not out.exists()
+    # another rank (owner=False) touches nothing; a success leaves the folder
+    work = prepare_run_folder(out, "train")
+    with pytest.raises(RuntimeError):
+        with abandoned_on_failure(work, created=True, owner=False):
+            raise RuntimeError("boom")
+    assert out.is_dir()
+    with abandoned_on_failure(work, created=True):
+        pass
+    assert out.is_dir()
+
+
+# ----------------------------------------------------------------------------------------------- LWS
+
+
+def test_one_lws_classifier_wraps_any_head_by_hand():
+    from iif.models import CosineHead, LWSClassifier, LWSHead
+
+    head = CosineHead(3, 4, scale=2.0)
+    lws = LWSClassifier(head)
+    assert [k for k in lws.state_dict()] == ["head.weight", "lws.scale"]  # decoupled stage-2 checkpoints' keys
+    assert [n for n, p in lws.named_parameters() if p.requires_grad] == ["lws.scale"]
+    assert lws.weight is head.weight
+    with torch.no_grad():
+        lws.lws.scale.copy_(torch.tensor([1.0, 3.0, 0.5, -2.0]))
+    x = torch.randn(5, 3)
+    assert torch.allclose(lws(x), head(x) * torch.tensor([1.0, 3.0, 0.5, -2.0]))
+    lws.reset_parameters()
+    assert torch.equal(lws.lws.scale, torch.ones(4)) and torch.equal(lws.weight, head.weight)
+    with pytest.raises(IIFError, match="LWS needs a classifier with a"):
+        LWSClassifier(nn.ReLU())
+    # the lws head is the same module around its own linear head, keys as before
+    assert list(LWSHead(3, 4).state_dict()) == ["linear.weight", "linear.bias", "lws.scale"]
+    assert all(p.requires_grad for p in LWSHead(3, 4).parameters())
