@@ -198,3 +198,23 @@ def test_one_lws_classifier_wraps_any_head_by_hand():
     # the lws head is the same module around its own linear head, keys as before
     assert list(LWSHead(3, 4).state_dict()) == ["linear.weight", "linear.bias", "lws.scale"]
     assert all(p.requires_grad for p in LWSHead(3, 4).parameters())
+
+
+# ------------------------------------------------------------------------------------------- epoch sums
+
+
+def test_epoch_sums_by_hand():
+    from iif.runtime.progress import EpochSums
+
+    sums = EpochSums(torch.device("cpu"), ("loss", "correct"))
+    sums.count(2)
+    sums.add("loss", torch.tensor(0.5, dtype=torch.float64) * 2)
+    sums.add("correct", torch.tensor(1.0, dtype=torch.float64))
+    sums.count(3)
+    sums.add("loss", torch.tensor(0.25, dtype=torch.float64) * 3)
+    sums.add("loss_box", torch.tensor(4.0, dtype=torch.float64))  # a key first seen mid-epoch
+    totals, images, seconds = sums.reduce()
+    assert totals == {"loss": 1.75, "correct": 1.0, "loss_box": 4.0} and list(totals) == ["loss", "correct", "loss_box"]
+    assert images == 5.0 and seconds >= 0.0
+    empty, n, _ = EpochSums(torch.device("cpu"), ("loss",)).reduce()
+    assert empty == {"loss": 0.0} and n == 0.0

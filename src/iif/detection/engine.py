@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +34,7 @@ from ..runtime import (AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finit
                        load_checkpoint, optimizer_step, resolve_device, restore_training_state, settings_hash,
                        training_state)
 from ..runtime.distributed import DistInfo, all_reduce_sum, gather_rng_states, join_process_group
+from ..runtime.progress import EpochSums
 from ..outputs import atomic_torch_save  # the one home of atomic writes
 from .data import collate
 
@@ -266,9 +266,7 @@ def train_one_epoch(run: _DetRun, epoch: int) -> dict:
         run.sampler.set_epoch(epoch)
     run.net.train()
     reduce = functools.partial(all_reduce_sum, info=info) if info.distributed else None  # every rank stops together
-    sums: dict[str, torch.Tensor] = {}
-    seen = 0
-    start = time.perf_counter()
+    sums = EpochSums(dev)  # iif.runtime: reduced over the ranks once, classification's too
     for step, (images, targets) in enumerate(run.loader):
         images = [im.to(dev, non_blocking=True) for im in images]
         targets = _to_device(targets, dev)
@@ -283,22 +281,18 @@ def train_one_epoch(run: _DetRun, epoch: int) -> dict:
         optimizer_step(loss, run.optimizer, run.scheduler, scaler=run.scaler, clip_grad_norm=run.clip_grad_norm,
                        params=run.params)
         n = len(images)
-        seen += n
+        sums.count(n)
         for k, v in (("loss", loss), *losses.items()):
-            sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64, device=dev)) + v.detach().double() * n
+            sums.add(k, v.detach().double() * n)
         if run.log_every and info.is_main and step % run.log_every == 0:
             run.log(f"epoch {epoch + 1}/{run.epochs} iter {step + 1}/{len(run.loader)} loss "
                     f"{float(loss.detach()):.4f} lr {run.optimizer.param_groups[0]['lr']:.3g}")
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - start
-    keys = sorted(sums)
-    totals = all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(seen), dtype=torch.float64,
-                                                                                 device=dev)]), info)
-    images_total = max(float(totals[-1]), 1.0)
+    totals, images, seconds = sums.reduce(info)
+    keys = sorted(totals)
+    images_total = max(images, 1.0)
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
-           **{k: float(totals[i]) / images_total for i, k in enumerate(keys)},
-           "images": int(totals[-1]), "seconds": seconds, "images_per_s": images_total / max(seconds, 1e-9)}
+           **{k: totals[k] / images_total for k in keys},
+           "images": int(images), "seconds": seconds, "images_per_s": images_total / max(seconds, 1e-9)}
     if info.is_main:
         run.log(f"epoch {epoch + 1}/{run.epochs} loss {row['loss']:.4f} "
                 + " ".join(f"{k[5:] if k.startswith('loss_') else k} {row[k]:.3f}" for k in keys if k != "loss")

@@ -249,9 +249,13 @@ def _backbone_weights(cfg: DetectionConfig, load: bool, log) -> dict[str, Any]:
 
 
 def _device(cfg: DetectionConfig, override: str | None = None) -> str:
+    """The device name det-train uses: ``auto`` resolved by :func:`iif.runtime.resolve_device` (the one rule),
+    a ``cuda`` name refused in det-train's words when there is no CUDA device."""
+    from ..runtime import resolve_device
+
     dev = override or cfg.runtime.device
     if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(dev))
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise IIFError(f"runtime.device is {dev} but CUDA is not available here; set runtime.device=cpu.")
     return dev
@@ -474,7 +478,7 @@ def evaluate_run(run: str | os.PathLike, *, data: str | os.PathLike | None = Non
     post-hoc) or apply ``overrides``, predict the val set (``data``: another data folder) and evaluate.
     Writes ``out`` (the metrics json) and ``detections_out`` (the result dicts) atomically when given; returns
     the metrics (det-bench row keys first)."""
-    from ..train.checkpoint import load_checkpoint
+    from ..runtime.checkpoint import load_checkpoint
     from .margins import use_margin
 
     cfg_path, ckpt_path = _find_run(run)

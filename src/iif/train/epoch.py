@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import functools
 import sys
-import time
 from typing import Callable, TextIO
 
 import torch
 from torch import nn
 
 from ..runtime import NonFiniteLoss, autocast, check_finite_loss, optimizer_step
+from ..runtime.progress import EpochSums
 from .distributed import DistInfo, all_reduce_sum
 
 # NonFiniteLoss and autocast live in iif.runtime (one of each for both tasks); named here for old imports.
@@ -57,10 +57,7 @@ def train_one_epoch(
     info = info or DistInfo()
     # every rank must stop together on a NaN/inf loss, or the others hang in the next all-reduce
     reduce = functools.partial(all_reduce_sum, info=info) if info.distributed else None
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
-    start = time.perf_counter()
+    sums = EpochSums(device, ("loss", "correct"))  # iif.runtime: reduced over the ranks once, detection's too
     bar = progress_bar(batches, progress, desc or f"epoch {epoch + 1}")
     show = not isinstance(bar, _NoBar)  # postfix values cost a host sync: only for a visible bar
     for step, (x, y) in enumerate(bar):
@@ -77,19 +74,18 @@ def train_one_epoch(
         check_finite_loss(loss, epoch, step, reduce=reduce)  # iif.runtime: NonFiniteLoss before the update
         optimizer_step(loss, optimizer, scheduler, scaler=scaler)
         n = y.shape[0]
-        seen += n
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum().double()
+        sums.count(n)
+        sums.add("loss", loss.detach().double() * n)
+        sums.add("correct", (logits.detach().argmax(1) == y).sum().double())
         if show and (step % max(log_every, 1) == 0):
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.1f}",
+            seen = sums.seen
+            bar.set_postfix(loss=f"{sums.sums['loss'].item() / seen:.4f}",
+                            acc=f"{100 * sums.sums['correct'].item() / seen:.1f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    totals = all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)]), info)
-    total_seen = max(float(totals[2]), 1.0)
-    return {"train_loss": float(totals[0]) / total_seen, "train_acc": 100.0 * float(totals[1]) / total_seen,
-            "images": int(totals[2]), "seconds": seconds, "images_per_s": float(totals[2]) / max(seconds, 1e-9)}
+    totals, images, seconds = sums.reduce(info)
+    total_seen = max(images, 1.0)
+    return {"train_loss": totals["loss"] / total_seen, "train_acc": 100.0 * totals["correct"] / total_seen,
+            "images": int(images), "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
 
 
 def _is_terminal(stream) -> bool:
