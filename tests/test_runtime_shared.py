@@ -218,3 +218,48 @@ def test_epoch_sums_by_hand():
     assert images == 5.0 and seconds >= 0.0
     empty, n, _ = EpochSums(torch.device("cpu"), ("loss",)).reduce()
     assert empty == {"loss": 0.0} and n == 0.0
+
+
+def _two_ranks(rank: int, port: int, fail: bool, queue) -> None:
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    dev, info = runtime.join_process_group("cpu")
+    calls = []
+
+    def make():
+        calls.append(rank)
+        if fail:
+            raise IIFError("folder refused; use --force")
+        return f"folder-of-rank-{rank}"
+
+    try:
+        got = runtime.on_main_rank(info, make)
+    except IIFError as exc:
+        got = f"error: {exc}"
+    queue.put((rank, info.world_size, str(dev), got, calls))
+    rdist.cleanup_distributed(info)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True])
+def test_on_main_rank_two_gloo_processes(fail):
+    # two forked ranks (gloo): only rank 0 runs make(); both get its value, or both raise its one-line error
+    import multiprocessing
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_two_ranks, args=(r, port, fail, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    want = "error: folder refused; use --force" if fail else "folder-of-rank-0"
+    assert results == [(0, 2, "cpu", want, [0]), (1, 2, "cpu", want, [])]
