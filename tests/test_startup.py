@@ -9,6 +9,7 @@ loaded machine. The public API stays whole: every name in ``iif.__all__`` resolv
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -87,6 +88,24 @@ def test_stats_counts_without_torch(tmp_path):
     assert got["heavy"] == []
     report = json.loads(got["out"])
     assert (report["num_classes"], report["num_images"], report["imbalance_factor"]) == (3, 555, 500 / 5)
+
+
+@pytest.mark.parametrize("variant", ["smooth", "normit"])
+def test_weights_computes_without_torch(tmp_path, variant):
+    """``iif weights`` evaluates Table III with numpy (normit: scipy's ndtri) and prints what iif_weights gives."""
+    source = tmp_path / "labels.txt"
+    source.write_text("0\n0\n0\n1\n1\n2\n3\n")  # counts [3, 2, 1, 1], K = 7
+    got = _modules_after(f"import iif.cli\nassert iif.cli.main(['weights', {str(source)!r}, '--variant', {variant!r}, "
+                         "'--format', 'json']) == 0")
+    assert got["heavy"] == []
+    weights = json.loads(got["out"])["weights"]
+    from iif.weights import iif_weights
+
+    assert weights == iif_weights([3, 2, 1, 1], variant).tolist()  # the float32 values, bit for bit
+    if variant == "smooth":  # by hand: ln((K + 1) / (n + 1)) + 1, rounded to float32
+        import numpy as np
+
+        assert weights == [float(np.float32(math.log(8 / (n + 1)) + 1)) for n in (3, 2, 1, 1)]
 
 
 def test_submodules_import_iif_used_to_load_stay_attributes():

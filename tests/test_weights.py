@@ -293,3 +293,89 @@ def test_weight_vector_keeps_float64_and_refuses_non_finite():
         as_weight_vector([1.0, float("inf")])
     with pytest.raises(IIFError, match="1-D vector"):
         as_weight_vector([[1.0]])
+
+
+# ---------------------------------------------------------------- the torch-free route (iif weights)
+
+
+def test_the_formulas_run_on_numpy_arrays_too():
+    """One table, two array libraries: numpy arrays give numpy arrays with the hand values (zero -> inf)."""
+    from iif.weights import VARIANT_TABLE
+
+    n = np.array([35.0, 25.0, 9.0, 3.0, 1.0, 0.0])
+    for name, row in VARIANT_TABLE.items():
+        got = row.weight(n[:-1], 73.0)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
+        np.testing.assert_allclose(got, [by_hand(name, c, 73.0) for c in n[:-1]], rtol=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's divide-by-zero warning must not reach iif weights' stderr
+        from iif.weights import _numpy_weights_from_counts
+
+        assert _numpy_weights_from_counts(n, "raw", 73.0)[-1] == np.inf
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kwargs", [{}, {"norm": "mean"}, {"norm": 2.0, "background": "first"},
+                                    {"total": 1000, "background": "last", "background_weight": 0.5}])
+def test_array_route_gives_iif_weights_float32_values(variant, kwargs):
+    from iif.weights import iif_weights_array
+
+    rng = np.random.default_rng(len(variant))
+    counts = rng.integers(1, 200, size=300).tolist()
+    got = iif_weights_array(counts, variant, **kwargs)
+    want = iif_weights(counts, variant, **kwargs)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and want.dtype == torch.float32
+    assert np.array_equal(got, want.numpy())  # bit for bit
+
+
+def test_array_route_keeps_the_errors_and_the_warning():
+    from iif.weights import iif_weights_array
+
+    with pytest.raises(IIFError, match=r"^Variant 'raw' is infinite for classes with zero count \[1\]"):
+        iif_weights_array([3, 0], "raw")
+    with pytest.raises(IIFError, match="non-positive weights for classes \\[0\\]"):
+        iif_weights_array([8, 2], "relative")
+    with pytest.warns(UserWarning, match="allow_negative=True") as rec:
+        got = iif_weights_array([8, 2], "relative", allow_negative=True)
+    assert rec[0].filename == __file__
+    with pytest.warns(UserWarning, match="allow_negative=True"):
+        assert got.tolist() == iif_weights([8, 2], "relative", allow_negative=True).tolist()
+    assert got[0] == np.float32(math.log(2 / 8)) and got[1] == np.float32(math.log(8 / 2))
+
+
+def test_float32_certainty_guard():
+    """A value on a float32 rounding boundary (the midpoint of two neighbours) is not certain; a float32 is."""
+    from iif.weights import _float32_is_certain
+
+    one = np.array([1.0])
+    mid = np.array([1.0 + 2.0**-24])  # halfway between 1 and the next float32
+    assert _float32_is_certain(one, one)
+    assert not _float32_is_certain(mid, mid)
+    assert not _float32_is_certain(np.nextafter(mid, 2.0), mid)  # one float64 ulp above it: still too close
+    assert _float32_is_certain(mid + 2.0**-30, mid)  # 2**-30 away (a 128th of a float32 ulp): clear of it
+    assert not _float32_is_certain(np.array([np.inf]), one)
+    assert not _float32_is_certain(one, np.array([-1.0]))  # negative formula values: torch decides
+
+
+def test_array_route_falls_back_to_torch_when_not_certain(monkeypatch):
+    import iif.weights as weights
+
+    called = []
+    torch_route = weights.weights_from_counts
+    monkeypatch.setattr(weights, "_float32_is_certain", lambda w, f: False)
+    monkeypatch.setattr(weights, "weights_from_counts", lambda *a: called.append(a) or torch_route(*a))
+    got = weights.iif_weights_array([35, 25, 9, 3, 1], "gombit")
+    assert len(called) == 1 and called[0][1:] == ("gombit", 73.0)
+    assert np.array_equal(got, iif_weights([35, 25, 9, 3, 1], "gombit").numpy())
+
+
+def test_iif_weights_keeps_its_types():
+    """A torch tensor in, a float32 tensor out by default; dtype= still chooses; the online formula takes tensors."""
+    from iif.weights import VARIANT_TABLE
+
+    w = iif_weights(torch.tensor([35, 25, 9, 3, 1]), "smooth")
+    assert isinstance(w, torch.Tensor) and w.dtype == torch.float32
+    assert iif_weights([3, 1], dtype=torch.float64).dtype == torch.float64
+    k = torch.tensor(4.0, dtype=torch.float64)
+    t = VARIANT_TABLE["smooth"].weight(torch.tensor([3.0, 1.0], dtype=torch.float64), k)
+    assert isinstance(t, torch.Tensor) and t.tolist() == [math.log(5 / 4) + 1, math.log(5 / 2) + 1]

@@ -198,9 +198,21 @@ class ClassFrequency:
         """
         from .weights import iif_weights  # imports torch: only here, so that counting (iif stats) needs none
 
+        return self._weights_by(iif_weights, variant, by, total, kwargs)
+
+    def weights_array(self, variant: str = "smooth", by: str = "image", total=None, **kwargs) -> np.ndarray:
+        """The float32 values of :meth:`weights` as a numpy array, computed without torch where that gives the
+        very same values (:func:`iif.weights.iif_weights_array`; ``iif weights`` uses it). ``kwargs`` as in
+        :meth:`weights`, less ``dtype``."""
+        from .weights import iif_weights_array
+
+        return self._weights_by(iif_weights_array, variant, by, total, kwargs)
+
+    def _weights_by(self, weigh, variant: str, by: str, total, kwargs: dict):
+        """``weigh(counts, variant, total=K, **kwargs)`` with an error about empty classes naming them."""
         counts = self.counts(by)
         try:
-            return iif_weights(counts, variant, total=self.resolve_total(total, by), **kwargs)
+            return weigh(counts, variant, total=self.resolve_total(total, by), **kwargs)
         except IIFError as exc:
             zero = np.flatnonzero(counts == 0)
             if zero.size and "zero count" in str(exc):  # name the classes, not just their indices

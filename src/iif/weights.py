@@ -8,23 +8,31 @@ formulas are the ones the authors' code computes (docs/method.md); the paper pri
 for normit, which is undefined for ``K / IF > 1``, so we use ``-Phi^-1(p)`` as the code does.
 
 The arithmetic runs in float64; :func:`iif_weights` returns float32 unless asked for another dtype.
+Each formula is written once and runs on whatever it is given: torch tensors (on any device: the online
+loss) or numpy arrays. The library's results (:func:`iif_weights`, :func:`weights_from_counts`) are
+evaluated by torch, as they always were; :func:`iif_weights_array` gives the same float32 values with
+numpy alone, so ``iif weights`` starts without importing torch (issue 16, Performance).
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence, Union
 
 import numpy as np
-import torch
 
 from .errors import IIFError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made (about 2 s on a 2-core machine)
+    import torch
 
 __all__ = [
     "VARIANTS",
     "VARIANT_TABLE",
     "Variant",
     "iif_weights",
+    "iif_weights_array",
     "weights_from_counts",
     "variant_formula",
     "as_counts",
@@ -33,44 +41,80 @@ __all__ = [
     "canonical_variant",
 ]
 
-Number = Union[float, torch.Tensor]
+Number = Union[float, "torch.Tensor"]
+Array = Any  # a float64 torch.Tensor or numpy.ndarray: the formulas run on either
 
 
 class Variant(NamedTuple):
-    """One row of Table III: the formula as text, as a function of float64 ``(n, K)`` tensors, and whether
-    it is finite for a class with ``n = 0``."""
+    """One row of Table III: the formula as text, as a function of float64 ``(n, K)`` (tensors or numpy
+    arrays, see :func:`_ops`), and whether it is finite for a class with ``n = 0``."""
 
     formula: str
-    weight: Callable[[torch.Tensor, Number], torch.Tensor]
+    weight: Callable[[Array, Number], Array]
     finite_at_zero: bool
 
 
-def _raw(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return torch.log(k / n)
+class _NumpyOps:
+    """The functions the formulas call, for numpy arrays (``ndtri`` is scipy's, imported on first use)."""
+
+    log, log2, log10, log1p = np.log, np.log2, np.log10, np.log1p
+
+    @staticmethod
+    def ndtri(p: np.ndarray) -> np.ndarray:
+        from scipy.special import ndtri
+
+        return ndtri(p)
 
 
-def _smooth(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return torch.log((k + 1.0) / (n + 1.0)) + 1.0
+class _TorchOps:
+    """The same functions for torch tensors (made once, when the first tensor arrives)."""
+
+    def __init__(self, torch) -> None:
+        self.log, self.log2, self.log10, self.log1p = torch.log, torch.log2, torch.log10, torch.log1p
+        self.ndtri = torch.special.ndtri
 
 
-def _relative(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return torch.log((k - n) / n)
+_TORCH_OPS: list[_TorchOps] = []
 
 
-def _base2(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return torch.log2(k / n)
+def _ops(n: Array):
+    """The namespace the formulas take ``log``/``log2``/``log10``/``log1p``/``ndtri`` from: torch's for a tensor
+    (any device, any caller: the online loss, :func:`iif_weights`), numpy's otherwise."""
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(n, torch.Tensor):
+        if not _TORCH_OPS:
+            _TORCH_OPS.append(_TorchOps(torch))
+        return _TORCH_OPS[0]
+    return _NumpyOps
 
 
-def _base10(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return torch.log10(k / n)
+def _raw(n: Array, k: Number) -> Array:
+    return _ops(n).log(k / n)
 
 
-def _gombit(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return -torch.log(-torch.log1p(-(n / k)))
+def _smooth(n: Array, k: Number) -> Array:
+    return _ops(n).log((k + 1.0) / (n + 1.0)) + 1.0
 
 
-def _normit(n: torch.Tensor, k: Number) -> torch.Tensor:
-    return -torch.special.ndtri(n / k)
+def _relative(n: Array, k: Number) -> Array:
+    return _ops(n).log((k - n) / n)
+
+
+def _base2(n: Array, k: Number) -> Array:
+    return _ops(n).log2(k / n)
+
+
+def _base10(n: Array, k: Number) -> Array:
+    return _ops(n).log10(k / n)
+
+
+def _gombit(n: Array, k: Number) -> Array:
+    xp = _ops(n)
+    return -xp.log(-xp.log1p(-(n / k)))
+
+
+def _normit(n: Array, k: Number) -> Array:
+    return -_ops(n).ndtri(n / k)
 
 
 #: Table III, one entry per variant (in the paper's order): ``VARIANT_TABLE[name].weight(n, K)``.
@@ -89,7 +133,7 @@ VARIANTS: tuple[str, ...] = tuple(VARIANT_TABLE)
 # Aliases used by the authors' code: ``rel`` (classification) and ``prob`` (detection tables).
 _ALIASES = {"rel": "relative", "prob": "relative"}
 
-CountsLike = Union[Sequence[float], np.ndarray, torch.Tensor]
+CountsLike = Union[Sequence[float], np.ndarray, "torch.Tensor"]
 
 
 def canonical_variant(variant: str) -> str:
@@ -106,7 +150,8 @@ def as_counts(counts: CountsLike, what: str = "counts") -> np.ndarray:
     Counts must be finite, non-negative whole numbers; anything else is a bad input with a message
     naming the offending classes.
     """
-    if isinstance(counts, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(counts, torch.Tensor):
         arr = counts.detach().cpu().double().numpy()
     else:
         try:
@@ -139,16 +184,28 @@ def _fmt_idx(idx: np.ndarray, limit: int = 10) -> str:
     return f"[{shown}{', ...' if idx.size > limit else ''}] ({idx.size} in all)"
 
 
-def variant_formula(variant: str) -> Callable[[torch.Tensor, Number], torch.Tensor]:
+def variant_formula(variant: str) -> Callable[[Array, Number], Array]:
     """The Table III formula of ``variant`` (aliases accepted) as a function of float64 tensors ``(n, K)``;
     no validation, so ``n = 0`` gives ``inf`` where the formula does (used on device by the online loss)."""
     return VARIANT_TABLE[canonical_variant(variant)].weight
 
 
 def weights_from_counts(counts: np.ndarray, variant: str, total: float) -> np.ndarray:
-    """The bare Table III formulas on float64 arrays, without validation (see :func:`iif_weights`)."""
+    """The bare Table III formulas on float64 arrays, without validation (see :func:`iif_weights`).
+
+    Evaluated by torch (imported here), so the float64 values are the ones this function always gave
+    (numpy's ``k / n`` and ``log1p``/``ndtri`` may differ from torch's in the last bit).
+    """
+    import torch
+
     n = torch.from_numpy(np.array(counts, dtype=np.float64))
     return variant_formula(variant)(n, float(total)).numpy()
+
+
+def _numpy_weights_from_counts(counts: np.ndarray, variant: str, total: float) -> np.ndarray:
+    """:func:`weights_from_counts` evaluated by numpy (no torch): equal to it within a few float64 ulps."""
+    with np.errstate(all="ignore"):  # n = 0 or n = K give inf/nan, refused by the caller, as torch does silently
+        return np.asarray(variant_formula(variant)(np.array(counts, dtype=np.float64), float(total)), dtype=np.float64)
 
 
 def refuse_zero_counts(counts: np.ndarray, why: str, fix: str = "drop the unseen classes or add 1 to every count") -> None:
@@ -164,6 +221,8 @@ def refuse_zero_counts(counts: np.ndarray, why: str, fix: str = "drop the unseen
 
 def as_weight_vector(values, what: str = "weights") -> torch.Tensor:
     """A non-empty 1-D tensor of finite per-class values that keeps float64 (other dtypes become float32)."""
+    import torch
+
     t = torch.as_tensor(values).detach()
     if t.dim() != 1 or t.numel() == 0:
         raise IIFError(f"{what} must be a non-empty 1-D vector with one entry per class; got shape {tuple(t.shape)}.")
@@ -183,7 +242,7 @@ def iif_weights(
     background_weight: float = 1.0,
     norm: float | str | None = None,
     allow_negative: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Per-class IIF weights ``w_c`` (paper Eq. 12 and Table III, formulas in :data:`VARIANT_TABLE`).
 
@@ -202,12 +261,66 @@ def iif_weights(
             (the authors' ``--iif_norm p``); ``None`` (default) keeps the paper's weights.
         allow_negative: negative weights flip the sign of a logit, so they are refused unless this
             is True (relative/normit/gombit give them when a class holds a large share of ``K``).
-        dtype: of the result; computed in float64 either way (pass ``torch.float64`` to keep every digit,
-            e.g. for float64 logits).
+        dtype: of the result, ``torch.float32`` when None; computed in float64 either way (pass
+            ``torch.float64`` to keep every digit, e.g. for float64 logits).
 
     Returns:
         tensor of shape ``(C,)``, or ``(C + 1,)`` with a background entry.
     """
+    import torch
+
+    w, _ = _weights64(weights_from_counts, counts, variant, total, background, background_weight, norm, allow_negative)
+    return torch.as_tensor(w, dtype=torch.float32 if dtype is None else dtype)
+
+
+def iif_weights_array(
+    counts: CountsLike,
+    variant: str = "smooth",
+    total: float | None = None,
+    background: str | None = None,
+    background_weight: float = 1.0,
+    norm: float | str | None = None,
+    allow_negative: bool = False,
+) -> np.ndarray:
+    """The float32 weights :func:`iif_weights` returns (same arguments, same errors), as a numpy array and
+    without importing torch where that gives the very same float32 values (``iif weights`` uses it).
+
+    The formulas are evaluated by numpy, whose float64 results may differ from torch's in the last bits
+    (torch computes ``K / n`` as ``(1 / n) * K``; ``log1p``, ``ndtri`` are other implementations). Rounded
+    to float32 they are the same unless a weight lies within a hair (thousands of float64 ulps) of a point
+    where float32 rounding changes; then, and for ``allow_negative`` (whose weights may
+    cancel in a norm), torch evaluates them, so the values always equal ``iif_weights(...).numpy()``
+    (:func:`_float32_is_certain` states the bound).
+    """
+    weigh = weights_from_counts if allow_negative else _numpy_weights_from_counts
+    w, formula = _weights64(weigh, counts, variant, total, background, background_weight, norm, allow_negative)
+    if weigh is _numpy_weights_from_counts and not _float32_is_certain(w, formula):
+        w, _ = _weights64(weights_from_counts, counts, variant, total, background, background_weight, norm, allow_negative)
+    return w.astype(np.float32)
+
+
+def _float32_is_certain(w: np.ndarray, formula: np.ndarray) -> bool:
+    """Whether torch's evaluation of the weights ``w`` (numpy's, positive) surely rounds to the same float32.
+
+    Bound on how far torch's value of each formula output ``f`` may be from numpy's: ``2**-41 * |f|`` (4,096
+    ulps; the libraries' logs, log1p and ndtri are accurate to a few) plus ``2**-48`` (the outer log of gombit
+    near 0 turns a relative error of its argument into an absolute one). A mean or p-norm of positive weights
+    adds at most the largest relative error again, so every ``w`` gets twice the largest relative bound; the
+    answer is yes when the float64 interval ``w * (1 +- bound)`` holds a single float32.
+    """
+    if not (np.all(np.isfinite(w)) and np.all(formula > 0)):
+        return False
+    bound = 2.0 * float(np.max(2.0**-41 + 2.0**-48 / formula))
+    margin = bound * np.abs(w)
+    return bool(np.array_equal((w - margin).astype(np.float32), (w + margin).astype(np.float32)))
+
+
+def _weights64(weigh: Callable[[np.ndarray, str, float], np.ndarray], counts: CountsLike, variant: str,
+               total: float | None, background: str | None, background_weight: float, norm: float | str | None,
+               allow_negative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`iif_weights` in float64 with the Table III formulas evaluated by ``weigh`` (torch's
+    :func:`weights_from_counts` or numpy's): validation, formula, sign check, norm, background entry.
+    Returns the weights and the formula's outputs (before norm and background)."""
     name = canonical_variant(variant)
     n = as_counts(counts)
     k = _checked_total(n, total)
@@ -215,12 +328,12 @@ def iif_weights(
         refuse_zero_counts(
             n, f"Variant {name!r} is infinite", "use variant='smooth', which is finite for unseen classes, or drop those classes"
         )
-    w = weights_from_counts(n, name, k)
-    _check_weights(w, name, k, allow_negative)
-    w = _normalised(w, norm)
+    formula = weigh(n, name, k)
+    _check_weights(formula, name, k, allow_negative)
+    w = _normalised(formula, norm)
     if background is not None:
         w = _with_background(w, background, background_weight)
-    return torch.as_tensor(w, dtype=dtype)
+    return w, formula
 
 
 def _checked_total(n: np.ndarray, total: float | None) -> float:
@@ -263,7 +376,7 @@ def _check_weights(w: np.ndarray, name: str, k: float, allow_negative: bool) -> 
         )
         if not allow_negative:
             raise IIFError(msg + "use 'smooth' or 'raw', or pass allow_negative=True if you mean it.")
-        warnings.warn(msg + "using them because allow_negative=True.", stacklevel=3)
+        warnings.warn(msg + "using them because allow_negative=True.", stacklevel=4)  # the caller of iif_weights
 
 
 def _normalised(w: np.ndarray, norm: float | str | None) -> np.ndarray:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..frequency import ClassFrequency
 
 # The variant names of iif.weights.VARIANTS, in its order, restated for --help so that building the parser does
-# not import torch (iif.weights needs it); tests/test_startup.py checks that the two agree.
+# not import numpy either; tests/test_startup.py checks that the two agree.
 VARIANT_NAMES = ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
 
 __all__ = ["register", "run", "render"]
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         freq = ClassFrequency.from_source(args.source)
         k = freq.resolve_total(args.total, args.by)
-        w = freq.weights(variant, by=args.by, total=k, background=args.background, norm=args.norm,
-                         allow_negative=args.allow_negative)
+        w = freq.weights_array(variant, by=args.by, total=k, background=args.background, norm=args.norm,
+                               allow_negative=args.allow_negative)  # float32, as freq.weights, without torch
     train = train_split_of(args.source) if os.path.isdir(args.source) else None
     if train is not None:
         print(f"iif weights: counting {train}, the train split of {args.source}", file=sys.stderr)
