@@ -239,7 +239,9 @@ def _two_ranks(rank: int, port: int, fail: bool, queue) -> None:
         got = runtime.on_main_rank(info, make)
     except IIFError as exc:
         got = f"error: {exc}"
-    queue.put((rank, info.world_size, str(dev), got, calls))
+    group = rdist.current_group()  # the live group, as detection's predict and RepeatFactorSampler read it
+    share = list(det_sampling.RepeatFactorSampler([1.0, 1.0, 1.0], seed=0, shuffle=False))  # [0,1,2] + pad [0]
+    queue.put((rank, info.world_size, str(dev), got, calls, (group.rank, group.world_size), share))
     rdist.cleanup_distributed(info)
 
 
@@ -262,4 +264,14 @@ def test_on_main_rank_two_gloo_processes(fail):
     for p in procs:
         p.join(timeout=60)
     want = "error: folder refused; use --force" if fail else "folder-of-rank-0"
-    assert results == [(0, 2, "cpu", want, [0]), (1, 2, "cpu", want, [])]
+    assert results == [(0, 2, "cpu", want, [0], (0, 2), [0, 2]), (1, 2, "cpu", want, [], (1, 2), [1, 0])]
+
+
+def test_current_group_without_a_process_group():
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    g = rdist.current_group()
+    assert (g.rank, g.world_size, g.distributed) == (0, 1, False)
+    assert det_sampling._default_replicas() == (1, 0)
+    assert det_engine.current_group is rdist.current_group

@@ -33,7 +33,7 @@ from ..resources import peak_rss_mb
 from ..runtime import (AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finite_loss, check_same_settings,
                        load_checkpoint, optimizer_step, resolve_device, restore_training_state, settings_hash,
                        training_state)
-from ..runtime.distributed import DistInfo, all_reduce_sum, gather_rng_states, join_process_group
+from ..runtime.distributed import DistInfo, all_reduce_sum, current_group, gather_rng_states, join_process_group
 from ..runtime.progress import EpochSums
 from ..outputs import atomic_torch_save  # the one home of atomic writes
 from .data import collate
@@ -342,12 +342,10 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
         raise IIFError(f"{type(dataset).__name__} has no category_ids (label k -> json id); use "
                        "iif.detection.load_detection_dataset.")
     dev = resolve_device(device)
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    group = current_group()  # iif.runtime: under torchrun each rank predicts a strided share
     part = dataset
-    if distributed:
-        part = Subset(dataset, list(range(dist.get_rank(), len(dataset), dist.get_world_size())))
+    if group.distributed:
+        part = Subset(dataset, list(range(group.rank, len(dataset), group.world_size)))
     model = _unwrap(model).to(dev).eval()
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     results: list[dict] = []
@@ -373,8 +371,10 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
     finally:
         if saved_pool is not None:
             roi_heads.mask_roi_pool = saved_pool
-    if distributed:
-        gathered: list = [None] * dist.get_world_size()
+    if group.distributed:
+        import torch.distributed as dist
+
+        gathered: list = [None] * group.world_size
         dist.all_gather_object(gathered, results)
         results = [r for part_results in gathered for r in part_results]
     return results

@@ -32,7 +32,7 @@ from torch.utils.data import Sampler
 from ..errors import IIFError
 from ..frequency import ClassFrequency
 from ..readers import index_of as _index_of, int_column as _int_column, read_json as _read_json
-from ..runtime.distributed import rank_share
+from ..runtime.distributed import current_group, rank_share
 
 __all__ = ["repeat_factors", "RepeatFactorSampler", "ROUNDINGS"]
 
@@ -85,14 +85,8 @@ def repeat_factors(annotations: str | os.PathLike | Mapping[str, Any], threshold
 
 
 def _default_replicas() -> tuple[int, int]:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank()
-    except ImportError:  # pragma: no cover - torch without distributed
-        pass
-    return 1, 0
+    group = current_group()  # iif.runtime: the process group already joined, else 1 and 0
+    return group.world_size, group.rank
 
 
 class RepeatFactorSampler(Sampler[int]):

@@ -28,8 +28,9 @@ from ..errors import IIFError
 from .checkpoint import capture_rng
 from .device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "join_process_group", "on_main_rank", "padded_to_multiple", "rank_share", "cleanup_distributed",
-           "per_rank_batch", "all_gather_cat", "all_reduce_sum", "barrier", "gather_rng_states"]
+__all__ = ["DistInfo", "init_distributed", "current_group", "join_process_group", "on_main_rank", "padded_to_multiple",
+           "rank_share", "cleanup_distributed", "per_rank_batch", "all_gather_cat", "all_reduce_sum", "barrier",
+           "gather_rng_states"]
 
 
 @dataclass
@@ -65,6 +66,15 @@ def init_distributed(device: torch.device) -> DistInfo:
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local, initialized_here=True)
+
+
+def current_group() -> DistInfo:
+    """Rank and world size of the process group already joined (by :func:`init_distributed` or the caller), or
+    rank 0 of 1 when there is none: what code handed a model or sampler under torchrun reads (detection's
+    ``predict`` and ``RepeatFactorSampler``)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+    return DistInfo()
 
 
 def join_process_group(device: str | torch.device | None) -> tuple[torch.device, DistInfo]:

@@ -47,9 +47,9 @@ class EpochSums:
         self.seen += int(n)
 
     def reduce(self, info=None) -> tuple[dict[str, float], float, float]:
-        """``(totals, images, seconds)``: each key's sum over every rank (:func:`iif.runtime.distributed.all_reduce_sum`,
-        keys in the order first added), the images every rank saw, and this rank's seconds since the sums were
-        made (after waiting for a CUDA device to finish)."""
+        """``(totals, images, seconds)``: each key's sum over every rank
+        (:func:`iif.runtime.distributed.all_reduce_sum`, keys in the order first added), the images every rank
+        saw, and this rank's seconds since the sums were made (after waiting for a CUDA device to finish)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - self.start
