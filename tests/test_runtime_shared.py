@@ -275,3 +275,14 @@ def test_current_group_without_a_process_group():
     assert (g.rank, g.world_size, g.distributed) == (0, 1, False)
     assert det_sampling._default_replicas() == (1, 0)
     assert det_engine.current_group is rdist.current_group
+
+
+def test_wrap_ddp_and_seed_rank_stream_single_process():
+    model = nn.Linear(2, 2)
+    assert rdist.wrap_ddp(model, torch.device("cpu"), rdist.DistInfo()) is model
+    rdist.seed_rank_stream(5, rdist.DistInfo(rank=2, world_size=4))
+    got = torch.rand(3)
+    torch.manual_seed(2006)  # 5 + 1000 * 2 + 1, by hand
+    assert torch.equal(got, torch.rand(3))
+    assert train_engine.seed_rank_stream is det_engine.seed_rank_stream is rdist.seed_rank_stream
+    assert train_engine.wrap_ddp is det_engine.wrap_ddp is rdist.wrap_ddp

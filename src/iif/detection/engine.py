@@ -33,7 +33,8 @@ from ..resources import peak_rss_mb
 from ..runtime import (AMP, NonFiniteLoss, WarmupSchedule, autocast, check_finite_loss, check_same_settings,
                        load_checkpoint, optimizer_step, resolve_device, restore_training_state, settings_hash,
                        training_state)
-from ..runtime.distributed import DistInfo, all_reduce_sum, current_group, gather_rng_states, join_process_group
+from ..runtime.distributed import (DistInfo, all_reduce_sum, current_group, gather_rng_states, join_process_group,
+                                   seed_rank_stream, wrap_ddp)
 from ..runtime.progress import EpochSums
 from ..outputs import atomic_torch_save  # the one home of atomic writes
 from .data import collate
@@ -222,9 +223,7 @@ def _build_run(model: nn.Module, dataset, settings: dict, sampler, dev: torch.de
                                         settings["warmup_factor"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    net = wrap_ddp(model, dev, info)  # iif.runtime, as classification's
     return _DetRun(model, net, loader, sampler, params, optimizer, scheduler, scaler, dev, info, settings, check_hash,
                    settings["epochs_planned"], settings["amp"], settings["clip_grad_norm"], log, log_every,
                    Path(out_dir) if out_dir is not None else None)
@@ -237,7 +236,7 @@ def _restore(run: _DetRun, resume: bool, out_dir, seed: int) -> int:
     if not (resume and path is not None and path.is_file()):
         if resume and run.info.is_main:
             run.log(f"no checkpoint in {out_dir}; starting from scratch")
-        torch.manual_seed(seed + 1000 * run.info.rank + 1)  # per-rank streams (augmentation, RoI sampling)
+        seed_rank_stream(seed, run.info)  # iif.runtime: per-rank streams (augmentation, RoI sampling)
         return 0
     ckpt = load_checkpoint(path, map_location="cpu")
     check_same_settings(ckpt.get("settings_hash"), run.settings_hash, missing_ok=False, message=(

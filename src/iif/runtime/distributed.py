@@ -28,7 +28,8 @@ from ..errors import IIFError
 from .checkpoint import capture_rng
 from .device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "current_group", "join_process_group", "on_main_rank", "padded_to_multiple",
+__all__ = ["DistInfo", "init_distributed", "current_group", "join_process_group", "wrap_ddp", "seed_rank_stream",
+           "on_main_rank", "padded_to_multiple",
            "rank_share", "cleanup_distributed", "per_rank_batch", "all_gather_cat", "all_reduce_sum", "barrier",
            "gather_rng_states"]
 
@@ -85,6 +86,21 @@ def join_process_group(device: str | torch.device | None) -> tuple[torch.device,
     if dev.type == "cuda" and info.distributed:
         dev = torch.device("cuda", info.local_rank)
     return dev, info
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """``module`` in ``DistributedDataParallel`` under torchrun (on this rank's GPU, or CPU/gloo), else itself."""
+    if not info.distributed:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda"
+                                                     else None)
+
+
+def seed_rank_stream(seed: int, info: DistInfo) -> None:
+    """Seed this rank's own torch stream (augmentation, RoI sampling, dropout) for a run that starts fresh:
+    ``seed + 1000 * rank + 1``, so ranks draw differently and rank 0 differs from the model-initialisation seed.
+    A resumed run restores its streams from the checkpoint instead."""
+    torch.manual_seed(seed + 1000 * info.rank + 1)
 
 
 def on_main_rank(info: DistInfo, make: Callable[[], Any]) -> Any:

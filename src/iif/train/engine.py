@@ -41,7 +41,7 @@ from ..resources import check_image_memory, check_threads, set_threads, training
 # the one runtime of both tasks: schedule, device, DDP set-up, checkpoint state and the resume rule
 from ..runtime import NonFiniteLoss, WarmupSchedule, resolve_device, training_state
 from ..runtime.distributed import (DistInfo, barrier, cleanup_distributed, gather_rng_states, join_process_group,
-                                   on_main_rank, per_rank_batch)
+                                   on_main_rank, per_rank_batch, seed_rank_stream, wrap_ddp)
 from .advice import check_backbone_advice, check_config_advice, loader_workers
 from .build import StageSpec, build_criterion, build_model_for, build_splits, config_inputs
 from .checkpoint import check_resume_compatible, load_checkpoint, restore_training_state, save_checkpoint
@@ -386,9 +386,7 @@ def _build_stage(cfg: TrainConfig, splits, spec: StageSpec, out: Path | None, de
 
     # The module that carries gradients: whole model end-to-end, only the head when the backbone is frozen.
     trained = model.classifier if spec.frozen_backbone else model
-    ddp = trained
-    if info.distributed:
-        ddp = torch.nn.parallel.DistributedDataParallel(trained, device_ids=[dev.index] if dev.type == "cuda" else None)
+    ddp = wrap_ddp(trained, dev, info)  # iif.runtime, as detection's
     if spec.frozen_backbone:
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -411,7 +409,7 @@ def _restore_stage(run: _StageRun, resume: bool, force: bool) -> None:
     and reload the best weights from ``best.pt``; otherwise seed this rank's training stream."""
     path = run.path(LAST_CHECKPOINT)
     if not (resume and path is not None and path.is_file()):
-        torch.manual_seed(run.cfg.runtime.seed + 1000 * run.info.rank + 1)
+        seed_rank_stream(run.cfg.runtime.seed, run.info)  # iif.runtime: per-rank streams, as detection's
         return
     ckpt = load_checkpoint(path)
     check_resume_compatible(ckpt, run.config_hash, force)
