@@ -286,3 +286,57 @@ def test_wrap_ddp_and_seed_rank_stream_single_process():
     assert torch.equal(got, torch.rand(3))
     assert train_engine.seed_rank_stream is det_engine.seed_rank_stream is rdist.seed_rank_stream
     assert train_engine.wrap_ddp is det_engine.wrap_ddp is rdist.wrap_ddp
+
+
+def _det_train_folder_ranks(rank: int, port: int, out: str, resume_with_other: bool, queue) -> None:
+    import os
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from iif.detection.config import detection_config_hash, load_detection_config
+    from iif.detection.runs_folder import _open_run_folder
+
+    _, info = runtime.join_process_group("cpu")
+    cfg = load_detection_config("det_bench_softmax")
+    h = detection_config_hash(cfg) if not resume_with_other else "0" * 16
+    try:
+        work, created = _open_run_folder(cfg, Path(out), info, h, resume=resume_with_other, force=False)
+        got = (str(work), created)
+    except IIFError as exc:
+        got = ("error", str(exc))
+    queue.put((rank, got))
+    rdist.cleanup_distributed(info)
+
+
+@pytest.mark.slow
+def test_det_train_run_folder_under_two_gloo_ranks(tmp_path):
+    # det-train's run folder under DDP: rank 0 prepares it and saves config.yaml, rank 1 learns the same folder;
+    # a --resume with another config is refused on both ranks with rank 0's one line
+    import multiprocessing
+    import socket
+
+    def run(resume_with_other):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_det_train_folder_ranks, args=(r, port, str(tmp_path / "run"), resume_with_other,
+                                                                   queue)) for r in range(2)]
+        for p in procs:
+            p.start()
+        results = sorted(queue.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+        return results
+
+    out = str(tmp_path / "run")
+    assert run(False) == [(0, (out, True)), (1, (out, True))]
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    refused = run(True)
+    msg = (f"--resume: {out} was trained with another config ({out}/config.yaml); run with the same config and "
+           "overrides, add --force to resume anyway, or choose another --out.")
+    assert refused == [(0, ("error", msg)), (1, ("error", msg))]
