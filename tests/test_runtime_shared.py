@@ -220,12 +220,36 @@ def test_epoch_sums_by_hand():
     assert empty == {"loss": 0.0} and n == 0.0
 
 
-def _two_ranks(rank: int, port: int, fail: bool, queue) -> None:
-    import os
+def _fork_two_ranks(target, *args) -> list:
+    """Run ``target(rank, *args, queue)`` in two forked processes set up as torchrun sets up ranks 0 and 1 (gloo,
+    a free local port); returns what each put on the queue, sorted (rank first)."""
+    import multiprocessing
+    import socket
 
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def rank_main(rank):
+        import os
+
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        torch.set_num_threads(1)
+        target(rank, *args, queue)
+
+    procs = [ctx.Process(target=rank_main, args=(r,)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
+def _two_ranks(rank: int, fail: bool, queue) -> None:
     dev, info = runtime.join_process_group("cpu")
     calls = []
 
@@ -249,20 +273,7 @@ def _two_ranks(rank: int, port: int, fail: bool, queue) -> None:
 @pytest.mark.parametrize("fail", [False, True])
 def test_on_main_rank_two_gloo_processes(fail):
     # two forked ranks (gloo): only rank 0 runs make(); both get its value, or both raise its one-line error
-    import multiprocessing
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_two_ranks, args=(r, port, fail, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = _fork_two_ranks(_two_ranks, fail)
     want = "error: folder refused; use --force" if fail else "folder-of-rank-0"
     assert results == [(0, 2, "cpu", want, [0], (0, 2), [0, 2]), (1, 2, "cpu", want, [], (1, 2), [1, 0])]
 
@@ -288,12 +299,7 @@ def test_wrap_ddp_and_seed_rank_stream_single_process():
     assert train_engine.wrap_ddp is det_engine.wrap_ddp is rdist.wrap_ddp
 
 
-def _det_train_folder_ranks(rank: int, port: int, out: str, resume_with_other: bool, queue) -> None:
-    import os
-
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
+def _det_train_folder_ranks(rank: int, out: str, resume_with_other: bool, queue) -> None:
     from pathlib import Path
 
     from iif.detection.config import detection_config_hash, load_detection_config
@@ -304,7 +310,9 @@ def _det_train_folder_ranks(rank: int, port: int, out: str, resume_with_other: b
     h = detection_config_hash(cfg) if not resume_with_other else "0" * 16
     try:
         work, created = _open_run_folder(cfg, Path(out), info, h, resume=resume_with_other, force=False)
-        got = (str(work), created)
+        # ``created`` matters on rank 0 only (it alone abandons a failed start); another rank may look after
+        # rank 0 made the folder
+        got = (str(work), created if info.is_main else None)
     except IIFError as exc:
         got = ("error", str(exc))
     queue.put((rank, got))
@@ -315,28 +323,10 @@ def _det_train_folder_ranks(rank: int, port: int, out: str, resume_with_other: b
 def test_det_train_run_folder_under_two_gloo_ranks(tmp_path):
     # det-train's run folder under DDP: rank 0 prepares it and saves config.yaml, rank 1 learns the same folder;
     # a --resume with another config is refused on both ranks with rank 0's one line
-    import multiprocessing
-    import socket
-
-    def run(resume_with_other):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_det_train_folder_ranks, args=(r, port, str(tmp_path / "run"), resume_with_other,
-                                                                   queue)) for r in range(2)]
-        for p in procs:
-            p.start()
-        results = sorted(queue.get(timeout=120) for _ in procs)
-        for p in procs:
-            p.join(timeout=60)
-        return results
-
     out = str(tmp_path / "run")
-    assert run(False) == [(0, (out, True)), (1, (out, True))]
+    assert _fork_two_ranks(_det_train_folder_ranks, out, False) == [(0, (out, True)), (1, (out, None))]
     assert (tmp_path / "run" / "config.yaml").is_file()
-    refused = run(True)
+    refused = _fork_two_ranks(_det_train_folder_ranks, out, True)
     msg = (f"--resume: {out} was trained with another config ({out}/config.yaml); run with the same config and "
            "overrides, add --force to resume anyway, or choose another --out.")
     assert refused == [(0, ("error", msg)), (1, ("error", msg))]
