@@ -221,3 +221,27 @@ def test_pretrain_epochs_reaches_the_cached_pretraining_and_the_default_is_four(
         assert B._model_kwargs(s, data, lambda m: None)["backbone_weights"] == "/weights.pth"
         assert calls[-1].get("epochs") == want and str(calls[-1]["data_root"]) == str(v2)
     assert pretrain.PRETRAIN_DEFAULTS["epochs"] == 4
+
+
+def test_det_bench_device_goes_through_the_shared_resolution(v2, tmp_path, capsys, monkeypatch):
+    """--device is resolved by iif.runtime.resolve_device, as det-train's: a name torch does not know is one line
+    and exit 2 before any work; auto is cpu on a machine without CUDA (the settings handed to the run say so)."""
+    out = tmp_path / "o"
+    code = main(["det-bench", "--data", str(v2), "--out", str(out), "--device", "gpu0", *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a device name" in err[0], err
+    assert not out.exists()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    seen = {}
+
+    class _Stop(Exception):
+        pass
+
+    def stop(s, d, device):
+        seen["device"] = (s.device, device)
+        raise _Stop
+
+    monkeypatch.setattr(B, "_check_memory", stop)
+    with pytest.raises(_Stop):
+        B.run_det_bench(v2, quick=True, out=out, device="auto", overrides=TINY, log=lambda m: None)
+    assert seen["device"] == ("cpu", "cpu")

@@ -428,7 +428,9 @@ def run_det_bench(data: str | os.PathLike | None = None, *, quick: bool = False,
     from . import report as R
 
     folder = OutputFolder(out, command="det-bench", force=force)  # refuses a used --out before any work
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..runtime import resolve_device
+
+    dev = str(resolve_device(device))  # None / "auto": cuda when available; an unknown name is one line
     if preset is None:
         preset = "gpu" if dev.startswith("cuda") else "cpu-quick"
     paths, overrides = split_data_overrides(overrides)  # data.* keys: det-train's, read by _load_data
