@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ARCHS", "NORMS", "FROM_SCRATCH", "is_from_scratch"]
+__all__ = ["ARCHS", "NORMS", "FROM_SCRATCH", "is_from_scratch", "has_masks"]
 
 # arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
 # depth), a small backbone for from-scratch CPU runs.
@@ -33,3 +33,9 @@ FROM_SCRATCH = ("none", "from_scratch", "null", "")
 def is_from_scratch(weights: Any) -> bool:
     """True for a ``backbone_weights`` value that means random init: None, ``"none"``, ``"from_scratch"``."""
     return weights is None or (isinstance(weights, str) and weights.strip().lower() in FROM_SCRATCH)
+
+
+def has_masks(arch: str) -> bool:
+    """True for an arch with a mask branch (the ``maskrcnn`` family): the one rule for whether a run loads and
+    scores masks (det-bench and det-train; ``fasterrcnn_*`` and ``ssd300_vgg16`` score boxes)."""
+    return ARCHS.get(arch, ("",))[0] == "maskrcnn"

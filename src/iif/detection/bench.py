@@ -31,6 +31,7 @@ from .._version import __version__
 from ..errors import IIFError
 from ..outputs import OutputFolder, atomic_write_json, atomic_write_text, json_safe
 from ..resources import peak_rss_mb
+from .archs import has_masks
 from .bench_data import DATA_KEYS, _Data, _load_data, default_benchmark_dir, split_data_overrides
 from .bench_presets import RowSpec, bench_rows
 from .bench_settings import (DEFAULT_BOOTSTRAP, V2_DEFAULTS, DetBenchSettings, _apply_v2_defaults, _check_settings,
@@ -161,7 +162,7 @@ def _detections(model, data: _Data, cache, device: str, s: DetBenchSettings) -> 
     from .engine import predict
     from .posthoc import iter_results
 
-    masks = not s.arch.startswith("fasterrcnn")
+    masks = has_masks(s.arch)
     if cache is not None:  # a batch at a time, each kept mask pasted and encoded once for all rows
         return [r for batch in iter_results(model, cache, _category_ids(data.val), masks=masks) for r in batch]
     return predict(model, data.val, device=device, batch_size=s.batch_size_eval)
@@ -228,7 +229,7 @@ def _choose_tuned(model, data: _Data, tune_cache, device: str, s: DetBenchSettin
     (methods with no usable candidate are left out); the model is left with its last candidate's margin."""
     from .margins import use_margin
 
-    masks = not s.arch.startswith("fasterrcnn")
+    masks = has_masks(s.arch)
     tune_ds, tune_json = data.tune
     chosen: dict[str, dict] = {}
     for method, grid in TUNE_GRIDS.items():
@@ -260,7 +261,7 @@ def _tuned_rows(model, data: _Data, cache, device: str, s: DetBenchSettings, see
 
     if data.tune is None or cache is None:
         return [], [], {}
-    masks = not s.arch.startswith("fasterrcnn")
+    masks = has_masks(s.arch)
     counts = _freq(data.train).image_counts
     tune_cache = _make_cache(model, data, device, s, dataset=data.tune[0])
     chosen = _choose_tuned(model, data, tune_cache, device, s, log)
@@ -284,7 +285,7 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
               store=None) -> dict[str, Any]:
     from .margins import use_margin
 
-    masks = not s.arch.startswith("fasterrcnn")
+    masks = has_masks(s.arch)
     counts = _freq(data.train).image_counts
     t_start = time.perf_counter()
     model, res = _train(s, data, None, seed, device, log, store)
@@ -413,7 +414,7 @@ def _intervals(means: list[dict], per_seed: list[dict], d: _Data, s: DetBenchSet
     log(f"det-bench: paired bootstrap, {s.bootstrap} resamples of the {len(d.val)} test images "
         f"({len(rows)} rows x {s.seeds} seeds evaluations each)")
     res = row_intervals(d.val_json, rows, [p["detections"] for p in per_seed],
-                        masks=not s.arch.startswith("fasterrcnn"), groups=groups, samples=s.bootstrap, seed=0,
+                        masks=has_masks(s.arch), groups=groups, samples=s.bootstrap, seed=0,
                         label=row_label)
     log(f"det-bench: bootstrap took {res['cost_s']:.1f} s ({res['evaluations']} evaluations)")
     return res

@@ -4,13 +4,14 @@ with val kept for the tuned rows). Runs: :mod:`iif.detection.bench`."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import IIFError
+from ..readers import read_json
+from .archs import has_masks
 from .bench_settings import DATA_KEYS, DetBenchSettings
 
 __all__ = ["default_benchmark_dir", "split_data_overrides", "DATA_KEYS"]
@@ -143,10 +144,10 @@ def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log, paths: 
     hflip = s.hflip
     if hflip is None:
         hflip = bool((bench or {}).get("recommended", {}).get("hflip", True))
-    masks = not s.arch.startswith("fasterrcnn")
+    masks = has_masks(s.arch)
     train = load_detection_dataset(train_json, train_images, train=True, masks=masks, hflip=hflip)
     val = load_detection_dataset(val_json, val_images, train=False, masks=masks, hflip=False)
-    val_ann = json.loads(Path(val_json).read_text())
+    val_ann = read_json(val_json)
     if s.max_train_images is not None and s.max_train_images < len(train):
         train = covering_subset(train, s.max_train_images)
     if s.max_val_images is not None and s.max_val_images < len(val):
@@ -155,7 +156,7 @@ def _load_data(data: str | os.PathLike | None, s: DetBenchSettings, log, paths: 
         val = load_detection_dataset(val_ann, val_images, train=False, masks=masks, hflip=False)
     tune = None
     if tune_paths:  # the val split the tuned rows choose on (max_val_images caps it too)
-        tune_ann = json.loads(Path(tune_paths[0]).read_text())
+        tune_ann = read_json(tune_paths[0])
         if s.max_val_images is not None:
             keep = {im["id"] for im in tune_ann["images"][: s.max_val_images]}
             tune_ann = restrict_annotations(tune_ann, keep)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import reporting
 from ..reporting import aligned_table, cell, markdown_table, pyplot, save_figure
+from .archs import has_masks
 
 __all__ = [
     "ROW_KEYS",
@@ -295,7 +296,7 @@ def _setup_lines(s, meta, per_seed, num_categories: int, groups: Mapping[str, in
 
     weights = s.model.get("backbone_weights")
     start = "trained from scratch" if is_from_scratch(weights) else f"backbone started from `{weights}`, trained"
-    kind = "box" if s.arch.startswith("fasterrcnn") else "mask"  # AP is box AP for a detector without masks
+    kind = "mask" if has_masks(s.arch) else "box"  # AP is box AP for a detector without masks
     return [
         "## Set-up", "",
         f"- Data: `{meta['data']}`; {meta['num_train_images']} training images, {meta['num_val_images']} {split} "

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import IIFError
 from ..outputs import atomic_write_json, json_safe
+from ..readers import read_json
 from ..resources import check_threads, set_threads
 from .config import (DetectionConfig, detection_config_hash, load_detection_config, margin_kwargs, model_kwargs,
                      scaled_schedule)
@@ -104,10 +105,7 @@ def load_val_set(cfg: DetectionConfig, paths=None, *, masks: bool | None = None)
 
     _, _, val_json, val_images = paths or data_paths(cfg)
     masks = _masks(cfg) if masks is None else masks
-    try:
-        val_ann = json.loads(Path(val_json).read_text(encoding="utf-8"))
-    except RecursionError:
-        raise IIFError(f"{val_json} is nested too deeply to be an annotation json.") from None
+    val_ann = read_json(val_json)  # one-line IIFError for a missing, corrupt or too deeply nested file
     if not isinstance(val_ann, dict) or not isinstance(val_ann.get("images"), list):
         raise IIFError(f"{val_json} is not a COCO/LVIS instances json (no 'images' list); give the val annotations.")
     # The whole val json is checked as strictly as the training json (named by its path), once.
