@@ -22,6 +22,10 @@ ARCHS: dict[str, tuple[str, str]] = {
     "fasterrcnn_r50_fpn": ("fasterrcnn", "r50"),
     "fasterrcnn_r101_fpn": ("fasterrcnn", "r101"),
     "ssd300_vgg16": ("ssd", "vgg16"),
+    # Cascade Mask R-CNN (iif.detection.cascade): three box stages on the Mask R-CNN parts.
+    "cascade_maskrcnn_r10_fpn": ("cascade_maskrcnn", "r10"),
+    "cascade_maskrcnn_r50_fpn": ("cascade_maskrcnn", "r50"),
+    "cascade_maskrcnn_r101_fpn": ("cascade_maskrcnn", "r101"),
 }
 
 NORMS = ("bn", "gn", "frozen_bn")
@@ -36,6 +40,6 @@ def is_from_scratch(weights: Any) -> bool:
 
 
 def has_masks(arch: str) -> bool:
-    """True for an arch with a mask branch (the ``maskrcnn`` family): the one rule for whether a run loads and
-    scores masks (det-bench and det-train; ``fasterrcnn_*`` and ``ssd300_vgg16`` score boxes)."""
-    return ARCHS.get(arch, ("",))[0] == "maskrcnn"
+    """True for an arch with a mask branch (the ``maskrcnn`` and ``cascade_maskrcnn`` families): the one rule
+    for whether a run loads and scores masks (det-bench and det-train; ``fasterrcnn_*`` and ``ssd300_vgg16`` score boxes)."""
+    return ARCHS.get(arch, ("",))[0] in ("maskrcnn", "cascade_maskrcnn")

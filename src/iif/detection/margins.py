@@ -83,6 +83,7 @@ model (before or after loading), it is not stored in the checkpoint.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Optional, Union
 
 from torch import nn
@@ -184,7 +185,22 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
     # Everything is validated: now change the model.
     _install(kind, parent, attr, base, num_logits, adjuster, config, method=method, when=when,
              cosine_scale=cosine_scale)
+    _install_stages(kind, parent, num_logits, adjuster, config, method=method, when=when, cosine_scale=cosine_scale)
     return model
+
+
+def _install_stages(kind: str, parent: nn.Module, num_logits: int, adjuster: Optional[nn.Module],
+                    config: dict[str, Any], *, method: str, when: str, cosine_scale: Optional[float]) -> None:
+    """A cascade's other stages (``parent.extra_stage_predictors``, :mod:`iif.detection.cascade`): each stage's
+    predictor gets the margin :func:`_install` put on ``box_predictor`` (its own copy of the adjuster: Seesaw's
+    counts and RoI labels are per stage) and the same cosine classifier."""
+    for stage_attr in getattr(parent, "extra_stage_predictors", ()) if kind == "rcnn" else ():
+        stage = getattr(parent, stage_attr)
+        _install(kind, parent, stage_attr, stage.predictor if isinstance(stage, MarginBoxPredictor) else stage,
+                 num_logits, copy.deepcopy(adjuster), dict(config), method=method, when=when,
+                 cosine_scale=cosine_scale)
+
+
 
 
 def _install(kind: str, parent: nn.Module, attr: str, base: nn.Module, num_logits: int,

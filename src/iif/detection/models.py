@@ -194,6 +194,11 @@ def build_detector(arch: str, num_classes: int, *, masks: bool = True, min_size:
     family, depth = ARCHS[arch]
     if family == "ssd":
         model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
+    elif family == "cascade_maskrcnn":  # Mask R-CNN's parts with three box stages (iif.detection.cascade)
+        from .cascade import to_cascade
+
+        model = to_cascade(_build_rcnn("maskrcnn", depth, num_classes, masks, norm, trainable_layers, locals(),
+                                       log=log), num_classes, int(representation_size))
     else:
         model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals(), log=log)
     if checkpoint is not None:
@@ -375,7 +380,8 @@ def check_input_memory(image_hw, *, arch: str, min_size: int, max_size: int, bat
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 _ADAPTABLE = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
-              "head.classification_head.")
+              "head.classification_head.",
+              "roi_heads.box_predictor_2.cls_score.", "roi_heads.box_predictor_3.cls_score.")  # cascade stages
 
 
 def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=print) -> dict[str, list[str]]:
