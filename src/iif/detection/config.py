@@ -347,7 +347,7 @@ def _check_data(d: DetectionDataConfig) -> None:
 
 def _check_model(m: DetectionModelConfig) -> None:
     """``model.*``: arch and norm, sizes and RPN/RoI numbers, anchors, layers, weights, cosine and mask options."""
-    from .archs import ARCHS, NORMS
+    from .archs import ARCHS, NORMS, has_masks
 
     one_of("model.arch", m.arch, ARCHS)
     if m.norm is not None:
@@ -393,7 +393,7 @@ def _check_model(m: DetectionModelConfig) -> None:
                            "convolutional; the cosine classifier is for R-CNN archs (set model.cosine_scale=null).")
     if not isinstance(m.class_agnostic_mask, bool):
         raise IIFError(f"config key 'model.class_agnostic_mask' must be true or false; got {m.class_agnostic_mask!r}.")
-    if m.class_agnostic_mask and not m.arch.startswith("maskrcnn"):
+    if m.class_agnostic_mask and not has_masks(m.arch):
         raise IIFError(f"config key 'model.class_agnostic_mask' is true but model.arch {m.arch} has no mask head; "
                        "use a maskrcnn_* arch or set model.class_agnostic_mask=false.")
     if m.classifier_only:

@@ -62,12 +62,11 @@ def data_paths(cfg: DetectionConfig) -> tuple[Path, Path, Path, Path]:
 
 
 def _masks(cfg: DetectionConfig) -> bool:
-    from .models import ARCHS
+    from .archs import has_masks
 
-    family = ARCHS[cfg.model.arch][0]
     if cfg.data.masks is None:
-        return family == "maskrcnn"
-    if cfg.data.masks and family != "maskrcnn":
+        return has_masks(cfg.model.arch)
+    if cfg.data.masks and not has_masks(cfg.model.arch):
         raise IIFError(f"config key 'data.masks' is true but model.arch {cfg.model.arch} has no mask branch; set "
                        "data.masks=false or use a maskrcnn_* arch.")
     return bool(cfg.data.masks)
