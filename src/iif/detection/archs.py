@@ -22,6 +22,10 @@ ARCHS: dict[str, tuple[str, str]] = {
     "fasterrcnn_r50_fpn": ("fasterrcnn", "r50"),
     "fasterrcnn_r101_fpn": ("fasterrcnn", "r101"),
     "ssd300_vgg16": ("ssd", "vgg16"),
+    # YOLOv3 (iif.detection.yolo): Darknet-53, and a narrow shallow Darknet for CPU tests (width 1/4, one block
+    # per stage; same three scales and anchors).
+    "yolov3_darknet53": ("yolov3", "darknet53"),
+    "yolov3_tiny_cpu": ("yolov3", "darknet_tiny"),
     # Cascade Mask R-CNN (iif.detection.cascade): three box stages on the Mask R-CNN parts.
     "cascade_maskrcnn_r10_fpn": ("cascade_maskrcnn", "r10"),
     "cascade_maskrcnn_r50_fpn": ("cascade_maskrcnn", "r50"),

@@ -26,6 +26,12 @@ def _locate(model: nn.Module) -> tuple[str, nn.Module, str, nn.Module, int]:
     from torchvision.models.detection.roi_heads import RoIHeads
     from torchvision.models.detection.ssd import SSD, SSDScoringHead
 
+    site = getattr(model, "margin_site", None) if isinstance(model, nn.Module) else None
+    if callable(site):  # a detector that names its class-logit module itself (YOLOv3: iif.detection.yolo)
+        kind, parent, attr = site()
+        pred = getattr(parent, attr)
+        base = pred.predictor if isinstance(pred, MarginBoxPredictor) else pred
+        return kind, parent, attr, base, int(base.num_columns)
     roi_heads = getattr(model, "roi_heads", None) if isinstance(model, nn.Module) else None
     if isinstance(roi_heads, RoIHeads):
         pred = roi_heads.box_predictor
@@ -76,6 +82,9 @@ def _check_arguments(method: str, when: str, kind: str, *, background_margin: bo
                    "(logit-adjusted loss) or when='test' (post-hoc); the same offset in both phases cancels "
                    "through the classifier bias.")
         raise IIFError(f"method={method!r} does not take when={when!r}. {fix}")
+    if background_margin and kind == "yolo":
+        raise IIFError("background_margin gives the background class a prior, but YOLOv3 has objectness and no "
+                       "background class (its class softmax is over the C categories); drop background_margin=True.")
     if background_margin and method not in _ADDITIVE:
         raise IIFError(f"background_margin applies to the additive methods (balanced_softmax, logit_adjustment); "
                        f"{method!r} keeps the background logit as it is (IIF's background weight is 1, paper "
@@ -100,6 +109,9 @@ def _check_arguments(method: str, when: str, kind: str, *, background_margin: bo
         raise IIFError(f"total (IIF's K) has no effect on {method!r}, which uses p_c = n_c / sum of counts; "
                        "drop total.")
     if cosine_scale is not None:
+        if kind == "yolo":
+            raise IIFError("cosine_scale is not supported for YOLOv3 (its classifier is a 1x1 convolution of the "
+                           "head); leave cosine_scale=None.")
         if kind == "ssd":
             raise IIFError("cosine_scale is not supported for SSD (its classifier is a set of 3x3 convolutions); "
                            "use it with Faster / Mask R-CNN, or leave cosine_scale=None.")
@@ -118,8 +130,8 @@ def _check_arguments(method: str, when: str, kind: str, *, background_margin: bo
 def _check_seesaw(kind: str, seesaw_p: float, seesaw_q: float) -> None:
     """Seesaw needs an R-CNN detector (the RoI labels) and exponents that are finite numbers >= 0."""
     if kind != "rcnn":
-        raise IIFError("method='seesaw' needs the RoI labels of an R-CNN detector (roi_heads); SSD is not "
-                       "supported. Use Faster / Mask R-CNN.")
+        raise IIFError("method='seesaw' needs the RoI labels of an R-CNN detector (roi_heads); SSD and YOLOv3 "
+                       "are not supported. Use Faster / Mask R-CNN.")
     for what, v in (("seesaw_p", seesaw_p), ("seesaw_q", seesaw_q)):
         try:
             vf = float(v)

@@ -194,6 +194,10 @@ def build_detector(arch: str, num_classes: int, *, masks: bool = True, min_size:
     family, depth = ARCHS[arch]
     if family == "ssd":
         model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
+    elif family == "yolov3":  # Darknet + three-scale head, objectness x softmax scores (iif.detection.yolo)
+        from .yolo import build_yolov3
+
+        model = build_yolov3(depth, num_classes, locals(), norm, log=log)
     elif family == "cascade_maskrcnn":  # Mask R-CNN's parts with three box stages (iif.detection.cascade)
         from .cascade import to_cascade
 
