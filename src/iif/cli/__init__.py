@@ -17,7 +17,7 @@ import sys
 from ..errors import IIFError
 
 # Sub-command modules, in the order ``iif --help`` lists them.
-COMMANDS = ("stats", "weights", "train", "eval", "posthoc", "predict", "bench", "det-data", "det-bench", "det-train", "det-eval")
+COMMANDS = ("stats", "weights", "train", "eval", "posthoc", "predict", "explain", "bench", "det-data", "det-bench", "det-train", "det-eval")
 
 
 # Errors the CLI boundary turns into one line on stderr and exit status 2 (the library raises IIFError for bad
@@ -29,7 +29,8 @@ BOUNDARY_ERRORS: tuple[type[BaseException], ...] = (IIFError, OSError, UnicodeEr
 # Optional dependency (top-level module name) -> the extra of ``pip install "iif[...]"`` that brings it.
 EXTRAS = {"torchvision": "train", "yaml": "train", "tqdm": "train", "matplotlib": "train", "sklearn": "train",
           "PIL": "train", "pycocotools": "coco", "faster_coco_eval": "detection", "tidecv": "detection",
-          "timm": "timm", "lvis": "dev"}
+          "timm": "timm", "lvis": "dev",
+          "captum": "explain"}
 
 
 def _one_line(text: str) -> str:
