@@ -614,6 +614,6 @@ def test_bad_input_leaves_a_switched_model_as_it_was():
 
 
 def test_public_constants():
-    assert METHODS == ("softmax", "iif", "balanced_softmax", "logit_adjustment", "norcal", "seesaw")
+    assert METHODS == ("softmax", "iif", "balanced_softmax", "logit_adjustment", "norcal", "seesaw", "eqlv2")
     assert WHEN == ("train_and_test", "train", "test")
     assert math.isclose(0.75, 1 - _rcnn().roi_heads.fg_bg_sampler.positive_fraction)

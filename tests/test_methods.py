@@ -76,7 +76,8 @@ def test_every_old_spelling_and_alias_resolves_in_its_task(task):
 
 def test_detection_when_values():
     by_hand = {"softmax": set(WHEN), "iif": set(WHEN), "balanced_softmax": {"train"},
-               "logit_adjustment": {"train", "test"}, "norcal": {"test"}, "seesaw": {"train"}}
+               "logit_adjustment": {"train", "test"}, "norcal": {"test"}, "seesaw": {"train"},
+               "eqlv2": {"train"}}
     assert {m.name: set(m.when) for m in METHODS if "detection" in m.tasks} == by_hand
     assert WHEN == ("train_and_test", "train", "test")
 

@@ -227,6 +227,12 @@ METHODS: tuple[Method, ...] = (
            params=(Param("gamma", 1.0, "nonnegative", "NorCal's exponent on the class counts"),), impl=(_DET,)),
     Method("seesaw", (), "Wang et al., 'Seesaw Loss for Long-Tailed Instance Segmentation', CVPR 2021",
            (_L, _D), when=("train",), impl=(_loss("seesaw"), _DET)),
+    Method("eqlv2", (), "Tan et al., 'Equalization Loss v2: A New Gradient Balance Approach for Long-tailed Object "
+           "Detection', CVPR 2021 (sigmoid classifier, gradient-guided reweighting, Eq. 7-8)", (_D,), when=("train",),
+           params=(Param("gamma", 12.0, "nonnegative", "the slope of the mapping function f"),
+                   Param("mu", 0.8, "nonnegative", "the centre of the mapping function f"),
+                   Param("alpha", 4.0, "nonnegative", "the positive weight's gain")),
+           impl=((_D, "iif.detection.eqlv2:_build_eqlv2"),)),
     Method("taunorm", (), "Kang et al., 'Decoupling Representation and Classifier for Long-Tailed "
            "Recognition', ICLR 2020 (classifier rows w / ||w||^tau)", (_P,), impl=(_kind("TAUNORM_KIND"),)),
 )

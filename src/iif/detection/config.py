@@ -293,7 +293,7 @@ def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
 def default_when(method: str) -> str:
     if method == "norcal":
         return "test"
-    return "train" if method in ("balanced_softmax", "logit_adjustment", "seesaw") else "train_and_test"
+    return "train" if method in ("balanced_softmax", "logit_adjustment", "seesaw", "eqlv2") else "train_and_test"
 
 
 def margin_kwargs(mc: MarginConfig, cosine_scale: float | None = None) -> dict[str, Any]:

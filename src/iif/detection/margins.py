@@ -27,6 +27,7 @@ Methods (``z`` the raw logits, ``n_c`` the per-class counts, ``p_c = n_c / sum_k
 | ``"logit_adjustment"`` | ``"test"`` (post-hoc logit adjustment) | ``z`` | ``z + a`` |
 | ``"norcal"`` | ``"test"`` (NorCal, Pan et al. 2021) | ``z`` | ``z - gamma ln n`` |
 | ``"seesaw"`` | ``"train"`` (Seesaw loss, Wang et al. 2021) | ``z_j + ln S_yj`` (``j != y``) | ``z`` |
+| ``"eqlv2"`` | ``"train"`` (EQLv2, Tan et al. 2021; :mod:`iif.detection.eqlv2`) | its own sigmoid loss | ``sigmoid(z_c)`` |
 
 A method defined by its transforms (:mod:`iif.methods`; e.g. added with :func:`iif.register_method`) has no
 special adjuster: its ``train`` transform is the loss's logits and its ``infer`` transform the inference
@@ -92,6 +93,7 @@ from ..errors import IIFError
 from ..logit_transforms import resolve
 from ..methods import get_method
 from ..weights import canonical_variant
+from .eqlv2 import EQLv2Adjuster, hook_eqlv2, unhook_eqlv2
 from .margins_adjusters import _transform_adjuster
 from .margins_checks import _check_arguments, _locate
 from .margins_predictor import (  # noqa: F401  (re-exported: the public path of these names stays here)
@@ -123,7 +125,7 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
         model: a torchvision ``FasterRCNN`` / ``MaskRCNN`` (box predictor with an ``nn.Linear`` ``cls_score``)
             or ``SSD`` (e.g. ``ssd300_vgg16``), built for ``C + 1`` classes.
         method: ``"softmax"``, ``"iif"``, ``"balanced_softmax"``, ``"logit_adjustment"``, ``"norcal"`` or
-            ``"seesaw"`` (:data:`METHODS`), or a method added with :func:`iif.register_method`; the aliases of :mod:`iif.methods` are accepted too (``"la"`` and
+            ``"seesaw"`` or ``"eqlv2"`` (:data:`METHODS`), or a method added with :func:`iif.register_method`; the aliases of :mod:`iif.methods` are accepted too (``"la"`` and
             ``"logit_adjusted"`` for ``"logit_adjustment"``, ``"ce"`` for ``"softmax"``).
         freq: the training set's counts: a :class:`~iif.ClassFrequency` (``ClassFrequency.from_coco`` has
             ``task="detection"``, so IIF's K is the number of training images for ``by="image"`` and of
@@ -157,7 +159,8 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
             negative for ``person``, Table XVII); a negative weight flips that logit's sign.
         params: the parameters of a method defined by its transforms (:mod:`iif.methods`, e.g. added with
             :func:`iif.register_method`), which acts on the ``C`` foreground logits (background untouched):
-            its ``train`` transform in the loss, its ``infer`` transform at inference, as ``when`` picks.
+            its ``train`` transform in the loss, its ``infer`` transform at inference, as ``when`` picks; and
+            EQLv2's ``gamma``, ``mu``, ``alpha`` (default 12, 0.8, 4, the published values).
 
     Raises:
         IIFError: an unsupported model, a head whose number of logits is not ``len(counts) + 1``, an unknown
@@ -173,15 +176,13 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
         method, when, kind, background_margin=background_margin, background_fraction=background_fraction,
         la_form=la_form, allow_negative=allow_negative, gamma=gamma, seesaw_p=seesaw_p, seesaw_q=seesaw_q,
         total=total, cosine_scale=cosine_scale, tau=tau)
-    impl = get_method(method, "detection").implementation("detection")  # the definition picks the builder
-    if impl is not None and params:
-        raise IIFError(f"params= sets the parameters of a method defined by its transforms; {method!r} takes its "
-                       "own keywords (variant, tau, gamma, seesaw_p, ...). Drop params.")
+    builder, extra = _builder(method, params)  # the definition picks the builder
     adjuster, config = _transform_adjuster(model, kind, num_logits, method, freq, by=by, params=params) \
-        if impl is None else resolve(impl)(
+        if builder is None else builder(
             model, kind, num_logits, method, freq, by=by, variant=variant, total=total, allow_negative=allow_negative,
             gamma=gamma, seesaw_p=seesaw_p, seesaw_q=seesaw_q, background_margin=background_margin,
-            background_fraction=background_fraction, la_form=la_form, tau=tau_f, when=when)
+            background_fraction=background_fraction, la_form=la_form, tau=tau_f, when=when,
+            **extra)
     # Everything is validated: now change the model.
     _install(kind, parent, attr, base, num_logits, adjuster, config, method=method, when=when,
              cosine_scale=cosine_scale)
@@ -201,6 +202,19 @@ def _install_stages(kind: str, parent: nn.Module, num_logits: int, adjuster: Opt
                  cosine_scale=cosine_scale)
 
 
+def _builder(method: str, params: Optional[Mapping[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """The detection builder ``method``'s definition names (None: the generic adjuster of a method defined by its
+    transforms) and the keywords only some builders take: ``params`` for one marked ``takes_params`` (eqlv2)."""
+    impl = get_method(method, "detection").implementation("detection")
+    if impl is None:
+        return None, {}
+    builder = resolve(impl)
+    if getattr(builder, "takes_params", False):
+        return builder, {"params": params}
+    if params:
+        raise IIFError(f"params= sets the parameters of a method defined by its transforms; {method!r} takes its "
+                       "own keywords (variant, tau, gamma, seesaw_p, ...). Drop params.")
+    return builder, {}
 
 
 def _install(kind: str, parent: nn.Module, attr: str, base: nn.Module, num_logits: int,
@@ -217,6 +231,7 @@ def _install(kind: str, parent: nn.Module, attr: str, base: nn.Module, num_logit
         config["cosine_scale"] = cosine_scale
     if kind == "rcnn":
         _untap_labels(parent)
+        unhook_eqlv2(parent)
     if adjuster is None:
         setattr(parent, attr, base)
         return
@@ -229,3 +244,5 @@ def _install(kind: str, parent: nn.Module, attr: str, base: nn.Module, num_logit
     setattr(parent, attr, wrapper)
     if isinstance(adjuster, _SeesawOffset):
         _tap_labels(parent)
+    if isinstance(adjuster, EQLv2Adjuster):
+        hook_eqlv2(parent)
