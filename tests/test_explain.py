@@ -187,6 +187,12 @@ def test_bad_inputs_are_one_line(setup, capsys, tmp_path):
         _one_line_error(capsys, ["explain", ce, str(setup["br"]), "--out", out], "--out")
     _one_line_error(capsys, ["explain", ce, two, "--compare", str(setup["iif"]), "--out", str(setup["iif"])], "--out")
     assert not (tmp_path / "o").exists()
+    # --force over an earlier explain output that holds the image given: refused as an input, not replaced
+    assert main(["explain", ce, two, "--out", str(tmp_path / "done")]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["explain", ce, str(tmp_path / "done" / "explain.png"), "--out", str(tmp_path / "done"),
+                             "--force"], "--out", "the image")
+    assert (tmp_path / "done" / "explain.png").is_file()
 
 
 def test_missing_captum_names_the_extra(setup, monkeypatch):

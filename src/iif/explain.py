@@ -196,13 +196,6 @@ def _upsample(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _without_inplace(model: nn.Module) -> None:
-    # Grad-CAM hooks read a layer's output; an in-place ReLU after it would overwrite that tensor.
-    for m in model.modules():
-        if hasattr(m, "inplace") and isinstance(m.inplace, bool):
-            m.inplace = False
-
-
 def _display_image(x: torch.Tensor, pre: dict) -> np.ndarray:
     img = x[0].detach().cpu().float()
     mean = torch.tensor(pre.get("mean") or [0.0] * img.shape[0]).view(-1, 1, 1)
@@ -244,8 +237,6 @@ def explain_image(checkpoint: PathLike, image: PathLike, target: str | int | Non
     ``checkpoint`` (see the module docstring). ``target``: a class name or index; None takes the image's
     parent folder name when it is a class name. ``adjust``: as in :mod:`iif.predict` (default ``"loss"``, the
     rule of the checkpoint's own loss). Bad input raises :class:`IIFError` (one line)."""
-    import copy
-
     from .predict import Predictor, load_image
 
     _refuse_detector(checkpoint)
@@ -255,8 +246,7 @@ def explain_image(checkpoint: PathLike, image: PathLike, target: str | int | Non
     check_image_channels(image, p.channels)
     tgt = resolve_class(target, p.class_names, image)
     x = p.transform(load_image(image, p.channels))[None].to(p.device)
-    model = copy.deepcopy(p.model).eval()
-    _without_inplace(model)
+    model = p.model
     decision = DecisionModel(model, p.adjuster).eval()
     name, layer, fmap = spatial_layer(model.backbone, x)
     with torch.no_grad():
