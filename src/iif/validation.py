@@ -68,3 +68,19 @@ def one_of(key: str, v: Any, choices: Iterable[str], example: str | None = None)
 def momentum(key: str, v: Any) -> None:
     """SGD momentum in ``[0, 1)``: with m >= 1 the velocity never forgets a gradient and training diverges."""
     check(is_finite(v) and 0 <= v < 1, key, v, "in [0, 1) (SGD momentum; 0.9 is usual)", "0.9")
+
+
+def method_spelling(value: Any, task: str) -> Any:
+    """A config's method name as ``task``'s own table spells it (:func:`iif.methods.spelling`): the canonical
+    name and every alias are accepted in config keys as on the command line (``loss.name: logit_adjustment`` or
+    ``la`` is the loss registry's ``logit_adjusted``; ``margin.method: la`` is ``logit_adjustment``). A name the
+    method table does not know comes back as given, for the key's own check to refuse in one line."""
+    from .errors import IIFError
+    from .methods import canonical_method, spelling
+
+    if not isinstance(value, str):
+        return value
+    try:
+        return spelling(canonical_method(value.strip().lower(), task), task)
+    except IIFError:
+        return value

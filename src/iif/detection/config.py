@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import IIFError
-from ..validation import MAX_SEED, at_least, check, is_finite, momentum, nonnegative, one_of, positive
+from ..validation import MAX_SEED, at_least, check, is_finite, method_spelling, momentum, nonnegative, one_of, positive
 
 __all__ = ["DetectionDataConfig", "DetectionModelConfig", "MarginConfig", "DetectionScheduleConfig",
            "DetectionEvalConfig", "DetectionRuntimeConfig", "DetectionConfig", "load_detection_config",
@@ -411,6 +411,7 @@ def _check_margin(mg: MarginConfig) -> None:
     from ..weights import VARIANTS, canonical_variant
     from .margins import METHODS, WHEN
 
+    mg.method = method_spelling(mg.method, "detection")  # aliases too: la, logit_adjusted, ce (iif.methods)
     one_of("margin.method", mg.method, METHODS)
     try:
         canonical_variant(mg.variant)

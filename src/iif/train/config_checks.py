@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from ..errors import IIFError
-from ..validation import MAX_SEED, at_least, check, is_finite, momentum, nonnegative, one_of, suggest
+from ..validation import MAX_SEED, at_least, check, is_finite, method_spelling, momentum, nonnegative, one_of, suggest
 from .config_schema import (DataConfig, DecoupledConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig,
                             PosthocConfig, RuntimeConfig, ScheduleConfig, TrainConfig)
 
@@ -79,6 +79,7 @@ def _check_model(m: ModelConfig) -> None:
 def _check_loss(lo: LossConfig) -> None:
     from ..losses.registry import LOSSES
 
+    lo.name = method_spelling(lo.name, "loss")  # canonical names and aliases too (iif.methods)
     one_of("loss.name", str(lo.name).lower(), LOSSES)
     _check_variant("loss.variant", lo.variant)
     check(lo.norm is None or lo.norm == "mean" or (not isinstance(lo.norm, (bool, str)) and is_finite(lo.norm) and lo.norm > 0),
@@ -125,6 +126,7 @@ def _check_decoupled(dc: DecoupledConfig) -> None:
     if dc.batch_size is not None:
         at_least("decoupled.batch_size", dc.batch_size, 1, "128")
     one_of("decoupled.schedule", dc.schedule, ("multistep", "cosine", "constant"))
+    dc.loss = method_spelling(dc.loss, "loss")
     one_of("decoupled.loss", str(dc.loss).lower(), LOSSES)
     _check_variant("decoupled.variant", dc.variant)
     one_of("decoupled.sampler", dc.sampler, SAMPLERS)
