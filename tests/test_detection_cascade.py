@@ -329,5 +329,36 @@ def test_det_train_and_det_eval_round_trip(detection_benchmark, tmp_path):
     assert metrics["iou_type"] == "segm"
     state = torch.load(out / "last.pt", weights_only=True)["model"]
     assert "roi_heads.box_predictor_3.cls_score.weight" in state
-    assert main(["det-eval", str(out), "--detections", str(tmp_path / "d.json"), "--out", str(tmp_path / "m.json")]) == 0
+    assert main(["det-eval", str(out), "--detections", str(tmp_path / "d.json"),
+                 "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads((out / "detections.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*classes have no training images:UserWarning")
+def test_det_train_resume_is_bit_identical(detection_benchmark, tmp_path):
+    """Two epochs at once, or one epoch, stop, --resume: the same cascade weights, bit for bit (three stages'
+    sampling draws from the saved RNG state)."""
+    from iif.cli import main
+
+    bench = detection_benchmark[0]
+    args = ["det-train", "det_bench_iif", f"data.root={bench}", *TINY, "model.arch=cascade_maskrcnn_r10_fpn",
+            "schedule.epochs=2", "eval.masks=false", "--quiet"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main([*args, "--out", str(full)]) == 0
+    assert main([*args, "runtime.stop_after_epoch=1", "--out", str(part)]) == 0
+    assert main([*args, "--out", str(part), "--resume"]) == 0
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(part / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], _model().state_dict()[k]) for k in a if "box_predictor_3" in k)
+
+
+def test_posthoc_roi_cache_refuses_a_cascade():
+    """The one-stage RoI cache of det-bench's post-hoc rows cannot replay three stages: one line, not stage 1's
+    scores passed off as the cascade's."""
+    from iif.detection.posthoc import cache_roi_inputs
+    from iif.errors import IIFError
+
+    with pytest.raises(IIFError, match="is a cascade.*full inference"):
+        cache_roi_inputs(_model(), [])

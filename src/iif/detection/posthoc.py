@@ -42,6 +42,10 @@ def _check_two_stage(model: nn.Module) -> None:
     if rh is None or not hasattr(rh, "box_predictor") or not hasattr(model, "rpn"):
         raise IIFError(f"{type(model).__name__} is not a two-stage torchvision detector (Faster/Mask R-CNN); "
                        "run full inference (iif.detection.predict) for it instead of the RoI cache.")
+    if getattr(rh, "extra_stage_predictors", None):
+        raise IIFError(f"{type(rh).__name__} is a cascade: its scores average three box stages, each on the previous "
+                       "stage's boxes, which the one-stage RoI cache cannot replay; score it with full inference "
+                       "(iif.detection.predict, or iif det-eval --margin).")
 
 
 @torch.no_grad()
