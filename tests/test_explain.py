@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-pytest.importorskip("captum")  # the dev extra installs it; CI runs these tests
+import captum  # noqa: F401  (the dev extra installs it: these tests run in CI, never skipped)
 
 from iif.cli import main
 from iif.errors import IIFError
@@ -202,3 +202,33 @@ def test_missing_captum_names_the_extra(setup, monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     with pytest.raises(IIFError, match=r'pip install "iif\[explain\]"'):
         explain_image(setup["ce"], setup["br"])
+
+
+def test_heatmap_is_left_out_when_the_map_does_not_fit_the_head():
+    """A backbone whose last map has 6 channels before a 6 -> 4 projection: the head (4 inputs) cannot score
+    its locations, so the class-score heatmap is None (the figure says n/a); Grad-CAM still has the map."""
+    from torch import nn
+
+    from iif.models.factory import ImageClassifier
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                             nn.Linear(6, 4))
+    model = ImageClassifier(backbone, nn.Linear(4, 3), 4).eval()
+    x = torch.randn(1, 1, 8, 8)
+    name, layer, fmap = spatial_layer(backbone, x)
+    assert name == "1" and fmap.shape == (1, 6, 8, 8)
+    assert score_map(DecisionModel(model, None), fmap, 4) is None
+    cams = grad_cam(DecisionModel(model, None), layer, x, [0, 2, 0])
+    assert sorted(cams) == [0, 2] and all(c.shape == (8, 8) and bool((c >= 0).all()) for c in cams.values())
+
+
+def test_explain_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport iif.cli\ntry:\n    iif.cli.main(['explain', '--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nprint([m for m in ('torch', 'torchvision', 'captum', 'matplotlib') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "usage: iif explain" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"
