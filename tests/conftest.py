@@ -59,6 +59,29 @@ def _fake_detection_sources() -> dict:
 
 
 @pytest.fixture
+def tiny_rcnn():
+    """A factory of a tiny torchvision Faster R-CNN (3 foreground classes + background, one 8-channel conv as the
+    backbone, 64 px), initialised from torch seed 0 at each call: the same model every time."""
+    import torch
+    from torch import nn
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    def build():
+        torch.manual_seed(0)
+        backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
+        backbone.out_channels = 8
+        return FasterRCNN(backbone, num_classes=None, min_size=64, max_size=64,
+                          rpn_anchor_generator=AnchorGenerator(((16, 32),), ((1.0,),)),
+                          box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), box_head=TwoMLPHead(8 * 7 * 7, 32),
+                          box_predictor=FastRCNNPredictor(32, 4))
+
+    return build
+
+
+@pytest.fixture
 def fake_detection_sources() -> dict:
     """A fresh dict of the stand-in sources (tests may edit it)."""
     return _fake_detection_sources()

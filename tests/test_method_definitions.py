@@ -132,24 +132,8 @@ def test_new_method_in_iif_train(defined):
     assert res.final_metrics["raw"]["top1"] == pytest.approx(evaluate_logits(z, y, counts)["top1"])
 
 
-def _rcnn():
-    pytest.importorskip("torchvision")
-    from torch import nn
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.ops import MultiScaleRoIAlign
-
-    torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
-    backbone.out_channels = 8
-    return FasterRCNN(backbone, num_classes=None, min_size=64, max_size=64,
-                      rpn_anchor_generator=AnchorGenerator(((16, 32),), ((1.0,),)),
-                      box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), box_head=TwoMLPHead(8 * 7 * 7, 32),
-                      box_predictor=FastRCNNPredictor(32, 4))
-
-
-def test_new_method_in_use_margin(defined):
+def test_new_method_in_use_margin(defined, tiny_rcnn):
+    _rcnn = tiny_rcnn
     from iif.detection import use_margin
 
     x = torch.randn(6, 32)
@@ -271,7 +255,8 @@ def test_builtin_methods_give_identical_values_through_the_generic_dispatch(gene
     assert torch.equal(generic.adjust_logits(Z), fused.adjust_logits(Z))
 
 
-def test_builtin_detection_margins_equal_their_generic_copies(generic_copies):
+def test_builtin_detection_margins_equal_their_generic_copies(generic_copies, tiny_rcnn):
+    _rcnn = tiny_rcnn
     from iif.detection import use_margin
 
     x = torch.randn(5, 32)

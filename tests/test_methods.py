@@ -194,25 +194,11 @@ def test_config_posthoc_adjusters_accept_logit_adjustment():
         _check_posthoc(PosthocConfig(adjusters=["logit_adjusment:1.0"]))
 
 
-def test_use_margin_accepts_la_aliases():
+def test_use_margin_accepts_la_aliases(tiny_rcnn):
     pytest.importorskip("torchvision")
-    from torch import nn
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.ops import MultiScaleRoIAlign
-
     from iif.detection import use_margin
 
-    def rcnn():
-        torch.manual_seed(0)
-        backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
-        backbone.out_channels = 8
-        return FasterRCNN(backbone, num_classes=None, min_size=64, max_size=64,
-                          rpn_anchor_generator=AnchorGenerator(((16, 32),), ((1.0,),)),
-                          box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), box_head=TwoMLPHead(8 * 7 * 7, 32),
-                          box_predictor=FastRCNNPredictor(32, 4))
-
+    rcnn = tiny_rcnn
     x = torch.randn(5, 32)
     z_plain = rcnn().roi_heads.box_predictor(x)[0]
     p = torch.tensor(COUNTS / COUNTS.sum(), dtype=torch.float32)
