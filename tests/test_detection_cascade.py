@@ -333,6 +333,17 @@ def test_det_train_and_det_eval_round_trip(detection_benchmark, tmp_path):
                  "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads((out / "detections.json").read_text())
 
+    # Decoupled stage 2 (model.classifier_only) from that checkpoint retrains the three stages' classifiers only.
+    s2 = tmp_path / "s2"
+    assert main(["det-train", "det_bench_iif", f"data.root={bench}", *TINY, "model.arch=cascade_maskrcnn_r10_fpn",
+                 "schedule.epochs=1", "eval.masks=false", f"model.checkpoint={out / 'last.pt'}",
+                 "model.classifier_only=true", "model.norm=bn", "--out", str(s2), "--quiet"]) == 0
+    b = torch.load(s2 / "last.pt", weights_only=True)["model"]
+    changed = {k for k in state if state[k].is_floating_point() and not torch.equal(state[k], b[k])}
+    assert {k for k in changed if "running_" not in k} == {
+        f"roi_heads.{p}.cls_score.{w}" for p in ("box_predictor", "box_predictor_2", "box_predictor_3")
+        for w in ("weight", "bias")}
+
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*classes have no training images:UserWarning")

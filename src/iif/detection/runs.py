@@ -211,15 +211,18 @@ def build_from_config(cfg: DetectionConfig, num_classes: int, freq, *, log: Call
         use_margin(model, cfg.margin.method, freq if cfg.margin.method != "softmax" else None,
                    **{k: v for k, v in mk.items() if cfg.margin.method != "softmax" or k == "cosine_scale"})
     if cfg.model.classifier_only:
-        head = model.roi_heads.box_predictor
-        target = getattr(head, "cls_score", None)
-        if target is None:  # a margin wrapper keeps the original predictor inside
-            target = next((m.cls_score for m in head.modules() if hasattr(m, "cls_score")), None)
-        if target is None:
-            raise IIFError(f"model.classifier_only: {type(head).__name__} has no cls_score layer to retrain.")
+        rh = model.roi_heads  # a cascade (iif.detection.cascade) retrains every stage's classifier
+        targets = []
+        for head in [rh.box_predictor] + [getattr(rh, a) for a in getattr(rh, "extra_stage_predictors", ())]:
+            target = getattr(head, "cls_score", None)
+            if target is None:  # a margin wrapper keeps the original predictor inside
+                target = next((m.cls_score for m in head.modules() if hasattr(m, "cls_score")), None)
+            if target is None:
+                raise IIFError(f"model.classifier_only: {type(head).__name__} has no cls_score layer to retrain.")
+            targets.append(target)
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in target.parameters():
+        for p in (p for target in targets for p in target.parameters()):
             p.requires_grad_(True)
     return model
 
