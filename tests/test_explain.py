@@ -232,3 +232,17 @@ def test_explain_help_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "usage: iif explain" in done.stdout and done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_summary_peaks_are_none_for_an_all_zero_map():
+    from iif.explain import ClassMaps
+
+    z = np.zeros((4, 4), np.float32)
+    cam = z.copy()
+    cam[3, 1] = 0.5
+    m = ClassMaps(checkpoint="c.pt", label="ce", class_names=["a", "b"], logits=np.array([1.0, 0.0]),
+                  scores=np.array([0.73, 0.27]), predicted=0, target=1, image=np.zeros((4, 4, 3)), layer="x",
+                  score_map=None, gradcam={0: cam, 1: z})
+    s = m.summary()
+    assert s["gradcam_peak"] == {"a": [3, 1], "b": None} and s["score_map_peak"] is None
+    assert s["predicted"] == "a" and s["target"] == "b" and [t["class"] for t in s["top"]] == ["a", "b"]

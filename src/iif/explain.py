@@ -68,8 +68,8 @@ class ClassMaps:
 
     def summary(self) -> dict:
         """Plain data for ``explain.json``: classes, scores, and where each map peaks (row, column)."""
-        def peak(m: np.ndarray | None) -> list[int] | None:
-            return None if m is None else [int(v) for v in np.unravel_index(int(np.argmax(m)), m.shape)]
+        def peak(m: np.ndarray | None) -> list[int] | None:  # None: no map, or one without positive evidence
+            return None if m is None or not (m > 0).any() else [int(v) for v in np.unravel_index(int(np.argmax(m)), m.shape)]
 
         top = np.argsort(-self.scores)[:5]
         return {"checkpoint": self.checkpoint, "label": self.label, "layer": self.layer,
@@ -225,10 +225,14 @@ def _refuse_detector(checkpoint: PathLike) -> None:
 
 
 def _label(predictor) -> str:
-    cfg = predictor.restored.cfg
-    loss = getattr(getattr(cfg, "loss", None), "name", "?")
-    variant = getattr(cfg.loss, "variant", None) if str(loss).startswith("iif") else None
-    return f"{loss}{':' + variant if variant else ''} ({Path(predictor.restored.path).name})"
+    """The loss the checkpoint's classifier was trained with (a decoupled stage-2 checkpoint: stage 2's), e.g.
+    ``ce (best.pt)``, ``iif:smooth (best.pt)``, ``stage2 iif:smooth (best.pt)``."""
+    r = predictor.restored
+    stage2 = r.ckpt.get("stage") == "stage2"
+    section = getattr(r.cfg, "decoupled" if stage2 else "loss", None)
+    loss = str(getattr(section, "loss" if stage2 else "name", "?"))
+    variant = getattr(section, "variant", None) if loss.startswith("iif") else None
+    return f"{'stage2 ' if stage2 else ''}{loss}{':' + variant if variant else ''} ({Path(r.path).name})"
 
 
 def explain_image(checkpoint: PathLike, image: PathLike, target: str | int | None = None, *,
@@ -276,12 +280,14 @@ def _bars(ax, m: ClassMaps) -> None:
 
 def _overlay(ax, m: ClassMaps, heat: np.ndarray | None, title: str) -> None:
     ax.imshow(m.image)
-    if heat is not None:
+    if heat is not None and (heat > 0).any():
         ax.imshow(heat, cmap="jet", alpha=0.5)
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
         ax.plot([c], [r], marker="+", color="white", markersize=10)
-    else:
-        ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, color="white")
+    else:  # Grad-CAM is all zero when no channel's evidence for the class is positive anywhere
+        note = "n/a" if heat is None else "all zero: no positive evidence"
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="white", fontsize=8,
+                bbox={"facecolor": "black", "alpha": 0.6})
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 
