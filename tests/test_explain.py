@@ -54,12 +54,12 @@ def _train():
     return model.eval()
 
 
-def _save(path, model, loss, names=NAMES):
-    cfg = load_config("digits_lt_e2e", [f"loss.name={loss}"])
+def _save(path, model, loss, names=NAMES, stage="e2e", overrides=()):
+    cfg = load_config("digits_lt_e2e", [f"loss.name={loss}", *overrides])
     pre = {"kind": "tensor", "image_size": SIZE, "channels": 1, "mean": [0.0], "std": [1.0], "class_names": names}
     torch.save({"config": config_to_dict(cfg), "model": model.state_dict(), "class_counts": [200, 60, 20, 5],
                 "arch": {"arch": "small_cnn", "head": "linear", "num_classes": 4}, "preprocess": pre,
-                "stage": "e2e"}, path)
+                "stage": stage}, path)
     return path
 
 
@@ -156,8 +156,15 @@ def test_cli_writes_readable_pngs_side_by_side(setup, capsys):
         assert im.width > 1000 and im.height > 400  # two rows of five panels
     rows = json.loads((out / "explain.json").read_text())["checkpoints"]
     assert [r["target"] for r in rows] == ["bottom_right", "bottom_right"] and len(rows) == 2
-    assert rows[0]["label"].startswith("ce") and rows[1]["label"].startswith("iif")
+    assert rows[0]["label"] == "ce (ce.pt)" and rows[1]["label"] == "iif:smooth (iif.pt)"
     assert "explain.png" in capsys.readouterr().err
+
+
+def test_label_of_a_stage2_checkpoint_is_stage_twos_loss(setup):
+    path = _save(setup["dir"] / "s2.pt", setup["model"], "ce", stage="stage2",
+                 overrides=["strategy.name=decoupled", "decoupled.loss=iif", "decoupled.variant=raw"])
+    m = explain_image(path, setup["br"], adjust="none")
+    assert m.label == "stage2 iif:raw (s2.pt)" and m.predicted == 3
 
 
 def _one_line_error(capsys, argv, *words):
