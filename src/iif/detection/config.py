@@ -82,6 +82,12 @@ class DetectionModelConfig:
     mask_roi_size: int = 14
     # One mask channel for every category (build_detector's class_agnostic_mask; the v2 benchmark's setting).
     class_agnostic_mask: bool = False
+    # Table XV's components (iif.detection.components): the mask predictor (standard, or normalised: the Seesaw
+    # paper's normalised mask), the final NMS IoU threshold (null: the arch's, 0.5 for R-CNN) and the evaluated
+    # masks' probability threshold (null: 0.5); the paper's last Table XV row uses 0.3 and 0.4.
+    mask_predictor: str = "standard"
+    box_nms_thresh: float | None = None
+    mask_thresh: float | None = None
     # A local torchvision / iif checkpoint to start from (weights_only load); null: from scratch.
     checkpoint: str | None = None
     # The backbone's pretrained start (build_detector's backbone_weights): a torchvision-format ResNet state dict
@@ -199,7 +205,8 @@ _HASH_EXCLUDE = {("runtime", "device"), ("runtime", "workers"), ("runtime", "thr
 _ADDED_KEYS = {("data", "rfs_rounding"): "stochastic", ("margin", "la_form"): None, ("margin", "gamma"): 1.0,
                ("margin", "seesaw_p"): 0.8, ("margin", "seesaw_q"): 2.0, ("margin", "allow_negative"): False,
                ("schedule", "warmup_fraction"): None, ("schedule", "milestone_fractions"): None,
-               ("model", "backbone_weights"): None, ("model", "class_agnostic_mask"): False}
+               ("model", "backbone_weights"): None, ("model", "class_agnostic_mask"): False,
+               ("model", "mask_predictor"): "standard", ("model", "box_nms_thresh"): None, ("model", "mask_thresh"): None}
 
 
 def scaled_schedule(*, epochs: int, batch_size: int, num_images: int, warmup_iters: int, milestones: Sequence[int],
@@ -282,6 +289,9 @@ def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
         m.pop("backbone_weights")
     if not m["class_agnostic_mask"]:  # likewise
         m.pop("class_agnostic_mask")
+    for key, default in (("mask_predictor", "standard"), ("box_nms_thresh", None), ("mask_thresh", None)):
+        if m[key] == default:  # likewise
+            m.pop(key)
     if m["anchor_sizes"] is not None:
         m["anchor_sizes"] = tuple(tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in m["anchor_sizes"])
     for key in ("aspect_ratios", "returned_layers", "mask_layers"):
@@ -348,6 +358,7 @@ def _check_data(d: DetectionDataConfig) -> None:
 def _check_model(m: DetectionModelConfig) -> None:
     """``model.*``: arch and norm, sizes and RPN/RoI numbers, anchors, layers, weights, cosine and mask options."""
     from .archs import ARCHS, NORMS, has_masks
+    from .components import check_components
 
     one_of("model.arch", m.arch, ARCHS)
     if m.norm is not None:
@@ -388,9 +399,11 @@ def _check_model(m: DetectionModelConfig) -> None:
                            "backbone); backbone weights are for the ResNet-FPN archs: set model.backbone_weights=null.")
     if m.cosine_scale is not None:
         positive("model.cosine_scale", m.cosine_scale, "20")
-        if ARCHS[m.arch][0] == "ssd":
-            raise IIFError("config key 'model.cosine_scale' is set but model.arch is ssd300_vgg16, whose head is "
+        if ARCHS[m.arch][0] in ("ssd", "yolov3"):
+            raise IIFError(f"config key 'model.cosine_scale' is set but model.arch is {m.arch}, whose head is "
                            "convolutional; the cosine classifier is for R-CNN archs (set model.cosine_scale=null).")
+    check_components(m.arch, mask_predictor=m.mask_predictor, box_nms_thresh=m.box_nms_thresh,
+                     mask_thresh=m.mask_thresh, class_agnostic_mask=m.class_agnostic_mask is True, config=True)
     if not isinstance(m.class_agnostic_mask, bool):
         raise IIFError(f"config key 'model.class_agnostic_mask' must be true or false; got {m.class_agnostic_mask!r}.")
     if m.class_agnostic_mask and not has_masks(m.arch):
@@ -400,9 +413,9 @@ def _check_model(m: DetectionModelConfig) -> None:
         if m.checkpoint is None:
             raise IIFError("config key 'model.classifier_only' is true but model.checkpoint is not set; decoupled "
                            "stage 2 starts from a trained detector (set model.checkpoint=RUN/last.pt).")
-        if ARCHS[m.arch][0] == "ssd":
+        if ARCHS[m.arch][0] in ("ssd", "yolov3"):
             raise IIFError("config key 'model.classifier_only' needs an R-CNN arch (roi_heads.box_predictor.cls_score); "
-                           "model.arch is ssd300_vgg16.")
+                           f"model.arch is {m.arch}.")
 
 
 def _check_margin(mg: MarginConfig) -> None:

@@ -16,7 +16,7 @@ __all__ = ["detections_to_results"]
 
 
 def detections_to_results(outputs: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int],
-                          category_ids: Sequence[int], *, masks: bool) -> list[dict]:
+                          category_ids: Sequence[int], *, masks: bool, mask_thresh: float = 0.5) -> list[dict]:
     """torchvision detector outputs as LVIS/COCO result dicts.
 
     Args:
@@ -25,8 +25,10 @@ def detections_to_results(outputs: Sequence[Mapping[str, torch.Tensor]], image_i
             probabilities.
         image_ids: the json id of each image.
         category_ids: json category ids sorted; label ``k`` is ``category_ids[k - 1]``.
-        masks: add ``segmentation``: the mask thresholded at 0.5 (torchvision's references), RLE-encoded by
-            pycocotools with ``counts`` as str (json-ready).
+        masks: add ``segmentation``: the mask thresholded at ``mask_thresh``, RLE-encoded by pycocotools with
+            ``counts`` as str (json-ready).
+        mask_thresh: a pixel belongs to the instance where its probability exceeds this (0.5 as torchvision's
+            references; the paper's last Table XV row uses 0.4: det config ``model.mask_thresh``).
 
     Returns:
         ``[{"image_id", "category_id" (json id), "bbox" [x, y, w, h], "score"[, "segmentation"]}, ...]``.
@@ -56,7 +58,7 @@ def detections_to_results(outputs: Sequence[Mapping[str, torch.Tensor]], image_i
             if labels.size:
                 from pycocotools import mask as mask_utils
 
-                binary = (m > 0.5).numpy().astype(np.uint8)
+                binary = (m > float(mask_thresh)).numpy().astype(np.uint8)
                 rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         ids = cat[labels - 1] if labels.size else labels
         for j in range(labels.size):

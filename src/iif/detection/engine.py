@@ -330,6 +330,7 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
     """
     from torch.utils.data import DataLoader, Subset
 
+    from .components import mask_threshold
     from .data import detections_to_results
 
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -366,7 +367,8 @@ def predict(model: nn.Module, dataset, *, device: str | torch.device = "cpu", ba
             outputs = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
                        for o in outputs]
             ids = [int(t["image_id"]) for t in targets]
-            results.extend(detections_to_results(outputs, ids, list(category_ids), masks=use_masks))
+            results.extend(detections_to_results(outputs, ids, list(category_ids), masks=use_masks,
+                                                 mask_thresh=mask_threshold(model)))
     finally:
         if saved_pool is not None:
             roi_heads.mask_roi_pool = saved_pool

@@ -37,6 +37,8 @@ from torch import nn
 
 from ..errors import IIFError
 from .archs import ARCHS, NORMS, is_from_scratch
+from .components import apply_thresholds, check_components
+from .mask_heads import build_mask_predictor
 
 __all__ = ["ARCHS", "DETECTION_PRESETS", "build_detector", "load_detector_checkpoint", "input_memory_estimate",
            "check_input_memory", "physical_memory_bytes", "load_backbone_weights", "backbone_weights_state",
@@ -137,7 +139,8 @@ def build_detector(arch: str, num_classes: int, *, masks: bool = True, min_size:
                    representation_size: int = 1024, mask_layers: Sequence[int] | None = None, mask_roi_size: int = 14,
                    class_agnostic_mask: bool = False, norm: str | None = None, trainable_layers: int | None = None,
                    checkpoint: str | os.PathLike | None = None, backbone_weights: str | os.PathLike | None = None,
-                   log=print) -> nn.Module:
+                   mask_predictor: str = "standard", box_nms_thresh: float | None = None,
+                   mask_thresh: float | None = None, log=print) -> nn.Module:
     """A torchvision detector for ``num_classes`` foreground categories, built without any download.
 
     Args:
@@ -182,6 +185,9 @@ def build_detector(arch: str, num_classes: int, *, masks: bool = True, min_size:
             an ``iif det-data`` benchmark) must be resolved to its file first
             (:func:`iif.detection.pretrain.resolve_backbone_weights`; det-train and det-bench do it). ResNet-FPN
             archs only.
+        mask_predictor, box_nms_thresh, mask_thresh: Table XV's components (:mod:`iif.detection.components`):
+            ``"standard"`` or ``"normalised"`` (Seesaw's) mask logits; the final NMS IoU (None: the arch's); the
+            evaluated masks' probability threshold (None: 0.5). The paper's last Table XV row: NMS 0.3, mask 0.4.
         log: where the checkpoint report goes.
     """
     norm, trainable_layers = _checked_build_args(
@@ -191,23 +197,31 @@ def build_detector(arch: str, num_classes: int, *, masks: bool = True, min_size:
                                                   ("representation_size", representation_size),
                                                   ("box_detections_per_img", box_detections_per_img),
                                                   ("box_batch_size_per_image", box_batch_size_per_image)))
-    family, depth = ARCHS[arch]
-    if family == "ssd":
-        model = _build_ssd(num_classes, box_detections_per_img, box_score_thresh, norm)
-    elif family == "yolov3":  # Darknet + three-scale head, objectness x softmax scores (iif.detection.yolo)
-        from .yolo import build_yolov3
-
-        model = build_yolov3(depth, num_classes, locals(), norm, log=log)
-    elif family == "cascade_maskrcnn":  # Mask R-CNN's parts with three box stages (iif.detection.cascade)
-        from .cascade import to_cascade
-
-        model = to_cascade(_build_rcnn("maskrcnn", depth, num_classes, masks, norm, trainable_layers, locals(),
-                                       log=log), num_classes, int(representation_size))
-    else:
-        model = _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, locals(), log=log)
+    check_components(arch, mask_predictor=mask_predictor, box_nms_thresh=box_nms_thresh, mask_thresh=mask_thresh,
+                     class_agnostic_mask=class_agnostic_mask)
+    model = _build_arch(arch, num_classes, masks, norm, trainable_layers, locals(), log=log)
+    apply_thresholds(model, box_nms_thresh=box_nms_thresh, mask_thresh=mask_thresh)
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint, log=log)
     return model
+
+
+def _build_arch(arch: str, num_classes: int, masks: bool, norm: str, trainable_layers: int, a: dict,
+                log=print) -> nn.Module:
+    """The detector of ``arch``'s family, from :func:`build_detector`'s arguments ``a`` (checked)."""
+    family, depth = ARCHS[arch]
+    if family == "ssd":
+        return _build_ssd(num_classes, a["box_detections_per_img"], a["box_score_thresh"], norm)
+    if family == "yolov3":  # Darknet + three-scale head, objectness x softmax scores (iif.detection.yolo)
+        from .yolo import build_yolov3
+
+        return build_yolov3(depth, num_classes, a, norm, log=log)
+    if family == "cascade_maskrcnn":  # Mask R-CNN's parts with three box stages (iif.detection.cascade)
+        from .cascade import to_cascade
+
+        return to_cascade(_build_rcnn("maskrcnn", depth, num_classes, masks, norm, trainable_layers, a, log=log),
+                          num_classes, int(a["representation_size"]))
+    return _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, a, log=log)
 
 
 def _checked_build_args(arch: str, num_classes: Any, *, norm: str | None, trainable_layers: int | None,
@@ -246,7 +260,7 @@ def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: st
     from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
     from torchvision.models.detection.rpn import RPNHead
     from torchvision.ops import MultiScaleRoIAlign
 
@@ -286,7 +300,7 @@ def _build_rcnn(family: str, depth: str, num_classes: int, masks: bool, norm: st
                         mask_head=mask_head,
                         mask_predictor=(ClassAgnosticMaskPredictor(layers[-1], layers[-1], num_classes + 1)
                                         if a["class_agnostic_mask"] else
-                                        MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1)),
+                                        build_mask_predictor(a["mask_predictor"], layers[-1], num_classes + 1)),
                         **kwargs)
     return FasterRCNN(backbone, num_classes=None, **kwargs)
 

@@ -438,7 +438,7 @@ def _find_run(path: str | os.PathLike) -> tuple[Path, Path]:
 
 # Model settings det-eval applies to a trained detector: they change only how it predicts, not its weights.
 EVAL_MODEL_KEYS = ("min_size", "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
-                   "box_detections_per_img", "box_score_thresh", "cosine_scale")
+                   "box_detections_per_img", "box_score_thresh", "cosine_scale", "box_nms_thresh", "mask_thresh")
 # Settings that only shape training: an override of them in det-eval would be silently ignored, so it is refused.
 _TRAINING_ONLY = {"data": ("sampler", "rfs_threshold", "rfs_rounding", "hflip", "masks"),
                   "runtime": ("stop_after_epoch",)}
