@@ -293,6 +293,21 @@ def test_refusals_are_one_line(kwargs, message):
     assert not hasattr(model.class_logits, "adjuster")  # nothing installed
 
 
+@pytest.mark.parametrize("override, message", [
+    ("model.cosine_scale=8", "model.arch is yolov3_tiny_cpu, whose head is convolutional"),
+    ("model.classifier_only=true", "needs an R-CNN arch"),
+])
+def test_config_refuses_what_yolov3_cannot_take(override, message, tmp_path):
+    from iif.detection.config import load_detection_config
+
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(IIFError, match=message) as info:
+        load_detection_config("det_bench_softmax", ["model.arch=yolov3_tiny_cpu", "model.anchor_sizes=null",
+                                                    f"model.checkpoint={ckpt}", override])
+    assert "\n" not in str(info.value)
+
+
 def test_build_bad_input_and_darknet53_size():
     with pytest.raises(IIFError, match="3 levels of 3 sizes"):
         build_detector("yolov3_tiny_cpu", C, min_size=64, anchor_sizes=((16,), (32,)))
