@@ -160,3 +160,23 @@ def test_eqlv2_bad_input_is_one_line():
         use_margin(ssd, "eqlv2", [1, 2, 3], when="train")
     with pytest.raises(IIFError, match="params="):
         use_margin(model, "iif", [1, 2, 3], params={"gamma": 2})
+
+
+def test_det_config_margin_eqlv2_builds_the_eqlv2_detector():
+    from iif.detection.config import load_detection_config
+    from iif.detection.eqlv2 import EQLv2Adjuster
+    from iif.detection.runs import build_from_config
+
+    cfg = load_detection_config(None, ["model.arch=fasterrcnn_r10_fpn", "margin.method=eqlv2", "model.min_size=64",
+                                       "model.max_size=64", "model.fpn_channels=16", "model.representation_size=32"])
+    assert cfg.margin.when in (None, "train")
+    model = build_from_config(cfg, 3, np.array([10.0, 5.0, 1.0]), log=lambda *a: None)
+    pred = model.roi_heads.box_predictor
+    assert isinstance(pred.adjuster, EQLv2Adjuster) and pred.when == "train"
+    assert (pred.adjuster.loss.gamma, pred.adjuster.loss.mu, pred.adjuster.loss.alpha) == (12.0, 0.8, 4.0)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, [{k: v for k, v in targets[0].items() if k != "masks"}])
+    assert torch.isfinite(losses["loss_classifier"]) and bool(pred.adjuster.loss.started)
+    with pytest.raises(IIFError, match="'margin.when' is 'train_and_test' but eqlv2 is a training loss"):
+        load_detection_config(None, ["margin.method=eqlv2", "margin.when=train_and_test"])

@@ -443,9 +443,9 @@ def _check_margin(mg: MarginConfig) -> None:
     check(is_finite(mg.tau) and mg.tau > 0, "margin.tau", mg.tau, "a positive finite number", "1.0")
     if mg.method == "norcal" and when != "test":
         raise IIFError(f"config key 'margin.when' is {when!r} but norcal is post-hoc; set margin.when=test (or null).")
-    if mg.method == "seesaw" and when != "train":
-        raise IIFError(f"config key 'margin.when' is {when!r} but seesaw is a training loss; set margin.when=train "
-                       "(or null).")
+    if mg.method in ("seesaw", "eqlv2") and when != "train":
+        raise IIFError(f"config key 'margin.when' is {when!r} but {mg.method} is a training loss; set "
+                       "margin.when=train (or null).")
     if mg.la_form is not None:
         one_of("margin.la_form", mg.la_form, ("bayes", "prior"))
     check(is_finite(mg.gamma) and mg.gamma >= 0, "margin.gamma", mg.gamma, "a finite number >= 0", "1.0")
