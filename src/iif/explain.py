@@ -39,7 +39,7 @@ from torch import nn
 from .errors import IIFError
 
 __all__ = ["ClassMaps", "explain_image", "image_channels", "resolve_class", "spatial_layer", "score_map",
-           "grad_cam", "plot_explanations", "DecisionModel", "CAPTUM_HINT"]
+           "grad_cam", "plot_explanations", "DecisionModel", "checkpoint_kind", "CAPTUM_HINT"]
 
 PathLike = str | os.PathLike
 
@@ -65,6 +65,8 @@ class ClassMaps:
     layer: str                      # the backbone layer the maps come from
     score_map: np.ndarray | None    # decision logit of the predicted class at each location (None: head does not fit)
     gradcam: dict[int, np.ndarray]  # class index -> Grad-CAM (>= 0)
+    box: list[float] | None = None  # detectors: the explained detection [x0, y0, x1, y1] in image pixels
+    proposal: list[float] | None = None  # detectors: the RPN proposal it was scored on, in the resized input
 
     def summary(self) -> dict:
         """Plain data for ``explain.json``: classes, scores, and where each map peaks (row, column)."""
@@ -78,7 +80,7 @@ class ClassMaps:
                 "top": [{"class": self.class_names[i], "index": int(i), "score": float(self.scores[i])} for i in top],
                 "score_map_peak": peak(self.score_map),
                 "gradcam_peak": {self.class_names[c]: peak(m) for c, m in self.gradcam.items()},
-                "image_size": list(self.image.shape[:2])}
+                "image_size": list(self.image.shape[:2]), "box": self.box}
 
 
 def image_channels(path: PathLike) -> tuple[int, str]:
@@ -206,7 +208,9 @@ def _display_image(x: torch.Tensor, pre: dict) -> np.ndarray:
     return img.permute(1, 2, 0).numpy()
 
 
-def _refuse_detector(checkpoint: PathLike) -> None:
+def checkpoint_kind(checkpoint: PathLike) -> str:
+    """``"detector"`` for a checkpoint (or run folder) of ``iif det-train``, ``"classifier"`` for one of ``iif
+    train`` with class names; IIFError for a checkpoint without class names or holding only weights."""
     from .runtime import load_checkpoint
 
     path = Path(checkpoint)
@@ -214,14 +218,14 @@ def _refuse_detector(checkpoint: PathLike) -> None:
         path = next((path / n for n in ("best.pt", "last.pt", "final.pt") if (path / n).is_file()), path)
     ckpt = load_checkpoint(path)
     if "config" not in ckpt and "settings" in ckpt:
-        raise IIFError(f"{path} is an iif det-train (detector) checkpoint; iif explain takes classifier checkpoints of "
-                       "iif train (explaining detectors is not built yet).")
+        return "detector"
     pre = ckpt.get("preprocess")
     if "config" in ckpt and isinstance(pre, dict) and not pre.get("class_names"):
         raise IIFError(f"{path} stores no class names (preprocess.class_names); use a checkpoint written by iif train.")
     if "config" not in ckpt:
         raise IIFError(f"{path} holds only weights, without the config and class names iif explain needs; use a "
                        "checkpoint written by iif train.")
+    return "classifier"
 
 
 def _label(predictor) -> str:
@@ -243,7 +247,9 @@ def explain_image(checkpoint: PathLike, image: PathLike, target: str | int | Non
     rule of the checkpoint's own loss). Bad input raises :class:`IIFError` (one line)."""
     from .predict import Predictor, load_image
 
-    _refuse_detector(checkpoint)
+    if checkpoint_kind(checkpoint) == "detector":
+        raise IIFError(f"{checkpoint} is an iif det-train (detector) checkpoint; explain it with "
+                       "iif.explain_detection (iif explain does so by itself).")
     p = Predictor(checkpoint, adjust=None if adjust in (None, "", "none") else adjust, device=device)
     if not p.class_names:
         raise IIFError(f"{checkpoint} stores no class names; use a checkpoint written by iif train.")
@@ -278,13 +284,22 @@ def _bars(ax, m: ClassMaps) -> None:
     ax.set_title("class scores (red: wrong prediction, green: true)", fontsize=8)
 
 
+def _draw_box(ax, m: ClassMaps) -> None:
+    if m.box is not None:
+        from matplotlib.patches import Rectangle
+
+        x0, y0, x1, y1 = m.box
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+
+
 def _overlay(ax, m: ClassMaps, heat: np.ndarray | None, title: str) -> None:
     ax.imshow(m.image)
+    _draw_box(ax, m)
     if heat is not None and (heat > 0).any():
         ax.imshow(heat, cmap="jet", alpha=0.5)
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
         ax.plot([c], [r], marker="+", color="white", markersize=10)
-    else:  # Grad-CAM is all zero when no channel's evidence for the class is positive anywhere
+    elif heat is not None or m.box is None:  # Grad-CAM is all zero when no channel's evidence is positive anywhere
         note = "n/a" if heat is None else "all zero: no positive evidence"
         ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="white", fontsize=8,
                 bbox={"facecolor": "black", "alpha": 0.6})
@@ -304,10 +319,12 @@ def plot_explanations(results: Sequence[ClassMaps], image_name: str = ""):
         pred = f"{names[m.predicted]} ({m.scores[m.predicted]:.2f})"
         true = names[m.target] if m.target is not None else "unknown (--class)"
         row[0].imshow(m.image)
+        _draw_box(row[0], m)
         row[0].set_title(f"{m.label}\npredicted {pred}, true {true}", fontsize=8)
         row[0].axis("off")
         _bars(row[1], m)
-        _overlay(row[2], m, m.score_map, f"class-score heatmap: {names[m.predicted]}")
+        heat_title = "the detection (a detector scores boxes)" if m.box is not None else "class-score heatmap"
+        _overlay(row[2], m, m.score_map, f"{heat_title}: {names[m.predicted]}")
         _overlay(row[3], m, m.gradcam.get(m.predicted), f"Grad-CAM ({m.layer}): predicted {names[m.predicted]}")
         if m.target is None or m.target == m.predicted:
             note = "true class = predicted" if m.target is not None else "true class unknown: pass --class"

@@ -9,8 +9,12 @@ class. --compare adds a second checkpoint (e.g. softmax vs IIF) as a second row 
 The true class is --class (a name or an index), else the image's folder name when it is a class name.
 The image must have the model's channel count (grey or RGB); it is not converted.
 
+A det-train run (Faster / Mask R-CNN) is explained at its best detection (of --class when given): the
+class scores of the proposal it came from (with the run's margin) and Grad-CAM on the backbone's last
+ResNet stage; --adjust does not apply. SSD, YOLOv3 and cascade detectors are not supported yet.
+
 Writes DIR/explain.png and DIR/explain.json (classes, scores, where each map peaks) all at once. Needs the
-optional extra: pip install "iif[explain]" (captum). Detector checkpoints are not supported yet.
+optional extra: pip install "iif[explain]" (captum).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser("explain", help="class scores, class heatmap and Grad-CAM of an image (paper Fig. 6)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint of iif train (best.pt, last.pt) or its run folder")
+    p.add_argument("checkpoint", help="a checkpoint of iif train (best.pt, last.pt) or its run folder, or an iif det-train run folder")
     p.add_argument("image", help="one image file")
     p.add_argument("--class", dest="target", metavar="C", default=None,
                    help="the true (or asked) class: a class name or index (default: the image's folder name if it "
@@ -56,13 +60,27 @@ def run(args: argparse.Namespace) -> int:
         raise IIFError(f"{args.image}: no such image file; give one PNG or JPEG file.")
     folder = OutputFolder(args.out, command="explain", force=args.force, inputs=inputs, run_folders=runs)
 
-    from ..explain import explain_image, plot_explanations
+    from ..explain import plot_explanations
     from ..reporting import save_figure
 
-    results = [explain_image(c, args.image, args.target, adjust=args.adjust, device=args.device) for c in checkpoints]
+    results = [_explain(c, args) for c in checkpoints]
     with folder as staging:
         save_figure(plot_explanations(results, Path(args.image).name), staging / "explain.png")
         atomic_write_json(staging / "explain.json", {"image": str(args.image), "adjust": args.adjust,
                                                      "checkpoints": [m.summary() for m in results]})
     print(f"wrote {Path(args.out) / 'explain.png'} and explain.json", file=sys.stderr)
     return 0
+
+
+def _explain(checkpoint: str, args: argparse.Namespace):
+    """The :class:`iif.explain.ClassMaps` of one checkpoint: a classifier's, or a det-train detector's best box."""
+    from ..explain import checkpoint_kind, explain_image, resolve_class
+
+    if checkpoint_kind(checkpoint) == "classifier":
+        return explain_image(checkpoint, args.image, args.target, adjust=args.adjust, device=args.device)
+    from ..explain_detection import explain_detection, load_detector_run
+    from ..runtime import resolve_device
+
+    model, names, label = load_detector_run(checkpoint, str(resolve_device(args.device)))
+    return explain_detection(model, names, args.image, resolve_class(args.target, names, args.image), label,
+                             checkpoint=str(checkpoint))

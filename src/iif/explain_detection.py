@@ -1,0 +1,148 @@
+"""The paper's Fig. 6 for RoI detectors of ``iif det-train`` (Faster / Mask R-CNN): one detection's class
+scores and Grad-CAMs.
+
+Fig. 6 (iii) shows the class scores of the confident region, (iv) Grad-CAM. For a two-stage detector the
+region is one detection: the highest-scoring box (or the highest-scoring box of the asked class). Its class
+scores are the softmax over the ``C + 1`` logits (background first) that the box head gives the RPN proposal
+the detection was regressed from (``box_roi_pool`` -> ``box_head`` -> ``box_predictor``, the margin that
+``use_margin`` installed applied as at inference, e.g. ``w * z`` for IIF, Eq. 13), with the background
+column dropped, as torchvision's post-processing does: the detection's own score is one of them. Grad-CAM is taken on the last stage of the backbone's
+ResNet body (the map every FPN level is built from) for that box's class logit, through captum's
+``LayerGradCam``. SSD, YOLOv3 and cascade heads are refused with one line (not built).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import IIFError
+from .explain import ClassMaps, grad_cam, spatial_layer
+
+__all__ = ["load_detector_run", "explain_detection"]
+
+PathLike = str | os.PathLike
+
+
+def load_detector_run(checkpoint: PathLike, device: str = "cpu") -> tuple[torch.nn.Module, list[str], str]:
+    """``(model in eval mode, category names, label)`` of an ``iif det-train`` run folder or a checkpoint in one
+    (its ``config.yaml`` beside it; the categories and their counts from the run's training json)."""
+    from .detection.config import load_detection_config
+    from .detection.runs import build_from_config, load_train_set
+    from .detection.runs_folder import CONFIG_FILE
+    from .runtime import load_checkpoint
+
+    path = Path(checkpoint)
+    ckpt_path = path / "last.pt" if path.is_dir() else path
+    cfg_path = ckpt_path.parent / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise IIFError(f"{ckpt_path.parent} has no {CONFIG_FILE}; iif explain rebuilds a detector from the config "
+                       "iif det-train saved beside its checkpoint: give the run folder.")
+    cfg = load_detection_config(cfg_path)
+    freq = load_train_set(cfg).freq  # the categories (names, in the model's order) and the counts of the margin
+    names = [str(n) for n in freq.class_names]
+    model = build_from_config(cfg, len(names), freq, log=lambda *a, **k: None, load_checkpoint=False)
+    state = load_checkpoint(ckpt_path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise IIFError(f"{ckpt_path} does not fit the model of {cfg_path} ({str(exc).splitlines()[0]}); give the "
+                       "checkpoint of that run.") from None
+    label = f"{cfg.margin.method} {cfg.model.arch} ({ckpt_path.name})"
+    return model.to(device).eval(), names, label
+
+
+class _BoxLogits(torch.nn.Module):
+    """Transformed image batch -> the ``(1, C + 1)`` class logits of one box (pooled again from the features)."""
+
+    def __init__(self, model: torch.nn.Module, box: torch.Tensor, image_sizes) -> None:
+        super().__init__()
+        self.model, self.box, self.image_sizes = model, box, image_sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        roi = self.model.roi_heads
+        feats = self.model.backbone(x)
+        pooled = roi.box_roi_pool(feats, [self.box[None]], self.image_sizes)
+        out = roi.box_predictor(roi.box_head(pooled))
+        return (out[0] if isinstance(out, tuple) else out).float()
+
+
+def _proposal_of(model: torch.nn.Module, images, box_t: torch.Tensor, label: int, score: float) -> torch.Tensor:
+    """The RPN proposal a detection came from: torchvision decodes each proposal's class-``label`` box and scores
+    it with the softmax of the proposal's logits, so the proposal whose decoded box and score are closest to the
+    detection's (in the resized input) is the one; its logits give the detection's score exactly."""
+    from torchvision.ops import clip_boxes_to_image
+
+    roi = model.roi_heads
+    with torch.no_grad():
+        feats = model.backbone(images.tensors)
+        proposals = model.rpn(images, feats)[0][0]
+        logits, reg = roi.box_predictor(roi.box_head(roi.box_roi_pool(feats, [proposals], images.image_sizes)))
+        boxes = roi.box_coder.decode(reg, [proposals]).reshape(len(proposals), -1, 4)[:, label]
+        boxes = clip_boxes_to_image(boxes, images.image_sizes[0])
+        err = (boxes - box_t).abs().amax(1) + (torch.softmax(logits.float(), -1)[:, label] - score).abs()
+    return proposals[int(err.argmin())]
+
+
+def _pick(det: dict, target: int | None) -> int:
+    scores, labels = det["scores"], det["labels"]
+    keep = torch.arange(len(scores)) if target is None else torch.nonzero(labels == target + 1).flatten()
+    if len(keep) == 0:
+        return -1
+    return int(keep[int(torch.argmax(scores[keep]))])
+
+
+def explain_detection(model: torch.nn.Module, class_names: list[str], image: PathLike, target: int | None = None,
+                      label: str = "detector", checkpoint: str = "") -> ClassMaps:
+    """Class scores and Grad-CAMs (predicted and ``target`` class) of the best detection (of ``target`` when
+    given) in ``image`` (see the module docstring); ``ClassMaps.box`` is its ``[x0, y0, x1, y1]``."""
+    from .explain import check_image_channels
+    from .predict import load_image
+
+    roi = getattr(model, "roi_heads", None)
+    if not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
+        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN) only; {type(model).__name__} has no "
+                       "torchvision RoI box head (SSD, YOLOv3 and cascade explanations are not built).")
+    check_image_channels(image, 3)
+    img = torch.from_numpy(np.asarray(load_image(image, 3), np.float32) / 255.0).permute(2, 0, 1)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        det = model([img.to(dev)])[0]
+    i = _pick(det, target)
+    if i < 0:
+        what = f"of class {class_names[target]!r} " if target is not None else ""
+        raise IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
+                       "model.box_score_thresh in the run's config.")
+    box = det["boxes"][i].detach()
+    images, _ = model.transform([img.to(dev)])
+    (h0, w0), (h1, w1) = img.shape[-2:], images.image_sizes[0]
+    box_t = box * torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0], device=box.device)
+    proposal = _proposal_of(model, images, box_t, int(det["labels"][i]), float(det["scores"][i]))
+    head = _BoxLogits(model, proposal, images.image_sizes).eval()
+    with torch.no_grad():
+        logits = head(images.tensors)[0].cpu()
+    scores = torch.softmax(logits, 0)[1:]
+    pred = int(det["labels"][i]) - 1
+    _, layer, _ = spatial_layer(model.backbone.body, images.tensors)
+    cams = grad_cam(head, layer, images.tensors, [c + 1 for c in [pred] + ([target] if target is not None else [])])
+    return ClassMaps(checkpoint=str(checkpoint), label=label, class_names=list(class_names), logits=logits[1:].numpy(),
+                     scores=scores.numpy(), predicted=pred, target=target, image=img.permute(1, 2, 0).numpy(),
+                     layer=_layer_name(model.backbone.body, layer), score_map=None,
+                     gradcam={c - 1: _to_image(m, (h1, w1), images.tensors.shape[-2:], (h0, w0)) for c, m in cams.items()},
+                     box=[float(v) for v in box.cpu()], proposal=[float(v) for v in proposal.cpu()])
+
+
+def _layer_name(root: torch.nn.Module, layer: torch.nn.Module) -> str:
+    return next((f"backbone.body.{n}" for n, m in root.named_modules() if m is layer), "backbone.body")
+
+
+def _to_image(cam: torch.Tensor, valid: tuple[int, int], padded, original: tuple[int, int]) -> np.ndarray:
+    """A map over the padded, resized batch -> the original image's pixels (crop the padding, resize back)."""
+    import torch.nn.functional as F
+
+    full = F.interpolate(cam[None, None].float().cpu(), size=tuple(padded), mode="bilinear", align_corners=False)
+    crop = full[..., :int(valid[0]), :int(valid[1])]
+    return F.interpolate(crop, size=tuple(original), mode="bilinear", align_corners=False)[0, 0].numpy()
