@@ -217,6 +217,38 @@ def test_balanced_softmax_adds_log_counts_in_the_loss_only():
         assert torch.equal(model.adjusted_class_logits(z), z)  # when="train": inference sees z
 
 
+def _methods_and_phases():
+    from iif.detection.margins import METHODS
+    from iif.methods import get_method
+
+    return [(m, w) for m in METHODS for w in get_method(m, "detection").when]
+
+
+@pytest.mark.parametrize("method, when", _methods_and_phases())
+def test_every_margin_method_trains_or_is_refused_in_one_line(method, when):
+    model = tiny()
+    counts = None if method == "softmax" else COUNTS
+    if method in ("seesaw", "eqlv2"):  # both need torchvision's RoI heads
+        with pytest.raises(IIFError, match="YOLOv3") as info:
+            use_margin(model, method, counts, when=when)
+        assert "\n" not in str(info.value)
+        return
+    use_margin(model, method, counts, when=when)
+    store = capture_head(model)
+    model.train()
+    losses = model(IMAGES, TARGETS)
+    sum(losses.values()).backward()
+    assert model.head.outputs[0][-1].weight.grad.abs().sum() > 0
+    # the loss's class logits by hand: IIF's w z in training phases; an additive method's ln n offset (logit
+    # adjustment's Bayes offsets are -ln p_c - ln C at tau 1: ln n up to a constant, which the C-way softmax
+    # ignores); z otherwise
+    weights = smooth_iif(COUNTS, sum(COUNTS)) if method == "iif" and when != "test" else None
+    offsets = [math.log(n) for n in COUNTS] if method in ("balanced_softmax", "logit_adjustment") and \
+        when == "train" else None
+    expected, _ = hand_losses(store[0], GTS, weights=weights, offsets=offsets)
+    assert losses["loss_cls"].item() == pytest.approx(expected["loss_cls"], rel=1e-5)
+
+
 def _all_pairs(model):
     """Keep every (prediction, class) pair: no threshold, no suppression, no cut."""
     model.score_thresh, model.nms_thresh = -1.0, 1.0
@@ -329,21 +361,44 @@ def test_backbone_weights_file_loads_into_the_darknet(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ det-train
+def _det_train_args(bench, out, *extra):
+    return ["det-train", "det_bench_softmax", f"data.root={bench}", "model.arch=yolov3_tiny_cpu",
+            "model.anchor_sizes=null", "model.min_size=64", "model.max_size=64", "data.max_train_images=8",
+            "data.max_val_images=4", "schedule.batch_size=4", "schedule.warmup_iters=1",
+            "schedule.milestones=[1]", "margin.method=iif", "eval.batch_size=4", "runtime.threads=1", *extra,
+            "--out", str(out), "--quiet"]
+
+
+@pytest.mark.slow
 def test_det_train_step_and_det_eval(detection_benchmark, tmp_path):
     pytest.importorskip("faster_coco_eval")
     from iif.cli import main
 
-    bench = detection_benchmark[0]
     out = tmp_path / "run"
-    args = ["det-train", "det_bench_softmax", f"data.root={bench}", "model.arch=yolov3_tiny_cpu",
-            "model.anchor_sizes=null", "model.min_size=64", "model.max_size=64", "data.max_train_images=8",
-            "data.max_val_images=4", "schedule.batch_size=4", "schedule.epochs=1", "schedule.warmup_iters=1",
-            "schedule.milestones=[1]", "margin.method=iif", "eval.batch_size=4", "runtime.threads=1",
-            "--out", str(out), "--quiet"]
-    assert main(args) == 0
+    assert main(_det_train_args(detection_benchmark[0], out, "schedule.epochs=1")) == 0
     history = json.loads((out / "history.json").read_text())
     assert history[0]["images"] == 8 and {"loss_box", "loss_obj", "loss_cls"} <= set(history[0])
     metrics = json.loads((out / "final_metrics.json").read_text())
     assert metrics["iou_type"] == "bbox"
     assert main(["det-eval", str(out), "--detections", str(tmp_path / "d.json")]) == 0
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads((out / "detections.json").read_text())
+
+
+SIDE_128 = ("model.min_size=128", "model.max_size=128")
+
+
+@pytest.mark.slow
+def test_det_train_resume_is_bit_identical(detection_benchmark, tmp_path):
+    """Two epochs straight, or one epoch then --resume: the same weights (at 128 px each batch's multi-scale
+    side is one of 96, 128, 160, drawn from torch's RNG, which the checkpoint restores)."""
+    pytest.importorskip("faster_coco_eval")
+    from iif.cli import main
+
+    bench = detection_benchmark[0]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(_det_train_args(bench, full, "schedule.epochs=2", *SIDE_128)) == 0
+    assert main(_det_train_args(bench, part, "schedule.epochs=2", *SIDE_128, "runtime.stop_after_epoch=1")) == 0
+    assert main(_det_train_args(bench, part, "schedule.epochs=2", *SIDE_128, "--resume")) == 0
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(part / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
