@@ -68,10 +68,10 @@ def test_eqlv2_map_is_the_published_mapping_function():
     assert abs(float(eqlv2_map(torch.tensor(0.8), 12.0, 0.8)) - 0.5) < 1e-12
 
 
-def _tiny(arch="maskrcnn_r10_fpn"):
+def _tiny(arch="maskrcnn_r10_fpn", seed=0):
     from iif.detection.models import build_detector
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     kw = dict(min_size=64, max_size=64, fpn_channels=16, representation_size=32, returned_layers=(2, 3, 4),
               anchor_sizes=((16,), (32,), (64,), (128,)), box_batch_size_per_image=32)
     if arch.startswith("maskrcnn"):
@@ -180,3 +180,36 @@ def test_det_config_margin_eqlv2_builds_the_eqlv2_detector():
     assert torch.isfinite(losses["loss_classifier"]) and bool(pred.adjuster.loss.started)
     with pytest.raises(IIFError, match="'margin.when' is 'train_and_test' but eqlv2 is a training loss"):
         load_detection_config(None, ["margin.method=eqlv2", "margin.when=train_and_test"])
+
+
+def test_det_train_resume_with_eqlv2_is_exact(tmp_path):
+    """The EQLv2 accumulators travel in last.pt: 1 epoch + resume gives the 2-epoch run's weights and sums."""
+    from iif.detection.engine import train_detector
+    from iif.detection.margins import use_margin
+
+    g = torch.Generator().manual_seed(0)
+    ds = []
+    for i in range(4):  # four 64-px images, one bright square each, labels 1..3
+        img = torch.rand(3, 64, 64, generator=g) * 0.2
+        x0 = 4 + 9 * i
+        img[:, 10:30, x0:x0 + 20] = 0.9
+        ds.append((img, {"boxes": torch.tensor([[x0, 10.0, x0 + 20, 30]]), "labels": torch.tensor([1 + i % 3]),
+                         "image_id": 100 + i}))
+    quiet = lambda s: None  # noqa: E731
+    KW = dict(batch_size=2, lr=0.01, warmup_iters=2, milestones=(2,), clip_grad_norm=5.0, device="cpu", seed=3)
+
+    def eql(seed=0):
+        return use_margin(_tiny("fasterrcnn_r10_fpn", seed), "eqlv2", [2, 2, 2], when="train")
+
+    full = eql()
+    train_detector(full, ds, epochs=2, out_dir=tmp_path / "a", log=quiet, **KW)
+    train_detector(eql(), ds, epochs=2, out_dir=tmp_path / "b", stop_after_epoch=1, log=quiet, **KW)
+    saved = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["margin_state"]
+    assert float(saved["roi_heads.box_predictor.adjuster.loss.neg_grad"].sum()) > 0
+    resumed = eql(seed=99)
+    train_detector(resumed, ds, epochs=2, out_dir=tmp_path / "b", resume=True, log=quiet, **KW)
+    a, b = full.state_dict(), resumed.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la, lb = full.roi_heads.box_predictor.adjuster.loss, resumed.roi_heads.box_predictor.adjuster.loss
+    assert torch.equal(la.pos_grad, lb.pos_grad) and torch.equal(la.neg_grad, lb.neg_grad)

@@ -38,6 +38,7 @@ from ..runtime.distributed import (DistInfo, all_reduce_sum, current_group, gath
 from ..runtime.progress import EpochSums
 from ..outputs import atomic_torch_save  # the one home of atomic writes
 from .data import collate
+from .eqlv2 import load_margin_state, margin_state
 
 __all__ = ["DetectionSchedule", "train_detector", "train_one_epoch", "predict"]
 
@@ -244,6 +245,7 @@ def _restore(run: _DetRun, resume: bool, out_dir, seed: int) -> int:
         "batch size, lr, schedule, seed, world size and dataset, or start in a new out_dir."))
     start_epoch, run.history = restore_training_state(ckpt, run.model, run.optimizer, run.scheduler, run.scaler,
                                                       run.info.rank)
+    load_margin_state(_unwrap(run.model), ckpt.get("margin_state"))  # EQLv2's gradient sums (eqlv2.py)
     if run.info.is_main:
         run.log(f"resumed from {path} after epoch {start_epoch}")
     return start_epoch
@@ -253,7 +255,8 @@ def _checkpoint_state(run: _DetRun, epoch_done: int, extra: dict | None = None) 
     """``last.pt`` (and ``nan.pt``): weights, optimizer, schedule, scaler, every rank's RNG, history, settings."""
     return {**training_state(run.model, run.optimizer, run.scheduler, run.scaler, epoch_done,
                              gather_rng_states(run.info)),  # iif.runtime, classification's too
-            "history": run.history, "settings": run.settings, "settings_hash": run.settings_hash, **(extra or {})}
+            "history": run.history, "settings": run.settings, "settings_hash": run.settings_hash,
+            "margin_state": margin_state(_unwrap(run.model)), **(extra or {})}
 
 
 def train_one_epoch(run: _DetRun, epoch: int) -> dict:

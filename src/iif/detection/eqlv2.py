@@ -26,8 +26,9 @@ scored ``sigmoid(z_c)`` per foreground class (:func:`postprocess_sigmoid`: torch
 small-box removal, NMS at ``roi_heads.nms_thresh`` and top-k, with sigmoid instead of softmax scores).
 Calling :func:`use_margin` with another method removes all three.
 
-The accumulators are buffers of the adjuster, not saved in checkpoints (like Seesaw's counts): a resumed run
-starts accumulating again.
+The accumulators are buffers of the adjuster, outside the model's ``state_dict`` (whose keys stay the plain
+model's); ``iif det-train`` saves them beside it (:func:`margin_state`, ``last.pt``'s ``"margin_state"``) and
+restores them on ``--resume``, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["EQLv2Loss", "EQLv2Adjuster", "eqlv2_map", "postprocess_sigmoid", "EQLV2_DEFAULTS"]
+__all__ = ["EQLv2Loss", "EQLv2Adjuster", "eqlv2_map", "postprocess_sigmoid", "EQLV2_DEFAULTS", "margin_state",
+           "load_margin_state"]
 
 #: The published hyper-parameters (Tan et al. 2021, Sec. 4.1).
 EQLV2_DEFAULTS = {"gamma": 12.0, "mu": 0.8, "alpha": 4.0}
@@ -79,6 +81,9 @@ class EQLv2Loss(nn.Module):
     magnitudes to ``pos_grad`` / ``neg_grad`` (after the loss is computed: the weights of an iteration come
     from the iterations before it).
     """
+
+    #: The buffers a det-train checkpoint carries (:func:`margin_state`) so that a resumed run is exact.
+    accumulators = ("pos_grad", "neg_grad", "started")
 
     def __init__(self, num_classes: int, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0) -> None:
         super().__init__()
@@ -242,3 +247,20 @@ def _build_eqlv2(model: nn.Module, kind: str, num_logits: int, method: str, freq
 
 
 _build_eqlv2.takes_params = True  # type: ignore[attr-defined]  # use_margin passes params= (gamma, mu, alpha)
+
+
+def margin_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The training-time accumulators of ``model``'s margin (buffers listed in a module's ``accumulators``, e.g.
+    EQLv2's gradient sums), by module path: what a checkpoint needs besides the ``state_dict``."""
+    return {f"{name}.{b}": getattr(mod, b).detach().cpu().clone()
+            for name, mod in model.named_modules() for b in getattr(mod, "accumulators", ())}
+
+
+def load_margin_state(model: nn.Module, state: Optional[dict]) -> None:
+    """Copy :func:`margin_state`'s tensors back into ``model``'s accumulators (entries it lacks are left alone:
+    a checkpoint from before they were saved)."""
+    for name, mod in model.named_modules():
+        for b in getattr(mod, "accumulators", ()):
+            value = (state or {}).get(f"{name}.{b}")
+            if value is not None:
+                getattr(mod, b).copy_(value)
