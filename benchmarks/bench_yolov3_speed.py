@@ -83,7 +83,8 @@ def main() -> None:
                      "infer_img_s": statistics.median(inf), "batch": n, "steps": steps}
     images, _ = batch(4, 1)
     ref = build("maskrcnn_r50_fpn")
-    out["maskrcnn_r50_fpn"] = {"infer_img_s": statistics.median(infer_rate(ref, images, 2) for _ in range(args.repeats))}
+    rates = [infer_rate(ref, images, 2) for _ in range(args.repeats)]
+    out["maskrcnn_r50_fpn"] = {"infer_img_s": statistics.median(rates)}
     for arch in ("yolov3_tiny_cpu", "yolov3_darknet53"):
         out[arch]["infer_time_over_maskrcnn_r50"] = out["maskrcnn_r50_fpn"]["infer_img_s"] / out[arch]["infer_img_s"]
     print(json.dumps(out, indent=1))

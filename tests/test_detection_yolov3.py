@@ -328,6 +328,8 @@ def test_refusals_are_one_line(kwargs, message):
 @pytest.mark.parametrize("override, message", [
     ("model.cosine_scale=8", "model.arch is yolov3_tiny_cpu, whose head is convolutional"),
     ("model.classifier_only=true", "needs an R-CNN arch"),
+    ("model.backbone_weights=pretrained", "ResNet weights, but model.arch is yolov3_tiny_cpu"),
+    ("model.backbone_weights=ResNet50_Weights.IMAGENET1K_V1", "ResNet weights, but model.arch is yolov3_tiny_cpu"),
 ])
 def test_config_refuses_what_yolov3_cannot_take(override, message, tmp_path):
     from iif.detection.config import load_detection_config

@@ -397,6 +397,10 @@ def _check_model(m: DetectionModelConfig) -> None:
         if ARCHS[m.arch][0] == "ssd" and not is_from_scratch(m.backbone_weights):
             raise IIFError("config key 'model.backbone_weights' is set but model.arch is ssd300_vgg16 (a VGG16 "
                            "backbone); backbone weights are for the ResNet-FPN archs: set model.backbone_weights=null.")
+        if ARCHS[m.arch][0] == "yolov3" and not is_from_scratch(m.backbone_weights) and (
+                m.backbone_weights.strip() == "pretrained" or "_Weights." in m.backbone_weights):
+            raise IIFError(f"config key 'model.backbone_weights' is {m.backbone_weights!r}, ResNet weights, but "
+                           f"model.arch is {m.arch} (a Darknet); give a file holding a Darknet state dict or null.")
     if m.cosine_scale is not None:
         positive("model.cosine_scale", m.cosine_scale, "20")
         if ARCHS[m.arch][0] in ("ssd", "yolov3"):
