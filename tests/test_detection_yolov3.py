@@ -384,6 +384,10 @@ def test_det_train_step_and_det_eval(detection_benchmark, tmp_path):
     assert metrics["iou_type"] == "bbox"
     assert main(["det-eval", str(out), "--detections", str(tmp_path / "d.json")]) == 0
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads((out / "detections.json").read_text())
+    # another margin at evaluation (here none: the IIF-trained model scored with softmax(z)) re-scores it
+    assert main(["det-eval", str(out), "--margin", "softmax", "--detections", str(tmp_path / "p.json")]) == 0
+    posthoc = json.loads((tmp_path / "p.json").read_text())
+    assert posthoc and posthoc != json.loads((out / "detections.json").read_text())
 
 
 SIDE_128 = ("model.min_size=128", "model.max_size=128")
