@@ -103,7 +103,8 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
     from .predict import load_image
 
     roi = getattr(model, "roi_heads", None)
-    if not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
+    cascade = hasattr(roi, "box_predictor_2")  # a cascade scores with all its stages: its stage 1 alone would mislead
+    if cascade or not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
         raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN) only; {type(model).__name__} has no "
                        "torchvision RoI box head (SSD, YOLOv3 and cascade explanations are not built).")
     check_image_channels(image, 3)
