@@ -373,3 +373,44 @@ def test_posthoc_roi_cache_refuses_a_cascade():
 
     with pytest.raises(IIFError, match="is a cascade.*full inference"):
         cache_roi_inputs(_model(), [])
+
+
+def _ddp_rank(rank: int, queue) -> None:
+    """One DDP training step of the tiny cascade (IIF on every stage) on this rank's image; every trainable
+    parameter's gradient after the all-reduce."""
+    import torch.distributed as dist
+
+    from iif.runtime.distributed import join_process_group, wrap_ddp
+
+    dev, info = join_process_group("cpu")
+    model = _model()
+    use_margin(model, "iif", COUNTS, variant="raw")
+    net = wrap_ddp(model, dev, info)
+    images, targets = _batch()
+    net.train()
+    torch.manual_seed(rank)
+    sum(net(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
+    queue.put((rank, [p.grad.numpy().copy() for p in model.parameters() if p.requires_grad]))  # by value
+    dist.destroy_process_group()
+
+
+def test_ddp_step_under_two_gloo_ranks_averages_every_stage_gradient():
+    """Under DDP (two forked gloo ranks, one image each) every parameter of the three stages gets a gradient
+    and both ranks hold the mean of the two single-process gradients computed here with the same draws."""
+    from test_runtime_shared import _fork_two_ranks
+
+    (_, g0), (_, g1) = _fork_two_ranks(_ddp_rank)
+    images, targets = _batch()
+    single = []
+    for rank in (0, 1):
+        model = _model()
+        use_margin(model, "iif", COUNTS, variant="raw")
+        model.train()
+        torch.manual_seed(rank)
+        sum(model(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
+        single.append([p.grad for p in model.parameters() if p.requires_grad])
+    assert len(g0) == len(g1) == len(single[0])
+    for a, b, s0, s1 in zip(g0, g1, *single):
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        assert torch.allclose(a, b, atol=1e-7)
+        assert torch.allclose(a, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
