@@ -414,3 +414,17 @@ def test_ddp_step_under_two_gloo_ranks_averages_every_stage_gradient():
         a, b = torch.from_numpy(a), torch.from_numpy(b)
         assert torch.allclose(a, b, atol=1e-7)
         assert torch.allclose(a, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_input_is_one_line():
+    from iif.errors import IIFError
+
+    model = _model()
+    images, targets = _batch()
+    model.train()
+    with pytest.raises(IIFError, match="needs targets"):
+        model.roi_heads({}, [], [], None)
+    with pytest.raises(IIFError, match="targets with 'masks'.*masks=False"):
+        model(images, [{k: v for k, v in t.items() if k != "masks"} for t in targets])
+    with pytest.raises(IIFError, match="unknown detector arch 'cascade_maskrcnn_r5_fpn'"):
+        build_detector("cascade_maskrcnn_r5_fpn", 3)
