@@ -332,6 +332,9 @@ def test_det_train_and_det_eval_round_trip(detection_benchmark, tmp_path):
     assert main(["det-eval", str(out), "--detections", str(tmp_path / "d.json"),
                  "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads((out / "detections.json").read_text())
+    # det-eval --margin switches the trained cascade's three classifiers (use_margin): other scores.
+    assert main(["det-eval", str(out), "--margin", "softmax", "--detections", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text()) != json.loads((out / "detections.json").read_text())
 
     # Decoupled stage 2 (model.classifier_only) from that checkpoint retrains the three stages' classifiers only.
     s2 = tmp_path / "s2"
