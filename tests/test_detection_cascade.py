@@ -431,3 +431,20 @@ def test_bad_input_is_one_line():
         model(images, [{k: v for k, v in t.items() if k != "masks"} for t in targets])
     with pytest.raises(IIFError, match="unknown detector arch 'cascade_maskrcnn_r5_fpn'"):
         build_detector("cascade_maskrcnn_r5_fpn", 3)
+
+
+@pytest.mark.parametrize("arch", ["cascade_maskrcnn_r50_fpn", "cascade_maskrcnn_r101_fpn"])
+def test_r50_r101_build_with_torchvision_head_sizes(arch):
+    """Built without downloads: three 1024-wide two-layer box heads on 256 x 7 x 7 RoI features, C + 1 logits
+    and 4 class-agnostic deltas per stage, torchvision's mask head; the ResNet depth is the arch's."""
+    model = build_detector(arch, 5)
+    rh = model.roi_heads
+    for t in range(3):
+        head, pred = rh.stage(t)
+        assert head.fc6.in_features == 256 * 7 * 7 and head.fc7.out_features == 1024
+        assert pred.cls_score.in_features == 1024 and pred.cls_score.out_features == 6
+        assert pred.bbox_pred.out_features == 4
+    assert len({id(rh.stage(t)[0]) for t in range(3)}) == 3  # three heads, not one shared
+    blocks = len(model.backbone.body.layer3)
+    assert blocks == (6 if arch.endswith("r50_fpn") else 23)
+    assert rh.has_mask()
