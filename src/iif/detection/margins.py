@@ -123,7 +123,8 @@ def use_margin(model: nn.Module, method: str, freq: Optional[FreqLike] = None, *
 
     Args:
         model: a torchvision ``FasterRCNN`` / ``MaskRCNN`` (box predictor with an ``nn.Linear`` ``cls_score``)
-            or ``SSD`` (e.g. ``ssd300_vgg16``), built for ``C + 1`` classes.
+            or ``SSD`` (e.g. ``ssd300_vgg16``), built for ``C + 1`` classes. On a Cascade Mask R-CNN
+            (:mod:`iif.detection.cascade`) every stage's classifier is switched the same way.
         method: ``"softmax"``, ``"iif"``, ``"balanced_softmax"``, ``"logit_adjustment"``, ``"norcal"`` or
             ``"seesaw"`` or ``"eqlv2"`` (:data:`METHODS`), or a method added with :func:`iif.register_method`; the aliases of :mod:`iif.methods` are accepted too (``"la"`` and
             ``"logit_adjusted"`` for ``"logit_adjustment"``, ``"ce"`` for ``"softmax"``).
