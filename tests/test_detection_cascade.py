@@ -376,6 +376,22 @@ def test_posthoc_roi_cache_refuses_a_cascade():
 
     with pytest.raises(IIFError, match="is a cascade.*full inference"):
         cache_roi_inputs(_model(), [])
+    # det-bench asks for no cache for a cascade, so its post-hoc rows run full inference (a one-stage model too)
+    from iif.detection import bench as B
+
+    assert B._make_cache(_model(), None, "cpu", None) is None
+
+
+def test_det_bench_takes_class_agnostic_masks_for_a_cascade():
+    from iif.detection import bench as B
+
+    s = B.quick_settings("cpu-quick", ["arch=cascade_maskrcnn_r10_fpn", "model.class_agnostic_mask=true"])
+    assert s.arch == "cascade_maskrcnn_r10_fpn" and s.model["class_agnostic_mask"] is True
+    # the v2 benchmark's default (one mask channel) reaches a cascade as it reaches a Mask R-CNN, not a box detector
+    for arch, want in (("cascade_maskrcnn_r10_fpn", True), ("maskrcnn_r10_fpn", True), ("fasterrcnn_r10_fpn", None)):
+        s = B.quick_settings("cpu-quick", [f"arch={arch}"])
+        B._apply_v2_defaults(s, {"arch"}, lambda m: None)
+        assert s.model.get("class_agnostic_mask") is want, arch
 
 
 def _ddp_rank(rank: int, queue) -> None:

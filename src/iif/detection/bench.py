@@ -169,11 +169,13 @@ def _detections(model, data: _Data, cache, device: str, s: DetBenchSettings) -> 
 
 
 def _make_cache(model, data: _Data, device: str, s: DetBenchSettings, dataset=None):
-    """The RoI cache of ``dataset`` (default: the reported split ``data.val``); None for a one-stage model."""
+    """The RoI cache of ``dataset`` (default: the reported split ``data.val``); None for a one-stage model and for
+    a cascade (its scores average three box stages, each on the previous stage's boxes, which the one-stage cache
+    cannot replay): their post-hoc rows run full inference."""
     from .data import collate
     from .posthoc import cache_roi_inputs
 
-    if not hasattr(model, "roi_heads"):
+    if not hasattr(model, "roi_heads") or getattr(model.roi_heads, "extra_stage_predictors", None):
         return None
     loader = torch.utils.data.DataLoader(data.val if dataset is None else dataset, batch_size=s.batch_size_eval,
                                          shuffle=False, collate_fn=collate)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import IIFError
+from .archs import has_masks
 from .bench_presets import SCHEDULE_KEYS as _SCHEDULE_KEYS
 from .bench_presets import config_preset
 
@@ -239,7 +240,7 @@ def _apply_v2_defaults(s: DetBenchSettings, given: set[str], log) -> None:
             continue
         if key == "arch" and s.preset != "cpu-quick":  # a preset naming its own detector keeps it
             continue
-        if key == "model.class_agnostic_mask" and not s.arch.startswith("maskrcnn"):
+        if key == "model.class_agnostic_mask" and not has_masks(s.arch):
             continue
         section, _, name = key.partition(".")
         if name:
