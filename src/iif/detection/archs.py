@@ -30,6 +30,11 @@ ARCHS: dict[str, tuple[str, str]] = {
     "cascade_maskrcnn_r10_fpn": ("cascade_maskrcnn", "r10"),
     "cascade_maskrcnn_r50_fpn": ("cascade_maskrcnn", "r50"),
     "cascade_maskrcnn_r101_fpn": ("cascade_maskrcnn", "r101"),
+    # Hybrid Task Cascade (iif.detection.htc): the cascade with a mask head per stage, interleaved, with mask
+    # information flow; no semantic branch (our data has no semantic segmentation).
+    "htc_r10_fpn": ("htc", "r10"),
+    "htc_r50_fpn": ("htc", "r50"),
+    "htc_r101_fpn": ("htc", "r101"),
 }
 
 NORMS = ("bn", "gn", "frozen_bn")
@@ -44,6 +49,6 @@ def is_from_scratch(weights: Any) -> bool:
 
 
 def has_masks(arch: str) -> bool:
-    """True for an arch with a mask branch (the ``maskrcnn`` and ``cascade_maskrcnn`` families): the one rule
+    """True for an arch with a mask branch (the ``maskrcnn``, ``cascade_maskrcnn`` and ``htc`` families): the one rule
     for whether a run loads and scores masks (det-bench and det-train; ``fasterrcnn_*`` and ``ssd300_vgg16`` score boxes)."""
-    return ARCHS.get(arch, ("",))[0] in ("maskrcnn", "cascade_maskrcnn")
+    return ARCHS.get(arch, ("",))[0] in ("maskrcnn", "cascade_maskrcnn", "htc")

@@ -221,6 +221,12 @@ def _build_arch(arch: str, num_classes: int, masks: bool, norm: str, trainable_l
 
         return to_cascade(_build_rcnn("maskrcnn", depth, num_classes, masks, norm, trainable_layers, a, log=log),
                           num_classes, int(a["representation_size"]))
+    if family == "htc":  # the cascade with a mask head per stage, interleaved, mask flow (iif.detection.htc)
+        from .cascade import to_cascade
+        from .htc import to_htc
+
+        return to_htc(to_cascade(_build_rcnn("maskrcnn", depth, num_classes, masks, norm, trainable_layers, a,
+                                             log=log), num_classes, int(a["representation_size"])))
     return _build_rcnn(family, depth, num_classes, masks, norm, trainable_layers, a, log=log)
 
 
@@ -399,7 +405,8 @@ def check_input_memory(image_hw, *, arch: str, min_size: int, max_size: int, bat
 
 _ADAPTABLE = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.",
               "head.classification_head.",
-              "roi_heads.box_predictor_2.cls_score.", "roi_heads.box_predictor_3.cls_score.")  # cascade stages
+              "roi_heads.box_predictor_2.cls_score.", "roi_heads.box_predictor_3.cls_score.",  # cascade stages
+              "roi_heads.mask_predictor_2.mask_fcn_logits.", "roi_heads.mask_predictor_3.mask_fcn_logits.")  # HTC
 
 
 def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=print) -> dict[str, list[str]]:
