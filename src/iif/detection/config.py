@@ -101,6 +101,14 @@ class DetectionModelConfig:
     # Decoupled stage 2 (paper Tables XI/XII "12/12"): train only roi_heads.box_predictor.cls_score, starting
     # from model.checkpoint (stage 1, normally softmax); everything else is frozen.
     classifier_only: bool = False
+    # FASA (iif.detection.fasa; Zang et al. 2021, the paper's Table XV component): virtual RoI features of the
+    # class-wise running Gaussians in training, for fasterrcnn_* / maskrcnn_*; the authors' parameters below.
+    fasa: bool = False
+    fasa_momentum: float = 0.1
+    fasa_loss_weight: float = 0.1
+    fasa_prob_scale: float = 1.0
+    fasa_prob_power: float = 1.0
+    fasa_start_iter: int = 0
 
 
 @dataclass
@@ -283,7 +291,8 @@ def load_detection_config(source: str | os.PathLike | Mapping | DetectionConfig 
 def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
     """``build_detector`` keyword arguments of ``cfg.model`` (lists as tuples; arch and the iif-only keys out)."""
     m = dataclasses.asdict(cfg.model)
-    for key in ("arch", "cosine_scale", "classifier_only", "checkpoint"):
+    for key in ("arch", "cosine_scale", "classifier_only", "checkpoint", "fasa", "fasa_momentum", "fasa_loss_weight",
+                "fasa_prob_scale", "fasa_prob_power", "fasa_start_iter"):
         m.pop(key)
     if m["backbone_weights"] is None:  # absent unless set, so det-bench's recorded settings stay as they were
         m.pop("backbone_weights")
@@ -413,6 +422,10 @@ def _check_model(m: DetectionModelConfig) -> None:
     if m.class_agnostic_mask and not has_masks(m.arch):
         raise IIFError(f"config key 'model.class_agnostic_mask' is true but model.arch {m.arch} has no mask head; "
                        "use a maskrcnn_* arch or set model.class_agnostic_mask=false.")
+    if m.fasa is not False:
+        from .fasa import check_fasa_config
+
+        check_fasa_config(m)
     if m.classifier_only:
         if m.checkpoint is None:
             raise IIFError("config key 'model.classifier_only' is true but model.checkpoint is not set; decoupled "

@@ -210,6 +210,10 @@ def build_from_config(cfg: DetectionConfig, num_classes: int, freq, *, log: Call
     if cfg.margin.method != "softmax" or mk["cosine_scale"] is not None:
         use_margin(model, cfg.margin.method, freq if cfg.margin.method != "softmax" else None,
                    **{k: v for k, v in mk.items() if cfg.margin.method != "softmax" or k == "cosine_scale"})
+    if cfg.model.fasa:  # virtual RoI features in training (iif.detection.fasa), the instance counts' probabilities
+        from .fasa import fasa_params, use_fasa
+
+        use_fasa(model, freq, **fasa_params(cfg.model))
     if cfg.model.classifier_only:
         rh = model.roi_heads  # a cascade (iif.detection.cascade) retrains every stage's classifier
         targets = []
