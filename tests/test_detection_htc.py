@@ -313,3 +313,63 @@ def test_det_train_resume_is_bit_identical(detection_benchmark, tmp_path):
     b = torch.load(part / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], _model().state_dict()[k]) for k in a if "mask_flow_3" in k)
+
+
+@pytest.mark.parametrize("kw", [{"class_agnostic_mask": True}, {"mask_predictor": "normalised"}])
+def test_mask_predictor_options_reach_every_stage(kw):
+    """class_agnostic_mask and the normalised mask predictor: each stage's predictor is of that kind (its own
+    weights) and a step trains; det-bench's v2 default (one mask channel) reaches an HTC as a Mask R-CNN's."""
+    model = _model(**kw)
+    preds = [p for _, p, _ in _mask_parts(model)]
+    assert len({type(p) for p in preds}) == 1 and len({id(p) for p in preds}) == 3
+    assert not torch.equal(preds[1].mask_fcn_logits.weight, preds[2].mask_fcn_logits.weight)
+    images, targets = _batch()
+    model.train()
+    sum(model(images, targets).values()).backward()
+    from iif.detection import bench as B
+
+    s = B.quick_settings("cpu-quick", ["arch=htc_r10_fpn"])
+    B._apply_v2_defaults(s, {"arch"}, lambda m: None)
+    assert s.model.get("class_agnostic_mask") is True
+
+
+def _ddp_rank(rank: int, queue) -> None:
+    """One DDP training step of the tiny HTC (IIF on every stage) on this rank's image; every trainable
+    parameter's gradient after the all-reduce."""
+    import torch.distributed as dist
+
+    from iif.runtime.distributed import join_process_group, wrap_ddp
+
+    dev, info = join_process_group("cpu")
+    model = _model()
+    use_margin(model, "iif", COUNTS, variant="raw")
+    net = wrap_ddp(model, dev, info)
+    images, targets = _batch()
+    net.train()
+    torch.manual_seed(rank)
+    sum(net(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
+    queue.put((rank, [p.grad.numpy().copy() for p in model.parameters() if p.requires_grad]))
+    dist.destroy_process_group()
+
+
+def test_ddp_step_under_two_gloo_ranks_averages_every_mask_stage_gradient():
+    """Under DDP (two forked gloo ranks, one image each) both ranks hold the mean of the two single-process
+    gradients, the three mask heads and two flows included."""
+    from test_runtime_shared import _fork_two_ranks
+
+    (_, g0), (_, g1) = _fork_two_ranks(_ddp_rank)
+    images, targets = _batch()
+    single = []
+    for rank in (0, 1):
+        model = _model()
+        use_margin(model, "iif", COUNTS, variant="raw")
+        model.train()
+        torch.manual_seed(rank)
+        sum(model(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
+        single.append([p.grad for p in model.parameters() if p.requires_grad])
+    names = [n for n, p in _model().named_parameters() if p.requires_grad]
+    assert len(g0) == len(g1) == len(single[0]) == len(names) and any("mask_flow_3" in n for n in names)
+    for a, b, s0, s1 in zip(g0, g1, *single):
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+        assert torch.allclose(a, b, atol=1e-7)
+        assert torch.allclose(a, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
