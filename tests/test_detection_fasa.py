@@ -178,6 +178,9 @@ def test_det_config_fasa_builds_and_trains_one_step():
     plain = load_detection_config(cfg, ["model.fasa=false"])
     keys = set(build_from_config(plain, 3, np.array([10.0, 5.0, 1.0]), log=lambda *a: None).state_dict())
     assert set(model.state_dict()) == keys  # the FASA statistics stay out of the checkpoint's weights
+    from iif.detection.config import detection_config_hash
+
+    assert detection_config_hash(cfg) != detection_config_hash(plain)  # --resume refuses a run without FASA
 
 
 def test_det_train_resume_with_fasa_is_exact(tmp_path):

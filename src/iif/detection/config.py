@@ -214,7 +214,9 @@ _ADDED_KEYS = {("data", "rfs_rounding"): "stochastic", ("margin", "la_form"): No
                ("margin", "seesaw_p"): 0.8, ("margin", "seesaw_q"): 2.0, ("margin", "allow_negative"): False,
                ("schedule", "warmup_fraction"): None, ("schedule", "milestone_fractions"): None,
                ("model", "backbone_weights"): None, ("model", "class_agnostic_mask"): False,
-               ("model", "mask_predictor"): "standard", ("model", "box_nms_thresh"): None, ("model", "mask_thresh"): None}
+               ("model", "mask_predictor"): "standard", ("model", "box_nms_thresh"): None, ("model", "mask_thresh"): None,
+               ("model", "fasa"): False, ("model", "fasa_momentum"): 0.1, ("model", "fasa_loss_weight"): 0.1,
+               ("model", "fasa_prob_scale"): 1.0, ("model", "fasa_prob_power"): 1.0, ("model", "fasa_start_iter"): 0}
 
 
 def scaled_schedule(*, epochs: int, batch_size: int, num_images: int, warmup_iters: int, milestones: Sequence[int],
