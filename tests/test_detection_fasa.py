@@ -162,6 +162,43 @@ def test_detector_step_with_fasa_and_a_margin_adds_the_virtual_loss():
         assert isinstance(model(images), list)
 
 
+@pytest.mark.parametrize("arch", ["cascade_maskrcnn_r10_fpn", "htc_r10_fpn"])
+def test_cascade_first_stage_statistics_are_its_foreground_roi_features(arch):
+    from iif.detection.fasa import use_fasa
+    from iif.detection.margins import use_margin
+
+    model = _tiny(arch)
+    use_margin(model, "iif", [10, 5, 1], variant="raw")
+    state = use_fasa(model, [10, 5, 1], prob_scale=100.0)
+    rh = model.roi_heads
+    seen = {}
+    rh.box_head.register_forward_hook(lambda m, i, o: None if "x" in seen else seen.update(x=o.detach().double()))
+    stage_sample = rh.sample
+
+    def record(t, boxes, targets):
+        out = stage_sample(t, boxes, targets)
+        if t == 0:
+            seen.setdefault("labels", torch.cat(out[1]))
+        return out
+
+    rh.sample = record
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    assert float(losses["loss_fasa"].detach()) > 0 and "loss_classifier_s1" in losses
+    x, labels = seen["x"].numpy(), seen["labels"].numpy()
+    counts = []
+    for c in (2, 3):  # the first update sets the statistics to the batch's mean and unbiased variance
+        xc = x[labels == c]
+        np.testing.assert_allclose(state.mean[c - 1].numpy(), xc.mean(0), rtol=1e-5, atol=1e-7)
+        want = xc.var(0, ddof=1) if len(xc) > 1 else np.zeros(x.shape[1])  # one RoI: variance 0
+        np.testing.assert_allclose(state.var[c - 1].numpy(), want, rtol=1e-4, atol=1e-7)
+        counts.append(len(xc))
+    assert min(counts) >= 1 and max(counts) > 1, counts
+    assert not bool(state.seen[0])
+    assert rh.sample is record  # the tap is undone after the call
+
+
 def test_det_config_fasa_builds_and_trains_one_step():
     from iif.detection.config import load_detection_config
     from iif.detection.runs import build_from_config
@@ -223,7 +260,7 @@ def test_fasa_refusals_are_one_line():
     from iif.detection.margins import use_margin
 
     for arch in ("ssd300_vgg16", "yolov3_tiny_cpu"):
-        with pytest.raises(IIFError, match="no such RoI heads|RoI heads") as e:
+        with pytest.raises(IIFError, match="has no such RoI heads") as e:
             load_detection_config(None, [f"model.arch={arch}", "model.fasa=true"])
         assert "\n" not in str(e.value)
     model = _tiny("fasterrcnn_r10_fpn")

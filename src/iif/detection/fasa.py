@@ -1,6 +1,8 @@
 """FASA (Zang, Huang, Loy, 'FASA: Feature Augmentation and Sampling Adaptation for Long-Tailed Instance
-Segmentation', ICCV 2021) as a training option of torchvision's Faster / Mask R-CNN (:func:`use_fasa`,
-det config ``model.fasa: true``; the paper's Table XV row "FASA").
+Segmentation', ICCV 2021) as a training option of torchvision's Faster / Mask R-CNN and of the first box stage
+of Cascade Mask R-CNN / HTC (:func:`use_fasa`, det config ``model.fasa: true``; the paper's Table XV row "FASA").
+On a cascade the statistics are stage 1's (its ``box_head`` features, its IoU-0.5 foreground RoIs), the virtual
+features go through stage 1's classifier and ``loss_fasa`` takes no stage weight (stage 1's is 1).
 
 Feature augmentation (FASA Sec. 3.2). For every foreground class ``c`` the detector keeps the running mean
 ``mu_c`` and variance ``sigma2_c`` of the RoI box-head features (the classifier's input, ``box_head``'s
@@ -204,33 +206,44 @@ def _virtual_logits(roi_heads: nn.Module, features: torch.Tensor, labels: torch.
     return predictor.adjust(predictor.predictor.cls_score(features))
 
 
+def _is_cascade(roi_heads: nn.Module) -> bool:
+    from .cascade import CascadeRoIHeads
+
+    return isinstance(roi_heads, CascadeRoIHeads)
+
+
 def _forward(roi_heads: nn.Module, features, proposals, image_shapes, targets=None):
-    """``RoIHeads.forward`` plus, in training, ``loss_fasa``: the box features (a hook on ``box_head``) and the
-    sampled RoIs' labels (a tap of ``select_training_samples``) of this call feed :meth:`FASA.step`."""
+    """``RoIHeads.forward`` plus, in training, ``loss_fasa``: the box features (a hook on ``box_head``, the first
+    stage's on a cascade) and the sampled RoIs' labels (a tap of ``select_training_samples``, a cascade's
+    ``sample`` of stage 0) of this call feed :meth:`FASA.step`."""
     if not roi_heads.training:
         return type(roi_heads).forward(roi_heads, features, proposals, image_shapes, targets)
     seen: dict[str, torch.Tensor] = {}
-    before = roi_heads.__dict__.get("select_training_samples")
-    inner = roi_heads.select_training_samples
+    name = "sample" if _is_cascade(roi_heads) else "select_training_samples"
+    before = roi_heads.__dict__.get(name)
+    inner = getattr(roi_heads, name)
 
-    def tapped(props, targs):
-        out = inner(props, targs)
-        seen["labels"] = torch.cat(list(out[2]))
+    def tapped(*args):
+        out = inner(*args)
+        if name == "select_training_samples":
+            seen.setdefault("labels", torch.cat(list(out[2])))
+        elif args[0] == 0:  # a cascade's stage 0: (boxes, labels, ...) per image
+            seen.setdefault("labels", torch.cat(list(out[1])))
         return out
 
     def grab(module, inputs, output):
         seen.setdefault("features", output)
 
-    roi_heads.__dict__["select_training_samples"] = tapped
+    roi_heads.__dict__[name] = tapped
     handle = roi_heads.box_head.register_forward_hook(grab)
     try:
         result, losses = type(roi_heads).forward(roi_heads, features, proposals, image_shapes, targets)
     finally:
         handle.remove()
         if before is None:
-            roi_heads.__dict__.pop("select_training_samples", None)
+            roi_heads.__dict__.pop(name, None)
         else:
-            roi_heads.__dict__["select_training_samples"] = before
+            roi_heads.__dict__[name] = before
     feats = seen["features"].flatten(1)
     losses["loss_fasa"] = roi_heads.fasa.step(feats, seen["labels"].to(feats.device),
                                               lambda x, y: _virtual_logits(roi_heads, x, y))
@@ -258,17 +271,18 @@ def _check_params(params: Optional[dict]) -> dict[str, Any]:
 
 
 def use_fasa(model: nn.Module, counts: Any, **params: Any) -> FASA:
-    """Switch FASA on for a torchvision Faster / Mask R-CNN ``model`` (module doc): ``counts`` are the ``C``
+    """Switch FASA on for a torchvision Faster / Mask R-CNN ``model`` or a cascade's first stage (module doc):
+    ``counts`` are the ``C``
     training instance counts (a :class:`~iif.ClassFrequency`'s ``object_counts`` is taken from it), ``params``
     any of :data:`FASA_DEFAULTS`. Returns the :class:`FASA` state (``model.roi_heads.fasa``). Works before or
     after :func:`iif.detection.use_margin` (not with ``eqlv2``)."""
     from torchvision.models.detection.roi_heads import RoIHeads
 
     rh = getattr(model, "roi_heads", None)
-    if rh is None or type(rh) is not RoIHeads:
-        raise IIFError(f"FASA augments the RoI box-head features of torchvision's Faster / Mask R-CNN; "
-                       f"{type(model).__name__} has no such RoI heads: use a fasterrcnn_* or maskrcnn_* arch or "
-                       "model.fasa=false.")
+    if rh is None or not (type(rh) is RoIHeads or _is_cascade(rh)):
+        raise IIFError(f"FASA augments the RoI box-head features of an R-CNN (Faster / Mask R-CNN, a cascade's first "
+                       f"stage); {type(model).__name__} has no such RoI heads: use a fasterrcnn_*, maskrcnn_*, "
+                       "cascade_maskrcnn_* or htc_* arch or model.fasa=false.")
     own = rh.__dict__.get("forward")
     if own is not None and getattr(own, "__func__", None) is not _forward:
         raise IIFError("FASA cannot combine with method 'eqlv2' (a sigmoid classifier that replaces the box "
@@ -304,10 +318,10 @@ def check_fasa_config(m: Any) -> None:
 
     if not isinstance(m.fasa, bool):
         raise IIFError(f"config key 'model.fasa' must be true or false; got {m.fasa!r}.")
-    if ARCHS[m.arch][0] not in ("fasterrcnn", "maskrcnn"):
+    if ARCHS[m.arch][0] not in ("fasterrcnn", "maskrcnn", "cascade_maskrcnn", "htc"):
         raise IIFError(f"config key 'model.fasa' is true but model.arch {m.arch} has no such RoI heads (FASA augments "
-                       "the box-head features of Faster / Mask R-CNN): use a fasterrcnn_* or maskrcnn_* arch or "
-                       "model.fasa=false.")
+                       "the box-head features of an R-CNN): use a fasterrcnn_*, maskrcnn_*, cascade_maskrcnn_* or "
+                       "htc_* arch or model.fasa=false.")
     try:
         _check_params(fasa_params(m))
     except IIFError as exc:
