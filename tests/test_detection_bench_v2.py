@@ -245,3 +245,18 @@ def test_det_bench_device_goes_through_the_shared_resolution(v2, tmp_path, capsy
     with pytest.raises(_Stop):
         B.run_det_bench(v2, quick=True, out=out, device="auto", overrides=TINY, log=lambda m: None)
     assert seen["device"] == ("cpu", "cpu")
+
+
+def test_det_bench_fits_the_cpu_quick_preset_to_a_yolov3_arch(v2):
+    """arch=yolov3_* on the R-CNN preset: the preset's FPN anchors are dropped (YOLOv3 keeps its own 3 x 3) unless
+    the command sets model.anchor_sizes, and on v2 the ResNet pretraining default is not given to a Darknet."""
+    s = B.quick_settings("cpu-quick", ["arch=yolov3_tiny_cpu"])
+    assert "anchor_sizes" not in s.model
+    assert B.quick_settings("cpu-quick", ["arch=maskrcnn_r10_fpn"]).model["anchor_sizes"] == ((16,), (32,), (64,), (128,))
+    mine = [[10, 16, 33], [30, 62, 59], [116, 156, 373]]
+    assert B.quick_settings("cpu-quick", ["arch=yolov3_tiny_cpu", f"model.anchor_sizes={mine}"]).model["anchor_sizes"] == tuple(map(tuple, mine))
+    B._apply_v2_defaults(s, {"arch"}, lambda m: None)
+    assert s.model.get("backbone_weights") is None and s.rfs_threshold == 0.2
+    s = B.quick_settings("cpu-quick", ["arch=cascade_maskrcnn_r10_fpn"])
+    B._apply_v2_defaults(s, {"arch"}, lambda m: None)
+    assert s.model["backbone_weights"] == "pretrained"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ARCHS", "NORMS", "FROM_SCRATCH", "is_from_scratch", "has_masks"]
+__all__ = ["ARCHS", "NORMS", "FROM_SCRATCH", "is_from_scratch", "has_masks", "has_resnet_backbone"]
 
 # arch -> (family, backbone). r10 is torchvision's BasicBlock ResNet with one block per stage (half of R18's
 # depth), a small backbone for from-scratch CPU runs.
@@ -52,3 +52,10 @@ def has_masks(arch: str) -> bool:
     """True for an arch with a mask branch (the ``maskrcnn``, ``cascade_maskrcnn`` and ``htc`` families): the one rule
     for whether a run loads and scores masks (det-bench and det-train; ``fasterrcnn_*`` and ``ssd300_vgg16`` score boxes)."""
     return ARCHS.get(arch, ("",))[0] in ("maskrcnn", "cascade_maskrcnn", "htc")
+
+
+def has_resnet_backbone(arch: str) -> bool:
+    """True for an arch on a torchvision ResNet (r10 ... r101): the backbones ``backbone_weights`` takes ResNet
+    weights for, and the cached balanced pretraining (``pretrained``) is built for (not SSD's VGG nor YOLOv3's
+    Darknet)."""
+    return ARCHS.get(arch, ("", ""))[1] in ("r10", "r18", "r34", "r50", "r101")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import IIFError
-from .archs import has_masks
+from .archs import ARCHS, has_masks, has_resnet_backbone
 from .bench_presets import SCHEDULE_KEYS as _SCHEDULE_KEYS
 from .bench_presets import config_preset
 
@@ -87,6 +87,11 @@ def quick_settings(preset: str = "cpu-quick", overrides: Sequence[str] = ()) -> 
             getattr(s, section)[name] = value
         else:
             setattr(s, key, value)
+    given = {str(o).partition("=")[0] for o in overrides}
+    if (ARCHS.get(s.arch, ("",))[0] == "yolov3" and ARCHS.get(p["arch"], ("",))[0] != "yolov3"
+            and "model.anchor_sizes" not in given):
+        # An R-CNN preset's anchors (one size per FPN level) are not YOLOv3's (3 levels x 3 sizes): keep its own.
+        s.model.pop("anchor_sizes", None)
     _check_settings(s)
     return s
 
@@ -241,6 +246,8 @@ def _apply_v2_defaults(s: DetBenchSettings, given: set[str], log) -> None:
         if key == "arch" and s.preset != "cpu-quick":  # a preset naming its own detector keeps it
             continue
         if key == "model.class_agnostic_mask" and not has_masks(s.arch):
+            continue
+        if key == "model.backbone_weights" and not has_resnet_backbone(s.arch):  # SSD, YOLOv3: their own start
             continue
         section, _, name = key.partition(".")
         if name:
