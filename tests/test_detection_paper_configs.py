@@ -49,6 +49,15 @@ ROWS = {
                                     "(paper: AP 20.1)"),
     "det_lvis_r50_2x_cos_nmask_softmax": ("maskrcnn_r50_fpn", "softmax", None, None, "random", 20.0, "normalised",
                                           TWO_X, "(paper: AP 20.8)"),
+    "det_lvis_r50_2x_cos_nmask_fasa_softmax": ("maskrcnn_r50_fpn", "softmax", None, None, "random", 20.0,
+                                               "normalised", TWO_X, "(paper: AP 23.3)"),
+    "det_lvis_r50_2x_rfs_cos_nmask_fasa_softmax": ("maskrcnn_r50_fpn", "softmax", None, None, "rfs", 20.0,
+                                                   "normalised", TWO_X, "(paper: AP 25.0)"),
+    "det_lvis_r50_2x_cos_nmask_fasa_iof_base10": ("maskrcnn_r50_fpn", "iif", "base10", "train_and_test", "random",
+                                                  8.0, "normalised", TWO_X, "(paper: AP 24.1)"),
+    "det_lvis_r50_2x_rfs_cos_nmask_fasa_iof_base10": ("maskrcnn_r50_fpn", "iif", "base10", "train_and_test", "rfs",
+                                                      8.0, "normalised", TWO_X,
+                                                      "(paper: AP 26.3, APr 18.6, APc 25.2, APf 30.8, APb 25.8)"),
     # Table XVI (2x, Mask R-CNN R50): the peers iif implements
     "det_lvis_r50_2x_rfs_softmax": ("maskrcnn_r50_fpn", "softmax", None, None, "rfs", None, "standard", TWO_X,
                                     "(paper: AP 23.7, APr 13.3, APc 23.0, APf 29.0, APb 24.7)"),
@@ -108,8 +117,12 @@ def test_row_config_holds_its_row_and_states_the_paper_number(name):
     assert (cfg.model.arch, cfg.margin.method, cfg.data.sampler) == (arch, method, sampler)
     assert (cfg.model.cosine_scale, cfg.model.mask_predictor) == (cos, mask_pred)
     assert (cfg.schedule.epochs, list(cfg.schedule.milestones)) == (epochs, milestones)
-    if variant is not None:
-        assert (cfg.margin.variant, cfg.margin.by) == (variant, "image")
+    if variant is not None:  # IOF (by object) for Table XV's base10 rows, IIF (by image) elsewhere
+        assert (cfg.margin.variant, cfg.margin.by) == (variant, "object" if variant == "base10" else "image")
+    assert cfg.model.fasa is ("fasa" in name)
+    # Table XV's last row alone adds the stricter NMS and mask threshold.
+    last = name == "det_lvis_r50_2x_rfs_cos_nmask_fasa_iof_base10"
+    assert (cfg.model.box_nms_thresh, cfg.model.mask_thresh) == ((0.3, 0.4) if last else (None, None))
     assert cfg.margin.when == when
     if sampler == "rfs":  # the authors' mmdetection ClassBalancedDataset
         assert (cfg.data.rfs_threshold, cfg.data.rfs_rounding) == (0.001, "ceil")
@@ -173,6 +186,12 @@ def test_row_config_starts(name, detection_benchmark, tmp_path, monkeypatch):
         assert margins and all((m.method, m.when) == (method, when) for m in margins), [(m.method, m.when) for m in margins]
     if family in ("cascade_maskrcnn", "htc"):
         assert len(margins) == (3 if method != "softmax" or cos else len(margins))
+    assert (getattr(getattr(model, "roi_heads", None), "fasa", None) is not None) is cfg.model.fasa
+    if family in ("maskrcnn", "fasterrcnn"):  # torchvision's 0.5 and 0.5 unless the row sets them
+        from iif.detection.components import mask_threshold
+
+        expect = (0.3, 0.4) if cfg.model.box_nms_thresh is not None else (0.5, 0.5)
+        assert (model.roi_heads.nms_thresh, mask_threshold(model)) == expect
     cosine = [m for m in model.modules() if type(m).__name__ == "CosineBoxClassifier"]
     assert [float(m.scale) for m in cosine] == ([cos] * len(cosine) if cos else []) and bool(cosine) == bool(cos)
     assert (type(model.roi_heads.mask_predictor).__name__ == "NormalisedMaskPredictor") == (mask_pred == "normalised") \
