@@ -273,3 +273,39 @@ def test_fasa_refusals_are_one_line():
         use_fasa(_tiny("fasterrcnn_r10_fpn"), [1, 2, 3], momentum=0.0)
     with pytest.raises(IIFError, match="every count is 0"):
         use_fasa(_tiny("fasterrcnn_r10_fpn"), [0, 0, 0])
+
+
+def _ddp_update(rank: int, queue) -> None:
+    """Two FASA updates on this rank's half of each batch under a gloo group; the resulting statistics."""
+    import torch.distributed as dist
+
+    from iif.detection.fasa import FASA
+    from iif.runtime.distributed import join_process_group
+
+    join_process_group("cpu")
+    f = FASA(3, 4, [1, 1, 1])
+    for x, lab in _ddp_batches():
+        f.update(x[rank::2], lab[rank::2])
+    queue.put((rank, f.mean.numpy().copy(), f.var.numpy().copy(), f.seen.numpy().copy()))
+    dist.destroy_process_group()
+
+
+def _ddp_batches():
+    g = torch.Generator().manual_seed(5)
+    return [(torch.randn(8, 4, generator=g), torch.tensor([0, 0, 1, 1, 0, 2, 1, 0])),
+            (torch.randn(8, 4, generator=g) + 1, torch.tensor([2, 2, 0, 1, 2, 2, 0, 0]))]
+
+
+def test_ddp_ranks_keep_the_statistics_of_the_global_batch():
+    from test_runtime_shared import _fork_two_ranks
+
+    from iif.detection.fasa import FASA
+
+    (_, m0, v0, s0), (_, m1, v1, s1) = _fork_two_ranks(_ddp_update)
+    single = FASA(3, 4, [1, 1, 1])
+    for x, lab in _ddp_batches():
+        single.update(x, lab)
+    for m, v, s in ((m0, v0, s0), (m1, v1, s1)):
+        np.testing.assert_allclose(m, single.mean.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(v, single.var.numpy(), rtol=1e-10, atol=1e-12)
+        assert s.tolist() == [True, True, True]
