@@ -196,3 +196,29 @@ def test_row_config_starts(name, detection_benchmark, tmp_path, monkeypatch):
     assert [float(m.scale) for m in cosine] == ([cos] * len(cosine) if cos else []) and bool(cosine) == bool(cos)
     assert (type(model.roi_heads.mask_predictor).__name__ == "NormalisedMaskPredictor") == (mask_pred == "normalised") \
         if hasattr(getattr(model, "roi_heads", None), "mask_predictor") else mask_pred == "standard"
+
+
+# ------------------------------------------------------------------ the support matrix of docs/detection.md
+def _matrix_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "det_support_matrix.py"
+    spec = importlib.util.spec_from_file_location("det_support_matrix", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("arch, header, expect", [
+    ("fasterrcnn_r10_fpn", "IIF end-to-end", "yes"),
+    ("fasterrcnn_r10_fpn", "decoupled (classifier only) + IIF", "yes"),
+    ("fasterrcnn_r10_fpn", "normalised mask", "refused: config key 'model.mask_predictor'"),
+    ("yolov3_tiny_cpu", "Seesaw (loss)", "refused: method='seesaw'"),
+    ("yolov3_tiny_cpu", "NorCal (post-hoc)", "yes"),
+])
+def test_support_matrix_cells(arch, header, expect, tmp_path):
+    """benchmarks/det_support_matrix.py (the table in docs/detection.md): a cell runs a step or is refused."""
+    m = _matrix_script()
+    cell = dict(m.CELLS)[header]
+    assert m.run_cell(arch, cell, tmp_path).startswith(expect)
