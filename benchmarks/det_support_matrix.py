@@ -54,6 +54,10 @@ CELLS = [
     ("final NMS IoU 0.3", ["model.box_nms_thresh=0.3"]),
     ("mask threshold 0.4", ["model.mask_thresh=0.4"]),
     ("RFS", ["data.sampler=rfs"]),
+    ("Table XV all: base10 IOF + cosine + norm. mask + FASA + NMS 0.3 / mask 0.4",
+     ["margin.method=iif", "margin.variant=base10", "margin.by=object", "model.cosine_scale=8",
+      "model.mask_predictor=normalised", "model.fasa=true", "model.box_nms_thresh=0.3", "model.mask_thresh=0.4"]),
+    ("FASA + EQLv2", ["margin.method=eqlv2", "model.fasa=true"]),
 ]
 COUNTS = np.array([40, 8, 2])
 
@@ -99,8 +103,8 @@ def run_cell(arch: str, overrides: list[str], folder: Path) -> str:
         model.train()
         losses = model(images, targets)
         total = sum(losses.values())
-        if not math.isfinite(float(total)):
-            return f"BUG: non-finite loss {float(total)}"
+        if not math.isfinite(float(total.detach())):
+            return f"BUG: non-finite loss {float(total.detach())}"
         total.backward()
         model.eval()
         with torch.no_grad():
