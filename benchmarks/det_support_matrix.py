@@ -82,6 +82,7 @@ def _batch(masks: bool):
 
 def _checkpoint(arch: str, folder: Path) -> str:
     """A plain detector's state dict (the decoupled stage 2 starts from a stage-1 checkpoint)."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{arch}.pt"
     if not path.exists():
         cfg = load_detection_config(None, [f"model.arch={arch}", *TINY])

@@ -155,8 +155,18 @@ def _images(cfg, family):
     return 4 if cfg.margin.method == "softmax" or (cfg.margin.method, cfg.margin.variant) == ("iif", "smooth") else 16
 
 
+@pytest.fixture
+def run_dir(tmp_path):
+    """The det-train run folder, removed after the test: an R101 cascade's last.pt (weights and SGD momentum) is
+    ~0.5 GB, and pytest keeps three sessions' temp folders."""
+    import shutil
+
+    yield tmp_path / "run"
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
 @pytest.mark.parametrize("name", sorted(ROWS))
-def test_row_config_starts(name, detection_benchmark, tmp_path, monkeypatch):
+def test_row_config_starts(name, detection_benchmark, run_dir, monkeypatch):
     from iif.detection import runs
     from iif.detection.archs import ARCHS
 
@@ -168,7 +178,7 @@ def test_row_config_starts(name, detection_benchmark, tmp_path, monkeypatch):
     family = ARCHS[arch][0]
     n = _images(cfg, family)
     extra = ["model.anchor_sizes=null"] if family == "yolov3" else []
-    out = tmp_path / "run"
+    out = run_dir
     rc = main(["det-train", name, f"data.root={detection_benchmark[0]}", *TINY, *extra, f"data.max_train_images={n}",
                f"schedule.batch_size={n}", "--out", str(out), "--quiet"])
     assert rc == 0
@@ -219,6 +229,11 @@ def _matrix_script():
 ])
 def test_support_matrix_cells(arch, header, expect, tmp_path):
     """benchmarks/det_support_matrix.py (the table in docs/detection.md): a cell runs a step or is refused."""
+    import shutil
+
     m = _matrix_script()
     cell = dict(m.CELLS)[header]
-    assert m.run_cell(arch, cell, tmp_path).startswith(expect)
+    try:
+        assert m.run_cell(arch, cell, tmp_path / "ckpt").startswith(expect)
+    finally:
+        shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
