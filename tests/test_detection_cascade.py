@@ -464,3 +464,10 @@ def test_r50_r101_build_with_torchvision_head_sizes(arch):
     blocks = len(model.backbone.body.layer3)
     assert blocks == (6 if arch.endswith("r50_fpn") else 23)
     assert rh.has_mask()
+
+
+def test_eqlv2_on_a_cascade_is_refused_naming_the_cascade_heads():
+    from iif.errors import IIFError
+
+    with pytest.raises(IIFError, match=r"eqlv2.*its CascadeRoIHeads \(several box stages\) is not one"):
+        use_margin(_model(), "eqlv2", COUNTS, when="train")

@@ -239,9 +239,12 @@ def _build_eqlv2(model: nn.Module, kind: str, num_logits: int, method: str, freq
     torchvision ``RoIHeads`` detector (the counts are not used: EQLv2 balances by the gradients it sees)."""
     from torchvision.models.detection.roi_heads import RoIHeads
 
-    if kind != "rcnn" or type(model.roi_heads) is not RoIHeads:
-        raise IIFError(f"method='eqlv2' replaces the box classification loss of torchvision's RoIHeads (Faster / "
-                       f"Mask R-CNN); {type(model).__name__} has none. Use a fasterrcnn_* or maskrcnn_* arch.")
+    heads = getattr(model, "roi_heads", None)
+    if kind != "rcnn" or type(heads) is not RoIHeads:
+        what = (f"its {type(heads).__name__} (several box stages)" if heads is not None
+                else f"{type(model).__name__} has no RoI heads")
+        raise IIFError(f"method='eqlv2' replaces the box classification loss of torchvision's one-stage RoIHeads "
+                       f"(Faster / Mask R-CNN); {what} is not one. Use a fasterrcnn_* or maskrcnn_* arch.")
     hp = _hyper(params)
     return EQLv2Adjuster(num_logits - 1, **hp), dict(hp)
 
