@@ -16,6 +16,10 @@ ARCHS: dict[str, tuple[str, str]] = {
     "maskrcnn_r34_fpn": ("maskrcnn", "r34"),
     "maskrcnn_r50_fpn": ("maskrcnn", "r50"),
     "maskrcnn_r101_fpn": ("maskrcnn", "r101"),
+    # ResNeXt-101 64x4d (torchvision's ResNet with 64 groups of width 4 in each bottleneck's 3x3 conv): the X101 of
+    # the paper's Table XIII (M.X101), as the authors' mmdetection configs name it
+    # (mask_rcnn_x101_64x4d_fpn_sample1e-3_mstrain_1x_lvis_v1).
+    "maskrcnn_x101_64x4d_fpn": ("maskrcnn", "x101_64x4d"),
     "fasterrcnn_r10_fpn": ("fasterrcnn", "r10"),
     "fasterrcnn_r18_fpn": ("fasterrcnn", "r18"),
     "fasterrcnn_r34_fpn": ("fasterrcnn", "r34"),
@@ -55,7 +59,7 @@ def has_masks(arch: str) -> bool:
 
 
 def has_resnet_backbone(arch: str) -> bool:
-    """True for an arch on a torchvision ResNet (r10 ... r101): the backbones ``backbone_weights`` takes ResNet
-    weights for, and the cached balanced pretraining (``pretrained``) is built for (not SSD's VGG nor YOLOv3's
-    Darknet)."""
-    return ARCHS.get(arch, ("", ""))[1] in ("r10", "r18", "r34", "r50", "r101")
+    """True for an arch on a torchvision ResNet (r10 ... r101, and ResNeXt-101 64x4d, the same ``ResNet`` class with
+    grouped 3x3 convs and the same state dict names): the backbones ``backbone_weights`` takes ResNet-format weights
+    for, and the cached balanced pretraining (``pretrained``) is built for (not SSD's VGG nor YOLOv3's Darknet)."""
+    return ARCHS.get(arch, ("", ""))[1] in ("r10", "r18", "r34", "r50", "r101", "x101_64x4d")

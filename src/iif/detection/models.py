@@ -91,6 +91,8 @@ def _resnet(depth: str, norm: str) -> nn.Module:
     layer = _norm_layer(norm)
     if depth == "r10":
         return resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], norm_layer=layer)
+    if depth == "x101_64x4d":  # ResNeXt-101 64x4d (Xie et al.): R101's stages, each 3x3 conv in 64 groups of width 4
+        return resnet.ResNet(resnet.Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4, norm_layer=layer)
     fn = {"r18": resnet.resnet18, "r34": resnet.resnet34, "r50": resnet.resnet50, "r101": resnet.resnet101}[depth]
     return fn(weights=None, norm_layer=layer)
 
@@ -455,7 +457,7 @@ def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike, *, log=p
 
 # torchvision's weights enum for each ResNet depth (r10 has none: use a local file or the cached pretraining).
 _TORCHVISION_ENUMS = {"r18": "ResNet18_Weights", "r34": "ResNet34_Weights", "r50": "ResNet50_Weights",
-                      "r101": "ResNet101_Weights"}
+                      "r101": "ResNet101_Weights", "x101_64x4d": "ResNeXt101_64X4D_Weights"}
 _WEIGHTS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*_Weights\.[A-Za-z0-9_]+$")
 _FIX = ("pass a torchvision-format ResNet state dict file, a torchvision weights name (e.g. "
         "ResNet50_Weights.IMAGENET1K_V1), 'pretrained' (the cached pretraining of an iif det-data benchmark) or "
@@ -464,7 +466,7 @@ _FIX = ("pass a torchvision-format ResNet state dict file, a torchvision weights
 
 def _depth_name(depth: str) -> str:
     return {"r10": "ResNet-10 (BasicBlock, one block per stage)", "r18": "ResNet-18", "r34": "ResNet-34",
-            "r50": "ResNet-50", "r101": "ResNet-101"}.get(depth, depth)
+            "r50": "ResNet-50", "r101": "ResNet-101", "x101_64x4d": "ResNeXt-101 64x4d"}.get(depth, depth)
 
 
 def backbone_weights_state(weights: str | os.PathLike, *, depth: str | None = None) -> tuple[dict, str]:
