@@ -20,8 +20,8 @@ classifier this module gives, per checkpoint:
   class, computed by captum's ``LayerGradCam`` (the optional extra ``iif[explain]``), upsampled the same way.
 
 The layer is the last module of the backbone, in execution order, whose output is a 4-D map with more than
-one location (the input of the global pooling for the built-in backbones). Detector checkpoints (``iif
-det-train``) are refused with one line: their explanation is not built.
+one location (the input of the global pooling for the built-in backbones). Detector runs of ``iif
+det-train`` are explained by :mod:`iif.explain_detection`.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class ClassMaps:
     gradcam: dict[int, np.ndarray]  # class index -> Grad-CAM (>= 0)
     box: list[float] | None = None  # detectors: the explained detection [x0, y0, x1, y1] in image pixels
     proposal: list[float] | None = None  # detectors: the RPN proposal it was scored on, in the resized input
+    objectness: dict[int, np.ndarray] | None = None  # YOLOv3: stride -> sigmoid objectness, max over anchors
+    cell: dict | None = None        # YOLOv3: the detection's stride, anchor, row and column
 
     def summary(self) -> dict:
         """Plain data for ``explain.json``: classes, scores, and where each map peaks (row, column)."""
@@ -80,7 +82,10 @@ class ClassMaps:
                 "top": [{"class": self.class_names[i], "index": int(i), "score": float(self.scores[i])} for i in top],
                 "score_map_peak": peak(self.score_map),
                 "gradcam_peak": {self.class_names[c]: peak(m) for c, m in self.gradcam.items()},
-                "image_size": list(self.image.shape[:2]), "box": self.box}
+                "image_size": list(self.image.shape[:2]), "box": self.box,
+                **({} if self.objectness is None else {
+                    "cell": self.cell, "objectness_peak": {str(s): peak(m) for s, m in self.objectness.items()},
+                    "objectness_max": {str(s): float(m.max()) for s, m in self.objectness.items()}})}
 
 
 def image_channels(path: PathLike) -> tuple[int, str]:
@@ -280,7 +285,7 @@ def _bars(ax, m: ClassMaps) -> None:
     ax.bar(np.arange(len(m.scores)), m.scores, color=colours)
     ax.set_ylim(0, 1)
     ax.set_xlabel("class index")
-    ax.set_ylabel("softmax score")
+    ax.set_ylabel("objectness x softmax" if m.objectness is not None else "softmax score")
     ax.set_title("class scores (red: wrong prediction, green: true)", fontsize=8)
 
 
@@ -323,8 +328,12 @@ def plot_explanations(results: Sequence[ClassMaps], image_name: str = ""):
         row[0].set_title(f"{m.label}\npredicted {pred}, true {true}", fontsize=8)
         row[0].axis("off")
         _bars(row[1], m)
-        heat_title = "the detection (a detector scores boxes)" if m.box is not None else "class-score heatmap"
-        _overlay(row[2], m, m.score_map, f"{heat_title}: {names[m.predicted]}")
+        if m.objectness is not None:
+            heat_title = "objectness (max over anchors and scales)"
+        else:
+            what = "the detection (a detector scores boxes)" if m.box is not None else "class-score heatmap"
+            heat_title = f"{what}: {names[m.predicted]}"
+        _overlay(row[2], m, m.score_map, heat_title)
         _overlay(row[3], m, m.gradcam.get(m.predicted), f"Grad-CAM ({m.layer}): predicted {names[m.predicted]}")
         if m.target is None or m.target == m.predicted:
             note = "true class = predicted" if m.target is not None else "true class unknown: pass --class"

@@ -1,5 +1,5 @@
-"""The paper's Fig. 6 for RoI detectors of ``iif det-train`` (Faster / Mask R-CNN): one detection's class
-scores and Grad-CAMs.
+"""The paper's Fig. 6 for detectors of ``iif det-train`` (Faster / Mask R-CNN, YOLOv3): one detection's class
+scores and Grad-CAMs (and YOLOv3's objectness heatmap).
 
 Fig. 6 (iii) shows the class scores of the confident region, (iv) Grad-CAM. For a two-stage detector the
 region is one detection: the highest-scoring box (or the highest-scoring box of the asked class). Its class
@@ -8,7 +8,22 @@ the detection was regressed from (``box_roi_pool`` -> ``box_head`` -> ``box_pred
 ``use_margin`` installed applied as at inference, e.g. ``w * z`` for IIF, Eq. 13), with the background
 column dropped, as torchvision's post-processing does: the detection's own score is one of them. Grad-CAM is taken on the last stage of the backbone's
 ResNet body (the map every FPN level is built from) for that box's class logit, through captum's
-``LayerGradCam``. SSD, YOLOv3 and cascade heads are refused with one line (not built).
+``LayerGradCam``.
+
+YOLOv3 (:class:`iif.detection.yolo.YOLOv3`, Fig. 6's own detector) has no RoI: every cell of every scale
+predicts ``A = 3`` anchors, each with an objectness logit ``o`` and C class logits ``z``. Its explanation:
+
+* the objectness ("confidence") heatmap of Fig. 6 (ii): ``sigmoid(o)``, the max over the anchors, one map per
+  scale (strides 8, 16, 32), each upsampled bilinearly to the image (the network sees the image stretched to
+  its square input, so the grid covers the whole image); the panel shows their pixel-wise max;
+* the best detection (of ``target`` when given): the (cell, anchor, class) of the highest score
+  ``sigmoid(o) * softmax(z')_c`` (``z'`` the margin-adjusted logits, ``w * z`` for IIF, Eq. 13-14), the pair
+  class-wise NMS always keeps; its class scores (Fig. 6 iii) are ``sigmoid(o) * softmax(z')`` at that cell
+  and anchor, so the detection's own score is the predicted class's bar;
+* Grad-CAM (Fig. 6 iv) of that class score on the finest-scale input of the head, Darknet's stride-8 map C3,
+  which every scale is computed from (a detection at any scale has a gradient there), upsampled to the image.
+
+SSD and cascade heads are refused with one line (not built).
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ import torch
 from .errors import IIFError
 from .explain import ClassMaps, grad_cam, spatial_layer
 
-__all__ = ["load_detector_run", "explain_detection"]
+__all__ = ["load_detector_run", "explain_detection", "explain_yolo"]
 
 PathLike = str | os.PathLike
 
@@ -99,14 +114,18 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
                       label: str = "detector", checkpoint: str = "") -> ClassMaps:
     """Class scores and Grad-CAMs (predicted and ``target`` class) of the best detection (of ``target`` when
     given) in ``image`` (see the module docstring); ``ClassMaps.box`` is its ``[x0, y0, x1, y1]``."""
+    from .detection.yolo import YOLOv3
     from .explain import check_image_channels
     from .predict import load_image
 
+    if isinstance(model, YOLOv3):
+        return explain_yolo(model, class_names, image, target, label, checkpoint)
     roi = getattr(model, "roi_heads", None)
     cascade = hasattr(roi, "box_predictor_2")  # a cascade scores with all its stages: its stage 1 alone would mislead
     if cascade or not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
-        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN) only; {type(model).__name__} has no "
-                       "torchvision RoI box head (SSD, YOLOv3 and cascade explanations are not built).")
+        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN) and YOLOv3 only; "
+                       f"{type(model).__name__} has no torchvision RoI box head (SSD and cascade explanations "
+                       "are not built).")
     check_image_channels(image, 3)
     img = torch.from_numpy(np.asarray(load_image(image, 3), np.float32) / 255.0).permute(2, 0, 1)
     dev = next(model.parameters()).device
@@ -134,6 +153,76 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
                      layer=_layer_name(model.backbone.body, layer), score_map=None,
                      gradcam={c - 1: _to_image(m, (h1, w1), images.tensors.shape[-2:], (h0, w0)) for c, m in cams.items()},
                      box=[float(v) for v in box.cpu()], proposal=[float(v) for v in proposal.cpu()])
+
+
+class _CellScores(torch.nn.Module):
+    """YOLOv3 input batch -> the ``(1, C)`` scores ``sigmoid(o) * softmax(z')`` of one (scale, anchor, cell)."""
+
+    def __init__(self, model: torch.nn.Module, level: int, anchor: int, row: int, col: int) -> None:
+        super().__init__()
+        self.model, self.at = model, (level, anchor, row, col)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level, a, r, c = self.at
+        p = self.model.head(self.model.backbone(x))[level][:, a, r, c].float()
+        return torch.sigmoid(p[:, 4:5]) * torch.softmax(self.model.adjusted_class_logits(p[:, 5:]), dim=-1)
+
+
+def explain_yolo(model: torch.nn.Module, class_names: list[str], image: PathLike, target: int | None = None,
+                 label: str = "YOLOv3", checkpoint: str = "") -> ClassMaps:
+    """Objectness heatmaps, class scores and Grad-CAMs of YOLOv3's best detection (of ``target`` when given)
+    in ``image`` (module docstring). ``ClassMaps.objectness`` maps each stride to its ``(H, W)`` map,
+    ``ClassMaps.cell`` names the detection's scale, anchor and cell."""
+    from torchvision.ops import clip_boxes_to_image
+
+    from .detection.yolo import STRIDES
+    from .explain import check_image_channels
+    from .predict import load_image
+
+    check_image_channels(image, 3)
+    img = torch.from_numpy(np.asarray(load_image(image, 3), np.float32) / 255.0).permute(2, 0, 1)
+    dev = next(model.parameters()).device
+    side = int(model.input_size)
+    (h0, w0) = img.shape[-2:]
+    x = model._batch([img.to(dev)], side)
+    with torch.no_grad():
+        preds = model.head(model.backbone(x))
+        boxes, obj, probs = model.decode(preds)
+    scores = (obj[0][:, None] * probs[0]).float().cpu()  # (M, C): every (prediction, class) pair's score
+    if target is None:
+        flat = int(torch.argmax(scores))
+        which, pred = divmod(flat, scores.shape[1])
+    else:
+        which, pred = int(torch.argmax(scores[:, target])), int(target)
+    if not float(scores[which, pred]) > model.score_thresh:
+        what = f"of class {class_names[target]!r} " if target is not None else ""
+        raise IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
+                       "model.box_score_thresh in the run's config.")
+    level, rest = 0, which
+    while rest >= preds[level][0, ..., 0].numel():
+        rest -= preds[level][0, ..., 0].numel()
+        level += 1
+    a, r, c = (int(v) for v in np.unravel_index(rest, tuple(preds[level].shape[1:4])))
+    box = clip_boxes_to_image(boxes[0][which][None].float(), (side, side))[0].cpu()
+    box = box * torch.tensor([w0 / side, h0 / side, w0 / side, h0 / side])
+    objectness = {int(s): _resize(torch.sigmoid(p[0, ..., 4]).amax(0), (h0, w0)) for s, p in zip(STRIDES, preds)}
+    with torch.no_grad():
+        logits = model.adjusted_class_logits(preds[level][0, a, r, c, 5:][None].float())[0].cpu()
+    head = _CellScores(model, level, a, r, c).eval()
+    cams = grad_cam(head, model.backbone.stages[2], x, [pred] + ([target] if target is not None else []))
+    return ClassMaps(checkpoint=str(checkpoint), label=label, class_names=list(class_names), logits=logits.numpy(),
+                     scores=scores[which].numpy(), predicted=pred, target=target, image=img.permute(1, 2, 0).numpy(),
+                     layer="backbone.stages.2 (C3, stride 8)", score_map=np.maximum.reduce(list(objectness.values())),
+                     gradcam={k: _resize(m, (h0, w0)) for k, m in cams.items()},
+                     box=[float(v) for v in box], objectness=objectness,
+                     cell={"stride": int(STRIDES[level]), "anchor": a, "row": r, "col": c})
+
+
+def _resize(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    import torch.nn.functional as F
+
+    return F.interpolate(m[None, None].float().cpu(), size=tuple(int(v) for v in size), mode="bilinear",
+                         align_corners=False)[0, 0].numpy()
 
 
 def _layer_name(root: torch.nn.Module, layer: torch.nn.Module) -> str:

@@ -11,7 +11,10 @@ The image must have the model's channel count (grey or RGB); it is not converted
 
 A det-train run (Faster / Mask R-CNN) is explained at its best detection (of --class when given): the
 class scores of the proposal it came from (with the run's margin) and Grad-CAM on the backbone's last
-ResNet stage; --adjust does not apply. SSD, YOLOv3 and cascade detectors are not supported yet.
+ResNet stage; --adjust does not apply. A YOLOv3 run: the objectness heatmap (sigmoid objectness, max over
+anchors, per scale), the best detection's class scores (objectness x softmax of the margin-adjusted logits
+at its cell and anchor) and Grad-CAM on Darknet's stride-8 map C3. SSD and cascade detectors are not
+supported yet.
 
 Writes DIR/explain.png and DIR/explain.json (classes, scores, where each map peaks) all at once. Needs the
 optional extra: pip install "iif[explain]" (captum).
