@@ -187,6 +187,23 @@ def test_stale_temporaries_are_cleaned_only_when_ours(tmp_path):
     assert (looks_ours / "keep.txt").read_text() == "user" and other.is_dir()
 
 
+def test_a_stale_old_output_holding_a_users_file_is_kept_whole(tmp_path):
+    """A finished output swapped out as ``.o.iif-old-*`` by a killed run is removed only if it holds nothing but
+    what its marker lists: a file the user added there is never deleted, nor the folder around it."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = tmp_path / ".o.iif-old-killed3"
+    old.mkdir()
+    (old / "r.txt").write_text("iif's")
+    m = write_marker(old, "bench", files=["r.txt"], pid=dead.pid)
+    assert m["files"] == ["r.txt"]
+    (old / "notes.txt").write_text("the user's")
+    assert OS.clean_stale_temporaries(tmp_path / "o") == []
+    assert (old / "notes.txt").read_text() == "the user's" and (old / "r.txt").is_file()
+    (old / "notes.txt").unlink()  # only what iif wrote: removed as before
+    assert OS.clean_stale_temporaries(tmp_path / "o") == [old] and not old.exists()
+
+
 def test_fallback_swap_and_recovery_of_a_cut_fallback(tmp_path, monkeypatch):
     out = tmp_path / "o"
     with OutputFolder(out, command="bench") as staging:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import IIFError
 from .atomic import _TMP_FILE, PathLike, _fault_point, _fsync_dir
-from .marker import _contents, _is_marker_temp, read_marker
+from .marker import _contents, _is_marker_temp, read_marker, unlisted
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -107,11 +107,16 @@ def _rmdir_if_empty(folder: Path) -> bool:
 
 
 def _remove_ours(folder: Path) -> bool:
-    """Remove ``folder`` only if it is ours (carries our marker) or empty; True when removed."""
+    """Remove ``folder`` only if it is ours (carries our marker) or empty; True when removed. A finished output
+    whose marker lists its files is kept whole when it holds anything else (a file the user added: never ours
+    to delete); a staging folder (no list) was made by our own mkdtemp and holds only our writes."""
     if folder.is_symlink() or not folder.is_dir():
         return False
-    if read_marker(folder) is None:
+    marker = read_marker(folder)
+    if marker is None:
         return _rmdir_if_empty(folder)  # killed between mkdtemp and its marker
+    if unlisted(folder, marker):
+        return False
     _fault_point(f"remove {folder.name}")
     shutil.rmtree(folder, ignore_errors=True)
     return not folder.exists()
