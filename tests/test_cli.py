@@ -77,3 +77,16 @@ def test_help_texts_carry_no_markup(capsys):
             main([name, "--help"] if name else ["--help"])
         out = capsys.readouterr().out
         assert "`" not in out and not re.search(r":(func|class|mod|meth|data):", out), name
+
+
+def test_python_dash_m_iif_runs_the_command():
+    """``python -m iif`` is the ``iif`` script: same version line, same exit code for bad input."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "iif", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"iif {version('iif')}"
+    bad = subprocess.run([sys.executable, "-m", "iif", "stats", "/nonexistent/labels.json"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
