@@ -331,7 +331,8 @@ def plot_explanations(results: Sequence[ClassMaps], image_name: str = ""):
         if m.objectness is not None:
             heat_title = "objectness (max over anchors and scales)"
         else:
-            what = "the detection (a detector scores boxes)" if m.box is not None else "class-score heatmap"
+            what = ("the detection (a detector scores boxes)" if m.score_map is None else
+                    "highest RoI score (box-wise)") if m.box is not None else "class-score heatmap"
             heat_title = f"{what}: {names[m.predicted]}"
         _overlay(row[2], m, m.score_map, heat_title)
         _overlay(row[3], m, m.gradcam.get(m.predicted), f"Grad-CAM ({m.layer}): predicted {names[m.predicted]}")

@@ -1,5 +1,5 @@
-"""The paper's Fig. 6 for detectors of ``iif det-train`` (Faster / Mask R-CNN, YOLOv3): one detection's class
-scores and Grad-CAMs (and YOLOv3's objectness heatmap).
+"""The paper's Fig. 6 for detectors of ``iif det-train`` (Faster / Mask R-CNN, Cascade Mask R-CNN / HTC,
+YOLOv3): one detection's class scores and Grad-CAMs (and a cascade's box-score, YOLOv3's objectness heatmap).
 
 Fig. 6 (iii) shows the class scores of the confident region, (iv) Grad-CAM. For a two-stage detector the
 region is one detection: the highest-scoring box (or the highest-scoring box of the asked class). Its class
@@ -9,6 +9,22 @@ the detection was regressed from (``box_roi_pool`` -> ``box_head`` -> ``box_pred
 column dropped, as torchvision's post-processing does: the detection's own score is one of them. Grad-CAM is taken on the last stage of the backbone's
 ResNet body (the map every FPN level is built from) for that box's class logit, through captum's
 ``LayerGradCam``.
+
+Cascade Mask R-CNN and HTC (:mod:`iif.detection.cascade`, :mod:`iif.detection.htc`) score a RoI with all
+three stages: stage ``t`` pools the RoI's stage-``t`` box (the proposal, then the boxes stages 1 and 2
+regressed), and the RoI's class scores are the mean over the stages of the softmax of each stage's
+margin-adjusted ``C + 1`` logits (``w * z_t`` for IIF); its box is the third stage's. Its explanation:
+
+* the RoI: of the RPN's proposals, the one whose third-stage box and mean score of the detection's class
+  match the detection (the detector's own computation, :meth:`CascadeRoIHeads.cascade_scores`, redone with
+  each stage's boxes kept);
+* class scores (Fig. 6 iii): that RoI's mean softmax, background dropped, so the detection's score is the
+  predicted class's bar (``ClassMaps.logits`` holds their logarithms: a cascade has no one logit vector);
+* the heatmap: at each pixel, the highest score of the predicted class over the RoIs whose third-stage box
+  covers it (every RoI, before the score threshold and NMS), the cascade's counterpart of YOLOv3's
+  objectness map;
+* Grad-CAM (Fig. 6 iv) of that RoI's mean score of the class on the last stage of the backbone's ResNet body,
+  the stages' boxes held fixed (RoIAlign passes no gradient to its boxes).
 
 YOLOv3 (:class:`iif.detection.yolo.YOLOv3`, Fig. 6's own detector) has no RoI: every cell of every scale
 predicts ``A = 3`` anchors, each with an objectness logit ``o`` and C class logits ``z``. Its explanation:
@@ -23,7 +39,7 @@ predicts ``A = 3`` anchors, each with an objectness logit ``o`` and C class logi
 * Grad-CAM (Fig. 6 iv) of that class score on the finest-scale input of the head, Darknet's stride-8 map C3,
   which every scale is computed from (a detection at any scale has a gradient there), upsampled to the image.
 
-SSD and cascade heads are refused with one line (not built).
+SSD is refused with one line (not built).
 """
 
 from __future__ import annotations
@@ -118,13 +134,15 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
     from .explain import check_image_channels
     from .predict import load_image
 
+    from .detection.cascade import CascadeRoIHeads
+
     if isinstance(model, YOLOv3):
         return explain_yolo(model, class_names, image, target, label, checkpoint)
     roi = getattr(model, "roi_heads", None)
-    cascade = hasattr(roi, "box_predictor_2")  # a cascade scores with all its stages: its stage 1 alone would mislead
-    if cascade or not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
-        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN) and YOLOv3 only; "
-                       f"{type(model).__name__} has no torchvision RoI box head (SSD and cascade explanations "
+    cascade = isinstance(roi, CascadeRoIHeads)  # scores with all its stages: its stage 1 alone would mislead
+    if not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
+        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN, Cascade Mask R-CNN, HTC) and "
+                       f"YOLOv3 only; {type(model).__name__} has no torchvision RoI box head (SSD explanations "
                        "are not built).")
     check_image_channels(image, 3)
     img = torch.from_numpy(np.asarray(load_image(image, 3), np.float32) / 255.0).permute(2, 0, 1)
@@ -140,6 +158,8 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
     images, _ = model.transform([img.to(dev)])
     (h0, w0), (h1, w1) = img.shape[-2:], images.image_sizes[0]
     box_t = box * torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0], device=box.device)
+    if cascade:
+        return _explain_cascade(model, class_names, img, images, det, i, box_t, target, label, checkpoint)
     proposal = _proposal_of(model, images, box_t, int(det["labels"][i]), float(det["scores"][i]))
     head = _BoxLogits(model, proposal, images.image_sizes).eval()
     with torch.no_grad():
@@ -153,6 +173,79 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
                      layer=_layer_name(model.backbone.body, layer), score_map=None,
                      gradcam={c - 1: _to_image(m, (h1, w1), images.tensors.shape[-2:], (h0, w0)) for c, m in cams.items()},
                      box=[float(v) for v in box.cpu()], proposal=[float(v) for v in proposal.cpu()])
+
+
+class _CascadeScores(torch.nn.Module):
+    """Transformed image batch -> the ``(1, C + 1)`` cascade scores of one RoI: the mean over the three stages
+    of the softmax of each stage's (margin-adjusted) logits, stage ``t`` pooling the RoI's stage-``t`` box
+    (``chain[t]``, held fixed: the regressions that moved it are not differentiated, as RoIAlign passes no
+    gradient to its boxes)."""
+
+    def __init__(self, model: torch.nn.Module, chain: list[torch.Tensor], image_sizes) -> None:
+        super().__init__()
+        self.model, self.chain, self.image_sizes = model, chain, image_sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        roi = self.model.roi_heads
+        feats = self.model.backbone(x)
+        probs = [torch.softmax(roi.run_stage(t, feats, [b[None]], self.image_sizes)[0].float(), dim=-1)
+                 for t, b in enumerate(self.chain)]
+        return sum(probs) / len(probs)
+
+
+def _cascade_rois(model: torch.nn.Module, images) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(scores (n, C + 1), chain)`` of every RPN proposal, as :meth:`CascadeRoIHeads.cascade_scores` computes
+    them: ``chain[t]`` the ``(n, 4)`` boxes stage ``t`` pools (``chain[0]`` the proposals), ``chain[3]`` the
+    third stage's regressed boxes, the detections' boxes before NMS."""
+    roi = model.roi_heads
+    with torch.no_grad():
+        feats = model.backbone(images.tensors)
+        boxes = [model.rpn(images, feats)[0][0]]
+        chain, total = [boxes[0]], None
+        for t in range(3):
+            logits, deltas = roi.run_stage(t, feats, boxes, images.image_sizes)
+            probs = torch.softmax(logits, dim=-1)
+            total = probs if total is None else total + probs
+            boxes = roi.decode(t, deltas, boxes, images.image_sizes)
+            chain.append(boxes[0])
+    return total / 3.0, chain
+
+
+def _box_score_map(boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W)``: at each pixel the highest of ``scores`` over the ``boxes`` (image pixels) whose area covers
+    the pixel's centre; 0 where no box does."""
+    heat = np.zeros(tuple(int(v) for v in size), np.float32)
+    h, w = heat.shape
+    for k in torch.argsort(scores).tolist():  # ascending: a higher score overwrites a lower one
+        x0, y0, x1, y1 = (float(v) for v in boxes[k])
+        c0, c1 = max(int(np.ceil(x0 - 0.5)), 0), min(int(np.ceil(x1 - 0.5)), w)
+        r0, r1 = max(int(np.ceil(y0 - 0.5)), 0), min(int(np.ceil(y1 - 0.5)), h)
+        if c1 > c0 and r1 > r0:
+            heat[r0:r1, c0:c1] = float(scores[k])
+    return heat
+
+
+def _explain_cascade(model, class_names, img, images, det, i, box_t, target, label, checkpoint) -> ClassMaps:
+    """A Cascade Mask R-CNN / HTC detection (module docstring): the RoI it came from, its cascade scores,
+    the predicted class's box-score map and the Grad-CAMs of its cascade score."""
+    (h0, w0), (h1, w1) = img.shape[-2:], images.image_sizes[0]
+    lab, score = int(det["labels"][i]), float(det["scores"][i])
+    scores, chain = _cascade_rois(model, images)
+    err = (chain[3] - box_t).abs().amax(1) + (scores[:, lab].float() - score).abs()
+    k = int(err.argmin())
+    head = _CascadeScores(model, [b[k] for b in chain[:3]], images.image_sizes).eval()
+    with torch.no_grad():
+        probs = head(images.tensors)[0].cpu()
+    pred = lab - 1
+    _, layer, _ = spatial_layer(model.backbone.body, images.tensors)
+    cams = grad_cam(head, layer, images.tensors, [c + 1 for c in [pred] + ([target] if target is not None else [])])
+    to_image = torch.tensor([w0 / w1, h0 / h1, w0 / w1, h0 / h1], device=chain[3].device)
+    return ClassMaps(checkpoint=str(checkpoint), label=label, class_names=list(class_names),
+                     logits=torch.log(probs[1:].clamp_min(1e-38)).numpy(), scores=probs[1:].numpy(), predicted=pred,
+                     target=target, image=img.permute(1, 2, 0).numpy(), layer=_layer_name(model.backbone.body, layer),
+                     score_map=_box_score_map((chain[3] * to_image).cpu(), scores[:, lab].float().cpu(), (h0, w0)),
+                     gradcam={c - 1: _to_image(m, (h1, w1), images.tensors.shape[-2:], (h0, w0)) for c, m in cams.items()},
+                     box=[float(v) for v in det["boxes"][i].cpu()], proposal=[float(v) for v in chain[0][k].cpu()])
 
 
 class _CellScores(torch.nn.Module):
