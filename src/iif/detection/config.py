@@ -109,6 +109,10 @@ class DetectionModelConfig:
     fasa_prob_scale: float = 1.0
     fasa_prob_power: float = 1.0
     fasa_start_iter: int = 0
+    # FASA's sampling adaptation (Sec. 3.3, the paper's rule, so on by default; only with fasa: true): after each
+    # epoch the per-class validation loss of the real RoIs moves each class group's probability (x1.1 when its
+    # loss fell, x0.9 when it rose); false keeps the starting inverse-frequency probabilities throughout.
+    fasa_adapt: bool = True
 
 
 @dataclass
@@ -216,7 +220,8 @@ _ADDED_KEYS = {("data", "rfs_rounding"): "stochastic", ("margin", "la_form"): No
                ("model", "backbone_weights"): None, ("model", "class_agnostic_mask"): False,
                ("model", "mask_predictor"): "standard", ("model", "box_nms_thresh"): None, ("model", "mask_thresh"): None,
                ("model", "fasa"): False, ("model", "fasa_momentum"): 0.1, ("model", "fasa_loss_weight"): 0.1,
-               ("model", "fasa_prob_scale"): 1.0, ("model", "fasa_prob_power"): 1.0, ("model", "fasa_start_iter"): 0}
+               ("model", "fasa_prob_scale"): 1.0, ("model", "fasa_prob_power"): 1.0, ("model", "fasa_start_iter"): 0,
+               ("model", "fasa_adapt"): True}
 
 
 def scaled_schedule(*, epochs: int, batch_size: int, num_images: int, warmup_iters: int, milestones: Sequence[int],
@@ -294,7 +299,7 @@ def model_kwargs(cfg: DetectionConfig) -> dict[str, Any]:
     """``build_detector`` keyword arguments of ``cfg.model`` (lists as tuples; arch and the iif-only keys out)."""
     m = dataclasses.asdict(cfg.model)
     for key in ("arch", "cosine_scale", "classifier_only", "checkpoint", "fasa", "fasa_momentum", "fasa_loss_weight",
-                "fasa_prob_scale", "fasa_prob_power", "fasa_start_iter"):
+                "fasa_prob_scale", "fasa_prob_power", "fasa_start_iter", "fasa_adapt"):
         m.pop(key)
     if m["backbone_weights"] is None:  # absent unless set, so det-bench's recorded settings stay as they were
         m.pop("backbone_weights")

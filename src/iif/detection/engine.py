@@ -130,6 +130,7 @@ def train_detector(
     num_workers: int = 0,
     seed: int = 0,
     stop_after_epoch: int | None = None,
+    epoch_end: Callable[[nn.Module, int], dict | None] | None = None,
 ) -> dict:
     """Train ``model`` (a torchvision detector in train mode returns its loss dict) on ``dataset``.
 
@@ -151,6 +152,9 @@ def train_detector(
         log, log_every: a callable for progress lines, every ``log_every`` iterations (0: per epoch only).
         num_workers, seed: DataLoader workers; the seed of the data order and of the first epoch's RNG.
         stop_after_epoch: return after this many epochs are done (tests and time-limited runs), checkpoint kept.
+        epoch_end: ``epoch_end(model, epoch)`` on every rank after each epoch's training, before its checkpoint
+            (e.g. FASA's sampling adaptation, :class:`iif.detection.fasa.FASAAdaptation`); a dict it returns joins
+            the epoch's history row. It must leave the training RNG streams as it found them.
 
     Returns:
         ``{"history": [per-epoch rows: epoch, lr, loss and each loss term, images, seconds, images_per_s],
@@ -174,7 +178,10 @@ def train_detector(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             finished = False
             break
-        run.history.append(train_one_epoch(run, epoch))
+        row = train_one_epoch(run, epoch)
+        if epoch_end is not None:
+            row.update(epoch_end(_unwrap(run.model), epoch) or {})
+        run.history.append(row)
         if run.out is not None:
             state = _checkpoint_state(run, epoch + 1)  # every rank joins the RNG gather
             if run.info.is_main:

@@ -28,18 +28,19 @@ statistics are detached.
 Sampling probabilities. Initialised from the inverse instance frequency, ``p_c = s ((1/n_c) / sum_j (1/n_j))^k``
 clipped to ``[0, 1]`` with ``s = k = 1`` (the authors' ``instance_prob_scale`` / ``instance_prob_power``;
 classes without training instances get 0). The paper's sampling adaptation (Sec. 3.3) changes them once per
-epoch from the change of the classification loss of the real RoIs on the validation set: classes are grouped
-(affinity propagation on the squared distances between the class means) and a group's ``p`` is multiplied by
-1.1 when its summed loss fell since the previous epoch and by 0.9 when it rose. :func:`adapt_probabilities`
-implements that rule (per class, or per given group) and :meth:`FASA.adapt` applies it to per-class losses,
-but ``iif det-train`` does NOT call it: it computes no per-class validation loss during training, and the
-affinity-propagation grouping is not implemented. So a det-train run keeps the inverse-frequency
-probabilities of the start throughout (documented in docs/detection.md). The authors also start drawing
-virtual features in the second epoch; ``start_iter`` (default 0) delays them by a number of iterations.
+epoch from the change of the classification loss of the real RoIs on the validation set, per group of classes:
+:func:`group_classes` (affinity propagation on the similarities ``-||mu_i - mu_j||^2`` between the running class
+means), :func:`class_val_losses` (the box classifier's CE of the foreground sampled RoIs of the val images, per
+class, computed as in training but without gradients), :func:`adapt_probabilities` / :meth:`FASA.adapt` (a
+group's ``p`` x1.1 when its summed loss fell since the previous epoch, x0.9 when it rose). ``iif det-train`` runs
+them after every epoch through :class:`FASAAdaptation` (det config ``model.fasa_adapt``, default true; false keeps
+the starting probabilities). The authors also start drawing virtual features in the second epoch;
+``start_iter`` (default 0) delays them by a number of iterations.
 
 Under ``torch.distributed`` the per-class sums (count, sum, sum of squares) are all-reduced before the update,
-so every rank keeps the same statistics (the batch of the update is then the global batch). The statistics and
-probabilities are buffers outside the ``state_dict`` (the checkpoint keys stay the plain model's) listed in
+so every rank keeps the same statistics (the batch of the update is then the global batch); the per-class
+validation loss sums are all-reduced too, so every rank adapts identically. The statistics, the probabilities
+and the last epoch's validation loss are buffers outside the ``state_dict`` (the checkpoint keys stay the plain model's) listed in
 ``accumulators``: ``iif det-train`` saves them in ``last.pt``'s ``margin_state`` and restores them on
 ``--resume``, like EQLv2's gradient sums, so a resumed run continues exactly.
 """
@@ -57,7 +58,8 @@ from torch import nn
 
 from ..errors import IIFError
 
-__all__ = ["FASA", "FASA_DEFAULTS", "use_fasa", "remove_fasa", "adapt_probabilities", "inverse_frequency_probs"]
+__all__ = ["FASA", "FASA_DEFAULTS", "FASAAdaptation", "use_fasa", "remove_fasa", "adapt_probabilities",
+           "class_val_losses", "group_classes", "inverse_frequency_probs"]
 
 #: The authors' values (fasa_cfg of their configs and of the IIF paper's FASA configs).
 FASA_DEFAULTS = {"momentum": 0.1, "loss_weight": 0.1, "prob_scale": 1.0, "prob_power": 1.0, "start_iter": 0}
@@ -174,7 +176,7 @@ class FASA(nn.Module):
     def adapt(self, class_loss: torch.Tensor, *, up: float = 1.1, down: float = 0.9,
               groups: Optional[Sequence[Sequence[int]]] = None) -> None:
         """Apply :func:`adapt_probabilities` with this epoch's per-class loss against the previous call's (the
-        first call only records it), as the paper's per-epoch adaptation does. Not called by det-train."""
+        first call only records it), as the paper's per-epoch adaptation does (det-train: :class:`FASAAdaptation`)."""
         now = class_loss.detach().to(self.prob.device, torch.float64)
         if not bool(torch.isnan(self.last_loss).any()):
             self.prob.copy_(adapt_probabilities(self.prob, self.last_loss, now, up=up, down=down, groups=groups))
@@ -326,3 +328,190 @@ def check_fasa_config(m: Any) -> None:
         _check_params(fasa_params(m))
     except IIFError as exc:
         raise IIFError(f"config key 'model.fasa_*': {exc}") from None
+
+
+# ------------------------------------------------------------------------------ sampling adaptation (Sec. 3.3)
+
+
+def group_classes(mean: Any, seen: Any, *, random_state: int = 1) -> list[list[int]]:
+    """FASA's class groups (Sec. 3.3): affinity propagation (``sklearn.cluster.AffinityPropagation``,
+    ``affinity="precomputed"``, default preference = the median similarity, ``random_state`` fixed so the groups
+    are deterministic) on the similarities ``s_ij = -||mu_i - mu_j||^2`` between the running class means of the
+    classes that have statistics (``seen``); every class without statistics is a group of its own, and so is
+    every seen class when fewer than two are seen or the propagation does not converge (sklearn then labels
+    every point -1): the per-class rule. Groups are sorted lists of 0-based class indices, ordered by their
+    first member.
+
+    Choices against the authors' code (a public copy of their box head, ``dynamic_sampling``): it hands the
+    *positive* squared distances to ``AffinityPropagation(affinity='precomputed', random_state=1)``, which reads a
+    precomputed matrix as similarities (larger = more alike), so far-apart classes would attract; the paper groups
+    classes with similar features, so the negative squared distance (what sklearn's own ``affinity='euclidean'``
+    computes) is used here, with their ``random_state=1``. They also cluster every class, including those never
+    seen (all at the zero mean, so they fall together); here those stay alone, as no feature says they are alike.
+    """
+    m = np.asarray(torch.as_tensor(mean).detach().cpu().to(torch.float64))
+    s = np.asarray(torch.as_tensor(seen).detach().cpu()).astype(bool).reshape(-1)
+    if m.ndim != 2 or m.shape[0] != s.shape[0]:
+        raise IIFError(f"group_classes needs (C, D) means and (C,) seen flags; got {m.shape} and {s.shape}.")
+    idx = np.flatnonzero(s)
+    groups: list[list[int]] = [[int(c)] for c in np.flatnonzero(~s)]
+    if idx.size < 2:
+        return sorted(groups + [[int(c)] for c in idx])
+    x = m[idx]
+    sim = -((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    import warnings
+
+    from sklearn.cluster import AffinityPropagation  # the 'train' extra
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # non-convergence / equal similarities: handled below
+        labels = AffinityPropagation(affinity="precomputed", random_state=random_state).fit(sim).labels_
+    labels = np.asarray(labels)
+    if (labels < 0).any():
+        groups += [[int(c)] for c in idx]
+    else:
+        groups += [sorted(int(c) for c in idx[labels == k]) for k in np.unique(labels)]
+    return sorted(groups)
+
+
+def _no_bn_updates(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's training flag (to restore), then ``model.train()`` with each BatchNorm in eval mode."""
+    flags = [(mod, mod.training) for mod in model.modules()]
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+    return flags
+
+
+@torch.no_grad()
+def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: Any = "cpu",
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums of the box classifier's cross-entropy over the foreground sampled RoIs of ``dataset``'s
+    images, and their counts: both ``(C,)`` float64, this rank's share only (the caller all-reduces).
+
+    Computed as the training loss is: ``model`` (a FASA detector, :func:`use_fasa`) runs in training mode with
+    the targets (train-mode RPN proposals, the ground truth added to them, ``box_batch_size_per_image`` RoIs
+    sampled at 25% foreground, a cascade's stage 1), its class logits (after a train-phase margin) against the
+    sampled labels, ``CE(z, y)`` per RoI. No gradients; BatchNorm layers stay in eval mode; the mask branch is
+    switched off; FASA's own training step (statistics, virtual features) is bypassed; the margin's
+    accumulators (e.g. Seesaw's counts) are restored afterwards; the RoI sampling draws from a private torch
+    stream seeded with ``seed`` (the training stream is left as it was). Under ``torch.distributed`` each rank
+    takes the images ``rank::world_size``."""
+    from ..runtime.distributed import current_group
+    from .data import collate
+    from .eqlv2 import load_margin_state, margin_state
+
+    rh = model.roi_heads
+    state = rh.fasa
+    c = state.num_classes
+    dev = torch.device(device)
+    group = current_group()
+    mine = list(range(group.rank, len(dataset), group.world_size))
+    sums = torch.zeros(c, dtype=torch.float64, device=dev)
+    counts = torch.zeros(c, dtype=torch.float64, device=dev)
+    seen: dict[str, torch.Tensor] = {}
+    name = "sample" if _is_cascade(rh) else "select_training_samples"
+    before, own_forward = rh.__dict__.get(name), rh.__dict__.pop("forward", None)
+    inner = getattr(rh, name)
+
+    def tapped(*args):
+        out = inner(*args)
+        if name == "select_training_samples":
+            seen.setdefault("labels", torch.cat(list(out[2])))
+        elif args[0] == 0:
+            seen.setdefault("labels", torch.cat(list(out[1])))
+        return out
+
+    def grab(module, inputs, output):
+        seen.setdefault("logits", output[0] if isinstance(output, (tuple, list)) else output)
+
+    saved_margin = margin_state(model)
+    mask_pool = rh.mask_roi_pool if getattr(rh, "mask_roi_pool", None) is not None else None
+    flags = _no_bn_updates(model)
+    rh.__dict__[name] = tapped
+    handle = rh.box_predictor.register_forward_hook(grab)
+    devices = [dev] if dev.type == "cuda" else []
+    try:
+        if mask_pool is not None:
+            rh.mask_roi_pool = None
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for start in range(0, len(mine), batch_size):  # no DataLoader: its iterator would draw a seed
+                images, targets = collate([dataset[i] for i in mine[start:start + batch_size]])
+                images = [im.to(dev) for im in images]
+                targets = [{k: v.to(dev) for k, v in t.items() if k in ("boxes", "labels")} for t in targets]
+                seen.clear()
+                model(images, targets)
+                labels = seen["labels"].to(dev)
+                ce = F.cross_entropy(seen["logits"].float(), labels, reduction="none").double()
+                fg = labels > 0
+                sums.index_add_(0, labels[fg] - 1, ce[fg])
+                counts.index_add_(0, labels[fg] - 1, torch.ones_like(ce[fg]))
+    finally:
+        handle.remove()
+        if before is None:
+            rh.__dict__.pop(name, None)
+        else:
+            rh.__dict__[name] = before
+        if own_forward is not None:
+            rh.__dict__["forward"] = own_forward
+        if mask_pool is not None:
+            rh.mask_roi_pool = mask_pool
+        for mod, flag in flags:
+            mod.training = flag
+        load_margin_state(model, saved_margin)
+    return sums, counts
+
+
+class FASAAdaptation:
+    """det-train's per-epoch sampling adaptation (Sec. 3.3), the ``epoch_end`` hook of
+    :func:`iif.detection.train_detector`: after each epoch, on every rank,
+
+    1. the per-class validation loss of the real RoIs (:func:`class_val_losses` on ``val``, all-reduced over the
+       ranks): ``L_c = S_c / N``, ``S_c`` the summed CE of class ``c``'s foreground RoIs and ``N`` the number of
+       foreground RoIs of all classes (the authors' normalisation by the label total, so a change in how many
+       RoIs the proposals give does not read as a change of loss);
+    2. the groups (:func:`group_classes` on the running means, identical on every rank: the statistics are
+       all-reduced in training);
+    3. :meth:`FASA.adapt` with ``L`` and the groups: from the second epoch on, a group whose summed ``L`` fell
+       since the previous epoch has its ``p`` multiplied by ``up`` (1.1, the authors' ``dynamic_up``), one whose
+       loss rose by ``down`` (0.9, ``dynamic_down``).
+
+    ``L`` is kept in ``FASA.last_loss`` and the probabilities in ``FASA.prob``, both saved with the checkpoint
+    (``margin_state``), so a resumed run adapts exactly as an uninterrupted one. Returns the history row's
+    ``fasa_val_loss`` (``sum_c L_c``), ``fasa_groups`` (their number), ``fasa_p_mean`` (mean ``p`` after the
+    step); ``records`` keeps each epoch's per-class ``loss``, ``sums``, ``counts``, ``groups`` and ``prob``.
+    """
+
+    def __init__(self, val, *, batch_size: int = 2, seed: int = 0, up: float = 1.1, down: float = 0.9,
+                 log: Callable[[str], Any] = print) -> None:
+        if val is None or not hasattr(val, "__len__") or len(val) == 0:
+            raise IIFError("FASA's sampling adaptation (model.fasa_adapt) needs a validation set with images: give "
+                           "data.val_json / data.val_images, or set model.fasa_adapt=false to keep the starting "
+                           "probabilities.")
+        self.val, self.batch_size, self.seed, self.up, self.down, self.log = val, int(batch_size), int(seed), \
+            float(up), float(down), log
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, model: nn.Module, epoch: int) -> dict[str, Any]:
+        from ..runtime.distributed import all_reduce_sum, current_group
+
+        state = getattr(getattr(model, "roi_heads", None), "fasa", None)
+        if not isinstance(state, FASA):
+            raise IIFError("FASA's sampling adaptation needs a model with FASA switched on (use_fasa / "
+                           "model.fasa=true).")
+        dev = state.prob.device
+        sums, counts = class_val_losses(model, self.val, batch_size=self.batch_size, device=dev, seed=self.seed)
+        both = all_reduce_sum(torch.stack([sums, counts]), current_group())
+        sums, counts = both[0], both[1]
+        loss = sums / counts.sum().clamp_min(1.0)
+        groups = group_classes(state.mean, state.seen)
+        state.adapt(loss, up=self.up, down=self.down, groups=groups)
+        self.records.append({"epoch": epoch + 1, "loss": loss.cpu().tolist(), "sums": sums.cpu().tolist(),
+                             "counts": counts.cpu().tolist(), "groups": groups, "prob": state.prob.cpu().tolist()})
+        if current_group().rank == 0:
+            self.log(f"FASA adaptation after epoch {epoch + 1}: val class loss {float(loss.sum()):.4f} over "
+                     f"{int(counts.sum())} foreground RoIs, {len(groups)} groups, mean p {float(state.prob.mean()):.4g}")
+        return {"fasa_val_loss": float(loss.sum()), "fasa_groups": len(groups),
+                "fasa_p_mean": float(state.prob.mean())}

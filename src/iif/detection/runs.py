@@ -381,7 +381,8 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
     h = detection_config_hash(cfg)
 
     work, created = _open_run_folder(cfg, out, info, h, resume=resume, force=force)
-    res = _fit(model, train, cfg, sched, sampler, dev, work, created, resume=resume, log=log, info=info)
+    res = _fit(model, train, cfg, sched, sampler, dev, work, created, resume=resume, log=log, info=info,
+               epoch_end=_fasa_adaptation(cfg, val, info, log))
     if info.is_main:
         atomic_write_json(work / "history.json", json_safe(res["history"]))
     if not res["finished"]:
@@ -399,6 +400,18 @@ def train_from_config(cfg: DetectionConfig, out: str | os.PathLike, *, resume: b
         barrier(info)
         cleanup_distributed(info)
     return {"out_dir": str(out), "finished": True, "metrics": metrics, "history": res["history"]}
+
+
+def _fasa_adaptation(cfg: DetectionConfig, val, info, log):
+    """FASA's per-epoch sampling adaptation on the val set (:class:`iif.detection.fasa.FASAAdaptation`) when
+    ``model.fasa`` and ``model.fasa_adapt`` are on, else None; RoIs sampled with ``runtime.seed``, the per-rank
+    training batch."""
+    if not (cfg.model.fasa and cfg.model.fasa_adapt):
+        return None
+    from .fasa import FASAAdaptation
+
+    return FASAAdaptation(val, batch_size=max(cfg.schedule.batch_size // max(info.world_size, 1), 1),
+                          seed=cfg.runtime.seed, log=log)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

@@ -51,9 +51,10 @@ def _open_run_folder(cfg: DetectionConfig, out: Path, info, h: str, *, resume: b
 
 
 def _fit(model, train, cfg: DetectionConfig, sched: dict, sampler, dev: str, work: Path, created: bool, *,
-         resume: bool, log: Callable[[str], Any], info) -> dict[str, Any]:
-    """``train_detector`` on the run's schedule into ``work``; a failure before the first checkpoint leaves
-    nothing a rerun must ``--force`` (rank 0 abandons the folder)."""
+         resume: bool, log: Callable[[str], Any], info, epoch_end=None) -> dict[str, Any]:
+    """``train_detector`` on the run's schedule into ``work`` (``epoch_end``: its per-epoch hook, FASA's sampling
+    adaptation); a failure before the first checkpoint leaves nothing a rerun must ``--force`` (rank 0 abandons
+    the folder)."""
     from ..outputs import abandoned_on_failure
     from .engine import train_detector
 
@@ -65,4 +66,4 @@ def _fit(model, train, cfg: DetectionConfig, sched: dict, sampler, dev: str, wor
                               milestones=sched["milestones"], gamma=s.gamma, clip_grad_norm=s.clip_grad_norm, sampler=sampler,
                               device=dev, amp=cfg.runtime.amp, out_dir=work, resume=resume, log=log,
                               log_every=cfg.runtime.log_every, num_workers=cfg.runtime.workers, seed=cfg.runtime.seed,
-                              stop_after_epoch=cfg.runtime.stop_after_epoch)
+                              stop_after_epoch=cfg.runtime.stop_after_epoch, epoch_end=epoch_end)
