@@ -361,3 +361,20 @@ def test_ddp_ranks_adapt_identically_from_the_all_reduced_sums():
     np.testing.assert_allclose(p0, _rule(rec0[0]["prob"], rec0[0]["loss"], rec0[1]["loss"], rec0[1]["groups"]),
                                rtol=1e-12)
     assert not np.allclose(p0, rec0[0]["prob"])
+
+
+def test_val_pass_leaves_the_margin_accumulators_alone():
+    """Seesaw counts every training forward's foreground labels (``cum_samples``, a buffer); the val pass must not."""
+    from iif.detection.fasa import class_val_losses
+    from iif.detection.margins import use_margin
+
+    model = _fasa_model()
+    use_margin(model, "seesaw", [2, 4, 8], when="train")
+    model.train()
+    model(*[list(x) for x in zip(*_images(2, 1))])  # one training forward: Seesaw has counts now
+    cum = model.roi_heads.box_predictor.adjuster.cum_samples
+    before = cum.clone()
+    assert float(before.sum()) > 0
+    sums, counts = class_val_losses(model, _images(2, 5), batch_size=2, seed=7)
+    assert counts.sum() > 0 and torch.isfinite(sums).all()
+    assert torch.equal(cum, before)

@@ -394,13 +394,12 @@ def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: 
     the targets (train-mode RPN proposals, the ground truth added to them, ``box_batch_size_per_image`` RoIs
     sampled at 25% foreground, a cascade's stage 1), its class logits (after a train-phase margin) against the
     sampled labels, ``CE(z, y)`` per RoI. No gradients; BatchNorm layers stay in eval mode; the mask branch is
-    switched off; FASA's own training step (statistics, virtual features) is bypassed; the margin's
-    accumulators (e.g. Seesaw's counts) are restored afterwards; the RoI sampling draws from a private torch
+    switched off; FASA's own training step (statistics, virtual features) is bypassed; every buffer (e.g.
+    Seesaw's class counts, which a training forward adds to) is restored afterwards; the RoI sampling draws from a private torch
     stream seeded with ``seed`` (the training stream is left as it was). Under ``torch.distributed`` each rank
     takes the images ``rank::world_size``."""
     from ..runtime.distributed import current_group
     from .data import collate
-    from .eqlv2 import load_margin_state, margin_state
 
     rh = model.roi_heads
     state = rh.fasa
@@ -426,7 +425,7 @@ def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: 
     def grab(module, inputs, output):
         seen.setdefault("logits", output[0] if isinstance(output, (tuple, list)) else output)
 
-    saved_margin = margin_state(model)
+    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. Seesaw's cum_samples
     mask_pool = rh.mask_roi_pool if getattr(rh, "mask_roi_pool", None) is not None else None
     flags = _no_bn_updates(model)
     rh.__dict__[name] = tapped
@@ -460,7 +459,8 @@ def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: 
             rh.mask_roi_pool = mask_pool
         for mod, flag in flags:
             mod.training = flag
-        load_margin_state(model, saved_margin)
+        for b, value in saved_buffers:
+            b.copy_(value)
     return sums, counts
 
 
