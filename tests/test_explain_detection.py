@@ -111,12 +111,11 @@ def test_a_grey_image_and_a_class_without_boxes_are_one_line(run, capsys, tmp_pa
     assert err.count("\n") == 1 and "finds no box" in err and names[missing[0]] in err
 
 
-@pytest.mark.parametrize("arch", ["ssd300_vgg16"])
-def test_detectors_other_than_rcnns_cascades_and_yolov3_are_refused_in_one_line(arch, run):
-    from iif.detection import build_detector
+def test_a_model_that_is_no_supported_detector_is_refused_in_one_line(run):
     from iif.errors import IIFError
 
-    model = build_detector(arch, 3, masks=False, min_size=64, max_size=64, log=lambda *a, **k: None).eval()
-    with pytest.raises(IIFError, match="RoI detectors .Faster / Mask R-CNN, Cascade Mask R-CNN, HTC. and YOLOv3 only") as err:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval()  # no RoI heads, not SSD, not YOLOv3
+    with pytest.raises(IIFError, match=r"RoI detectors .Faster / Mask R-CNN, Cascade Mask R-CNN, HTC., SSD and "
+                                       r"YOLOv3 only; Sequential is none of them") as err:
         explain_detection(model, ["a", "b", "c"], run[1])
     assert "\n" not in str(err.value)

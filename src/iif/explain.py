@@ -68,7 +68,8 @@ class ClassMaps:
     box: list[float] | None = None  # detectors: the explained detection [x0, y0, x1, y1] in image pixels
     proposal: list[float] | None = None  # detectors: the RPN proposal it was scored on, in the resized input
     objectness: dict[int, np.ndarray] | None = None  # YOLOv3: stride -> sigmoid objectness, max over anchors
-    cell: dict | None = None        # YOLOv3: the detection's stride, anchor, row and column
+    cell: dict | None = None        # YOLOv3: the detection's stride, anchor, row and column (SSD: map, row, column, anchor)
+    level_maps: dict[str, np.ndarray] | None = None  # SSD: detection map "HxW" -> max over its anchors of the class score
 
     def summary(self) -> dict:
         """Plain data for ``explain.json``: classes, scores, and where each map peaks (row, column)."""
@@ -85,7 +86,10 @@ class ClassMaps:
                 "image_size": list(self.image.shape[:2]), "box": self.box,
                 **({} if self.objectness is None else {
                     "cell": self.cell, "objectness_peak": {str(s): peak(m) for s, m in self.objectness.items()},
-                    "objectness_max": {str(s): float(m.max()) for s, m in self.objectness.items()}})}
+                    "objectness_max": {str(s): float(m.max()) for s, m in self.objectness.items()}}),
+                **({} if self.level_maps is None else {
+                    "cell": self.cell, "level_peak": {k: peak(m) for k, m in self.level_maps.items()},
+                    "level_max": {k: float(m.max()) for k, m in self.level_maps.items()}})}
 
 
 def image_channels(path: PathLike) -> tuple[int, str]:
@@ -332,7 +336,8 @@ def plot_explanations(results: Sequence[ClassMaps], image_name: str = ""):
             heat_title = "objectness (max over anchors and scales)"
         else:
             what = ("the detection (a detector scores boxes)" if m.score_map is None else
-                    "highest RoI score (box-wise)") if m.box is not None else "class-score heatmap"
+                    "highest RoI score (box-wise)" if m.level_maps is None else
+                    "anchor class score (max over anchors and maps)") if m.box is not None else "class-score heatmap"
             heat_title = f"{what}: {names[m.predicted]}"
         _overlay(row[2], m, m.score_map, heat_title)
         _overlay(row[3], m, m.gradcam.get(m.predicted), f"Grad-CAM ({m.layer}): predicted {names[m.predicted]}")

@@ -1,5 +1,6 @@
-"""The paper's Fig. 6 for detectors of ``iif det-train`` (Faster / Mask R-CNN, Cascade Mask R-CNN / HTC,
-YOLOv3): one detection's class scores and Grad-CAMs (and a cascade's box-score, YOLOv3's objectness heatmap).
+"""The paper's Fig. 6 for detectors of ``iif det-train`` (Faster / Mask R-CNN, Cascade Mask R-CNN / HTC, SSD,
+YOLOv3): one detection's class scores and Grad-CAMs (and a heatmap: a cascade's RoI scores, SSD's anchor
+class scores, YOLOv3's objectness).
 
 Fig. 6 (iii) shows the class scores of the confident region, (iv) Grad-CAM. For a two-stage detector the
 region is one detection: the highest-scoring box (or the highest-scoring box of the asked class). Its class
@@ -39,7 +40,20 @@ predicts ``A = 3`` anchors, each with an objectness logit ``o`` and C class logi
 * Grad-CAM (Fig. 6 iv) of that class score on the finest-scale input of the head, Darknet's stride-8 map C3,
   which every scale is computed from (a detection at any scale has a gradient there), upsampled to the image.
 
-SSD is refused with one line (not built).
+SSD (torchvision's ``SSD``, the ``ssd300_vgg16`` arch) has no RoI either: each location of each of its
+detection feature maps predicts ``A`` anchors, each with ``C + 1`` class logits (background first), to which
+the run's margin applies (:func:`iif.detection.use_margin` wraps ``head.classification_head``; ``w * z`` for
+IIF). Its explanation:
+
+* the best detection (of ``target`` when given): the (anchor, class) of the highest ``softmax(z')_c``, the
+  pair torchvision's post-processing (per-class top-k, class-wise NMS) always keeps; its class scores
+  (Fig. 6 iii) are that anchor's softmax without the background column;
+* the class-score heatmap of the predicted class: on each detection map, the max over the anchors at each
+  location of ``softmax(z')_c``, upsampled bilinearly to the image (SSD sees the image stretched to its
+  fixed square input); the panel shows their pixel-wise max (``ClassMaps.level_maps`` holds each map's);
+* Grad-CAM (Fig. 6 iv) of that anchor's class score on ``backbone.features``, SSD300's stride-8 VGG16 trunk
+  up to conv4_3 (the first detection map, before its L2 normalisation; every later map is computed from
+  it), upsampled to the image.
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ import torch
 from .errors import IIFError
 from .explain import ClassMaps, grad_cam, spatial_layer
 
-__all__ = ["load_detector_run", "explain_detection", "explain_yolo"]
+__all__ = ["load_detector_run", "explain_detection", "explain_yolo", "explain_ssd"]
 
 PathLike = str | os.PathLike
 
@@ -136,14 +150,17 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
 
     from .detection.cascade import CascadeRoIHeads
 
+    from torchvision.models.detection.ssd import SSD
+
     if isinstance(model, YOLOv3):
         return explain_yolo(model, class_names, image, target, label, checkpoint)
+    if isinstance(model, SSD):
+        return explain_ssd(model, class_names, image, target, label, checkpoint)
     roi = getattr(model, "roi_heads", None)
     cascade = isinstance(roi, CascadeRoIHeads)  # scores with all its stages: its stage 1 alone would mislead
     if not all(hasattr(roi, a) for a in ("box_roi_pool", "box_head", "box_predictor")) or not hasattr(model, "transform"):
-        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN, Cascade Mask R-CNN, HTC) and "
-                       f"YOLOv3 only; {type(model).__name__} has no torchvision RoI box head (SSD explanations "
-                       "are not built).")
+        raise IIFError(f"iif explain handles RoI detectors (Faster / Mask R-CNN, Cascade Mask R-CNN, HTC), SSD and "
+                       f"YOLOv3 only; {type(model).__name__} is none of them (give an iif det-train run of one).")
     check_image_channels(image, 3)
     img = torch.from_numpy(np.asarray(load_image(image, 3), np.float32) / 255.0).permute(2, 0, 1)
     dev = next(model.parameters()).device
@@ -309,6 +326,84 @@ def explain_yolo(model: torch.nn.Module, class_names: list[str], image: PathLike
                      gradcam={k: _resize(m, (h0, w0)) for k, m in cams.items()},
                      box=[float(v) for v in box], objectness=objectness,
                      cell={"stride": int(STRIDES[level]), "anchor": a, "row": r, "col": c})
+
+
+class _AnchorScores(torch.nn.Module):
+    """SSD input batch -> the ``(1, C + 1)`` softmax of the (margin-adjusted) class logits of one anchor."""
+
+    def __init__(self, model: torch.nn.Module, anchor: int) -> None:
+        super().__init__()
+        self.model, self.anchor = model, anchor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = list(self.model.backbone(x).values())
+        return torch.softmax(self.model.head.classification_head(feats)[:, self.anchor].float(), dim=-1)
+
+
+def _ssd_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """The map SSD's Grad-CAM is taken on: ``backbone.features`` (VGG16 up to conv4_3, stride 8, SSD300's first
+    detection map before its L2 normalisation, every later map computed from it) when the backbone has it,
+    else the backbone's last module whose output is the first detection map."""
+    features = getattr(model.backbone, "features", None)
+    if isinstance(features, torch.nn.Module):
+        return "backbone.features", features
+    raise IIFError(f"iif explain takes SSD's Grad-CAM on backbone.features (torchvision's SSD300 VGG16); "
+                   f"{type(model.backbone).__name__} has none: build the detector with model.arch=ssd300_vgg16.")
+
+
+def explain_ssd(model: torch.nn.Module, class_names: list[str], image: PathLike, target: int | None = None,
+                label: str = "SSD", checkpoint: str = "") -> ClassMaps:
+    """Class-score heatmaps, class scores and Grad-CAMs of SSD's best detection (of ``target`` when given) in
+    ``image`` (module docstring). ``ClassMaps.level_maps`` maps each detection feature map (``"HxW"``) to its
+    heatmap; ``ClassMaps.cell`` names the detection's map, row, column and anchor."""
+    from torchvision.ops import clip_boxes_to_image
+
+    from .explain import check_image_channels
+    from .predict import load_image
+
+    check_image_channels(image, 3)
+    img = torch.from_numpy(np.asarray(load_image(image, 3), np.float32) / 255.0).permute(2, 0, 1)
+    dev = next(model.parameters()).device
+    (h0, w0) = img.shape[-2:]
+    images, _ = model.transform([img.to(dev)])
+    with torch.no_grad():
+        feats = list(model.backbone(images.tensors).values())
+        out = model.head(feats)
+        anchors = model.anchor_generator(images, feats)[0]
+        probs = torch.softmax(out["cls_logits"][0].float(), dim=-1)  # (anchors, C + 1): the adjusted logits' softmax
+        boxes = model.box_coder.decode_single(out["bbox_regression"][0], anchors)
+    fg = probs[:, 1:].cpu()
+    if target is None:
+        which, pred = divmod(int(torch.argmax(fg)), fg.shape[1])
+    else:
+        which, pred = int(torch.argmax(fg[:, target])), int(target)
+    if not float(fg[which, pred]) > model.score_thresh:
+        what = f"of class {class_names[target]!r} " if target is not None else ""
+        raise IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
+                       "model.box_score_thresh in the run's config.")
+    (h1, w1) = images.image_sizes[0]
+    box = clip_boxes_to_image(boxes[which][None].float(), (h1, w1))[0].cpu()
+    box = box * torch.tensor([w0 / w1, h0 / h1, w0 / w1, h0 / h1])
+    per_loc = model.anchor_generator.num_anchors_per_location()
+    level_maps, start, cell = {}, 0, None
+    for f, a in zip(feats, per_loc):
+        h, w = f.shape[-2:]
+        block = fg[start:start + h * w * a, pred].reshape(h, w, a)  # torchvision's order: row, column, anchor
+        level_maps[f"{h}x{w}"] = _resize(block.amax(-1), (h0, w0))  # SSD's input is the whole image, stretched
+        if start <= which < start + h * w * a:
+            r, c, k = (int(v) for v in np.unravel_index(which - start, (h, w, a)))
+            cell = {"map": f"{h}x{w}", "row": r, "col": c, "anchor": k}
+        start += h * w * a
+    with torch.no_grad():
+        logits = out["cls_logits"][0, which].float().cpu()
+    name, layer = _ssd_layer(model)
+    head = _AnchorScores(model, which).eval()
+    cams = grad_cam(head, layer, images.tensors, [c + 1 for c in [pred] + ([target] if target is not None else [])])
+    return ClassMaps(checkpoint=str(checkpoint), label=label, class_names=list(class_names), logits=logits[1:].numpy(),
+                     scores=fg[which].numpy(), predicted=pred, target=target, image=img.permute(1, 2, 0).numpy(),
+                     layer=name, score_map=np.maximum.reduce(list(level_maps.values())),
+                     gradcam={c - 1: _resize(m, (h0, w0)) for c, m in cams.items()},
+                     box=[float(v) for v in box], cell=cell, level_maps=level_maps)
 
 
 def _resize(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

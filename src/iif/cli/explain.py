@@ -13,8 +13,11 @@ A det-train run (Faster / Mask R-CNN) is explained at its best detection (of --c
 class scores of the proposal it came from (with the run's margin) and Grad-CAM on the backbone's last
 ResNet stage; --adjust does not apply. A YOLOv3 run: the objectness heatmap (sigmoid objectness, max over
 anchors, per scale), the best detection's class scores (objectness x softmax of the margin-adjusted logits
-at its cell and anchor) and Grad-CAM on Darknet's stride-8 map C3. SSD and cascade detectors are not
-supported yet.
+at its cell and anchor) and Grad-CAM on Darknet's stride-8 map C3. A Cascade Mask R-CNN / HTC run: the
+class scores of the RoI the detection came from (the mean of the three stages' softmaxes, as the detector
+scores), the highest RoI score of the class over the boxes covering each pixel, Grad-CAM as Faster R-CNN's.
+An SSD run: the best anchor's class scores (softmax of the margin-adjusted logits), the class's score per
+detection map (max over anchors, upsampled) and Grad-CAM on the VGG16 trunk (backbone.features).
 
 Writes DIR/explain.png and DIR/explain.json (classes, scores, where each map peaks) all at once. Needs the
 optional extra: pip install "iif[explain]" (captum).
