@@ -209,7 +209,7 @@ def test_an_ssd_backbone_without_features_is_one_line(image):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.slow  # two SSD300 det-train runs: about 40 s on the 2-core machine
+@pytest.mark.slow  # two SSD300 det-train runs: 41.6 s on the shared 2-core machine (2026-12-06)
 def test_cli_compares_a_softmax_and_an_iif_ssd300_run(detection_benchmark, tmp_path, capsys):
     pytest.importorskip("faster_coco_eval")
     from iif.cli import main
