@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from det_timing import infer_s, random_scenes, sgd, train_ips
 
 from iif.detection import build_detector
 from iif.detection.archs import ARCHS, has_masks
@@ -27,40 +28,8 @@ from iif.detection.archs import ARCHS, has_masks
 NUM_CLASSES = 10
 
 
-def _data(n: int, seed: int, masks: bool):
-    g = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for _ in range(n):
-        images.append(torch.rand(3, 128, 128, generator=g))
-        xy = torch.rand(3, 2, generator=g) * 80
-        boxes = torch.cat([xy, xy + 16 + torch.rand(3, 2, generator=g) * 30], 1)
-        t = {"boxes": boxes, "labels": torch.randint(1, NUM_CLASSES + 1, (3,), generator=g)}
-        if masks:
-            m = torch.zeros(3, 128, 128, dtype=torch.uint8)
-            for mk, (x0, y0, x1, y1) in zip(m, boxes.int().tolist()):
-                mk[y0:y1, x0:x1] = 1
-            t["masks"] = m
-        targets.append(t)
-    return images, targets
-
-
-def _train_ips(model, opt, images, targets) -> float:
-    model.train()
-    start = time.perf_counter()
-    loss = sum(model(images, targets).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return len(images) / (time.perf_counter() - start)
-
-
-@torch.no_grad()
 def _infer_ips(model, images) -> float:
-    model.eval()
-    start = time.perf_counter()
-    for im in images:
-        model([im])
-    return len(images) / (time.perf_counter() - start)
+    return 1.0 / infer_s(model, images)
 
 
 def measure(arch: str, batch: int, repeats: int, infer_images: int) -> dict:
@@ -68,10 +37,10 @@ def measure(arch: str, batch: int, repeats: int, infer_images: int) -> dict:
     t0 = time.perf_counter()
     model = build_detector(arch, NUM_CLASSES, min_size=128, max_size=128, box_detections_per_img=100)
     build_s = time.perf_counter() - t0
-    images, targets = _data(batch, 0, has_masks(arch))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    _train_ips(model, opt, images, targets)  # warm-up, not timed
-    train = [_train_ips(model, opt, images, targets) for _ in range(repeats)]
+    images, targets = random_scenes(batch, 0, has_masks(arch), NUM_CLASSES)
+    opt = sgd(model, 1e-4, momentum=0.9)
+    train_ips(model, opt, images, targets)  # warm-up, not timed
+    train = [train_ips(model, opt, images, targets) for _ in range(repeats)]
     _infer_ips(model, images[:1])
     infer = [_infer_ips(model, images[:infer_images]) for _ in range(repeats)]
     params = sum(p.numel() for p in model.parameters()) / 1e6

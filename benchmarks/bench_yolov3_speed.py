@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from det_timing import paired, sgd, train_ips
 
 from iif.detection import build_detector, use_margin
 
@@ -31,15 +32,7 @@ def batch(n: int, seed: int):
 
 
 def train_rate(model, images, targets, steps: int) -> float:
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-    model.train()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * len(images) / (time.perf_counter() - start)
+    return train_ips(model, sgd(model, 1e-4, momentum=0.9), images, targets, steps)
 
 
 @torch.no_grad()
@@ -79,7 +72,7 @@ def main() -> None:
             tr_iif.append(train_rate(iif, images, targets, steps))
             inf.append(infer_rate(plain, images, steps))
         out[arch] = {"train_img_s": statistics.median(tr_plain), "train_img_s_iif": statistics.median(tr_iif),
-                     "iif_over_plain_step_time": statistics.median(p / i for p, i in zip(tr_plain, tr_iif)),
+                     "iif_over_plain_step_time": paired(tr_plain, tr_iif),
                      "infer_img_s": statistics.median(inf), "batch": n, "steps": steps}
     images, _ = batch(4, 1)
     ref = build("maskrcnn_r50_fpn")
