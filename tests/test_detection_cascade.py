@@ -14,42 +14,27 @@ import torch.nn.functional as F
 
 pytest.importorskip("torchvision")
 
+from _detection_helpers import CASCADE_COUNTS, tiny_cascade  # noqa: E402
+from _detection_helpers import CASCADE_TRAIN as TINY  # noqa: E402
+from _detection_helpers import assert_ddp_grads_are_the_mean, ddp_and_single_process_grads  # noqa: E402
+from _detection_helpers import box_iou as _iou  # noqa: E402
+from _detection_helpers import capture_stage_logits as _capture  # noqa: E402
+from _detection_helpers import cascade_batch as _batch  # noqa: E402
+from _detection_helpers import decode_by_hand as _decode_by_hand  # noqa: E402
+from _detection_helpers import full_and_resumed_runs, losses_with_default_and_unit_stage_weights  # noqa: E402
+from _detection_helpers import raw_iif as _raw_iif  # noqa: E402
+from _detection_helpers import record_samples  # noqa: E402
+from _detection_helpers import stage_predictors as _stage_predictors  # noqa: E402
+
 from iif.detection import build_detector  # noqa: E402
 from iif.detection.cascade import STAGE_BOX_WEIGHTS, STAGE_IOUS, CascadeRoIHeads  # noqa: E402
 from iif.detection.margins import MarginBoxPredictor, use_margin  # noqa: E402
 
-TINY_MODEL = dict(min_size=64, max_size=64, fpn_channels=16, representation_size=32, mask_layers=[8],
-                  box_detections_per_img=30, rpn_post_nms_top_n_train=60, rpn_post_nms_top_n_test=40,
-                  box_batch_size_per_image=48)
-COUNTS = np.array([40.0, 9.0, 2.0])  # 3 foreground classes
+COUNTS = CASCADE_COUNTS
 
 
 def _model(seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    return build_detector("cascade_maskrcnn_r10_fpn", 3, **{**TINY_MODEL, **kw})
-
-
-def _batch():
-    g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 64, 64, generator=g) for _ in range(2)]
-    targets = []
-    for boxes, labels in (([[4.0, 6, 30, 34], [28, 30, 60, 58]], [1, 3]), ([[10.0, 8, 50, 40]], [2])):
-        b = torch.tensor(boxes)
-        masks = torch.zeros(len(b), 64, 64, dtype=torch.uint8)
-        for m, (x0, y0, x1, y1) in zip(masks, b.int().tolist()):
-            m[y0:y1, x0:x1] = 1
-        targets.append({"boxes": b, "labels": torch.tensor(labels), "masks": masks})
-    return images, targets
-
-
-def _stage_predictors(model):
-    rh = model.roi_heads
-    return [rh.box_predictor, rh.box_predictor_2, rh.box_predictor_3]
-
-
-def _raw_iif(counts):
-    """Raw IIF (paper Eq. 11-12, Table III 'raw'): w_c = ln(K / n_c), K = the sum of the counts for an array."""
-    return np.log(counts.sum() / counts)
+    return tiny_cascade("cascade_maskrcnn_r10_fpn", seed, **kw)
 
 
 def test_builds_three_stages_and_trains_and_detects_at_64px():
@@ -82,26 +67,11 @@ def test_builds_three_stages_and_trains_and_detects_at_64px():
 
 def test_stage_loss_weights_scale_each_stage():
     """The same seed with all stage weights 1: stage t's losses are exactly 1/lambda_t times the default's."""
-    images, targets = _batch()
-    a, b = _model(), _model()
-    b.roi_heads.stage_loss_weights = (1.0, 1.0, 1.0)
-    a.train(), b.train()
-    torch.manual_seed(5)
-    la = a(images, targets)
-    torch.manual_seed(5)
-    lb = b(images, targets)
+    la, lb = losses_with_default_and_unit_stage_weights(_model)
     for t, lam in zip((1, 2, 3), (1.0, 0.5, 0.25)):
         for k in ("classifier", "box_reg"):
             assert torch.allclose(la[f"loss_{k}_s{t}"], lam * lb[f"loss_{k}_s{t}"], rtol=1e-6, atol=1e-9)
     assert la["loss_classifier_s2"] > 0
-
-
-def _iou(a, b):
-    """IoU of two boxes (x0, y0, x1, y1), by hand."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.mark.parametrize("t", [0, 1, 2])
@@ -148,15 +118,6 @@ def test_stage_sampling_labels_and_box_targets_by_hand(t):
     assert seen_fg > len(targets) and seen_bg > 0
 
 
-def _capture(model):
-    """Forward hooks recording each stage's raw logits z (its cls_score layer) and what its predictor returns."""
-    raw, adjusted = {0: [], 1: [], 2: []}, {0: [], 1: [], 2: []}
-    for t, pred in enumerate(_stage_predictors(model)):
-        pred.cls_score.register_forward_hook(lambda m, i, o, t=t: raw[t].append(o.detach().clone()))
-        pred.register_forward_hook(lambda m, i, o, t=t: adjusted[t].append(o[0].detach().clone()))
-    return raw, adjusted
-
-
 def test_iif_at_test_time_on_every_stage_and_the_averaged_scores():
     """use_margin('iif', when='test'): at inference every stage's logits are w * z (background weight 1); the
     cascade's scores are the mean of the three stages' softmaxes, computed here from the recorded z; every
@@ -191,16 +152,6 @@ def test_iif_at_test_time_on_every_stage_and_the_averaged_scores():
     model(images, targets)
     for t in range(3):
         assert torch.equal(adjusted[t][0], raw[t][0])
-
-
-def _decode_by_hand(deltas, boxes, weights, size=64.0):
-    """Fast R-CNN's decoding: centre + (dx / wx) * width, width * exp(dw / ww), ..., clipped to the image."""
-    wx, wy, ww, wh = weights
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    cx, cy = boxes[:, 0] + w / 2 + deltas[:, 0] / wx * w, boxes[:, 1] + h / 2 + deltas[:, 1] / wy * h
-    nw, nh = w * torch.exp(deltas[:, 2] / ww), h * torch.exp(deltas[:, 3] / wh)
-    out = torch.stack([cx - nw / 2, cy - nh / 2, cx + nw / 2, cy + nh / 2], 1)
-    return out.clamp(0, size)
 
 
 def test_each_stage_runs_on_the_previous_stage_refined_boxes():
@@ -252,10 +203,7 @@ def test_iif_in_every_stage_loss(when):
     use_margin(model, "iif", COUNTS, variant="raw", when=when)
     w = torch.tensor(np.concatenate([[1.0], _raw_iif(COUNTS)]), dtype=torch.float32)
     raw, adjusted = _capture(model)
-    rh = model.roi_heads
-    drawn = []
-    original = rh.sample
-    rh.sample = lambda t, *a: drawn.append(original(t, *a)) or drawn[-1]
+    drawn = record_samples(model)
     images, targets = _batch()
     model.train()
     losses = model(images, targets)
@@ -309,12 +257,6 @@ def test_masks_false_builds_a_cascade_without_mask_branch():
 
 
 # ------------------------------------------------------------------------------------------- det-train
-TINY = ["data.max_train_images=24", "data.max_val_images=8", "model.min_size=64", "model.max_size=64",
-        "model.fpn_channels=16", "model.representation_size=32", "model.mask_layers=[8]",
-        "model.box_detections_per_img=20", "schedule.batch_size=4", "schedule.warmup_iters=2",
-        "schedule.milestones=[1]", "eval.batch_size=4", "runtime.threads=1"]
-
-
 @pytest.mark.filterwarnings("ignore:.*classes have no training images:UserWarning")
 def test_det_train_and_det_eval_round_trip(detection_benchmark, tmp_path):
     """det_bench_iif (end-to-end IIF) with model.arch=cascade_maskrcnn_r10_fpn trains one epoch, evaluates mask
@@ -353,17 +295,7 @@ def test_det_train_and_det_eval_round_trip(detection_benchmark, tmp_path):
 def test_det_train_resume_is_bit_identical(detection_benchmark, tmp_path):
     """Two epochs at once, or one epoch, stop, --resume: the same cascade weights, bit for bit (three stages'
     sampling draws from the saved RNG state)."""
-    from iif.cli import main
-
-    bench = detection_benchmark[0]
-    args = ["det-train", "det_bench_iif", f"data.root={bench}", *TINY, "model.arch=cascade_maskrcnn_r10_fpn",
-            "schedule.epochs=2", "eval.masks=false", "--quiet"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main([*args, "--out", str(full)]) == 0
-    assert main([*args, "runtime.stop_after_epoch=1", "--out", str(part)]) == 0
-    assert main([*args, "--out", str(part), "--resume"]) == 0
-    a = torch.load(full / "last.pt", weights_only=True)["model"]
-    b = torch.load(part / "last.pt", weights_only=True)["model"]
+    a, b = full_and_resumed_runs(detection_benchmark[0], tmp_path, "cascade_maskrcnn_r10_fpn")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], _model().state_dict()[k]) for k in a if "box_predictor_3" in k)
 
@@ -394,45 +326,12 @@ def test_det_bench_takes_class_agnostic_masks_for_a_cascade():
         assert s.model.get("class_agnostic_mask") is want, arch
 
 
-def _ddp_rank(rank: int, queue) -> None:
-    """One DDP training step of the tiny cascade (IIF on every stage) on this rank's image; every trainable
-    parameter's gradient after the all-reduce."""
-    import torch.distributed as dist
-
-    from iif.runtime.distributed import join_process_group, wrap_ddp
-
-    dev, info = join_process_group("cpu")
-    model = _model()
-    use_margin(model, "iif", COUNTS, variant="raw")
-    net = wrap_ddp(model, dev, info)
-    images, targets = _batch()
-    net.train()
-    torch.manual_seed(rank)
-    sum(net(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
-    queue.put((rank, [p.grad.numpy().copy() for p in model.parameters() if p.requires_grad]))  # by value
-    dist.destroy_process_group()
-
-
 def test_ddp_step_under_two_gloo_ranks_averages_every_stage_gradient():
     """Under DDP (two forked gloo ranks, one image each) every parameter of the three stages gets a gradient
     and both ranks hold the mean of the two single-process gradients computed here with the same draws."""
-    from test_runtime_shared import _fork_two_ranks
-
-    (_, g0), (_, g1) = _fork_two_ranks(_ddp_rank)
-    images, targets = _batch()
-    single = []
-    for rank in (0, 1):
-        model = _model()
-        use_margin(model, "iif", COUNTS, variant="raw")
-        model.train()
-        torch.manual_seed(rank)
-        sum(model(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
-        single.append([p.grad for p in model.parameters() if p.requires_grad])
+    g0, g1, single = ddp_and_single_process_grads(_model)
     assert len(g0) == len(g1) == len(single[0])
-    for a, b, s0, s1 in zip(g0, g1, *single):
-        a, b = torch.from_numpy(a), torch.from_numpy(b)
-        assert torch.allclose(a, b, atol=1e-7)
-        assert torch.allclose(a, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
+    assert_ddp_grads_are_the_mean(g0, g1, single)
 
 
 def test_bad_input_is_one_line():

@@ -7,6 +7,10 @@ import torch
 
 pytest.importorskip("torchvision")
 
+from _detection_helpers import RESUME_TRAIN_KW, four_square_images  # noqa: E402
+from _detection_helpers import one_image_batch as _batch  # noqa: E402
+from _detection_helpers import tiny_fpn_rcnn as _tiny  # noqa: E402
+
 from iif.errors import IIFError  # noqa: E402
 
 
@@ -66,25 +70,6 @@ def test_eqlv2_map_is_the_published_mapping_function():
     want = 1.0 / (1.0 + np.exp(-12.0 * (g - 0.8)))
     np.testing.assert_allclose(eqlv2_map(torch.tensor(g), 12.0, 0.8).numpy(), want, rtol=1e-12)
     assert abs(float(eqlv2_map(torch.tensor(0.8), 12.0, 0.8)) - 0.5) < 1e-12
-
-
-def _tiny(arch="maskrcnn_r10_fpn", seed=0):
-    from iif.detection.models import build_detector
-
-    torch.manual_seed(seed)
-    kw = dict(min_size=64, max_size=64, fpn_channels=16, representation_size=32, returned_layers=(2, 3, 4),
-              anchor_sizes=((16,), (32,), (64,), (128,)), box_batch_size_per_image=32)
-    if arch.startswith("maskrcnn"):
-        kw["mask_layers"] = (8,)
-    return build_detector(arch, 3, **kw)
-
-
-def _batch():
-    mask = torch.zeros(2, 64, 64, dtype=torch.uint8)
-    mask[0, 5:30, 5:30] = 1
-    mask[1, 30:60, 20:50] = 1
-    t = {"boxes": torch.tensor([[5.0, 5, 30, 30], [20, 30, 50, 60]]), "labels": torch.tensor([2, 3]), "masks": mask}
-    return [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))], [t]
 
 
 def test_use_margin_eqlv2_replaces_the_classification_loss_and_scores_with_sigmoid():
@@ -187,16 +172,9 @@ def test_det_train_resume_with_eqlv2_is_exact(tmp_path):
     from iif.detection.engine import train_detector
     from iif.detection.margins import use_margin
 
-    g = torch.Generator().manual_seed(0)
-    ds = []
-    for i in range(4):  # four 64-px images, one bright square each, labels 1..3
-        img = torch.rand(3, 64, 64, generator=g) * 0.2
-        x0 = 4 + 9 * i
-        img[:, 10:30, x0:x0 + 20] = 0.9
-        ds.append((img, {"boxes": torch.tensor([[x0, 10.0, x0 + 20, 30]]), "labels": torch.tensor([1 + i % 3]),
-                         "image_id": 100 + i}))
+    ds = four_square_images()
     quiet = lambda s: None  # noqa: E731
-    KW = dict(batch_size=2, lr=0.01, warmup_iters=2, milestones=(2,), clip_grad_norm=5.0, device="cpu", seed=3)
+    KW = RESUME_TRAIN_KW
 
     def eql(seed=0):
         return use_margin(_tiny("fasterrcnn_r10_fpn", seed), "eqlv2", [2, 2, 2], when="train")

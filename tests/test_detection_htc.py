@@ -13,7 +13,17 @@ import torch.nn.functional as F
 
 pytest.importorskip("torchvision")
 
-from test_detection_cascade import COUNTS, TINY, TINY_MODEL, _batch, _decode_by_hand, _iou, _raw_iif  # noqa: E402
+from _detection_helpers import CASCADE_COUNTS as COUNTS  # noqa: E402
+from _detection_helpers import CASCADE_TRAIN as TINY  # noqa: E402
+from _detection_helpers import assert_ddp_grads_are_the_mean, ddp_and_single_process_grads, tiny_cascade  # noqa: E402
+from _detection_helpers import box_iou as _iou  # noqa: E402
+from _detection_helpers import capture_stage_logits as _capture  # noqa: E402
+from _detection_helpers import cascade_batch as _batch  # noqa: E402
+from _detection_helpers import decode_by_hand as _decode_by_hand  # noqa: E402
+from _detection_helpers import full_and_resumed_runs, losses_with_default_and_unit_stage_weights  # noqa: E402
+from _detection_helpers import raw_iif as _raw_iif  # noqa: E402
+from _detection_helpers import record_samples  # noqa: E402
+from _detection_helpers import stage_predictors as _stage_predictors  # noqa: E402
 
 from iif.detection import build_detector  # noqa: E402
 from iif.detection.cascade import STAGE_BOX_WEIGHTS, STAGE_IOUS  # noqa: E402
@@ -23,13 +33,7 @@ from iif.errors import IIFError  # noqa: E402
 
 
 def _model(seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    return build_detector("htc_r10_fpn", 3, **{**TINY_MODEL, **kw})
-
-
-def _stage_predictors(model):
-    rh = model.roi_heads
-    return [rh.box_predictor, rh.box_predictor_2, rh.box_predictor_3]
+    return tiny_cascade("htc_r10_fpn", seed, **kw)
 
 
 def _mask_parts(model):
@@ -179,25 +183,10 @@ def test_interleaved_stage_t_mask_rois_are_stage_t_refined_boxes():
 
 def test_stage_loss_weights_scale_each_mask_loss():
     """The same seed with all stage weights 1: stage t's mask loss is exactly 1/lambda_t times the default's."""
-    images, targets = _batch()
-    a, b = _model(), _model()
-    b.roi_heads.stage_loss_weights = (1.0, 1.0, 1.0)
-    a.train(), b.train()
-    torch.manual_seed(5)
-    la = a(images, targets)
-    torch.manual_seed(5)
-    lb = b(images, targets)
+    la, lb = losses_with_default_and_unit_stage_weights(_model)
     for t, lam in zip((1, 2, 3), (1.0, 0.5, 0.25)):
         assert torch.allclose(la[f"loss_mask_s{t}"], lam * lb[f"loss_mask_s{t}"], rtol=1e-6, atol=1e-9)
     assert la["loss_mask_s3"] > 0
-
-
-def _capture(model):
-    raw, adjusted = {0: [], 1: [], 2: []}, {0: [], 1: [], 2: []}
-    for t, pred in enumerate(_stage_predictors(model)):
-        pred.cls_score.register_forward_hook(lambda m, i, o, t=t: raw[t].append(o.detach().clone()))
-        pred.register_forward_hook(lambda m, i, o, t=t: adjusted[t].append(o[0].detach().clone()))
-    return raw, adjusted
 
 
 def test_iif_at_test_time_on_every_stage():
@@ -230,10 +219,7 @@ def test_iif_in_every_stage_loss():
     use_margin(model, "iif", COUNTS, variant="raw", when="train")
     w = torch.tensor(np.concatenate([[1.0], _raw_iif(COUNTS)]), dtype=torch.float32)
     raw, _ = _capture(model)
-    rh = model.roi_heads
-    drawn = []
-    original = rh.sample
-    rh.sample = lambda t, *a: drawn.append(original(t, *a)) or drawn[-1]
+    drawn = record_samples(model)
     images, targets = _batch()
     model.train()
     losses = model(images, targets)
@@ -300,17 +286,7 @@ def test_det_train_and_det_eval_round_trip(detection_benchmark, tmp_path):
 def test_det_train_resume_is_bit_identical(detection_benchmark, tmp_path):
     """Two epochs at once, or one epoch, stop, --resume: the same HTC weights, bit for bit (the mask resampling
     draws from the saved RNG state too)."""
-    from iif.cli import main
-
-    bench = detection_benchmark[0]
-    args = ["det-train", "det_bench_iif", f"data.root={bench}", *TINY, "model.arch=htc_r10_fpn",
-            "schedule.epochs=2", "eval.masks=false", "--quiet"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert main([*args, "--out", str(full)]) == 0
-    assert main([*args, "runtime.stop_after_epoch=1", "--out", str(part)]) == 0
-    assert main([*args, "--out", str(part), "--resume"]) == 0
-    a = torch.load(full / "last.pt", weights_only=True)["model"]
-    b = torch.load(part / "last.pt", weights_only=True)["model"]
+    a, b = full_and_resumed_runs(detection_benchmark[0], tmp_path, "htc_r10_fpn")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], _model().state_dict()[k]) for k in a if "mask_flow_3" in k)
 
@@ -333,43 +309,10 @@ def test_mask_predictor_options_reach_every_stage(kw):
     assert s.model.get("class_agnostic_mask") is True
 
 
-def _ddp_rank(rank: int, queue) -> None:
-    """One DDP training step of the tiny HTC (IIF on every stage) on this rank's image; every trainable
-    parameter's gradient after the all-reduce."""
-    import torch.distributed as dist
-
-    from iif.runtime.distributed import join_process_group, wrap_ddp
-
-    dev, info = join_process_group("cpu")
-    model = _model()
-    use_margin(model, "iif", COUNTS, variant="raw")
-    net = wrap_ddp(model, dev, info)
-    images, targets = _batch()
-    net.train()
-    torch.manual_seed(rank)
-    sum(net(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
-    queue.put((rank, [p.grad.numpy().copy() for p in model.parameters() if p.requires_grad]))
-    dist.destroy_process_group()
-
-
 def test_ddp_step_under_two_gloo_ranks_averages_every_mask_stage_gradient():
     """Under DDP (two forked gloo ranks, one image each) both ranks hold the mean of the two single-process
     gradients, the three mask heads and two flows included."""
-    from test_runtime_shared import _fork_two_ranks
-
-    (_, g0), (_, g1) = _fork_two_ranks(_ddp_rank)
-    images, targets = _batch()
-    single = []
-    for rank in (0, 1):
-        model = _model()
-        use_margin(model, "iif", COUNTS, variant="raw")
-        model.train()
-        torch.manual_seed(rank)
-        sum(model(images[rank:rank + 1], targets[rank:rank + 1]).values()).backward()
-        single.append([p.grad for p in model.parameters() if p.requires_grad])
+    g0, g1, single = ddp_and_single_process_grads(_model)
     names = [n for n, p in _model().named_parameters() if p.requires_grad]
     assert len(g0) == len(g1) == len(single[0]) == len(names) and any("mask_flow_3" in n for n in names)
-    for a, b, s0, s1 in zip(g0, g1, *single):
-        a, b = torch.from_numpy(a), torch.from_numpy(b)
-        assert torch.allclose(a, b, atol=1e-7)
-        assert torch.allclose(a, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
+    assert_ddp_grads_are_the_mean(g0, g1, single)
