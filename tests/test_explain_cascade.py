@@ -13,19 +13,18 @@ ResNet stage. A det-train run pair (softmax, IIF) checks the CLI with --compare.
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 import captum  # noqa: F401  (the dev extra installs it)
+from _detection_helpers import assert_row_is_the_best_detection, explain_compared_runs, gradcam_by_hand
+from _detection_helpers import image_tensor as _tensor
+from _detection_helpers import smooth_iif
+from _detection_helpers import write_noise_image
 
 from iif.detection import build_detector, use_margin
-from iif.explain_detection import explain_detection, load_detector_run
+from iif.explain_detection import explain_detection
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*classes have no training images:UserWarning")
 
@@ -103,20 +102,7 @@ def confident_model(arch: str = "cascade_maskrcnn_r10_fpn", method: str = "iif")
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("explain-cascade") / "img.png"
-    Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def _tensor(path):
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
-
-
-def smooth_iif(counts):
-    """Table III smooth: ln((K + 1) / (n_c + 1)) + 1, K the sum of the counts; the background keeps 1."""
-    k = sum(counts)
-    return torch.tensor([1.0] + [math.log((k + 1) / (n + 1)) + 1 for n in counts])
+    return write_noise_image(tmp_path_factory.mktemp("explain-cascade") / "img.png", SIDE, SIDE)
 
 
 def _forward_with_hooks(model, path):
@@ -140,7 +126,7 @@ def _forward_with_hooks(model, path):
 def test_scores_are_the_mean_of_the_stages_softmaxes_of_w_z_and_the_detectors_own(image, arch, method):
     model = confident_model(arch, method)
     det, raw, pooled = _forward_with_hooks(model, image)
-    w = smooth_iif(COUNTS) if method == "iif" else torch.ones(C + 1)
+    w = smooth_iif(COUNTS, background=True) if method == "iif" else torch.ones(C + 1)
     want = sum(torch.softmax(w * z[K], 0) for z in raw) / 3  # by hand, the confident RoI's row
     m = explain_detection(model, NAMES, image, label=f"{method} {arch}")
     assert m.predicted == CONF and int(want[1:].argmax()) == CONF
@@ -173,7 +159,7 @@ def test_gradcam_equals_autograd_by_hand_and_an_asked_class_is_its_best_box(imag
         feats = model.backbone(images.tensors)
     finally:
         hook.remove()
-    w = smooth_iif(COUNTS)
+    w = smooth_iif(COUNTS, background=True)
     probs = []
     for t in range(3):
         head, predictor = roi.stage(t)
@@ -181,9 +167,7 @@ def test_gradcam_equals_autograd_by_hand_and_an_asked_class_is_its_best_box(imag
         probs.append(torch.softmax(predictor(x)[0][0], 0))
         assert torch.allclose(_linear(predictor)(x.flatten(1))[0] * w, predictor(x)[0][0])  # the margin: w * z
     score = sum(probs)[CONF + 1] / 3
-    (g,) = torch.autograd.grad(score, store["a"])
-    cam = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach()
-    want = F.interpolate(cam[None, None], size=(SIDE, SIDE), mode="bilinear", align_corners=False)[0, 0].numpy()
+    want = gradcam_by_hand(score, store["a"], (SIDE, SIDE))
     assert (want > 0).any() and m0.layer == "backbone.body.layer4"
     np.testing.assert_allclose(m0.gradcam[CONF], want, rtol=1e-3, atol=1e-7)
     # an asked class: explained at its own best box, with its Grad-CAM
@@ -204,27 +188,11 @@ TINY = ["data.max_train_images=8", "data.max_val_images=4", "model.min_size=64",
 
 def test_cli_compares_a_softmax_and_an_iif_cascade_run(detection_benchmark, tmp_path, capsys):
     pytest.importorskip("faster_coco_eval")
-    from iif.cli import main
-
     bench = detection_benchmark[0]
-    runs = {m: tmp_path / m for m in ("softmax", "iif")}
-    for method, out in runs.items():
-        assert main(["det-train", "det_bench_softmax", f"data.root={bench}", *TINY, f"margin.method={method}",
-                     "--out", str(out), "--quiet"]) == 0
-    img = sorted(p for p in bench.rglob("*.png") if "val" in p.parts[-2])[0]
-    dest = tmp_path / "explained"
-    assert main(["explain", str(runs["softmax"]), str(img), "--compare", str(runs["iif"]), "--out", str(dest)]) == 0
-    with Image.open(dest / "explain.png") as im:
-        im.load()
-        assert im.size[0] > 100 and im.size[1] > 100
-    rows = json.loads((dest / "explain.json").read_text())["checkpoints"]
-    assert [r["label"].split()[0] for r in rows] == ["softmax", "iif"]
-    for row, run in zip(rows, runs.values()):
-        model, names, _ = load_detector_run(run)
-        with torch.no_grad():
-            det = model([_tensor(img)])[0]
-        best = int(det["scores"].argmax())
-        assert row["predicted_index"] == int(det["labels"][best]) - 1
-        assert row["top"][0]["score"] == pytest.approx(float(det["scores"][best]), rel=1e-4)
+    rows = explain_compared_runs(bench, tmp_path, lambda out, method: [
+        "det-train", "det_bench_softmax", f"data.root={bench}", *TINY, f"margin.method={method}", "--out", str(out),
+        "--quiet"])
+    for row, det in rows:
+        assert_row_is_the_best_detection(row, det)
         assert row["layer"] == "backbone.body.layer4" and row["score_map_peak"] is not None
     capsys.readouterr()

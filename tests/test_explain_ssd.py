@@ -14,8 +14,6 @@ the CLI's --compare.
 
 from __future__ import annotations
 
-import json
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -25,9 +23,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import captum  # noqa: F401  (the dev extra installs it)
+from _detection_helpers import PlusMap as _PlusMap
+from _detection_helpers import assert_row_is_the_best_detection, explain_compared_runs, gradcam_by_hand
+from _detection_helpers import image_tensor as _tensor
+from _detection_helpers import smooth_iif
+from _detection_helpers import write_noise_image
 
 from iif.detection import use_margin
-from iif.explain_detection import explain_detection, load_detector_run
+from iif.explain_detection import explain_detection
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*classes have no training images:UserWarning")
 
@@ -52,16 +55,6 @@ class _Trunk(torch.nn.Module):
         return OrderedDict([("0", f), ("1", self.extra(f))])
 
 
-class _PlusMap(torch.nn.Module):
-    def __init__(self, conv: torch.nn.Module, bias_map: torch.Tensor) -> None:
-        super().__init__()
-        self.conv = conv
-        self.register_buffer("bias_map", bias_map)
-
-    def forward(self, x):
-        return self.conv(x) + self.bias_map
-
-
 def confident_model(method: str = "iif") -> torch.nn.Module:
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD
@@ -83,19 +76,7 @@ def confident_model(method: str = "iif") -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    path = tmp_path_factory.mktemp("explain-ssd") / "img.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def _tensor(path):
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
-
-
-def smooth_iif(counts):
-    """Table III smooth: ln((K + 1) / (n_c + 1)) + 1, K the sum of the counts; the background keeps 1."""
-    k = sum(counts)
-    return torch.tensor([1.0] + [math.log((k + 1) / (n + 1)) + 1 for n in counts])
+    return write_noise_image(tmp_path_factory.mktemp("explain-ssd") / "img.png", H, W)
 
 
 def _raw_and_detections(model, path):
@@ -115,7 +96,7 @@ def _raw_and_detections(model, path):
 def test_scores_are_softmax_of_w_z_at_the_anchor_and_the_detectors_own(image, method):
     model = confident_model(method)
     raw, det = _raw_and_detections(model, image)
-    w = smooth_iif(COUNTS) if method == "iif" else torch.ones(K)
+    w = smooth_iif(COUNTS, background=True) if method == "iif" else torch.ones(K)
     z = raw[ANCHOR, :, ROW, COL]
     want = torch.softmax(w * z, 0)  # by hand
     m = explain_detection(model, NAMES, image, label=method)
@@ -153,10 +134,8 @@ def _cam_by_hand(model, image, cell, cls):
         for h in hooks:
             h.remove()
     z = store["z"][0].view(A, K, 8, 8)[cell["anchor"], :, cell["row"], cell["col"]]
-    score = torch.softmax(smooth_iif(COUNTS) * z, 0)[cls + 1]
-    (g,) = torch.autograd.grad(score, store["a"])
-    cam = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach()
-    return F.interpolate(cam[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    score = torch.softmax(smooth_iif(COUNTS, background=True) * z, 0)[cls + 1]
+    return gradcam_by_hand(score, store["a"], (H, W))
 
 
 def test_gradcam_equals_autograd_by_hand_and_an_asked_class_is_its_best_box(image):
@@ -212,31 +191,14 @@ def test_an_ssd_backbone_without_features_is_one_line(image):
 @pytest.mark.slow  # two SSD300 det-train runs: 41.6 s on the shared 2-core machine (2026-12-06)
 def test_cli_compares_a_softmax_and_an_iif_ssd300_run(detection_benchmark, tmp_path, capsys):
     pytest.importorskip("faster_coco_eval")
-    from iif.cli import main
-
     bench = detection_benchmark[0]
-    runs = {m: tmp_path / m for m in ("softmax", "iif")}
-    for method, out in runs.items():
-        assert main(["det-train", "det_bench_softmax", f"data.root={bench}", "model.arch=ssd300_vgg16",
-                     "model.anchor_sizes=null", "data.max_train_images=4", "data.max_val_images=4",
-                     "schedule.batch_size=4", "schedule.warmup_iters=1", "schedule.epochs=1",
-                     "schedule.milestones=[1]", f"margin.method={method}", "eval.batch_size=2", "runtime.threads=1",
-                     "--out", str(out), "--quiet"]) == 0
-    img = sorted(p for p in bench.rglob("*.png") if "val" in p.parts[-2])[0]
-    dest = tmp_path / "explained"
-    assert main(["explain", str(runs["softmax"]), str(img), "--compare", str(runs["iif"]), "--out", str(dest)]) == 0
-    with Image.open(dest / "explain.png") as im:
-        im.load()
-        assert im.size[0] > 100 and im.size[1] > 100
-    rows = json.loads((dest / "explain.json").read_text())["checkpoints"]
-    assert [r["label"].split()[0] for r in rows] == ["softmax", "iif"]
-    for row, run in zip(rows, runs.values()):
-        model, names, _ = load_detector_run(run)
-        with torch.no_grad():
-            det = model([_tensor(img)])[0]
-        best = int(det["scores"].argmax())
-        assert row["predicted_index"] == int(det["labels"][best]) - 1
-        assert row["top"][0]["score"] == pytest.approx(float(det["scores"][best]), rel=1e-4)
+    rows = explain_compared_runs(bench, tmp_path, lambda out, method: [
+        "det-train", "det_bench_softmax", f"data.root={bench}", "model.arch=ssd300_vgg16", "model.anchor_sizes=null",
+        "data.max_train_images=4", "data.max_val_images=4", "schedule.batch_size=4", "schedule.warmup_iters=1",
+        "schedule.epochs=1", "schedule.milestones=[1]", f"margin.method={method}", "eval.batch_size=2",
+        "runtime.threads=1", "--out", str(out), "--quiet"])
+    for row, det in rows:
+        assert_row_is_the_best_detection(row, det)
         assert row["layer"] == "backbone.features" and set(row["level_peak"]) == {
             "38x38", "19x19", "10x10", "5x5", "3x3", "1x1"}
     capsys.readouterr()

@@ -11,39 +11,29 @@ on Darknet's stride-8 map. A det-train run pair (softmax, IIF) checks the CLI wi
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*classes have no training images:UserWarning")
 
 import captum  # noqa: F401,E402  (the dev extra installs it)
+from _detection_helpers import PlusMap as _PlusMap  # noqa: E402
+from _detection_helpers import assert_row_is_the_best_detection, explain_compared_runs, gradcam_by_hand  # noqa: E402
+from _detection_helpers import image_tensor as _tensor  # noqa: E402
+from _detection_helpers import smooth_iif, write_noise_image  # noqa: E402
 
 from iif.detection import build_detector, use_margin  # noqa: E402
-from iif.explain_detection import explain_detection, load_detector_run  # noqa: E402
+from iif.explain_detection import explain_detection  # noqa: E402
 
 C = 4
 COUNTS = [100, 20, 5, 1]
 NAMES = ["a", "b", "c", "d"]
 H, W = 40, 72           # the image: not square, each stride-8 cell is 5 x 9 pixels of it
 ANCHOR, ROW, COL = 1, 5, 2  # the confident prediction at the finest scale (8 x 8 grid at a 64-px input)
-
-
-class _PlusMap(torch.nn.Module):
-    """A 1x1 output convolution plus a fixed per-cell bias map."""
-
-    def __init__(self, conv: torch.nn.Module, bias_map: torch.Tensor) -> None:
-        super().__init__()
-        self.conv = conv
-        self.register_buffer("bias_map", bias_map)
-
-    def forward(self, x):
-        return self.conv(x) + self.bias_map
 
 
 def confident_model(method: str = "iif") -> torch.nn.Module:
@@ -67,20 +57,7 @@ def confident_model(method: str = "iif") -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("explain-yolo") / "img.png"
-    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(path)
-    return path
-
-
-def _tensor(path):
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
-
-
-def smooth_iif(counts):
-    """Table III smooth: ln((K + 1) / (n_c + 1)) + 1, K the sum of the counts."""
-    k = sum(counts)
-    return torch.tensor([math.log((k + 1) / (n + 1)) + 1 for n in counts])
+    return write_noise_image(tmp_path_factory.mktemp("explain-yolo") / "img.png", H, W)
 
 
 def _head_and_detections(model, path):
@@ -152,9 +129,7 @@ def test_gradcam_equals_autograd_by_hand_and_an_asked_class_is_its_best_box(imag
     finally:
         hook.remove()
     score = torch.sigmoid(p[4]) * torch.softmax(w * p[5:], 0)[m0.predicted]
-    (g,) = torch.autograd.grad(score, store["a"])
-    cam = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach()
-    want = F.interpolate(cam[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+    want = gradcam_by_hand(score, store["a"], (H, W))
     assert (want > 0).any()
     np.testing.assert_allclose(m0.gradcam[m0.predicted], want, rtol=1e-3, atol=1e-7)
 
@@ -179,27 +154,10 @@ def _det_train_args(bench, out, method):
 
 def test_cli_compares_a_softmax_and_an_iif_yolov3_run(detection_benchmark, tmp_path, capsys):
     pytest.importorskip("faster_coco_eval")
-    from iif.cli import main
-
-    bench = detection_benchmark[0]
-    runs = {m: tmp_path / m for m in ("softmax", "iif")}
-    for method, out in runs.items():
-        assert main(_det_train_args(bench, out, method)) == 0
-    img = sorted(p for p in bench.rglob("*.png") if "val" in p.parts[-2])[0]
-    dest = tmp_path / "explained"
-    assert main(["explain", str(runs["softmax"]), str(img), "--compare", str(runs["iif"]), "--out", str(dest)]) == 0
-    with Image.open(dest / "explain.png") as im:
-        im.load()
-        assert im.size[0] > 100 and im.size[1] > 100
-    rows = json.loads((dest / "explain.json").read_text())["checkpoints"]
-    assert [r["label"].split()[0] for r in rows] == ["softmax", "iif"]
-    for row, run in zip(rows, runs.values()):
-        model, names, _ = load_detector_run(run)
-        with torch.no_grad():
-            det = model([_tensor(img)])[0]
-        best = int(det["scores"].argmax())
-        assert row["predicted_index"] == int(det["labels"][best]) - 1
-        assert row["top"][0]["score"] == pytest.approx(float(det["scores"][best]), rel=1e-4)
+    rows = explain_compared_runs(detection_benchmark[0], tmp_path,
+                                 lambda out, method: _det_train_args(detection_benchmark[0], out, method))
+    for row, det in rows:
+        assert_row_is_the_best_detection(row, det)
         assert set(row["objectness_peak"]) == {"8", "16", "32"} and row["cell"]["stride"] in (8, 16, 32)
         assert len(row["box"]) == 4 and row["layer"].startswith("backbone.stages.2")
     capsys.readouterr()
