@@ -260,6 +260,7 @@ def _tuned_rows(model, data: _Data, cache, device: str, s: DetBenchSettings, see
     """The ``posthoc_tuned`` rows: choose on val (:func:`_choose_tuned`, its RoI cache built here), then score
     each choice once on the reported split's ``cache``. ``([], [], {})`` without a distinct val split."""
     from .margins import use_margin
+    from .report import row_label
 
     if data.tune is None or cache is None:
         return [], [], {}
@@ -277,7 +278,7 @@ def _tuned_rows(model, data: _Data, cache, device: str, s: DetBenchSettings, see
         rows.append(_row(spec, ev))
         details.append({"seed": seed, **asdict(spec), **ev, "tuned_on": "val", "tune_metric": "mask AP" if masks
                         else "box AP", "val_AP": c["val_AP"], "tune_grid": c["grid"]})
-        dets[_short(spec)] = results
+        dets[row_label(rows[-1])] = results  # one label per method whatever was chosen (as the seed-mean row)
         log(f"det-bench: seed {seed}: {_short(spec)}: AP {rows[-1]['AP']:.1f} APr {_fmt(rows[-1]['APr'])}")
     use_margin(model, "softmax")
     return rows, details, dets

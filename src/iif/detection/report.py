@@ -44,8 +44,14 @@ _HEADERS = {"method": "method", "strategy": "strategy", "variant": "variant", "b
             "false_positives": "FP"}
 
 
+TUNED = "posthoc_tuned"
+
+
 def row_label(row: Mapping[str, Any]) -> str:
-    """A short name for a row in plots and text, e.g. ``iif base10 IOF (e2e)``."""
+    """A short name for a row in plots and text, e.g. ``iif base10 IOF (e2e)``; a tuned row is its method's
+    procedure (choose on val, report on test), ``logit_adjustment (posthoc_tuned)``, whatever each seed chose."""
+    if row["strategy"] == TUNED:
+        return f"{row['method']} ({TUNED})"
     parts = [str(row["method"])]
     if row.get("variant"):
         parts.append(str(row["variant"]))
@@ -54,15 +60,37 @@ def row_label(row: Mapping[str, Any]) -> str:
     return " ".join(parts) + f" ({row['strategy']})"
 
 
+def _seed_key(row: Mapping[str, Any]) -> tuple:
+    """The same row in every seed: equal text keys; a tuned row is one per method, since val may choose a
+    different tau / gamma / IIF variant for each seed's detector."""
+    if row["strategy"] == TUNED:
+        return (row["method"], TUNED)
+    return reporting.row_key(row, TEXT_KEYS)
+
+
+def _seed_text(rows: list) -> dict:
+    """The text keys of a row merged over seeds: a tuned row's ``variant`` and ``by`` list each seed's distinct
+    choices in seed order, joined by ``/`` (``tau=0.5/tau=1``); other rows' text keys are equal in every seed."""
+    out = {k: rows[0][k] for k in TEXT_KEYS}
+    if rows[0]["strategy"] == TUNED:
+        for k in ("variant", "by"):
+            seen = list(dict.fromkeys(str(r[k]) for r in rows if r[k] is not None))
+            out[k] = "/".join(seen) if seen else None
+    return out
+
+
 def aggregate_seeds(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[dict], list[dict]]:
     """Mean and sample standard deviation (ddof = 1; 0.0 for one seed) of every number over seeds
     (:func:`iif.reporting.aggregate_seeds`).
 
-    Rows are matched by their text keys; a number that is None in one seed is averaged over the others; a row
+    Rows are matched by their text keys, except that a method's tuned row (``posthoc_tuned``) is one row over
+    seeds whatever each seed chose on val: its numbers are the tuning procedure's mean ± std, its ``variant`` /
+    ``by`` the choices joined by ``/``. A number that is None in one seed is averaged over the others; a row
     seen in one seed only gets std 0.0. ``false_positives`` stays a count where one seed has it.
     Returns ``(mean_rows, std_rows)`` with exactly :data:`ROW_KEYS`, in first-seen order.
     """
-    return reporting.aggregate_seeds(per_seed, ROW_KEYS, NUMERIC_KEYS, counts=("false_positives",))
+    return reporting.aggregate_seeds(per_seed, ROW_KEYS, NUMERIC_KEYS, key=_seed_key, text=_seed_text,
+                                     counts=("false_positives",))
 
 
 def _cells(rows: Sequence[Mapping[str, Any]], stds: Sequence[Mapping[str, Any]] | None) -> list[list[str]]:
@@ -384,4 +412,7 @@ def _short_label(d: Mapping[str, Any]) -> str:
     variant = d.get("variant") if d.get("method") == "iif" else ("background_margin" if d.get("background_margin") else None)
     if d.get("strategy") == "posthoc_tuned" and d.get("method") != "iif":  # the chosen value, as in the row
         variant = next((f"{k}={d[k]:g}" for k in ("tau", "gamma") if d.get(k) is not None), variant)
+    if d.get("strategy") == TUNED:  # this seed's choice, which the seed-mean row's label leaves out
+        by = {"image": "IIF", "object": "IOF"}.get(d.get("by") or "")
+        return " ".join(str(p) for p in (d["method"], variant, by) if p) + f" ({TUNED})"
     return row_label({"method": d["method"], "strategy": d["strategy"], "variant": variant, "by": d.get("by")})
