@@ -351,6 +351,8 @@ def _one_seed(seed: int, s: DetBenchSettings, data: _Data, device: str, log, wan
             rows.append(_row(spec, ev))
             details.append({"seed": seed, **asdict(spec), **ev, "train_s": r["train_s"]})
             dets[_short(spec)] = results
+            log(f"det-bench: seed {seed}: {_short(spec)}: AP {rows[-1]['AP']:.1f} APr {_fmt(rows[-1]['APr'])} "
+                f"dAP_FP {_fmt(rows[-1]['dAP_FP'])}")
             if hasattr(m, "roi_heads"):
                 norms[_short(spec)] = _classifier_norms(m).tolist()
             if want_examples and spec.method == "iif" and spec.variant == "raw":
