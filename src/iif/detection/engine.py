@@ -173,11 +173,19 @@ def train_detector(
     if run.out is not None and run.info.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
 
-    finished = True
+    finished = _run_epochs(run, start_epoch, epochs, stop_after_epoch, epoch_end)
+    history = run.history
+    return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
+            "finished": finished, "checkpoint": str(run.checkpoint) if run.checkpoint is not None else None,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def _run_epochs(run: _DetRun, start_epoch: int, epochs: int, stop_after_epoch: int | None, epoch_end) -> bool:
+    """Epochs ``start_epoch .. epochs-1``: train, ``epoch_end`` (its dict joins the history row), then the
+    checkpoint. False when ``stop_after_epoch`` cut the run short."""
     for epoch in range(start_epoch, epochs):
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            finished = False
-            break
+            return False
         row = train_one_epoch(run, epoch)
         if epoch_end is not None:
             row.update(epoch_end(_unwrap(run.model), epoch) or {})
@@ -186,11 +194,7 @@ def train_detector(
             state = _checkpoint_state(run, epoch + 1)  # every rank joins the RNG gather
             if run.info.is_main:
                 atomic_torch_save(state, run.checkpoint)
-    peak = peak_rss_mb()
-    history = run.history
-    return {"history": history, "epochs_done": history[-1]["epoch"] if history else start_epoch,
-            "finished": finished, "checkpoint": str(run.checkpoint) if run.checkpoint is not None else None,
-            "peak_rss_mb": peak}
+    return True
 
 
 def _join(device, batch_size: int) -> tuple[torch.device, DistInfo]:
