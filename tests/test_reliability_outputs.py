@@ -20,8 +20,8 @@ from iif import outputs as O
 from iif.outputs import atomic as OA, marker as OM, swap as OS
 from iif.cli import main
 from iif.errors import IIFError
-from iif.outputs import (MARKER, OutputFolder, atomic_torch_save, atomic_write_json, atomic_write_text, exchange_paths,
-                         prepare_run_folder, read_marker, write_marker)
+from iif.outputs import (MARKER, OutputFolder, atomic_torch_save, atomic_write_json, atomic_write_text,
+                         clean_stale_temporaries, exchange_paths, prepare_run_folder, read_marker, write_marker)
 from iif.train import fit, load_config
 from iif.train.engine import build_splits
 
@@ -171,7 +171,7 @@ def test_stale_temporaries_are_cleaned_only_when_ours(tmp_path):
     ours = tmp_path / ".o.iif-stage-killed1"
     ours.mkdir()
     (ours / "half.json").write_text("{")
-    write_marker(ours, "bench")
+    write_marker(ours, "bench", complete=False, staging=True)  # what OutputFolder writes into its staging folder
     m = json.loads((ours / MARKER).read_text())
     (ours / MARKER).write_text(json.dumps({**m, "pid": dead.pid}))  # a killed run's
     empty = tmp_path / ".o.iif-old-killed2"  # killed between mkdtemp and its marker
@@ -540,3 +540,84 @@ def test_force_rechecks_files_added_while_the_run_worked(tmp_path):
             (staging / "results.json").write_text("[2]")
             (out / "data.csv").write_text("user data")  # appears during the run
     assert (out / "data.csv").read_text() == "user data" and (out / "results.json").read_text() == "[]"
+
+
+def test_train_force_refuses_a_run_folder_holding_a_users_file(tmp_path, capsys):
+    """A finished `iif train` run lists its files in its marker; `--force` over it while it holds a file iif
+    did not write is refused in one line and the file stays (it used to be deleted with the old run)."""
+    out = tmp_path / "run"
+    args = ["train", "digits_lt_e2e", "schedule.epochs=1", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    listed = read_marker(out)["files"]
+    assert "final_metrics.json" in listed and "last.pt" in listed
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(args + ["--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.txt" in err[0] and "nothing was replaced" in err[0]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(args + ["--resume"]) == 2  # a resumed run would list the file as its own at its end
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].count("--resume") == 1 and "notes.txt" in err[0]
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    assert main(args + ["--force"]) == 0  # only what iif wrote: replaced
+    assert not list(tmp_path.glob(".run.iif-*"))
+
+
+def test_an_output_whose_marker_lists_no_files_is_kept_when_replaced(tmp_path, capsys):
+    """An output written in place or by iif before 2026-12-06 (a marker without a files list) cannot be proved
+    iif's alone: `--force` replaces it but moves it whole to .<out>.iif-kept-*, with a warning saying where."""
+    out = tmp_path / "o"
+    out.mkdir()
+    write_marker(out, "bench", complete=True)  # no "files": an old output
+    (out / "results.json").write_text("[]")
+    (out / "my_analysis.ipynb").write_text("user work")
+    with OutputFolder(out, command="bench", force=True) as staging:
+        (staging / "results.json").write_text("[1]")
+    assert (out / "results.json").read_text() == "[1]" and not (out / "my_analysis.ipynb").exists()
+    kept = list(tmp_path.glob(".o.iif-kept-*"))
+    assert len(kept) == 1 and (kept[0] / "my_analysis.ipynb").read_text() == "user work"
+    err = capsys.readouterr().err
+    assert "iif: warning:" in err and str(kept[0]) in err
+    clean_stale_temporaries(out)  # never touched by later clean-ups
+    assert (kept[0] / "my_analysis.ipynb").is_file()
+
+
+def test_a_killed_staging_without_the_staging_flag_is_kept(tmp_path):
+    """Stale clean-up removes a dead run's folder only when everything in it is provably iif's: a staging marker
+    (staging: true) or a files list it matches; a bare marker proves nothing."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name, flag in (("flagged", True), ("bare", None)):
+        f = tmp_path / f".o.iif-stage-{name}"
+        f.mkdir()
+        (f / "x.txt").write_text("x")
+        write_marker(f, "bench", complete=False, **({"staging": True} if flag else {}))
+        m = json.loads((f / MARKER).read_text())
+        (f / MARKER).write_text(json.dumps({**m, "pid": dead.pid}))
+    removed = clean_stale_temporaries(tmp_path / "o")
+    assert [p.name for p in removed] == [".o.iif-stage-flagged"]
+    assert (tmp_path / ".o.iif-stage-bare" / "x.txt").is_file()
+
+
+def test_resume_store_discard_keeps_a_foreign_file(tmp_path):
+    """ResumeStore.discard removes resume/ only inside our staging folder and only when it holds nothing but
+    the files the store writes."""
+    from iif.resume import ResumeStore
+
+    stage = tmp_path / ".o.iif-stage-abc"
+    stage.mkdir()
+    write_marker(stage, "det-bench", complete=False, staging=True)
+    store = ResumeStore(stage, "k", lambda m: None)
+    store.save_arrays(0, "posthoc rows", {"a": 1}, {"x": torch.zeros(2).numpy()})
+    (store.root / "seed0" / "mine.txt").write_text("user")
+    store.discard()
+    assert (store.root / "seed0" / "mine.txt").read_text() == "user"
+    (store.root / "seed0" / "mine.txt").unlink()
+    write_marker(stage, "det-bench", complete=True)  # not a staging folder any more: nothing is removed
+    store.discard()
+    assert store.root.is_dir()
+    write_marker(stage, "det-bench", complete=False, staging=True)
+    store.discard()
+    assert not store.root.exists()

@@ -32,13 +32,16 @@ from typing import Any, Callable
 import torch
 
 from ._version import __version__
-from .outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, read_marker,
+from .outputs import (OutputFolder, atomic_torch_save, clean_stale_temporaries, json_safe, manifest, read_marker,
                        staged_outputs, write_marker)
 
 __all__ = ["settings_key", "open_staging", "keep_on_failure", "ResumeStore", "RESUME_DIR"]
 
 #: The sub-folder of the staging folder that holds the reusable work.
 RESUME_DIR = "resume"
+#: What :class:`ResumeStore` (and ``iif bench``'s ``<head>-model.pt``) writes under ``resume/`` (relative paths):
+#: ``seed<k>``, its kept files, and the temporaries of their atomic writes (``.<file>.<8 chars>.iif-tmp``).
+_KEPT_ENTRY = re.compile(r"seed\d+(/([A-Za-z0-9_-]+\.(pt|npz|json)|\.[A-Za-z0-9_-]+\.(pt|npz|json)\.[A-Za-z0-9_]{8}\.iif-tmp))?")
 _COMMAND = "det-bench"
 
 
@@ -75,14 +78,14 @@ def open_staging(folder: OutputFolder, key: str, log: Callable[[str], Any]) -> t
         folder.check()
         clean_stale_temporaries(folder.path, keep=staging)
         old = read_marker(staging) or {}
-        write_marker(staging, command, complete=False, det_bench_key=key,
+        write_marker(staging, command, complete=False, staging=True, det_bench_key=key,
                      **{k: old[k] for k in ("created", "created_ns") if k in old})
         folder.staging = staging
         log(f"{command}: continuing the interrupted run in {staging} (same command and settings)")
         return staging, True
     staging = folder.__enter__()
     m = read_marker(staging) or {}
-    write_marker(staging, command, complete=False, det_bench_key=key,
+    write_marker(staging, command, complete=False, staging=True, det_bench_key=key,
                  **{k: m[k] for k in ("created", "created_ns") if k in m})
     return staging, False
 
@@ -209,7 +212,13 @@ class ResumeStore:
         return blob["record"], arrays
 
     def discard(self) -> None:
-        """Remove ``resume/`` (just before the finished output is swapped in): only a real folder inside a
-        staging folder that carries our marker, never through a link."""
-        if self.root.is_dir() and not self.root.is_symlink() and read_marker(self.root.parent) is not None:
+        """Remove ``resume/`` (just before the finished output is swapped in): only a real folder inside our
+        staging folder (its marker says ``staging``), never through a link, and only when every entry in it is
+        one this class writes (``seed<k>/<name>.pt|.npz|.json`` and their atomic-write temporaries); anything
+        else stays, with the folder."""
+        if not self.root.is_dir() or self.root.is_symlink():
+            return
+        if (read_marker(self.root.parent) or {}).get("staging") is not True:
+            return
+        if all(_KEPT_ENTRY.fullmatch(name) for name in manifest(self.root)):
             shutil.rmtree(self.root, ignore_errors=True)

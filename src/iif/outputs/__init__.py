@@ -56,7 +56,7 @@ from __future__ import annotations
 from .atomic import (TMP_SUFFIX, PathLike, atomic_torch_save, atomic_write_bytes, atomic_write_json,
                      atomic_write_stream, atomic_write_text, current_umask, json_safe, make_folder)
 from .folder import OutputFolder
-from .marker import MARKER, read_marker, write_marker
+from .marker import MARKER, manifest, read_marker, write_marker
 from .overlap import RUN_FILES, PathPairs, checkpoint_inputs, refuse_overlap
 from .run_folder import (RESUMABLE, abandon_run_folder, abandoned_on_failure, check_run_folder, finish_run_folder,
                          made_by_run, prepare_run_folder, staged_outputs)
@@ -73,6 +73,7 @@ __all__ = [
     "current_umask",
     "make_folder",
     "read_marker",
+    "manifest",
     "write_marker",
     "exchange_paths",
     "OutputFolder",

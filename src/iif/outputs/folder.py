@@ -124,7 +124,7 @@ class OutputFolder:
         make_folder(parent)
         clean_stale_temporaries(self.path)
         self.staging = _make_temp_folder(parent, _temp_name(self.path, "stage"))
-        write_marker(self.staging, self.command, complete=False)
+        write_marker(self.staging, self.command, complete=False, staging=True)
         return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> bool:

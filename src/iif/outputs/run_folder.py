@@ -10,8 +10,9 @@ from typing import Callable, Iterable, Iterator
 
 from ..errors import IIFError
 from .atomic import PathLike, _make_temp_folder, make_folder
-from .folder import _check_not_file, _recheck_destination, _refuse_existing, _refuse_force, _refuse_other_command
-from .marker import MARKER, _contents, _describe, read_marker, write_marker
+from .folder import (_check_not_file, _recheck_destination, _refuse_added, _refuse_existing, _refuse_force,
+                     _refuse_other_command)
+from .marker import MARKER, _contents, _describe, manifest, read_marker, unlisted, write_marker
 from .overlap import PathPairs
 from .swap import (_abs, _clean_temp_files, _is_live, _recover, _rmdir_if_empty, _swap_into_place, _temp_name,
                    _temporaries, clean_stale_temporaries)
@@ -67,6 +68,11 @@ def _plan(path: Path, command: str, force: bool, resume: bool) -> tuple[str, Pat
         if marker.get("command") != command:
             raise IIFError(f"--resume: {path} holds an iif {marker.get('command')} output, not a {command} run; "
                            "choose another --out.")
+        added = unlisted(path, marker)  # the finished run would list them as its own
+        if added:
+            raise IIFError(f"--resume: {path} is a finished iif {command} run but now also holds files iif did not "
+                           f"write there ({', '.join(added[:4])}{' ...' if len(added) > 4 else ''}) that may be yours; "
+                           "nothing was changed. Move them out or choose another --out.")
         return "continue", path
     if not force:
         raise _refuse_existing(path, marker, names, resumable=command in RESUMABLE)
@@ -74,6 +80,9 @@ def _plan(path: Path, command: str, force: bool, resume: bool) -> tuple[str, Pat
         raise _refuse_force(path, names)
     if marker.get("command") != command:
         raise _refuse_other_command(path, marker, command)
+    added = unlisted(path, marker)  # the replaced run is removed whole after the swap: only what iif wrote
+    if added:
+        raise _refuse_added(path, added)
     return "stage", None
 
 
@@ -102,7 +111,7 @@ def prepare_run_folder(path: PathLike, command: str = "train", force: bool = Fal
         parent = _abs(path).parent
         clean_stale_temporaries(path)
         folder = _make_temp_folder(parent, _temp_name(path, "stage"))
-        write_marker(folder, command, complete=False)
+        write_marker(folder, command, complete=False, staging=True)
         return folder
     assert folder is not None
     clean_stale_temporaries(path, keep=folder if folder != path else None)
@@ -126,7 +135,8 @@ def finish_run_folder(work: PathLike, path: PathLike, *, inputs: PathPairs | Non
     work, path = Path(work), Path(path)
     marker = read_marker(work) or {}
     command = str(marker.get("command", "train"))
-    write_marker(work, command, complete=True, **{k: marker[k] for k in ("created", "created_ns") if k in marker})
+    write_marker(work, command, complete=True, files=manifest(work),
+                 **{k: marker[k] for k in ("created", "created_ns") if k in marker})
     if _abs(work) != _abs(path):
         _recheck_destination(_abs(path), command, inputs, run_folders, staged=_abs(work))
         _swap_into_place(_abs(work), _abs(path))

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,16 +107,25 @@ def _rmdir_if_empty(folder: Path) -> bool:
     return True
 
 
+def _provably_ours(folder: Path, marker: dict) -> bool:
+    """Whether everything in ``folder`` is iif's: a staging folder (``staging: true`` in its marker, written
+    when our own mkdtemp made it, dropped when the output is finished) holds only our writes; any other output
+    only when its marker lists its files and it holds nothing else. A marker without that list (an unfinished
+    run written in place, an output of iif before 2026-12-06) proves nothing: such a folder is never removed."""
+    if marker.get("staging") is True:
+        return True
+    return isinstance(marker.get("files"), list) and not unlisted(folder, marker)
+
+
 def _remove_ours(folder: Path) -> bool:
-    """Remove ``folder`` only if it is ours (carries our marker) or empty; True when removed. A finished output
-    whose marker lists its files is kept whole when it holds anything else (a file the user added: never ours
-    to delete); a staging folder (no list) was made by our own mkdtemp and holds only our writes."""
+    """Remove ``folder`` only if everything in it is ours (:func:`_provably_ours`) or it is empty; True when
+    removed. Anything else (a file the user added, an output whose files iif cannot name) is kept whole."""
     if folder.is_symlink() or not folder.is_dir():
         return False
     marker = read_marker(folder)
     if marker is None:
         return _rmdir_if_empty(folder)  # killed between mkdtemp and its marker
-    if unlisted(folder, marker):
+    if not _provably_ours(folder, marker):
         return False
     _fault_point(f"remove {folder.name}")
     shutil.rmtree(folder, ignore_errors=True)
@@ -197,4 +207,17 @@ def _swap_into_place(staging: Path, path: Path) -> None:
         _fault_point(f"fallback rename {staging.name}")
         os.rename(staging, path)
     _fsync_dir(parent)
-    _remove_ours(old)
+    if not _remove_ours(old):
+        _keep_replaced(old, path)
+
+
+def _keep_replaced(old: Path, path: Path) -> None:
+    """The replaced output could not be proved iif's alone: move it to a name no clean-up ever touches
+    (``.<out>.iif-kept-<random>``) and say where, so the user decides what to delete."""
+    kept = Path(tempfile.mkdtemp(prefix=_temp_name(path, "kept"), dir=old.parent))
+    kept.rmdir()
+    os.rename(old, kept)
+    _fsync_dir(old.parent)
+    print(f"iif: warning: the replaced {path.name} is kept in {kept}: iif cannot tell that everything in it is its "
+          "own (its marker lists no files, or something was added); delete it yourself when you no longer need it.",
+          file=sys.stderr, flush=True)
