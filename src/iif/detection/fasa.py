@@ -48,8 +48,9 @@ and the last epoch's validation loss are buffers outside the ``state_dict`` (the
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 import types
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -214,13 +215,11 @@ def _is_cascade(roi_heads: nn.Module) -> bool:
     return isinstance(roi_heads, CascadeRoIHeads)
 
 
-def _forward(roi_heads: nn.Module, features, proposals, image_shapes, targets=None):
-    """``RoIHeads.forward`` plus, in training, ``loss_fasa``: the box features (a hook on ``box_head``, the first
-    stage's on a cascade) and the sampled RoIs' labels (a tap of ``select_training_samples``, a cascade's
-    ``sample`` of stage 0) of this call feed :meth:`FASA.step`."""
-    if not roi_heads.training:
-        return type(roi_heads).forward(roi_heads, features, proposals, image_shapes, targets)
-    seen: dict[str, torch.Tensor] = {}
+@contextmanager
+def _sampled_labels_tap(roi_heads: nn.Module, seen: dict) -> Iterator[None]:
+    """While active, ``seen["labels"]`` gets the labels of the RoIs ``roi_heads`` samples for training (its
+    ``select_training_samples``; a cascade's ``sample`` of stage 0), from the first call after ``seen`` was
+    emptied. The sampler is wrapped on the instance and put back as it was."""
     name = "sample" if _is_cascade(roi_heads) else "select_training_samples"
     before = roi_heads.__dict__.get(name)
     inner = getattr(roi_heads, name)
@@ -233,19 +232,33 @@ def _forward(roi_heads: nn.Module, features, proposals, image_shapes, targets=No
             seen.setdefault("labels", torch.cat(list(out[1])))
         return out
 
-    def grab(module, inputs, output):
-        seen.setdefault("features", output)
-
     roi_heads.__dict__[name] = tapped
-    handle = roi_heads.box_head.register_forward_hook(grab)
     try:
-        result, losses = type(roi_heads).forward(roi_heads, features, proposals, image_shapes, targets)
+        yield
     finally:
-        handle.remove()
         if before is None:
             roi_heads.__dict__.pop(name, None)
         else:
             roi_heads.__dict__[name] = before
+
+
+def _forward(roi_heads: nn.Module, features, proposals, image_shapes, targets=None):
+    """``RoIHeads.forward`` plus, in training, ``loss_fasa``: the box features (a hook on ``box_head``, the first
+    stage's on a cascade) and the sampled RoIs' labels (a tap of ``select_training_samples``, a cascade's
+    ``sample`` of stage 0) of this call feed :meth:`FASA.step`."""
+    if not roi_heads.training:
+        return type(roi_heads).forward(roi_heads, features, proposals, image_shapes, targets)
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(module, inputs, output):
+        seen.setdefault("features", output)
+
+    handle = roi_heads.box_head.register_forward_hook(grab)
+    try:
+        with _sampled_labels_tap(roi_heads, seen):
+            result, losses = type(roi_heads).forward(roi_heads, features, proposals, image_shapes, targets)
+    finally:
+        handle.remove()
     feats = seen["features"].flatten(1)
     losses["loss_fasa"] = roi_heads.fasa.step(feats, seen["labels"].to(feats.device),
                                               lambda x, y: _virtual_logits(roi_heads, x, y))
@@ -410,17 +423,7 @@ def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: 
     sums = torch.zeros(c, dtype=torch.float64, device=dev)
     counts = torch.zeros(c, dtype=torch.float64, device=dev)
     seen: dict[str, torch.Tensor] = {}
-    name = "sample" if _is_cascade(rh) else "select_training_samples"
-    before, own_forward = rh.__dict__.get(name), rh.__dict__.pop("forward", None)
-    inner = getattr(rh, name)
-
-    def tapped(*args):
-        out = inner(*args)
-        if name == "select_training_samples":
-            seen.setdefault("labels", torch.cat(list(out[2])))
-        elif args[0] == 0:
-            seen.setdefault("labels", torch.cat(list(out[1])))
-        return out
+    own_forward = rh.__dict__.pop("forward", None)
 
     def grab(module, inputs, output):
         seen.setdefault("logits", output[0] if isinstance(output, (tuple, list)) else output)
@@ -428,13 +431,12 @@ def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: 
     saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]  # e.g. Seesaw's cum_samples
     mask_pool = rh.mask_roi_pool if getattr(rh, "mask_roi_pool", None) is not None else None
     flags = _no_bn_updates(model)
-    rh.__dict__[name] = tapped
     handle = rh.box_predictor.register_forward_hook(grab)
     devices = [dev] if dev.type == "cuda" else []
     try:
         if mask_pool is not None:
             rh.mask_roi_pool = None
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _sampled_labels_tap(rh, seen):
             torch.manual_seed(seed)
             for start in range(0, len(mine), batch_size):  # no DataLoader: its iterator would draw a seed
                 images, targets = collate([dataset[i] for i in mine[start:start + batch_size]])
@@ -449,10 +451,6 @@ def class_val_losses(model: nn.Module, dataset, *, batch_size: int = 2, device: 
                 counts.index_add_(0, labels[fg] - 1, torch.ones_like(ce[fg]))
     finally:
         handle.remove()
-        if before is None:
-            rh.__dict__.pop(name, None)
-        else:
-            rh.__dict__[name] = before
         if own_forward is not None:
             rh.__dict__["forward"] = own_forward
         if mask_pool is not None:
