@@ -140,6 +140,24 @@ def _pick(det: dict, target: int | None) -> int:
     return int(keep[int(torch.argmax(scores[keep]))])
 
 
+
+def _no_box(image, target: int | None, class_names) -> IIFError:
+    what = f"of class {class_names[target]!r} " if target is not None else ""
+    return IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
+                    "model.box_score_thresh in the run's config.")
+
+
+def _best_pair(scores: torch.Tensor, target: int | None, thresh: float, image, class_names) -> tuple[int, int]:
+    """``(prediction, class)`` of the highest of a one-stage detector's ``(M, C)`` scores (of column ``target``
+    when given), as its post-processing would keep it; the no-box error when it is not above ``thresh``."""
+    if target is None:
+        which, pred = divmod(int(torch.argmax(scores)), scores.shape[1])
+    else:
+        which, pred = int(torch.argmax(scores[:, target])), int(target)
+    if not float(scores[which, pred]) > thresh:
+        raise _no_box(image, target, class_names)
+    return which, pred
+
 def explain_detection(model: torch.nn.Module, class_names: list[str], image: PathLike, target: int | None = None,
                       label: str = "detector", checkpoint: str = "") -> ClassMaps:
     """Class scores and Grad-CAMs (predicted and ``target`` class) of the best detection (of ``target`` when
@@ -168,9 +186,7 @@ def explain_detection(model: torch.nn.Module, class_names: list[str], image: Pat
         det = model([img.to(dev)])[0]
     i = _pick(det, target)
     if i < 0:
-        what = f"of class {class_names[target]!r} " if target is not None else ""
-        raise IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
-                       "model.box_score_thresh in the run's config.")
+        raise _no_box(image, target, class_names)
     box = det["boxes"][i].detach()
     images, _ = model.transform([img.to(dev)])
     (h0, w0), (h1, w1) = img.shape[-2:], images.image_sizes[0]
@@ -299,15 +315,7 @@ def explain_yolo(model: torch.nn.Module, class_names: list[str], image: PathLike
         preds = model.head(model.backbone(x))
         boxes, obj, probs = model.decode(preds)
     scores = (obj[0][:, None] * probs[0]).float().cpu()  # (M, C): every (prediction, class) pair's score
-    if target is None:
-        flat = int(torch.argmax(scores))
-        which, pred = divmod(flat, scores.shape[1])
-    else:
-        which, pred = int(torch.argmax(scores[:, target])), int(target)
-    if not float(scores[which, pred]) > model.score_thresh:
-        what = f"of class {class_names[target]!r} " if target is not None else ""
-        raise IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
-                       "model.box_score_thresh in the run's config.")
+    which, pred = _best_pair(scores, target, model.score_thresh, image, class_names)
     level, rest = 0, which
     while rest >= preds[level][0, ..., 0].numel():
         rest -= preds[level][0, ..., 0].numel()
@@ -373,14 +381,7 @@ def explain_ssd(model: torch.nn.Module, class_names: list[str], image: PathLike,
         probs = torch.softmax(out["cls_logits"][0].float(), dim=-1)  # (anchors, C + 1): the adjusted logits' softmax
         boxes = model.box_coder.decode_single(out["bbox_regression"][0], anchors)
     fg = probs[:, 1:].cpu()
-    if target is None:
-        which, pred = divmod(int(torch.argmax(fg)), fg.shape[1])
-    else:
-        which, pred = int(torch.argmax(fg[:, target])), int(target)
-    if not float(fg[which, pred]) > model.score_thresh:
-        what = f"of class {class_names[target]!r} " if target is not None else ""
-        raise IIFError(f"the detector finds no box {what}in {image}; try another image, or lower "
-                       "model.box_score_thresh in the run's config.")
+    which, pred = _best_pair(fg, target, model.score_thresh, image, class_names)
     (h1, w1) = images.image_sizes[0]
     box = clip_boxes_to_image(boxes[which][None].float(), (h1, w1))[0].cpu()
     box = box * torch.tensor([w0 / w1, h0 / h1, w0 / w1, h0 / h1])
